@@ -1,0 +1,143 @@
+"""The plugin-facing API: everything a backend author imports lives here.
+
+A backend is a class derived from :class:`Backend`, with a settings class derived from
+:class:`BackendSettings`, registered under the entry-point group ``trio_gateway.backends``::
+
+    [project.entry-points."trio_gateway.backends"]
+    mybackend = "my_package:MyBackend"
+
+The gateway owns the client side (heartbeats, timers on upstream bytes, error mapping,
+cancellation). A backend only turns an :class:`UpstreamRequest` into an
+:class:`UpstreamResponse`:
+
+* :meth:`Backend.open_response` is an async context manager. It is entered once the
+  upstream has answered with a 2xx status, and its response's :attr:`~UpstreamResponse.body`
+  yields the answer's bytes (SSE for a streamed request, JSON otherwise) as they arrive.
+* Failures are raised as :class:`~gateway.errors.UpstreamError` subclasses: connection
+  problems as ``UpstreamConnectError``, non-2xx answers as ``UpstreamStatusError`` (status
+  and message kept), broken bodies as ``UpstreamProtocolError``. Anything else is a bug and
+  is reported to the client as a 500.
+* Cancellation may arrive at any await. Leaving the context — normally, by an exception, or
+  by cancellation — must close the upstream request at once and leak nothing; the gateway
+  relies on this to free upstream slots when a client goes away.
+* Timers (``first_byte``, ``idle``, ``total``) are enforced by the gateway on the bytes the
+  body yields; a backend applies only ``connect`` itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+
+__all__ = [
+    "Backend",
+    "BackendSettings",
+    "Endpoint",
+    "JSONObject",
+    "Timeouts",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamRequest",
+    "UpstreamResponse",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]
+
+JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
+JSONObject: TypeAlias = "dict[str, JSONValue]"
+
+Endpoint = Literal["chat/completions", "completions", "embeddings"]
+
+
+class Timeouts(BaseModel):
+    """Upstream timers, in seconds; ``None`` means no limit. They are measured on upstream
+    bytes only: heartbeats to the client never reset them.
+
+    * ``connect`` — establishing the connection to the upstream.
+    * ``first_byte`` — from sending the request to the first byte of the response body.
+    * ``idle`` — between two body bytes, once the first has arrived.
+    * ``total`` — the whole exchange.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float | None = Field(10.0, gt=0)
+    first_byte: float | None = Field(None, gt=0)
+    idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
+
+
+class BackendSettings(BaseModel):
+    """Base of every backend's settings. Subclass it and add your fields; unknown keys are
+    rejected, and values are validated when the gateway starts (``gateway check`` too)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request for a backend.
+
+    ``body`` is the client's JSON object with ``model`` already rewritten to the name the
+    upstream knows. ``headers`` carries only what the gateway passes upstream on purpose
+    (``X-Request-ID``); the client's credentials are never in it.
+    """
+
+    endpoint: Endpoint
+    body: JSONObject
+    stream: bool
+    request_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A 2xx answer from the upstream. ``body`` yields its bytes as they arrive; it raises
+    :class:`~gateway.errors.UpstreamError` subclasses when the upstream fails mid-body."""
+
+    status: int
+    content_type: str
+    body: AsyncIterator[bytes]
+
+
+class Backend(abc.ABC):
+    """Base class of every backend. One instance serves one ``[backends.<id>]`` table.
+
+    Subclasses set :attr:`Settings` and implement :meth:`open_response`. Long-lived
+    resources (connection pools, child processes, loaded models) are opened in
+    :meth:`running` and closed when it exits.
+    """
+
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+
+    def __init__(self, id: str, settings: BackendSettings) -> None:
+        self.id = id
+        self.settings = settings
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Hold the backend's resources for the gateway's lifetime. The default holds none."""
+        yield
+
+    @abc.abstractmethod
+    def open_response(
+        self, request: UpstreamRequest
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """Send ``request`` upstream; enter once a 2xx status arrived. See the module doc."""

@@ -1,0 +1,202 @@
+"""The HTTP API: OpenAI's endpoints, health, and the one place errors become responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .abc import Endpoint, JSONObject, UpstreamRequest
+from .asgi import GatewayHTTPConnection, ProxyResponse
+from .errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    MalformedJSON,
+    MethodNotAllowed,
+    MissingField,
+    ModelNotFound,
+    NotFound,
+    ShuttingDown,
+    error_json,
+)
+from .relay import Exchange
+from .service import Gateway
+
+log = logging.getLogger("gateway.app")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        error_json(error),
+        status=error.status,
+        headers=error.headers(),
+        content_type="application/json",
+    )
+
+
+def _from_werkzeug(exc: HTTPException) -> GatewayError:
+    code = exc.code or 500
+    if code == 404:
+        return NotFound(f"Unknown path: {request.method} {request.path}")
+    if code == 405:
+        allowed = tuple(getattr(exc, "valid_methods", None) or ())
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.path}", allowed=allowed
+        )
+    if code == 413:
+        return BodyTooLarge("Request body is larger than the gateway accepts")
+    error = InvalidRequest(exc.description or exc.name) if code < 500 else GatewayError(exc.name)
+    error.status = code
+    return error
+
+
+async def _read_json_object() -> JSONObject:
+    try:
+        raw = await request.get_data(cache=False)
+    except HTTPException as exc:  # 413 from MAX_CONTENT_LENGTH, surfaced while reading
+        raise _from_werkzeug(exc) from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object")
+    return body
+
+
+def _validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
+    model = body.get("model")
+    if model is None:
+        raise MissingField("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model must be a non-empty string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be a boolean", param="stream")
+    if stream and endpoint == "embeddings":
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
+    required = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}[
+        endpoint
+    ]
+    if required not in body:
+        raise MissingField(f"you must provide a {required} parameter", param=required)
+    return model, stream
+
+
+def create_app(gateway: Gateway) -> QuartTrio:
+    app = QuartTrio("trio_gateway")
+    app.asgi_http_class = GatewayHTTPConnection
+    app.config.update(
+        RESPONSE_TIMEOUT=None,
+        MAX_CONTENT_LENGTH=gateway.config.server.max_body_bytes,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+
+    @app.before_request
+    async def _request_id() -> None:
+        given = request.headers.get("x-request-id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    @app.after_request
+    async def _echo_request_id(response: Response) -> Response:
+        if not isinstance(response, ProxyResponse) and "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.errorhandler(GatewayError)
+    async def _gateway_error(error: GatewayError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        return error_response(_from_werkzeug(exc))
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(GatewayError("internal error in the gateway"))
+
+    async def proxy(endpoint: Endpoint) -> Response:
+        if gateway.draining:
+            raise ShuttingDown("the gateway is shutting down")
+        body = await _read_json_object()
+        model, stream = _validate(body, endpoint)
+        route = gateway.router.resolve(model)
+        if route is None:
+            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+        body["model"] = gateway.router.upstream_model(route, model)
+        backend = gateway.backends[route.settings.backend]
+        request_id: str = g.request_id
+        exchange = Exchange(
+            request=UpstreamRequest(
+                endpoint=endpoint,
+                body=body,
+                stream=stream,
+                request_id=request_id,
+                headers={"x-request-id": request_id},
+            ),
+            backend=backend,
+            route=route.name,
+            keepalive=route.settings.keepalive,
+            timeouts=backend.settings.timeouts,
+            inflight=gateway.inflight,
+            extra_headers=((b"x-request-id", request_id.encode()),),
+        )
+        return ProxyResponse(exchange)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await proxy("chat/completions")
+
+    @app.post("/v1/completions")
+    async def completions() -> Response:
+        return await proxy("completions")
+
+    @app.post("/v1/embeddings")
+    async def embeddings() -> Response:
+        return await proxy("embeddings")
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        data = [_model_card(name) for name in gateway.router.public_models()]
+        return _json_response({"object": "list", "data": data})
+
+    @app.get("/v1/models/<path:model>")
+    async def get_model(model: str) -> Response:
+        if model not in gateway.router.public_models():
+            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+        return _json_response(_model_card(model))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json_response({"status": "ok", "in_flight": len(gateway.inflight)})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if gateway.draining:
+            return _json_response({"status": "draining"}, status=503)
+        return _json_response({"status": "ready"})
+
+    return app
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "trio-gateway"}
+

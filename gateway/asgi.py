@@ -1,0 +1,40 @@
+"""The ASGI HTTP connection class: quart-trio's, minus the response timeout, plus relays.
+
+quart-trio runs two tasks per request in one nursery: one blocked in ``receive()`` that
+cancels the nursery on ``http.disconnect`` (so a client that goes away cancels whatever is
+running), and one that runs the handler and sends the response. We keep that shape and
+change the sending half: a :class:`ProxyResponse` is served by :func:`gateway.relay.relay`
+in this very task, so the relay's nursery lives exactly as long as the request; and no
+response is ever wrapped in Quart's ``RESPONSE_TIMEOUT`` (its 60 s default silently
+truncates long streams).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Response
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from .relay import Exchange, relay
+
+
+class ProxyResponse(Response):
+    """A response whose body is a relayed upstream exchange."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        super().__init__(b"")
+        self.exchange = exchange
+
+
+class GatewayHTTPConnection(TrioASGIHTTPConnection):
+    async def handle_request(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Any, send: Any
+    ) -> None:
+        response = await self.app.handle_request(request)
+        if isinstance(response, ProxyResponse):
+            await relay(send, response.exchange)
+        else:
+            await self._send_response(send, response)
+        nursery.cancel_scope.cancel()

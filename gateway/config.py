@@ -1,0 +1,192 @@
+"""``gateway.toml`` parsed once into typed, frozen settings.
+
+Every problem is a :class:`~gateway.errors.ConfigError` naming the dotted path of the value
+(``routes.chat.keepalive.interval: Input should be greater than or equal to 0``). Unknown
+keys are errors. A secret is written as an environment reference, ``{ env = "NAME" }``, and
+a variable that is not set is an error too.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .abc import BackendSettings
+from .errors import ConfigError
+from .registry import Registry, load_registry
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Settings):
+    bind: str = "127.0.0.1:8080"
+    graceful_timeout: float = Field(60.0, ge=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_bind(value)
+        return value
+
+
+class KeepaliveSettings(_Settings):
+    """How a route keeps its clients' connections from going silent."""
+
+    interval: float = Field(15.0, ge=0, description="seconds of silence before a heartbeat; 0 = off")
+    comment: str = Field("keepalive", description="text of the SSE comment line")
+    early_headers: bool = True
+    non_stream: Literal["off", "whitespace"] = "off"
+
+    @field_validator("comment")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be a single line (no CR or LF)")
+        return value
+
+
+class RouteSettings(_Settings):
+    """One public model name (plus aliases and glob patterns) and the backend serving it."""
+
+    model: str | None = None
+    aliases: tuple[str, ...] = ()
+    match: tuple[str, ...] = ()
+    backend: str
+    upstream_model: str | None = None
+    keepalive: KeepaliveSettings = KeepaliveSettings()
+
+
+class _FileSettings(_Settings):
+    server: ServerSettings = ServerSettings()
+    backends: dict[str, dict[str, Any]] = {}
+    routes: dict[str, RouteSettings] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    model: str
+    settings: RouteSettings
+
+    @property
+    def public_names(self) -> tuple[str, ...]:
+        return (self.model, *self.settings.aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    server: ServerSettings
+    backends: Mapping[str, BackendSettings]
+    routes: tuple[Route, ...]
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _dotted(prefix: tuple[str | int, ...], loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in (*prefix, *loc))
+
+
+def _raise_validation(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> None:
+    lines = []
+    for item in error.errors():
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_dotted(prefix, item['loc'])}: {msg}")
+    raise ConfigError("\n".join(lines)) from None
+
+
+def resolve_env(value: Any, path: tuple[str | int, ...], environ: Mapping[str, str]) -> Any:
+    """Replace every ``{ env = "NAME" }`` table with the variable's value."""
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            name = value["env"]
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{_dotted(path, ('env',))}: must be a variable name")
+            if name not in environ:
+                raise ConfigError(f"{_dotted(path, ())}: environment variable {name} is not set")
+            return environ[name]
+        return {k: resolve_env(v, (*path, k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env(v, (*path, i), environ) for i, v in enumerate(value)]
+    return value
+
+
+def build_config(
+    raw: Mapping[str, Any],
+    *,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Validate a parsed TOML document. Raises :class:`ConfigError`."""
+    registry = registry if registry is not None else load_registry()
+    doc = resolve_env(dict(raw), (), os.environ if environ is None else environ)
+    try:
+        file = _FileSettings.model_validate(doc)
+    except ValidationError as error:
+        _raise_validation(error)
+
+    backends: dict[str, BackendSettings] = {}
+    for backend_id, table in file.backends.items():
+        type_name = table.get("type")
+        if not isinstance(type_name, str):
+            raise ConfigError(f"backends.{backend_id}.type: required (one of {_names(registry)})")
+        backend_type = registry.get(type_name)
+        if backend_type is None:
+            raise ConfigError(
+                f"backends.{backend_id}.type: unknown backend type {type_name!r} "
+                f"(installed: {_names(registry)})"
+            )
+        try:
+            backends[backend_id] = backend_type.cls.Settings.model_validate(table)
+        except ValidationError as error:
+            _raise_validation(error, ("backends", backend_id))
+
+    routes: list[Route] = []
+    owner: dict[str, str] = {}
+    for name, settings in file.routes.items():
+        if settings.backend not in backends:
+            known = ", ".join(sorted(backends)) or "none defined"
+            raise ConfigError(
+                f"routes.{name}.backend: unknown backend {settings.backend!r} ({known})"
+            )
+        route = Route(name, settings.model or name, settings)
+        for public in route.public_names:
+            if public in owner:
+                raise ConfigError(
+                    f"routes.{name}: model name {public!r} is already used by routes.{owner[public]}"
+                )
+            owner[public] = name
+        routes.append(route)
+    return GatewayConfig(file.server, backends, tuple(routes))
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    return build_config(raw, environ=environ)
+
+
+def _names(registry: Registry) -> str:
+    return ", ".join(sorted(registry.types)) or "none"

@@ -1,0 +1,194 @@
+"""The gateway's error tree. Every error a client can see is one of these.
+
+Each class knows its HTTP status, its OpenAI error ``type`` and ``code``, so mapping an
+error to a response is one function (:func:`error_body`) and happens in one place.
+
+::
+
+    GatewayError                         500 server_error
+    ├── InvalidRequest                   400 invalid_request_error
+    │   ├── MalformedJSON                400  code=invalid_json
+    │   ├── MissingField                 400  code=missing_required_parameter
+    │   └── BodyTooLarge                 413  code=request_too_large
+    ├── NotFound                         404  code=not_found            (unknown path)
+    │   └── ModelNotFound                404  code=model_not_found
+    ├── MethodNotAllowed                 405  code=method_not_allowed
+    ├── ShuttingDown                     503  code=shutting_down
+    ├── ConfigError                      (start-up only, never sent to a client)
+    └── UpstreamError                    502 upstream_error
+        ├── UpstreamConnectError         502  code=upstream_connect_error
+        ├── UpstreamProtocolError        502  code=upstream_protocol_error
+        ├── UpstreamTimeout              504  code=upstream_timeout
+        └── UpstreamStatusError          upstream's own status, its message kept
+
+Backends raise :class:`UpstreamError` subclasses; they never build HTTP responses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports. ``message`` is shown to the client."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error implies (``Retry-After``, ``Allow``, ...)."""
+        return {}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class MalformedJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class MissingField(InvalidRequest):
+    code = "missing_required_parameter"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class ConfigError(GatewayError):
+    """A configuration problem found at start-up; ``message`` names the dotted path."""
+
+    code = "config_error"
+
+
+class UpstreamError(GatewayError):
+    """The backend failed. Raised by backends; the relay maps it to a status or an event."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx status. The status is kept for the client,
+    and the upstream's OpenAI-style ``type``/``code``/``param`` when it sent them."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type or ("invalid_request_error" if status < 500 else "upstream_error")
+        self.code = code
+
+    @classmethod
+    def from_body(cls, status: int, body: bytes) -> UpstreamStatusError:
+        """Build from an upstream error body: OpenAI's ``{"error": {...}}``, vLLM's older
+        ``{"object": "error", "message": ...}``, or anything else (kept as text)."""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            err = doc.get("error", doc)
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                return cls(
+                    status,
+                    err["message"],
+                    type=_str_or_none(err.get("type")),
+                    code=_str_or_none(err.get("code")),
+                    param=_str_or_none(err.get("param")),
+                )
+            if isinstance(err, str):
+                return cls(status, err)
+        text = body.decode("utf-8", "replace").strip()[:500]
+        return cls(status, f"upstream returned HTTP {status}" + (f": {text}" if text else ""))
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)
+
+
+def error_body(error: GatewayError) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+def error_json(error: GatewayError) -> bytes:
+    return json.dumps(error_body(error)).encode()
+
+
+def error_event(error: GatewayError) -> bytes:
+    """The SSE event that ends a stream whose headers were already sent."""
+    return b"data: " + error_json(error) + b"\n\n"

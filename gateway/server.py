@@ -1,0 +1,97 @@
+"""Serving: hypercorn's trio worker, signals, and a graceful drain.
+
+On SIGTERM or SIGINT the gateway fails readiness and stops accepting connections; in-flight
+requests get ``server.graceful_timeout`` seconds to finish, then every one still running is
+ended with an error event (or a 503 if its headers were not sent yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import create_app
+from .config import GatewayConfig, parse_bind
+from .errors import ShuttingDown
+from .service import Gateway, open_gateway
+
+log = logging.getLogger("gateway.server")
+
+# After the drain deadline, aborted relays need a moment to write their error events.
+_ABORT_GRACE = 5.0
+
+
+def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
+    host, port = parse_bind(bind)
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # The gateway drains streams itself; hypercorn must not cut them earlier.
+    config.graceful_timeout = graceful_timeout + _ABORT_GRACE
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def drain(gateway: Gateway) -> None:
+    """Fail readiness, give in-flight requests the grace period, then abort the rest."""
+    gateway.draining = True
+    grace = gateway.config.server.graceful_timeout
+    log.info("draining %d in-flight request(s), up to %g s", len(gateway.inflight), grace)
+    with trio.move_on_after(grace):
+        await gateway.inflight.wait_empty()
+        return
+    aborted = gateway.inflight.abort_all(ShuttingDown("the gateway shut down before this finished"))
+    log.warning("grace period over: ended %d request(s) with an error", aborted)
+
+
+async def serve_gateway(
+    config: GatewayConfig,
+    *,
+    bind: str | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start the backends, then :func:`serve` until shutdown; stop the backends after."""
+    async with open_gateway(config) as gateway:
+        await serve(gateway, bind=bind, shutdown=shutdown, task_status=task_status)
+    log.info("stopped")
+
+
+async def serve(
+    gateway: Gateway,
+    *,
+    bind: str | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``gateway`` until ``shutdown`` is set (or SIGTERM/SIGINT when it is ``None``),
+    then drain. Reports the bound addresses (``http://host:port``) through ``task_status``.
+    """
+    config = gateway.config
+    hconfig = hypercorn_config(bind or config.server.bind, config.server.graceful_timeout)
+    app = create_app(gateway)
+    stop = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+
+        async def wait_for_stop() -> None:
+            if shutdown is not None:
+                await shutdown.wait()
+            else:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        break
+            nursery.start_soon(drain, gateway)
+            stop.set()
+
+        nursery.start_soon(wait_for_stop)
+        binds = await nursery.start(
+            partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)
+        )
+        task_status.started(binds)

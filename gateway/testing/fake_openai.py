@@ -1,0 +1,303 @@
+"""A scripted fake OpenAI-compatible upstream: a real HTTP/1.1 server on loopback.
+
+Tests drive the gateway against it. Each request carries its own script in the JSON body
+under ``"fake"`` (the gateway passes unknown fields through untouched), so one server serves
+every scenario. Responses are written as raw bytes, so faults can be exact: a reset before
+or after headers, a connection cut in the middle of a line, garbage, a stall.
+
+Script keys (all optional)::
+
+    status        HTTP status (default 200); non-2xx answers with an OpenAI error body
+    headers_delay seconds before the status line
+    prefill       seconds after the headers, before the first body byte
+    tokens        number of content deltas to stream (default 3)
+    pace          seconds between deltas
+    gap_at, gap   pause ``gap`` seconds before delta number ``gap_at``
+    chunks        raw body pieces (latin-1 strings) sent instead of generated deltas
+    comment_every send ``: upstream-ping`` before every n-th delta
+    fault         reset_before_headers | close_before_headers | reset_after_headers |
+                  reset_mid_stream | cut_mid_line | garbage | stall | no_done
+    content_type  override of the response's content type
+
+Every connection and request is recorded in :attr:`FakeOpenAI.log` with trio timestamps,
+including when the gateway closed the connection — the proof that cancellation reached
+the upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import trio
+
+__all__ = ["FakeOpenAI", "ConnectionRecord", "RequestRecord", "chat_events"]
+
+
+@dataclass(eq=False)
+class RequestRecord:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+    finished_at: float | None = None  # when the fake wrote its last byte
+    sent: bytes = b""  # the body bytes as sent (before chunked framing)
+
+
+@dataclass(eq=False)
+class ConnectionRecord:
+    opened_at: float
+    closed_at: float | None = None  # when the peer's close was seen
+    requests: list[RequestRecord] = field(default_factory=list)
+    closed_event: trio.Event = field(default_factory=trio.Event)
+    early_data: bytes = b""  # bytes of the next request that arrived during an answer
+
+
+def chat_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
+    """A chat stream as OpenAI sends it: role, ``n`` content deltas, finish, usage, [DONE]."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
+        doc: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None
+            else [],
+        }
+        if usage is not None:
+            doc["usage"] = usage
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": f"{text}{i} "}) for i in range(n)]
+    events.append(chunk({}, "stop"))
+    events.append(chunk({}, usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:
+    text = "".join(f"tok{i} " for i in range(n))
+    usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
+    if "messages" in body:
+        return {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+            "model": body.get("model"), "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+        }
+    if "input" in body:
+        return {"object": "list", "model": body.get("model"), "usage": usage,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]}
+    return {
+        "id": "cmpl-fake", "object": "text_completion", "created": 0,
+        "model": body.get("model"), "usage": usage,
+        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+    }
+
+
+def _reset(stream: trio.SocketStream) -> None:
+    """Make the coming close an RST instead of a FIN."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class FakeOpenAI:
+    """Serve with ``port = await nursery.start(fake.serve)``."""
+
+    def __init__(self) -> None:
+        self.connections: list[ConnectionRecord] = []
+        self.port = 0
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        return [r for c in self.connections for r in c.requests]
+
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for c in self.connections if c.closed_at is None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        record = ConnectionRecord(opened_at=trio.current_time())
+        self.connections.append(record)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._read_request(stream, conn, record)
+                if request is None:
+                    return
+                keep_open = await self._answer(stream, conn, record, request)
+                if not keep_open:
+                    return
+                leftover = conn.trailing_data[0] + record.early_data
+                record.early_data = b""
+                conn = h11.Connection(h11.SERVER)
+                if leftover:  # receive_data(b"") would mean EOF to h11
+                    conn.receive_data(leftover)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            if record.closed_at is None:
+                record.closed_at = trio.current_time()
+                record.closed_event.set()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read_request(
+        self, stream: trio.SocketStream, conn: h11.Connection, record: ConnectionRecord
+    ) -> RequestRecord | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    record.closed_at = trio.current_time()
+                    record.closed_event.set()
+                    return None
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                try:
+                    doc = json.loads(body) if body else {}
+                except ValueError:
+                    doc = {"_raw": body.decode("latin-1")}
+                req = RequestRecord(
+                    method=head.method.decode(),
+                    path=head.target.decode(),
+                    headers={k.decode(): v.decode() for k, v in head.headers},
+                    body=doc,
+                    received_at=trio.current_time(),
+                )
+                record.requests.append(req)
+                return req
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _watch_close(self, stream: trio.SocketStream, record: ConnectionRecord,
+                           scope: trio.CancelScope) -> None:
+        # While the answer is being written, the gateway sends nothing more: any read
+        # result is its close (EOF or reset). Record it and stop the script at once.
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if data:  # a pipelined next request, not a close
+            record.early_data += data
+            return
+        record.closed_at = trio.current_time()
+        record.closed_event.set()
+        scope.cancel()
+
+    async def _answer(self, stream: trio.SocketStream, conn: h11.Connection,
+                      record: ConnectionRecord, req: RequestRecord) -> bool:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_close, stream, record, nursery.cancel_scope)
+            keep = await self._script(stream, req)
+            nursery.cancel_scope.cancel()
+        if record.closed_at is not None:
+            return False
+        return keep
+
+    async def _script(self, stream: trio.SocketStream, req: RequestRecord) -> bool:
+        script: dict[str, Any] = req.body.get("fake") or {}
+        fault = script.get("fault")
+        stream_mode = bool(req.body.get("stream"))
+        await trio.sleep(script.get("headers_delay", 0))
+        if fault in ("reset_before_headers", "close_before_headers"):
+            if fault == "reset_before_headers":
+                _reset(stream)
+            return False
+        status = int(script.get("status", 200))
+        if req.path.endswith("/models") and req.method == "GET":
+            body = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+            await self._send_fixed(stream, 200, "application/json", body.encode(), req)
+            return True
+        if status >= 300:
+            err = {"error": {"message": script.get("message", f"fake error {status}"),
+                             "type": script.get("type", "server_error"), "param": None,
+                             "code": script.get("code", "fake_error")}}
+            await self._send_fixed(stream, status, "application/json", json.dumps(err).encode(), req)
+            return True
+        if not stream_mode:
+            await trio.sleep(script.get("prefill", 0))
+            body = json.dumps(_completion(req.body, int(script.get("tokens", 3)))).encode()
+            await self._send_fixed(stream, 200, script.get("content_type", "application/json"), body, req)
+            return True
+
+        ctype = script.get("content_type", "text/event-stream")
+        await stream.send_all(
+            f"HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncache-control: no-cache\r\n"
+            "transfer-encoding: chunked\r\n\r\n".encode()
+        )
+        if fault == "reset_after_headers":
+            _reset(stream)
+            return False
+        await trio.sleep(script.get("prefill", 0))
+        if "chunks" in script:
+            pieces = [c.encode("latin-1") for c in script["chunks"]]
+            paces = script.get("paces") or [script.get("pace", 0)] * len(pieces)
+        else:
+            pieces = chat_events(int(script.get("tokens", 3)), model=str(req.body.get("model")))
+            paces = [script.get("pace", 0)] * len(pieces)
+            every = script.get("comment_every")
+            if every:
+                pieces = [p2 for i, p in enumerate(pieces)
+                          for p2 in ((b": upstream-ping\n\n", p) if i % every == 0 else (p,))]
+                paces = [script.get("pace", 0)] * len(pieces)
+        if fault == "no_done":
+            pieces = pieces[:-1]
+        if fault == "garbage":
+            pieces = pieces[:2] + [b"\x00\xffnot sse at all " * 8]
+        gap_at, gap = script.get("gap_at"), script.get("gap", 0)
+        for i, piece in enumerate(pieces):
+            if gap_at is not None and i == gap_at:
+                await trio.sleep(gap)
+            if fault == "reset_mid_stream" and i == len(pieces) // 2:
+                _reset(stream)
+                return False
+            if fault == "cut_mid_line" and i == len(pieces) // 2:
+                await self._send_chunk(stream, piece[: len(piece) // 2], req)
+                return False
+            if fault == "stall" and i == len(pieces) // 2:
+                await trio.sleep_forever()
+            await self._send_chunk(stream, piece, req)
+            if paces[i % len(paces)]:
+                await trio.sleep(paces[i % len(paces)])
+        await stream.send_all(b"0\r\n\r\n")
+        req.finished_at = trio.current_time()
+        return fault != "garbage"
+
+    async def _send_chunk(self, stream: trio.SocketStream, data: bytes, req: RequestRecord) -> None:
+        req.sent += data
+        await stream.send_all(b"%x\r\n%s\r\n" % (len(data), data))
+
+    async def _send_fixed(self, stream: trio.SocketStream, status: int, ctype: str, body: bytes,
+                          req: RequestRecord) -> None:
+        reason = b"OK" if status < 300 else b"Error"  # the reason phrase is free text
+        req.sent = body
+        await stream.send_all(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, ctype.encode(), len(body), body)
+        )
+        req.finished_at = trio.current_time()

@@ -1,0 +1,72 @@
+"""Sans-I/O timing: when a heartbeat is due, and when an upstream timer expires.
+
+Plain arithmetic over timestamps from any monotonic clock; the relay feeds it
+``trio.current_time()``, tests feed it numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from .abc import Timeouts
+
+TimerName = Literal["first_byte", "idle", "total"]
+
+
+class HeartbeatClock:
+    """Client-side silence. A heartbeat is due once ``interval`` seconds passed with no
+    byte written to the client — by the relay or by an earlier heartbeat."""
+
+    __slots__ = ("interval", "last_write")
+
+    def __init__(self, interval: float, now: float) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0 (0 means no heartbeat task at all)")
+        self.interval = interval
+        self.last_write = now
+
+    def note_write(self, now: float) -> None:
+        self.last_write = now
+
+    @property
+    def due_at(self) -> float:
+        return self.last_write + self.interval
+
+    def is_due(self, now: float) -> bool:
+        return now >= self.due_at
+
+
+class UpstreamClock:
+    """Upstream timers, advanced only by upstream body bytes (never by heartbeats).
+
+    ``first_byte`` runs from the request until the first body byte, ``idle`` from each body
+    byte to the next, ``total`` over everything. ``deadline`` is the earliest of the armed
+    ones; :meth:`expired` names the one that fired.
+    """
+
+    __slots__ = ("_timeouts", "_total_at", "_phase", "_phase_at")
+
+    def __init__(self, timeouts: Timeouts, now: float) -> None:
+        self._timeouts = timeouts
+        self._total_at = _after(now, timeouts.total)
+        self._phase: TimerName = "first_byte"
+        self._phase_at = _after(now, timeouts.first_byte)
+
+    def note_bytes(self, now: float) -> None:
+        self._phase = "idle"
+        self._phase_at = _after(now, self._timeouts.idle)
+
+    @property
+    def deadline(self) -> float:
+        return min(self._total_at, self._phase_at)
+
+    def expired(self) -> TimerName:
+        return "total" if self._total_at <= self._phase_at else self._phase
+
+    def limit(self, name: TimerName) -> float | None:
+        return getattr(self._timeouts, name)  # type: ignore[no-any-return]
+
+
+def _after(now: float, seconds: float | None) -> float:
+    return math.inf if seconds is None else now + seconds

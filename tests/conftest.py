@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from gateway.config import GatewayConfig, build_config
+from gateway.server import serve
+from gateway.service import Gateway, open_gateway
+from gateway.testing.fake_openai import FakeOpenAI
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+    shutdown: trio.Event
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", httpx.Timeout(30.0))
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
+
+
+def gateway_config(
+    upstream_url: str,
+    *,
+    keepalive: dict[str, Any] | None = None,
+    timeouts: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+    route: dict[str, Any] | None = None,
+) -> GatewayConfig:
+    backend: dict[str, Any] = {"type": "openai", "url": upstream_url}
+    if timeouts:
+        backend["timeouts"] = timeouts
+    return build_config(
+        {
+            "server": {"bind": "127.0.0.1:0", **(server or {})},
+            "backends": {"fake": backend},
+            "routes": {
+                "chat": {
+                    "model": "m",
+                    "aliases": ["m-alias"],
+                    "match": ["m-*"],
+                    "backend": "fake",
+                    "upstream_model": "upstream-m",
+                    "keepalive": {"interval": 1, **(keepalive or {})},
+                    **(route or {}),
+                }
+            },
+        }
+    )
+
+
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def fake(nursery: trio.Nursery) -> FakeOpenAI:
+    upstream = FakeOpenAI()
+    await nursery.start(upstream.serve)
+    return upstream
+
+
+@pytest.fixture
+async def start_gateway(nursery: trio.Nursery, fake: FakeOpenAI) -> StartGateway:
+    """Serve a gateway in front of ``fake`` on port 0; keyword args shape its config."""
+
+    async def start(**kwargs: Any) -> RunningGateway:
+        config = gateway_config(fake.url, **kwargs)
+        shutdown = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[RunningGateway]) -> None:
+            async with open_gateway(config) as gw:
+                binds = await nursery.start(partial(serve, gw, shutdown=shutdown))
+                task_status.started(RunningGateway(binds[0], gw, shutdown))
+                await trio.sleep_forever()
+
+        return await nursery.start(run)
+
+    return start
