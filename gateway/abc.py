@@ -35,6 +35,7 @@ from typing import ClassVar, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import (
+    Overloaded,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -47,6 +48,7 @@ __all__ = [
     "BackendSettings",
     "Endpoint",
     "JSONObject",
+    "Overloaded",
     "Timeouts",
     "UpstreamConnectError",
     "UpstreamError",

@@ -14,6 +14,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     │   └── ModelNotFound                404  code=model_not_found
     ├── MethodNotAllowed                 405  code=method_not_allowed
     ├── ShuttingDown                     503  code=shutting_down
+    ├── Overloaded                       503 (or 429) code=overloaded, with Retry-After
     ├── ConfigError                      (start-up only, never sent to a client)
     └── UpstreamError                    502 upstream_error
         ├── UpstreamConnectError         502  code=upstream_connect_error
@@ -96,6 +97,24 @@ class ShuttingDown(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+class Overloaded(GatewayError):
+    """No capacity now and no room to wait: a full queue. Tells the client when to retry."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, status: int = 503) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+        if status == 429:
+            self.type = "rate_limit_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class ConfigError(GatewayError):
