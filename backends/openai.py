@@ -9,8 +9,8 @@ The client's ``Authorization`` is never forwarded: the upstream gets this backen
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Literal
 
 import httpx
@@ -108,25 +108,28 @@ class OpenAIBackend(Backend):
             response = await self._client.send(http_request, stream=True)
         except httpx.HTTPError as exc:
             raise _map_error(exc, self.id) from exc
+        body = self._body(response)
         try:
             if response.status_code >= 300:
-                body = await _read_capped(response)
-                raise UpstreamStatusError.from_body(response.status_code, body)
+                error_body = await _read_capped(response)
+                raise UpstreamStatusError.from_body(response.status_code, error_body)
             yield UpstreamResponse(
                 status=response.status_code,
                 content_type=response.headers.get("content-type", ""),
-                body=self._body(response),
+                body=body,
             )
         finally:
             # Shielded: a cancelled request must still hand its connection back (or close
             # it), or the pool leaks one connection per disconnecting client.
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+                await body.aclose()
                 await response.aclose()
 
-    async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _body(self, response: httpx.Response) -> AsyncGenerator[bytes, None]:
         try:
-            async for chunk in response.aiter_bytes():
-                yield chunk
+            async with aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         except httpx.HTTPError as exc:
             raise _map_error(exc, self.id) from exc
 
@@ -135,11 +138,12 @@ async def _read_capped(response: httpx.Response) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_raw():
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= _MAX_ERROR_BODY:
-                break
+        async with aclosing(response.aiter_raw()) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= _MAX_ERROR_BODY:
+                    break
     except httpx.HTTPError:
         pass  # the status is what matters; a broken error body still reports it
     return b"".join(parts)[:_MAX_ERROR_BODY]
@@ -154,5 +158,5 @@ def _map_error(exc: httpx.HTTPError, backend_id: str) -> UpstreamError:
     if isinstance(exc, httpx.ConnectError):
         return UpstreamConnectError(f"{where}: cannot connect: {exc}")
     if isinstance(exc, httpx.RemoteProtocolError):
-        return UpstreamProtocolError(f"{where}: connection broken: {exc}")
-    return UpstreamProtocolError(f"{where}: {type(exc).__name__}: {exc}")
+        return UpstreamProtocolError(f"{where}: upstream broke the HTTP exchange: {exc}")
+    return UpstreamProtocolError(f"{where}: upstream connection lost: {exc}")

@@ -18,6 +18,9 @@ Script keys (all optional)::
     fault         reset_before_headers | close_before_headers | reset_after_headers |
                   reset_mid_stream | cut_mid_line | garbage | stall | no_done
     content_type  override of the response's content type
+    queue, slots  answer at most ``slots`` (default 1) requests naming the same ``queue`` at
+                  once; the others wait, first come first served, without a single byte
+                  (not even the status line), as a busy llama-server's queued requests do
 
 Every connection and request is recorded in :attr:`FakeOpenAI.log` with trio timestamps,
 including when the gateway closed the connection — the proof that cancellation reached
@@ -35,7 +38,13 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["FakeOpenAI", "ConnectionRecord", "RequestRecord", "chat_events"]
+__all__ = [
+    "ConnectionRecord",
+    "FakeOpenAI",
+    "RequestRecord",
+    "chat_events",
+    "completion_events",
+]
 
 
 @dataclass(eq=False)
@@ -46,6 +55,7 @@ class RequestRecord:
     body: dict[str, Any]
     received_at: float
     finished_at: float | None = None  # when the fake wrote its last byte
+    slot_at: float | None = None  # when a request naming a ``queue`` got its slot
     sent: bytes = b""  # the body bytes as sent (before chunked framing)
 
 
@@ -82,6 +92,27 @@ def chat_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes
     return events
 
 
+def completion_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
+    """A legacy completions stream as OpenAI sends it: ``n`` text chunks, the last one with
+    its finish reason, usage, [DONE]."""
+
+    def chunk(piece: str, finish: str | None = None, usage: Any = None) -> bytes:
+        doc: dict[str, Any] = {
+            "id": "cmpl-fake", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}]
+            if usage is None else [],
+        }
+        if usage is not None:
+            doc["usage"] = usage
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+    events = [chunk(f"{text}{i} ") for i in range(n)]
+    events.append(chunk("", "stop"))
+    events.append(chunk("", usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
 def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:
     text = "".join(f"tok{i} " for i in range(n))
     usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
@@ -102,6 +133,12 @@ def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
+@dataclass(eq=False)
+class _Queue:
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    waiting: int = 0  # arrived, no slot yet (a CapacityLimiter counts only parked tasks)
+
+
 def _reset(stream: trio.SocketStream) -> None:
     """Make the coming close an RST instead of a FIN."""
     stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -113,6 +150,8 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.connections: list[ConnectionRecord] = []
         self.port = 0
+        self._queues: dict[str, _Queue] = {}
+        self._queues_changed = trio.Event()
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -125,6 +164,26 @@ class FakeOpenAI:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def queue_stats(self, queue: str) -> tuple[int, int]:
+        """(requests holding a slot, requests waiting for one) of ``queue``."""
+        state = self._queues.get(queue)
+        if state is None:
+            return (0, 0)
+        return (state.limiter.borrowed_tokens, state.waiting)
+
+    async def wait_queue(self, queue: str, *, holding: int, waiting: int = 0) -> None:
+        """Return once ``queue`` has at least ``holding`` requests answered and ``waiting``
+        requests waiting: how a test orders its requests without sleeping."""
+        while True:
+            held, queued = self.queue_stats(queue)
+            if held >= holding and queued >= waiting:
+                return
+            await self._queues_changed.wait()
+
+    def _queue_changed(self) -> None:
+        self._queues_changed.set()
+        self._queues_changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -213,7 +272,13 @@ class FakeOpenAI:
                       record: ConnectionRecord, req: RequestRecord) -> bool:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_close, stream, record, nursery.cancel_scope)
-            keep = await self._script(stream, req)
+            try:
+                keep = await self._script(stream, req)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                keep = False  # the gateway went away mid-answer
+                if record.closed_at is None:
+                    record.closed_at = trio.current_time()
+                    record.closed_event.set()
             nursery.cancel_scope.cancel()
         if record.closed_at is not None:
             return False
@@ -221,6 +286,26 @@ class FakeOpenAI:
 
     async def _script(self, stream: trio.SocketStream, req: RequestRecord) -> bool:
         script: dict[str, Any] = req.body.get("fake") or {}
+        if "queue" not in script:
+            return await self._scripted_answer(stream, req, script)
+        state = self._queues.setdefault(str(script["queue"]), _Queue())
+        state.limiter.total_tokens = int(script.get("slots", 1))
+        state.waiting += 1
+        self._queue_changed()
+        try:
+            await state.limiter.acquire()
+        finally:
+            state.waiting -= 1
+            self._queue_changed()
+        try:
+            req.slot_at = trio.current_time()
+            return await self._scripted_answer(stream, req, script)
+        finally:
+            state.limiter.release()
+            self._queue_changed()
+
+    async def _scripted_answer(self, stream: trio.SocketStream, req: RequestRecord,
+                               script: dict[str, Any]) -> bool:
         fault = script.get("fault")
         stream_mode = bool(req.body.get("stream"))
         await trio.sleep(script.get("headers_delay", 0))
@@ -230,8 +315,8 @@ class FakeOpenAI:
             return False
         status = int(script.get("status", 200))
         if req.path.endswith("/models") and req.method == "GET":
-            body = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
-            await self._send_fixed(stream, 200, "application/json", body.encode(), req)
+            listing = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+            await self._send_fixed(stream, 200, "application/json", listing.encode(), req)
             return True
         if status >= 300:
             err = {"error": {"message": script.get("message", f"fake error {status}"),
@@ -258,7 +343,8 @@ class FakeOpenAI:
             pieces = [c.encode("latin-1") for c in script["chunks"]]
             paces = script.get("paces") or [script.get("pace", 0)] * len(pieces)
         else:
-            pieces = chat_events(int(script.get("tokens", 3)), model=str(req.body.get("model")))
+            events = chat_events if "messages" in req.body else completion_events
+            pieces = events(int(script.get("tokens", 3)), model=str(req.body.get("model")))
             paces = [script.get("pace", 0)] * len(pieces)
             every = script.get("comment_every")
             if every:

@@ -1,0 +1,153 @@
+"""Upstream failures: before headers they keep a real status; after, they become an error
+event and the stream never ends cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import trio
+
+from gateway.sse import SSEFramer
+from gateway.testing.fake_openai import FakeOpenAI
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def read_stream(client: httpx.AsyncClient, script: dict) -> tuple[httpx.Response, list]:
+    async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as resp:
+        raw = await resp.aread()
+    return resp, SSEFramer().feed(raw)
+
+
+def data_events(events: list) -> list[str]:
+    return [e.data for e in events if e.is_data]
+
+
+@pytest.mark.parametrize(
+    "script,fragment",
+    [
+        ({"fault": "reset_mid_stream", "tokens": 6}, "upstream"),
+        ({"fault": "cut_mid_line", "tokens": 6}, "upstream"),
+        ({"fault": "garbage", "tokens": 6}, "upstream"),
+        ({"fault": "no_done", "tokens": 3}, "[DONE]"),
+        ({"fault": "reset_after_headers"}, "upstream"),
+    ],
+    ids=["reset", "cut-mid-line", "garbage", "no-done", "reset-after-headers"],
+)
+async def test_mid_stream_failure_is_an_error_event(start_gateway, script, fragment) -> None:
+    gw = await start_gateway()
+    async with gw.client() as client:
+        resp, events = await read_stream(client, script)
+        assert resp.status_code == 200
+        data = data_events(events)
+        assert "[DONE]" not in data
+        error = json.loads(data[-1])["error"]
+        assert error["type"] == "upstream_error" and fragment in error["message"]
+        # Only whole upstream events reached the client before the error: all parse.
+        for item in data[:-1]:
+            assert "choices" in json.loads(item)
+        ok, _ = await read_stream(client, {"tokens": 1})
+        assert ok.status_code == 200
+
+
+async def test_stall_hits_idle_timer_despite_heartbeats(start_gateway) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.1}, timeouts={"idle": 0.6})
+    async with gw.client() as client:
+        resp, events = await read_stream(client, {"fault": "stall", "tokens": 4})
+    heartbeats = [e for e in events if e.comments == ("keepalive",)]
+    assert len(heartbeats) >= 3  # heartbeats kept flowing, yet the idle timer fired
+    error = json.loads(data_events(events)[-1])["error"]
+    assert error["code"] == "upstream_timeout" and "idle" in error["message"]
+
+
+async def test_first_byte_timer_measures_upstream_only(start_gateway) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.1}, timeouts={"first_byte": 0.5})
+    async with gw.client() as client:
+        resp, events = await read_stream(client, {"prefill": 5})
+    assert resp.status_code == 200
+    error = json.loads(data_events(events)[-1])["error"]
+    assert error["code"] == "upstream_timeout" and "first_byte" in error["message"]
+
+
+async def test_total_timer(start_gateway) -> None:
+    gw = await start_gateway(timeouts={"total": 0.5}, keepalive={"early_headers": False})
+    async with gw.client() as client:
+        resp, events = await read_stream(client, {"tokens": 50, "pace": 0.05})
+    assert resp.status_code == 200  # headers came from the upstream before the timer fired
+    error = json.loads(data_events(events)[-1])["error"]
+    assert "total" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "script,timeouts,status,code",
+    [
+        ({"fault": "reset_before_headers"}, None, 502, "upstream_protocol_error"),
+        ({"fault": "close_before_headers"}, None, 502, "upstream_protocol_error"),
+        ({"headers_delay": 5}, {"first_byte": 0.3}, 504, "upstream_timeout"),
+        ({"status": 503, "message": "model loading"}, None, 503, "fake_error"),
+        ({"status": 500}, None, 500, "fake_error"),
+        ({"content_type": "application/json"}, None, 502, "upstream_protocol_error"),
+    ],
+    ids=["reset", "close", "first-byte-timeout", "503", "500", "not-sse"],
+)
+async def test_before_headers_without_early_headers_real_status(
+    start_gateway, script, timeouts, status, code
+) -> None:
+    gw = await start_gateway(keepalive={"early_headers": False}, timeouts=timeouts)
+    async with gw.client() as client:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
+        ) as resp:
+            body = json.loads(await resp.aread())
+        assert resp.status_code == status
+        assert body["error"]["code"] == code
+        ok, _ = await read_stream(client, {"tokens": 1})
+        assert ok.status_code == 200
+
+
+async def test_before_headers_with_early_headers_is_error_event(start_gateway) -> None:
+    gw = await start_gateway()
+    async with gw.client() as client:
+        resp, events = await read_stream(client, {"status": 503, "message": "model loading"})
+    assert resp.status_code == 200
+    [data] = data_events(events)
+    assert json.loads(data)["error"]["message"] == "model loading"
+
+
+async def test_unreachable_upstream(start_gateway, nursery) -> None:
+    # A port nobody listens on: bind, learn the port, close.
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    from tests.conftest import gateway_config
+    from gateway.server import serve
+    from gateway.service import open_gateway
+    from functools import partial
+
+    config = gateway_config(f"http://127.0.0.1:{port}/v1", keepalive={"early_headers": False})
+    async with open_gateway(config) as gw:
+        [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+        async with httpx.AsyncClient(base_url=url) as client:
+            resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "upstream_connect_error"
+
+
+async def test_non_stream_whitespace_keepalive(start_gateway) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.1, "non_stream": "whitespace"})
+    async with gw.client() as client:
+        resp = await client.post(
+            "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"prefill": 0.6}}
+        )
+        failed = await client.post(
+            "/v1/chat/completions",
+            json={**CHAT, "stream": False, "fake": {"prefill": 0.3, "status": 500}},
+        )
+    assert resp.status_code == 200
+    assert resp.content.startswith(b"   ")  # heartbeats are leading JSON whitespace
+    assert resp.json()["object"] == "chat.completion"
+    # The status was committed; the failure arrives as an OpenAI error body.
+    assert failed.status_code == 200 and failed.json()["error"]["code"] == "fake_error"
