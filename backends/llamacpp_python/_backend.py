@@ -1,0 +1,308 @@
+"""Backend ``llamacpp-python``: a GGUF model served from the gateway's own process.
+
+Each of ``instances`` model copies serves one request at a time, in a worker thread
+(llama.cpp blocks; the event loop must not). Requests beyond that wait in a bounded FIFO
+line inside :meth:`~LlamaCppPythonBackend.open_response`, which the gateway heartbeats like
+any slow upstream; a full line is refused at once with
+:class:`~gateway.errors.Overloaded`.
+
+One request, three parties::
+
+    open_response (request task)     producer task              worker thread
+    ─ parse + validate body
+    ─ wait in line for an engine
+    ─ open nursery ────────────────▶ to_thread.run_sync ──────▶ Engine.run(job, emit)
+    ─ receive first item ◀───────── memory channel ◀─────────── emit(bytes) per token
+    ─ yield response; body reads the channel
+    ─ finally: job.stop(), close channel; nursery waits for the thread (within one token)
+    ─ release the engine
+
+The body itself is a plain async generator reading the channel: it never holds a nursery
+or cancel scope across a ``yield`` (PEP 789).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from types import ModuleType
+from typing import TYPE_CHECKING, NoReturn
+
+import trio
+
+from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    ShuttingDown,
+    UpstreamConnectError,
+)
+
+from ._pool import InstancePool, QueueFull
+from ._protocol import EmbeddingRequest, TextRequest, parse_request
+from ._settings import LlamaCppPythonSettings
+from ._source import resolve_model
+
+if TYPE_CHECKING:
+    from ._engine import Engine, Job
+
+log = logging.getLogger("backends.llamacpp_python")
+
+# Items a worker may run ahead of a slow client before it waits (backpressure).
+_CHANNEL_BUFFER = 64
+
+_Item = bytes | GatewayError
+
+
+class LlamaCppPythonBackend(Backend):
+    """Serves chat and text completions (or embeddings) from an in-process model."""
+
+    Settings = LlamaCppPythonSettings
+    settings: LlamaCppPythonSettings
+
+    def __init__(self, id: str, settings: BackendSettings) -> None:
+        assert isinstance(settings, LlamaCppPythonSettings)
+        super().__init__(id, settings)
+        self.engines: tuple[Engine, ...] = ()
+        """The loaded instances while running (diagnostics: token counters, current job)."""
+        self._pool: InstancePool[Engine] | None = None
+        # Generation threads get their own limiter: they must never starve trio's default
+        # one (DNS lookups, file I/O), nor be starved by it.
+        self._threads = trio.CapacityLimiter(settings.instances)
+
+    @property
+    def queue_length(self) -> int:
+        """Requests waiting for a free instance now."""
+        return self._pool.waiting if self._pool is not None else 0
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Load ``instances`` copies of the model, one after another, each in a worker
+        thread; serve; then stop whatever still runs and free them all.
+
+        Raises :class:`~gateway.errors.ConfigError` when llama-cpp-python is missing, or the
+        model is missing, corrupt or unfit for the settings. Cancelling start-up waits for
+        the instance being loaded (llama.cpp cannot be interrupted there).
+        """
+        engine_module = self._import_engine()
+        where = f"backends.{self.id}"
+        settings = self.settings
+        if settings.chat_format is not None:
+            engine_module.check_chat_format(settings.chat_format, f"{where}.chat_format")
+        path = await trio.to_thread.run_sync(resolve_model, settings.model, f"{where}.model")
+        n_gpu_layers = self._gpu_layers(engine_module.supports_gpu_offload())
+        size_mib = path.stat().st_size / 2**20
+        engines: list[Engine] = []
+        try:
+            for index in range(settings.instances):
+                log.info(
+                    "backend %s: loading %s (%.0f MiB), instance %d of %d ...",
+                    self.id, path, size_mib, index + 1, settings.instances,
+                )
+                started = trio.current_time()
+                engine = await trio.to_thread.run_sync(
+                    partial(
+                        engine_module.load,
+                        path,
+                        settings,
+                        n_gpu_layers=n_gpu_layers,
+                        index=index,
+                        backend_id=self.id,
+                    )
+                )
+                engines.append(engine)
+                log.info(
+                    "backend %s: instance %d of %d loaded in %.1f s",
+                    self.id, index + 1, settings.instances, trio.current_time() - started,
+                )
+            self.engines = tuple(engines)
+            self._pool = InstancePool(engines, max_waiting=settings.max_queue)
+            yield
+        finally:
+            pool, self._pool = self._pool, None
+            with trio.CancelScope(shield=True):
+                if pool is not None:
+                    for engine in engines:
+                        if engine.current is not None:
+                            engine.current.stop()
+                    await pool.aclose()  # every job has ended: the models are free
+                for engine in engines:
+                    await trio.to_thread.run_sync(engine.close)
+            self.engines = ()
+
+    def _import_engine(self) -> ModuleType:
+        try:
+            from . import _engine
+        except ImportError as error:
+            if not (error.name or "").startswith("llama_cpp"):
+                raise
+            raise ConfigError(
+                f"backends.{self.id}: type llamacpp-python needs llama-cpp-python, which is "
+                "not installed; install it with: pip install 'trio-gateway[local]'"
+            ) from None
+        except (OSError, RuntimeError) as error:  # its native library failed to load
+            raise ConfigError(
+                f"backends.{self.id}: llama-cpp-python is installed but cannot load its "
+                f"native library: {error}"
+            ) from None
+        return _engine
+
+    def _gpu_layers(self, gpu: bool) -> int:
+        configured = self.settings.n_gpu_layers
+        layers = configured if configured is not None else (-1 if gpu else 0)
+        if layers == 0:
+            why = "n_gpu_layers = 0" if configured is not None else "llama-cpp-python has no GPU support"
+            log.info("backend %s: running on the CPU (%s)", self.id, why)
+        elif not gpu:
+            log.warning(
+                "backend %s: n_gpu_layers = %d, but llama-cpp-python was built without GPU "
+                "support: running on the CPU",
+                self.id, layers,
+            )
+        else:
+            what = "all layers" if layers < 0 else f"{layers} layers"
+            log.info("backend %s: %s on the GPU (n_gpu_layers = %d)", self.id, what, layers)
+        return layers
+
+    @asynccontextmanager
+    async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
+        """Validate, wait in line for an instance, start generating; enter once the first
+        bytes are ready (so a prompt the model refuses is still a real 400).
+
+        Raises :class:`~gateway.errors.InvalidRequest` for input this backend cannot serve,
+        :class:`~gateway.errors.Overloaded` at once when the line is full, and
+        :class:`~gateway.errors.ShuttingDown` when the backend stops. Cancellation while in
+        line leaves the line; during generation it stops the model within one token, and
+        the instance is free again when this context has exited.
+        """
+        pool = self._pool
+        if pool is None:
+            raise UpstreamConnectError(f"backend {self.id} is not running")
+        parsed = parse_request(request.endpoint, request.body)
+        self._check_endpoint(parsed)
+        try:
+            engine = await pool.acquire()
+        except QueueFull:
+            raise Overloaded(
+                f"backend {self.id}: all {self.settings.instances} model instance(s) are busy "
+                f"and {pool.waiting} request(s) are already waiting; retry later",
+                retry_after=self.settings.retry_after,
+                status=self.settings.queue_full_status,
+            ) from None
+        except trio.ClosedResourceError:
+            raise ShuttingDown(f"backend {self.id} is shutting down") from None
+        try:
+            async with self._open_job(engine, parsed, request.stream) as response:
+                yield response
+        finally:
+            pool.release(engine)
+
+    def _check_endpoint(self, parsed: TextRequest | EmbeddingRequest) -> None:
+        if self.settings.embedding and isinstance(parsed, TextRequest):
+            raise InvalidRequest(
+                f"model backend {self.id} serves embeddings only (embedding = true)"
+            )
+        if not self.settings.embedding and isinstance(parsed, EmbeddingRequest):
+            raise InvalidRequest(
+                f"model backend {self.id} does not serve embeddings (set embedding = true "
+                "on a backend of its own)"
+            )
+
+    @asynccontextmanager
+    async def _open_job(
+        self, engine: Engine, parsed: TextRequest | EmbeddingRequest, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
+        from ._engine import Job  # imported by running() already; here for the name only
+
+        job = Job(parsed)
+        send, receive = trio.open_memory_channel[_Item](_CHANNEL_BUFFER)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._produce, engine, job, send)
+                try:
+                    first = await self._first_item(receive)
+                    yield UpstreamResponse(
+                        status=200,
+                        content_type="text/event-stream" if stream else "application/json",
+                        body=self._body(first, receive, job),
+                    )
+                finally:
+                    if job.finished_at is None:
+                        job.stop()
+                    receive.close()
+        except BaseExceptionGroup as group:
+            _raise_sole(group)
+
+    async def _produce(self, engine: Engine, job: Job, send: trio.MemorySendChannel[_Item]) -> None:
+        with send:
+            await trio.to_thread.run_sync(
+                engine.run,
+                job,
+                partial(_emit, send),
+                abandon_on_cancel=False,
+                limiter=self._threads,
+                thread_name=f"llama {self.id}#{engine.index}",
+            )
+
+    async def _first_item(self, receive: trio.MemoryReceiveChannel[_Item]) -> bytes:
+        try:
+            item = await receive.receive()
+        except trio.EndOfChannel:
+            raise ShuttingDown(f"backend {self.id} stopped before this request started") from None
+        if isinstance(item, GatewayError):
+            raise item
+        return item
+
+    async def _body(
+        self, first: bytes, receive: trio.MemoryReceiveChannel[_Item], job: Job
+    ) -> AsyncIterator[bytes]:
+        yield first
+        async for item in receive:
+            if isinstance(item, GatewayError):
+                raise item
+            yield item
+        if job.stopped:
+            raise ShuttingDown(f"backend {self.id} stopped before this request finished")
+
+
+def _emit(send: trio.MemorySendChannel[_Item], item: _Item) -> None:
+    """The worker thread's :data:`~._engine.Emit`: hand ``item`` to the trio side."""
+    try:
+        trio.from_thread.run(send.send, item)
+    except (trio.BrokenResourceError, trio.Cancelled):
+        # The reader closed its end, or the request task was cancelled: either way nobody
+        # will read more. The task sees its own cancellation once this thread returns.
+        from ._engine import Stopped
+
+        raise Stopped from None
+
+
+def _raise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Re-raise what a nursery wrapped: its one non-Cancelled exception, else a Cancelled.
+
+    A nursery wraps even the exception of its own ``async with`` body, which here is the
+    relay's (say ``ClientGone``, or an error from the body); the relay must see it as is.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    real = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    if len(real) > 1:
+        raise group
+    sole = (real or leaves)[0]
+    context = sole.__context__
+    try:
+        raise sole
+    finally:  # keep the exception's own context, not the group it was unwrapped from
+        sole.__context__ = context
+        del sole, context
+

@@ -1,0 +1,297 @@
+"""One model instance: a ``llama_cpp.Llama`` and the worker-thread half of every request.
+
+This is the only module that imports ``llama_cpp``; the backend imports it lazily, so the
+gateway starts (and validates configs) without the ``local`` extra installed.
+
+Threads: :func:`load`, :meth:`Engine.run` and :meth:`Engine.close` block and run in worker
+threads, one at a time per engine (a ``Llama`` is not safe for concurrent use). The only
+call that crosses from the trio thread into a running job is :meth:`Job.stop`, which sets a
+flag that the job checks
+
+* after every sampled token (in :meth:`_Llama.sample`), and
+* inside llama.cpp, between the graph nodes of every decode (its abort callback), so a long
+  prompt's prefill stops too, not only token generation.
+
+So generation stops within one token of :meth:`Job.stop`, in every phase.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any, cast
+
+import jinja2
+import llama_cpp
+import llama_cpp.llama_chat_format
+
+from gateway.errors import ConfigError, GatewayError, InvalidRequest, UpstreamError
+
+from ._protocol import (
+    DONE,
+    EmbeddingRequest,
+    TextRequest,
+    Usage,
+    json_body,
+    sse_event,
+    usage_chunk,
+)
+from ._settings import LlamaCppPythonSettings
+
+log = logging.getLogger("backends.llamacpp_python")
+
+__version__: str = llama_cpp.__version__
+
+_POOLING = {
+    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
+
+Emit = Callable[[bytes | GatewayError], None]
+"""Hands one item to the trio side; blocks while its buffer is full. Raises :class:`Stopped`
+once nobody will read it (the request is gone)."""
+
+
+class Stopped(Exception):
+    """The job was told to stop (client gone, shutdown), or its reader went away."""
+
+
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Job:
+    """One request's run on one engine, shared by the trio side and the worker thread.
+
+    Counters are written by the worker thread only; :meth:`stop` by the trio side only.
+    """
+
+    def __init__(self, request: TextRequest | EmbeddingRequest) -> None:
+        self.request = request
+        self._stop = threading.Event()
+        self.prompt_tokens = 0
+        self.sampled = 0
+        """Tokens sampled for this request, the end-of-generation token included."""
+        self.sampled_at_stop: int | None = None
+        """:attr:`sampled` when :meth:`stop` was first called: what was made before it."""
+        self.last_was_eog = False
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.stopped = False
+        """Whether the job ended because it was stopped, rather than by finishing."""
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the worker to stop within one token. Idempotent, never blocks."""
+        if not self._stop.is_set():
+            self.sampled_at_stop = self.sampled
+            self._stop.set()
+
+    def usage(self) -> Usage:
+        # Counted like llama-cpp-python's own usage: the end-of-generation token is not text.
+        return Usage(self.prompt_tokens, self.sampled - (1 if self.last_was_eog else 0))
+
+
+class _Llama(llama_cpp.Llama):
+    """``Llama`` with a hook on every sampled token, which the engine uses to count tokens
+    and to stop a job: ``generate()`` calls :meth:`sample` once per token."""
+
+    on_token: Callable[[int], None] | None = None
+
+    def sample(self, *args: Any, **kwargs: Any) -> int:
+        token = cast(int, super().sample(*args, **kwargs))
+        if self.on_token is not None:
+            self.on_token(token)
+        return token
+
+
+class Engine:
+    """One loaded model copy. Not thread-safe: run one job at a time (the pool sees to it)."""
+
+    def __init__(self, llama: _Llama, *, index: int, backend_id: str, cache_prompt: bool) -> None:
+        self.index = index
+        self.backend_id = backend_id
+        self.embedding_only = bool(llama.context_params.embeddings)
+        self.tokens_generated = 0
+        """Every token this instance has sampled, ever. Tests read it to prove a stop."""
+        self.current: Job | None = None
+        self.last: Job | None = None
+        self._llama = llama
+        self._cache_prompt = cache_prompt
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        # llama.cpp calls this between graph nodes of every decode; True aborts the decode.
+        self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
+        llama_cpp.llama_set_abort_callback(llama.ctx, self._abort_callback, None)
+
+    def _should_abort(self, _data: object) -> bool:
+        job = self.current
+        return job is not None and job.stopping
+
+    def _on_token(self, token: int) -> None:
+        job = self.current
+        if job is None:
+            return
+        if job.stopping:
+            raise Stopped  # the token just sampled is dropped, never counted or sent
+        self.tokens_generated += 1
+        job.sampled += 1
+        if job.sampled == 1:
+            job.prompt_tokens = self._llama.n_tokens
+        job.last_was_eog = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def run(self, job: Job, emit: Emit) -> None:
+        """Serve ``job`` (blocking; call from a worker thread), sending its bytes through
+        ``emit`` as they are made: SSE events for a stream, one JSON body otherwise.
+
+        Never raises for the request's own failures: they are emitted as a
+        :class:`~gateway.errors.GatewayError` after any bytes already sent. Returns early,
+        silently, when the job is stopped or ``emit`` raises :class:`Stopped`.
+        """
+        job.started_at = time.monotonic()
+        self.current = job
+        self._llama.on_token = self._on_token
+        try:
+            request = job.request
+            cache_prompt = (
+                request.cache_prompt
+                if isinstance(request, TextRequest) and request.cache_prompt is not None
+                else self._cache_prompt
+            )
+            if not cache_prompt:
+                self._llama.reset()
+            if isinstance(request, EmbeddingRequest):
+                emit(json_body(self._embed(request)))
+            elif request.stream:
+                self._stream(job, request, emit)
+            else:
+                emit(json_body(self._create(request, stream=False)))
+        except Stopped:
+            job.stopped = True
+        except Exception as error:
+            # An aborted decode surfaces as a RuntimeError from llama-cpp-python.
+            if job.stopping:
+                job.stopped = True
+                return
+            try:
+                emit(self._map_error(error))
+            except Stopped:
+                job.stopped = True
+        finally:
+            self._llama.on_token = None
+            self.current = None
+            self.last = job
+            job.finished_at = time.monotonic()
+
+    def _create(self, request: TextRequest, *, stream: bool) -> Any:
+        options = dict(request.options, model=request.model, stream=stream)
+        if request.kind == "chat":
+            return self._llama.create_chat_completion(messages=request.messages, **options)  # type: ignore[arg-type]
+        return self._llama.create_completion(prompt=request.prompt, **options)
+
+    def _stream(self, job: Job, request: TextRequest, emit: Emit) -> None:
+        first: dict[str, Any] | None = None
+        chunks: Iterator[dict[str, Any]] = self._create(request, stream=True)
+        with closing(chunks):  # type: ignore[type-var]
+            for chunk in chunks:
+                if first is None:
+                    first = chunk
+                emit(sse_event(chunk))
+        if request.include_usage and first is not None:
+            emit(sse_event(usage_chunk(first, job.usage())))
+        emit(DONE)
+
+    def _embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        result = cast(dict[str, Any], self._llama.create_embedding(request.inputs, model=request.model))
+        if request.base64:
+            for item in result["data"]:
+                vector = item["embedding"]
+                item["embedding"] = base64.b64encode(
+                    struct.pack(f"<{len(vector)}f", *vector)
+                ).decode("ascii")
+        return result
+
+    def _map_error(self, error: Exception) -> GatewayError:
+        # llama-cpp-python reports bad input (a prompt longer than the context, a chat the
+        # template refuses) as ValueError or a jinja2 error; anything else is its failure.
+        if isinstance(error, (ValueError, jinja2.TemplateError)):
+            return InvalidRequest(str(error))
+        log.error(
+            "backend %s instance %d: llama.cpp failed", self.backend_id, self.index, exc_info=error
+        )
+        return UpstreamError(f"backend {self.backend_id}: llama.cpp failed: {error}")
+
+    def close(self) -> None:
+        """Free the model and its context (blocking)."""
+        self._llama.close()
+
+
+def check_chat_format(name: str, where: str) -> None:
+    try:
+        llama_cpp.llama_chat_format.get_chat_completion_handler(name)
+    except Exception as error:  # the library's own "not found" exception, message included
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def load(
+    path: Path,
+    settings: LlamaCppPythonSettings,
+    *,
+    n_gpu_layers: int,
+    index: int,
+    backend_id: str,
+) -> Engine:
+    """Load one instance of the model at ``path`` (blocking). Raises :class:`ConfigError`
+    when llama.cpp cannot load it, or when it cannot serve what the settings ask."""
+    where = f"backends.{backend_id}"
+    kwargs: dict[str, Any] = {}
+    if settings.pooling != "model":
+        kwargs["pooling_type"] = _POOLING[settings.pooling]
+    try:
+        llama = _Llama(
+            model_path=str(path),
+            n_ctx=settings.n_ctx,
+            n_batch=settings.n_batch,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=settings.n_threads,
+            chat_format=settings.chat_format,
+            embedding=settings.embedding,
+            verbose=False,
+            **kwargs,
+        )
+    except ValueError as error:
+        raise ConfigError(
+            f"{where}.model: llama.cpp could not load {path} ({error}): the file is corrupt or "
+            f"truncated, or its architecture is newer than llama-cpp-python {__version__}"
+        ) from None
+    if settings.embedding and llama_cpp.llama_pooling_type(llama.ctx) in (
+        llama_cpp.LLAMA_POOLING_TYPE_NONE,
+        llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    ):
+        llama.close()
+        raise ConfigError(
+            f"{where}.pooling: {path.name} defines no pooling, so it has no embedding per "
+            'input; set pooling = "mean" (or "last" for a decoder model)'
+        )
+    if (
+        settings.chat_format is None
+        and not settings.embedding
+        and "tokenizer.chat_template" not in llama.metadata
+    ):
+        log.warning(
+            "backend %s: %s has no chat template and chat_format is not set; chat requests "
+            "use llama-cpp-python's fallback format %r",
+            backend_id,
+            path.name,
+            llama.chat_format,
+        )
+    return Engine(llama, index=index, backend_id=backend_id, cache_prompt=settings.cache_prompt)
