@@ -1,0 +1,58 @@
+"""The `gateway` command, run as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def gateway(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
+        env=env,
+    )
+
+
+def test_check_accepts_the_shipped_config() -> None:
+    result = gateway("check", "--config", str(REPO / "gateway.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_rejects_with_dotted_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n'
+        '[routes.chat]\nbackend = "b"\n[routes.chat.keepalive]\ninterval = "soon"\n'
+    )
+    result = gateway("check", "--config", str(bad))
+    assert result.returncode == 2
+    assert "routes.chat.keepalive.interval" in result.stderr
+
+
+def test_check_missing_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "env.toml"
+    cfg.write_text(
+        '[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n'
+        'api_key = { env = "TRIO_GATEWAY_TEST_UNSET" }\n[routes.chat]\nbackend = "b"\n'
+    )
+    result = gateway("check", "--config", str(cfg), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "backends.b.api_key: environment variable TRIO_GATEWAY_TEST_UNSET is not set" in result.stderr
+
+
+def test_serve_rejects_bad_bind() -> None:
+    result = gateway("serve", "--config", str(REPO / "gateway.toml"), "--bind", "nope")
+    assert result.returncode == 2
+    assert "--bind" in result.stderr
+
+
+def test_plugins_lists_builtin_backends_with_distribution() -> None:
+    result = gateway("plugins")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("openai "))
+    assert "trio-gateway" in line
+    assert "url: str (required)" in result.stdout

@@ -1,0 +1,108 @@
+"""Config: typed, frozen, loud about every mistake, with the dotted path of each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from gateway.config import build_config, load_config
+from gateway.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def base(**overrides):
+    doc = {
+        "backends": {"up": {"type": "openai", "url": "http://127.0.0.1:9/v1"}},
+        "routes": {"chat": {"backend": "up"}},
+    }
+    for dotted, value in overrides.items():
+        node = doc
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return doc
+
+
+def error_of(doc, environ=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_config(doc, environ=environ or {})
+    return info.value.message
+
+
+def test_shipped_gateway_toml_loads() -> None:
+    config = load_config(REPO / "gateway.toml", environ={})
+    assert config.routes, "the shipped config must serve at least one route"
+    for route in config.routes:
+        assert route.settings.backend in config.backends
+
+
+def test_defaults() -> None:
+    config = build_config(base(), environ={})
+    [route] = config.routes
+    assert route.model == "chat"  # the table name when `model` is not given
+    assert route.settings.keepalive.interval == 15
+    assert route.settings.keepalive.early_headers is True
+    assert route.settings.keepalive.non_stream == "off"
+    assert config.server.graceful_timeout == 60
+    timeouts = config.backends["up"].timeouts
+    assert (timeouts.first_byte, timeouts.idle, timeouts.total) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"routes__chat__keepalive__interval": -1},
+         "routes.chat.keepalive.interval: Input should be greater than or equal to 0"),
+        ({"routes__chat__keepalive__bogus": 1}, "routes.chat.keepalive.bogus: unknown key"),
+        ({"routes__chat__keepalive__non_stream": "spaces"}, "routes.chat.keepalive.non_stream:"),
+        ({"routes__chat__keepalive__comment": "a\nb"}, "routes.chat.keepalive.comment:"),
+        ({"server__bind": "nohost"}, "server.bind:"),
+        ({"server__graceful": 3}, "server.graceful: unknown key"),
+        ({"backends__up__timeouts__idle": 0}, "backends.up.timeouts.idle: Input should be greater than 0"),
+        ({"backends__up__url": "ftp://x"}, "backends.up.url:"),
+        ({"backends__up__colour": "red"}, "backends.up.colour: unknown key"),
+        ({"backends__up__type": "nope"}, "backends.up.type: unknown backend type 'nope'"),
+        ({"routes__chat__backend": "missing"}, "routes.chat.backend: unknown backend 'missing'"),
+        ({"top": 1}, "top: unknown key"),
+    ],
+)
+def test_errors_name_the_dotted_path(overrides, expected) -> None:
+    assert expected in error_of(base(**overrides))
+
+
+def test_duplicate_public_names_are_rejected() -> None:
+    doc = base()
+    doc["routes"]["other"] = {"backend": "up", "aliases": ["chat"]}
+    assert "routes.other: model name 'chat' is already used by routes.chat" in error_of(doc)
+
+
+def test_env_reference_resolves_secret() -> None:
+    doc = base(backends__up__api_key={"env": "UP_KEY"})
+    config = build_config(doc, environ={"UP_KEY": "sk-123"})
+    key = config.backends["up"].api_key  # type: ignore[attr-defined]
+    assert key.get_secret_value() == "sk-123"
+    assert "sk-123" not in repr(config.backends["up"])  # secrets never print
+
+
+def test_missing_env_variable_is_an_error() -> None:
+    message = error_of(base(backends__up__api_key={"env": "NOT_SET_ANYWHERE"}))
+    assert message == "backends.up.api_key: environment variable NOT_SET_ANYWHERE is not set"
+
+
+def test_settings_are_frozen() -> None:
+    config = build_config(base(), environ={})
+    with pytest.raises(pydantic.ValidationError):
+        config.routes[0].settings.keepalive.interval = 3  # type: ignore[misc]
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
