@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Literal
+from typing import Literal, cast
 
 import httpx
 import trio
@@ -127,7 +127,7 @@ class OpenAIBackend(Backend):
 
     async def _body(self, response: httpx.Response) -> AsyncGenerator[bytes, None]:
         try:
-            async with aclosing(response.aiter_bytes()) as chunks:
+            async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except httpx.HTTPError as exc:
@@ -138,7 +138,7 @@ async def _read_capped(response: httpx.Response) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async with aclosing(response.aiter_raw()) as chunks:
+        async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)

@@ -128,7 +128,7 @@ class UpstreamError(GatewayError):
 
     status = 502
     type = "upstream_error"
-    code = "upstream_error"
+    code: str | None = "upstream_error"
 
 
 class UpstreamConnectError(UpstreamError):

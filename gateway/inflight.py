@@ -35,7 +35,7 @@ class InFlight:
 
 
 class InFlightTable:
-    __slots__ = ("_entries", "_empty")
+    __slots__ = ("_empty", "_entries")
 
     def __init__(self) -> None:
         self._entries: set[InFlight] = set()

@@ -62,7 +62,7 @@ class ResponseWriter:
     """The single writer of one HTTP response. Every method writes whole pieces under one
     lock, so the relay and the heartbeat never interleave inside a write."""
 
-    __slots__ = ("_send", "_lock", "started", "_started_event", "clock", "finished")
+    __slots__ = ("_lock", "_send", "_started_event", "clock", "finished", "started")
 
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send

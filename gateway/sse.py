@@ -60,17 +60,17 @@ class SSEFramer:
     """
 
     __slots__ = (
-        "_buf",
-        "_scan",
-        "_event_start",
-        "_started",
         "_after_cr",
+        "_buf",
+        "_comments",
         "_data",
         "_event",
+        "_event_start",
+        "_has_lines",
         "_id",
         "_retry",
-        "_comments",
-        "_has_lines",
+        "_scan",
+        "_started",
     )
 
     def __init__(self) -> None:

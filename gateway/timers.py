@@ -45,7 +45,7 @@ class UpstreamClock:
     ones; :meth:`expired` names the one that fired.
     """
 
-    __slots__ = ("_timeouts", "_total_at", "_phase", "_phase_at")
+    __slots__ = ("_phase", "_phase_at", "_timeouts", "_total_at")
 
     def __init__(self, timeouts: Timeouts, now: float) -> None:
         self._timeouts = timeouts

@@ -12,8 +12,8 @@ from trio.testing import MockClock
 from gateway.abc import Timeouts
 from gateway.config import KeepaliveSettings, build_config
 from gateway.errors import Overloaded, UpstreamStatusError, error_body, error_event
-from gateway.relay import ResponseWriter, _heartbeat, heartbeat_bytes
 from gateway.inflight import InFlight
+from gateway.relay import ResponseWriter, _heartbeat, heartbeat_bytes
 from gateway.routing import Router
 from gateway.timers import HeartbeatClock, UpstreamClock
 

@@ -187,11 +187,10 @@ async def test_upstream_error_status_is_kept(start_gateway) -> None:
 
 async def test_stream_without_keepalive_is_plain_relay(start_gateway) -> None:
     gw = await start_gateway(keepalive={"interval": 0})
-    async with gw.client() as client:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"tokens": 4}}
-        ) as resp:
-            assert resp.headers["content-type"] == "text/event-stream"
-            assert resp.headers["cache-control"] == "no-cache"
-            raw = await resp.aread()
+    async with gw.client() as client, client.stream(
+        "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"tokens": 4}}
+    ) as resp:
+        assert resp.headers["content-type"] == "text/event-stream"
+        assert resp.headers["cache-control"] == "no-cache"
+        raw = await resp.aread()
     assert raw == b"".join(chat_events(4, model="upstream-m"))

@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from gateway.sse import SSEFramer
-from gateway.testing.fake_openai import FakeOpenAI
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -122,10 +121,11 @@ async def test_unreachable_upstream(start_gateway, nursery) -> None:
     await sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    from tests.conftest import gateway_config
+    from functools import partial
+
     from gateway.server import serve
     from gateway.service import open_gateway
-    from functools import partial
+    from tests.conftest import gateway_config
 
     config = gateway_config(f"http://127.0.0.1:{port}/v1", keepalive={"early_headers": False})
     async with open_gateway(config) as gw:
