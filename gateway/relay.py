@@ -15,7 +15,7 @@ is told why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -62,7 +62,7 @@ class ResponseWriter:
     """The single writer of one HTTP response. Every method writes whole pieces under one
     lock, so the relay and the heartbeat never interleave inside a write."""
 
-    __slots__ = ("_lock", "_send", "_started_event", "clock", "finished", "started")
+    __slots__ = ("_lock", "_send", "_started_event", "clock", "finished", "gone", "started")
 
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send
@@ -71,11 +71,13 @@ class ResponseWriter:
         self._started_event = trio.Event()
         self.clock = clock
         self.finished = False
+        self.gone = False
 
     async def _asgi(self, message: dict[str, object]) -> None:
         try:
             await self._send(message)  # type: ignore[operator]
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.gone = True
             raise ClientGone from exc
         if self.clock is not None:
             self.clock.note_write(trio.current_time())
@@ -119,12 +121,19 @@ def heartbeat_bytes(policy: KeepaliveSettings, stream: bool) -> bytes:
 
 
 async def _heartbeat(writer: ResponseWriter, data: bytes, entry: InFlight) -> None:
+    """Write ``data`` whenever the client heard nothing for the interval. A failed write
+    means the client is gone: the upstream exchange is cancelled at once."""
     clock = writer.clock
     assert clock is not None
     await writer.wait_started()
     while True:
         await trio.sleep_until(clock.due_at)
-        if await writer.write_if_silent(data):
+        try:
+            written = await writer.write_if_silent(data)
+        except ClientGone:
+            entry.scope.cancel()
+            return
+        if written:
             entry.heartbeats += 1
 
 
@@ -150,7 +159,12 @@ def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
 
 
 async def relay(send: object, exchange: Exchange) -> None:
-    """Serve one proxied request on ``send`` (an ASGI send callable)."""
+    """Serve one proxied request on ``send`` (an ASGI send callable).
+
+    Never raises for upstream or client trouble: the client gets a status, an error body
+    or an error event. Cancellation (the client went away) propagates and closes the
+    upstream request on its way out.
+    """
     now = trio.current_time()
     policy = exchange.keepalive
     stream = exchange.request.stream
@@ -164,40 +178,66 @@ async def relay(send: object, exchange: Exchange) -> None:
         started_at=now,
     )
     exchange.inflight.add(entry)
-    error: GatewayError | None = None
     try:
         async with trio.open_nursery() as nursery:
             if keepalive_on:
                 nursery.start_soon(_heartbeat, writer, heartbeat_bytes(policy, stream), entry)
-            if keepalive_on and (not stream or policy.early_headers):
-                headers = exchange.extra_headers
-                await writer.start(200, _sse_headers(headers) if stream else _json_headers(headers))
-            try:
-                with entry.scope:
-                    if stream:
-                        await _relay_stream(exchange, writer, entry)
-                    else:
-                        await _relay_unary(exchange, writer, entry)
-                if entry.abort_error is not None:
-                    error = entry.abort_error
-            except GatewayError as exc:
-                error = exc
-            except ClientGone:
-                log.info("client gone during %s (request %s)", entry.phase, entry.request_id)
-                return
-            except Exception:
-                log.exception("relay failed (request %s)", entry.request_id)
-                error = GatewayError("internal error in the gateway")
-            finally:
-                nursery.cancel_scope.cancel()
+            error = await _exchange(exchange, writer, entry, early=keepalive_on)
+            nursery.cancel_scope.cancel()
         entry.phase = "finishing"
+        if writer.gone:
+            raise ClientGone
         if error is not None:
             await _report(writer, error, exchange)
         await writer.end()
     except ClientGone:
-        log.info("client gone (request %s)", entry.request_id)
+        log.info("client gone during %s (request %s)", entry.phase, entry.request_id)
     finally:
         exchange.inflight.discard(entry)
+
+
+async def _exchange(
+    exchange: Exchange, writer: ResponseWriter, entry: InFlight, *, early: bool
+) -> GatewayError | None:
+    """Run the upstream exchange; return the error to report, if any."""
+    stream = exchange.request.stream
+    try:
+        with entry.scope:
+            if early and (not stream or exchange.keepalive.early_headers):
+                extra = exchange.extra_headers
+                await writer.start(200, _sse_headers(extra) if stream else _json_headers(extra))
+            if stream:
+                await _relay_stream(exchange, writer, entry)
+            else:
+                await _relay_unary(exchange, writer, entry)
+    except Exception as exc:
+        if writer.gone:
+            return None  # nobody to tell
+        return _as_gateway_error(exc, entry)
+    return entry.abort_error
+
+
+def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
+    """Map what an exchange raised to what the client is told. Backends that run their own
+    nurseries may raise a group; a group of gateway errors reports its first."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(GatewayError)
+        if matched is not None and rest is None:
+            first = next(_leaves(matched))
+            assert isinstance(first, GatewayError)
+            return first
+    log.error("relay failed (request %s)", entry.request_id, exc_info=exc)
+    return GatewayError("internal error in the gateway")
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchange) -> None:
