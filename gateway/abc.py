@@ -46,6 +46,8 @@ from .errors import (
 __all__ = [
     "Backend",
     "BackendSettings",
+    "BackendStatus",
+    "Health",
     "Endpoint",
     "JSONObject",
     "Overloaded",
@@ -119,6 +121,32 @@ class UpstreamResponse:
     body: AsyncIterator[bytes]
 
 
+Health = Literal["ready", "loading", "down", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """What a backend last knew about its upstream.
+
+    ``health``: ``ready`` takes requests; ``loading`` is up but not ready yet (a model
+    loading — "not ready", not "failed"); ``down`` failed its last check; ``unknown`` has
+    not been checked (backends without a health signal stay here, and count as ready).
+    ``running``/``queued`` are requests the upstream reports in progress and waiting;
+    ``cache_usage`` is its KV-cache pressure in [0, 1]. ``None`` means not reported.
+    """
+
+    health: Health = "unknown"
+    detail: str = ""
+    running: int | None = None
+    queued: int | None = None
+    cache_usage: float | None = None
+    checked_at: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.health in ("ready", "unknown")
+
+
 class Backend(abc.ABC):
     """Base class of every backend. One instance serves one ``[backends.<id>]`` table.
 
@@ -132,6 +160,10 @@ class Backend(abc.ABC):
     def __init__(self, id: str, settings: BackendSettings) -> None:
         self.id = id
         self.settings = settings
+        self.status = BackendStatus()
+        """Last known health and load. Backends with a health or load signal update it
+        (typically from a polling task started in :meth:`running`); the gateway reads it
+        for readiness and routing and never blocks on it."""
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -190,9 +190,21 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if gateway.draining:
-            return _json_response({"status": "draining"}, status=503)
-        return _json_response({"status": "ready"})
+        """Ready when not draining and every route has a ready backend."""
+        routes = {
+            route.name: gateway.backends[route.settings.backend].status.ready
+            for route in gateway.config.routes
+        }
+        backends = {
+            backend.id: {"health": backend.status.health, "detail": backend.status.detail}
+            for backend in gateway.backends.values()
+        }
+        ready = not gateway.draining and all(routes.values())
+        status = "draining" if gateway.draining else "ready" if ready else "not_ready"
+        return _json_response(
+            {"status": status, "routes": routes, "backends": backends},
+            status=200 if ready else 503,
+        )
 
     return app
 

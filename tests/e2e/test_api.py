@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from gateway.abc import BackendStatus
 from gateway.testing.fake_openai import FakeOpenAI, chat_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -83,7 +84,16 @@ async def test_healthz_and_readyz(start_gateway) -> None:
     gw = await start_gateway()
     async with gw.client() as client:
         assert (await client.get("/healthz")).json()["status"] == "ok"
-        assert (await client.get("/readyz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["routes"] == {"chat": True}
+        # A backend whose model is still loading makes its routes not ready, not failed.
+        gw.gateway.backends["fake"].status = BackendStatus(health="loading", detail="model loading")
+        loading = await client.get("/readyz")
+        assert loading.status_code == 503
+        assert loading.json()["status"] == "not_ready"
+        assert loading.json()["routes"] == {"chat": False}
+        assert loading.json()["backends"]["fake"] == {"health": "loading", "detail": "model loading"}
+        assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_request_id_accepted_echoed_and_passed_upstream(start_gateway, fake) -> None:
