@@ -1,0 +1,70 @@
+"""Fixtures for driving the gateway with the official OpenAI SDKs, unmodified.
+
+Python: ``openai.OpenAI`` (run in worker threads) and ``openai.AsyncOpenAI``. Node: the
+``openai`` npm package on this machine's Node.js, installed by :func:`node_client` from
+``tests/node/package-lock.json`` the first time the suite needs it, and driven through
+``tests/node/client.mjs`` (its header documents the JSON it reads and writes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "node"
+
+RunNode = Callable[..., Awaitable[dict[str, dict[str, Any]]]]
+
+
+@pytest.fixture(scope="session")
+def node_client() -> tuple[str, Path]:
+    """(node binary, client script), with the locked npm packages installed."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("Node.js and npm are required for the Node SDK tests (install nodejs, npm)")
+    lock = NODE_DIR / "package-lock.json"
+    installed = NODE_DIR / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR, capture_output=True, text=True, timeout=600, check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in {NODE_DIR} failed:\n{done.stdout}\n{done.stderr}")
+    return node, NODE_DIR / "client.mjs"
+
+
+@pytest.fixture
+def run_node(node_client: tuple[str, Path]) -> RunNode:
+    """``await run_node(ops, limit=...)`` runs the ops at once in one Node process and
+    returns their results by id. Fails if Node takes longer than ``limit`` seconds: an SDK
+    that hangs is a failure, not a wait."""
+    node, script = node_client
+
+    async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
+        with trio.fail_after(limit):
+            done = await trio.run_process(
+                [node, str(script)],
+                stdin=json.dumps({"ops": ops}).encode(),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        stderr = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, f"node exited with {done.returncode}:\n{stderr}"
+        results = json.loads(done.stdout)["results"]
+        return {r["id"]: r for r in results}
+
+    return run
+
+
+@pytest.fixture(params=["sync", "async"])
+def sdk_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
