@@ -44,10 +44,12 @@ from .errors import (
 )
 
 __all__ = [
+    "AdmissionSettings",
     "Backend",
     "BackendSettings",
     "BackendStatus",
     "Health",
+    "EjectionSettings",
     "Endpoint",
     "JSONObject",
     "Overloaded",
@@ -85,14 +87,43 @@ class Timeouts(BaseModel):
     total: float | None = Field(None, gt=0)
 
 
+class AdmissionSettings(BaseModel):
+    """How many requests the gateway sends this backend at once, and how many may wait.
+
+    Waiting requests queue in FIFO order (streaming clients get heartbeats meanwhile); one
+    that arrives to a full queue, or waits longer than ``queue_timeout``, is refused with
+    ``queue_full_status`` and ``Retry-After`` (or tried on the route's next target).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrency: int | None = Field(None, gt=0, description="None: no limit")
+    max_queue: int = Field(100, ge=0)
+    queue_timeout: float | None = Field(None, gt=0)
+    queue_full_status: Literal[429, 503] = 429
+
+
+class EjectionSettings(BaseModel):
+    """Passive health: after ``failures`` consecutive failed attempts the backend leaves
+    rotation for ``cooldown`` seconds, then gets one trial request (half-open)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures: int = Field(3, ge=0, description="0: never eject")
+    cooldown: float = Field(30.0, gt=0)
+
+
 class BackendSettings(BaseModel):
     """Base of every backend's settings. Subclass it and add your fields; unknown keys are
-    rejected, and values are validated when the gateway starts (``gateway check`` too)."""
+    rejected, and values are validated when the gateway starts (``gateway check`` too).
+    ``timeouts``, ``admission`` and ``ejection`` are the gateway's, for every backend."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
     timeouts: Timeouts = Timeouts()
+    admission: AdmissionSettings = AdmissionSettings()
+    ejection: EjectionSettings = EjectionSettings()
 
 
 @dataclass(frozen=True, slots=True)

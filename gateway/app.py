@@ -8,6 +8,7 @@ import re
 import uuid
 from typing import Any
 
+import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -26,7 +27,8 @@ from .errors import (
     ShuttingDown,
     error_json,
 )
-from .relay import Exchange
+from .relay import Attempt, Exchange
+from .routing import apply_policy, upstream_body
 from .service import Gateway
 
 log = logging.getLogger("gateway.app")
@@ -141,22 +143,30 @@ def create_app(gateway: Gateway) -> QuartTrio:
         route = gateway.router.resolve(model)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
-        body["model"] = gateway.router.upstream_model(route, model)
-        backend = gateway.backends[route.settings.backend]
+        body = apply_policy(body, route)
         request_id: str = g.request_id
+        attempts = tuple(
+            Attempt(
+                upstream,
+                UpstreamRequest(
+                    endpoint=endpoint,
+                    body=upstream_body(body, target),
+                    stream=stream,
+                    request_id=request_id,
+                    headers={"x-request-id": request_id},
+                ),
+            )
+            for upstream, target in gateway.plan(route)
+        )
         exchange = Exchange(
-            request=UpstreamRequest(
-                endpoint=endpoint,
-                body=body,
-                stream=stream,
-                request_id=request_id,
-                headers={"x-request-id": request_id},
-            ),
-            backend=backend,
+            attempts=attempts,
+            request_id=request_id,
+            stream=stream,
             route=route.name,
             keepalive=route.settings.keepalive,
-            timeouts=backend.settings.timeouts,
             inflight=gateway.inflight,
+            max_attempts=route.settings.max_attempts,
+            failover_deadline=route.settings.failover_deadline,
             extra_headers=((b"x-request-id", request_id.encode()),),
         )
         return ProxyResponse(exchange)
@@ -191,8 +201,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.get("/readyz")
     async def readyz() -> Response:
         """Ready when not draining and every route has a ready backend."""
+        now = trio.current_time()
         routes = {
-            route.name: gateway.backends[route.settings.backend].status.ready
+            route.name: any(
+                gateway.upstreams[t.backend].available(now) for t in route.settings.all_targets
+            )
             for route in gateway.config.routes
         }
         backends = {

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .abc import BackendSettings
 from .errors import ConfigError
@@ -54,15 +61,52 @@ class KeepaliveSettings(_Settings):
         return value
 
 
+class TargetSettings(_Settings):
+    """One backend a route may send to, with the model name that backend knows."""
+
+    backend: str
+    model: str | None = Field(None, description="upstream model name; default: as requested")
+    weight: float = Field(1.0, gt=0)
+
+
+Strategy = Literal["priority", "round_robin", "weighted", "least_busy"]
+
+
 class RouteSettings(_Settings):
-    """One public model name (plus aliases and glob patterns) and the backend serving it."""
+    """One public model name (plus aliases and glob patterns) and the backends serving it.
+
+    A single backend is written ``backend = "id"`` (with an optional ``upstream_model``);
+    a pool is ``targets = [{ backend = "a", model = "...", weight = 2 }, ...]``.
+    """
 
     model: str | None = None
     aliases: tuple[str, ...] = ()
     match: tuple[str, ...] = ()
-    backend: str
+    backend: str | None = None
     upstream_model: str | None = None
+    targets: tuple[TargetSettings, ...] = ()
+    strategy: Strategy = "priority"
+    max_attempts: int = Field(3, ge=1)
+    failover_deadline: float | None = Field(
+        30.0, gt=0, description="no new attempt starts after this many seconds"
+    )
+    defaults: dict[str, Any] = Field(default_factory=dict, description="set when absent")
+    caps: dict[str, float] = Field(default_factory=dict, description="numeric ceilings")
     keepalive: KeepaliveSettings = KeepaliveSettings()
+
+    @model_validator(mode="after")
+    def _one_way_to_name_backends(self) -> RouteSettings:
+        if (self.backend is None) == (not self.targets):
+            raise ValueError("give either `backend` or `targets` (one of them, not both)")
+        if self.upstream_model is not None and self.backend is None:
+            raise ValueError("`upstream_model` goes with `backend`; in `targets` use `model`")
+        return self
+
+    @property
+    def all_targets(self) -> tuple[TargetSettings, ...]:
+        if self.backend is not None:
+            return (TargetSettings(backend=self.backend, model=self.upstream_model),)
+        return self.targets
 
 
 class _FileSettings(_Settings):
@@ -159,11 +203,13 @@ def build_config(
     routes: list[Route] = []
     owner: dict[str, str] = {}
     for name, settings in file.routes.items():
-        if settings.backend not in backends:
-            known = ", ".join(sorted(backends)) or "none defined"
-            raise ConfigError(
-                f"routes.{name}.backend: unknown backend {settings.backend!r} ({known})"
-            )
+        for i, target in enumerate(settings.all_targets):
+            if target.backend not in backends:
+                known = ", ".join(sorted(backends)) or "none defined"
+                where = "backend" if settings.backend is not None else f"targets.{i}.backend"
+                raise ConfigError(
+                    f"routes.{name}.{where}: unknown backend {target.backend!r} ({known})"
+                )
         route = Route(name, settings.model or name, settings)
         for public in route.public_names:
             if public in owner:

@@ -15,6 +15,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     ├── MethodNotAllowed                 405  code=method_not_allowed
     ├── ShuttingDown                     503  code=shutting_down
     ├── Overloaded                       503 (or 429) code=overloaded, with Retry-After
+    ├── NoBackendAvailable               503  code=no_backend_available, with Retry-After
     ├── ConfigError                      (start-up only, never sent to a client)
     └── UpstreamError                    502 upstream_error
         ├── UpstreamConnectError         502  code=upstream_connect_error
@@ -115,6 +116,17 @@ class Overloaded(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class NoBackendAvailable(GatewayError):
+    """Every target of the route is down, loading or ejected right now."""
+
+    status = 503
+    type = "server_error"
+    code = "no_backend_available"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 class ConfigError(GatewayError):

@@ -10,7 +10,7 @@ import trio
 
 from .errors import GatewayError
 
-Phase = Literal["connecting", "prefill", "streaming", "finishing"]
+Phase = Literal["queued", "connecting", "prefill", "streaming", "finishing"]
 
 
 @dataclass(eq=False, slots=True)

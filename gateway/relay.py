@@ -1,161 +1,89 @@
-"""The relay: one upstream exchange copied to one client, with a heartbeat beside it.
+"""The relay: one request tried on a route's targets and copied to one client, with a
+heartbeat beside it.
 
 For every proxied request the handler runs :func:`relay` in the request's own task. It opens
-one nursery holding the heartbeat task; the relay itself runs in the nursery's body. Both
-write through one :class:`ResponseWriter`, whose lock makes every write whole: the relay
-writes only complete SSE events (the framer holds partial ones back), so a heartbeat always
-lands between two events.
+one nursery holding the heartbeat task; the relay runs in the nursery's body. Both write
+through one :class:`~gateway.writer.ResponseWriter`, whose lock makes every write whole:
+the relay writes only complete SSE events (the framer holds partial ones back), so a
+heartbeat always lands between two events.
+
+Failover: targets are tried in the planned order, at most ``max_attempts`` of them, and no
+new attempt starts after ``failover_deadline``. A failure may move on to the next target only
+while no upstream data event has reached the client — heartbeats and upstream comments do
+not count — so tokens are never duplicated or reordered.
 
 Cancellation: the connection handler cancels this task when the client disconnects; leaving
-the backend's ``open_response`` context then closes the upstream request. Shutdown aborts
-an exchange through its :class:`~gateway.inflight.InFlight` entry instead, and the client
-is told why.
+the backend's ``open_response`` context (or the admission queue) then closes the upstream
+request. Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
+instead, and the client is told why.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import trio
 
-from .abc import Backend, Timeouts, UpstreamRequest, UpstreamResponse
+from .abc import UpstreamRequest, UpstreamResponse
+from .balancer import counts_against_backend, is_retryable
 from .config import KeepaliveSettings
 from .errors import (
     GatewayError,
+    NoBackendAvailable,
     UpstreamProtocolError,
     UpstreamTimeout,
     error_event,
     error_json,
 )
 from .inflight import InFlight, InFlightTable
+from .service import Upstream
 from .sse import SSEFramer
 from .timers import HeartbeatClock, UpstreamClock
+from .writer import (
+    ClientGone,
+    Headers,
+    ResponseWriter,
+    heartbeat,
+    heartbeat_bytes,
+    json_headers,
+    sse_headers,
+)
 
 log = logging.getLogger("gateway.relay")
 
 # An upstream that sends this much without ending an event is not speaking SSE.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
-Headers = Sequence[tuple[bytes, bytes]]
+ATTEMPTS_HEADER = b"x-gateway-attempts"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    upstream: Upstream
+    request: UpstreamRequest
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """Everything the relay needs for one request, decided by the handler."""
 
-    request: UpstreamRequest
-    backend: Backend
+    attempts: tuple[Attempt, ...]
+    request_id: str
+    stream: bool
     route: str
     keepalive: KeepaliveSettings
-    timeouts: Timeouts
     inflight: InFlightTable
+    max_attempts: int = 1
+    failover_deadline: float | None = None
     extra_headers: Headers = ()
+    log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
-
-class ClientGone(Exception):
-    """The ASGI server refused a write: the client is gone."""
-
-
-class ResponseWriter:
-    """The single writer of one HTTP response. Every method writes whole pieces under one
-    lock, so the relay and the heartbeat never interleave inside a write."""
-
-    __slots__ = ("_lock", "_send", "_started_event", "clock", "finished", "gone", "started")
-
-    def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
-        self._send = send
-        self._lock = trio.Lock()
-        self.started = False
-        self._started_event = trio.Event()
-        self.clock = clock
-        self.finished = False
-        self.gone = False
-
-    async def _asgi(self, message: dict[str, object]) -> None:
-        try:
-            await self._send(message)  # type: ignore[operator]
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.gone = True
-            raise ClientGone from exc
-        if self.clock is not None:
-            self.clock.note_write(trio.current_time())
-
-    async def start(self, status: int, headers: Headers) -> None:
-        async with self._lock:
-            await self._asgi(
-                {"type": "http.response.start", "status": status, "headers": list(headers)}
-            )
-            self.started = True
-            self._started_event.set()
-
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
-        async with self._lock:
-            await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def end(self) -> None:
-        async with self._lock:
-            self.finished = True
-            await self._asgi({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def wait_started(self) -> None:
-        await self._started_event.wait()
-
-    async def write_if_silent(self, data: bytes) -> bool:
-        """Write ``data`` only if the client heard nothing for the clock's interval."""
-        assert self.clock is not None
-        async with self._lock:
-            if self.finished or not self.clock.is_due(trio.current_time()):
-                return False
-            await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
-            return True
-
-
-def heartbeat_bytes(policy: KeepaliveSettings, stream: bool) -> bytes:
-    if not stream:
-        return b" "  # legal JSON whitespace ahead of the body
-    return (f": {policy.comment}\n\n" if policy.comment else ":\n\n").encode()
-
-
-async def _heartbeat(writer: ResponseWriter, data: bytes, entry: InFlight) -> None:
-    """Write ``data`` whenever the client heard nothing for the interval. A failed write
-    means the client is gone: the upstream exchange is cancelled at once."""
-    clock = writer.clock
-    assert clock is not None
-    await writer.wait_started()
-    while True:
-        await trio.sleep_until(clock.due_at)
-        try:
-            written = await writer.write_if_silent(data)
-        except ClientGone:
-            entry.scope.cancel()
-            return
-        if written:
-            entry.heartbeats += 1
-
-
-def _sse_headers(extra: Headers) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"content-type", b"text/event-stream"),
-        (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"),
-        *extra,
-    ]
-
-
-def _json_headers(extra: Headers, content_type: str = "application/json") -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", content_type.encode("latin-1")), *extra]
-
-
-def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
-    name = clock.expired()
-    return UpstreamTimeout(
-        f"upstream timed out: no {'byte' if name != 'total' else 'completion'} within the "
-        f"{name} limit of {clock.limit(name):g} s"
-    )
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers for the client, with the attempts made so far."""
+        attempts = [(ATTEMPTS_HEADER, ", ".join(self.log).encode())] if self.log else []
+        return [*self.extra_headers, *attempts]
 
 
 async def relay(send: object, exchange: Exchange) -> None:
@@ -167,13 +95,13 @@ async def relay(send: object, exchange: Exchange) -> None:
     """
     now = trio.current_time()
     policy = exchange.keepalive
-    stream = exchange.request.stream
+    stream = exchange.stream
     keepalive_on = policy.interval > 0 and (stream or policy.non_stream == "whitespace")
     writer = ResponseWriter(send, HeartbeatClock(policy.interval, now) if keepalive_on else None)
     entry = InFlight(
-        request_id=exchange.request.request_id,
+        request_id=exchange.request_id,
         route=exchange.route,
-        backend=exchange.backend.id,
+        backend=exchange.attempts[0].upstream.id if exchange.attempts else "",
         stream=stream,
         started_at=now,
     )
@@ -181,8 +109,14 @@ async def relay(send: object, exchange: Exchange) -> None:
     try:
         async with trio.open_nursery() as nursery:
             if keepalive_on:
-                nursery.start_soon(_heartbeat, writer, heartbeat_bytes(policy, stream), entry)
-            error = await _exchange(exchange, writer, entry, early=keepalive_on)
+                early = not stream or policy.early_headers
+                commit = (
+                    (lambda: sse_headers(exchange.headers()) if stream else json_headers(exchange.headers()))
+                    if early
+                    else None
+                )
+                nursery.start_soon(heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit)
+            error = await _run(exchange, writer, entry)
             nursery.cancel_scope.cancel()
         entry.phase = "finishing"
         if writer.gone:
@@ -196,25 +130,69 @@ async def relay(send: object, exchange: Exchange) -> None:
         exchange.inflight.discard(entry)
 
 
-async def _exchange(
-    exchange: Exchange, writer: ResponseWriter, entry: InFlight, *, early: bool
-) -> GatewayError | None:
-    """Run the upstream exchange; return the error to report, if any."""
-    stream = exchange.request.stream
+async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> GatewayError | None:
+    """Run the attempts; return the error to report, if any."""
     try:
         with entry.scope:
-            if early and (not stream or exchange.keepalive.early_headers):
-                extra = exchange.extra_headers
-                await writer.start(200, _sse_headers(extra) if stream else _json_headers(extra))
-            if stream:
-                await _relay_stream(exchange, writer, entry)
-            else:
-                await _relay_unary(exchange, writer, entry)
+            return await _attempts(exchange, writer, entry)
     except Exception as exc:
         if writer.gone:
             return None  # nobody to tell
         return _as_gateway_error(exc, entry)
     return entry.abort_error
+
+
+async def _attempts(
+    exchange: Exchange, writer: ResponseWriter, entry: InFlight
+) -> GatewayError | None:
+    if not exchange.attempts:
+        return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
+    deadline = (
+        entry.started_at + exchange.failover_deadline
+        if exchange.failover_deadline is not None
+        else float("inf")
+    )
+    error: GatewayError | None = None
+    for number, attempt in enumerate(exchange.attempts[: exchange.max_attempts]):
+        if number and trio.current_time() >= deadline:
+            break
+        upstream = attempt.upstream
+        entry.backend = upstream.id
+        upstream.breaker.on_attempt(trio.current_time())
+        try:
+            await _attempt(attempt, exchange, writer, entry)
+        except GatewayError as exc:
+            error = exc
+            exchange.log.append(f"{upstream.id}={_outcome(exc)}")
+            if counts_against_backend(exc) and upstream.breaker.on_failure(trio.current_time()):
+                log.warning("backend %s ejected after %d failures", upstream.id,
+                            upstream.breaker.failures)
+            if writer.data_sent or not is_retryable(exc):
+                return exc
+            log.info("attempt %d on %s failed (%s), trying the next target",
+                     number + 1, upstream.id, exc.message)
+            continue
+        upstream.breaker.on_success()
+        return None
+    return error
+
+
+def _outcome(error: GatewayError) -> str:
+    return str(error.status) if error.code is None else f"{error.status}:{error.code}"
+
+
+async def _attempt(
+    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
+) -> None:
+    def queued() -> None:
+        entry.phase = "queued"
+
+    async with attempt.upstream.admission.slot(on_wait=queued):
+        entry.phase = "connecting"
+        if exchange.stream:
+            await _relay_stream(attempt, exchange, writer, entry)
+        else:
+            await _relay_unary(attempt, exchange, writer, entry)
 
 
 def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
@@ -242,35 +220,44 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchange) -> None:
     if writer.started:
-        if exchange.request.stream:
-            await writer.write(error_event(error))
-        else:
-            await writer.write(error_json(error))
+        await writer.write(error_event(error) if exchange.stream else error_json(error))
         return
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
-    await writer.start(error.status, _json_headers([*exchange.extra_headers, *headers]))
+    await writer.start(error.status, json_headers([*exchange.headers(), *headers]))
     await writer.write(error_json(error))
 
 
-async def _relay_stream(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> None:
-    clock = UpstreamClock(exchange.timeouts, trio.current_time())
+def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
+    name = clock.expired()
+    return UpstreamTimeout(
+        f"upstream timed out: no {'byte' if name != 'total' else 'completion'} within the "
+        f"{name} limit of {clock.limit(name):g} s"
+    )
+
+
+async def _relay_stream(
+    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
+) -> None:
+    backend = attempt.upstream.backend
+    clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
     framer = SSEFramer()
     saw_done = False
     with trio.CancelScope(deadline=clock.deadline) as timer:
-        async with exchange.backend.open_response(exchange.request) as response:
+        async with backend.open_response(attempt.request) as response:
             _check_content_type(response, "text/event-stream")
             entry.phase = "prefill"
-            if not writer.started:
-                await writer.start(200, _sse_headers(exchange.extra_headers))
+            exchange.log.append(f"{attempt.upstream.id}=ok")
+            await writer.start(200, sse_headers(exchange.headers()))
             async for chunk in response.body:
                 clock.note_bytes(trio.current_time())
                 timer.deadline = clock.deadline
                 events = framer.feed(chunk)
                 if events:
-                    if entry.phase == "prefill" and any(e.is_data for e in events):
-                        entry.phase = "streaming"
                     saw_done = saw_done or any(e.is_done for e in events)
                     await writer.write(b"".join(e.raw for e in events))
+                    if not writer.data_sent and any(e.is_data for e in events):
+                        writer.data_sent = True
+                        entry.phase = "streaming"
                 if framer.pending_bytes > MAX_EVENT_BYTES:
                     raise UpstreamProtocolError(
                         f"upstream sent {framer.pending_bytes} bytes without ending an SSE event"
@@ -283,11 +270,14 @@ async def _relay_stream(exchange: Exchange, writer: ResponseWriter, entry: InFli
         raise UpstreamProtocolError("upstream closed the stream before [DONE]")
 
 
-async def _relay_unary(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> None:
-    clock = UpstreamClock(exchange.timeouts, trio.current_time())
+async def _relay_unary(
+    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
+) -> None:
+    backend = attempt.upstream.backend
+    clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
     parts: list[bytes] = []
     with trio.CancelScope(deadline=clock.deadline) as timer:
-        async with exchange.backend.open_response(exchange.request) as response:
+        async with backend.open_response(attempt.request) as response:
             entry.phase = "prefill"
             async for chunk in response.body:
                 clock.note_bytes(trio.current_time())
@@ -296,8 +286,9 @@ async def _relay_unary(exchange: Exchange, writer: ResponseWriter, entry: InFlig
             status, content_type = response.status, response.content_type
     if timer.cancelled_caught:
         raise _timeout_error(clock)
-    if not writer.started:
-        await writer.start(status, _json_headers(exchange.extra_headers, content_type))
+    writer.data_sent = True
+    exchange.log.append(f"{attempt.upstream.id}=ok")
+    await writer.start(status, json_headers(exchange.headers(), content_type))
     await writer.write(b"".join(parts))
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from .config import Route
+from .abc import JSONObject
+from .config import Route, TargetSettings
 
 
 class Router:
@@ -32,6 +33,22 @@ class Router:
         """What ``GET /v1/models`` lists: routes' names and aliases, never patterns."""
         return [name for route in self._routes for name in route.public_names]
 
-    def upstream_model(self, route: Route, requested: str) -> str:
-        """The model name sent upstream: the route's ``upstream_model``, else as asked."""
-        return route.settings.upstream_model or requested
+
+
+def apply_policy(body: JSONObject, route: Route) -> JSONObject:
+    """The route's request policy: ``defaults`` fill absent parameters, ``caps`` are
+    ceilings (a larger value is lowered to the cap; an absent one is set to it)."""
+    settings = route.settings
+    out = {**settings.defaults, **body} if settings.defaults else dict(body)
+    for name, ceiling in settings.caps.items():
+        value = out.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value > ceiling:
+            out[name] = int(ceiling) if float(ceiling).is_integer() else ceiling
+    return out
+
+
+def upstream_body(body: JSONObject, target: TargetSettings) -> JSONObject:
+    """The body one target receives: ``model`` renamed to what that backend knows."""
+    if target.model is None:
+        return body
+    return {**body, "model": target.model}

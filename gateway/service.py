@@ -1,14 +1,20 @@
-"""The running gateway: its config, its backends (with their resources held), its routes."""
+"""The running gateway: its config, its backends (with their resources held), its routes,
+and the per-backend state the gateway keeps (admission queue, passive health)."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import trio
+
 from .abc import Backend
-from .config import GatewayConfig
+from .admission import Admission
+from .balancer import Breaker, Candidate, plan, upstream_load
+from .config import GatewayConfig, Route, TargetSettings
 from .errors import ConfigError
 from .inflight import InFlightTable
 from .registry import Registry, load_registry
@@ -18,12 +24,58 @@ log = logging.getLogger("gateway")
 
 
 @dataclass(eq=False)
+class Upstream:
+    """A backend plus what the gateway tracks about it."""
+
+    backend: Backend
+    admission: Admission
+    breaker: Breaker
+
+    @property
+    def id(self) -> str:
+        return self.backend.id
+
+    def available(self, now: float) -> bool:
+        """Ready by its own health and not ejected by the gateway's."""
+        return self.backend.status.ready and self.breaker.state(now) != "open"
+
+    def candidate(self, index: int, weight: float, now: float) -> Candidate:
+        status = self.backend.status
+        return Candidate(
+            index=index,
+            weight=weight,
+            ready=status.ready,
+            breaker=self.breaker.state(now),
+            load=upstream_load(
+                self.admission.in_flight, self.admission.queued, status.running, status.queued
+            ),
+        )
+
+
+@dataclass(eq=False)
 class Gateway:
     config: GatewayConfig
-    backends: Mapping[str, Backend]
+    upstreams: Mapping[str, Upstream]
     router: Router
     inflight: InFlightTable = field(default_factory=InFlightTable)
     draining: bool = False
+    _turns: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        return {id: upstream.backend for id, upstream in self.upstreams.items()}
+
+    def plan(self, route: Route) -> list[tuple[Upstream, TargetSettings]]:
+        """The targets to try for one request on ``route``, in order."""
+        targets = route.settings.all_targets
+        turn = self._turns.get(route.name, 0)
+        self._turns[route.name] = turn + 1
+        now = trio.current_time()
+        candidates = [
+            self.upstreams[t.backend].candidate(i, t.weight, now) for i, t in enumerate(targets)
+        ]
+        order = plan(route.settings.strategy, candidates, turn=turn, draw=random.random())
+        return [(self.upstreams[targets[i].backend], targets[i]) for i in order]
 
 
 def build_backends(config: GatewayConfig, registry: Registry) -> dict[str, Backend]:
@@ -46,5 +98,9 @@ async def open_gateway(
     async with AsyncExitStack() as stack:
         for backend in backends.values():
             await stack.enter_async_context(backend.running())
-            log.info("backend %s (%s) ready", backend.id, backend.settings.type)
-        yield Gateway(config, backends, Router(config.routes))
+            log.info("backend %s (%s) started", backend.id, backend.settings.type)
+        upstreams = {
+            b.id: Upstream(b, Admission(b.id, b.settings.admission), Breaker(b.settings.ejection))
+            for b in backends.values()
+        }
+        yield Gateway(config, upstreams, Router(config.routes))

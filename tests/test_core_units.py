@@ -13,8 +13,8 @@ from gateway.abc import Timeouts
 from gateway.config import KeepaliveSettings, build_config
 from gateway.errors import Overloaded, UpstreamStatusError, error_body, error_event
 from gateway.inflight import InFlight
-from gateway.relay import ResponseWriter, _heartbeat, heartbeat_bytes
-from gateway.routing import Router
+from gateway.writer import ResponseWriter, heartbeat, heartbeat_bytes
+from gateway.routing import Router, upstream_body
 from gateway.timers import HeartbeatClock, UpstreamClock
 
 
@@ -48,8 +48,11 @@ def test_router_exact_beats_patterns_and_lists_no_patterns() -> None:
     beta = router.resolve("beta")
     alpha = router.resolve("alpha-x")
     assert beta is not None and alpha is not None
-    assert router.upstream_model(beta, "beta") == "b-up"
-    assert router.upstream_model(alpha, "alpha-x") == "alpha-x"
+    [beta_target] = beta.settings.all_targets
+    [alpha_target] = alpha.settings.all_targets
+    body = {"model": "beta", "x": 1}
+    assert upstream_body(body, beta_target) == {"model": "b-up", "x": 1}
+    assert upstream_body(body, alpha_target) is body
 
 
 def test_heartbeat_clock() -> None:
@@ -123,7 +126,7 @@ async def test_heartbeat_task_timing(autojump_clock: MockClock) -> None:
     writer = ResponseWriter(send, HeartbeatClock(1.0, start))
     entry = InFlight("r", "route", "backend", True, start)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_heartbeat, writer, b": hb\n\n", entry)
+        nursery.start_soon(heartbeat, writer, b": hb\n\n", entry, None)
         await writer.start(200, [])
         await trio.sleep(3.5)
         await writer.write(b"data: x\n\n")  # at 3.5: the next heartbeat moves to 4.5

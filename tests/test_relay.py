@@ -13,17 +13,26 @@ from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamRespo
 from gateway.config import KeepaliveSettings
 from gateway.errors import UpstreamTimeout
 from gateway.inflight import InFlightTable
-from gateway.relay import Exchange, relay
+from gateway.admission import Admission
+from gateway.balancer import Breaker
+from gateway.relay import Attempt, Exchange, relay
+from gateway.service import Upstream
 from gateway.testing.fake_openai import FakeOpenAI
 
 
 def exchange(backend: Backend, body: dict, **keepalive) -> Exchange:
+    stream = body.get("stream", False)
+    upstream = Upstream(
+        backend,
+        Admission(backend.id, backend.settings.admission),
+        Breaker(backend.settings.ejection),
+    )
     return Exchange(
-        request=UpstreamRequest("chat/completions", body, body.get("stream", False), "rid"),
-        backend=backend,
+        attempts=(Attempt(upstream, UpstreamRequest("chat/completions", body, stream, "rid")),),
+        request_id="rid",
+        stream=stream,
         route="r",
         keepalive=KeepaliveSettings(**keepalive),
-        timeouts=backend.settings.timeouts,
         inflight=InFlightTable(),
     )
 

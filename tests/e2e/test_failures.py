@@ -106,13 +106,25 @@ async def test_before_headers_without_early_headers_real_status(
         assert ok.status_code == 200
 
 
-async def test_before_headers_with_early_headers_is_error_event(start_gateway) -> None:
-    gw = await start_gateway()
+async def test_failure_after_early_headers_is_error_event(start_gateway) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.2})
     async with gw.client() as client:
-        resp, events = await read_stream(client, {"status": 503, "message": "model loading"})
-    assert resp.status_code == 200
+        resp, events = await read_stream(
+            client, {"headers_delay": 0.5, "status": 503, "message": "model loading"}
+        )
+    assert resp.status_code == 200  # committed by the first heartbeat, at 0.2 s
+    assert [e.comments for e in events if not e.is_data][:2] == [("keepalive",), ("keepalive",)]
     [data] = data_events(events)
     assert json.loads(data)["error"]["message"] == "model loading"
+
+
+async def test_failure_before_first_heartbeat_keeps_real_status(start_gateway) -> None:
+    """Early headers are committed no later than the first heartbeat; a failure that comes
+    sooner still gets its real status."""
+    gw = await start_gateway(keepalive={"interval": 1})
+    async with gw.client() as client:
+        resp, _ = await read_stream(client, {"status": 503, "message": "model loading"})
+    assert resp.status_code == 503
 
 
 async def test_unreachable_upstream(start_gateway, nursery) -> None:
@@ -144,7 +156,7 @@ async def test_non_stream_whitespace_keepalive(start_gateway) -> None:
         )
         failed = await client.post(
             "/v1/chat/completions",
-            json={**CHAT, "stream": False, "fake": {"prefill": 0.3, "status": 500}},
+            json={**CHAT, "stream": False, "fake": {"headers_delay": 0.3, "status": 500}},
         )
     assert resp.status_code == 200
     assert resp.content.startswith(b"   ")  # heartbeats are leading JSON whitespace

@@ -29,7 +29,9 @@ def status_script(status: int) -> dict[str, Any]:
 # reach the application as the SDK's APIError carrying the gateway's error event, after
 # the tokens that did arrive: (fake script, tokens the application sees before the error).
 IN_STREAM_FAILURES: dict[str, tuple[dict[str, Any], int]] = {
-    "status_429_after_headers": ({"status": 429, "message": "slow down"}, 0),
+    # the 429 comes after the first heartbeat (interval 1 s) committed 200 + SSE headers;
+    # a sooner one keeps its real status instead (see STATUS_ERRORS)
+    "status_429_after_headers": ({"status": 429, "message": "slow down", "headers_delay": 1.3}, 0),
     # paced, so the gateway has read every byte before the reset discards unread ones
     "reset_mid_stream": ({"tokens": 6, "pace": 0.05, "fault": "reset_mid_stream"}, 4),
     "closed_before_done": ({"tokens": 4, "fault": "no_done"}, 4),

@@ -1,0 +1,67 @@
+"""Per-backend admission: a concurrency limit with a bounded FIFO queue in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from .abc import AdmissionSettings
+from .errors import Overloaded
+
+
+class Admission:
+    """At most ``max_concurrency`` requests hold a slot; up to ``max_queue`` more wait in
+    arrival order. trio's semaphore hands a released slot straight to the longest waiter,
+    so nobody barges. A waiter that is cancelled (its client went away) leaves the queue at
+    once and never reaches the upstream."""
+
+    __slots__ = ("_settings", "_slots", "in_flight", "queued", "backend_id")
+
+    def __init__(self, backend_id: str, settings: AdmissionSettings) -> None:
+        self.backend_id = backend_id
+        self._settings = settings
+        limit = settings.max_concurrency
+        self._slots = trio.Semaphore(limit) if limit is not None else None
+        self.in_flight = 0
+        self.queued = 0
+
+    def _refuse(self, why: str) -> Overloaded:
+        s = self._settings
+        return Overloaded(
+            f"backend {self.backend_id} is busy: {why}",
+            retry_after=1.0,
+            status=s.queue_full_status,
+        )
+
+    @asynccontextmanager
+    async def slot(self, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
+        """Hold a slot for the body of the ``with``. Raises :class:`Overloaded` when the
+        queue is full or the wait exceeds ``queue_timeout``. ``on_wait`` is called once if
+        the request has to queue."""
+        slots = self._slots
+        if slots is not None:
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                if self.queued >= self._settings.max_queue:
+                    raise self._refuse(f"{self.queued} request(s) already queued") from None
+                if on_wait is not None:
+                    on_wait()
+                self.queued += 1
+                try:
+                    timeout = self._settings.queue_timeout
+                    with trio.fail_after(timeout if timeout is not None else float("inf")):
+                        await slots.acquire()
+                except trio.TooSlowError:
+                    raise self._refuse(f"no slot within {timeout:g} s") from None
+                finally:
+                    self.queued -= 1
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if slots is not None:
+                slots.release()

@@ -1,0 +1,135 @@
+"""Routing decisions across a route's targets. Pure: no I/O, no trio, no clock of its own.
+
+:func:`plan` orders the targets to try for one request from a snapshot of their state;
+:class:`Breaker` is the passive-health state machine of one backend. Both take time and
+randomness as arguments, so every decision is reproducible in a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .abc import EjectionSettings
+from .config import Strategy
+from .errors import GatewayError, Overloaded, UpstreamError, UpstreamStatusError
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One target as the planner sees it at the moment of a request."""
+
+    index: int  # position in the route's targets (the priority order)
+    weight: float = 1.0
+    ready: bool = True  # the backend's own health: False while down or loading
+    breaker: BreakerState = "closed"
+    load: float = 0.0  # gateway in flight + queued, plus what the upstream reports
+
+
+def plan(strategy: Strategy, candidates: Sequence[Candidate], *, turn: int, draw: float) -> list[int]:
+    """The order in which to try targets, as indexes. Empty when none can serve.
+
+    Not-ready and ejected (``open``) targets are left out. A ``half_open`` target — its
+    cool-down is over — goes first: it needs one trial request to come back, and if the
+    trial fails the request simply fails over to the rest. ``turn`` (a per-route request
+    counter) rotates round-robin and breaks ties; ``draw`` in [0, 1) picks by weight.
+    """
+    usable = [c for c in candidates if c.ready and c.breaker != "open"]
+    trials = [c.index for c in usable if c.breaker == "half_open"]
+    healthy = [c for c in usable if c.breaker == "closed"]
+    if not healthy:
+        return trials
+    if strategy == "priority":
+        order = [c.index for c in healthy]
+    elif strategy == "round_robin":
+        k = turn % len(healthy)
+        order = [c.index for c in healthy[k:] + healthy[:k]]
+    elif strategy == "weighted":
+        order = _weighted(healthy, draw)
+    else:  # least_busy: lowest load per unit of weight; ties rotate with the turn
+        n = len(healthy)
+        ranked = sorted(
+            range(n), key=lambda i: (healthy[i].load / healthy[i].weight, (i - turn) % n)
+        )
+        order = [healthy[i].index for i in ranked]
+    return trials + order
+
+
+def _weighted(healthy: Sequence[Candidate], draw: float) -> list[int]:
+    total = sum(c.weight for c in healthy)
+    point = draw * total
+    chosen = healthy[-1]
+    for c in healthy:
+        point -= c.weight
+        if point < 0:
+            chosen = c
+            break
+    rest = sorted((c for c in healthy if c is not chosen), key=lambda c: (-c.weight, c.index))
+    return [chosen.index, *(c.index for c in rest)]
+
+
+class Breaker:
+    """Passive health of one backend: ``closed`` (in rotation), ``open`` (ejected after
+    ``failures`` consecutive failures, for ``cooldown`` seconds), ``half_open`` (cooled
+    down; the next request is a trial — success closes, failure opens again)."""
+
+    __slots__ = ("_settings", "failures", "ejected_until", "_trial")
+
+    def __init__(self, settings: EjectionSettings) -> None:
+        self._settings = settings
+        self.failures = 0
+        self.ejected_until: float | None = None
+        self._trial = False
+
+    def state(self, now: float) -> BreakerState:
+        if self.ejected_until is None:
+            return "closed"
+        if now < self.ejected_until or self._trial:
+            return "open"
+        return "half_open"
+
+    def on_attempt(self, now: float) -> None:
+        if self.state(now) == "half_open":
+            self._trial = True  # one trial at a time
+
+    def on_success(self) -> None:
+        self.failures = 0
+        self.ejected_until = None
+        self._trial = False
+
+    def on_failure(self, now: float) -> bool:
+        """Count a failure; return True when this failure ejects the backend."""
+        was_trial = self._trial
+        self._trial = False
+        self.failures += 1
+        limit = self._settings.failures
+        if was_trial or (limit and self.failures >= limit and self.ejected_until is None):
+            self.ejected_until = now + self._settings.cooldown
+            return True
+        return False
+
+
+def is_retryable(error: GatewayError) -> bool:
+    """May the request go to the next target? Only failures the next backend might not
+    have: connection trouble, timeouts, 5xx, 429 and a full queue. Never a 4xx that the
+    client caused — every backend would refuse it the same way."""
+    if isinstance(error, UpstreamStatusError):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, (UpstreamError, Overloaded))
+
+
+def counts_against_backend(error: GatewayError) -> bool:
+    """Does this failure count toward ejecting the backend? Upstream faults do; its own
+    "busy" answers (429) and the gateway's own full queue do not."""
+    if isinstance(error, UpstreamStatusError):
+        return error.status >= 500
+    return isinstance(error, UpstreamError)
+
+
+def upstream_load(in_flight: int, queued: int, running: int | None, waiting: int | None) -> float:
+    """The load ``least_busy`` compares: the gateway's own in-flight and queued requests
+    plus what the upstream reports running and waiting (it also sees other clients)."""
+    return float(in_flight + queued + (running or 0) + (waiting or 0))

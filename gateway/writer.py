@@ -1,0 +1,137 @@
+"""The client side of one response: a single writer, and the heartbeat task beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .config import KeepaliveSettings
+from .inflight import InFlight
+from .timers import HeartbeatClock
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class ClientGone(Exception):
+    """The ASGI server refused a write: the client is gone."""
+
+
+class ResponseWriter:
+    """The single writer of one HTTP response. Every method writes whole pieces under one
+    lock, so the relay and the heartbeat never interleave inside a write. ``clock``, when
+    there is one, learns of every write, so heartbeats fill only real silence."""
+
+    __slots__ = ("_lock", "_send", "_started_event", "clock", "data_sent", "finished", "gone",
+                 "started")
+
+    def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
+        self._send = send
+        self._lock = trio.Lock()
+        self._started_event = trio.Event()
+        self.clock = clock
+        self.started = False
+        self.data_sent = False  # an upstream data event reached the client: no failover now
+        self.finished = False
+        self.gone = False
+
+    async def _asgi(self, message: dict[str, object]) -> None:
+        try:
+            await self._send(message)  # type: ignore[operator]
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.gone = True
+            raise ClientGone from exc
+        if self.clock is not None:
+            self.clock.note_write(trio.current_time())
+
+    async def _start_locked(self, status: int, headers: Headers) -> None:
+        await self._asgi({"type": "http.response.start", "status": status, "headers": list(headers)})
+        self.started = True
+        self._started_event.set()
+
+    async def start(self, status: int, headers: Headers) -> bool:
+        """Send the status and headers unless they are out already (the heartbeat may have
+        committed them a moment ago). Returns whether this call sent them."""
+        async with self._lock:
+            if self.started:
+                return False
+            await self._start_locked(status, headers)
+            return True
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        async with self._lock:
+            await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        async with self._lock:
+            self.finished = True
+            await self._asgi({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def wait_started(self) -> None:
+        await self._started_event.wait()
+
+    async def write_if_silent(
+        self, data: bytes, commit: Callable[[], Headers] | None = None
+    ) -> bool:
+        """Write ``data`` only if the client heard nothing for the clock's interval. When
+        headers are not out yet and ``commit`` is given, send ``200`` with its headers first."""
+        assert self.clock is not None
+        async with self._lock:
+            if self.finished or not self.clock.is_due(trio.current_time()):
+                return False
+            if not self.started:
+                if commit is None:
+                    return False
+                await self._start_locked(200, commit())
+            await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
+            return True
+
+
+def heartbeat_bytes(policy: KeepaliveSettings, stream: bool) -> bytes:
+    if not stream:
+        return b" "  # legal JSON whitespace ahead of the body
+    return (f": {policy.comment}\n\n" if policy.comment else ":\n\n").encode()
+
+
+async def heartbeat(
+    writer: ResponseWriter,
+    data: bytes,
+    entry: InFlight,
+    commit: Callable[[], Headers] | None,
+) -> None:
+    """Write ``data`` whenever the client heard nothing for the interval.
+
+    With ``commit`` (early headers), the first heartbeat also commits ``200`` and the
+    headers ``commit()`` returns — so a failure, or a whole failover, that is over before
+    the first heartbeat is due still gets a real status. Without it, heartbeats start once
+    the relay sent the upstream's headers. A failed write means the client is gone: the
+    upstream exchange is cancelled at once.
+    """
+    clock = writer.clock
+    assert clock is not None
+    if commit is None:
+        await writer.wait_started()
+    while True:
+        await trio.sleep_until(clock.due_at)
+        try:
+            written = await writer.write_if_silent(data, commit)
+        except ClientGone:
+            entry.scope.cancel()
+            return
+        if written:
+            entry.heartbeats += 1
+
+
+def sse_headers(extra: Headers) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+        *extra,
+    ]
+
+
+def json_headers(extra: Headers, content_type: str = "application/json") -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", content_type.encode("latin-1")), *extra]
