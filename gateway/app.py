@@ -145,21 +145,24 @@ def create_app(gateway: Gateway) -> QuartTrio:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         body = apply_policy(body, route)
         request_id: str = g.request_id
-        attempts = tuple(
-            Attempt(
-                upstream,
-                UpstreamRequest(
-                    endpoint=endpoint,
-                    body=upstream_body(body, target),
-                    stream=stream,
-                    request_id=request_id,
-                    headers={"x-request-id": request_id},
-                ),
-            )
-            for upstream, target in gateway.plan(route)
-        )
+
+        def plan() -> list[Attempt]:
+            return [
+                Attempt(
+                    upstream,
+                    UpstreamRequest(
+                        endpoint=endpoint,
+                        body=upstream_body(body, target),
+                        stream=stream,
+                        request_id=request_id,
+                        headers={"x-request-id": request_id},
+                    ),
+                )
+                for upstream, target in gateway.plan(route)
+            ]
+
         exchange = Exchange(
-            attempts=attempts,
+            plan=plan,
             request_id=request_id,
             stream=stream,
             route=route.name,

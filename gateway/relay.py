@@ -21,7 +21,7 @@ instead, and the client is told why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -69,7 +69,7 @@ class Attempt:
 class Exchange:
     """Everything the relay needs for one request, decided by the handler."""
 
-    attempts: tuple[Attempt, ...]
+    plan: Callable[[], Sequence[Attempt]]
     request_id: str
     stream: bool
     route: str
@@ -101,7 +101,7 @@ async def relay(send: object, exchange: Exchange) -> None:
     entry = InFlight(
         request_id=exchange.request_id,
         route=exchange.route,
-        backend=exchange.attempts[0].upstream.id if exchange.attempts else "",
+        backend="",
         stream=stream,
         started_at=now,
     )
@@ -145,7 +145,10 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
 async def _attempts(
     exchange: Exchange, writer: ResponseWriter, entry: InFlight
 ) -> GatewayError | None:
-    if not exchange.attempts:
+    # Planned here, not in the handler: between the plan and the first attempt taking its
+    # admission slot there is no checkpoint, so concurrent requests see each other's load.
+    attempts = exchange.plan()
+    if not attempts:
         return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
     deadline = (
         entry.started_at + exchange.failover_deadline
@@ -153,7 +156,7 @@ async def _attempts(
         else float("inf")
     )
     error: GatewayError | None = None
-    for number, attempt in enumerate(exchange.attempts[: exchange.max_attempts]):
+    for number, attempt in enumerate(attempts[: exchange.max_attempts]):
         if number and trio.current_time() >= deadline:
             break
         upstream = attempt.upstream

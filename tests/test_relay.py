@@ -28,7 +28,7 @@ def exchange(backend: Backend, body: dict, **keepalive) -> Exchange:
         Breaker(backend.settings.ejection),
     )
     return Exchange(
-        attempts=(Attempt(upstream, UpstreamRequest("chat/completions", body, stream, "rid")),),
+        plan=lambda: [Attempt(upstream, UpstreamRequest("chat/completions", body, stream, "rid"))],
         request_id="rid",
         stream=stream,
         route="r",

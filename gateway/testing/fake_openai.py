@@ -8,6 +8,8 @@ or after headers, a connection cut in the middle of a line, garbage, a stall.
 Script keys (all optional)::
 
     status        HTTP status (default 200); non-2xx answers with an OpenAI error body
+    status_on_port  {port: status}: the status only the fake on that port answers with
+                  (one script for a pool of fakes behind one route)
     headers_delay seconds before the status line
     prefill       seconds after the headers, before the first body byte
     tokens        number of content deltas to stream (default 3)
@@ -152,6 +154,8 @@ class FakeOpenAI:
         self.port = 0
         self._queues: dict[str, _Queue] = {}
         self._queues_changed = trio.Event()
+        self.active = 0  # requests being answered right now
+        self.max_active = 0  # the most ever answered at once
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -185,8 +189,12 @@ class FakeOpenAI:
         self._queues_changed.set()
         self._queues_changed = trio.Event()
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def serve(
+        self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled. ``port`` 0 picks a free one; a given port lets a test
+        stop the fake and start it again where the gateway expects it."""
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self.port)
         await trio.serve_listeners(self._connection, listeners)
@@ -272,6 +280,8 @@ class FakeOpenAI:
                       record: ConnectionRecord, req: RequestRecord) -> bool:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_close, stream, record, nursery.cancel_scope)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
             try:
                 keep = await self._script(stream, req)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -279,6 +289,8 @@ class FakeOpenAI:
                 if record.closed_at is None:
                     record.closed_at = trio.current_time()
                     record.closed_event.set()
+            finally:
+                self.active -= 1
             nursery.cancel_scope.cancel()
         if record.closed_at is not None:
             return False
@@ -313,7 +325,7 @@ class FakeOpenAI:
             if fault == "reset_before_headers":
                 _reset(stream)
             return False
-        status = int(script.get("status", 200))
+        status = int(script.get("status_on_port", {}).get(str(self.port), script.get("status", 200)))
         if req.path.endswith("/models") and req.method == "GET":
             listing = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
             await self._send_fixed(stream, 200, "application/json", listing.encode(), req)

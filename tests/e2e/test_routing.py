@@ -1,0 +1,271 @@
+"""Routing across several real upstreams: failover, ejection, queues, least-busy."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+
+from gateway.abc import BackendStatus
+from gateway.config import build_config
+from gateway.server import serve
+from gateway.service import Gateway, open_gateway
+from gateway.sse import SSEFramer
+from gateway.testing.fake_openai import FakeOpenAI, chat_events
+
+CHAT = {"model": "pool", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def serve_pool(
+    nursery: trio.Nursery,
+    urls: dict[str, str],
+    route: dict[str, Any],
+    backend_extra: dict[str, Any] | None = None,
+) -> tuple[str, Gateway]:
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": {
+                name: {"type": "openai", "url": url, **(backend_extra or {})}
+                for name, url in urls.items()
+            },
+            "routes": {"pool": {"targets": [{"backend": n} for n in urls], **route}},
+        },
+        environ={},
+    )
+
+    async def run(task_status: trio.TaskStatus[tuple[str, Gateway]]) -> None:
+        async with open_gateway(config) as gw:
+            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+            task_status.started((url, gw))
+            await trio.sleep_forever()
+
+    return await nursery.start(run)
+
+
+async def start_fake(nursery: trio.Nursery, port: int = 0) -> tuple[FakeOpenAI, trio.CancelScope]:
+    fake = FakeOpenAI()
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await fake.serve(port, task_status=task_status)
+
+    await nursery.start(run)
+    return fake, scope
+
+
+async def test_failover_before_first_data_event(nursery: trio.Nursery) -> None:
+    """Refused connection, then a 503, then a working upstream: one clean stream, after
+    heartbeats, with the attempts header naming both failures."""
+    busy, _ = await start_fake(nursery)
+    good, _ = await start_fake(nursery)
+    url, _ = await serve_pool(
+        nursery,
+        {"refusing": f"http://127.0.0.1:{closed_port()}/v1", "busy": busy.url, "good": good.url},
+        {"strategy": "priority", "keepalive": {"interval": 0.2}},
+    )
+    # Every fake answers per the script in the body: the busy one fails, the good one
+    # prefills silently for a second. One script serves both: status only on `busy`.
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream(
+            "POST", "/v1/chat/completions",
+            json={**CHAT, "fake": {"status_on_port": {str(busy.port): 503}, "prefill": 1.0, "tokens": 5}},
+        ) as resp:
+            raw = await resp.aread()
+    assert resp.status_code == 200
+    assert resp.headers["x-gateway-attempts"] == (
+        "refusing=502:upstream_connect_error, busy=503:fake_error, good=ok"
+    )
+    events = SSEFramer().feed(raw)
+    assert sum(1 for e in events if e.comments == ("keepalive",)) >= 3
+    upstream = b"".join(e.raw for e in events if e.comments != ("keepalive",))
+    assert upstream == b"".join(chat_events(5, model="pool"))
+    assert len(busy.requests) == 1 and len(good.requests) == 1
+
+
+async def test_failover_after_headers_and_heartbeats(nursery: trio.Nursery) -> None:
+    slow_fail, _ = await start_fake(nursery)
+    good, _ = await start_fake(nursery)
+    url, _ = await serve_pool(
+        nursery, {"slow": slow_fail.url, "good": good.url}, {"keepalive": {"interval": 0.1}}
+    )
+    script = {"status_on_port": {str(slow_fail.port): 500}, "headers_delay": 0.5, "tokens": 3}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r:
+            raw = await r.aread()
+    assert r.status_code == 200
+    assert "x-gateway-attempts" not in r.headers  # committed by a heartbeat, before any outcome
+    events = [e for e in SSEFramer().feed(raw) if e.comments != ("keepalive",)]
+    assert b"".join(e.raw for e in events) == b"".join(chat_events(3, model="pool"))
+
+
+async def test_no_retry_after_first_data_event(nursery: trio.Nursery) -> None:
+    broken, _ = await start_fake(nursery)
+    spare, _ = await start_fake(nursery)
+    url, _ = await serve_pool(nursery, {"broken": broken.url, "spare": spare.url}, {})
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream(
+            "POST", "/v1/chat/completions",
+            json={**CHAT, "fake": {"tokens": 6, "pace": 0.01, "fault": "reset_mid_stream"}},
+        ) as r:
+            raw = await r.aread()
+    data = [e.data for e in SSEFramer().feed(raw) if e.is_data]
+    assert "[DONE]" not in data
+    assert "error" in json.loads(data[-1])
+    assert len(spare.requests) == 0  # never retried: tokens would have been duplicated
+
+
+async def test_ejection_and_recovery(nursery: trio.Nursery) -> None:
+    flaky, flaky_scope = await start_fake(nursery)
+    steady, _ = await start_fake(nursery)
+    port = flaky.port
+    url, gw = await serve_pool(
+        nursery,
+        {"flaky": flaky.url, "steady": steady.url},
+        {"strategy": "priority", "keepalive": {"interval": 0}},
+        {"ejection": {"failures": 2, "cooldown": 0.5}},
+    )
+    flaky_scope.cancel()  # killed: its port now refuses connections
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def attempts() -> str:
+            r = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+            assert r.status_code == 200
+            return r.headers["x-gateway-attempts"]
+
+        assert (await attempts()).startswith("flaky=502")
+        assert (await attempts()).startswith("flaky=502")  # second failure: ejected now
+        assert gw.upstreams["flaky"].breaker.state(trio.current_time()) == "open"
+        assert await attempts() == "steady=ok"  # out of rotation, not even tried
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200  # the route still has a ready target
+
+        restarted, _ = await start_fake(nursery, port)  # back on the same port
+        await trio.sleep(0.6)  # the cool-down
+        assert await attempts() == "flaky=ok"  # the half-open trial succeeds
+        assert await attempts() == "flaky=ok"  # and it is back in rotation
+    assert len(restarted.requests) == 2
+
+
+async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> None:
+    fake, _ = await start_fake(nursery)
+    url, gw = await serve_pool(
+        nursery, {"only": fake.url}, {"keepalive": {"interval": 0.1}},
+        {"admission": {"max_concurrency": 2, "max_queue": 8}},
+    )
+    results: dict[int, tuple[int, int]] = {}
+
+    async def one(i: int, client: httpx.AsyncClient) -> None:
+        body = {**CHAT, "fake": {"prefill": 0.3, "tokens": 2, "tag": i}}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            raw = await r.aread()
+        events = SSEFramer().feed(raw)
+        beats = sum(1 for e in events if e.comments == ("keepalive",))
+        assert raw.endswith(b"data: [DONE]\n\n")
+        results[i] = (r.status_code, beats)
+
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(base_url=url, timeout=20, limits=limits) as client:
+        async with trio.open_nursery() as inner:
+            for i in range(10):
+                inner.start_soon(one, i, client)
+                # Arrival order is the test's: wait until request i is in the gateway.
+                with trio.fail_after(5):
+                    while len(gw.inflight) < i + 1:
+                        await trio.sleep(0.001)
+        overflow = [
+            await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+            for _ in range(1)
+        ]
+    arrivals = sorted(fake.requests, key=lambda r: r.received_at)
+    order = [r.body["fake"]["tag"] for r in arrivals if "tag" in r.body.get("fake", {})]
+    assert fake.max_active == 2
+    assert order == list(range(10))  # served in arrival order
+    assert all(status == 200 for status, _ in results.values())
+    assert all(beats >= 1 for i, (_, beats) in results.items() if i >= 2)  # waiting ones heard
+    assert overflow[0].status_code == 200  # the queue had drained by then
+
+
+async def test_queue_overflow_and_disconnected_waiters(nursery: trio.Nursery) -> None:
+    fake, _ = await start_fake(nursery)
+    url, gw = await serve_pool(
+        nursery, {"only": fake.url}, {"keepalive": {"interval": 0.1, "early_headers": False}},
+        {"admission": {"max_concurrency": 1, "max_queue": 1}},
+    )
+    upstream = gw.upstreams["only"]
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(partial(client.post, "/v1/chat/completions",
+                                     json={**CHAT, "stream": False, "fake": {"prefill": 1.0}}))
+            with trio.fail_after(5):
+                while upstream.admission.in_flight < 1:
+                    await trio.sleep(0.001)
+
+            # A waiter that hangs up leaves the queue and never reaches the upstream.
+            with trio.move_on_after(0.3):
+                await client.post("/v1/chat/completions",
+                                  json={**CHAT, "stream": False, "fake": {"tag": "gone"}})
+            with trio.fail_after(2):
+                while upstream.admission.queued:
+                    await trio.sleep(0.001)
+
+            # One waiter fills the queue; the next is refused at once.
+            inner.start_soon(partial(client.post, "/v1/chat/completions",
+                                     json={**CHAT, "stream": False}))
+            with trio.fail_after(5):
+                while upstream.admission.queued < 1:
+                    await trio.sleep(0.001)
+            refused = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert not any(r.body.get("fake", {}).get("tag") == "gone" for r in fake.requests)
+    assert len(fake.requests) == 2
+
+
+async def test_least_busy_spreads_by_reported_load(nursery: trio.Nursery) -> None:
+    a, _ = await start_fake(nursery)
+    b, _ = await start_fake(nursery)
+    url, gw = await serve_pool(
+        nursery, {"a": a.url, "b": b.url},
+        {"strategy": "least_busy", "keepalive": {"interval": 0}},
+    )
+    # What the backends' load polling would publish: a already runs 30 requests.
+    gw.upstreams["a"].backend.status = BackendStatus(health="ready", running=30)
+    gw.upstreams["b"].backend.status = BackendStatus(health="ready", running=0)
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        async with trio.open_nursery() as inner:
+            for _ in range(100):
+                inner.start_soon(partial(client.post, "/v1/chat/completions",
+                                         json={**CHAT, "stream": False, "fake": {"prefill": 1.0}}))
+    # b takes the first 30 alone, then both share: 35 / 65 expected (round-robin: 50 / 50).
+    assert len(a.requests) + len(b.requests) == 100
+    assert 30 <= len(a.requests) <= 40
+    assert 60 <= len(b.requests) <= 70
+
+
+async def test_all_targets_down_is_503(nursery: trio.Nursery) -> None:
+    fake, _ = await start_fake(nursery)
+    url, gw = await serve_pool(nursery, {"only": fake.url}, {})
+    gw.upstreams["only"].backend.status = BackendStatus(health="loading", detail="loading model")
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        ready = await client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "no_backend_available"
+    assert resp.headers["retry-after"] == "5"
+    assert ready.status_code == 503
+    assert fake.requests == []

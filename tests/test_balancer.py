@@ -1,0 +1,146 @@
+"""Routing decisions over scripted backend states: pure functions, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.abc import EjectionSettings
+from gateway.balancer import Breaker, Candidate, counts_against_backend, is_retryable, plan
+from gateway.config import build_config
+from gateway.errors import (
+    InvalidRequest,
+    Overloaded,
+    UpstreamConnectError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from gateway.routing import apply_policy
+
+
+def c(index: int, **kw) -> Candidate:
+    return Candidate(index=index, **kw)
+
+
+THREE = [c(0), c(1), c(2)]
+
+
+def test_priority_keeps_config_order_and_skips_unusable() -> None:
+    assert plan("priority", THREE, turn=7, draw=0.9) == [0, 1, 2]
+    states = [c(0, ready=False), c(1, breaker="open"), c(2)]
+    assert plan("priority", states, turn=0, draw=0) == [2]
+
+
+def test_round_robin_rotates_over_healthy_targets() -> None:
+    orders = [plan("round_robin", THREE, turn=t, draw=0)[0] for t in range(6)]
+    assert orders == [0, 1, 2, 0, 1, 2]
+    assert plan("round_robin", THREE, turn=1, draw=0) == [1, 2, 0]
+    with_down = [c(0), c(1, ready=False), c(2)]
+    assert [plan("round_robin", with_down, turn=t, draw=0)[0] for t in range(4)] == [0, 2, 0, 2]
+
+
+def test_weighted_draw_picks_by_weight_then_heaviest_first() -> None:
+    states = [c(0, weight=1), c(1, weight=3), c(2, weight=1)]
+    assert plan("weighted", states, turn=0, draw=0.1) == [0, 1, 2]   # 0.5 of 5 → first
+    assert plan("weighted", states, turn=0, draw=0.5) == [1, 0, 2]   # 2.5 of 5 → second
+    assert plan("weighted", states, turn=0, draw=0.99) == [2, 1, 0]
+    draws = [i / 1000 for i in range(1000)]
+    firsts = [plan("weighted", states, turn=0, draw=d)[0] for d in draws]
+    assert (firsts.count(0), firsts.count(1), firsts.count(2)) == (200, 600, 200)
+
+
+def test_least_busy_prefers_low_load_per_weight() -> None:
+    states = [c(0, load=5), c(1, load=1), c(2, load=3)]
+    assert plan("least_busy", states, turn=0, draw=0) == [1, 2, 0]
+    weighted = [c(0, load=4, weight=4), c(1, load=2)]  # 1.0 per weight vs 2.0
+    assert plan("least_busy", weighted, turn=0, draw=0) == [0, 1]
+
+
+def test_least_busy_ties_rotate() -> None:
+    tied = [c(0, load=2), c(1, load=2)]
+    assert [plan("least_busy", tied, turn=t, draw=0)[0] for t in range(4)] == [0, 1, 0, 1]
+
+
+def test_all_ejected_or_all_loading_gives_nothing() -> None:
+    assert plan("priority", [c(0, breaker="open"), c(1, breaker="open")], turn=0, draw=0) == []
+    assert plan("least_busy", [c(0, ready=False), c(1, ready=False)], turn=0, draw=0) == []
+
+
+def test_half_open_target_gets_its_trial_first() -> None:
+    states = [c(0), c(1, breaker="half_open"), c(2, breaker="open")]
+    assert plan("priority", states, turn=0, draw=0) == [1, 0]
+    assert plan("priority", [c(0, breaker="half_open")], turn=0, draw=0) == [0]
+
+
+def test_breaker_ejects_after_consecutive_failures_and_recovers() -> None:
+    breaker = Breaker(EjectionSettings(failures=3, cooldown=10))
+    assert not breaker.on_failure(0) and not breaker.on_failure(1)
+    breaker.on_success()  # the count is of consecutive failures
+    assert not breaker.on_failure(2) and not breaker.on_failure(3)
+    assert breaker.on_failure(4)
+    assert breaker.state(5) == "open" and breaker.state(13.9) == "open"
+    assert breaker.state(14) == "half_open"
+    breaker.on_attempt(14)
+    assert breaker.state(14.1) == "open"  # one trial at a time
+    breaker.on_success()
+    assert breaker.state(14.2) == "closed" and breaker.failures == 0
+
+
+def test_breaker_failed_trial_reopens() -> None:
+    breaker = Breaker(EjectionSettings(failures=1, cooldown=5))
+    assert breaker.on_failure(0)
+    breaker.on_attempt(5)
+    assert breaker.on_failure(5.5)
+    assert breaker.state(6) == "open" and breaker.state(10.5) == "half_open"
+
+
+def test_breaker_never_ejects_with_zero_failures_setting() -> None:
+    breaker = Breaker(EjectionSettings(failures=0))
+    assert not any(breaker.on_failure(t) for t in range(100))
+    assert breaker.state(100) == "closed"
+
+
+@pytest.mark.parametrize(
+    "error,retry,counts",
+    [
+        (UpstreamConnectError("x"), True, True),
+        (UpstreamTimeout("x"), True, True),
+        (UpstreamStatusError(503, "x"), True, True),
+        (UpstreamStatusError(429, "x"), True, False),
+        (UpstreamStatusError(400, "x"), False, False),
+        (Overloaded("x"), True, False),
+        (InvalidRequest("x"), False, False),
+    ],
+)
+def test_failure_classification(error, retry, counts) -> None:
+    assert is_retryable(error) is retry
+    assert counts_against_backend(error) is counts
+
+
+def test_request_policy_defaults_and_caps() -> None:
+    config = build_config(
+        {
+            "backends": {"a": {"type": "openai", "url": "http://h/v1"}},
+            "routes": {"r": {"backend": "a", "defaults": {"temperature": 0.2, "top_p": 0.9},
+                             "caps": {"max_tokens": 256}}},
+        },
+        environ={},
+    )
+    [route] = config.routes
+    assert apply_policy({"model": "r"}, route) == {
+        "model": "r", "temperature": 0.2, "top_p": 0.9, "max_tokens": 256
+    }
+    assert apply_policy({"temperature": 1.0, "max_tokens": 9000}, route) == {
+        "temperature": 1.0, "top_p": 0.9, "max_tokens": 256
+    }
+    assert apply_policy({"max_tokens": 100}, route)["max_tokens"] == 100
+
+
+def test_route_needs_backend_or_targets() -> None:
+    from gateway.errors import ConfigError
+
+    base = {"backends": {"a": {"type": "openai", "url": "http://h/v1"}}}
+    with pytest.raises(ConfigError, match="routes.r: Value error, give either"):
+        build_config({**base, "routes": {"r": {}}}, environ={})
+    with pytest.raises(ConfigError, match=r"routes.r.targets.1.backend: unknown backend 'zz'"):
+        build_config({**base, "routes": {"r": {"targets": [{"backend": "a"}, {"backend": "zz"}]}}},
+                     environ={})
