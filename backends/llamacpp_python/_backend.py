@@ -1,16 +1,15 @@
 """Backend ``llamacpp-python``: a GGUF model served from the gateway's own process.
 
 Each of ``instances`` model copies serves one request at a time, in a worker thread
-(llama.cpp blocks; the event loop must not). Requests beyond that wait in a bounded FIFO
-line inside :meth:`~LlamaCppPythonBackend.open_response`, which the gateway heartbeats like
-any slow upstream; a full line is refused at once with
-:class:`~gateway.errors.Overloaded`.
+(llama.cpp blocks; the event loop must not). Requests beyond that wait in the gateway's
+admission queue (``admission.max_concurrency`` is ``instances``; see the settings), where
+streaming clients get heartbeats and a full queue is refused with ``Retry-After``.
 
 One request, three parties::
 
     open_response (request task)     producer task              worker thread
     ─ parse + validate body
-    ─ wait in line for an engine
+    ─ take a free engine
     ─ open nursery ────────────────▶ to_thread.run_sync ──────▶ Engine.run(job, emit)
     ─ receive first item ◀───────── memory channel ◀─────────── emit(bytes) per token
     ─ yield response; body reads the channel
@@ -32,17 +31,22 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
-from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
+from gateway.abc import (
+    Backend,
+    BackendSettings,
+    BackendStatus,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 from gateway.errors import (
     ConfigError,
     GatewayError,
     InvalidRequest,
-    Overloaded,
     ShuttingDown,
     UpstreamConnectError,
 )
 
-from ._pool import InstancePool, QueueFull
+from ._pool import InstancePool
 from ._protocol import EmbeddingRequest, TextRequest, parse_request
 from ._settings import LlamaCppPythonSettings
 from ._source import resolve_model
@@ -74,11 +78,6 @@ class LlamaCppPythonBackend(Backend):
         # one (DNS lookups, file I/O), nor be starved by it.
         self._threads = trio.CapacityLimiter(settings.instances)
 
-    @property
-    def queue_length(self) -> int:
-        """Requests waiting for a free instance now."""
-        return self._pool.waiting if self._pool is not None else 0
-
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Load ``instances`` copies of the model, one after another, each in a worker
@@ -87,7 +86,11 @@ class LlamaCppPythonBackend(Backend):
         Raises :class:`~gateway.errors.ConfigError` when llama-cpp-python is missing, or the
         model is missing, corrupt or unfit for the settings. Cancelling start-up waits for
         the instance being loaded (llama.cpp cannot be interrupted there).
+
+        :attr:`status` says ``loading``, then ``ready``, then ``down``. It reports no
+        running/queued counts: the gateway's own admission counts are all there is to see.
         """
+        self.status = BackendStatus(health="loading", detail="loading the model")
         engine_module = self._import_engine()
         where = f"backends.{self.id}"
         settings = self.settings
@@ -101,7 +104,11 @@ class LlamaCppPythonBackend(Backend):
             for index in range(settings.instances):
                 log.info(
                     "backend %s: loading %s (%.0f MiB), instance %d of %d ...",
-                    self.id, path, size_mib, index + 1, settings.instances,
+                    self.id,
+                    path,
+                    size_mib,
+                    index + 1,
+                    settings.instances,
                 )
                 started = trio.current_time()
                 engine = await trio.to_thread.run_sync(
@@ -117,12 +124,19 @@ class LlamaCppPythonBackend(Backend):
                 engines.append(engine)
                 log.info(
                     "backend %s: instance %d of %d loaded in %.1f s",
-                    self.id, index + 1, settings.instances, trio.current_time() - started,
+                    self.id,
+                    index + 1,
+                    settings.instances,
+                    trio.current_time() - started,
                 )
             self.engines = tuple(engines)
-            self._pool = InstancePool(engines, max_waiting=settings.max_queue)
+            self._pool = InstancePool(engines)
+            self.status = BackendStatus(
+                health="ready", detail=f"{len(engines)} instance(s) of {path.name}"
+            )
             yield
         finally:
+            self.status = BackendStatus(health="down", detail="stopped")
             pool, self._pool = self._pool, None
             with trio.CancelScope(shield=True):
                 if pool is not None:
@@ -155,13 +169,18 @@ class LlamaCppPythonBackend(Backend):
         configured = self.settings.n_gpu_layers
         layers = configured if configured is not None else (-1 if gpu else 0)
         if layers == 0:
-            why = "n_gpu_layers = 0" if configured is not None else "llama-cpp-python has no GPU support"
+            why = (
+                "n_gpu_layers = 0"
+                if configured is not None
+                else "llama-cpp-python has no GPU support"
+            )
             log.info("backend %s: running on the CPU (%s)", self.id, why)
         elif not gpu:
             log.warning(
                 "backend %s: n_gpu_layers = %d, but llama-cpp-python was built without GPU "
                 "support: running on the CPU",
-                self.id, layers,
+                self.id,
+                layers,
             )
         else:
             what = "all layers" if layers < 0 else f"{layers} layers"
@@ -170,14 +189,13 @@ class LlamaCppPythonBackend(Backend):
 
     @asynccontextmanager
     async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
-        """Validate, wait in line for an instance, start generating; enter once the first
-        bytes are ready (so a prompt the model refuses is still a real 400).
+        """Validate, take a free instance, start generating; enter once the first bytes
+        are ready (so a prompt the model refuses is still a real 400).
 
         Raises :class:`~gateway.errors.InvalidRequest` for input this backend cannot serve,
-        :class:`~gateway.errors.Overloaded` at once when the line is full, and
-        :class:`~gateway.errors.ShuttingDown` when the backend stops. Cancellation while in
-        line leaves the line; during generation it stops the model within one token, and
-        the instance is free again when this context has exited.
+        and :class:`~gateway.errors.ShuttingDown` when the backend stops. Cancellation stops
+        the model within one token, and the instance is free again once this context has
+        exited. (If callers bypass admission, extra ones wait here in FIFO order.)
         """
         pool = self._pool
         if pool is None:
@@ -186,13 +204,6 @@ class LlamaCppPythonBackend(Backend):
         self._check_endpoint(parsed)
         try:
             engine = await pool.acquire()
-        except QueueFull:
-            raise Overloaded(
-                f"backend {self.id}: all {self.settings.instances} model instance(s) are busy "
-                f"and {pool.waiting} request(s) are already waiting; retry later",
-                retry_after=self.settings.retry_after,
-                status=self.settings.queue_full_status,
-            ) from None
         except trio.ClosedResourceError:
             raise ShuttingDown(f"backend {self.id} is shutting down") from None
         try:
@@ -305,4 +316,3 @@ def _raise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     finally:  # keep the exception's own context, not the group it was unwrapped from
         sole.__context__ = context
         del sole, context
-

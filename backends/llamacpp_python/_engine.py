@@ -8,9 +8,9 @@ threads, one at a time per engine (a ``Llama`` is not safe for concurrent use). 
 call that crosses from the trio thread into a running job is :meth:`Job.stop`, which sets a
 flag that the job checks
 
-* after every sampled token (in :meth:`_Llama.sample`), and
-* inside llama.cpp, between the graph nodes of every decode (its abort callback), so a long
-  prompt's prefill stops too, not only token generation.
+* after every sampled token, and before every decode, and
+* inside llama.cpp, between the graph nodes of a long decode (its abort callback), so a
+  long prompt's prefill stops in the middle too.
 
 So generation stops within one token of :meth:`Job.stop`, in every phase.
 """
@@ -22,7 +22,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any, cast
@@ -81,6 +81,7 @@ class Job:
         """Tokens sampled for this request, the end-of-generation token included."""
         self.sampled_at_stop: int | None = None
         """:attr:`sampled` when :meth:`stop` was first called: what was made before it."""
+        self.stop_requested_at: float | None = None
         self.last_was_eog = False
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -95,6 +96,7 @@ class Job:
         """Ask the worker to stop within one token. Idempotent, never blocks."""
         if not self._stop.is_set():
             self.sampled_at_stop = self.sampled
+            self.stop_requested_at = time.monotonic()
             self._stop.set()
 
     def usage(self) -> Usage:
@@ -103,10 +105,17 @@ class Job:
 
 
 class _Llama(llama_cpp.Llama):
-    """``Llama`` with a hook on every sampled token, which the engine uses to count tokens
-    and to stop a job: ``generate()`` calls :meth:`sample` once per token."""
+    """``Llama`` with hooks the engine uses to count tokens and to stop a job:
+    ``generate()`` calls :meth:`eval` for the prompt and each token it feeds back, and
+    :meth:`sample` once per token."""
 
+    on_eval: Callable[[int], None] | None = None
     on_token: Callable[[int], None] | None = None
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        if self.on_eval is not None:
+            self.on_eval(len(tokens))
+        super().eval(tokens)
 
     def sample(self, *args: Any, **kwargs: Any) -> int:
         token = cast(int, super().sample(*args, **kwargs))
@@ -121,7 +130,6 @@ class Engine:
     def __init__(self, llama: _Llama, *, index: int, backend_id: str, cache_prompt: bool) -> None:
         self.index = index
         self.backend_id = backend_id
-        self.embedding_only = bool(llama.context_params.embeddings)
         self.tokens_generated = 0
         """Every token this instance has sampled, ever. Tests read it to prove a stop."""
         self.current: Job | None = None
@@ -129,13 +137,30 @@ class Engine:
         self._llama = llama
         self._cache_prompt = cache_prompt
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        # llama.cpp calls this between graph nodes of every decode; True aborts the decode.
+        # llama.cpp calls an abort callback between the graph nodes of a decode, hundreds
+        # of times per call, and a Python one needs the GIL each time: while the event loop
+        # is busy, that would slow every token. So it is installed only for decodes of many
+        # tokens (prefill, embeddings), where it matters; a token's decode is short, and the
+        # stop is checked after each token anyway.
         self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
-        llama_cpp.llama_set_abort_callback(llama.ctx, self._abort_callback, None)
+        self._no_abort_callback = llama_cpp.ggml_abort_callback()
+        self._abortable = False
 
     def _should_abort(self, _data: object) -> bool:
         job = self.current
         return job is not None and job.stopping
+
+    def _set_abortable(self, abortable: bool) -> None:
+        if abortable != self._abortable:
+            callback = self._abort_callback if abortable else self._no_abort_callback
+            llama_cpp.llama_set_abort_callback(self._llama.ctx, callback, None)
+            self._abortable = abortable
+
+    def _on_eval(self, n_tokens: int) -> None:
+        job = self.current
+        if job is not None and job.stopping:
+            raise Stopped
+        self._set_abortable(n_tokens > 1)
 
     def _on_token(self, token: int) -> None:
         job = self.current
@@ -159,6 +184,7 @@ class Engine:
         """
         job.started_at = time.monotonic()
         self.current = job
+        self._llama.on_eval = self._on_eval
         self._llama.on_token = self._on_token
         try:
             request = job.request
@@ -168,7 +194,7 @@ class Engine:
                 else self._cache_prompt
             )
             if not cache_prompt:
-                self._llama.reset()
+                self._llama.reset()  # type: ignore[no-untyped-call]
             if isinstance(request, EmbeddingRequest):
                 emit(json_body(self._embed(request)))
             elif request.stream:
@@ -177,7 +203,7 @@ class Engine:
                 emit(json_body(self._create(request, stream=False)))
         except Stopped:
             job.stopped = True
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the boundary: llama's errors become the request's
             # An aborted decode surfaces as a RuntimeError from llama-cpp-python.
             if job.stopping:
                 job.stopped = True
@@ -187,7 +213,7 @@ class Engine:
             except Stopped:
                 job.stopped = True
         finally:
-            self._llama.on_token = None
+            self._llama.on_eval = self._llama.on_token = None
             self.current = None
             self.last = job
             job.finished_at = time.monotonic()
@@ -211,7 +237,10 @@ class Engine:
         emit(DONE)
 
     def _embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        result = cast(dict[str, Any], self._llama.create_embedding(request.inputs, model=request.model))
+        self._set_abortable(True)  # create_embedding decodes without eval()
+        result = cast(
+            dict[str, Any], self._llama.create_embedding(request.inputs, model=request.model)
+        )
         if request.base64:
             for item in result["data"]:
                 vector = item["embedding"]
@@ -238,7 +267,7 @@ class Engine:
 def check_chat_format(name: str, where: str) -> None:
     try:
         llama_cpp.llama_chat_format.get_chat_completion_handler(name)
-    except Exception as error:  # the library's own "not found" exception, message included
+    except llama_cpp.llama_chat_format.LlamaChatCompletionHandlerNotFoundException as error:
         raise ConfigError(f"{where}: {error}") from None
 
 
@@ -253,26 +282,15 @@ def load(
     """Load one instance of the model at ``path`` (blocking). Raises :class:`ConfigError`
     when llama.cpp cannot load it, or when it cannot serve what the settings ask."""
     where = f"backends.{backend_id}"
-    kwargs: dict[str, Any] = {}
-    if settings.pooling != "model":
-        kwargs["pooling_type"] = _POOLING[settings.pooling]
-    try:
-        llama = _Llama(
-            model_path=str(path),
-            n_ctx=settings.n_ctx,
-            n_batch=settings.n_batch,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=settings.n_threads,
-            chat_format=settings.chat_format,
-            embedding=settings.embedding,
-            verbose=False,
-            **kwargs,
-        )
-    except ValueError as error:
-        raise ConfigError(
-            f"{where}.model: llama.cpp could not load {path} ({error}): the file is corrupt or "
-            f"truncated, or its architecture is newer than llama-cpp-python {__version__}"
-        ) from None
+    llama = _load(path, settings, settings.n_ctx, n_gpu_layers, where)
+    if llama.n_ctx() != len(llama.input_ids):
+        # llama.cpp rounds the context up (to a multiple of 256) but llama-cpp-python sized
+        # its token buffer by the request, and a prompt between the two sizes would crash
+        # in numpy. Load again with the size llama.cpp really uses.
+        n_ctx = llama.n_ctx()
+        llama.close()
+        log.info("backend %s: n_ctx %d is rounded up to %d", backend_id, settings.n_ctx, n_ctx)
+        llama = _load(path, settings, n_ctx, n_gpu_layers, where)
     if settings.embedding and llama_cpp.llama_pooling_type(llama.ctx) in (
         llama_cpp.LLAMA_POOLING_TYPE_NONE,
         llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
@@ -295,3 +313,28 @@ def load(
             llama.chat_format,
         )
     return Engine(llama, index=index, backend_id=backend_id, cache_prompt=settings.cache_prompt)
+
+
+def _load(
+    path: Path, settings: LlamaCppPythonSettings, n_ctx: int, n_gpu_layers: int, where: str
+) -> _Llama:
+    kwargs: dict[str, Any] = {}
+    if settings.pooling != "model":
+        kwargs["pooling_type"] = _POOLING[settings.pooling]
+    try:
+        return _Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=settings.n_batch,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=settings.n_threads,
+            chat_format=settings.chat_format,
+            embedding=settings.embedding,
+            verbose=False,
+            **kwargs,
+        )
+    except ValueError as error:
+        raise ConfigError(
+            f"{where}.model: llama.cpp could not load {path} ({error}): the file is corrupt or "
+            f"truncated, or its architecture is newer than llama-cpp-python {__version__}"
+        ) from None

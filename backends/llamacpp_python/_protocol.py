@@ -127,7 +127,9 @@ def usage_chunk(first: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
 def _reject_unsupported(body: JSONObject, endpoint: Endpoint) -> None:
     n = body.get("n")
     if n is not None and n != 1:
-        raise InvalidRequest("this backend generates one choice per request: n must be 1", param="n")
+        raise InvalidRequest(
+            "this backend generates one choice per request: n must be 1", param="n"
+        )
     best_of = body.get("best_of")
     if best_of is not None and best_of != 1:
         raise InvalidRequest("best_of is not supported by this backend", param="best_of")
@@ -201,13 +203,13 @@ def _optional(
         if not isinstance(value, bool):
             raise InvalidRequest(f"{name} must be a boolean", param=name)
         return value
-    # JSON has no int/float split worth trusting, but a bool is never a number here.
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int and not (numeric and float(value).is_integer()):
-        raise InvalidRequest(f"{name} must be an integer", param=name)
-    if kind is float and not (numeric and math.isfinite(value)):
-        raise InvalidRequest(f"{name} must be a number", param=name)
-    assert isinstance(value, (int, float))
+    # JSON has no int/float split worth trusting (2.0 is an integer), but a bool is never
+    # a number here.
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be {what}", param=name)
+    if kind is int and not float(value).is_integer():
+        raise InvalidRequest(f"{name} must be {what}", param=name)
     if low is not None and value < low:
         raise InvalidRequest(f"{name} must be at least {low:g}", param=name)
     if high is not None and value > high:
@@ -222,9 +224,7 @@ def _stop(value: object) -> list[str]:
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise InvalidRequest("stop must be a non-empty string or a list of them", param="stop")
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest(
-            f"stop may hold at most {MAX_STOP_SEQUENCES} sequences", param="stop"
-        )
+        raise InvalidRequest(f"stop may hold at most {MAX_STOP_SEQUENCES} sequences", param="stop")
     return [s for s in stops if isinstance(s, str)]
 
 
@@ -248,12 +248,16 @@ def _include_usage(body: JSONObject, stream: bool) -> bool:
     if options is None:
         return False
     if not stream:
-        raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
+        raise InvalidRequest(
+            "stream_options is only allowed with stream: true", param="stream_options"
+        )
     if not isinstance(options, dict):
         raise InvalidRequest("stream_options must be an object", param="stream_options")
     include = options.get("include_usage", False)
     if not isinstance(include, bool):
-        raise InvalidRequest("stream_options.include_usage must be a boolean", param="stream_options")
+        raise InvalidRequest(
+            "stream_options.include_usage must be a boolean", param="stream_options"
+        )
     return include
 
 
@@ -274,7 +278,9 @@ def _messages(value: object) -> list[dict[str, str]]:
             )
         if message.get("tool_calls"):
             raise InvalidRequest("tool calls are not supported by this backend", param=where)
-        messages.append({"role": _CHAT_ROLES[role], "content": _content(message.get("content"), where)})
+        messages.append(
+            {"role": _CHAT_ROLES[role], "content": _content(message.get("content"), where)}
+        )
     return messages
 
 
@@ -293,10 +299,14 @@ def _content(value: object, where: str) -> str:
                 )
             text = part.get("text")
             if not isinstance(text, str):
-                raise InvalidRequest(f"{where}.content: a text part needs a text string", param=f"{where}.content")
+                raise InvalidRequest(
+                    f"{where}.content: a text part needs a text string", param=f"{where}.content"
+                )
             texts.append(text)
         return "\n".join(texts)
-    raise InvalidRequest(f"{where}.content must be a string or an array of text parts", param=f"{where}.content")
+    raise InvalidRequest(
+        f"{where}.content must be a string or an array of text parts", param=f"{where}.content"
+    )
 
 
 def _prompt(value: object) -> str | list[int]:
@@ -336,5 +346,7 @@ def _embedding_request(model: str, body: JSONObject) -> EmbeddingRequest:
     if body.get("dimensions") is not None:
         raise InvalidRequest("dimensions is not supported by this backend", param="dimensions")
     return EmbeddingRequest(
-        model=model, inputs=[text for text in inputs if isinstance(text, str)], base64=encoding == "base64"
+        model=model,
+        inputs=[text for text in inputs if isinstance(text, str)],
+        base64=encoding == "base64",
     )

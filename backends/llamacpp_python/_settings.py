@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from gateway.abc import BackendSettings
+from gateway.abc import AdmissionSettings, BackendSettings
 
 
 class LlamaCppPythonSettings(BackendSettings):
-    """Settings of one in-process model. Every instance is an independent copy of it."""
+    """Settings of one in-process model. Every instance is an independent copy of it.
+
+    An instance serves one request at a time, so ``admission.max_concurrency`` defaults to
+    ``instances`` and may not exceed it: requests beyond that wait in the gateway's
+    admission queue (FIFO, bounded by ``admission.max_queue``, heartbeats to streaming
+    clients, ``Retry-After`` when full), never inside the model.
+    """
 
     type: Literal["llamacpp-python"] = "llamacpp-python"
     model: str = Field(
@@ -31,11 +37,6 @@ class LlamaCppPythonSettings(BackendSettings):
         None, description="llama-cpp-python chat format (e.g. gemma); default: the GGUF's template"
     )
     instances: int = Field(1, ge=1, description="independent model copies serving in parallel")
-    max_queue: int = Field(
-        64, ge=0, description="requests that may wait for a free instance; more are refused"
-    )
-    queue_full_status: Literal[429, 503] = 503
-    retry_after: float = Field(1.0, gt=0, description="seconds, sent as Retry-After when full")
     cache_prompt: bool = Field(
         True,
         description="reuse the KV cache of the previous request's common prefix (fast "
@@ -45,3 +46,29 @@ class LlamaCppPythonSettings(BackendSettings):
     pooling: Literal["model", "mean", "cls", "last"] = Field(
         "model", description="how token embeddings become one vector; model = the GGUF's"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_request_per_instance(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        instances = data.get("instances", 1)
+        if not (isinstance(instances, int) and instances >= 1):
+            return data  # the field's own validation reports it
+        admission = data.get("admission")
+        if isinstance(admission, AdmissionSettings):
+            if admission.max_concurrency is None:
+                admission = admission.model_copy(update={"max_concurrency": instances})
+        elif admission is None or isinstance(admission, dict):
+            admission = {"max_concurrency": instances, **(admission or {})}
+        return {**data, "admission": admission}
+
+    @model_validator(mode="after")
+    def _no_more_concurrency_than_instances(self) -> LlamaCppPythonSettings:
+        limit = self.admission.max_concurrency
+        if limit is None or limit > self.instances:
+            raise ValueError(
+                f"admission.max_concurrency ({limit}) may not exceed instances "
+                f"({self.instances}): each model instance serves one request at a time"
+            )
+        return self

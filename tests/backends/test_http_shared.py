@@ -32,7 +32,13 @@ def test_parse_metrics_rejects_garbage() -> None:
 
 
 async def test_poller_publishes_and_survives_errors(autojump_clock: MockClock) -> None:
-    answers = iter([BackendStatus(health="loading"), RuntimeError("boom"), BackendStatus(health="ready", running=1)])
+    answers = iter(
+        [
+            BackendStatus(health="loading"),
+            RuntimeError("boom"),
+            BackendStatus(health="ready", running=1),
+        ]
+    )
     published: list[BackendStatus] = []
 
     async def check() -> BackendStatus:

