@@ -1,0 +1,39 @@
+"""The ``[backends.<id>]`` table of a ``vllm`` backend."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from gateway.abc import BackendSettings
+
+
+class VLLMSettings(BackendSettings):
+    """One running vLLM server. Connection and upstream timers are the common ``timeouts``."""
+
+    type: Literal["vllm"] = "vllm"
+    url: str = Field(
+        description="root URL of the vLLM server, e.g. http://127.0.0.1:8000 "
+        "(a trailing /v1 is accepted)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="the server's --api-key (VLLM_API_KEY), sent as a Bearer token"
+    )
+    poll_interval: float = Field(
+        2.0, gt=0, description="seconds between reads of /health and /metrics"
+    )
+    poll_timeout: float = Field(
+        5.0, gt=0, description="seconds one read of /health, /metrics or /v1/models may take"
+    )
+    max_connections: int = Field(1000, gt=0)
+    max_keepalive_connections: int = Field(100, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = httpx.URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/").removesuffix("/v1")
