@@ -297,7 +297,10 @@ class FakeVLLM:
         if self.metrics_fault == "error":
             await out.fixed(500, "text/plain; charset=utf-8", b"Internal Server Error")
             return
-        engines = [EngineLoad(self.running(e), self.waiting(e), self.cache_usage(e))
+        engines = [EngineLoad(self.running(e), self.waiting(e), self.cache_usage(e),
+                              tuple(r.finished_at - r.received_at for r in self.requests
+                                    if r.engine == e and r.finished_at is not None
+                                    and r.slot_at is not None))
                    for e in range(self.engines)]
         body = exposition(self.metrics_version, self.served_model_name, engines, self._counters)
         await out.fixed(200, METRICS_TYPE, body)
@@ -405,17 +408,22 @@ class _Writer:
             headers.append(("content-length", str(length)))
         if content_type is not None:
             headers.append(("content-type", content_type))
-        await self._send(h11.Response(status_code=status, headers=headers))
+        # Recorded before the bytes go out: a client may act on them before this task runs.
         self._request.status = status
         self._request.headers_at = trio.current_time()
+        await self._send(h11.Response(status_code=status, headers=headers))
 
     async def data(self, data: bytes) -> None:
         self._request.sent += data
         await self._send(h11.Data(data=data))
 
     async def end(self) -> None:
-        await self._send(h11.EndOfMessage())
         self._request.finished_at = trio.current_time()
+        try:
+            await self._send(h11.EndOfMessage())
+        except BaseException:
+            self._request.finished_at = None  # the client left before the end: an abort
+            raise
 
     async def fixed(self, status: int, content_type: str | None, body: bytes) -> None:
         await self.start(status, content_type, len(body))

@@ -7,7 +7,10 @@ Names, help texts and labels are read from vLLM's source (no code copied):
   ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
   ``vllm:kv_cache_usage_perc``, labelled ``model_name`` and ``engine`` with one series per
   data-parallel engine; counters ``vllm:prompt_tokens``, ``vllm:generation_tokens`` and
-  ``vllm:request_success`` (``finished_reason`` label), exposed with ``_total``.
+  ``vllm:request_success`` (``finished_reason`` label), exposed with ``_total``; the
+  histogram ``vllm:e2e_request_latency_seconds`` with vLLM's buckets. As in vLLM, the
+  exposition also carries ``prometheus_client``'s own ``python_*`` families (default
+  registry), so a reader must pick vLLM's names out of a larger text.
 * ``v0.9`` — v0.9.2 and v0.10.1.1 ``loggers.py``: the same, plus the deprecated
   ``vllm:gpu_cache_usage_perc`` beside ``vllm:kv_cache_usage_perc``.
 * ``v0`` — v0.9.2 ``vllm/engine/metrics.py`` (the V0 engine): only
@@ -20,14 +23,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = ["CONTENT_TYPE", "EngineLoad", "MetricsVersion", "exposition"]
 
 MetricsVersion = Literal["v1", "v0.9", "v0"]
 CONTENT_TYPE: str = CONTENT_TYPE_PLAIN_0_0_4
+# v0.12.0 loggers.py request_latency_buckets
+LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,7 @@ class EngineLoad:
     running: int
     waiting: int
     cache_usage: float
+    latencies: tuple[float, ...] = ()  # seconds, one per finished request
 
 
 def exposition(
@@ -46,6 +58,8 @@ def exposition(
     """The ``/metrics`` body. ``counters`` has ``prompt``, ``generation``, ``stop``,
     ``length`` and ``abort``."""
     registry = CollectorRegistry(auto_describe=False)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
     registry.register(_Collector(version, model_name, engines, counters))
     return generate_latest(registry)
 
@@ -59,7 +73,9 @@ class _Collector:
         # The V0 engine has no per-engine series: one series for the whole server.
         self._engines = [EngineLoad(sum(e.running for e in engines),
                                     sum(e.waiting for e in engines),
-                                    max(e.cache_usage for e in engines))] if self._v0 else engines
+                                    max(e.cache_usage for e in engines),
+                                    tuple(t for e in engines for t in e.latencies))
+                         ] if self._v0 else engines
         self._counters = counters
         self._labels = ["model_name"] if self._v0 else ["model_name", "engine"]
 
@@ -101,3 +117,12 @@ class _Collector:
         for reason in ("stop", "length", "abort"):
             success.add_metric([*self._values(0), reason], self._counters[reason])
         yield success
+        latency = HistogramMetricFamily("vllm:e2e_request_latency_seconds",
+                                        "Histogram of e2e request latency in seconds.",
+                                        labels=self._labels)
+        for index, engine in enumerate(engines):
+            buckets = [(str(bound), float(sum(1 for t in engine.latencies if t <= bound)))
+                       for bound in LATENCY_BUCKETS]
+            buckets.append(("+Inf", float(len(engine.latencies))))
+            latency.add_metric(self._values(index), buckets, sum(engine.latencies))
+        yield latency

@@ -102,7 +102,7 @@ async def test_metrics_exposition(
     gauges = {
         sample.name: sample
         for family in text_string_to_metric_families(r.text)
-        if family.type == "gauge"
+        if family.type == "gauge" and family.name.startswith("vllm:")
         for sample in family.samples
     }
     assert set(gauges) == names
@@ -230,3 +230,27 @@ async def test_disconnect_aborts_and_frees_the_slot(fake: FakeVLLM) -> None:
             nursery.cancel_scope.cancel()
     await fake.wait_until(lambda: all(r.aborted_at is not None for r in fake.requests))
     assert fake.running() == 0 and fake.waiting() == 0
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        text = (await client.get("/metrics")).text
+    success = {s.labels["finished_reason"]: s.value
+               for family in text_string_to_metric_families(text)
+               if family.name == "vllm:request_success" for s in family.samples}
+    assert success == {"stop": 0, "length": 0, "abort": 2}
+
+
+async def test_metrics_count_finished_requests(fake: FakeVLLM, client: httpx.AsyncClient) -> None:
+    """Counters and the latency histogram move as requests finish; the exposition also
+    carries prometheus_client's python_* families, as vLLM's does."""
+    await client.post("/v1/completions", headers=AUTH,
+                      json={"model": "fake-model", "prompt": "one two", "max_tokens": 2})
+    families = {f.name: f for f in text_string_to_metric_families(
+        (await client.get("/metrics")).text)}
+    assert "python_info" in families
+    samples = {(s.name, s.labels.get("finished_reason")): s.value
+               for name in ("vllm:request_success", "vllm:prompt_tokens",
+                            "vllm:generation_tokens", "vllm:e2e_request_latency_seconds")
+               for s in families[name].samples if "le" not in s.labels}
+    assert samples[("vllm:request_success_total", "length")] == 1
+    assert samples[("vllm:prompt_tokens_total", None)] == 2
+    assert samples[("vllm:generation_tokens_total", None)] == 2
+    assert samples[("vllm:e2e_request_latency_seconds_count", None)] == 1
