@@ -37,8 +37,8 @@ MESSAGES = [{"role": "user", "content": "Write one short line about trio."}]
 def vllm_config(url: str, backend: dict[str, Any] | None = None) -> GatewayConfig:
     """Backend ``vllm`` (and ``vllm-badkey``, same server, wrong key) and routes to it:
     ``chat`` (early headers, heartbeats every 0.5 s), ``chat-late`` (headers wait for vLLM,
-    so its status is kept), ``chat-quiet`` (no heartbeats), ``missing`` (a model vLLM does
-    not serve), ``badkey``."""
+    so its status is kept), ``chat-quiet`` (no heartbeats), ``missing`` and
+    ``missing-early`` (a model vLLM does not serve), ``badkey``."""
     common = {"type": "vllm", "url": url, "poll_interval": POLL, "poll_timeout": 1.0}
     late = {"interval": 0.5, "early_headers": False}
     return build_config(
@@ -56,6 +56,8 @@ def vllm_config(url: str, backend: dict[str, Any] | None = None) -> GatewayConfi
                                "keepalive": {"interval": 0}},
                 "missing": {"backend": "vllm", "upstream_model": "no-such-model",
                             "keepalive": late},
+                "missing-early": {"backend": "vllm", "upstream_model": "no-such-model",
+                                  "keepalive": {"interval": 0.5}},
                 "badkey": {"backend": "vllm-badkey", "upstream_model": "fake-model",
                            "keepalive": late},
             },
@@ -150,19 +152,21 @@ async def wait_status(
     "route,extra,status,type_,message",
     [
         ("missing", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
+        ("missing-early", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
         ("chat-late", {"max_tokens": 4000}, 400, "BadRequestError",
          ("'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum "
           "context length is 2048 tokens and your request has 10 input tokens "
           "(4000 > 2048 - 10).")),
     ],
-    ids=["404-model", "400-context"],
+    ids=["404-model", "404-model-early-headers", "400-context"],
 )
 async def test_vllm_error_bodies_keep_status_and_message(
     start_gateway: StartGateway, fake: FakeVLLM, form: Any, stream: bool, route: str,
     extra: dict[str, Any], status: int, type_: str, message: str,
 ) -> None:
-    """Both of vLLM's error bodies become the gateway's OpenAI shape, vLLM's status kept
-    (headers wait for the upstream: ``early_headers`` off for streams)."""
+    """Both of vLLM's error bodies become the gateway's OpenAI shape, vLLM's status kept.
+    vLLM refuses before its headers, so even a route with early headers (committed by the
+    first heartbeat, 0.5 s later) still has the status to give."""
     fake.error_form = form
     gw = await start_gateway()
     async with gw.client() as client:
@@ -174,6 +178,31 @@ async def test_vllm_error_bodies_keep_status_and_message(
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {"error": {"message": message, "type": type_, "param": None,
                                   "code": str(status)}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_first_byte_timeout_from_the_vllm_table_aborts_at_vllm(
+    start_gateway: StartGateway, fake: FakeVLLM, stream: bool
+) -> None:
+    """``timeouts`` in the vllm table are the gateway's upstream timers: a prefill longer
+    than ``first_byte`` fails the request (504, or an error event once headers went out),
+    and vLLM sees the request aborted."""
+    gw = await start_gateway({"timeouts": {"first_byte": 0.5}})
+    fake.prefill = 30
+    async with gw.client() as client:
+        r = await client.post("/v1/chat/completions", json={
+            "model": "chat-late", "messages": MESSAGES, "stream": stream})
+    [seen] = fake.generation_requests()
+    if stream:  # vLLM sent its 200 at once; the relay committed it before the timer fired
+        assert r.status_code == 200
+        error = data_chunks(split_heartbeats(r.content)[0])[-1]["error"]
+    else:
+        assert r.status_code == 504
+        error = r.json()["error"]
+    assert error["code"] == "upstream_timeout"
+    with trio.fail_after(5):
+        await fake.wait_until(lambda: seen.aborted_at is not None)
+    assert seen.finished_at is None and fake.running() == 0
 
 
 async def test_vllm_validation_error_400(start_gateway: StartGateway, fake: FakeVLLM) -> None:
