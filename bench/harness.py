@@ -1,0 +1,521 @@
+"""Run every benchmark scenario against every target, side by side, and write the results.
+
+Targets, all in front of the same fake upstream (``upstream.py``, its own process):
+
+* ``direct`` — the load generator talks to the upstream itself: the physical limit.
+* ``trio-gateway`` — ``gateway serve`` with a bench config (``bench/gateway.toml``).
+* ``nginx`` — Debian's nginx, one worker, ``proxy_buffering off``.
+* ``litellm`` — LiteLLM's proxy, pinned, one worker, its production settings.
+
+Pinning: with two or more CPUs the server under test runs on the last CPU, the upstream and
+the load generator on the others (CPU 0). Each scenario is repeated (``--repeats``, in a
+rotating target order) and the medians are reported. Run through ``bench/run``; the results
+go to ``bench/results/<time>/`` (JSON, Markdown, PNG) and are copied to ``bench/latest/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+GATEWAY_VENV = ROOT / ".venv"
+LITELLM_VENV = BENCH / ".venv-litellm"
+TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_plan() -> tuple[set[int], set[int]]:
+    """(CPUs for the server under test, CPUs for upstream + load generator)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _preexec(cpus: set[int]) -> Any:
+    def apply() -> None:
+        os.setsid()
+        os.sched_setaffinity(0, cpus)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        except (ValueError, OSError):
+            pass
+
+    return apply
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    pid: int  # the process that serves (nginx: its worker)
+    key: str = ""
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def _wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float,
+               headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path, headers=headers or {})
+            status = conn.getresponse().status
+            conn.close()
+            if status < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready after {timeout} s")
+
+
+def start_upstream(cpus: set[int], workdir: Path) -> Server:
+    log_path = workdir / "upstream.log"
+    proc = subprocess.Popen(
+        [PY, str(BENCH / "upstream.py"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=log_path.open("wb"), preexec_fn=_preexec(cpus),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("LISTENING"):
+        raise RuntimeError(f"upstream did not start: {line!r}")
+    return Server("upstream", int(line.split()[1]), proc, proc.pid, log_path=log_path)
+
+
+def write_gateway_config(workdir: Path, upstream_port: int) -> Path:
+    text = (BENCH / "gateway.toml").read_text().replace("UPSTREAM_PORT", str(upstream_port))
+    path = workdir / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = "") -> Server:
+    config = write_gateway_config(workdir, upstream_port)
+    port = free_port()
+    log_path = workdir / f"gateway{tag}.log"
+    proc = subprocess.Popen(
+        [str(GATEWAY_VENV / "bin" / "gateway"), "serve", "--config", str(config),
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
+        preexec_fn=_preexec(cpus),
+    )
+    _wait_http(port, "/healthz", proc, 60)
+    return Server("trio-gateway", port, proc, proc.pid, log_path=log_path)
+
+
+def start_nginx(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    prefix = workdir / "nginx"
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    text = (BENCH / "nginx.conf").read_text()
+    text = text.replace("UPSTREAM_PORT", str(upstream_port)).replace("LISTEN_PORT", str(port))
+    conf = prefix / "nginx.conf"
+    conf.write_text(text)
+    log_path = workdir / "nginx.log"
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(prefix)],
+        stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), preexec_fn=_preexec(cpus),
+    )
+    _wait_http(port, "/nginx-ready", proc, 20)
+    worker = proc.pid
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        worker = int(children.read_text().split()[0])
+    return Server("nginx", port, proc, worker, log_path=log_path)
+
+
+def start_litellm(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
+    port = free_port()
+    text = (BENCH / "litellm.yaml").read_text().replace("UPSTREAM_PORT", str(upstream_port))
+    conf = workdir / "litellm.yaml"
+    conf.write_text(text)
+    key = "sk-bench-" + secrets.token_hex(8)
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "LITELLM_", "OPENAI_"))
+    }
+    env.update(
+        LITELLM_MASTER_KEY=key,
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_LOG="ERROR",
+    )
+    log_path = workdir / "litellm.log"
+    proc = subprocess.Popen(
+        [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(conf), "--host", "127.0.0.1",
+         "--port", str(port), "--num_workers", "1"],
+        cwd=workdir, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        preexec_fn=_preexec(cpus),
+    )
+    _wait_http(port, "/health/liveliness", proc, 180)
+    return Server("litellm", port, proc, proc.pid, key=key, log_path=log_path)
+
+
+def loadgen(cpus: set[int], server: Server, scenario: str, *args: str,
+            timeout: float = 600) -> dict[str, Any]:
+    cmd = [PY, str(BENCH / "loadgen.py"), scenario, "--port", str(server.port), *args]
+    if server.key:
+        cmd += ["--key", server.key]
+    if server.name == "upstream":
+        cmd += ["--path", "/v1/chat/completions"]
+    done = subprocess.run(
+        cmd, capture_output=True, timeout=timeout, preexec_fn=_preexec(cpus), check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {scenario} failed: {done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+@dataclass(frozen=True)
+class Plan:
+    repeats: int
+    unary_levels: tuple[int, ...]
+    unary_duration: float
+    stream_count: int
+    stream_tokens: int
+    sustain_tokens: int
+    sustain_start: int
+    sustain_cap: int
+    idle_streams: int
+    idle_prefill: float
+    idle_repeats: int
+
+
+QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 4.0, 1)
+FULL = Plan(3, (1, 4, 16, 64, 128), 3.0, 10, 64, 100, 50, 4000, 10_000, 60.0, 3)
+
+
+def sustain_search(cpus: set[int], server: Server, plan: Plan, hint: int | None,
+                   trials: list[dict[str, Any]]) -> int:
+    """The largest number of concurrent streams that pass (doubling, then bisection; a
+    later repeat starts from the previous repeat's answer)."""
+
+    def passes(n: int) -> bool:
+        result = loadgen(cpus, server, "sustain", "--streams", str(n), "--tokens",
+                         str(plan.sustain_tokens), "--ramp", "1.0")
+        trials.append(result)
+        log(f"  sustain {server.name} n={n}: {'pass' if result['passed'] else 'FAIL'} "
+            f"(max silence {result['max_silence_ms']} ms, missing {result['missing']}, "
+            f"failed {result['failed']})")
+        time.sleep(1.0)  # let closed connections settle
+        return bool(result["passed"])
+
+    good, bad = 0, None
+    n = min(hint or plan.sustain_start, plan.sustain_cap)
+    while True:
+        if passes(n):
+            good = n
+            if n >= plan.sustain_cap:
+                return good
+            n = min(plan.sustain_cap, n * 2 if hint is None else int(n * 1.25) + 1)
+            if bad is not None and n >= bad:
+                break
+        else:
+            bad = n
+            if n <= 1:
+                return 0
+            if good:
+                break
+            n = max(1, n // 2 if hint is None else int(n * 0.8))
+    # bisect between good and bad, to within ~10 %
+    assert bad is not None
+    while bad - good > max(1, good // 10):
+        mid = (good + bad) // 2
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def run_target(cpus: set[int], server: Server, plan: Plan, hint: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"unary": {}, "sustain_trials": []}
+    for c in plan.unary_levels:
+        r = loadgen(cpus, server, "unary", "--concurrency", str(c),
+                    "--duration", str(plan.unary_duration), "--warmup", "0.5")
+        out["unary"][str(c)] = r
+        log(f"  unary {server.name} c={c}: p50 {r['latency_ms']['p50']} p99 "
+            f"{r['latency_ms']['p99']} ms, {r['rps']} req/s, errors {r['errors'] or 0}")
+    r = loadgen(cpus, server, "stream", "--concurrency", "1", "--count", str(plan.stream_count),
+                "--tokens", str(plan.stream_tokens))
+    out["stream"] = r
+    log(f"  stream {server.name}: ttft p50 {r['ttft_ms']['p50']} inter p99 "
+        f"{r['inter_chunk_ms']['p99']} ms, coalesced {r['coalesced']}, missing {r['missing']}")
+    out["sustain_max"] = sustain_search(cpus, server, plan, hint, out["sustain_trials"])
+    return out
+
+
+def run_idle(cpus_server: set[int], cpus_load: set[int], workdir: Path, upstream: Server,
+             plan: Plan) -> dict[str, Any]:
+    """A fresh gateway per run, so its RSS baseline is a clean process."""
+    gateway = start_gateway(cpus_server, workdir, upstream.port, tag="-idle")
+    try:
+        # warm the code paths (imports, pools) before the baseline sample
+        loadgen(cpus_load, gateway, "stream", "--count", "2", "--tokens", "4")
+        time.sleep(1.0)
+        return loadgen(
+            cpus_load, gateway, "idle", "--model", "bench-idle", "--streams", str(plan.idle_streams),
+            "--prefill", str(plan.idle_prefill), "--interval", "1", "--tokens", "4",
+            "--pid", str(gateway.pid), "--opening", "64",
+            timeout=plan.idle_prefill * 3 + 300,
+        )
+    finally:
+        gateway.stop()
+
+
+# ------------------------------------------------------------------- versions
+
+
+def _out(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+    except OSError as exc:
+        return f"unavailable ({exc.strerror})"
+    return (done.stdout or done.stderr).decode().strip()
+
+
+def versions() -> dict[str, str]:
+    def dist(python: Path, *names: str) -> dict[str, str]:
+        code = (
+            "import importlib.metadata as m, json, sys\n"
+            "out = {}\n"
+            "for n in sys.argv[1:]:\n"
+            "    try: out[n] = m.version(n)\n"
+            "    except m.PackageNotFoundError: out[n] = 'missing'\n"
+            "print(json.dumps(out))"
+        )
+        text = _out([str(python), "-c", code, *names])
+        try:
+            return dict(json.loads(text))
+        except ValueError:
+            return {n: "unknown" for n in names}
+
+    commit = _out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _out(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "backends"])
+    info: dict[str, str] = {
+        "trio-gateway": f"{commit}{' + uncommitted changes' if dirty else ''}",
+        "python (harness)": platform.python_version(),
+        "nginx": _out(["nginx", "-v"]).replace("nginx version: ", ""),
+        "kernel": platform.release(),
+        "cpu": _cpu_model(),
+    }
+    for name, version in dist(GATEWAY_VENV / "bin" / "python", "hypercorn", "quart-trio",
+                              "trio", "httpx", "h11").items():
+        info[f"{name} (gateway)"] = version
+    for name, version in dist(LITELLM_VENV / "bin" / "python", "litellm", "uvicorn",
+                              "uvloop").items():
+        info[f"{name} (litellm venv)"] = version
+    info["uvloop (harness)"] = dist(Path(PY), "uvloop")["uvloop"]
+    return info
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ×{os.cpu_count()}"
+    return f"×{os.cpu_count()}"
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------------- summary
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 4) if present else None
+
+
+def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """Medians over repeats of each target's numbers."""
+    summary: dict[str, Any] = {}
+    for target, runs in raw["runs"].items():
+        s: dict[str, Any] = {"unary": {}}
+        for c in plan.unary_levels:
+            key = str(c)
+            rs = [r["unary"][key] for r in runs]
+            s["unary"][key] = {
+                "p50": median([r["latency_ms"]["p50"] for r in rs]),
+                "p99": median([r["latency_ms"]["p99"] for r in rs]),
+                "rps": median([r["rps"] for r in rs]),
+                "errors": sum(sum(r["errors"].values()) for r in rs)
+                + sum(r["requests"] - r["ok"] for r in rs),
+            }
+        streams = [r["stream"] for r in runs]
+        s["stream"] = {
+            "ttft_p50": median([r["ttft_ms"]["p50"] for r in streams]),
+            "ttft_p99": median([r["ttft_ms"]["p99"] for r in streams]),
+            "inter_p50": median([r["inter_chunk_ms"]["p50"] for r in streams]),
+            "inter_p99": median([r["inter_chunk_ms"]["p99"] for r in streams]),
+            "coalesced": sum(r["coalesced"] for r in streams),
+            "deltas": sum(r["inter_chunk_ms"]["n"] + r["streams"] for r in streams),
+            "missing": sum(r["missing"] for r in streams),
+        }
+        s["sustain_max"] = median([r["sustain_max"] for r in runs])
+        s["sustain_each"] = [r["sustain_max"] for r in runs]
+        ok = [
+            (s["unary"][str(c)]["rps"], c) for c in plan.unary_levels
+            if s["unary"][str(c)]["p99"] is not None and s["unary"][str(c)]["p99"] <= 50
+        ]
+        s["throughput"] = max(ok) if ok else (None, None)
+        summary[target] = s
+    idle = raw.get("idle") or []
+    if idle:
+        summary["idle"] = {
+            "streams": idle[0]["concurrent"],
+            "prefill_s": idle[0]["prefill_s"],
+            "all_opened": all(r["all_opened"] for r in idle),
+            "opened_in_s": median([r["opened_in_s"] for r in idle]),
+            "rss_per_stream_kib": median([r.get("server", {}).get("rss_per_stream_kib")
+                                          for r in idle]),
+            "cpu_steady_pct": median([r.get("server", {}).get("cpu_steady_pct") for r in idle]),
+            "lateness_p50": median([r["lateness_ms"]["p50"] for r in idle]),
+            "lateness_p99": median([r["lateness_ms"]["p99"] for r in idle]),
+            "lateness_steady_p99": median([r["lateness_steady_ms"]["p99"] for r in idle]),
+            "lateness_max": median([r["lateness_ms"]["max"] for r in idle]),
+            "missing": sum(r["missing"] for r in idle),
+            "failed": sum(r["failed"] for r in idle),
+        }
+    return summary
+
+
+# ------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--idle-streams", type=int)
+    parser.add_argument("--idle-prefill", type=float)
+    parser.add_argument("--no-idle", action="store_true")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results/TIME)")
+    args = parser.parse_args()
+
+    plan = QUICK if args.quick else FULL
+    overrides = {
+        "repeats": args.repeats, "idle_streams": args.idle_streams,
+        "idle_prefill": args.idle_prefill,
+        "idle_repeats": args.repeats,
+    }
+    plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    targets = [t for t in args.targets.split(",") if t]
+    workdir = args.out or BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    server_cpus, load_cpus = cpu_plan()
+    log(f"results in {workdir}; server under test on CPU {sorted(server_cpus)}, "
+        f"upstream + load generator on CPU {sorted(load_cpus)}")
+
+    raw: dict[str, Any] = {
+        "command": " ".join(["bench/run", *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "plan": plan.__dict__,
+        "pinning": {"server_under_test": sorted(server_cpus), "upstream_and_loadgen":
+                    sorted(load_cpus), "cpus": os.cpu_count()},
+        "versions": versions(),
+        "load_average": {"start": load_average()},
+        "runs": {t: [] for t in targets},
+    }
+    upstream = start_upstream(load_cpus, workdir)
+    servers: dict[str, Server] = {"direct": upstream}
+    try:
+        starters = {"trio-gateway": start_gateway, "nginx": start_nginx, "litellm": start_litellm}
+        for name in targets:
+            if name in starters:
+                log(f"starting {name}")
+                servers[name] = starters[name](server_cpus, workdir, upstream.port)
+        hints: dict[str, int | None] = {t: None for t in targets}
+        for repeat in range(plan.repeats):
+            order = targets[repeat % len(targets):] + targets[: repeat % len(targets)]
+            for name in order:
+                log(f"repeat {repeat + 1}/{plan.repeats}: {name} (load {load_average()})")
+                result = run_target(load_cpus, servers[name], plan, hints[name])
+                result["load_average"] = load_average()
+                hints[name] = result["sustain_max"] or None
+                raw["runs"][name].append(result)
+        for name in targets:
+            if name != "direct":
+                servers[name].stop()
+        if "trio-gateway" in targets and not args.no_idle:
+            raw["idle"] = []
+            for repeat in range(plan.idle_repeats):
+                log(f"idle streams {repeat + 1}/{plan.idle_repeats}: {plan.idle_streams} streams, "
+                    f"{plan.idle_prefill} s prefill (load {load_average()})")
+                r = run_idle(server_cpus, load_cpus, workdir, upstream, plan)
+                log(f"  idle: lateness p99 {r['lateness_ms']['p99']} ms, "
+                    f"server {r.get('server')}, opened in {r['opened_in_s']} s")
+                raw["idle"].append(r)
+                time.sleep(2.0)
+    finally:
+        for server in servers.values():
+            server.stop()
+    raw["load_average"]["end"] = load_average()
+    raw["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    raw["summary"] = summarize(raw, plan)
+    (workdir / "results.json").write_text(json.dumps(raw, indent=1))
+    from report import write_report
+
+    write_report(raw, workdir)
+    if not args.quick and set(targets) == set(TARGETS):
+        latest = BENCH / "latest"
+        latest.mkdir(exist_ok=True)
+        for name in ("results.json", "results.md", "bench.png"):
+            shutil.copy(workdir / name, latest / name)
+        log(f"copied to {latest}")
+    print((workdir / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

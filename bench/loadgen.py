@@ -1,0 +1,663 @@
+"""The load generator: its own process, raw HTTP/1.1 keep-alive sockets, bounded in count
+and time. One scenario per run; the result is one JSON document on stdout.
+
+Every connection is an asyncio ``Protocol`` (uvloop when installed) that drives its own
+closed loop from ``data_received`` — no task or future per request — and stamps each read
+with ``time.perf_counter()``. The response decoder handles ``content-length`` and chunked
+bodies; streamed bodies are split into SSE events (a blank line ends one), and every event
+is stamped with the read that completed it.
+
+Scenarios (``python bench/loadgen.py SCENARIO --help``):
+
+* ``unary`` — ``concurrency`` connections, each sending requests back to back for
+  ``duration`` seconds after ``warmup``: latency p50/p99, requests/s.
+* ``stream`` — ``count`` streams, ``concurrency`` at a time: time to first event, gaps
+  between content deltas, deltas that arrived in one read with the previous one (coalesced),
+  missing or reordered deltas.
+* ``sustain`` — ``streams`` concurrent streams started over ``ramp`` seconds: does every
+  delta arrive, in order, with no silence over ``max_gap`` ms?
+* ``idle`` — ``streams`` concurrent streams in a silent prefill, with the server
+  heartbeating: heartbeat lateness, and the server's RSS and CPU (``--pid``) before, while
+  all are open, and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from upstream import install_uvloop, raise_nofile
+
+now = time.perf_counter
+_TOKEN = re.compile(rb"tok(\d+)")
+_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary_ms(values: list[float]) -> dict[str, float | int | None]:
+    """p50/p90/p99/max in milliseconds of values in seconds."""
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 4)
+
+    return {
+        "n": len(values),
+        "p50": ms(percentile(values, 0.50)),
+        "p90": ms(percentile(values, 0.90)),
+        "p99": ms(percentile(values, 0.99)),
+        "max": ms(max(values) if values else None),
+    }
+
+
+def build_request(host: str, port: int, path: str, body: dict[str, Any], key: str) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    auth = f"authorization: Bearer {key}\r\n" if key else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"{auth}content-length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+def chat_body(
+    stream: bool, n: int = 64, gap_ms: int = 20, prefill_ms: int = 0, model: str = "bench"
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"bench:n={n},gap={gap_ms},prefill={prefill_ms}"}],
+        "stream": stream,
+    }
+
+
+class ResponseDecoder:
+    """Incremental HTTP/1.1 response decoder: ``feed`` returns body bytes; ``done`` once the
+    whole response is in. Raises ``ValueError`` on a framing it does not understand."""
+
+    __slots__ = ("_buf", "_chunked", "_remaining", "_state", "done", "status")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._state = "head"
+        self._chunked = False
+        self._remaining = 0
+        self.status = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        out: list[bytes] = []
+        while buf:
+            state = self._state
+            if state == "head":
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    self._buf = buf
+                    break
+                match = _STATUS.match(buf)
+                head = buf[:end].lower()
+                buf = buf[end + 4 :]
+                if not match:
+                    raise ValueError(f"bad status line: {head[:80]!r}")
+                self.status = int(match.group(1))
+                if b"transfer-encoding: chunked" in head:
+                    self._state = "size"
+                else:
+                    cl = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
+                    if cl is None:
+                        raise ValueError("response without length")
+                    self._remaining = int(cl.group(1))
+                    self._state = "fixed"
+                    if self._remaining == 0:
+                        self._finish(buf)
+                        break
+            elif state == "fixed":
+                take = buf[: self._remaining]
+                buf = buf[len(take) :]
+                out.append(take)
+                self._remaining -= len(take)
+                if self._remaining == 0:
+                    self._finish(buf)
+                    break
+            elif state == "size":
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    self._buf = buf
+                    break
+                size = int(buf[:end].split(b";", 1)[0], 16)
+                buf = buf[end + 2 :]
+                if size == 0:
+                    self._state = "trailer"
+                else:
+                    self._remaining = size
+                    self._state = "data"
+            elif state == "data":
+                take = buf[: self._remaining]
+                buf = buf[len(take) :]
+                out.append(take)
+                self._remaining -= len(take)
+                if self._remaining == 0:
+                    self._state = "crlf"
+            elif state == "crlf":
+                if len(buf) < 2:
+                    self._buf = buf
+                    break
+                buf = buf[2:]
+                self._state = "size"
+            else:  # trailer: we never ask for trailers; expect the final CRLF
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    self._buf = buf
+                    break
+                line, buf = buf[:end], buf[end + 2 :]
+                if not line:
+                    self._finish(buf)
+                    break
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def _finish(self, rest: bytes) -> None:
+        if rest:
+            raise ValueError("bytes after the response (pipelining is not used)")
+        self.done = True
+        self._state = "head"
+
+
+class StreamRecord:
+    """What one streamed response looked like to the client."""
+
+    __slots__ = ("coalesced", "complete", "errors", "events", "heartbeats", "order_ok",
+                 "sent", "status", "tokens", "first_event")
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.status = 0
+        self.first_event: float | None = None  # the first data event
+        self.tokens: list[float] = []  # arrival time of each content delta, in order
+        self.heartbeats: list[float] = []
+        self.events: list[float] = []  # every event (data or comment), for silence checks
+        self.coalesced = 0
+        self.order_ok = True
+        self.complete = False
+        self.errors: list[str] = []
+
+
+class Conn(asyncio.Protocol):
+    """One keep-alive connection running a closed loop of requests.
+
+    ``next_request()`` returns the bytes of the next request, or ``None`` to stop.
+    For unary requests ``on_unary(latency, status)`` is called; for streams every event is
+    recorded in a :class:`StreamRecord` handed to ``on_stream``.
+    """
+
+    def __init__(
+        self,
+        next_request: Callable[[], tuple[bytes, bool] | None],
+        on_unary: Callable[[float, int], None],
+        on_stream: Callable[[StreamRecord], None],
+        on_close: Callable[[Conn, str | None], None],
+    ) -> None:
+        self._next = next_request
+        self._on_unary = on_unary
+        self._on_stream = on_stream
+        self._on_close = on_close
+        self._transport: asyncio.Transport | None = None
+        self._decoder = ResponseDecoder()
+        self._stream = False
+        self._sent = 0.0
+        self._record: StreamRecord | None = None
+        self._sse = b""
+        self._error: str | None = None
+        self._ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._send_next()
+
+    def _send_next(self) -> None:
+        assert self._transport is not None
+        item = self._next()
+        if item is None:
+            self._ended = True
+            self._transport.close()
+            return
+        request, self._stream = item
+        self._decoder = ResponseDecoder()
+        self._sse = b""
+        self._sent = now()
+        self._record = StreamRecord(self._sent) if self._stream else None
+        self._transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        t = now()
+        try:
+            body = self._decoder.feed(data)
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        if self._stream and body:
+            self._events(body, t)
+        if self._decoder.done:
+            if self._stream:
+                record = self._record
+                assert record is not None
+                record.status = self._decoder.status
+                self._on_stream(record)
+            else:
+                self._on_unary(t - self._sent, self._decoder.status)
+            self._send_next()
+
+    def _events(self, body: bytes, t: float) -> None:
+        record = self._record
+        assert record is not None
+        buf = self._sse + body
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        parts = buf.split(b"\n\n")
+        self._sse = parts.pop()
+        tokens_here = 0
+        for event in parts:
+            if not event:
+                continue
+            record.events.append(t)
+            if event[0:1] == b":":
+                record.heartbeats.append(t)
+                continue
+            if record.first_event is None:
+                record.first_event = t
+            match = _TOKEN.search(event)
+            if match is not None:
+                if int(match.group(1)) != len(record.tokens):
+                    record.order_ok = False
+                record.tokens.append(t)
+                tokens_here += 1
+            elif b"[DONE]" in event:
+                record.complete = True
+        if tokens_here > 1:
+            record.coalesced += tokens_here - 1
+
+    def _fail(self, reason: str) -> None:
+        self._error = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._ended and self._error is None:
+            self._error = f"connection lost: {exc!r}" if exc else "connection closed by peer"
+        if self._record is not None and not self._ended:
+            self._record.errors.append(self._error or "lost")
+            self._on_stream(self._record)
+            self._record = None
+        self._on_close(self, None if self._ended else self._error)
+
+
+class Pool:
+    """Opens connections (at most ``opening`` at once) and waits for all to close."""
+
+    def __init__(self, host: str, port: int, opening: int = 64) -> None:
+        self.host, self.port = host, port
+        self.errors: dict[str, int] = {}
+        self._open = 0
+        self._all_closed = asyncio.Event()
+        self._gate = asyncio.Semaphore(opening)
+
+    def _closed(self, conn: Conn, error: str | None) -> None:
+        if error is not None:
+            key = error[:120]
+            self.errors[key] = self.errors.get(key, 0) + 1
+        self._open -= 1
+        if self._open == 0:
+            self._all_closed.set()
+
+    async def open(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
+        loop = asyncio.get_running_loop()
+        self._open += 1
+        self._all_closed.clear()
+        async with self._gate:
+            try:
+                await loop.create_connection(lambda: make(self._closed), self.host, self.port)
+            except OSError as exc:
+                self._open -= 1
+                key = f"connect: {exc!r}"[:120]
+                self.errors[key] = self.errors.get(key, 0) + 1
+                if self._open == 0:
+                    self._all_closed.set()
+                return False
+        return True
+
+    async def wait_closed(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
+    request = build_request(args.host, args.port, args.path, chat_body(False, model=args.model), args.key)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    started = now()
+    measure_from = started + args.warmup
+    stop_at = measure_from + args.duration
+
+    def next_request() -> tuple[bytes, bool] | None:
+        return (request, False) if now() < stop_at else None
+
+    def on_unary(latency: float, status: int) -> None:
+        if now() - latency >= measure_from:
+            latencies.append(latency)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    pool = Pool(args.host, args.port, opening=min(args.concurrency, 64))
+    make = lambda closed: Conn(next_request, on_unary, _never, closed)  # noqa: E731
+    await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
+    finished = await pool.wait_closed(args.warmup + args.duration + 30)
+    ok = statuses.get(200, 0)
+    return {
+        "scenario": "unary",
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "requests": len(latencies),
+        "ok": ok,
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "rps": round(len(latencies) / args.duration, 1),
+        "latency_ms": summary_ms(latencies),
+        "errors": pool.errors,
+        "finished": finished,
+    }
+
+
+def _never(_: StreamRecord) -> None:
+    raise AssertionError("no streams in this scenario")
+
+
+def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[str, Any]:
+    ttft: list[float] = []
+    gaps: list[float] = []
+    coalesced = missing = reordered = incomplete = bad_status = 0
+    for r in records:
+        if r.status != 200 or r.errors:
+            bad_status += 1
+        if r.first_event is not None:
+            ttft.append(r.first_event - r.sent)
+        gaps.extend(b - a for a, b in zip(r.tokens, r.tokens[1:]))
+        coalesced += r.coalesced
+        missing += max(0, expected_tokens - len(r.tokens))
+        reordered += 0 if r.order_ok else 1
+        incomplete += 0 if r.complete else 1
+    return {
+        "streams": len(records),
+        "ttft_ms": summary_ms(ttft),
+        "inter_chunk_ms": summary_ms(gaps),
+        "coalesced": coalesced,
+        "missing": missing,
+        "reordered": reordered,
+        "incomplete": incomplete,
+        "failed": bad_status,
+    }
+
+
+async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
+    request = build_request(
+        args.host, args.port, args.path, chat_body(True, args.tokens, args.gap, model=args.model), args.key
+    )
+    records: list[StreamRecord] = []
+    remaining = args.count
+
+    def next_request() -> tuple[bytes, bool] | None:
+        nonlocal remaining
+        if remaining <= 0:
+            return None
+        remaining -= 1
+        return request, True
+
+    pool = Pool(args.host, args.port)
+    make = lambda closed: Conn(next_request, _never_unary, records.append, closed)  # noqa: E731
+    await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
+    timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
+    finished = await pool.wait_closed(timeout)
+    result = _stream_result(records, args.tokens)
+    result.update(scenario="stream", concurrency=args.concurrency, tokens=args.tokens,
+                  gap_ms=args.gap, errors=pool.errors, finished=finished)
+    return result
+
+
+def _never_unary(latency: float, status: int) -> None:
+    raise AssertionError("no unary requests in this scenario")
+
+
+async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
+    """``streams`` streams, one per connection, started evenly over ``ramp`` seconds."""
+    request = build_request(
+        args.host, args.port, args.path, chat_body(True, args.tokens, args.gap, model=args.model), args.key
+    )
+    records: list[StreamRecord] = []
+
+    def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
+        sent = False
+
+        def next_request() -> tuple[bytes, bool] | None:
+            nonlocal sent
+            if sent:
+                return None
+            sent = True
+            return request, True
+
+        return next_request
+
+    pool = Pool(args.host, args.port, opening=256)
+    start = now()
+    opens = []
+    for i in range(args.streams):
+        delay = start + args.ramp * i / args.streams - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        nxt = one_shot()
+        opens.append(asyncio.ensure_future(
+            pool.open(lambda closed, nxt=nxt: Conn(nxt, _never_unary, records.append, closed))
+        ))
+    await asyncio.gather(*opens)
+    finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
+    silences: list[float] = []
+    for r in records:
+        marks = [r.sent, *r.events]
+        silences.append(max((b - a for a, b in zip(marks, marks[1:])), default=float("inf")))
+    result = _stream_result(records, args.tokens)
+    worst = max(silences, default=float("inf"))
+    lost = args.streams - len(records)
+    result.update(
+        scenario="sustain",
+        concurrent=args.streams,
+        tokens=args.tokens,
+        gap_ms=args.gap,
+        max_silence_ms=round(worst * 1000, 2) if silences else None,
+        silence_ms=summary_ms(silences),
+        never_started=lost,
+        errors=pool.errors,
+        finished=finished,
+    )
+    result["passed"] = bool(
+        finished
+        and lost == 0
+        and result["failed"] == 0
+        and result["missing"] == 0
+        and result["reordered"] == 0
+        and result["incomplete"] == 0
+        and worst * 1000 <= args.max_gap
+    )
+    return result
+
+
+def _proc_sample(pid: int) -> dict[str, float]:
+    """RSS (bytes, the process and its children's are not counted) and CPU seconds."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": cpu}
+
+
+async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """``streams`` streams whose upstream is silent for ``prefill`` seconds; the server
+    under test should heartbeat every ``interval`` seconds meanwhile."""
+    request = build_request(
+        args.host, args.port, args.path,
+        chat_body(True, args.tokens, args.gap, int(args.prefill * 1000), args.model), args.key,
+    )
+    records: list[StreamRecord] = []
+    live: list[StreamRecord] = []
+    headers_seen = 0
+    all_open = asyncio.Event()
+
+    class IdleConn(Conn):
+        def data_received(self, data: bytes) -> None:
+            nonlocal headers_seen
+            fresh = self._decoder.status == 0
+            super().data_received(data)
+            if fresh and self._decoder.status:
+                headers_seen += 1
+                if headers_seen == args.streams:
+                    all_open.set()
+
+        def _send_next(self) -> None:
+            super()._send_next()
+            if self._record is not None:
+                live.append(self._record)
+
+    def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
+        sent = False
+
+        def next_request() -> tuple[bytes, bool] | None:
+            nonlocal sent
+            if sent:
+                return None
+            sent = True
+            return request, True
+
+        return next_request
+
+    base = _proc_sample(args.pid) if args.pid else None
+    pool = Pool(args.host, args.port, opening=args.opening)
+    start = now()
+    opens = [
+        asyncio.ensure_future(pool.open(
+            lambda closed, nxt=one_shot(): IdleConn(nxt, _never_unary, records.append, closed)
+        ))
+        for _ in range(args.streams)
+    ]
+    await asyncio.gather(*opens)
+    opened_in = None
+    try:
+        await asyncio.wait_for(all_open.wait(), args.prefill)
+        opened_in = now() - start
+    except TimeoutError:
+        pass
+    # Steady state: every stream is open and silent upstream; sample over a window.
+    window_start = now() + 2.0
+    await asyncio.sleep(2.0)
+    steady0 = _proc_sample(args.pid) if args.pid else None
+    first_end = min((r.sent for r in live), default=now()) + args.prefill
+    window = max(1.0, min(10.0, first_end - now() - 1.0))
+    await asyncio.sleep(window)
+    steady1 = _proc_sample(args.pid) if args.pid else None
+    finished = await pool.wait_closed(args.prefill + 60 + (args.tokens + 3) * args.gap / 1000)
+    end_sample = _proc_sample(args.pid) if args.pid else None
+
+    lateness_all: list[float] = []
+    lateness_steady: list[float] = []
+    first_beat: list[float] = []
+    for r in live:
+        prefill_end = r.first_event if r.first_event is not None else float("inf")
+        beats = [t for t in r.heartbeats if t < prefill_end]
+        if beats:
+            first_beat.append(beats[0] - r.sent)
+        for a, b in zip(beats, beats[1:]):
+            late = b - a - args.interval
+            lateness_all.append(late)
+            if window_start <= a and b <= window_start + window:
+                lateness_steady.append(late)
+    result = _stream_result(records, args.tokens)
+    result.update(
+        scenario="idle",
+        concurrent=args.streams,
+        prefill_s=args.prefill,
+        interval_s=args.interval,
+        opened_in_s=None if opened_in is None else round(opened_in, 2),
+        all_opened=opened_in is not None,
+        heartbeats=sum(len(r.heartbeats) for r in live),
+        first_heartbeat_ms=summary_ms(first_beat),
+        lateness_ms=summary_ms(lateness_all),
+        lateness_steady_ms=summary_ms(lateness_steady),
+        errors=pool.errors,
+        finished=finished,
+    )
+    if base and steady0 and steady1 and end_sample:
+        result["server"] = {
+            "rss_base_mib": round(base["rss"] / 2**20, 2),
+            "rss_open_mib": round(steady0["rss"] / 2**20, 2),
+            "rss_end_mib": round(end_sample["rss"] / 2**20, 2),
+            "rss_per_stream_kib": round((steady0["rss"] - base["rss"]) / args.streams / 1024, 2),
+            "cpu_steady_pct": round(
+                100 * (steady1["cpu"] - steady0["cpu"]) / (steady1["t"] - steady0["t"]), 1
+            ),
+            "steady_window_s": round(steady1["t"] - steady0["t"], 2),
+            "cpu_open_s": round(steady0["cpu"] - base["cpu"], 2),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="benchmark load generator")
+    parser.add_argument("scenario", choices=["unary", "stream", "sustain", "idle"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument("--key", default="", help="bearer token to send")
+    parser.add_argument("--model", default="bench", help="model name to request")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--gap", type=int, default=20, help="ms between upstream events")
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--ramp", type=float, default=1.0)
+    parser.add_argument("--max-gap", type=float, default=200.0, help="ms")
+    parser.add_argument("--prefill", type=float, default=60.0, help="s")
+    parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, s")
+    parser.add_argument("--opening", type=int, default=64, help="connects in flight at once")
+    parser.add_argument("--pid", type=int, default=0, help="server process to sample")
+    args = parser.parse_args()
+    raise_nofile()
+    loop_name = install_uvloop()
+    runner = {"unary": run_unary, "stream": run_stream, "sustain": run_sustain,
+              "idle": run_idle}[args.scenario]
+    result = asyncio.run(runner(args))
+    result["loop"] = loop_name
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""A fast, deterministic fake OpenAI upstream for the benchmarks: its own process.
+
+Raw HTTP/1.1 on an asyncio ``Protocol`` (uvloop when installed), keep-alive, no framework:
+it must never be what limits a measurement, and its ``direct`` rows show that it is not.
+
+A request's shape is read from its body, so that every proxy forwards it unchanged:
+
+* ``"stream": false`` (or absent) — one small ``chat.completion`` JSON at once.
+* ``"stream": true`` — ``text/event-stream`` with chunked encoding; the headers go out at
+  once, then (after ``prefill`` ms of silence) a role chunk, ``n`` content deltas
+  ``tok0 ``, ``tok1 ``, … each ``gap`` ms after the previous event, a ``finish_reason``
+  chunk, a usage chunk and ``[DONE]``. Every event is its own write (its own HTTP chunk).
+  The parameters come from the last user message, ``bench:n=64,gap=20,prefill=0``;
+  the defaults are those values.
+
+Times are scheduled on absolute deadlines (``call_at``), so they do not drift.
+
+Run: ``python bench/upstream.py --port 0`` prints ``LISTENING <port>`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import signal
+import sys
+
+_STREAM = re.compile(rb'"stream"\s*:\s*true')
+_PARAMS = re.compile(rb"bench:n=(\d+),gap=(\d+),prefill=(\d+)")
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+_COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the fake upstream."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+    },
+    separators=(",", ":"),
+).encode()
+_UNARY_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(_COMPLETION)).encode()
+    + b"\r\n\r\n"
+    + _COMPLETION
+)
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+_PREFIX = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench","choices":[{"index":0,"delta":'
+
+
+def _chunk(event: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+def _sse(payload: bytes) -> bytes:
+    return _chunk(b"data: " + payload + b"\n\n")
+
+
+_ROLE = _sse(_PREFIX + b'{"role":"assistant","content":""},"finish_reason":null}]}')
+_TOKENS = [
+    _sse(_PREFIX + b'{"content":"tok%d "},"finish_reason":null}]}' % i) for i in range(4096)
+]
+_FINISH = _sse(_PREFIX + b'{},"finish_reason":"stop"}]}')
+_USAGE = _sse(
+    b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":64,'
+    b'"total_tokens":69}}'
+)
+_DONE = _sse(b"[DONE]") + b"0\r\n\r\n"
+_BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class Upstream(asyncio.Protocol):
+    __slots__ = ("_buf", "_busy", "_loop", "_timer", "_transport")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._busy = False
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self._busy:
+            self._serve_buffered()
+
+    def _serve_buffered(self) -> None:
+        transport = self._transport
+        while transport is not None and not self._busy:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buf[: end + 2])
+            match = _CONTENT_LENGTH.search(head)
+            length = int(match.group(1)) if match else 0
+            if len(self._buf) < end + 4 + length:
+                return
+            body = bytes(self._buf[end + 4 : end + 4 + length])
+            del self._buf[: end + 4 + length]
+            if not head.startswith(b"POST "):
+                transport.write(_BAD)
+                transport.close()
+                return
+            if _STREAM.search(body):
+                params = _PARAMS.findall(body)
+                n, gap, prefill = (int(v) for v in params[-1]) if params else (64, 20, 0)
+                self._busy = True
+                transport.write(_STREAM_HEAD)
+                self._stream(0, n, gap / 1000, self._loop.time() + prefill / 1000)
+            else:
+                transport.write(_UNARY_RESPONSE)
+
+    def _stream(self, step: int, n: int, gap: float, at: float) -> None:
+        """Write event ``step`` at ``at`` (now or later), then schedule the next one."""
+        now = self._loop.time()
+        if at > now:
+            self._timer = self._loop.call_at(at, self._stream, step, n, gap, at)
+            return
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        if step == 0:
+            transport.write(_ROLE)
+        elif step <= n:
+            transport.write(_TOKENS[step - 1])
+        else:
+            transport.write(_FINISH)
+            transport.write(_USAGE)
+            transport.write(_DONE)
+            self._busy = False
+            if self._buf:
+                self._serve_buffered()
+            return
+        self._stream(step + 1, n, gap, at + gap)
+
+
+def raise_nofile(want: int = 65536) -> None:
+    """Lift the open-file limit for 10,000-stream runs (root may raise the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return f"uvloop {uvloop.__version__}"
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, host, port, backlog=16384, reuse_address=True)
+    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    raise_nofile()
+    install_uvloop()
+    asyncio.run(serve(args.host, args.port))
+    os._exit(0)  # 10k open connections: skip the slow orderly teardown
+
+
+if __name__ == "__main__":
+    sys.exit(main())
