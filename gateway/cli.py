@@ -12,7 +12,7 @@ import trio
 
 from .config import load_config
 from .errors import ConfigError
-from .registry import load_registry
+from .registry import load_registry, settings_fields
 
 DEFAULT_CONFIG = "gateway.toml"
 
@@ -57,6 +57,10 @@ def serve(config_path: Path, bind: str | None, log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for broken in load_registry().broken:
+        logging.getLogger("gateway").warning(
+            "backend plugin %s (%s) not loaded: %s", broken.name, broken.distribution, broken.reason
+        )
     config = _load_or_exit(config_path)
     if bind is not None:
         from .config import parse_bind
@@ -87,16 +91,24 @@ def check(config_path: Path) -> None:
 
 @main.command()
 def plugins() -> None:
-    """List the backend types that are installed, and the plugins that failed to load."""
+    """List the installed backend types with their settings, then the plugins that failed
+    to load (exit status 1 if there are any)."""
     registry = load_registry()
     for backend_type in registry.types.values():
+        cls = backend_type.cls
         click.echo(
-            f"{backend_type.name:<20} {backend_type.distribution} {backend_type.version}"
-            f"  ({backend_type.cls.__module__}.{backend_type.cls.__qualname__})"
+            f"{backend_type.name}  {backend_type.distribution} {backend_type.version}"
+            f"  ({cls.__module__}.{cls.__qualname__})"
         )
-        for name, field in backend_type.cls.Settings.model_fields.items():
-            default = "required" if field.is_required() else f"default {field.default!r}"
-            annotation = getattr(field.annotation, "__name__", str(field.annotation))
-            click.echo(f"    {name}: {annotation} ({default})")
+        for field in settings_fields(cls.Settings):
+            if field.name == "type":
+                continue
+            default = "required" if field.default is None else f"default {field.default}"
+            about = f"  {field.description}" if field.description else ""
+            click.echo(f"    {field.name}: {field.type} ({default}){about}")
     for broken in registry.broken:
-        click.echo(f"{broken.name:<20} {broken.distribution}  BROKEN: {broken.reason}", err=True)
+        click.echo(
+            f"BROKEN {broken.name}  {broken.distribution} {broken.version}: {broken.reason}"
+        )
+    if registry.broken:
+        sys.exit(1)

