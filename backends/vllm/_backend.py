@@ -60,7 +60,7 @@ class VLLMBackend(Backend):
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Open the request pool and start the poller; the first status is awaited (at
-        most ``poll_timeout``), so readiness is known before the gateway serves."""
+        most twice ``poll_timeout``), so readiness is known before the gateway serves."""
         s = self.settings
         auth = {"authorization": f"Bearer {s.api_key.get_secret_value()}"} if s.api_key else {}
         http = OpenAIBackend(

@@ -91,10 +91,12 @@ class Probe:
         self.models: tuple[ServedModel, ...] | None = None
         """The served models, read on each change to ready; None until then."""
         self._models_problem = ""
+        self._key_rejected = False
 
     async def status(self) -> BackendStatus:
         """Health and load, read at once. A server that fails ``/metrics`` but answers
-        ``/health`` stays ready, with its load unknown (None)."""
+        ``/health`` stays ready, with its load unknown (None). One that rejects ``api_key``
+        is down: ``/health`` needs no key, but every request would fail with 401."""
         health = BackendStatus(health="down")
         load: Load | str = Load()
 
@@ -114,6 +116,8 @@ class Probe:
             return health
         if self.models is None:
             await self._read_models()
+        if self._key_rejected:
+            return BackendStatus(health="down", detail=self._models_problem)
         problems = [self._models_problem, load if isinstance(load, str) else ""]
         detail = "; ".join(p for p in (self._describe_models(), *problems) if p)
         if isinstance(load, str):
@@ -167,6 +171,7 @@ class Probe:
     async def _read_models(self) -> None:
         response = await self._get("/v1/models")
         self._models_problem = ""
+        self._key_rejected = not isinstance(response, str) and response.status_code == 401
         if isinstance(response, str):
             self._models_problem = f"models unknown ({response})"
         elif response.status_code == 401:

@@ -34,20 +34,24 @@ HEARTBEAT = b": keepalive\n\n"
 MESSAGES = [{"role": "user", "content": "Write one short line about trio."}]
 
 
-def vllm_config(url: str, backend: dict[str, Any] | None = None) -> GatewayConfig:
-    """Backend ``vllm`` (and ``vllm-badkey``, same server, wrong key) and routes to it:
-    ``chat`` (early headers, heartbeats every 0.5 s), ``chat-late`` (headers wait for vLLM,
-    so its status is kept), ``chat-quiet`` (no heartbeats), ``missing`` and
-    ``missing-early`` (a model vLLM does not serve), ``badkey``."""
+def vllm_config(
+    url: str, backend: dict[str, Any] | None = None, *, badkey: bool = False
+) -> GatewayConfig:
+    """Backend ``vllm`` and routes to it: ``chat`` (early headers, heartbeats every 0.5 s),
+    ``chat-late`` (headers wait for vLLM, so its status is kept), ``chat-quiet`` (no
+    heartbeats), ``missing`` and ``missing-early`` (a model vLLM does not serve); with
+    ``badkey``, backend ``vllm-badkey`` (same server, wrong key) and route ``badkey``."""
     common = {"type": "vllm", "url": url, "poll_interval": POLL, "poll_timeout": 1.0}
     late = {"interval": 0.5, "early_headers": False}
+    extra_backends, extra_routes = {}, {}
+    if badkey:
+        extra_backends = {"vllm-badkey": {**common, "api_key": WRONG_KEY}}
+        extra_routes = {"badkey": {"backend": "vllm-badkey", "upstream_model": "fake-model",
+                                   "keepalive": late}}
     return build_config(
         {
             "server": {"bind": "127.0.0.1:0"},
-            "backends": {
-                "vllm": {**common, "api_key": KEY, **(backend or {})},
-                "vllm-badkey": {**common, "api_key": WRONG_KEY},
-            },
+            "backends": {"vllm": {**common, "api_key": KEY, **(backend or {})}, **extra_backends},
             "routes": {
                 "chat": {"backend": "vllm", "upstream_model": "fake-model",
                          "keepalive": {"interval": 0.5}},
@@ -58,8 +62,7 @@ def vllm_config(url: str, backend: dict[str, Any] | None = None) -> GatewayConfi
                             "keepalive": late},
                 "missing-early": {"backend": "vllm", "upstream_model": "no-such-model",
                                   "keepalive": {"interval": 0.5}},
-                "badkey": {"backend": "vllm-badkey", "upstream_model": "fake-model",
-                           "keepalive": late},
+                **extra_routes,
             },
         },
         environ={},
@@ -110,8 +113,8 @@ async def start_gateway(nursery: trio.Nursery, fake: FakeVLLM) -> StartGateway:
     """Serve a gateway in front of ``fake``; ``backend`` overrides the vllm backend's table.
     Started from the test body, so a test can set its clock first."""
 
-    async def start(backend: dict[str, Any] | None = None) -> VLLMGateway:
-        return await serve_gateway(nursery, vllm_config(fake.url, backend))
+    async def start(backend: dict[str, Any] | None = None, badkey: bool = False) -> VLLMGateway:
+        return await serve_gateway(nursery, vllm_config(fake.url, backend, badkey=badkey))
 
     return start
 
@@ -234,23 +237,29 @@ async def test_vllm_failure_mid_stream_is_relayed_as_vllm_sent_it(
     assert upstream.endswith(b"data: [DONE]\n\n")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_wrong_api_key_is_vllms_401(
-    start_gateway: StartGateway, fake: FakeVLLM, stream: bool, caplog: pytest.LogCaptureFixture
+async def test_wrong_api_key_fails_readiness_not_the_client(
+    start_gateway: StartGateway, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """vLLM's auth middleware answers ``{"error": "Unauthorized"}``; the client gets a 401
-    with that message, the backend's status says why, and no key is ever logged."""
+    """vLLM's ``/health`` needs no key, but ``/v1/models`` does: a backend whose key vLLM
+    rejects (``401 {"error": "Unauthorized"}``) is down with the reason, so the gateway
+    answers 503 instead of relaying a 401 that would blame the client's own key. No key is
+    ever logged."""
     caplog.set_level(logging.DEBUG)
-    gw = await start_gateway()
+    gw = await start_gateway(badkey=True)
+    bad = gw.vllm("vllm-badkey")
+    assert (bad.status.health, bad.status.detail) == (
+        "down", "the server rejects api_key (/v1/models answered 401)")
+    assert [r.headers["authorization"] for r in fake.requests if r.path == "/v1/models"
+            and r.status == 401] == [f"Bearer {WRONG_KEY}"]
+    assert gw.backend.status.detail == "serving fake-model (max_model_len 2048)"
     async with gw.client() as client:
         r = await client.post("/v1/chat/completions",
-                              json={"model": "badkey", "messages": MESSAGES, "stream": stream})
-    assert (r.status_code, r.json()["error"]["message"]) == (401, "Unauthorized")
-    assert fake.requests[-1].headers["authorization"] == f"Bearer {WRONG_KEY}"
-    bad = gw.vllm("vllm-badkey")
-    assert bad.status.health == "ready"  # /health needs no key; requests say 401 themselves
-    assert "rejects api_key" in bad.status.detail
-    assert gw.backend.status.detail == "serving fake-model (max_model_len 2048)"
+                              json={"model": "badkey", "messages": MESSAGES})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "no_backend_available")
+        ready = (await client.get("/readyz")).json()
+    assert ready["backends"]["vllm-badkey"]["health"] == "down"
+    assert (ready["routes"]["badkey"], ready["routes"]["chat"]) == (False, True)
+    assert not fake.generation_requests()
     for secret in (KEY, WRONG_KEY):
         assert secret not in caplog.text
         assert secret not in repr(bad.settings) and secret not in str(gw.backend.settings)
