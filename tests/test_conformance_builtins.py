@@ -1,6 +1,7 @@
 """Every built-in backend passes the conformance suite of :mod:`gateway.testing.conformance`,
 against the upstream it really talks to: the scripted fake OpenAI server for ``openai``, the
-real gemma 3 270M model for ``llamacpp-python``."""
+protocol-faithful fake vLLM for ``vllm``, the real gemma 3 270M model for
+``llamacpp-python``."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import trio
 
 from backends.llamacpp_python import LlamaCppPythonBackend
 from backends.openai import OpenAIBackend
+from backends.vllm import VLLMBackend
 from gateway.abc import Backend
 from gateway.testing.conformance import BackendConformance, Case, CaseName, Script
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.fake_vllm import FakeVLLM
 from gateway.testing.serving import unused_port
 
 
@@ -57,6 +60,50 @@ class TestOpenAI(BackendConformance):
             ({"max_connections": 0}, "max_connections"),
             ({"timeouts": {"connect": -1}}, "timeouts.connect"),
         ]
+
+
+class TestVLLM(BackendConformance):
+    type_name = "vllm"
+    backend_class = VLLMBackend
+    not_applicable: ClassVar[Mapping[CaseName, str]] = {
+        "hang_before_headers": "vLLM sends a stream's headers at once, before it has a slot",
+    }
+
+    @pytest.fixture
+    async def upstream(self, nursery: trio.Nursery) -> FakeVLLM:
+        fake = FakeVLLM()
+        await nursery.start(fake.serve)
+        return fake
+
+    def settings(self, upstream: FakeVLLM) -> Mapping[str, Any]:
+        return {"url": upstream.url, "poll_interval": 0.5}
+
+    def script(self, upstream: FakeVLLM, case: Case) -> Script:
+        # The fake's behaviour is its attributes: set every one, for this case.
+        upstream.tokens, upstream.prefill, upstream.pace = 4, 0.0, 0.0
+        upstream.fail_stream_after = None
+        model = {"model": upstream.served_model_name}
+        if case.name == "connect_error":
+            return Script(body=model, settings={"url": f"http://127.0.0.1:{unused_port()}"})
+        if case.name == "error_status":
+            return Script(body={"model": "no-such-model"}, status=404)
+        if case.name == "error_mid_stream":
+            upstream.fail_stream_after = 2
+        elif case.name == "stall":
+            upstream.pace = 3600
+        elif case.name == "gap":
+            upstream.tokens, upstream.pace = 2, case.seconds
+        elif case.name == "hang_after_headers":
+            upstream.prefill = 3600
+        elif case.name == "endless":
+            upstream.tokens, upstream.pace = 20_000, 0.005
+        return Script(body=model)
+
+    def open_requests(self, upstream: FakeVLLM, backend: Backend) -> int:
+        return upstream.running() + upstream.waiting()
+
+    def invalid_settings(self, upstream: FakeVLLM) -> Sequence[tuple[Mapping[str, Any], str]]:
+        return [({"url": "localhost:8000"}, "url"), ({"poll_interval": 0}, "poll_interval")]
 
 
 # Gemma's end-of-generation tokens (<eos>, <end_of_turn>), banned so a stream goes on.

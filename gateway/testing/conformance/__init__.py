@@ -35,7 +35,8 @@ mapping, client disconnects). The cases a script must produce:
                         says which status the client must see
 ``connect_error``       the upstream cannot be reached (say, ``Script(settings={"url":
                         ...})`` with :func:`~gateway.testing.serving.unused_port`)
-``error_mid_stream``    the upstream fails after at least one data event
+``error_mid_stream``    the upstream fails after at least one data event (the backend raises,
+                        or hands on the upstream's own OpenAI error event)
 ``stall``               at least one data event, then silence with the connection open
 ``gap``                 at least one data event, a pause of ``case.seconds``, then the rest
 ``hang_before_headers`` the upstream takes the request and never answers

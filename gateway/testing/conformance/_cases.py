@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -86,3 +87,16 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def error_event(data: str) -> dict[str, Any] | None:
+    """The ``error`` object of an OpenAI error event's data (``{"error": {"message": ...}}``),
+    or None when ``data`` is something else."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        return error
+    return None

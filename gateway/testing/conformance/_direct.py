@@ -8,7 +8,7 @@ from ...abc import Backend, Endpoint, UpstreamConnectError
 from ...errors import GatewayError
 from ...sse import SSEEvent, SSEFramer
 from ..openai_shapes import Answer
-from ._cases import CANCEL_CASES, Case, Phase, Script
+from ._cases import CANCEL_CASES, Case, Phase, Script, error_event
 from ._failure import (
     ConformanceFailure,
     deadline,
@@ -113,10 +113,11 @@ class DirectChecks(Harness):
             fail(f"{what}: the error has no message for the client")
         return error
 
-    async def check_error_mid_stream(self) -> GatewayError:
-        """A failure after the first data event raises a gateway error (an UpstreamError
-        subclass) from the body — never a clean end, which would look like a complete
-        answer."""
+    async def check_error_mid_stream(self) -> GatewayError | None:
+        """A failure after the first data event is never a clean end, which would look like
+        a complete answer: the body raises a gateway error (an UpstreamError subclass), or
+        — for an upstream that reports failures in band, as vLLM does — it hands on the
+        upstream's own OpenAI error event. Returns the error raised, if one was."""
         case, script = self.case("error_mid_stream")
         what = "an upstream failing mid-stream"
         events: list[SSEEvent] = []
@@ -135,12 +136,15 @@ class DirectChecks(Harness):
                     error = exc
                 await self.settled(backend, tasks, f"after {what}")
         data = [e.data for e in events if e.data is not None]
-        if not entered or not data:
+        answer = [item for item in data if item != "[DONE]" and error_event(item) is None]
+        if not entered or not answer:
             fail(
                 f"{what}: the failure came before any data event; the error_mid_stream "
                 f"script must fail after at least one (raised: {error!r})"
             )
         if error is None:
+            if any(error_event(item) is not None for item in data):
+                return None  # the upstream's own error event, handed on
             ending = "with [DONE]" if "[DONE]" in data else "without an error"
             fail(
                 f"{what}: the body ended {ending}; it must raise an UpstreamError "

@@ -16,7 +16,7 @@ from ...errors import ConfigError
 from ...sse import SSEFramer
 from ..openai_shapes import Answer, ShapeError, parse_sse
 from ..serving import ServedGateway, open_test_gateway
-from ._cases import BACKEND_ID, CANCEL_CASES, PATHS, ROUTE_MODEL, Phase, Script
+from ._cases import BACKEND_ID, CANCEL_CASES, PATHS, ROUTE_MODEL, Phase, Script, error_event
 from ._failure import deadline, fail, unwrapped
 from ._harness import Harness
 
@@ -96,7 +96,9 @@ class GatewayChecks(Harness):
         _error_body(resp, what)
 
     async def check_gateway_connect_error(self) -> None:
-        """An unreachable upstream is a 502 ``upstream_connect_error``."""
+        """An unreachable upstream is a 502 ``upstream_connect_error`` — or a 503
+        ``no_backend_available`` when the backend's own health check already found it down
+        and the gateway did not try."""
         case, script = self.case("connect_error")
         what = "an unreachable upstream through the gateway"
         with deadline(what):
@@ -108,7 +110,8 @@ class GatewayChecks(Harness):
                     resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
                 await self.gateway_settled(served, backend, f"after {what}")
         error = _error_body(resp, what)
-        if resp.status_code != 502 or error.get("code") != "upstream_connect_error":
+        found = (resp.status_code, error.get("code"))
+        if found not in ((502, "upstream_connect_error"), (503, "no_backend_available")):
             fail(f"{what}: got {resp.status_code} {error}, not 502 upstream_connect_error")
 
     async def check_gateway_error_mid_stream(self) -> None:
@@ -123,7 +126,7 @@ class GatewayChecks(Harness):
                 await self.gateway_settled(served, backend, f"after {what}")
         data = _data(resp, what)
         _ends_with_error(data, what)
-        if len(data) < 2:
+        if not any(item != "[DONE]" and error_event(item) is None for item in data):
             fail(f"{what}: no data event reached the client before the error")
 
     async def check_gateway_stall(self) -> None:
@@ -235,16 +238,16 @@ def _data(resp: httpx.Response, what: str) -> list[str]:
 
 
 def _ends_with_error(data: list[str], what: str) -> dict[str, Any]:
-    if "[DONE]" in data:
-        fail(f"{what}: the stream ended with [DONE], as if it were complete")
+    """The error event that ends ``data``: the last event, or — when the upstream reported
+    its failure in band and ended with it, as vLLM does — the last before ``[DONE]``."""
     if not data:
         fail(f"{what}: the stream has no data events at all")
-    try:
-        error = json.loads(data[-1])["error"]
-        assert isinstance(error, dict) and error.get("message")
-    except (ValueError, KeyError, TypeError, AssertionError):
-        fail(f"{what}: the last data event is not an error event: {data[-1][:300]!r}")
-    for item in data[:-1]:
+    body = data[:-1] if data[-1] == "[DONE]" and len(data) > 1 else data
+    error = error_event(body[-1])
+    if error is None:
+        ending = "with [DONE]" if data[-1] == "[DONE]" else "without an error event"
+        fail(f"{what}: the stream ended {ending}, as if it were complete: {body[-1][:300]!r}")
+    for item in body[:-1]:
         try:
             json.loads(item)
         except ValueError:

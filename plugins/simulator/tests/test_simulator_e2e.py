@@ -67,12 +67,12 @@ async def test_tokens_come_at_the_configured_rate() -> None:
 
 async def test_a_client_with_a_short_read_timeout_survives_the_prefill_only_with_heartbeats(
 ) -> None:
-    short = httpx.Timeout(5.0, read=0.3)
-    async with serving(prefill=1.0, max_tokens=2) as served, served.client(timeout=short) as c:
+    short = httpx.Timeout(5.0, read=0.5)  # heartbeats every 0.1 s leave a wide margin
+    async with serving(prefill=1.5, max_tokens=2) as served, served.client(timeout=short) as c:
         resp = await c.post("/v1/chat/completions", json=CHAT)
     assert resp.status_code == 200
     assert check_stream("chat/completions", parse_sse(resp.content), usage=False).pieces == 2
-    quiet = serving(prefill=1.0, max_tokens=2, keepalive={"interval": 0})
+    quiet = serving(prefill=1.5, max_tokens=2, keepalive={"interval": 0})
     async with quiet as served, served.client(timeout=short) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post("/v1/chat/completions", json=CHAT)
