@@ -381,8 +381,8 @@ class FakeVLLM:
                 if self.fail_stream_after is not None and tokens == self.fail_stream_after:
                     # serving_chat.py: an exception after the headers becomes an error event,
                     # and the stream still ends with [DONE].
-                    error = self._error("fake engine failure mid-stream", "BadRequestError", 400)
-                    await out.data(proto.event(error))
+                    await out.data(proto.stream_error_event(
+                        self.error_form, "fake engine failure mid-stream", "BadRequestError", 400))
                     await out.data(proto.DONE)
                     break
                 tokens += 1

@@ -24,7 +24,7 @@ is copied, only field names, defaults and messages:
   carries ``finish_reason``, ``include_usage`` adds a final ``"choices": []`` chunk with
   ``usage``, ``continuous_usage_stats`` adds ``usage`` to every chunk, and every stream
   ends ``data: [DONE]`` — also one that failed after its headers, which first gets
-  ``data: {"error": {...}}``.
+  ``data: {"error": {...}}`` (see :func:`stream_error_event`).
 * ``/v1/models`` — ``protocol.py`` ``ModelList``/``ModelCard``/``ModelPermission``
   (``owned_by: "vllm"``, ``root`` the model path, ``max_model_len``).
 * Embeddings — ``vllm/entrypoints/pooling/embed/``: ids ``embd-...``, ``usage`` without
@@ -59,6 +59,7 @@ __all__ = [
     "error_body",
     "event",
     "model_list",
+    "stream_error_event",
     "usage_flags",
 ]
 
@@ -83,6 +84,16 @@ def error_body(form: ErrorForm, message: str, err_type: str, status: int) -> dic
         return {"object": "error", "message": message, "type": err_type, "param": None,
                 "code": status}
     return {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+
+
+def stream_error_event(form: ErrorForm, message: str, err_type: str, status: int) -> bytes:
+    """The event that reports a failure after a stream's headers. ``serving_engine.py``
+    ``create_streaming_error_response`` writes it with plain ``json.dumps`` (spaces after
+    ``,`` and ``:``), and v0.9.2 wraps its flat error body in ``{"error": ...}``."""
+    doc = error_body(form, message, err_type, status)
+    if form == "legacy":
+        doc = {"error": doc}
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
 def dumps(doc: Any) -> bytes:

@@ -180,15 +180,20 @@ async def test_bad_requests(
     assert message in error["message"]
 
 
+@pytest.mark.parametrize("form", ["openai", "legacy"])
 async def test_failure_after_headers_is_an_error_event_then_done(
-    fake: FakeVLLM, client: httpx.AsyncClient
+    fake: FakeVLLM, client: httpx.AsyncClient, form: Any
 ) -> None:
-    fake.fail_stream_after = 2
+    """Written with plain json.dumps (not compact); v0.9.2 wraps its flat body in "error"."""
+    fake.fail_stream_after, fake.error_form = 2, form
     r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
     evs = events(r.content)
     assert r.status_code == 200 and evs[-1] == b"data: [DONE]"
-    assert payload(evs[-2])["error"]["type"] == "BadRequestError"
     assert len(evs) == 1 + 2 + 2  # role, two tokens, error, [DONE]
+    assert evs[-2].startswith(b'data: {"error": {')
+    error = payload(evs[-2])["error"]
+    assert (error["type"], error["code"], "object" in error) == (
+        "BadRequestError", 400, form == "legacy")
 
 
 async def test_headers_at_once_then_silence_until_first_token(fake: FakeVLLM) -> None:

@@ -220,12 +220,13 @@ async def test_vllm_validation_error_400(start_gateway: StartGateway, fake: Fake
     assert "Stream options can only be defined when `stream=True`." in error["message"]
 
 
+@pytest.mark.parametrize("form", ["openai", "legacy"])
 async def test_vllm_failure_mid_stream_is_relayed_as_vllm_sent_it(
-    start_gateway: StartGateway, fake: FakeVLLM
+    start_gateway: StartGateway, fake: FakeVLLM, form: Any
 ) -> None:
     """After its 200, vLLM reports a failure as a ``data: {"error": ...}`` event followed by
     ``[DONE]``; the gateway passes those bytes through unchanged and in order."""
-    fake.fail_stream_after = 2
+    fake.fail_stream_after, fake.error_form = 2, form
     gw = await start_gateway()
     async with gw.client() as client:
         r = await client.post("/v1/chat/completions", json={
