@@ -13,7 +13,9 @@ is copied, only field names, defaults and messages:
   ``serving_engine.py`` ``_validate_input``), ``Bad Request`` (400, ``api_server.py``
   ``validation_exception_handler``, which uses ``HTTPStatus.BAD_REQUEST.phrase`` for every
   request-model validation error, e.g. ``validate_stream_options``). Pydantic's exact
-  validation text is not reproduced; status, type and shape are.
+  validation text is not reproduced; status, type and shape are. Releases after v0.12
+  raise ``VLLMValidationError`` for the context-length checks and fill ``param``
+  (``"max_tokens"``, ``"input_tokens"``); the fake keeps v0.12's ``null``.
 * ``stream_options`` — ``protocol.py`` ``StreamOptions`` (``include_usage`` defaults to
   True, ``continuous_usage_stats`` to False) and ``vllm/entrypoints/utils.py``
   ``should_include_usage``: without ``stream_options`` no usage at all (no

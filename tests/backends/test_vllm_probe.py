@@ -142,11 +142,13 @@ async def test_unreachable_server_is_down_from_the_start() -> None:
          400, "bad", "BadRequestError", "400"),
         (b'{"object":"error","message":"old","type":"NotFoundError","param":null,"code":404}',
          404, "old", "NotFoundError", "404"),
+        (b'{"error":{"message":"too large","type":"BadRequestError","param":"max_tokens",'
+         b'"code":400}}', 400, "too large", "BadRequestError", "400"),
         (b'{"error":"Unauthorized"}', 401, "Unauthorized", "invalid_request_error", None),
         (b'{"detail":"Not Found"}', 404, 'upstream returned HTTP 404: {"detail":"Not Found"}',
          "invalid_request_error", None),
     ],
-    ids=["current", "v0.9-flat", "auth-middleware", "fastapi-404"],
+    ids=["current", "v0.9-flat", "with-param", "auth-middleware", "fastapi-404"],
 )
 def test_from_body_maps_vllms_bodies(
     body: bytes, status: int, message: str, type_: str, code: str | None
@@ -154,6 +156,7 @@ def test_from_body_maps_vllms_bodies(
     """Every body shape vLLM sends (see the fake's docstrings for where each comes from)."""
     error = UpstreamStatusError.from_body(status, body)
     assert (error.status, error.message, error.type, error.code) == (status, message, type_, code)
+    assert error.param == ("max_tokens" if b'"param":"max_tokens"' in body else None)
 
 
 # -- settings ----------------------------------------------------------------------------
