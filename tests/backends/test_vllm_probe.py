@@ -142,8 +142,8 @@ async def test_unreachable_server_is_down_from_the_start() -> None:
          400, "bad", "BadRequestError", "400"),
         (b'{"object":"error","message":"old","type":"NotFoundError","param":null,"code":404}',
          404, "old", "NotFoundError", "404"),
-        (b'{"error":{"message":"too large","type":"BadRequestError","param":"max_tokens",'
-         b'"code":400}}', 400, "too large", "BadRequestError", "400"),
+        ((b'{"error":{"message":"too large","type":"BadRequestError","param":"max_tokens",'
+          b'"code":400}}'), 400, "too large", "BadRequestError", "400"),
         (b'{"error":"Unauthorized"}', 401, "Unauthorized", "invalid_request_error", None),
         (b'{"detail":"Not Found"}', 404, 'upstream returned HTTP 404: {"detail":"Not Found"}',
          "invalid_request_error", None),
