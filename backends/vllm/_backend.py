@@ -82,6 +82,9 @@ class VLLMBackend(Backend):
                 timeout=s.poll_timeout,
                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
                 trust_env=False,
+                # vLLM mounts /metrics as a sub-app; a server that redirects /metrics to
+                # /metrics/ must still be read.
+                follow_redirects=True,
             ) as probe_client,
             http.running(),
             trio.open_nursery() as nursery,

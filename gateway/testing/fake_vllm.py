@@ -26,6 +26,13 @@ read from. What is read here, from vLLM **v0.12.0** (no code copied):
 * Scheduling — ``--max-num-seqs`` slots per engine, the rest wait (``num_requests_waiting``);
   ``engines > 1`` is a data-parallel server with requests spread over its engines.
 
+The statements above and in the two sibling modules were re-checked against snapshots of
+``vllm-project/vllm`` (``/health``, ``AuthenticationMiddleware``, ``StreamOptions``,
+``ModelCard``, ``validation_exception_handler``, ``_check_model``, the context-length
+messages, ``create_streaming_error_response``, the v1 metric names). Where a GPU serves a
+real model, ``python -m gateway.testing.fake_vllm_diff URL`` lists every difference between
+it and this fake.
+
 Not modelled: tokenization and sampling (every extra request field is accepted and
 recorded, as vLLM's ``OpenAIBaseModel`` accepts and ignores unknown ones), LoRA, tools,
 logprobs, sleep mode, generation failing once the engine is dead.
@@ -34,7 +41,8 @@ Behaviour is set on the instance and may change while it serves: ``prefill`` (se
 after a batch slot, before the first token), ``tokens``, ``pace`` (seconds between tokens),
 ``max_num_seqs``, ``kv_cache_usage`` (a number, one per engine, or None: 5 % per running
 request), ``engine_dead``, ``metrics_fault`` (``"hang"``: ``/metrics`` never answers;
-``"error"``: it answers 500), ``fail_stream_after`` (tokens before an in-stream error).
+``"error"``: it answers 500; ``"redirect"``: 307 to ``/metrics/``, as a bare Starlette
+``Mount`` does), ``fail_stream_after`` (tokens before an in-stream error).
 """
 
 from __future__ import annotations
@@ -115,7 +123,7 @@ class FakeVLLM:
         self.pace = pace
         self.kv_cache_usage: float | Sequence[float] | None = None
         self.engine_dead = False
-        self.metrics_fault: Literal["hang", "error"] | None = None
+        self.metrics_fault: Literal["hang", "error", "redirect"] | None = None
         self.fail_stream_after: int | None = None
         self.requests: list[VLLMRequest] = []
         self.port = 0
@@ -294,6 +302,10 @@ class FakeVLLM:
     async def _metrics(self, out: _Writer, request: VLLMRequest) -> None:
         if self.metrics_fault == "hang":
             await trio.sleep_forever()
+        if self.metrics_fault == "redirect" and not request.path.endswith("/"):
+            # Starlette's Mount without vLLM's path_regex workaround: 307 to /metrics/
+            await out.redirect("/metrics/")
+            return
         if self.metrics_fault == "error":
             await out.fixed(500, "text/plain; charset=utf-8", b"Internal Server Error")
             return
@@ -433,6 +445,13 @@ class _Writer:
 
     async def json(self, status: int, doc: Any) -> None:
         await self.fixed(status, _JSON_TYPE, proto.dumps(doc))
+
+    async def redirect(self, location: str) -> None:
+        self._request.status = 307
+        self._request.headers_at = trio.current_time()
+        await self._send(h11.Response(status_code=307, headers=[
+            ("location", location), ("content-length", "0"), ("server", "uvicorn")]))
+        await self.end()
 
     async def _send(self, event: h11.Event) -> None:
         data = self._conn.send(event)

@@ -121,6 +121,16 @@ async def test_load_through_the_backend_every_generation(nursery: trio.Nursery) 
         clients.cancel_scope.cancel()
 
 
+async def test_metrics_behind_a_redirect_are_read(nursery: trio.Nursery) -> None:
+    fake = FakeVLLM()
+    fake.metrics_fault, fake.kv_cache_usage = "redirect", 0.42
+    await nursery.start(fake.serve)
+    backend = VLLMBackend("v", VLLMSettings(type="vllm", url=fake.url))
+    async with backend.running():
+        assert (backend.status.running, backend.status.cache_usage) == (0, 0.42)
+    assert [r.status for r in fake.requests if r.path.startswith("/metrics")] == [307, 200]
+
+
 async def test_unreachable_server_is_down_from_the_start() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
