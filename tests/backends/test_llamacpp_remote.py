@@ -4,19 +4,24 @@ queue gap covered by heartbeats, and disconnects freeing slots and queue places.
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from backends.llamacpp import LlamaCppBackend
+
 from .llamacpp_fixtures import (
     LlamaServer,
     backend_settings,
+    event_json,
     gateway_doc,
     llama_server,  # noqa: F401  (fixture)
     metrics,
     model_path,  # noqa: F401  (fixture)
+    open_events,
     open_stream,
     read_stream,
     slot_busy,
@@ -163,47 +168,55 @@ LONG = {
 
 
 async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_server) -> None:  # noqa: F811
-    """--parallel 1 and a long request in the only slot: a second streaming request waits
-    in llama-server's queue, which sends it nothing at all (a direct client with a 3 s read
-    timeout dies); through the gateway the same wait is covered by a heartbeat every
-    interval (1 s), so a client with the same 3 s read timeout lives through 15 s of it."""
+    """--parallel 1 and a long request (another client's, straight to llama-server) in the
+    only slot: a second streaming request through the gateway has to wait. The gateway holds
+    it until the slot frees and covers the wait with a heartbeat every interval (1 s), so a
+    client with a 3 s read timeout lives through 15 s of it; straight to llama-server, a
+    waiting request hears nothing at all, not even headers, and the same client dies."""
     read_3s = httpx.Timeout(10.0, read=3.0)
     gap = 15.0
+    backend = gateway.backend
     async with trio.open_nursery() as nursery:
         long_running = trio.CancelScope()
         long_tokens: list[float] = []
 
         async def occupy_the_slot() -> None:
             with long_running:
-                async with open_stream(server, "/v1/completions", _upstream(LONG)) as response:
-                    async for event in sse_events(response):
+                async with open_events(server, "/v1/completions", _upstream(LONG)) as (_, events):
+                    async for event in events:
                         if event.startswith(b"data: {"):
                             long_tokens.append(trio.current_time())
 
         nursery.start_soon(occupy_the_slot)
-        await wait_for(_returns(lambda: len(long_tokens) > 0), timeout=30)
+        await wait_for(_returns(lambda: len(long_tokens) > 0), timeout=60)
+        # The load, read from /metrics, reaches the backend's status.
+        await wait_for(_returns(lambda: backend.status.running == 1), timeout=5)
 
-        # Without the gateway: llama-server sends a queued request nothing — not even headers.
-        async with llama_server.client(timeout=read_3s) as direct:
-            with pytest.raises(httpx.ReadTimeout):
-                await direct.post("/v1/completions", json={**_upstream(COMPLETION), "stream": True})
-
-        # Through the gateway: heartbeats every second while llama-server is silent.
         async with gateway.client(timeout=read_3s) as client:
+            started = trio.current_time()
             async with open_stream(client, "/v1/completions", COMPLETION) as response:
-                assert response.status_code == 200
-                events = sse_events(response)
-                beats: list[float] = []
-                started = trio.current_time()
-                async for event in events:
-                    assert event == b": keepalive", event  # nothing from llama-server yet
-                    beats.append(trio.current_time())
-                    if beats[-1] - started >= gap:
-                        break
-                deferred = (await metrics(server))["llamacpp:requests_deferred"]
-                assert deferred == 1, "the request must still be waiting in llama-server's queue"
-                long_running.cancel()  # free the slot: now the queued request runs
-                rest = [event async for event in events]
+                assert response.status_code == 200  # committed with the first heartbeat
+                async with aclosing(sse_events(response)) as events:
+                    beats: list[float] = []
+                    async for event in events:
+                        assert event == b": keepalive", event  # nothing from llama-server yet
+                        beats.append(trio.current_time())
+                        if beats[-1] - started >= gap:
+                            break
+                    # Held by the gateway, not in llama-server's queue.
+                    assert backend.slots.waiting == 1
+                    assert (await metrics(server))["llamacpp:requests_deferred"] == 0
+                    status = backend.status
+                    assert (status.health, status.running, status.queued) == ("ready", 1, 0), status
+
+                    # Without the gateway: llama-server sends a waiting request nothing at all.
+                    async with llama_server.client(timeout=read_3s) as direct:
+                        with pytest.raises(httpx.ReadTimeout):
+                            await direct.post(
+                                "/v1/completions", json={**_upstream(COMPLETION), "stream": True}
+                            )
+                    long_running.cancel()  # free the slot: now the held request runs
+                    rest = [event async for event in events]
     gaps = [b - a for a, b in zip([started, *beats], beats, strict=False)]
     assert len(beats) >= 14
     assert all(0.9 <= g <= 1.6 for g in gaps), gaps
@@ -217,15 +230,17 @@ async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_
 
 
 async def test_disconnect_mid_generation_frees_the_slot(gateway, server) -> None:
-    async with gateway.client() as client:
-        async with open_stream(client, "/v1/completions", LONG) as response:
-            tokens = 0
-            async for event in sse_events(response):
-                tokens += event.startswith(b"data: {")
-                if tokens == 5:
-                    break
-            assert await slot_busy(server)
-            gone_at = trio.current_time()
+    async with (
+        gateway.client() as client,
+        open_events(client, "/v1/completions", LONG) as (_, events),
+    ):
+        tokens = 0
+        async for event in events:
+            tokens += event.startswith(b"data: {")
+            if tokens == 5:
+                break
+        assert await slot_busy(server)
+        gone_at = trio.current_time()
     # the response and its connection are closed here: the client is gone
     freed_after = await wait_for(lambda: _not(slot_busy(server)), timeout=5)
     print(f"\nslot idle {freed_after * 1000:.0f} ms after the client disconnected "
@@ -235,44 +250,56 @@ async def test_disconnect_mid_generation_frees_the_slot(gateway, server) -> None
 
 
 async def test_queued_request_that_disconnects_never_starts(gateway, server) -> None:
-    first = {**LONG, "max_tokens": 150, "stream_options": {"include_usage": True}}
+    """A request waiting for the busy slot whose client goes away is dropped from the
+    gateway's line at once and never reaches llama-server: not one of its prompt tokens is
+    evaluated. (Had it been sent, llama-server would have kept it queued — it notices a
+    waiting client's disconnect only after a second with no token from any slot — and run
+    it once the slot freed.)"""
     queued = {
         **COMPLETION,
         "prompt": "An entirely different and rather longer prompt about owls, " * 20,
         "max_tokens": 50,
     }
+    backend = gateway.backend
+    tokenized = await server.post("/tokenize", json={"content": LONG["prompt"], "add_special": True})
+    long_prompt_tokens = len(tokenized.json()["tokens"])
     before = await metrics(server)
     async with trio.open_nursery() as nursery:
-        result: list[Any] = []
+        first_running = trio.CancelScope()
+        first_tokens: list[float] = []
 
         async def first_request() -> None:
-            async with open_stream(server, "/v1/completions", _upstream(first)) as response:
-                result.append(await read_stream(response))
+            with first_running:
+                async with open_events(server, "/v1/completions", _upstream(LONG)) as (_, events):
+                    async for event in events:
+                        if event.startswith(b"data: {"):
+                            first_tokens.append(trio.current_time())
 
         nursery.start_soon(first_request)
-        await wait_for(lambda: slot_busy(server), timeout=30)
+        await wait_for(_returns(lambda: len(first_tokens) > 0), timeout=60)
+        await wait_for(_returns(lambda: backend.status.running == 1), timeout=5)
         async with gateway.client() as client, open_stream(client, "/v1/completions", queued) as r:
-            async for event in sse_events(r):
-                assert event == b": keepalive"
-                break  # one heartbeat: it is queued in llama-server now
-            assert (await metrics(server))["llamacpp:requests_deferred"] == 1
-        # disconnected; llama-server drops it from its queue while the first still runs
-        await wait_for(
-            lambda: _metric_is(server, "llamacpp:requests_deferred", 0), timeout=3
-        )
-        assert await slot_busy(server)
+            async with aclosing(sse_events(r)) as stream_events:
+                async for event in stream_events:
+                    assert event == b": keepalive"
+                    break  # one heartbeat: it is waiting for the slot now
+            assert backend.slots.waiting == 1
+        # disconnected: out of the line at once
+        await wait_for(_returns(lambda: backend.slots.waiting == 0), timeout=1)
+        first_running.cancel()
+    await wait_for(lambda: _not(slot_busy(server)), timeout=10)
+    # Two more polls see the slot free; a request still waiting anywhere would be sent now.
+    for _ in range(2):
+        await _next_poll(backend)
+    assert not await slot_busy(server)
     after = await metrics(server)
-    usage = result[0].usage
-    assert usage["completion_tokens"] == 150
-    # Everything llama-server computed since `before` is the first request's: not one token
-    # of the queued one was evaluated or generated.
-    predicted = after["llamacpp:tokens_predicted_total"] - before["llamacpp:tokens_predicted_total"]
-    prompt = sum(
+    assert after["llamacpp:requests_deferred"] == 0
+    evaluated = sum(
         after[name] - before[name]
         for name in ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
     )
-    assert predicted == usage["completion_tokens"]
-    assert prompt == usage["prompt_tokens"]
+    assert evaluated == long_prompt_tokens  # the first request's prompt, and nothing else
+    assert backend.slots.own == 0
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -285,9 +312,58 @@ def _returns(predicate):  # type: ignore[no-untyped-def]
     return check
 
 
+async def _next_poll(backend: LlamaCppBackend) -> None:
+    checked = backend.status.checked_at
+    await wait_for(_returns(lambda: backend.status.checked_at != checked), timeout=5)
+
+
 async def _not(awaitable) -> bool:  # type: ignore[no-untyped-def]
     return not await awaitable
 
 
 async def _metric_is(server: httpx.AsyncClient, name: str, value: float) -> bool:
     return (await metrics(server))[name] == value
+
+
+# --- upstream pings and the upstream timers ------------------------------------------------
+
+
+async def test_llama_server_pings_count_as_upstream_liveness(
+    nursery: trio.Nursery, llama_server: LlamaServer  # noqa: F811
+) -> None:
+    """llama-server sends headers when the slot starts, then nothing during the prefill
+    except its own pings (``:``; asked for every second, they come every ~2 s, as it checks
+    on a 1 s poll). Those pings are upstream bytes: they satisfy ``first_byte`` and reset
+    ``idle``, so a prefill longer than both timers survives — and the same request without
+    pings times out. The prompt is sized to this machine's prefill speed (~6 s)."""
+    timeouts = {"first_byte": 3.0, "idle": 3.0}
+    # load_interval: no /metrics read during the prefill; each one wakes the server's
+    # waiting handlers and postpones their pings (see the setting's description).
+    settings = backend_settings(url=llama_server.url, timeouts=timeouts, load_interval=600)
+    quiet = gateway_doc(settings, interval=0)
+    gateway = await start_gateway(nursery, quiet)
+    async with llama_server.client() as server:
+        unit = "one two three four five six seven eight nine ten "
+        unit_tokens = len((await server.post("/tokenize", json={"content": unit})).json()["tokens"])
+        probe = {**_upstream(COMPLETION), "prompt": unit * 30, "max_tokens": 1}
+        speed = (await server.post("/v1/completions", json=probe)).json()["timings"]
+    per_second = speed["prompt_per_second"]
+    repeats = max(30, min(3600 // unit_tokens, int(6.0 * per_second / unit_tokens)))
+    long_prompt = {**COMPLETION, "prompt": unit * repeats, "max_tokens": 2}
+    async with gateway.client() as client:
+        started = trio.current_time()
+        async with open_stream(client, "/v1/completions", {**long_prompt, "sse_ping_interval": 1}) as r:
+            assert r.status_code == 200
+            pinged = await read_stream(r)
+        first_data = next(i for i, e in enumerate(pinged.events) if e.startswith(b"data: {"))
+        prefill = trio.current_time() - started
+        async with open_stream(client, "/v1/completions", {**long_prompt, "sse_ping_interval": -1}) as r:
+            silent = (await r.aread()).split(b"\n\n")
+    assert pinged.done and pinged.pieces
+    pings = pinged.events[:first_data]
+    assert pings and all(p == b":" for p in pings), pings  # llama-server's own, relayed
+    assert prefill > timeouts["first_byte"] + 1, f"prefill {prefill:.1f} s proves nothing"
+    error = event_json(silent[0])
+    assert error is not None and error["error"]["code"] == "upstream_timeout", silent
+    print(f"\nprefill of {repeats * unit_tokens} tokens ({per_second:.0f}/s): {prefill:.1f} s "
+          f"with {len(pings)} llama-server pings; without them: {error['error']['message']}")
