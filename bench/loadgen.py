@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from upstream import install_uvloop, raise_nofile
@@ -180,8 +182,18 @@ class ResponseDecoder:
 class StreamRecord:
     """What one streamed response looked like to the client."""
 
-    __slots__ = ("coalesced", "complete", "errors", "events", "heartbeats", "order_ok",
-                 "sent", "status", "tokens", "first_event")
+    __slots__ = (
+        "coalesced",
+        "complete",
+        "errors",
+        "events",
+        "first_event",
+        "heartbeats",
+        "order_ok",
+        "sent",
+        "status",
+        "tokens",
+    )
 
     def __init__(self, sent: float) -> None:
         self.sent = sent
@@ -350,6 +362,29 @@ class Pool:
 # ---------------------------------------------------------------- scenarios
 
 
+def _proc_sample(pid: int) -> dict[str, float]:
+    """The server's RSS (bytes; its own, not its children's) and CPU seconds so far."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": cpu}
+
+
+def _cpu(a: dict[str, float] | None, b: dict[str, float] | None, units: int,
+         unit: str) -> dict[str, float | None]:
+    """The server's CPU between two samples: share of one core, and per unit of work."""
+    if a is None or b is None:
+        return {}
+    seconds = b["cpu"] - a["cpu"]
+    return {
+        "server_cpu_pct": round(100 * seconds / max(b["t"] - a["t"], 1e-9), 1),
+        f"server_cpu_us_per_{unit}": round(1e6 * seconds / units, 1) if units else None,
+    }
+
+
 async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     request = build_request(args.host, args.port, args.path, chat_body(False, model=args.model), args.key)
     latencies: list[float] = []
@@ -366,10 +401,17 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
             latencies.append(latency)
             statuses[status] = statuses.get(status, 0) + 1
 
+    samples: list[dict[str, float]] = []
+    if args.pid:
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + args.warmup, lambda: samples.append(_proc_sample(args.pid)))
+        loop.call_at(loop.time() + args.warmup + args.duration,
+                     lambda: samples.append(_proc_sample(args.pid)))
     pool = Pool(args.host, args.port, opening=min(args.concurrency, 64))
-    make = lambda closed: Conn(next_request, on_unary, _never, closed)  # noqa: E731
+    make = lambda closed: Conn(next_request, on_unary, _never, closed)
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     finished = await pool.wait_closed(args.warmup + args.duration + 30)
+    cpu = _cpu(samples[0], samples[1], len(latencies), "request") if len(samples) >= 2 else {}
     ok = statuses.get(200, 0)
     return {
         "scenario": "unary",
@@ -382,6 +424,7 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms": summary_ms(latencies),
         "errors": pool.errors,
         "finished": finished,
+        **cpu,
     }
 
 
@@ -398,7 +441,7 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
             bad_status += 1
         if r.first_event is not None:
             ttft.append(r.first_event - r.sent)
-        gaps.extend(b - a for a, b in zip(r.tokens, r.tokens[1:]))
+        gaps.extend(b - a for a, b in itertools.pairwise(r.tokens))
         coalesced += r.coalesced
         missing += max(0, expected_tokens - len(r.tokens))
         reordered += 0 if r.order_ok else 1
@@ -429,12 +472,15 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
         remaining -= 1
         return request, True
 
+    before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port)
-    make = lambda closed: Conn(next_request, _never_unary, records.append, closed)  # noqa: E731
+    make = lambda closed: Conn(next_request, _never_unary, records.append, closed)
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
     finished = await pool.wait_closed(timeout)
+    after = _proc_sample(args.pid) if args.pid else None
     result = _stream_result(records, args.tokens)
+    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
     result.update(scenario="stream", concurrency=args.concurrency, tokens=args.tokens,
                   gap_ms=args.gap, errors=pool.errors, finished=finished)
     return result
@@ -463,6 +509,7 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
 
         return next_request
 
+    before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port, opening=256)
     start = now()
     opens = []
@@ -470,17 +517,18 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
         delay = start + args.ramp * i / args.streams - now()
         if delay > 0:
             await asyncio.sleep(delay)
-        nxt = one_shot()
         opens.append(asyncio.ensure_future(
-            pool.open(lambda closed, nxt=nxt: Conn(nxt, _never_unary, records.append, closed))
+            pool.open(partial(_idle_conn, Conn, one_shot(), records))
         ))
     await asyncio.gather(*opens)
     finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
+    after = _proc_sample(args.pid) if args.pid else None
     silences: list[float] = []
     for r in records:
         marks = [r.sent, *r.events]
-        silences.append(max((b - a for a, b in zip(marks, marks[1:])), default=float("inf")))
+        silences.append(max((b - a for a, b in itertools.pairwise(marks)), default=float("inf")))
     result = _stream_result(records, args.tokens)
+    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
     worst = max(silences, default=float("inf"))
     lost = args.streams - len(records)
     result.update(
@@ -506,17 +554,6 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _proc_sample(pid: int) -> dict[str, float]:
-    """RSS (bytes, the process and its children's are not counted) and CPU seconds."""
-    with open(f"/proc/{pid}/status") as f:
-        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": cpu}
-
-
 async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     """``streams`` streams whose upstream is silent for ``prefill`` seconds; the server
     under test should heartbeat every ``interval`` seconds meanwhile."""
@@ -527,6 +564,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     records: list[StreamRecord] = []
     live: list[StreamRecord] = []
     headers_seen = 0
+    growth: list[tuple[int, float]] = []  # (streams open, server RSS) while opening
     all_open = asyncio.Event()
 
     class IdleConn(Conn):
@@ -536,12 +574,15 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             super().data_received(data)
             if fresh and self._decoder.status:
                 headers_seen += 1
+                if args.pid and headers_seen % max(1, args.streams // 10) == 0:
+                    growth.append((headers_seen, _proc_sample(args.pid)["rss"]))
                 if headers_seen == args.streams:
                     all_open.set()
 
         def _send_next(self) -> None:
+            before = self._record
             super()._send_next()
-            if self._record is not None:
+            if self._record is not None and self._record is not before:
                 live.append(self._record)
 
     def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
@@ -560,9 +601,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     pool = Pool(args.host, args.port, opening=args.opening)
     start = now()
     opens = [
-        asyncio.ensure_future(pool.open(
-            lambda closed, nxt=one_shot(): IdleConn(nxt, _never_unary, records.append, closed)
-        ))
+        asyncio.ensure_future(pool.open(partial(_idle_conn, IdleConn, one_shot(), records)))
         for _ in range(args.streams)
     ]
     await asyncio.gather(*opens)
@@ -577,9 +616,11 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(2.0)
     steady0 = _proc_sample(args.pid) if args.pid else None
     first_end = min((r.sent for r in live), default=now()) + args.prefill
-    window = max(1.0, min(10.0, first_end - now() - 1.0))
-    await asyncio.sleep(window)
-    steady1 = _proc_sample(args.pid) if args.pid else None
+    window = min(10.0, first_end - now() - 1.0)
+    steady1 = None
+    if window >= 1.0:  # else the first streams leave their prefill: no steady state
+        await asyncio.sleep(window)
+        steady1 = _proc_sample(args.pid) if args.pid else None
     finished = await pool.wait_closed(args.prefill + 60 + (args.tokens + 3) * args.gap / 1000)
     end_sample = _proc_sample(args.pid) if args.pid else None
 
@@ -591,7 +632,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         beats = [t for t in r.heartbeats if t < prefill_end]
         if beats:
             first_beat.append(beats[0] - r.sent)
-        for a, b in zip(beats, beats[1:]):
+        for a, b in itertools.pairwise(beats):
             late = b - a - args.interval
             lateness_all.append(late)
             if window_start <= a and b <= window_start + window:
@@ -603,27 +644,49 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         prefill_s=args.prefill,
         interval_s=args.interval,
         opened_in_s=None if opened_in is None else round(opened_in, 2),
+        opened=headers_seen,
         all_opened=opened_in is not None,
         heartbeats=sum(len(r.heartbeats) for r in live),
         first_heartbeat_ms=summary_ms(first_beat),
         lateness_ms=summary_ms(lateness_all),
-        lateness_steady_ms=summary_ms(lateness_steady),
+        lateness_steady_ms=summary_ms(lateness_steady if steady1 is not None or not args.pid
+                                      else []),
         errors=pool.errors,
         finished=finished,
     )
-    if base and steady0 and steady1 and end_sample:
+    if base and steady0 and end_sample:
         result["server"] = {
             "rss_base_mib": round(base["rss"] / 2**20, 2),
             "rss_open_mib": round(steady0["rss"] / 2**20, 2),
             "rss_end_mib": round(end_sample["rss"] / 2**20, 2),
-            "rss_per_stream_kib": round((steady0["rss"] - base["rss"]) / args.streams / 1024, 2),
-            "cpu_steady_pct": round(
+            "rss_per_stream_kib": round(
+                (steady0["rss"] - base["rss"]) / max(1, headers_seen) / 1024, 2
+            ),
+            "cpu_steady_pct": None if steady1 is None else round(
                 100 * (steady1["cpu"] - steady0["cpu"]) / (steady1["t"] - steady0["t"]), 1
             ),
-            "steady_window_s": round(steady1["t"] - steady0["t"], 2),
+            "steady_window_s": None if steady1 is None else round(steady1["t"] - steady0["t"], 2),
             "cpu_open_s": round(steady0["cpu"] - base["cpu"], 2),
+            "rss_slope_kib": _slope_kib(growth),
+            "rss_growth": [(n, round(rss / 2**20, 2)) for n, rss in growth],
         }
     return result
+
+
+def _idle_conn(cls: type[Conn], nxt: Callable[[], tuple[bytes, bool] | None],
+               records: list[StreamRecord], closed: Callable[[Conn, str | None], None]) -> Conn:
+    return cls(nxt, _never_unary, records.append, closed)
+
+
+def _slope_kib(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of RSS over open streams, in KiB per stream."""
+    if len(points) < 3:
+        return None
+    xs = [float(x) for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den / 1024, 2) if den else None
 
 
 def main() -> None:

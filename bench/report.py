@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+ORDER = ("direct", "trio-gateway", "nginx", "litellm", "quart-floor", "httpx-floor")
 LABELS = {"direct": "direct", "trio-gateway": "trio-gateway", "nginx": "nginx",
-          "litellm": "LiteLLM"}
+          "litellm": "LiteLLM", "quart-floor": "quart-trio alone",
+          "httpx-floor": "quart-trio + httpx"}
 COLORS = {"direct": "#555555", "trio-gateway": "#1f77b4", "nginx": "#2ca02c",
-          "litellm": "#d62728"}
+          "litellm": "#d62728", "quart-floor": "#9467bd", "httpx-floor": "#8c564b"}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -39,13 +41,15 @@ def _mark(ok: bool | None) -> str:
 
 def table(raw: dict[str, Any]) -> str:
     s = raw["summary"]
-    targets = [t for t in ("direct", "trio-gateway", "nginx", "litellm") if t in s]
+    targets = [t for t in ORDER if t in s]
     versions = raw["versions"]
     head_names = {
         "direct": "direct",
         "trio-gateway": f"trio-gateway ({versions.get('trio-gateway', '?')})",
         "nginx": f"nginx {versions.get('nginx', '?').split('/')[-1]} (1 worker)",
         "litellm": f"LiteLLM {versions.get('litellm (litellm venv)', '?')} (1 worker)",
+        "quart-floor": "quart-trio alone (no upstream call)",
+        "httpx-floor": "quart-trio + httpx relay (no gateway code)",
     }
     d = s.get("direct")
     g = s.get("trio-gateway")
@@ -79,6 +83,8 @@ def table(raw: dict[str, Any]) -> str:
             verdict = _mark(None if ga is None or la is None else ga <= la / 5)
         row(f"   added vs direct, c={c}: p50 / p99 ms", cells, goal, verdict)
         row(f"   req/s at c={c}", {t: _f(s[t]["unary"][key]["rps"], 0) for t in targets})
+        row(f"   server CPU per request at c={c}, µs",
+            {t: _f(s[t]["unary"][key].get("cpu_us"), 0) for t in targets})
     row("2. stream c=1: time to first event p50 / p99 ms",
         {t: _pair(s[t]["stream"]["ttft_p50"], s[t]["stream"]["ttft_p99"]) for t in targets})
     cells = {}
@@ -114,15 +120,19 @@ def table(raw: dict[str, Any]) -> str:
          for t in targets},
         "≥ 1,000 per process",
         _mark(None if g is None or g["sustain_max"] is None else g["sustain_max"] >= 1000))
+    row("   server CPU per streamed event, µs (sustained runs that passed)",
+        {t: _f(s[t].get("stream_cpu_us"), 0) for t in targets})
     idle = s.get("idle")
     if idle is not None:
         label = (f"4. idle streams: {idle['streams']:,} × {idle['prefill_s']:g} s prefill, "
                  f"1 s heartbeats")
-        cell = (f"{_f(idle['rss_per_stream_kib'], 1)} KiB RSS/stream, "
-                f"{_f(idle['cpu_steady_pct'], 0)} % CPU, lateness p50 / p99 "
-                f"{_pair(idle['lateness_p50'], idle['lateness_p99'])} ms "
-                f"(all open: {'yes' if idle['all_opened'] else 'no'}, in "
-                f"{_f(idle['opened_in_s'], 1)} s; missing {idle['missing']})")
+        opened = (f"all open in {_f(idle['opened_in_s'], 1)} s" if idle["all_opened"]
+                  else f"only {_f(idle['opened'], 0)} opened")
+        cell = (f"RSS {_f(idle['rss_per_stream_kib'], 1)} KiB/stream (slope "
+                f"{_f(idle['rss_slope_kib'], 1)}), CPU {_f(idle['cpu_steady_pct'], 0)} % "
+                f"while all idle; heartbeat lateness p50 / p99 "
+                f"{_pair(idle['lateness_p50'], idle['lateness_p99'])} ms; {opened}; "
+                f"{idle['errors']} errors, {idle['missing']} deltas missing")
         ok = (idle["rss_per_stream_kib"] is not None and idle["rss_per_stream_kib"] <= 32
               and idle["lateness_p99"] is not None and idle["lateness_p99"] <= 100)
         row(label, {"trio-gateway": cell}, "≤ 32 KiB/stream; lateness p99 ≤ 100 ms",
@@ -141,11 +151,19 @@ def table(raw: dict[str, Any]) -> str:
     la = raw["load_average"]
     notes = [
         "",
-        f"Medians of {plan['repeats']} interleaved repeats ({plan['idle_repeats']} for "
-        f"scenario 4); 'added' = target's median − direct's median. Server under test pinned "
-        f"to CPU {pin['server_under_test']}, fake upstream and load generator to CPU "
-        f"{pin['upstream_and_loadgen']} ({pin['cpus']} CPUs). Load average at start "
-        f"{la['start']}, at end {la.get('end')}. Started {raw['started']}.",
+        (
+            "Server CPU = the serving process's utime+stime over the measured window (nginx: "
+            "its worker; direct: the fake upstream), divided by the requests or SSE events it "
+            "served: unlike latency it barely depends on what else the machine runs."
+        ),
+        "",
+        (
+            f"Medians of {plan['repeats']} interleaved repeats ({plan['idle_repeats']} for "
+            f"scenario 4); 'added' = target's median − direct's median. Server under test "
+            f"pinned to CPU {pin['server_under_test']}, fake upstream and load generator to "
+            f"CPU {pin['upstream_and_loadgen']} ({pin['cpus']} CPUs). Load average at start "
+            f"{la['start']}, at end {la.get('end')}. Started {raw['started']}."
+        ),
         f"Command: `{raw['command']}`.",
     ]
     return "\n".join(lines + notes) + "\n"
@@ -158,7 +176,7 @@ def plot(raw: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = raw["summary"]
-    targets = [t for t in ("direct", "trio-gateway", "nginx", "litellm") if t in s]
+    targets = [t for t in ORDER if t in s]
     levels = [int(c) for c in raw["plan"]["unary_levels"]]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     ax = axes[0][0]

@@ -27,7 +27,6 @@ import os
 import re
 import resource
 import signal
-import sys
 
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 _PARAMS = re.compile(rb"bench:n=(\d+),gap=(\d+),prefill=(\d+)")
@@ -174,7 +173,7 @@ def install_uvloop() -> str:
     except ImportError:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return f"uvloop {uvloop.__version__}"
+    return f"uvloop {getattr(uvloop, '__version__', '?')}"
 
 
 async def serve(host: str, port: int) -> None:
@@ -200,4 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
