@@ -411,6 +411,8 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     make = lambda closed: Conn(next_request, on_unary, _never, closed)
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     finished = await pool.wait_closed(args.warmup + args.duration + 30)
+    if args.pid and len(samples) == 1:  # the loop ended a moment before the timer
+        samples.append(_proc_sample(args.pid))
     cpu = _cpu(samples[0], samples[1], len(latencies), "request") if len(samples) >= 2 else {}
     ok = statuses.get(200, 0)
     return {
