@@ -6,9 +6,11 @@ import json
 import logging
 import re
 import uuid
+from functools import partial
 from typing import Any
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -27,13 +29,42 @@ from .errors import (
     ShuttingDown,
     error_json,
 )
-from .relay import Attempt, Exchange
+from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
+from .status import page_html, serve_feed
 
 log = logging.getLogger("gateway.app")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+    "/": "status",
+    "/status/events": "status",
+}
+
+
+def _endpoint_label(path: str) -> str:
+    """A bounded label for any path a client may send."""
+    if path.startswith("/v1/models/"):
+        return "models"
+    return _ENDPOINTS.get(path, "other")
+
+
+def _traceparent(given: str, request_id: str) -> str:
+    """The client's W3C traceparent when valid, else a new one (trace id from the request
+    id when that is 32 hex digits, so the two can be correlated)."""
+    if _TRACEPARENT.fullmatch(given):
+        return given
+    trace = request_id if re.fullmatch(r"[0-9a-f]{32}", request_id) else uuid.uuid4().hex
+    return f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
 
 
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -113,13 +144,30 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.before_request
     async def _request_id() -> None:
+        g.started = trio.current_time()
         given = request.headers.get("x-request-id", "")
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.traceparent = _traceparent(request.headers.get("traceparent", ""), g.request_id)
 
     @app.after_request
-    async def _echo_request_id(response: Response) -> Response:
-        if not isinstance(response, ProxyResponse) and "request_id" in g:
-            response.headers["X-Request-ID"] = g.request_id
+    async def _finish(response: Response) -> Response:
+        """Ids on every response the gateway answers itself; relayed ones do their own."""
+        if isinstance(response, ProxyResponse) or "request_id" not in g:
+            return response
+        response.headers["X-Request-ID"] = g.request_id
+        response.headers["traceparent"] = g.traceparent
+        gateway.telemetry.on_answered(
+            route=g.get("route", ""),
+            endpoint=_endpoint_label(request.path),
+            status=response.status_code,
+            fields={
+                "request_id": g.request_id,
+                "method": request.method,
+                "path": request.path,
+                "model": g.get("model"),
+                "duration_ms": round((trio.current_time() - g.started) * 1000, 3),
+            },
+        )
         return response
 
     @app.errorhandler(GatewayError)
@@ -140,11 +188,15 @@ def create_app(gateway: Gateway) -> QuartTrio:
             raise ShuttingDown("the gateway is shutting down")
         body = await _read_json_object()
         model, stream = _validate(body, endpoint)
+        g.model = model
         route = gateway.router.resolve(model)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+        g.route = route.name
         body = apply_policy(body, route)
         request_id: str = g.request_id
+        traceparent: str = g.traceparent
+        upstream_headers = {"x-request-id": request_id, "traceparent": traceparent}
 
         def plan() -> list[Attempt]:
             return [
@@ -155,7 +207,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
                         body=upstream_body(body, target),
                         stream=stream,
                         request_id=request_id,
-                        headers={"x-request-id": request_id},
+                        headers=upstream_headers,
                     ),
                 )
                 for upstream, target in gateway.plan(route)
@@ -170,9 +222,15 @@ def create_app(gateway: Gateway) -> QuartTrio:
             inflight=gateway.inflight,
             max_attempts=route.settings.max_attempts,
             failover_deadline=route.settings.failover_deadline,
-            extra_headers=((b"x-request-id", request_id.encode()),),
+            extra_headers=(
+                (b"x-request-id", request_id.encode()),
+                (b"traceparent", traceparent.encode()),
+            ),
+            endpoint=endpoint,
+            model=model,
+            telemetry=gateway.telemetry,
         )
-        return ProxyResponse(exchange)
+        return ProxyResponse(partial(relay, exchange=exchange))
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
@@ -196,6 +254,38 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if model not in gateway.router.public_models():
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         return _json_response(_model_card(model))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.telemetry.scrape(), content_type=CONTENT_TYPE_LATEST)
+
+    if gateway.config.server.status_page:
+
+        @app.get("/")
+        async def status_page() -> Response:
+            return Response(page_html(), content_type="text/html; charset=utf-8")
+
+        @app.get("/status/events")
+        async def status_events() -> Response:
+            request_id: str = g.request_id
+            started: float = g.started
+            ids = ((b"x-request-id", request_id.encode()),)
+
+            async def serve(send: Any) -> None:
+                await serve_feed(send, gateway, request_id, ids)
+                gateway.telemetry.on_answered(
+                    route="",
+                    endpoint="status",
+                    status=200,
+                    fields={
+                        "request_id": request_id,
+                        "method": "GET",
+                        "path": "/status/events",
+                        "duration_ms": round((trio.current_time() - started) * 1000, 3),
+                    },
+                )
+
+            return ProxyResponse(serve)
 
     @app.get("/healthz")
     async def healthz() -> Response:

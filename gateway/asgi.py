@@ -3,29 +3,30 @@
 quart-trio runs two tasks per request in one nursery: one blocked in ``receive()`` that
 cancels the nursery on ``http.disconnect`` (so a client that goes away cancels whatever is
 running), and one that runs the handler and sends the response. We keep that shape and
-change the sending half: a :class:`ProxyResponse` is served by :func:`gateway.relay.relay`
-in this very task, so the relay's nursery lives exactly as long as the request; and no
+change the sending half: a :class:`ProxyResponse` (a relayed exchange, the status feed)
+writes its own ASGI messages in this very task, so its nursery lives exactly as long as the
+request; and no
 response is ever wrapped in Quart's ``RESPONSE_TIMEOUT`` (its 60 s default silently
 truncates long streams).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from quart import Response
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from .relay import Exchange, relay
-
 
 class ProxyResponse(Response):
-    """A response whose body is a relayed upstream exchange."""
+    """A response that writes itself: ``serve(send)`` sends every ASGI message (a relayed
+    upstream exchange, the status feed)."""
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, serve: Callable[[Any], Awaitable[None]]) -> None:
         super().__init__(b"")
-        self.exchange = exchange
+        self.serve = serve
 
 
 class GatewayHTTPConnection(TrioASGIHTTPConnection):
@@ -34,7 +35,7 @@ class GatewayHTTPConnection(TrioASGIHTTPConnection):
     ) -> None:
         response = await self.app.handle_request(request)
         if isinstance(response, ProxyResponse):
-            await relay(send, response.exchange)
+            await response.serve(send)
         else:
             await self._send_response(send, response)
         nursery.cancel_scope.cancel()

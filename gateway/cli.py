@@ -12,6 +12,7 @@ import trio
 
 from .config import load_config
 from .errors import ConfigError
+from .logs import LogFormat, configure_logging
 from .registry import load_registry, settings_fields
 
 DEFAULT_CONFIG = "gateway.toml"
@@ -48,15 +49,18 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve(config_path: Path, bind: str | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Access logs are JSON lines either way.",
+)
+def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFormat) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain gracefully."""
     from .server import serve_gateway
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(log_level, log_format)
     for broken in load_registry().broken:
         logging.getLogger("gateway").warning(
             "backend plugin %s (%s) not loaded: %s", broken.name, broken.distribution, broken.reason

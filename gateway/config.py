@@ -37,6 +37,7 @@ class ServerSettings(_Settings):
     bind: str = "127.0.0.1:8080"
     graceful_timeout: float = Field(60.0, ge=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    status_page: bool = Field(True, description="serve the live status page at GET /")
 
     @field_validator("bind")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,22 +11,47 @@ import trio
 from .errors import GatewayError
 
 Phase = Literal["queued", "connecting", "prefill", "streaming", "finishing"]
+Outcome = Literal[
+    "completed", "client_gone", "upstream_error", "timeout", "rejected", "shutdown", "error"
+]
 
 
 @dataclass(eq=False, slots=True)
 class InFlight:
-    """One relayed request. ``scope`` wraps its upstream exchange; :meth:`abort` cancels
-    it and leaves ``abort_error`` for the relay to report to the client."""
+    """One relayed request, and the record of how it went (for metrics, the access log and
+    the status page). ``scope`` wraps its upstream exchange; :meth:`abort` cancels it and
+    leaves ``abort_error`` for the relay to report to the client. Times are trio's clock."""
 
     request_id: str
     route: str
     backend: str
     stream: bool
     started_at: float
+    endpoint: str = ""
+    model: str = ""
     phase: Phase = "connecting"
     heartbeats: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     abort_error: GatewayError | None = None
+    on_heartbeat: Callable[[InFlight], None] | None = None
+    # The record, filled in as the request goes:
+    status: int | None = None
+    outcome: Outcome | None = None
+    disconnect_phase: Phase | None = None
+    first_byte_at: float | None = None  # first upstream body byte
+    first_token_at: float | None = None  # first upstream data event written to the client
+    upstream_seconds: float = 0.0  # time inside backends' open_response, all attempts
+    queue_seconds: float = 0.0
+    bytes_out: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempts: tuple[str, ...] = ()
+    ended_at: float | None = None
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
+        if self.on_heartbeat is not None:
+            self.on_heartbeat(self)
 
     def abort(self, error: GatewayError) -> None:
         if self.abort_error is None:

@@ -20,6 +20,7 @@ instead, and the client is told why.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,14 +33,18 @@ from .config import KeepaliveSettings
 from .errors import (
     GatewayError,
     NoBackendAvailable,
+    Overloaded,
+    ShuttingDown,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     error_event,
     error_json,
 )
-from .inflight import InFlight, InFlightTable
+from .inflight import InFlight, InFlightTable, Outcome
 from .service import Upstream
 from .sse import SSEFramer
+from .telemetry import Telemetry
 from .timers import HeartbeatClock, UpstreamClock
 from .writer import (
     ClientGone,
@@ -75,9 +80,12 @@ class Exchange:
     route: str
     keepalive: KeepaliveSettings
     inflight: InFlightTable
+    endpoint: str = ""
+    model: str = ""  # as the client asked
     max_attempts: int = 1
     failover_deadline: float | None = None
     extra_headers: Headers = ()
+    telemetry: Telemetry | None = None
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -104,8 +112,14 @@ async def relay(send: object, exchange: Exchange) -> None:
         backend="",
         stream=stream,
         started_at=now,
+        endpoint=exchange.endpoint,
+        model=exchange.model,
     )
     exchange.inflight.add(entry)
+    telemetry = exchange.telemetry
+    if telemetry is not None:
+        telemetry.on_start(entry)
+    error: GatewayError | None = None
     try:
         async with trio.open_nursery() as nursery:
             if keepalive_on:
@@ -118,16 +132,46 @@ async def relay(send: object, exchange: Exchange) -> None:
                 nursery.start_soon(heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit)
             error = await _run(exchange, writer, entry)
             nursery.cancel_scope.cancel()
+        phase_at_end = entry.phase
         entry.phase = "finishing"
         if writer.gone:
             raise ClientGone
         if error is not None:
             await _report(writer, error, exchange)
+        # Decided before the last write: once the response is complete the server reports
+        # the connection's end, which cancels this task at its next checkpoint.
+        entry.outcome = _outcome_of(error)
+        if entry.outcome == "shutdown":
+            entry.disconnect_phase = phase_at_end
         await writer.end()
     except ClientGone:
         log.info("client gone during %s (request %s)", entry.phase, entry.request_id)
     finally:
+        # No outcome yet: the client went away (a refused write, or cancellation).
+        if entry.outcome is None:
+            entry.outcome = "client_gone"
+            entry.disconnect_phase = entry.disconnect_phase or entry.phase
+        entry.ended_at = trio.current_time()
+        entry.status = writer.status
+        entry.bytes_out = writer.bytes_sent
+        entry.attempts = tuple(exchange.log)
         exchange.inflight.discard(entry)
+        if telemetry is not None:
+            telemetry.on_finish(entry)
+
+
+def _outcome_of(error: GatewayError | None) -> Outcome:
+    if error is None:
+        return "completed"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, ShuttingDown):
+        return "shutdown"
+    if isinstance(error, (Overloaded, NoBackendAvailable)):
+        return "rejected"
+    if isinstance(error, UpstreamError):
+        return "upstream_error"
+    return "error"
 
 
 async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> GatewayError | None:
@@ -135,7 +179,7 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
     try:
         with entry.scope:
             return await _attempts(exchange, writer, entry)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- a backend bug still gets an answer
         if writer.gone:
             return None  # nobody to tell
         return _as_gateway_error(exc, entry)
@@ -170,8 +214,12 @@ async def _attempts(
             if counts_against_backend(exc) and upstream.breaker.on_failure(trio.current_time()):
                 log.warning("backend %s ejected after %d failures", upstream.id,
                             upstream.breaker.failures)
+                if exchange.telemetry is not None:
+                    exchange.telemetry.on_ejection(upstream.id)
             if writer.data_sent or not is_retryable(exc):
                 return exc
+            if exchange.telemetry is not None:
+                exchange.telemetry.on_failover(entry, upstream.id)
             log.info("attempt %d on %s failed (%s), trying the next target",
                      number + 1, upstream.id, exc.message)
             continue
@@ -187,15 +235,36 @@ def _outcome(error: GatewayError) -> str:
 async def _attempt(
     attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
 ) -> None:
-    def queued() -> None:
-        entry.phase = "queued"
+    queued_at: float | None = None
 
-    async with attempt.upstream.admission.slot(on_wait=queued):
-        entry.phase = "connecting"
+    def queued() -> None:
+        nonlocal queued_at
+        entry.phase = "queued"
+        queued_at = trio.current_time()
+
+    try:
+        async with attempt.upstream.admission.slot(on_wait=queued):
+            if queued_at is not None:
+                entry.queue_seconds += trio.current_time() - queued_at
+                queued_at = None
+            await _attempt_upstream(attempt, exchange, writer, entry)
+    finally:
+        if queued_at is not None:  # left the queue without a slot
+            entry.queue_seconds += trio.current_time() - queued_at
+
+
+async def _attempt_upstream(
+    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
+) -> None:
+    entry.phase = "connecting"
+    started = trio.current_time()
+    try:
         if exchange.stream:
             await _relay_stream(attempt, exchange, writer, entry)
         else:
             await _relay_unary(attempt, exchange, writer, entry)
+    finally:
+        entry.upstream_seconds += trio.current_time() - started
 
 
 def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
@@ -252,8 +321,11 @@ async def _relay_stream(
             exchange.log.append(f"{attempt.upstream.id}=ok")
             await writer.start(200, sse_headers(exchange.headers()))
             async for chunk in response.body:
-                clock.note_bytes(trio.current_time())
+                now = trio.current_time()
+                clock.note_bytes(now)
                 timer.deadline = clock.deadline
+                if entry.first_byte_at is None:
+                    entry.first_byte_at = now
                 events = framer.feed(chunk)
                 if events:
                     saw_done = saw_done or any(e.is_done for e in events)
@@ -261,6 +333,10 @@ async def _relay_stream(
                     if not writer.data_sent and any(e.is_data for e in events):
                         writer.data_sent = True
                         entry.phase = "streaming"
+                        entry.first_token_at = trio.current_time()
+                    for event in events:
+                        if event.data is not None and '"usage"' in event.data:
+                            _note_usage(entry, event.data)
                 if framer.pending_bytes > MAX_EVENT_BYTES:
                     raise UpstreamProtocolError(
                         f"upstream sent {framer.pending_bytes} bytes without ending an SSE event"
@@ -283,16 +359,36 @@ async def _relay_unary(
         async with backend.open_response(attempt.request) as response:
             entry.phase = "prefill"
             async for chunk in response.body:
-                clock.note_bytes(trio.current_time())
+                now = trio.current_time()
+                clock.note_bytes(now)
                 timer.deadline = clock.deadline
+                if entry.first_byte_at is None:
+                    entry.first_byte_at = now
                 parts.append(chunk)
             status, content_type = response.status, response.content_type
     if timer.cancelled_caught:
         raise _timeout_error(clock)
     writer.data_sent = True
     exchange.log.append(f"{attempt.upstream.id}=ok")
+    body = b"".join(parts)
+    if b'"usage"' in body:
+        _note_usage(entry, body)
     await writer.start(status, json_headers(exchange.headers(), content_type))
-    await writer.write(b"".join(parts))
+    await writer.write(body)
+
+
+def _note_usage(entry: InFlight, document: str | bytes) -> None:
+    """Take token counts from an OpenAI ``usage`` object, if the document has one."""
+    try:
+        usage = json.loads(document).get("usage")
+    except (ValueError, AttributeError):
+        return
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            entry.prompt_tokens = prompt
+        if isinstance(completion, int):
+            entry.completion_tokens = completion
 
 
 def _check_content_type(response: UpstreamResponse, expected: str) -> None:

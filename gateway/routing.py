@@ -20,6 +20,10 @@ class Router:
         self._exact = {name: route for route in routes for name in route.public_names}
         self._patterns = [(p, route) for route in routes for p in route.settings.match]
 
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self._routes
+
     def resolve(self, model: str) -> Route | None:
         route = self._exact.get(model)
         if route is not None:

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .inflight import InFlightTable
 from .registry import Registry, load_registry
 from .routing import Router
+from .telemetry import Telemetry
 
 log = logging.getLogger("gateway")
 
@@ -58,6 +59,7 @@ class Gateway:
     upstreams: Mapping[str, Upstream]
     router: Router
     inflight: InFlightTable = field(default_factory=InFlightTable)
+    telemetry: Telemetry = field(default_factory=Telemetry)
     draining: bool = False
     _turns: dict[str, int] = field(default_factory=dict)
 
@@ -103,4 +105,6 @@ async def open_gateway(
             b.id: Upstream(b, Admission(b.id, b.settings.admission), Breaker(b.settings.ejection))
             for b in backends.values()
         }
-        yield Gateway(config, upstreams, Router(config.routes))
+        gateway = Gateway(config, upstreams, Router(config.routes))
+        gateway.telemetry.attach(gateway)
+        yield gateway

@@ -22,8 +22,8 @@ class ResponseWriter:
     lock, so the relay and the heartbeat never interleave inside a write. ``clock``, when
     there is one, learns of every write, so heartbeats fill only real silence."""
 
-    __slots__ = ("_lock", "_send", "_started_event", "clock", "data_sent", "finished", "gone",
-                 "started")
+    __slots__ = ("_lock", "_send", "_started_event", "bytes_sent", "clock", "data_sent",
+                 "finished", "gone", "started", "status")
 
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send
@@ -34,8 +34,13 @@ class ResponseWriter:
         self.data_sent = False  # an upstream data event reached the client: no failover now
         self.finished = False
         self.gone = False
+        self.status: int | None = None
+        self.bytes_sent = 0
 
     async def _asgi(self, message: dict[str, object]) -> None:
+        body = message.get("body")
+        if isinstance(body, bytes):
+            self.bytes_sent += len(body)
         try:
             await self._send(message)  # type: ignore[operator]
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -46,6 +51,7 @@ class ResponseWriter:
 
     async def _start_locked(self, status: int, headers: Headers) -> None:
         await self._asgi({"type": "http.response.start", "status": status, "headers": list(headers)})
+        self.status = status
         self.started = True
         self._started_event.set()
 
@@ -121,7 +127,7 @@ async def heartbeat(
             entry.scope.cancel()
             return
         if written:
-            entry.heartbeats += 1
+            entry.heartbeat()
 
 
 def sse_headers(extra: Headers) -> list[tuple[bytes, bytes]]:

@@ -246,11 +246,17 @@ async def test_least_busy_spreads_by_reported_load(nursery: trio.Nursery) -> Non
     gw.upstreams["a"].backend.status = BackendStatus(health="ready", running=30)
     gw.upstreams["b"].backend.status = BackendStatus(health="ready", running=0)
     limits = httpx.Limits(max_connections=100)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         async with trio.open_nursery() as inner:
+            # Prefills outlast the test: every request is still running when the last one
+            # is placed, however slowly a loaded machine sends them.
             for _ in range(100):
                 inner.start_soon(partial(client.post, "/v1/chat/completions",
-                                         json={**CHAT, "stream": False, "fake": {"prefill": 1.0}}))
+                                         json={**CHAT, "stream": False, "fake": {"prefill": 60}}))
+            with trio.fail_after(30):
+                while len(a.requests) + len(b.requests) < 100:
+                    await trio.sleep(0.01)
+            inner.cancel_scope.cancel()
     # b takes the first 30 alone, then both share: 35 / 65 expected (round-robin: 50 / 50).
     assert len(a.requests) + len(b.requests) == 100
     assert 30 <= len(a.requests) <= 40

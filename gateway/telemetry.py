@@ -1,0 +1,235 @@
+"""Prometheus metrics and the access log: what every request did, in one place.
+
+Metric names follow Prometheus conventions (``trio_gateway_`` prefix, ``_total`` counters,
+``_seconds`` histograms, base units). Labels are route, backend, endpoint, status, outcome
+and phase — names from the config and small fixed sets, never request ids, keys or the
+client's model string — so their cardinality is bounded whatever clients send. A request
+for an unknown model is counted under ``route=""``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .inflight import InFlight
+
+if TYPE_CHECKING:
+    from .service import Gateway
+
+access_log = logging.getLogger("gateway.access")
+
+# `_created` timestamps double every series and say nothing an operator needs here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class Telemetry:
+    """The gateway's metrics, in a registry of its own (one per gateway instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "trio_gateway_requests", "Requests answered, by final status and outcome.",
+            ["route", "backend", "endpoint", "status", "outcome"], registry=r,
+        )
+        self.streams_active = Gauge(
+            "trio_gateway_streams_active", "Streaming requests in flight.", ["route"], registry=r
+        )
+        self.first_byte = Histogram(
+            "trio_gateway_upstream_first_byte_seconds",
+            "From request to the first upstream body byte.", ["route", "backend"],
+            buckets=_LATENCY, registry=r,
+        )
+        self.first_token = Histogram(
+            "trio_gateway_first_token_seconds",
+            "From request to the first data event written to the client (streams).",
+            ["route", "backend"], buckets=_LATENCY, registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "trio_gateway_upstream_duration_seconds", "Time spent in upstream exchanges.",
+            ["route", "backend"], buckets=_LATENCY, registry=r,
+        )
+        self.overhead = Histogram(
+            "trio_gateway_overhead_seconds",
+            "The gateway's own time per request: total less upstream and queue time.",
+            ["route"], buckets=_OVERHEAD, registry=r,
+        )
+        self.tokens = Counter(
+            "trio_gateway_tokens", "Tokens reported by upstream usage.",
+            ["route", "backend", "kind"], registry=r,
+        )
+        self.heartbeats = Counter(
+            "trio_gateway_heartbeats", "Heartbeats written to clients.", ["route"], registry=r
+        )
+        self.disconnects = Counter(
+            "trio_gateway_client_disconnects", "Clients that went away, by the phase they were in.",
+            ["route", "phase"], registry=r,
+        )
+        self.cancellations = Counter(
+            "trio_gateway_upstream_cancellations",
+            "Upstream requests closed early because the client went away or shutdown.",
+            ["route", "backend"], registry=r,
+        )
+        self.failovers = Counter(
+            "trio_gateway_failovers", "Attempts that failed and moved on to the next target.",
+            ["route", "backend"], registry=r,
+        )
+        self.ejections = Counter(
+            "trio_gateway_ejections", "Backends taken out of rotation by passive health.",
+            ["backend"], registry=r,
+        )
+        self.queue_wait = Histogram(
+            "trio_gateway_queue_wait_seconds", "Time requests waited for a backend slot.",
+            ["backend"], buckets=_LATENCY, registry=r,
+        )
+
+    def attach(self, gateway: Gateway) -> None:
+        """Expose the gateway's live state (queues, backend health and load) at scrape time."""
+        self.registry.register(_StateCollector(gateway))
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # Hooks called by the relay.
+
+    def on_start(self, entry: InFlight) -> None:
+        if entry.stream:
+            self.streams_active.labels(entry.route).inc()
+        entry.on_heartbeat = self._count_heartbeat
+
+    def _count_heartbeat(self, entry: InFlight) -> None:
+        self.heartbeats.labels(entry.route).inc()
+
+    def on_failover(self, entry: InFlight, backend: str) -> None:
+        self.failovers.labels(entry.route, backend).inc()
+
+    def on_ejection(self, backend: str) -> None:
+        self.ejections.labels(backend).inc()
+
+    def on_finish(self, entry: InFlight) -> None:
+        """Count a finished relayed request and write its access-log line."""
+        route, backend = entry.route, entry.backend
+        if entry.stream:
+            self.streams_active.labels(route).dec()
+        status = str(entry.status) if entry.status is not None else "499"
+        self.requests.labels(route, backend, entry.endpoint, status, entry.outcome or "error").inc()
+        if entry.first_byte_at is not None:
+            self.first_byte.labels(route, backend).observe(entry.first_byte_at - entry.started_at)
+        if entry.first_token_at is not None and entry.stream:
+            self.first_token.labels(route, backend).observe(entry.first_token_at - entry.started_at)
+        if entry.upstream_seconds:
+            self.upstream_duration.labels(route, backend).observe(entry.upstream_seconds)
+        if entry.queue_seconds:
+            self.queue_wait.labels(backend).observe(entry.queue_seconds)
+        if entry.ended_at is not None:
+            total = entry.ended_at - entry.started_at
+            self.overhead.labels(route).observe(
+                max(0.0, total - entry.upstream_seconds - entry.queue_seconds)
+            )
+        if entry.prompt_tokens:
+            self.tokens.labels(route, backend, "prompt").inc(entry.prompt_tokens)
+        if entry.completion_tokens:
+            self.tokens.labels(route, backend, "completion").inc(entry.completion_tokens)
+        if entry.outcome == "client_gone":
+            self.disconnects.labels(route, entry.disconnect_phase or "unknown").inc()
+        if entry.outcome in ("client_gone", "shutdown") and entry.disconnect_phase in (
+            "connecting", "prefill", "streaming"
+        ):
+            self.cancellations.labels(route, backend).inc()
+        write_access_log(_entry_fields(entry))
+
+    def on_answered(
+        self, *, route: str, endpoint: str, status: int, fields: Mapping[str, Any]
+    ) -> None:
+        """Count a request the gateway answered itself (bad input, unknown model, model
+        list, health...) and write its access-log line."""
+        outcome = "completed" if status < 400 else "rejected"
+        self.requests.labels(route, "", endpoint, str(status), outcome).inc()
+        write_access_log({**fields, "route": route, "status": status, "outcome": outcome})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _entry_fields(entry: InFlight) -> dict[str, Any]:
+    end = entry.ended_at if entry.ended_at is not None else entry.started_at
+    return {
+        "request_id": entry.request_id,
+        "route": entry.route,
+        "backend": entry.backend,
+        "endpoint": entry.endpoint,
+        "model": entry.model,
+        "status": entry.status if entry.status is not None else 499,
+        "stream": entry.stream,
+        "outcome": entry.outcome,
+        "phase": entry.disconnect_phase,
+        "ttft_ms": _ms(None if entry.first_token_at is None else entry.first_token_at - entry.started_at),
+        "duration_ms": _ms(end - entry.started_at),
+        "bytes": entry.bytes_out,
+        "heartbeats": entry.heartbeats,
+        "attempts": list(entry.attempts),
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+    }
+
+
+def write_access_log(fields: Mapping[str, Any]) -> None:
+    """One JSON line per request. Carries no headers and no body: nothing secret."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))
+
+
+class _StateCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self._gateway
+        depth = GaugeMetricFamily("trio_gateway_queue_depth", "Requests waiting for a slot.",
+                                  labels=["backend"])
+        in_flight = GaugeMetricFamily("trio_gateway_backend_in_flight",
+                                      "Requests the gateway has at the backend.", labels=["backend"])
+        ready = GaugeMetricFamily("trio_gateway_backend_ready",
+                                  "1 when the backend is ready by its own health.", labels=["backend"])
+        ejected = GaugeMetricFamily("trio_gateway_backend_ejected",
+                                    "1 while passive health keeps the backend out.", labels=["backend"])
+        running = GaugeMetricFamily("trio_gateway_backend_reported_running",
+                                    "Requests the backend reports running.", labels=["backend"])
+        waiting = GaugeMetricFamily("trio_gateway_backend_reported_waiting",
+                                    "Requests the backend reports waiting.", labels=["backend"])
+        cache = GaugeMetricFamily("trio_gateway_backend_cache_usage_ratio",
+                                  "KV-cache usage the backend reports, 0..1.", labels=["backend"])
+        now = trio.current_time()
+        for id, up in gw.upstreams.items():
+            status = up.backend.status
+            depth.add_metric([id], up.admission.queued)
+            in_flight.add_metric([id], up.admission.in_flight)
+            ready.add_metric([id], 1.0 if status.ready else 0.0)
+            ejected.add_metric([id], 1.0 if up.breaker.state(now) == "open" else 0.0)
+            if status.running is not None:
+                running.add_metric([id], status.running)
+            if status.queued is not None:
+                waiting.add_metric([id], status.queued)
+            if status.cache_usage is not None:
+                cache.add_metric([id], status.cache_usage)
+        yield from (depth, in_flight, ready, ejected, running, waiting, cache)
