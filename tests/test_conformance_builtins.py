@@ -1,7 +1,7 @@
 """Every built-in backend passes the conformance suite of :mod:`gateway.testing.conformance`,
-against the upstream it really talks to: the scripted fake OpenAI server for ``openai``, the
-protocol-faithful fake vLLM for ``vllm``, the real gemma 3 270M model for
-``llamacpp-python``."""
+against the upstream it talks to: the scripted fake OpenAI server for ``openai`` and for
+``llamacpp`` in remote mode (llama-server's OpenAI-compatible API), the protocol-faithful fake
+vLLM for ``vllm``, the real gemma 3 270M model for ``llamacpp-python``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import trio
 
+from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp_python import LlamaCppPythonBackend
 from backends.openai import OpenAIBackend
 from backends.vllm import VLLMBackend
@@ -20,6 +21,24 @@ from gateway.testing.conformance import BackendConformance, Case, CaseName, Scri
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.fake_vllm import FakeVLLM
 from gateway.testing.serving import unused_port
+
+
+def fake_openai_script(case: Case, *, unreachable: str) -> Script:
+    """The fake OpenAI upstream's script for ``case`` (it reads it from the body)."""
+    if case.name == "connect_error":
+        return Script(settings={"url": unreachable})
+    if case.name == "error_status":
+        return Script(body={"fake": {"status": 429, "message": "slow down"}}, status=429)
+    scripts: dict[str, dict[str, Any]] = {
+        "answer": {"tokens": 4},
+        "error_mid_stream": {"tokens": 6, "fault": "reset_mid_stream"},
+        "stall": {"tokens": 6, "fault": "stall"},
+        "gap": {"tokens": 4, "gap_at": 2, "gap": case.seconds},
+        "hang_before_headers": {"headers_delay": 3600},
+        "hang_after_headers": {"prefill": 3600},
+        "endless": {"tokens": 20_000, "pace": 0.005},  # 100 s
+    }
+    return Script(body={"fake": scripts[case.name]})
 
 
 class TestOpenAI(BackendConformance):
@@ -36,20 +55,7 @@ class TestOpenAI(BackendConformance):
         return {"url": upstream.url}
 
     def script(self, upstream: FakeOpenAI, case: Case) -> Script:
-        if case.name == "connect_error":
-            return Script(settings={"url": f"http://127.0.0.1:{unused_port()}/v1"})
-        if case.name == "error_status":
-            return Script(body={"fake": {"status": 429, "message": "slow down"}}, status=429)
-        scripts: dict[str, dict[str, Any]] = {
-            "answer": {"tokens": 4},
-            "error_mid_stream": {"tokens": 6, "fault": "reset_mid_stream"},
-            "stall": {"tokens": 6, "fault": "stall"},
-            "gap": {"tokens": 4, "gap_at": 2, "gap": case.seconds},
-            "hang_before_headers": {"headers_delay": 3600},
-            "hang_after_headers": {"prefill": 3600},
-            "endless": {"tokens": 20_000, "pace": 0.005},  # 100 s
-        }
-        return Script(body={"fake": scripts[case.name]})
+        return fake_openai_script(case, unreachable=f"http://127.0.0.1:{unused_port()}/v1")
 
     def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
         return upstream.active
@@ -60,6 +66,34 @@ class TestOpenAI(BackendConformance):
             ({"max_connections": 0}, "max_connections"),
             ({"timeouts": {"connect": -1}}, "timeouts.connect"),
         ]
+
+
+class TestLlamaCpp(BackendConformance):
+    """``llamacpp`` in remote mode: its data path is llama-server's OpenAI-compatible API,
+    served here by the scripted fake (the fake answers the health probe with 200, so the
+    backend is ready, and has no slot figures, so the slot gate lets every request pass).
+    The real llama-server is covered by tests/backends/test_llamacpp_*.py."""
+
+    type_name = "llamacpp"
+    backend_class = LlamaCppBackend
+
+    @pytest.fixture
+    async def upstream(self, nursery: trio.Nursery) -> FakeOpenAI:
+        fake = FakeOpenAI()
+        await nursery.start(fake.serve)
+        return fake
+
+    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
+        return {"url": upstream.url.removesuffix("/v1"), "poll_interval": 0.5}
+
+    def script(self, upstream: FakeOpenAI, case: Case) -> Script:
+        return fake_openai_script(case, unreachable=f"http://127.0.0.1:{unused_port()}")
+
+    def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
+        return upstream.active
+
+    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
+        return [({"url": "ftp://example.com"}, "url"), ({"port": 70000}, "port")]
 
 
 class TestVLLM(BackendConformance):
