@@ -224,14 +224,30 @@ def loadgen(cpus: set[int], server: Server, scenario: str, *args: str,
         cmd += ["--pid", str(server.pid)]
     if server.name == "upstream":
         cmd += ["--path", "/v1/chat/completions"]
-    done = subprocess.run(
-        cmd, capture_output=True, timeout=timeout, check=False,
-        preexec_fn=_preexec(cpus),
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen {scenario} failed: {done.stderr.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, timeout=timeout, check=False,
+            preexec_fn=_preexec(cpus),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.decode()[-1000:]}")
+        result: dict[str, Any] = json.loads(done.stdout)
+    except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+        # One broken measurement must not lose the run: record it and go on.
+        log(f"  loadgen {scenario} on {server.name} failed: {exc}")
+        return _failed(scenario, str(exc))
     return result
+
+
+def _failed(scenario: str, error: str) -> dict[str, Any]:
+    """A result of the usual shape with no numbers, for a measurement that broke."""
+    empty = {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    return {
+        "scenario": scenario, "error": error[:2000], "errors": {"harness: " + error[:100]: 1},
+        "requests": 0, "ok": 0, "rps": None, "latency_ms": empty, "streams": 0,
+        "ttft_ms": empty, "inter_chunk_ms": empty, "coalesced": 0, "missing": 0,
+        "reordered": 0, "incomplete": 0, "failed": 1, "passed": False, "max_silence_ms": None,
+    }
 
 
 # ------------------------------------------------------------------ scenarios
@@ -521,6 +537,7 @@ def main() -> None:
                 result["load_average"] = load_average()
                 hints[name] = result["sustain_max"] or None
                 raw["runs"][name].append(result)
+                (workdir / "partial.json").write_text(json.dumps(raw))
         for name in targets:
             if name != "direct":
                 servers[name].stop()
@@ -529,7 +546,13 @@ def main() -> None:
             for repeat in range(plan.idle_repeats):
                 log(f"idle streams {repeat + 1}/{plan.idle_repeats}: {plan.idle_streams} streams, "
                     f"{plan.idle_prefill} s prefill (load {load_average()})")
-                r = run_idle(server_cpus, load_cpus, workdir, upstream, plan)
+                try:
+                    r = run_idle(server_cpus, load_cpus, workdir, upstream, plan)
+                except RuntimeError as exc:  # the gateway did not start
+                    log(f"  idle run failed: {exc}")
+                    continue
+                if "error" in r:
+                    continue
                 log(f"  idle: lateness p99 {r['lateness_ms']['p99']} ms, "
                     f"server {r.get('server')}, opened in {r['opened_in_s']} s")
                 raw["idle"].append(r)

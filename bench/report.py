@@ -197,7 +197,7 @@ def plot(raw: dict[str, Any], path: Path) -> None:
            title="5. non-streaming throughput")
     ax.legend(fontsize=8)
     ax = axes[1][0]
-    width = 0.2
+    width = 0.8 / len(targets)
     metrics = [("ttft_p50", "TTFT p50"), ("ttft_p99", "TTFT p99"),
                ("inter_p99", "inter-chunk p99 − 20")]
     for i, t in enumerate(targets):
