@@ -125,7 +125,8 @@ def test_a_line_that_is_not_json_is_a_protocol_error() -> None:
 def test_a_whole_answer() -> None:
     doc = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": True,
            "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 1}
-    raw = whole_answer("chat/completions", doc, id="chatcmpl-1", created=0)
+    raw = whole_answer("chat/completions", json.dumps(doc, indent=2).encode(), id="chatcmpl-1",
+                       created=0)
     answer = check_unary("chat/completions", raw, usage=True)
     assert (answer.text, answer.usage) == ("Hi", {"prompt_tokens": 3, "completion_tokens": 1,
                                                   "total_tokens": 4})

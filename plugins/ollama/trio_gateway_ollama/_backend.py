@@ -106,10 +106,8 @@ class OllamaBackend(Backend):
         )
         created = int(time.time())
         if not request.stream:
-            doc = NDJSONDecoder().feed(await self._read(response) + b"\n")
-            if len(doc) != 1:
-                raise UpstreamProtocolError(f"ollama answered with {len(doc)} JSON objects")
-            yield whole_answer(request.endpoint, doc[0], id=answer_id, created=created)
+            body = await self._read(response)
+            yield whole_answer(request.endpoint, body, id=answer_id, created=created)
             return
         decoder = NDJSONDecoder()
         translator = StreamTranslator(

@@ -236,9 +236,10 @@ def _piece(doc: Mapping[str, Any], chat: bool) -> str:
     return content if isinstance(content, str) else ""
 
 
-def whole_answer(endpoint: Endpoint, doc: Mapping[str, Any], *, id: str, created: int) -> bytes:
-    """Ollama's non-streamed answer as OpenAI's. Raises UpstreamError for an error object
-    and UpstreamProtocolError for an unfinished one."""
+def whole_answer(endpoint: Endpoint, body: bytes, *, id: str, created: int) -> bytes:
+    """Ollama's non-streamed answer (one JSON object) as OpenAI's. Raises UpstreamError for
+    an error object and UpstreamProtocolError for anything else that is not an answer."""
+    doc = _object(body)
     error = _error(doc)
     if error is not None:
         raise error
