@@ -153,7 +153,10 @@ async def test_ejection_and_recovery(nursery: trio.Nursery) -> None:
         assert ready.status_code == 200  # the route still has a ready target
 
         restarted, _ = await start_fake(nursery, port)  # back on the same port
-        await trio.sleep(0.6)  # the cool-down
+        breaker = gw.upstreams["flaky"].breaker
+        with trio.fail_after(5):  # the 0.5 s cool-down runs out
+            while breaker.state(trio.current_time()) == "open":
+                await trio.sleep(0.01)
         assert await attempts() == "flaky=ok"  # the half-open trial succeeds
         assert await attempts() == "flaky=ok"  # and it is back in rotation
     assert len(restarted.requests) == 2
