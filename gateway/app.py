@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -33,6 +34,8 @@ from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
 from .status import page_html, serve_feed
+from .teams import Admission, Identity
+from .teams.usage import parse_since
 
 log = logging.getLogger("gateway.app")
 
@@ -48,6 +51,7 @@ _ENDPOINTS = {
     "/metrics": "metrics",
     "/": "status",
     "/status/events": "status",
+    "/admin/usage": "admin",
 }
 
 
@@ -149,6 +153,23 @@ def create_app(gateway: Gateway) -> QuartTrio:
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.traceparent = _traceparent(request.headers.get("traceparent", ""), g.request_id)
 
+    teams = gateway.teams if gateway.teams is not None and gateway.teams.enabled else None
+
+    if teams is not None:
+
+        @app.before_request
+        async def _authenticate() -> None:
+            """Every API path needs a team's key; the status page and /admin the admin
+            key. Health and metrics stay open for probes and scrapers."""
+            path = request.path
+            if path.startswith("/v1/") or path == "/v1":
+                identity = teams.authenticate(request.headers)
+                g.identity = identity
+            elif path in ("/", "/status/events"):
+                teams.authenticate_admin(request.headers, browser=True)
+            elif path.startswith("/admin/"):
+                teams.authenticate_admin(request.headers)
+
     @app.after_request
     async def _finish(response: Response) -> Response:
         """Ids on every response the gateway answers itself; relayed ones do their own."""
@@ -166,6 +187,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
                 "path": request.path,
                 "model": g.get("model"),
                 "duration_ms": round((trio.current_time() - g.started) * 1000, 3),
+                **_identity_fields(g.get("identity")),
             },
         )
         return response
@@ -194,6 +216,17 @@ def create_app(gateway: Gateway) -> QuartTrio:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         g.route = route.name
         body = apply_policy(body, route)
+        identity: Identity | None = g.get("identity")
+        admission: Admission | None = None
+        hide_usage = False
+        if teams is not None and identity is not None:
+            teams.authorize(identity, route, model)
+            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
+            if stream and endpoint != "embeddings":
+                body, hide_usage = _ask_for_usage(body)
+        limit_headers = tuple(
+            (k.encode(), v.encode()) for k, v in (admission.headers if admission else {}).items()
+        )
         request_id: str = g.request_id
         traceparent: str = g.traceparent
         upstream_headers = {"x-request-id": request_id, "traceparent": traceparent}
@@ -225,12 +258,26 @@ def create_app(gateway: Gateway) -> QuartTrio:
             extra_headers=(
                 (b"x-request-id", request_id.encode()),
                 (b"traceparent", traceparent.encode()),
+                *limit_headers,
             ),
             endpoint=endpoint,
             model=model,
             telemetry=gateway.telemetry,
+            team=identity.team if identity else "",
+            key_id=identity.key_id if identity else "",
+            hide_usage=hide_usage,
+            on_finish=admission.finish if admission else None,
         )
-        return ProxyResponse(partial(relay, exchange=exchange))
+        if admission is None:
+            return ProxyResponse(partial(relay, exchange=exchange))
+
+        async def serve_admitted(send: Any) -> None:
+            try:
+                await relay(send, exchange)
+            finally:  # the relay never ran (client gone first): free the slot anyway
+                admission.finish()
+
+        return ProxyResponse(serve_admitted)
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
@@ -244,14 +291,26 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def embeddings() -> Response:
         return await proxy("embeddings")
 
+    def visible_models() -> list[str]:
+        """The model names the caller may use (all of them with auth off)."""
+        identity: Identity | None = g.get("identity")
+        if teams is None or identity is None:
+            return gateway.router.public_models()
+        return [
+            name
+            for route in gateway.router.routes
+            if teams.may_use(identity.team, route)
+            for name in route.public_names
+        ]
+
     @app.get("/v1/models")
     async def list_models() -> Response:
-        data = [_model_card(name) for name in gateway.router.public_models()]
+        data = [_model_card(name) for name in visible_models()]
         return _json_response({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model>")
     async def get_model(model: str) -> Response:
-        if model not in gateway.router.public_models():
+        if model not in visible_models():
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         return _json_response(_model_card(model))
 
@@ -287,6 +346,21 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
             return ProxyResponse(serve)
 
+    if teams is not None:
+
+        @app.get("/admin/usage")
+        async def admin_usage() -> Response:
+            """Usage per team, route and backend: ``?team=NAME&since=24h`` (both optional)."""
+            since_arg = request.args.get("since")
+            try:
+                since = parse_since(since_arg, now=time.time()) if since_arg else None
+            except ValueError as error:
+                raise InvalidRequest(str(error), param="since") from None
+            rows = await teams.usage(team=request.args.get("team") or None, since=since)
+            return _json_response(
+                {"object": "list", "since": since, "data": [row.as_json() for row in rows]}
+            )
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json_response({"status": "ok", "in_flight": len(gateway.inflight)})
@@ -313,6 +387,19 @@ def create_app(gateway: Gateway) -> QuartTrio:
         )
 
     return app
+
+
+def _identity_fields(identity: Identity | None) -> dict[str, str]:
+    return {} if identity is None else {"team": identity.team, "key_id": identity.key_id}
+
+
+def _ask_for_usage(body: JSONObject) -> tuple[JSONObject, bool]:
+    """The body with ``stream_options.include_usage`` on (the gateway counts tokens from the
+    usage chunk), and whether the usage chunk must be hidden (the client did not ask)."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    asked = options.get("include_usage") is True
+    return {**body, "stream_options": {**options, "include_usage": True}}, not asked
 
 
 def _model_card(name: str) -> dict[str, Any]:

@@ -116,3 +116,79 @@ def plugins() -> None:
         )
     if registry.broken:
         sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Make and hash team API keys (the config holds only hashes)."""
+
+
+@keys.command("new")
+@click.option("--team", required=True, help="The team the key is for.")
+def keys_new(team: str) -> None:
+    """Print a fresh key (shown once: give it to the team) and the config line."""
+    from .teams.keys import hash_key, new_key
+
+    key = new_key()
+    click.echo(f"key for team {team} (shown once, store it now): {key}")
+    click.echo(f"add its hash to [teams.{team}] keys in gateway.toml:")
+    click.echo(f'keys = ["{hash_key(key)}"]')
+
+
+@keys.command("hash")
+def keys_hash() -> None:
+    """Hash an existing key, read from stdin (never from the command line, where `ps` and
+    shell history would show it)."""
+    from .teams.keys import hash_key
+
+    if sys.stdin.isatty():
+        key = click.prompt("key", hide_input=True, err=True)
+    else:
+        key = sys.stdin.readline().strip()
+    if not key:
+        click.echo("no key given on stdin", err=True)
+        sys.exit(2)
+    click.echo(hash_key(key))
+
+
+@main.command()
+@config_option
+@click.option("--team", help="Only this team.")
+@click.option("--since", help="30m, 2h, 7d ago, or an ISO date/time (UTC).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def usage(config_path: Path, team: str | None, since: str | None, as_json: bool) -> None:
+    """Usage per team, route and backend, from the config's usage database."""
+    import json
+    import time
+
+    from .teams.usage import UsageStore, parse_since
+
+    config = _load_or_exit(config_path)
+    try:
+        since_at = parse_since(since, now=time.time()) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    path = Path(config.usage.database)
+    if not path.exists():
+        click.echo(f"no usage recorded yet ({path} does not exist)", err=True)
+        sys.exit(1)
+    store = UsageStore(path)
+    try:
+        rows = store.query(team=team, since=since_at)
+    finally:
+        store.close()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_json()))
+        return
+    header = ("team", "route", "backend", "requests", "errors", "prompt", "completion",
+              "total", "stream_s")
+    table = [header] + [
+        (r.team, r.route, r.backend, str(r.requests), str(r.errors), str(r.prompt_tokens),
+         str(r.completion_tokens), str(r.total_tokens), f"{r.stream_seconds:.1f}")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(line, widths, strict=True))))

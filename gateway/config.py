@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,14 @@ from pydantic import (
 from .abc import BackendSettings
 from .errors import ConfigError
 from .registry import Registry, load_registry
+from .teams.settings import (
+    AuthSettings,
+    StateSettings,
+    TeamSettings,
+    UsageSettings,
+    check_key_entries,
+    check_team_models,
+)
 
 
 class _Settings(BaseModel):
@@ -114,6 +122,10 @@ class _FileSettings(_Settings):
     server: ServerSettings = ServerSettings()
     backends: dict[str, dict[str, Any]] = {}
     routes: dict[str, RouteSettings] = {}
+    auth: AuthSettings = AuthSettings()
+    teams: dict[str, TeamSettings] = {}
+    state: StateSettings = StateSettings()
+    usage: UsageSettings = UsageSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +144,10 @@ class GatewayConfig:
     server: ServerSettings
     backends: Mapping[str, BackendSettings]
     routes: tuple[Route, ...]
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    teams: Mapping[str, TeamSettings] = field(default_factory=dict)
+    state: StateSettings = field(default_factory=StateSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -179,6 +195,7 @@ def build_config(
 ) -> GatewayConfig:
     """Validate a parsed TOML document. Raises :class:`ConfigError`."""
     registry = registry if registry is not None else load_registry()
+    check_key_entries(raw)
     doc = resolve_env(dict(raw), (), os.environ if environ is None else environ)
     try:
         file = _FileSettings.model_validate(doc)
@@ -219,7 +236,10 @@ def build_config(
                 )
             owner[public] = name
         routes.append(route)
-    return GatewayConfig(file.server, backends, tuple(routes))
+    check_team_models(file.teams, ((r.name, r.public_names) for r in routes))
+    return GatewayConfig(
+        file.server, backends, tuple(routes), file.auth, file.teams, file.state, file.usage
+    )
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -13,6 +13,10 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     ├── NotFound                         404  code=not_found            (unknown path)
     │   └── ModelNotFound                404  code=model_not_found
     ├── MethodNotAllowed                 405  code=method_not_allowed
+    ├── AuthenticationError              401 invalid_request_error code=invalid_api_key
+    ├── PermissionDenied                 403 invalid_request_error code=model_not_allowed
+    ├── RateLimited                      429 requests|tokens code=rate_limit_exceeded,
+    │                                        with Retry-After and x-ratelimit-* headers
     ├── ShuttingDown                     503  code=shutting_down
     ├── Overloaded                       503 (or 429) code=overloaded, with Retry-After
     ├── NoBackendAvailable               503  code=no_backend_available, with Retry-After
@@ -29,6 +33,7 @@ Backends raise :class:`UpstreamError` subclasses; they never build HTTP response
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -89,6 +94,49 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
+
+
+class AuthenticationError(GatewayError):
+    """No API key, or one the gateway does not know. The message never repeats the key."""
+
+    status = 401
+    type = "invalid_request_error"
+    code: str | None = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str | None = "invalid_api_key",
+                 challenge: str = "Bearer") -> None:
+        super().__init__(message)
+        self.code = code
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class PermissionDenied(GatewayError):
+    """A known key asking for something its team may not use."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(GatewayError):
+    """A team's limit is reached. ``type`` is the limit's kind, as OpenAI writes it
+    (``requests`` or ``tokens``); ``limit_headers`` are the ``x-ratelimit-*`` headers."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after: float,
+                 limit_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.type = kind
+        self.retry_after = retry_after
+        self.limit_headers = dict(limit_headers or {})
+
+    def headers(self) -> dict[str, str]:
+        return {**self.limit_headers, "Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class ShuttingDown(GatewayError):

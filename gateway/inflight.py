@@ -29,6 +29,8 @@ class InFlight:
     started_at: float
     endpoint: str = ""
     model: str = ""
+    team: str = ""  # with teams on: the request's team, and its key's fingerprint
+    key_id: str = ""
     phase: Phase = "connecting"
     heartbeats: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .inflight import InFlight, InFlightTable, Outcome
 from .service import Upstream
-from .sse import SSEFramer
+from .sse import SSEEvent, SSEFramer
 from .telemetry import Telemetry
 from .timers import HeartbeatClock, UpstreamClock
 from .writer import (
@@ -86,6 +86,10 @@ class Exchange:
     failover_deadline: float | None = None
     extra_headers: Headers = ()
     telemetry: Telemetry | None = None
+    team: str = ""
+    key_id: str = ""
+    hide_usage: bool = False  # drop usage-only events (the gateway asked for them)
+    on_finish: Callable[[InFlight], None] | None = None
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -114,6 +118,8 @@ async def relay(send: object, exchange: Exchange) -> None:
         started_at=now,
         endpoint=exchange.endpoint,
         model=exchange.model,
+        team=exchange.team,
+        key_id=exchange.key_id,
     )
     exchange.inflight.add(entry)
     telemetry = exchange.telemetry
@@ -158,6 +164,8 @@ async def relay(send: object, exchange: Exchange) -> None:
         exchange.inflight.discard(entry)
         if telemetry is not None:
             telemetry.on_finish(entry)
+        if exchange.on_finish is not None:
+            exchange.on_finish(entry)
 
 
 def _outcome_of(error: GatewayError | None) -> Outcome:
@@ -326,7 +334,9 @@ async def _relay_stream(
                 timer.deadline = clock.deadline
                 if entry.first_byte_at is None:
                     entry.first_byte_at = now
-                events = framer.feed(chunk)
+                events = [
+                    e for e in framer.feed(chunk) if not _take_usage(e, entry, exchange.hide_usage)
+                ]
                 if events:
                     saw_done = saw_done or any(e.is_done for e in events)
                     await writer.write(b"".join(e.raw for e in events))
@@ -334,9 +344,6 @@ async def _relay_stream(
                         writer.data_sent = True
                         entry.phase = "streaming"
                         entry.first_token_at = trio.current_time()
-                    for event in events:
-                        if event.data is not None and '"usage"' in event.data:
-                            _note_usage(entry, event.data)
                 if framer.pending_bytes > MAX_EVENT_BYTES:
                     raise UpstreamProtocolError(
                         f"upstream sent {framer.pending_bytes} bytes without ending an SSE event"
@@ -377,18 +384,30 @@ async def _relay_unary(
     await writer.write(body)
 
 
-def _note_usage(entry: InFlight, document: str | bytes) -> None:
-    """Take token counts from an OpenAI ``usage`` object, if the document has one."""
+def _take_usage(event: SSEEvent, entry: InFlight, hide: bool) -> bool:
+    """Note the event's usage; true when it is a usage-only event that ``hide`` drops."""
+    if event.data is None or '"usage"' not in event.data:
+        return False
+    return _note_usage(entry, event.data) and hide
+
+
+def _note_usage(entry: InFlight, document: str | bytes) -> bool:
+    """Take token counts from an OpenAI ``usage`` object, if the document has one. True
+    when the document is a usage-only chunk (``stream_options.include_usage``'s last one:
+    usage and no choices)."""
     try:
-        usage = json.loads(document).get("usage")
+        doc = json.loads(document)
+        usage = doc.get("usage")
     except (ValueError, AttributeError):
-        return
+        return False
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):
             entry.prompt_tokens = prompt
         if isinstance(completion, int):
             entry.completion_tokens = completion
+        return not doc.get("choices")
+    return False
 
 
 def _check_content_type(response: UpstreamResponse, expected: str) -> None:

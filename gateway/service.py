@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .inflight import InFlightTable
 from .registry import Registry, load_registry
 from .routing import Router
+from .teams import Teams, open_teams
 from .telemetry import Telemetry
 
 log = logging.getLogger("gateway")
@@ -60,6 +61,7 @@ class Gateway:
     router: Router
     inflight: InFlightTable = field(default_factory=InFlightTable)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    teams: Teams | None = None  # None: auth off (open_gateway always sets it)
     draining: bool = False
     _turns: dict[str, int] = field(default_factory=dict)
 
@@ -105,6 +107,7 @@ async def open_gateway(
             b.id: Upstream(b, Admission(b.id, b.settings.admission), Breaker(b.settings.ejection))
             for b in backends.values()
         }
-        gateway = Gateway(config, upstreams, Router(config.routes))
+        teams = await stack.enter_async_context(open_teams(config))
+        gateway = Gateway(config, upstreams, Router(config.routes), teams=teams)
         gateway.telemetry.attach(gateway)
         yield gateway

@@ -190,6 +190,8 @@ def _entry_fields(entry: InFlight) -> dict[str, Any]:
         "attempts": list(entry.attempts),
         "prompt_tokens": entry.prompt_tokens,
         "completion_tokens": entry.completion_tokens,
+        # With teams: who sent it, by key fingerprint (never the key).
+        **({"team": entry.team, "key_id": entry.key_id} if entry.team else {}),
     }
 
 

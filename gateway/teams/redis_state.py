@@ -1,0 +1,215 @@
+"""Limit windows in Redis, shared by every gateway process that names the same server.
+
+Each team has three sorted sets (scores are Redis server time, so replicas' clocks do not
+matter): admitted requests, finished requests' tokens (members ``id:tokens``), and open
+streams. One Lua script prunes, checks and counts a request in a single atomic step, so
+two processes can never both take the last unit of a window (no read-modify-write race).
+Keys carry the team in a hash tag (``{team}``) so one team's keys share a cluster slot.
+
+Releasing a stream and adding tokens happen after the response ends, from a sync
+callback; they are queued to a task that sends them. A process that dies holding a
+stream leaves a member behind; it is dropped after ``state.stream_lease`` seconds.
+
+If Redis cannot be reached, requests are admitted (and the error logged): limits are a
+fairness tool, and a Redis outage must not become a gateway outage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from .limits import WINDOW, Decision, Limits, WindowUsage, decide
+from .resp import RedisClient, RedisError, Reply, open_redis
+from .state import Ticket
+
+__all__ = ["RedisState", "open_redis_state"]
+
+log = logging.getLogger("gateway.teams")
+
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[6])
+local lease = tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - lease)
+local rpm, tpm, smax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local stream = ARGV[4] == '1'
+local requests = redis.call('ZCARD', KEYS[1])
+local streams = redis.call('ZCARD', KEYS[3])
+local function reset(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #last == 0 then return 0 end
+  return tonumber(last[2]) + window - now
+end
+local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local amounts = {}
+local tokens = 0
+for i = 1, #entries, 2 do
+  local n = tonumber(string.match(entries[i], ':(%d+)$')) or 0
+  amounts[#amounts + 1] = {n, tonumber(entries[i + 1])}
+  tokens = tokens + n
+end
+local tokens_wait = 0
+if tpm >= 0 and tokens >= tpm then
+  local total = tokens
+  for _, e in ipairs(amounts) do
+    if total < tpm then break end
+    total = total - e[1]
+    tokens_wait = e[2] + window - now
+  end
+end
+local requests_wait = 0
+if rpm >= 0 and requests >= rpm then
+  local at = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
+  requests_wait = tonumber(at[2]) + window - now
+end
+local requests_reset = reset(KEYS[1])
+local exceeded = ''
+if stream and smax >= 0 and streams >= smax then exceeded = 'concurrent_streams'
+elseif rpm >= 0 and requests >= rpm then exceeded = 'requests'
+elseif tpm >= 0 and tokens >= tpm then exceeded = 'tokens' end
+if exceeded == '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+  if stream then
+    redis.call('ZADD', KEYS[3], now, ARGV[5])
+    redis.call('PEXPIRE', KEYS[3], math.ceil(lease * 1000))
+  end
+end
+return {exceeded, tostring(requests), tostring(requests_reset), tostring(requests_wait),
+        tostring(tokens), tostring(reset(KEYS[2])), tostring(tokens_wait), tostring(streams)}
+"""
+
+_FINISH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[2] == '1' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+local tokens = tonumber(ARGV[3])
+if tokens > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000))
+end
+return 1
+"""
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def run(self, client: RedisClient, keys: list[str], args: list[str | int | float]) -> Reply:
+        try:
+            return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RedisError as error:
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+        return await client.call("EVAL", self.source, len(keys), *keys, *args)
+
+
+_admit = _Script(_ADMIT)
+_finish = _Script(_FINISH)
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+class RedisState:
+    def __init__(
+        self,
+        client: RedisClient,
+        send: trio.MemorySendChannel[tuple[Ticket, int]],
+        *,
+        prefix: str,
+        stream_lease: float,
+    ) -> None:
+        self._client = client
+        self._send = send
+        self._prefix = prefix
+        self._lease = stream_lease
+        self._last_warning = -math.inf
+
+    def _keys(self, team: str) -> list[str]:
+        base = f"{self._prefix}:{{{team}}}"
+        return [f"{base}:requests", f"{base}:tokens", f"{base}:streams"]
+
+    def _warn(self, error: Exception) -> None:
+        now = trio.current_time()
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            log.error("redis unavailable, limits not enforced: %s", error)
+
+    async def admit(
+        self, team: str, limits: Limits, *, id: str, stream: bool
+    ) -> tuple[Decision, Ticket | None]:
+        args: list[str | int | float] = [
+            _limit(limits.requests_per_minute), _limit(limits.tokens_per_minute),
+            _limit(limits.concurrent_streams), 1 if stream else 0, id, WINDOW, self._lease,
+        ]
+        try:
+            reply = await _admit.run(self._client, self._keys(team), args)
+        except RedisError as error:
+            self._warn(error)
+            return Decision(None, 0.0, {}), Ticket(self, team, id, stream)
+        assert isinstance(reply, list) and len(reply) == 8
+        fields = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
+        exceeded = fields[0]
+        usage = WindowUsage(
+            requests=int(fields[1]), requests_reset=float(fields[2]),
+            requests_wait=float(fields[3]), tokens=int(fields[4]), tokens_reset=float(fields[5]),
+            tokens_wait=float(fields[6]), streams=int(fields[7]),
+        )
+        decision = decide(limits, usage, stream=stream)
+        if (decision.exceeded or "") != exceeded:  # the script counted what it decided
+            log.error("limit decision differs from redis's (%r, %r)", decision.exceeded, exceeded)
+            decision = Decision(exceeded or None, max(decision.retry_after, 1.0),  # type: ignore[arg-type]
+                                decision.headers)
+        return decision, Ticket(self, team, id, stream) if decision.allowed else None
+
+    def finish(self, ticket: Ticket, tokens: int) -> None:
+        if not ticket.stream and tokens <= 0:
+            return
+        try:
+            self._send.send_nowait((ticket, tokens))
+        except trio.WouldBlock:
+            log.error("redis updates backed up; dropped one for team %s", ticket.team)
+
+    async def _write(self, ticket: Ticket, tokens: int) -> None:
+        _, tokens_key, streams_key = self._keys(ticket.team)
+        try:
+            await _finish.run(
+                self._client, [tokens_key, streams_key],
+                [ticket.id, 1 if ticket.stream else 0, tokens, WINDOW],
+            )
+        except RedisError as error:
+            self._warn(error)
+
+
+@asynccontextmanager
+async def open_redis_state(
+    url: str, *, prefix: str, stream_lease: float
+) -> AsyncIterator[RedisState]:
+    """A :class:`RedisState` whose queued updates are all sent before this exits."""
+    send, receive = trio.open_memory_channel[tuple[Ticket, int]](10_000)
+    async with open_redis(url) as client, trio.open_nursery() as nursery:
+        state = RedisState(client, send, prefix=prefix, stream_lease=stream_lease)
+
+        async def writer() -> None:
+            async with receive:
+                async for ticket, tokens in receive:
+                    await state._write(ticket, tokens)
+
+        nursery.start_soon(writer)
+        try:
+            yield state
+        finally:
+            await send.aclose()
