@@ -325,8 +325,8 @@ def test_usage_store_sums_and_survives_reopen(tmp_path: Path) -> None:
     store = UsageStore(path)
 
     def rec(at: float, team: str, **kw: Any) -> UsageRecord:
-        fields: dict[str, Any] = dict(route="chat", backend="b", error=False, prompt_tokens=5,
-                                      completion_tokens=3, stream_seconds=0.0)
+        fields: dict[str, Any] = {"route": "chat", "backend": "b", "error": False, "prompt_tokens": 5,
+                                      "completion_tokens": 3, "stream_seconds": 0.0}
         return UsageRecord(at=at, team=team, **{**fields, **kw})
 
     store.add([rec(600, "a"), rec(610, "a", error=True, stream_seconds=1.5),
