@@ -476,3 +476,35 @@ async def test_auth_off_is_announced(
         assert gw.teams is not None and not gw.teams.enabled
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith("AUTH IS OFF") for w in warnings)
+
+
+async def test_status_page_in_chromium_with_the_admin_password(start: Start) -> None:
+    """A browser asked for the admin key (HTTP Basic) sends it again with the page's own
+    EventSource request, so the live feed connects."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_status_page import CHROMIUM, CHROMIUM_ARGS
+
+    gw = await start()
+
+    def browse(url: str) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=CHROMIUM_ARGS)
+            try:
+                seen["without"] = browser.new_context().request.get(url).status
+                context = browser.new_context(
+                    http_credentials={"username": "ops", "password": ADMIN})
+                page = context.new_page()
+                response = page.goto(url)
+                seen["with"] = response.status if response else None
+                page.wait_for_selector("#conn.ready", timeout=30_000)
+                page.wait_for_selector('#routes tr[data-route="chat"]', timeout=30_000)
+                seen["ready"] = True
+            finally:
+                browser.close()
+        return seen
+
+    seen = await trio.to_thread.run_sync(browse, gw.url)
+    assert seen == {"without": 401, "with": 200, "ready": True}
