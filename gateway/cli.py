@@ -157,26 +157,43 @@ def keys_hash() -> None:
 @click.option("--since", help="30m, 2h, 7d ago, or an ISO date/time (UTC).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def usage(config_path: Path, team: str | None, since: str | None, as_json: bool) -> None:
-    """Usage per team, route and backend, from the config's usage database."""
+    """Usage per team, route and backend: from Redis when the config shares state there
+    (every process's), else from the config's usage database."""
     import json
     import time
 
-    from .teams.usage import UsageStore, parse_since
+    from .teams.usage import UsageRow, UsageStore, parse_since
 
     config = _load_or_exit(config_path)
     try:
         since_at = parse_since(since, now=time.time()) if since else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
-    path = Path(config.usage.database)
-    if not path.exists():
-        click.echo(f"no usage recorded yet ({path} does not exist)", err=True)
-        sys.exit(1)
-    store = UsageStore(path)
-    try:
-        rows = store.query(team=team, since=since_at)
-    finally:
-        store.close()
+    if config.state.redis is not None:  # every process's usage
+        from .teams.redis_state import open_redis_state
+        from .teams.resp import RedisError
+
+        async def from_redis() -> list[UsageRow]:
+            assert config.state.redis is not None
+            async with open_redis_state(config.state.redis, prefix=config.state.prefix,
+                                        stream_lease=config.state.stream_lease) as state:
+                return await state.query_usage(team=team, since=since_at)
+
+        try:
+            rows = trio.run(from_redis)
+        except RedisError as error:
+            click.echo(f"cannot read usage from {config.state.redis}: {error}", err=True)
+            sys.exit(1)
+    else:
+        path = Path(config.usage.database)
+        if not path.exists():
+            click.echo(f"no usage recorded yet ({path} does not exist)", err=True)
+            sys.exit(1)
+        store = UsageStore(path)
+        try:
+            rows = store.query(team=team, since=since_at)
+        finally:
+            store.close()
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json()))

@@ -10,6 +10,10 @@ Releasing a stream and adding tokens happen after the response ends, from a sync
 callback; they are queued to a task that sends them. A process that dies holding a
 stream leaves a member behind; it is dropped after ``state.stream_lease`` seconds.
 
+Usage records are shared the same way: per-minute hashes of counters
+(``HINCRBY``, atomic on the server) that every process adds to, and a sorted set of the
+minutes that have any, so :meth:`RedisState.query_usage` sees every replica's traffic.
+
 If Redis cannot be reached, requests are admitted (and the error logged): limits are a
 fairness tool, and a Redis outage must not become a gateway outage.
 """
@@ -19,14 +23,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 
 from .limits import WINDOW, Decision, Limits, WindowUsage, decide
 from .resp import RedisClient, RedisError, Reply, open_redis
 from .state import Ticket
+from .usage import UsageRecord, UsageRow
 
 __all__ = ["RedisState", "open_redis_state"]
 
@@ -115,7 +121,20 @@ class _Script:
         return await client.call("EVAL", self.source, len(keys), *keys, *args)
 
 
+_USAGE = """
+local fields = {'requests', 'errors', 'prompt_tokens', 'completion_tokens', 'stream_ms'}
+for i, name in ipairs(fields) do
+  local n = tonumber(ARGV[2 + i])
+  if n ~= 0 then redis.call('HINCRBY', KEYS[1], ARGV[2] .. '\t' .. name, n) end
+end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
+return 1
+"""
+
+_USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "stream_ms")
+
 _admit = _Script(_ADMIT)
+_usage = _Script(_USAGE)
 _finish = _Script(_FINISH)
 
 
@@ -127,7 +146,7 @@ class RedisState:
     def __init__(
         self,
         client: RedisClient,
-        send: trio.MemorySendChannel[tuple[Ticket, int]],
+        send: trio.MemorySendChannel[Callable[[], Awaitable[None]]],
         *,
         prefix: str,
         stream_lease: float,
@@ -175,13 +194,63 @@ class RedisState:
                                 decision.headers)
         return decision, Ticket(self, team, id, stream) if decision.allowed else None
 
-    def finish(self, ticket: Ticket, tokens: int) -> None:
-        if not ticket.stream and tokens <= 0:
-            return
+    def _queue(self, update: Callable[[], Awaitable[None]], team: str) -> None:
         try:
-            self._send.send_nowait((ticket, tokens))
+            self._send.send_nowait(update)
         except trio.WouldBlock:
-            log.error("redis updates backed up; dropped one for team %s", ticket.team)
+            log.error("redis updates backed up; dropped one for team %s", team)
+
+    def finish(self, ticket: Ticket, tokens: int) -> None:
+        if ticket.stream or tokens > 0:
+            self._queue(partial(self._write, ticket, tokens), ticket.team)
+
+    def record_usage(self, record: UsageRecord) -> None:
+        """Add one finished request to the shared usage counters (queued; never blocks)."""
+        self._queue(partial(self._write_usage, record), record.team)
+
+    def _usage_keys(self, minute: int) -> list[str]:
+        base = f"{self._prefix}:{{usage}}"
+        return [f"{base}:{minute}", f"{base}:minutes"]
+
+    async def _write_usage(self, r: UsageRecord) -> None:
+        minute = int(r.at // 60 * 60)
+        args: list[str | int | float] = [
+            minute, f"{r.team}\t{r.route}\t{r.backend}", 1, int(r.error),
+            r.prompt_tokens, r.completion_tokens, round(r.stream_seconds * 1000),
+        ]
+        try:
+            await _usage.run(self._client, self._usage_keys(minute), args)
+        except RedisError as error:
+            self._warn(error)
+
+    async def query_usage(
+        self, *, team: str | None = None, since: float | None = None
+    ) -> list[UsageRow]:
+        """Every process's usage per team, route and backend, from ``since``'s minute on.
+        Raises :class:`RedisError`."""
+        low = "-inf" if since is None else str(int(since // 60 * 60))
+        minutes_key = self._usage_keys(0)[1]
+        minutes = await self._client.call("ZRANGEBYSCORE", minutes_key, low, "+inf")
+        assert isinstance(minutes, list)
+        totals: dict[tuple[str, str, str], dict[str, int]] = {}
+        for minute in minutes:
+            assert isinstance(minute, bytes)
+            flat = await self._client.call("HGETALL", self._usage_keys(int(minute))[0])
+            assert isinstance(flat, list)
+            for name, value in zip(flat[::2], flat[1::2], strict=True):
+                assert isinstance(name, bytes) and isinstance(value, bytes)
+                parts = name.decode().split("\t")
+                key = (parts[0], parts[1], parts[2])
+                if team is not None and key[0] != team:
+                    continue
+                counts = totals.setdefault(key, dict.fromkeys(_USAGE_FIELDS, 0))
+                counts[parts[3]] += int(value)
+        return [
+            UsageRow(*key, requests=c["requests"], errors=c["errors"],
+                     prompt_tokens=c["prompt_tokens"], completion_tokens=c["completion_tokens"],
+                     stream_seconds=c["stream_ms"] / 1000)
+            for key, c in sorted(totals.items())
+        ]
 
     async def _write(self, ticket: Ticket, tokens: int) -> None:
         _, tokens_key, streams_key = self._keys(ticket.team)
@@ -199,17 +268,17 @@ async def open_redis_state(
     url: str, *, prefix: str, stream_lease: float
 ) -> AsyncIterator[RedisState]:
     """A :class:`RedisState` whose queued updates are all sent before this exits."""
-    send, receive = trio.open_memory_channel[tuple[Ticket, int]](10_000)
+    send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](10_000)
     async with open_redis(url) as client, trio.open_nursery() as nursery:
         state = RedisState(client, send, prefix=prefix, stream_lease=stream_lease)
 
         async def writer() -> None:
             async with receive:
-                async for ticket, tokens in receive:
-                    await state._write(ticket, tokens)
+                async for update in receive:
+                    await update()
 
         nursery.start_soon(writer)
         try:
             yield state
         finally:
-            await send.aclose()
+            send.close()

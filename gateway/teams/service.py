@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ..errors import AuthenticationError, PermissionDenied, RateLimited
 from .keys import HeaderLookup, KeyRing, credential_from_headers
 from .limits import Decision, Limits, format_duration
-from .redis_state import open_redis_state
+from .redis_state import RedisState, open_redis_state
+from .resp import RedisError
 from .state import LocalState, StateBackend, Ticket
 from .usage import UsageRecord, UsageRecorder, UsageRow, open_usage_recorder
 
@@ -83,9 +84,9 @@ class Admission:
         if entry is not None:
             tokens = (entry.prompt_tokens or 0) + (entry.completion_tokens or 0)
         self.ticket.release(tokens)
-        if entry is not None and self._teams.recorder is not None:
+        if entry is not None:
             end = entry.ended_at if entry.ended_at is not None else entry.started_at
-            self._teams.recorder.record(UsageRecord(
+            self._teams.record(UsageRecord(
                 at=time.time(),
                 team=self.identity.team,
                 route=entry.route,
@@ -106,11 +107,13 @@ class Teams:
         *,
         state: StateBackend | None = None,
         recorder: UsageRecorder | None = None,
+        shared: RedisState | None = None,
     ) -> None:
         auth = config.auth
         self.enabled = bool(config.teams) if auth.enabled is None else auth.enabled
         self.state: StateBackend = state if state is not None else LocalState()
         self.recorder = recorder
+        self.shared = shared  # usage shared by every process (Redis), when configured
         self._teams = {
             name: _Team(
                 name,
@@ -166,7 +169,21 @@ class Teams:
             raise _rate_limited(team, decision)
         return Admission(self, identity, ticket, decision.headers)
 
+    def record(self, record: UsageRecord) -> None:
+        if self.recorder is not None:
+            self.recorder.record(record)
+        if self.shared is not None:
+            self.shared.record_usage(record)
+
     async def usage(self, *, team: str | None = None, since: float | None = None) -> list[UsageRow]:
+        """Every process's usage when Redis is shared (falling back to this process's
+        database if Redis fails), else the database's."""
+        if self.shared is not None:
+            try:
+                return await self.shared.query_usage(team=team, since=since)
+            except RedisError as error:
+                log.error("usage from redis unavailable, answering from %s: %s",
+                          "the local database", error)
         if self.recorder is None:
             return []
         return await self.recorder.query(team=team, since=since)
@@ -203,11 +220,12 @@ async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
     async with AsyncExitStack() as stack:
         recorder = await stack.enter_async_context(open_usage_recorder(config.usage.database))
         state: StateBackend = LocalState()
+        shared: RedisState | None = None
         if config.state.redis is not None:
-            state = await stack.enter_async_context(open_redis_state(
+            state = shared = await stack.enter_async_context(open_redis_state(
                 config.state.redis, prefix=config.state.prefix,
                 stream_lease=config.state.stream_lease,
             ))
         log.info("auth on: %d team(s), usage in %s, limits %s", len(config.teams),
                  config.usage.database, "in redis" if config.state.redis else "per process")
-        yield Teams(config, state=state, recorder=recorder)
+        yield Teams(config, state=state, recorder=recorder, shared=shared)

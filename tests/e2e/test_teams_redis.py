@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -113,6 +114,30 @@ async def test_tokens_streams_and_script_reload(redis_url: str) -> None:
         assert other is not None  # teams are apart
 
 
+async def test_usage_counters_shared_in_redis(redis_url: str) -> None:
+    from gateway.teams.usage import UsageRecord
+
+    def rec(at: float, team: str, backend: str = "b", **kw: Any) -> UsageRecord:
+        fields: dict[str, Any] = {"route": "chat", "error": False, "prompt_tokens": 5,
+                                  "completion_tokens": 3, "stream_seconds": 0.0}
+        return UsageRecord(at=at, team=team, backend=backend, **{**fields, **kw})
+
+    async with open_redis_state(redis_url, prefix="u", stream_lease=60) as one, \
+            open_redis_state(redis_url, prefix="u", stream_lease=60) as two:
+        one.record_usage(rec(600, "a", stream_seconds=1.25))
+        two.record_usage(rec(610, "a", error=True))
+        two.record_usage(rec(7200, "a", completion_tokens=10))
+        one.record_usage(rec(700, "b", backend="c"))
+    async with open_redis_state(redis_url, prefix="u", stream_lease=60) as reader:
+        rows = await reader.query_usage()
+        assert [(r.team, r.backend, r.requests, r.errors, r.prompt_tokens, r.completion_tokens,
+                 r.stream_seconds) for r in rows] == [
+            ("a", "b", 3, 1, 15, 16, 1.25), ("b", "c", 1, 0, 5, 3, 0.0)]
+        assert [(r.team, r.requests) for r in await reader.query_usage(team="b")] == [("b", 1)]
+        assert [(r.team, r.requests) for r in await reader.query_usage(since=660)] == [
+            ("a", 1), ("b", 1)]
+
+
 async def test_unreachable_redis_admits_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     async with open_redis_state(url, prefix="t", stream_lease=60) as state:
@@ -186,6 +211,15 @@ async def test_two_processes_share_one_rpm_limit(
             for proc, _ in procs:
                 await proc.wait()
         nursery.cancel_scope.cancel()
+
+    # Usage from both processes, shared in redis, read by the CLI.
+    result = await trio.to_thread.run_sync(partial(
+        gateway_cli, "usage", "--config", str(config), "--json"))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["team"], r["route"], r["backend"], r["requests"], r["prompt_tokens"],
+             r["completion_tokens"]) for r in rows] == [
+        ("alpha", "chat", "fake", limit, 5 * limit, 3 * limit)]
 
     every = statuses[0] + statuses[1]
     assert len(every) == attempts
