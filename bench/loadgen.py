@@ -90,7 +90,7 @@ class ResponseDecoder:
     """Incremental HTTP/1.1 response decoder: ``feed`` returns body bytes; ``done`` once the
     whole response is in. Raises ``ValueError`` on a framing it does not understand."""
 
-    __slots__ = ("_buf", "_chunked", "_remaining", "_state", "done", "status")
+    __slots__ = ("_buf", "_chunked", "_remaining", "_state", "close", "done", "status")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -99,6 +99,7 @@ class ResponseDecoder:
         self._remaining = 0
         self.status = 0
         self.done = False
+        self.close = False  # the server said ``connection: close``
 
     def feed(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
@@ -117,6 +118,7 @@ class ResponseDecoder:
                 if not match:
                     raise ValueError(f"bad status line: {head[:80]!r}")
                 self.status = int(match.group(1))
+                self.close = b"\r\nconnection: close" in head
                 if b"transfer-encoding: chunked" in head:
                     self._state = "size"
                 else:
@@ -235,6 +237,7 @@ class Conn(asyncio.Protocol):
         self._sse = b""
         self._error: str | None = None
         self._ended = False
+        self.reopen: Callable[[], None] | None = None  # set by the Pool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -271,6 +274,16 @@ class Conn(asyncio.Protocol):
                 self._on_stream(record)
             else:
                 self._on_unary(t - self._sent, self._decoder.status)
+            if self._decoder.close:
+                # e.g. hypercorn after keep_alive_max_requests (1,000): carry on with a new
+                # connection, as HTTP clients do.
+                self._ended = True
+                self._record = None
+                if self._transport is not None:
+                    self._transport.close()
+                if self.reopen is not None:
+                    self.reopen()
+                return
             self._send_next()
 
     def _events(self, body: bytes, t: float) -> None:
@@ -323,6 +336,7 @@ class Pool:
     def __init__(self, host: str, port: int, opening: int = 64) -> None:
         self.host, self.port = host, port
         self.errors: dict[str, int] = {}
+        self.reconnects = 0
         self._open = 0
         self._all_closed = asyncio.Event()
         self._gate = asyncio.Semaphore(opening)
@@ -336,12 +350,26 @@ class Pool:
             self._all_closed.set()
 
     async def open(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
-        loop = asyncio.get_running_loop()
         self._open += 1
         self._all_closed.clear()
+        return await self._connect(make)
+
+    def _reopen(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> None:
+        self._open += 1  # now, before the old connection's close is counted
+        self.reconnects += 1
+        asyncio.ensure_future(self._connect(make))
+
+    async def _connect(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
+        loop = asyncio.get_running_loop()
+
+        def build() -> Conn:
+            conn = make(self._closed)
+            conn.reopen = lambda: self._reopen(make)
+            return conn
+
         async with self._gate:
             try:
-                await loop.create_connection(lambda: make(self._closed), self.host, self.port)
+                await loop.create_connection(build, self.host, self.port)
             except OSError as exc:
                 self._open -= 1
                 key = f"connect: {exc!r}"[:120]
@@ -425,6 +453,7 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
         "rps": round(len(latencies) / args.duration, 1),
         "latency_ms": summary_ms(latencies),
         "errors": pool.errors,
+        "reconnects": pool.reconnects,
         "finished": finished,
         **cpu,
     }

@@ -51,9 +51,11 @@ def test_decoder_rejects_a_response_without_length() -> None:
 
 
 @pytest.fixture
-def upstream_port() -> Iterator[int]:
+def upstream_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    extra = getattr(request, "param", [])
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "upstream.py"), "--port", "0"], stdout=subprocess.PIPE
+        [sys.executable, str(BENCH / "upstream.py"), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -82,6 +84,15 @@ def test_unary_requests_all_answered(upstream_port: int) -> None:
     assert r["errors"] == {}
     assert isinstance(r["requests"], int) and r["requests"] > 0
     assert r["ok"] == r["requests"]
+
+
+@pytest.mark.parametrize("upstream_port", [["--max-requests", "7"]], indirect=True)
+def test_unary_carries_on_after_connection_close(upstream_port: int) -> None:
+    r = loadgen(upstream_port, "unary", "--concurrency", "2", "--duration", "0.3",
+                "--warmup", "0")
+    assert r["errors"] == {}
+    assert isinstance(r["requests"], int) and r["requests"] > 14
+    assert isinstance(r["reconnects"], int) and r["reconnects"] >= r["requests"] // 7 - 2
 
 
 def test_streams_arrive_whole_and_in_order(upstream_port: int) -> None:

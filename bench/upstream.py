@@ -81,13 +81,17 @@ _USAGE = _sse(
     b'"total_tokens":69}}'
 )
 _DONE = _sse(b"[DONE]") + b"0\r\n\r\n"
+_UNARY_CLOSE = _UNARY_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class Upstream(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_loop", "_timer", "_transport")
+    __slots__ = ("_buf", "_busy", "_loop", "_served", "_timer", "_transport")
+
+    max_requests = 0  # like hypercorn's keep_alive_max_requests; 0: no limit
 
     def __init__(self) -> None:
+        self._served = 0
         self._buf = bytearray()
         self._busy = False
         self._loop = asyncio.get_running_loop()
@@ -131,6 +135,11 @@ class Upstream(asyncio.Protocol):
                 transport.write(_STREAM_HEAD)
                 self._stream(0, n, gap / 1000, self._loop.time() + prefill / 1000)
             else:
+                self._served += 1
+                if self.max_requests and self._served >= self.max_requests:
+                    transport.write(_UNARY_CLOSE)
+                    transport.close()
+                    return
                 transport.write(_UNARY_RESPONSE)
 
     def _stream(self, step: int, n: int, gap: float, at: float) -> None:
@@ -191,9 +200,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="close a connection after this many non-streamed answers")
     args = parser.parse_args()
     raise_nofile()
     install_uvloop()
+    Upstream.max_requests = args.max_requests
     asyncio.run(serve(args.host, args.port))
     os._exit(0)  # 10k open connections: skip the slow orderly teardown
 
