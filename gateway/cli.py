@@ -182,7 +182,7 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
         try:
             rows = trio.run(from_redis)
         except RedisError as error:
-            click.echo(f"cannot read usage from {config.state.redis}: {error}", err=True)
+            click.echo(f"cannot read usage from redis: {error}", err=True)  # URL may hold a password
             sys.exit(1)
     else:
         path = Path(config.usage.database)
