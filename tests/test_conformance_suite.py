@@ -122,6 +122,23 @@ async def _quiet(body: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
         return  # the bug: the client will see a stream that simply ends
 
 
+class LeavesBodyOpen(OpenAIBackend):
+    """Wraps the body in a generator of its own and never closes it: the upstream is closed
+    (the inner context sees to that), but the wrapper's cleanup waits for the garbage
+    collector."""
+
+    @asynccontextmanager
+    async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
+        async with super().open_response(request) as response:
+            body = _relay(response.body)
+            yield UpstreamResponse(response.status, response.content_type, body)  # the bug
+
+
+async def _relay(body: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    async for chunk in body:
+        yield chunk
+
+
 class HidesStatus(OpenAIBackend):
     """Raises its own exception for an upstream error status, not an UpstreamError."""
 
@@ -186,6 +203,13 @@ async def test_the_leaking_backend_is_otherwise_fine(fake: FakeOpenAI) -> None:
     """The leak is the only fault: a complete answer passes, so the failures above are the
     suite seeing the leak, not something else."""
     await _conformance(fake, LeaksOnCancel).check_answer("chat/completions", True)
+
+
+async def test_a_backend_leaving_its_body_generator_open_fails(fake: FakeOpenAI) -> None:
+    """A consumer that stops reading leaves the generator suspended (one cancelled while
+    reading ends it by the exception); only the backend can close it then."""
+    with pytest.raises(ConformanceFailure, match="body generator still suspended"):
+        await _conformance(fake, LeavesBodyOpen).check_cancel("abandoned")
 
 
 async def test_a_backend_swallowing_a_mid_stream_error_fails(fake: FakeOpenAI) -> None:

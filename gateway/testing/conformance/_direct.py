@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import trio
 
 from ...abc import Backend, Endpoint, UpstreamConnectError
@@ -14,6 +16,7 @@ from ._failure import (
     deadline,
     fail,
     gateway_error,
+    left_open,
     tasks_below,
     unwrapped,
 )
@@ -33,7 +36,7 @@ class DirectChecks(Harness):
         well-formed OpenAI answer; afterwards nothing stays open."""
         case, script = self.case("answer", stream=stream, endpoint=endpoint)
         what = f"{endpoint} answer (stream={stream})"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.running(script) as backend:
                 tasks = tasks_below(trio.lowlevel.current_task())
                 raw = await self.read(backend, self.request(case, script), what)
@@ -49,7 +52,7 @@ class DirectChecks(Harness):
     async def check_concurrent(self, n: int = 4) -> None:
         """``n`` streams at once through one backend instance all complete, each whole."""
         case, script = self.case("answer")
-        with deadline(f"{n} concurrent streams"):
+        with deadline(f"{n} concurrent streams", self.check_timeout):
             async with self.running(script) as backend:
                 tasks = tasks_below(trio.lowlevel.current_task())
                 results: list[bytes] = []
@@ -92,7 +95,7 @@ class DirectChecks(Harness):
 
     async def _expect_error_on_enter(self, case: Case, script: Script, what: str) -> GatewayError:
         error: GatewayError | None = None
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.running(script) as backend:
                 tasks = tasks_below(trio.lowlevel.current_task())
                 try:
@@ -123,7 +126,7 @@ class DirectChecks(Harness):
         events: list[SSEEvent] = []
         entered = False
         error: BaseException | None = None
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.running(script) as backend:
                 tasks = tasks_below(trio.lowlevel.current_task())
                 try:
@@ -163,12 +166,14 @@ class DirectChecks(Harness):
         entered = trio.Event()
         got_data = trio.Event()
         finished = False
+        bodies: list[AsyncIterator[bytes]] = []
 
         async def consume(backend: Backend) -> None:
             nonlocal finished
             abandoned = False
             try:
                 async with backend.open_response(self.request(case, script)) as response:
+                    bodies.append(response.body)
                     entered.set()
                     framer = SSEFramer()
                     async for chunk in response.body:
@@ -180,7 +185,7 @@ class DirectChecks(Harness):
                 abandoned = True
             finished = not abandoned
 
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.running(script) as backend:
                 tasks = tasks_below(trio.lowlevel.current_task())
                 try:
@@ -203,6 +208,7 @@ class DirectChecks(Harness):
                         "swallow Cancelled"
                     )
                 await self.settled(backend, tasks, what)
+                await _closed(bodies, what)
 
     async def _reach(
         self, phase: Phase, backend: Backend, entered: trio.Event, got_data: trio.Event, what: str
@@ -223,3 +229,17 @@ class DirectChecks(Harness):
         else:
             with deadline(f"{what}: waiting for the first data event", 5):
                 await got_data.wait()
+
+
+async def _closed(bodies: list[AsyncIterator[bytes]], what: str) -> None:
+    """Fail if a body generator was left suspended when ``open_response`` exited (after
+    closing it, so the garbage collector has nothing left to complain about)."""
+    for body in bodies:
+        if left_open(body):
+            with trio.CancelScope(shield=True):
+                await body.aclose()  # type: ignore[attr-defined]
+            fail(
+                f"{what}: open_response exited with its body generator still suspended; "
+                "the backend owns the body and must close it on every way out "
+                "(async with contextlib.aclosing(body): yield ...)"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -68,3 +69,15 @@ def gateway_error(exc: BaseException) -> GatewayError | None:
             assert isinstance(leaf, GatewayError)
             return leaf
     return None
+
+
+def left_open(body: object) -> bool:
+    """Whether ``body`` is an async generator that started and is suspended — neither run to
+    its end nor closed, so its ``finally`` blocks (the upstream's cleanup) have not run."""
+    if not inspect.isasyncgen(body):
+        return False
+    state = getattr(inspect, "getasyncgenstate", None)  # Python 3.12+
+    if state is not None:
+        return bool(state(body) == "AGEN_SUSPENDED")
+    frame = body.ag_frame
+    return frame is not None and frame.f_lasti > 0

@@ -13,7 +13,7 @@ import trio
 from ...abc import Backend, Endpoint, UpstreamRequest
 from ..openai_shapes import Answer, ShapeError, check_stream, check_unary, parse_sse
 from ._cases import BACKEND_ID, Case, CaseName, Script, base_body, merge
-from ._failure import ConformanceFailure, deadline, fail, tasks_below, unwrapped
+from ._failure import CHECK_TIMEOUT, ConformanceFailure, deadline, fail, tasks_below, unwrapped
 
 POLL = 0.005  # how often a wait on the author's open_requests() looks again
 
@@ -24,7 +24,9 @@ class Harness:
     ``settings`` is a valid ``[backends.<id>]`` table without ``type``; ``script(case)``
     makes the upstream behave as the case says; ``open_requests(backend)`` counts the
     upstream requests not closed yet; ``invalid_settings`` holds ``(patch, dotted path)``
-    pairs that must be rejected at that path.
+    pairs that must be rejected at that path. ``close_within`` bounds how long a closed
+    exchange may take to show as closed upstream; ``check_timeout`` how long one whole
+    check may take before it counts as hung (raise it for a slow model on a slow machine).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Harness:
         endpoints: Sequence[Endpoint] = ("chat/completions", "completions"),
         reports_usage: bool = True,
         close_within: float = 0.5,
+        check_timeout: float = CHECK_TIMEOUT,
         invalid_settings: Sequence[tuple[Mapping[str, Any], str]] = (),
     ) -> None:
         self.type_name = type_name
@@ -48,6 +51,7 @@ class Harness:
         self.endpoints = tuple(endpoints)
         self.reports_usage = reports_usage
         self.close_within = close_within
+        self.check_timeout = check_timeout
         self.invalid_settings = tuple(invalid_settings)
 
     def table(self, script: Script, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

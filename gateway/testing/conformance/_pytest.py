@@ -10,6 +10,7 @@ import pytest
 from ...abc import Backend, Endpoint
 from ._cases import Case, CaseName, Script
 from ._checks import Conformance
+from ._failure import CHECK_TIMEOUT
 
 # The tests that need each case; a backend that cannot produce a case loses them.
 TESTS_OF_CASE: dict[CaseName, tuple[str, ...]] = {
@@ -48,6 +49,7 @@ class BackendConformance:
     endpoints: ClassVar[tuple[Endpoint, ...]] = ("chat/completions", "completions")
     reports_usage: ClassVar[bool] = True
     close_within: ClassVar[float] = 0.5
+    check_timeout: ClassVar[float] = CHECK_TIMEOUT
     not_applicable: ClassVar[Mapping[CaseName, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -95,6 +97,7 @@ class BackendConformance:
             endpoints=self.endpoints,
             reports_usage=self.reports_usage,
             close_within=self.close_within,
+            check_timeout=self.check_timeout,
             invalid_settings=self.invalid_settings(upstream),
         )
 

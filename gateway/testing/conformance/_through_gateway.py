@@ -69,7 +69,7 @@ class GatewayChecks(Harness):
         """Through the gateway, the client gets the same well-formed answer."""
         case, script = self.case("answer", stream=stream, endpoint=endpoint)
         what = f"{endpoint} answer through the gateway (stream={stream})"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script) as (served, backend):
                 async with served.client() as client:
                     resp = await client.post(PATHS[endpoint], json=self.body(case, script))
@@ -83,7 +83,7 @@ class GatewayChecks(Harness):
         error body carrying its message."""
         case, script = self.case("error_status")
         what = "an upstream error status through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script, keepalive={"early_headers": False}) as (
                 served,
                 backend,
@@ -101,7 +101,7 @@ class GatewayChecks(Harness):
         and the gateway did not try."""
         case, script = self.case("connect_error")
         what = "an unreachable upstream through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script, keepalive={"early_headers": False}) as (
                 served,
                 backend,
@@ -119,7 +119,7 @@ class GatewayChecks(Harness):
         no ``[DONE]``; the events before it arrived whole."""
         case, script = self.case("error_mid_stream")
         what = "an upstream failing mid-stream, through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script) as (served, backend):
                 async with served.client() as client:
                     resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
@@ -135,7 +135,7 @@ class GatewayChecks(Harness):
         is closed — the backend's body must be cancellable while it waits."""
         case, script = self.case("stall")
         what = "a stalled upstream through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script, timeouts={"idle": IDLE_TIMEOUT}) as (
                 served,
                 backend,
@@ -152,7 +152,7 @@ class GatewayChecks(Harness):
         it, and heartbeats fill the pause. A backend that buffers breaks both."""
         case, script = self.case("gap", seconds=GAP_SECONDS)
         what = "a stream with a pause, through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script) as (served, backend):
                 async with served.client() as client:
                     resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
@@ -174,7 +174,7 @@ class GatewayChecks(Harness):
             raise ValueError("a client cannot abandon a stream; use check_cancel")
         case, script = self.case(CANCEL_CASES[phase])
         what = f"a client gone while {phase.replace('_', ' ')}, through the gateway"
-        with deadline(what):
+        with deadline(what, self.check_timeout):
             async with self.serving(script) as (served, backend):
                 client = served.client()
                 with trio.CancelScope() as scope:
