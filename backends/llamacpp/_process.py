@@ -43,7 +43,11 @@ class ServerProcess:
     async def _watch(self) -> None:
         pidfd = os.pidfd_open(self.pid)
         try:
-            await trio.lowlevel.wait_readable(pidfd)
+            # Shielded: cancellation of the surrounding scope must not end the watch, or a
+            # stop() that waits for `exited` would wait forever. The process ends anyway:
+            # leaving open_process() stops it.
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
         # The leader is a zombie now, so its pid (= the group id) cannot be reused yet:
@@ -106,7 +110,9 @@ async def open_process(
     output = trio.lowlevel.FdStream(read_fd)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(process._watch)
-        copy_scope = trio.CancelScope()
+        # Shielded too, so the last lines (why it exited) still reach the log; ended by a
+        # deadline once the process is gone.
+        copy_scope = trio.CancelScope(shield=True)
         nursery.start_soon(_copy_lines, output, on_line, copy_scope)
         try:
             yield process

@@ -1,0 +1,300 @@
+"""Backend ``llamacpp``, managed mode: the gateway runs the real llama-server itself, serves
+through it, restarts it with back-off when it dies, copies its log, and leaves no process
+behind — after a clean SIGTERM to the gateway, and after a ``kill -9`` of the gateway too."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from .llamacpp_fixtures import (
+    gateway_doc,
+    managed_settings,
+    model_path,  # noqa: F401  (fixture)
+    open_stream,
+    read_stream,
+    start_gateway,
+    wait_for,
+)
+
+CHAT = {
+    "model": "gemma",
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
+SERVER_LOG = "gateway.backends.llamacpp.server"
+
+
+def _returns(predicate):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return bool(predicate())
+
+    return check
+
+
+def _process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs: absent, or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+async def _chat(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] > 0
+    return answer
+
+
+# --- in-process gateway -------------------------------------------------------------------
+
+
+async def test_managed_server_serves_and_comes_back_after_kill_9(
+    nursery: trio.Nursery, model_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.backends.llamacpp")
+    settings = managed_settings(model_path, poll_interval=0.05, restart_delay=1.0)
+    gateway = await start_gateway(nursery, gateway_doc(settings, interval=1.0))
+    backend = gateway.backend
+    supervisor = backend.supervisor
+    assert supervisor is not None
+
+    # Started, not ready yet: the route is not ready, and says why.
+    assert backend.status.health == "loading", backend.status
+    async with gateway.client() as client:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["backends"]["l"]["health"] == "loading"
+
+    await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=120)
+    assert supervisor.process is not None
+    first_pid = supervisor.process.pid
+    assert backend.url is not None and backend.url.startswith("http://127.0.0.1:")
+    async with gateway.client() as client:
+        assert (await client.get("/readyz")).status_code == 200
+        await _chat(client)
+        async with open_stream(client, "/v1/completions", {**CHAT, "prompt": "Hi"}) as response:
+            streamed = await read_stream(response)
+    assert streamed.done and streamed.pieces
+    # llama-server's own lines are in the gateway's log, tagged with the backend's id.
+    server_lines = [r.getMessage() for r in caplog.records if r.name == SERVER_LOG]
+    assert any(line.startswith("[l] ") and "model loaded" in line for line in server_lines)
+
+    # kill -9: down at once (no request goes there), a new process after the back-off.
+    killed_at = trio.current_time()
+    os.kill(first_pid, signal.SIGKILL)
+    await wait_for(_returns(lambda: backend.status.health == "down"), timeout=5)
+    async with gateway.client() as client:
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "no_backend_available"
+    await wait_for(_returns(lambda: supervisor.starts == 2), timeout=10)
+    restarted_after = trio.current_time() - killed_at
+    assert restarted_after >= 1.0  # restart_delay
+    await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=120)
+    assert supervisor.process.pid != first_pid
+    assert _process_gone(first_pid)
+    async with gateway.client() as client:
+        await _chat(client)
+    exits = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
+    assert any(f"pid {first_pid} exited with code -9" in m for m in exits), exits
+    print(f"\nrestart: new llama-server {restarted_after:.2f} s after kill -9 (delay 1 s)")
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> Path:
+    """A 'llama-server' that logs a line, notes when it started and exits with 3."""
+    script = tmp_path / "llama-server"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"date +%s.%N >> {tmp_path / 'starts'}\n"
+        "echo 'fake llama-server: cannot start' >&2\n"
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+async def test_a_crashing_server_is_restarted_with_doubling_back_off(
+    nursery: trio.Nursery,
+    model_path: Path,  # noqa: F811
+    fake_binary: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.backends.llamacpp")
+    settings = managed_settings(
+        model_path, binary=str(fake_binary), restart_delay=0.2, restart_delay_max=0.8
+    )
+    gateway = await start_gateway(nursery, gateway_doc(settings))
+    starts_file = tmp_path / "starts"
+
+    def starts() -> list[float]:
+        return [float(t) for t in starts_file.read_text().split()] if starts_file.exists() else []
+
+    await wait_for(_returns(lambda: len(starts()) >= 5), timeout=20)
+    times = starts()[:5]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    print(f"\nback-off gaps between starts: {[round(g, 3) for g in gaps]}")
+    for gap, delay in zip(gaps, [0.2, 0.4, 0.8, 0.8], strict=True):
+        assert delay <= gap < delay + 0.5, gaps
+    status = gateway.backend.status
+    assert status.health in ("down", "loading")
+    async with gateway.client() as client:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    server_lines = [r.getMessage() for r in caplog.records if r.name == SERVER_LOG]
+    assert "[l] fake llama-server: cannot start" in server_lines
+
+
+async def test_a_start_that_never_becomes_healthy_is_killed_and_retried(
+    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """A server that hangs instead of listening: after ``start_timeout`` it is stopped —
+    SIGTERM, then SIGKILL, its whole process group — and started again."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "llama-server"
+    script.write_text(
+        "#!/bin/sh\n"
+        "trap '' TERM\n"  # ignores SIGTERM: only the SIGKILL after stop_grace ends it
+        f"sleep 1000 & echo $$ $! >> {pids}\n"
+        "wait\n"
+    )
+    script.chmod(0o755)
+    settings = managed_settings(
+        model_path, binary=str(script), start_timeout=0.5, stop_grace=0.3, restart_delay=0.1
+    )
+    gateway = await start_gateway(nursery, gateway_doc(settings))
+    supervisor = gateway.backend.supervisor
+    assert supervisor is not None
+
+    def started() -> list[list[int]]:
+        if not pids.exists():
+            return []
+        return [[int(p) for p in line.split()] for line in pids.read_text().splitlines()]
+
+    await wait_for(_returns(lambda: len(started()) >= 2), timeout=20)
+    first = started()[0]
+    # The hung first start and the child it forked are gone, reaped.
+    await wait_for(_returns(lambda: all(_process_gone(p) for p in first)), timeout=5)
+    assert gateway.backend.status.health != "ready"
+
+
+# --- the gateway as a command -------------------------------------------------------------
+
+
+_SERVING = re.compile(r"serving on (http://\S+)")
+_READY = re.compile(r"llama-server pid (\d+) is ready")
+
+
+@dataclass
+class GatewayProcess:
+    process: trio.Process
+    output: bytearray = field(default_factory=bytearray)
+
+    @property
+    def log(self) -> str:
+        return self.output.decode(errors="replace")
+
+    async def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        with trio.fail_after(timeout):
+            while (match := pattern.search(self.log)) is None:
+                await trio.sleep(0.02)
+        return match
+
+
+@asynccontextmanager
+async def run_gateway_command(
+    tmp_path: Path, backend: dict[str, Any]
+) -> AsyncIterator[GatewayProcess]:
+    """``python -m gateway serve`` with one managed backend ``l`` behind route ``gemma``;
+    its log is collected in the background."""
+    lines = ['[server]', 'bind = "127.0.0.1:0"', "", "[backends.l]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in backend.items()]
+    lines += ["", "[routes.gemma]", 'backend = "l"']
+    config = tmp_path / "gateway.toml"
+    config.write_text("\n".join(lines) + "\n")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    running = GatewayProcess(process)
+    stderr = process.stderr
+    assert stderr is not None
+
+    async def collect() -> None:
+        async for chunk in stderr:
+            running.output.extend(chunk)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            yield running
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_no_llama_server_outlives_the_gateway(
+    tmp_path: Path, model_path: Path, signum: signal.Signals  # noqa: F811
+) -> None:
+    """SIGTERM: the gateway stops llama-server and exits 0. SIGKILL: the gateway cannot do
+    anything — the kernel's parent-death signal takes llama-server down with it."""
+    server_pid = None
+    async with run_gateway_command(tmp_path, managed_settings(model_path)) as gateway:
+        try:
+            url = (await gateway.wait_for_line(_SERVING, timeout=60))[1]
+            server_pid = int((await gateway.wait_for_line(_READY, timeout=120))[1])
+            assert _group_members(server_pid) == [server_pid]
+            async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
+                await _chat(client)
+            gateway.process.send_signal(signum)
+            with trio.fail_after(60):
+                code = await gateway.process.wait()
+            assert code == (0 if signum == signal.SIGTERM else -signal.SIGKILL), gateway.log
+            await wait_for(_returns(lambda: _process_gone(server_pid)), timeout=10)
+            assert _group_members(server_pid) == []
+        finally:
+            if server_pid is not None and not _process_gone(server_pid):
+                os.kill(server_pid, signal.SIGKILL)  # do not leak it into other tests
+    if signum == signal.SIGTERM:
+        assert "[l] " in gateway.log  # llama-server's lines, tagged with the backend id
