@@ -113,6 +113,8 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
     # llama-server's own lines are in the gateway's log, tagged with the backend's id.
     server_lines = [r.getMessage() for r in caplog.records if r.name == SERVER_LOG]
     assert any(line.startswith("[l] ") and "model loaded" in line for line in server_lines)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"pid {first_pid} is ready on {backend.url} after" in m for m in messages)
 
     # kill -9: down at once (no request goes there), a new process after the back-off.
     killed_at = trio.current_time()
@@ -133,6 +135,26 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
     exits = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
     assert any(f"pid {first_pid} exited with code -9" in m for m in exits), exits
     print(f"\nrestart: new llama-server {restarted_after:.2f} s after kill -9 (delay 1 s)")
+
+
+async def test_embeddings_where_the_server_has_them(
+    nursery: trio.Nursery, model_path: Path  # noqa: F811
+) -> None:
+    """A server started with ``--embeddings`` answers ``/v1/embeddings`` through the
+    gateway (one vector per input, the model's width, llama-server's usage)."""
+    settings = managed_settings(model_path, "--embeddings", "--pooling", "mean")
+    gateway = await start_gateway(nursery, gateway_doc(settings))
+    await wait_for(_returns(lambda: gateway.backend.status.health == "ready"), timeout=120)
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/embeddings", json={"model": "gemma", "input": ["a lighthouse", "an owl"]}
+        )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    vectors = [item["embedding"] for item in answer["data"]]
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) == 640  # gemma 3 270M
+    assert vectors[0] != vectors[1]
+    assert answer["usage"]["prompt_tokens"] > 0
 
 
 @pytest.fixture
