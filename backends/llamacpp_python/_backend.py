@@ -23,7 +23,7 @@ or cancel scope across a ``yield`` (PEP 789).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -240,11 +240,15 @@ class LlamaCppPythonBackend(Backend):
                 nursery.start_soon(self._produce, engine, job, send)
                 try:
                     first = await self._first_item(receive)
-                    yield UpstreamResponse(
-                        status=200,
-                        content_type="text/event-stream" if stream else "application/json",
-                        body=self._body(first, receive, job),
-                    )
+                    body = self._body(first, receive, job)
+                    try:
+                        yield UpstreamResponse(
+                            status=200,
+                            content_type="text/event-stream" if stream else "application/json",
+                            body=body,
+                        )
+                    finally:
+                        await body.aclose()  # also when the consumer stopped reading
                 finally:
                     if job.finished_at is None:
                         job.stop()
@@ -274,7 +278,7 @@ class LlamaCppPythonBackend(Backend):
 
     async def _body(
         self, first: bytes, receive: trio.MemoryReceiveChannel[_Item], job: Job
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         yield first
         async for item in receive:
             if isinstance(item, GatewayError):

@@ -223,11 +223,11 @@ class DirectChecks(Harness):
                     "(hang_before_headers never answers)"
                 )
         elif phase == "prefill":
-            with deadline(f"{what}: waiting for open_response to enter", 5):
+            with deadline(f"{what}: waiting for open_response to enter", self.check_timeout):
                 await entered.wait()
             await self.wait_open(backend, what)
         else:
-            with deadline(f"{what}: waiting for the first data event", 5):
+            with deadline(f"{what}: waiting for the first data event", self.check_timeout):
                 await got_data.wait()
 
 
