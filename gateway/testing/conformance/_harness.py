@@ -149,6 +149,8 @@ class Harness:
 
     async def wait_open(self, backend: Backend, what: str) -> None:
         """Wait until the author's ``open_requests`` sees the request upstream."""
-        with deadline(f"{what}: waiting for open_requests() to report the request", 5):
+        with deadline(
+            f"{what}: waiting for open_requests() to report the request", self.check_timeout
+        ):
             while self.open_requests(backend) < 1:
                 await trio.sleep(POLL)

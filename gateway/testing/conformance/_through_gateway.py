@@ -182,7 +182,10 @@ class GatewayChecks(Harness):
                     async with client.stream("POST", path, json=self.body(case, script)) as resp:
                         if phase in _RELAY_PHASES:
                             await self.wait_open(backend, what)
-                            await _relay_phase(served, _RELAY_PHASES[phase], what)
+                            relay_phase = _RELAY_PHASES[phase]
+                            waiting = f"{what}: waiting for the relay to reach {relay_phase}"
+                            with deadline(waiting, self.check_timeout):
+                                await _relay_phase(served, relay_phase)
                             scope.cancel()
                         framer = SSEFramer()
                         async for chunk in resp.aiter_raw():
@@ -194,10 +197,10 @@ class GatewayChecks(Harness):
                 await self.gateway_settled(served, backend, what)
 
 
-async def _relay_phase(served: ServedGateway, phase: str, what: str) -> None:
-    with deadline(f"{what}: waiting for the relay to reach {phase}", 5):
-        while not any(entry.phase == phase for entry in served.gateway.inflight):
-            await trio.sleep(0.005)
+async def _relay_phase(served: ServedGateway, phase: str) -> None:
+    """Return once a request in the gateway's in-flight table is in ``phase``."""
+    while not any(entry.phase == phase for entry in served.gateway.inflight):
+        await trio.sleep(0.005)
 
 
 def _longest_heartbeat_run(raw: bytes, what: str) -> int:
