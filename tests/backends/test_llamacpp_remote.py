@@ -337,11 +337,12 @@ async def test_llama_server_pings_count_as_upstream_liveness(
     nursery: trio.Nursery, llama_server: LlamaServer  # noqa: F811
 ) -> None:
     """llama-server sends headers when the slot starts, then nothing during the prefill
-    except its own pings (``:``; asked for every second, they come every ~2 s, as it checks
-    on a 1 s poll). Those pings are upstream bytes: they satisfy ``first_byte`` and reset
+    except its own pings (``:``, asked for every second). Those pings are upstream bytes: they satisfy ``first_byte`` and reset
     ``idle``, so a prefill longer than both timers survives — and the same request without
     pings times out. The prompt is sized to this machine's prefill speed (~6 s)."""
-    timeouts = {"first_byte": 3.0, "idle": 3.0}
+    # llama-server checks for a due ping on a 1 s poll and sends it once more than the
+    # interval has passed: asked for every second, pings come 1-2 s apart.
+    timeouts = {"first_byte": 2.5, "idle": 2.5}
     # load_interval: no /metrics read during the prefill; each one wakes the server's
     # waiting handlers and postpones their pings (see the setting's description).
     settings = backend_settings(url=llama_server.url, timeouts=timeouts, load_interval=600)
