@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from functools import partial
@@ -22,13 +21,19 @@ from .errors import (
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
-    MalformedJSON,
     MethodNotAllowed,
-    MissingField,
     ModelNotFound,
     NotFound,
     ShuttingDown,
     error_json,
+)
+from .inbound import (
+    REQUEST_ID,
+    ask_for_usage,
+    endpoint_label,
+    parse_json_object,
+    traceparent,
+    validate,
 )
 from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
@@ -38,38 +43,6 @@ from .teams import Admission, Identity
 from .teams.usage import parse_since
 
 log = logging.getLogger("gateway.app")
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_ENDPOINTS = {
-    "/v1/chat/completions": "chat/completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/models": "models",
-    "/healthz": "healthz",
-    "/readyz": "readyz",
-    "/metrics": "metrics",
-    "/": "status",
-    "/status/events": "status",
-    "/admin/usage": "admin",
-}
-
-
-def _endpoint_label(path: str) -> str:
-    """A bounded label for any path a client may send."""
-    if path.startswith("/v1/models/"):
-        return "models"
-    return _ENDPOINTS.get(path, "other")
-
-
-def _traceparent(given: str, request_id: str) -> str:
-    """The client's W3C traceparent when valid, else a new one (trace id from the request
-    id when that is 32 hex digits, so the two can be correlated)."""
-    if _TRACEPARENT.fullmatch(given):
-        return given
-    trace = request_id if re.fullmatch(r"[0-9a-f]{32}", request_id) else uuid.uuid4().hex
-    return f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
-
 
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
@@ -107,34 +80,7 @@ async def _read_json_object() -> JSONObject:
         raw = await request.get_data(cache=False)
     except HTTPException as exc:  # 413 from MAX_CONTENT_LENGTH, surfaced while reading
         raise _from_werkzeug(exc) from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object")
-    return body
-
-
-def _validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
-    model = body.get("model")
-    if model is None:
-        raise MissingField("you must provide a model parameter", param="model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model must be a non-empty string", param="model")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("stream must be a boolean", param="stream")
-    if stream and endpoint == "embeddings":
-        raise InvalidRequest("embeddings cannot be streamed", param="stream")
-    required = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}[
-        endpoint
-    ]
-    if required not in body:
-        raise MissingField(f"you must provide a {required} parameter", param=required)
-    return model, stream
+    return parse_json_object(raw)
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -150,8 +96,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def _request_id() -> None:
         g.started = trio.current_time()
         given = request.headers.get("x-request-id", "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        g.traceparent = _traceparent(request.headers.get("traceparent", ""), g.request_id)
+        g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.traceparent = traceparent(request.headers.get("traceparent", ""), g.request_id)
 
     teams = gateway.teams if gateway.teams is not None and gateway.teams.enabled else None
 
@@ -179,7 +125,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         response.headers["traceparent"] = g.traceparent
         gateway.telemetry.on_answered(
             route=g.get("route", ""),
-            endpoint=_endpoint_label(request.path),
+            endpoint=endpoint_label(request.path),
             status=response.status_code,
             fields={
                 "request_id": g.request_id,
@@ -209,7 +155,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if gateway.draining:
             raise ShuttingDown("the gateway is shutting down")
         body = await _read_json_object()
-        model, stream = _validate(body, endpoint)
+        model, stream = validate(body, endpoint)
         g.model = model
         route = gateway.router.resolve(model)
         if route is None:
@@ -223,13 +169,13 @@ def create_app(gateway: Gateway) -> QuartTrio:
             teams.authorize(identity, route, model)
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
             if stream and endpoint != "embeddings":
-                body, hide_usage = _ask_for_usage(body)
+                body, hide_usage = ask_for_usage(body)
         limit_headers = tuple(
             (k.encode(), v.encode()) for k, v in (admission.headers if admission else {}).items()
         )
         request_id: str = g.request_id
-        traceparent: str = g.traceparent
-        upstream_headers = {"x-request-id": request_id, "traceparent": traceparent}
+        trace: str = g.traceparent
+        upstream_headers = {"x-request-id": request_id, "traceparent": trace}
 
         def plan() -> list[Attempt]:
             return [
@@ -257,7 +203,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             failover_deadline=route.settings.failover_deadline,
             extra_headers=(
                 (b"x-request-id", request_id.encode()),
-                (b"traceparent", traceparent.encode()),
+                (b"traceparent", trace.encode()),
                 *limit_headers,
             ),
             endpoint=endpoint,
@@ -391,15 +337,6 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
 def _identity_fields(identity: Identity | None) -> dict[str, str]:
     return {} if identity is None else {"team": identity.team, "key_id": identity.key_id}
-
-
-def _ask_for_usage(body: JSONObject) -> tuple[JSONObject, bool]:
-    """The body with ``stream_options.include_usage`` on (the gateway counts tokens from the
-    usage chunk), and whether the usage chunk must be hidden (the client did not ask)."""
-    options = body.get("stream_options")
-    options = dict(options) if isinstance(options, dict) else {}
-    asked = options.get("include_usage") is True
-    return {**body, "stream_options": {**options, "include_usage": True}}, not asked
 
 
 def _model_card(name: str) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""What a client sent, checked: sans-I/O parsing and validation of requests (no Quart, no
+trio), so every rule here is a plain function with a plain test."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+from .abc import Endpoint, JSONObject
+from .errors import InvalidRequest, MalformedJSON, MissingField
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+    "/": "status",
+    "/status/events": "status",
+    "/admin/usage": "admin",
+}
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded label for any path a client may send."""
+    if path.startswith("/v1/models/"):
+        return "models"
+    return _ENDPOINTS.get(path, "other")
+
+
+def traceparent(given: str, request_id: str) -> str:
+    """The client's W3C traceparent when valid, else a new one (trace id from the request
+    id when that is 32 hex digits, so the two can be correlated)."""
+    if _TRACEPARENT.fullmatch(given):
+        return given
+    trace = request_id if re.fullmatch(r"[0-9a-f]{32}", request_id) else uuid.uuid4().hex
+    return f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
+
+
+def parse_json_object(raw: str | bytes) -> JSONObject:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object")
+    return body
+
+
+def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
+    model = body.get("model")
+    if model is None:
+        raise MissingField("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model must be a non-empty string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be a boolean", param="stream")
+    if stream and endpoint == "embeddings":
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
+    required = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}[
+        endpoint
+    ]
+    if required not in body:
+        raise MissingField(f"you must provide a {required} parameter", param=required)
+    return model, stream
+
+
+def ask_for_usage(body: JSONObject) -> tuple[JSONObject, bool]:
+    """The body with ``stream_options.include_usage`` on (the gateway counts tokens from the
+    usage chunk), and whether the usage chunk must be hidden (the client did not ask)."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    asked = options.get("include_usage") is True
+    return {**body, "stream_options": {**options, "include_usage": True}}, not asked

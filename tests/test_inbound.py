@@ -1,0 +1,71 @@
+"""Request parsing and validation, sans I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import InvalidRequest, MalformedJSON, MissingField
+from gateway.inbound import (
+    REQUEST_ID,
+    ask_for_usage,
+    endpoint_label,
+    parse_json_object,
+    traceparent,
+    validate,
+)
+
+VALID_TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_parse_json_object() -> None:
+    assert parse_json_object(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(MalformedJSON):
+        parse_json_object(b"{nope")
+    with pytest.raises(MalformedJSON):
+        parse_json_object(b"\xff\xfe")
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse_json_object(b"[1, 2]")
+
+
+@pytest.mark.parametrize(
+    ("body", "endpoint", "error", "param"),
+    [
+        ({"messages": []}, "chat/completions", MissingField, "model"),
+        ({"model": "", "messages": []}, "chat/completions", InvalidRequest, "model"),
+        ({"model": 3, "messages": []}, "chat/completions", InvalidRequest, "model"),
+        ({"model": "m", "messages": [], "stream": "yes"}, "chat/completions", InvalidRequest, "stream"),
+        ({"model": "m"}, "chat/completions", MissingField, "messages"),
+        ({"model": "m"}, "completions", MissingField, "prompt"),
+        ({"model": "m", "input": "x", "stream": True}, "embeddings", InvalidRequest, "stream"),
+    ],
+)
+def test_validate_refuses(body, endpoint, error, param) -> None:
+    with pytest.raises(error) as caught:
+        validate(body, endpoint)
+    assert caught.value.param == param
+
+
+def test_validate_accepts() -> None:
+    assert validate({"model": "m", "messages": [], "stream": None}, "chat/completions") == ("m", False)
+    assert validate({"model": "m", "prompt": "p", "stream": True}, "completions") == ("m", True)
+
+
+def test_traceparent_kept_when_valid_else_minted() -> None:
+    assert traceparent(VALID_TP, "r") == VALID_TP
+    minted = traceparent("00-" + "0" * 32 + "-b7ad6b7169203331-01", "f" * 32)
+    assert minted.startswith("00-" + "f" * 32 + "-") and minted != VALID_TP
+    assert len(traceparent("garbage", "not-hex").split("-")[1]) == 32
+
+
+def test_request_id_pattern_and_labels_are_bounded() -> None:
+    assert REQUEST_ID.fullmatch("abc-123:x.y_z")
+    assert not REQUEST_ID.fullmatch("bad id") and not REQUEST_ID.fullmatch("x" * 129)
+    assert endpoint_label("/v1/models/anything/at/all") == "models"
+    assert endpoint_label("/random/path/12345") == "other"
+
+
+def test_ask_for_usage_hides_only_what_the_client_did_not_ask_for() -> None:
+    body, hide = ask_for_usage({"model": "m"})
+    assert body["stream_options"] == {"include_usage": True} and hide
+    body, hide = ask_for_usage({"model": "m", "stream_options": {"include_usage": True, "x": 1}})
+    assert body["stream_options"] == {"include_usage": True, "x": 1} and not hide
