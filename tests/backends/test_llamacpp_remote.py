@@ -5,6 +5,7 @@ queue gap covered by heartbeats, and disconnects freeing slots and queue places.
 from __future__ import annotations
 
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +13,11 @@ import pytest
 import trio
 
 from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp._launch import free_port
 
 from .llamacpp_fixtures import (
     LlamaServer,
+    _wait_healthy_sync,
     backend_settings,
     event_json,
     gateway_doc,
@@ -25,8 +28,10 @@ from .llamacpp_fixtures import (
     open_stream,
     read_stream,
     slot_busy,
+    spawn_llama_server,
     sse_events,
     start_gateway,
+    stop_llama_server,
     wait_for,
 )
 
@@ -224,6 +229,34 @@ async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_
     assert data and rest[-1] == b"data: [DONE]"
     print(f"\nqueue gap: waited {beats[-1] - started:.1f} s behind {len(long_tokens)} tokens; "
           f"{len(beats)} heartbeats, gaps {min(gaps):.3f}-{max(gaps):.3f} s")
+
+
+async def test_load_comes_from_slots_when_metrics_are_off(
+    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """A server started without ``--metrics``: the busy count is read from ``/slots``
+    (its queue length is not published there, so ``queued`` stays unknown)."""
+    port = free_port("127.0.0.1")
+    url = f"http://127.0.0.1:{port}"
+    process = spawn_llama_server(model_path, port, tmp_path / "server.log", metrics=False)
+    try:
+        _wait_healthy_sync(url, process, tmp_path / "server.log")
+        settings = backend_settings(url=url, poll_interval=0.1, load_interval=0.2)
+        gateway = await start_gateway(nursery, gateway_doc(settings))
+        backend = gateway.backend
+        await wait_for(_returns(lambda: backend.status.running == 0), timeout=10)
+        assert backend.status.queued is None
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as direct,
+            open_events(direct, "/v1/completions", _upstream(LONG)) as (_, events),
+        ):
+            async for event in events:
+                if event.startswith(b"data: {"):
+                    break
+            await wait_for(_returns(lambda: backend.status.running == 1), timeout=10)
+        await wait_for(_returns(lambda: backend.status.running == 0), timeout=10)
+    finally:
+        stop_llama_server(process)
 
 
 # --- disconnects -----------------------------------------------------------------------------
