@@ -329,11 +329,7 @@ async def _relay_stream(
             exchange.log.append(f"{attempt.upstream.id}=ok")
             await writer.start(200, sse_headers(exchange.headers()))
             async for chunk in response.body:
-                now = trio.current_time()
-                clock.note_bytes(now)
-                timer.deadline = clock.deadline
-                if entry.first_byte_at is None:
-                    entry.first_byte_at = now
+                _heard_upstream(clock, timer, entry)
                 events = [
                     e for e in framer.feed(chunk) if not _take_usage(e, entry, exchange.hide_usage)
                 ]
@@ -366,11 +362,7 @@ async def _relay_unary(
         async with backend.open_response(attempt.request) as response:
             entry.phase = "prefill"
             async for chunk in response.body:
-                now = trio.current_time()
-                clock.note_bytes(now)
-                timer.deadline = clock.deadline
-                if entry.first_byte_at is None:
-                    entry.first_byte_at = now
+                _heard_upstream(clock, timer, entry)
                 parts.append(chunk)
             status, content_type = response.status, response.content_type
     if timer.cancelled_caught:
@@ -408,6 +400,15 @@ def _note_usage(entry: InFlight, document: str | bytes) -> bool:
             entry.completion_tokens = completion
         return not doc.get("choices")
     return False
+
+
+def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlight) -> None:
+    """Upstream bytes arrived: restart the idle timer, note the first byte."""
+    now = trio.current_time()
+    clock.note_bytes(now)
+    timer.deadline = clock.deadline
+    if entry.first_byte_at is None:
+        entry.first_byte_at = now
 
 
 def _check_content_type(response: UpstreamResponse, expected: str) -> None:

@@ -13,9 +13,9 @@ from gateway.abc import Timeouts
 from gateway.config import KeepaliveSettings, build_config
 from gateway.errors import Overloaded, UpstreamStatusError, error_body, error_event
 from gateway.inflight import InFlight
-from gateway.writer import ResponseWriter, heartbeat, heartbeat_bytes
 from gateway.routing import Router, upstream_body
 from gateway.timers import HeartbeatClock, UpstreamClock
+from gateway.writer import ResponseWriter, heartbeat, heartbeat_bytes
 
 
 def make_router() -> Router:

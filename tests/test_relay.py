@@ -10,11 +10,11 @@ import trio
 
 from backends.openai import OpenAIBackend, OpenAISettings
 from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
+from gateway.admission import Admission
+from gateway.balancer import Breaker
 from gateway.config import KeepaliveSettings
 from gateway.errors import UpstreamTimeout
 from gateway.inflight import InFlightTable
-from gateway.admission import Admission
-from gateway.balancer import Breaker
 from gateway.relay import Attempt, Exchange, relay
 from gateway.service import Upstream
 from gateway.testing.fake_openai import FakeOpenAI

@@ -8,7 +8,6 @@ the queue gap the gateway's heartbeats must cover.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -31,6 +30,8 @@ from backends.llamacpp._process import _die_with_parent
 from gateway.config import build_config
 from gateway.server import serve
 from gateway.service import Gateway, open_gateway
+
+from .sse_helpers import event_json, sse_events
 
 THREADS = "2"  # the CI machine has two cores, shared
 CTX = "4096"
@@ -207,24 +208,6 @@ async def wait_for(
 
 
 # --- SSE --------------------------------------------------------------------------------
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The raw events of an SSE response (comments included), as they arrive."""
-    buffer = b""
-    async for chunk in response.aiter_raw():
-        buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            yield event
-
-
-def event_json(event: bytes) -> dict[str, Any] | None:
-    """The JSON of a ``data:`` event; None for a comment or ``[DONE]``."""
-    if not event.startswith(b"data: {"):
-        return None
-    payload: dict[str, Any] = json.loads(event[len(b"data: "):])
-    return payload
 
 
 def delta_text(chunk: dict[str, Any]) -> str:

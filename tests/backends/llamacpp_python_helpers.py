@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,24 +71,6 @@ class LocalGateway:
 
 
 StartLocal = Callable[..., Awaitable[LocalGateway]]
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The raw events of an SSE response (comments included), as they arrive."""
-    buffer = b""
-    async for chunk in response.aiter_raw():
-        buffer += chunk
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            yield event
-
-
-def event_json(event: bytes) -> dict[str, Any] | None:
-    """The JSON of a ``data:`` event, or None for a comment or ``[DONE]``."""
-    if not event.startswith(b"data: {"):
-        return None
-    payload: dict[str, Any] = json.loads(event[len(b"data: ") :])
-    return payload
 
 
 def chunk_text(chunk: dict[str, Any]) -> str:

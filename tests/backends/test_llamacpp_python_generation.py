@@ -19,9 +19,8 @@ from .llamacpp_python_helpers import (
     LocalGateway,
     StartLocal,
     chunk_text,
-    event_json,
-    sse_events,
 )
+from .sse_helpers import event_json, sse_events
 
 PROMPT = "The best way to cook rice is"
 MESSAGES = [{"role": "user", "content": "Name three colours."}]

@@ -18,10 +18,9 @@ from .llamacpp_python_helpers import (
     LocalGateway,
     StartLocal,
     chunk_text,
-    event_json,
-    sse_events,
     wait_until,
 )
+from .sse_helpers import event_json, sse_events
 
 LONG = 400  # tokens a request would run for if nobody stopped it (10+ s on this CPU)
 HEARTBEAT = b": keepalive"

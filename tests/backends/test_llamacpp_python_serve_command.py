@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from .llamacpp_python_helpers import event_json
+from .sse_helpers import event_json
 
 ROOT = Path(__file__).resolve().parents[2]
 _SERVING = re.compile(rb"serving on (http://[^\s]+)")

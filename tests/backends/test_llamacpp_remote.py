@@ -19,7 +19,6 @@ from .llamacpp_fixtures import (
     LlamaServer,
     _wait_healthy_sync,
     backend_settings,
-    event_json,
     gateway_doc,
     llama_server,  # noqa: F401  (fixture)
     metrics,
@@ -29,11 +28,11 @@ from .llamacpp_fixtures import (
     read_stream,
     slot_busy,
     spawn_llama_server,
-    sse_events,
     start_gateway,
     stop_llama_server,
     wait_for,
 )
+from .sse_helpers import event_json, sse_events
 
 CHAT = {
     "model": "gemma",

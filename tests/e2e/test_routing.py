@@ -115,12 +115,11 @@ async def test_no_retry_after_first_data_event(nursery: trio.Nursery) -> None:
     broken, _ = await start_fake(nursery)
     spare, _ = await start_fake(nursery)
     url, _ = await serve_pool(nursery, {"broken": broken.url, "spare": spare.url}, {})
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream(
-            "POST", "/v1/chat/completions",
-            json={**CHAT, "fake": {"tokens": 6, "pace": 0.01, "fault": "reset_mid_stream"}},
-        ) as r:
-            raw = await r.aread()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client, client.stream(
+        "POST", "/v1/chat/completions",
+        json={**CHAT, "fake": {"tokens": 6, "pace": 0.01, "fault": "reset_mid_stream"}},
+    ) as r:
+        raw = await r.aread()
     data = [e.data for e in SSEFramer().feed(raw) if e.is_data]
     assert "[DONE]" not in data
     assert "error" in json.loads(data[-1])
