@@ -20,7 +20,6 @@ instead, and the client is told why.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from .service import Upstream
 from .sse import SSEEvent, SSEFramer
 from .telemetry import Telemetry
 from .timers import HeartbeatClock, UpstreamClock
+from .usage import parse_usage
 from .writer import (
     ClientGone,
     Headers,
@@ -384,22 +384,15 @@ def _take_usage(event: SSEEvent, entry: InFlight, hide: bool) -> bool:
 
 
 def _note_usage(entry: InFlight, document: str | bytes) -> bool:
-    """Take token counts from an OpenAI ``usage`` object, if the document has one. True
-    when the document is a usage-only chunk (``stream_options.include_usage``'s last one:
-    usage and no choices)."""
-    try:
-        doc = json.loads(document)
-        usage = doc.get("usage")
-    except (ValueError, AttributeError):
+    """Take token counts from the document's ``usage``, if any; true for a usage-only chunk."""
+    usage = parse_usage(document)
+    if usage is None:
         return False
-    if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int):
-            entry.prompt_tokens = prompt
-        if isinstance(completion, int):
-            entry.completion_tokens = completion
-        return not doc.get("choices")
-    return False
+    if usage.prompt_tokens is not None:
+        entry.prompt_tokens = usage.prompt_tokens
+    if usage.completion_tokens is not None:
+        entry.completion_tokens = usage.completion_tokens
+    return usage.only
 
 
 def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlight) -> None:

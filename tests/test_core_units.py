@@ -135,3 +135,17 @@ async def test_heartbeat_task_timing(autojump_clock: MockClock) -> None:
     times = [round(t - start, 6) for t, body in sent if body == b": hb\n\n"]
     assert times == [1.0, 2.0, 3.0, 4.5, 5.5]
     assert entry.heartbeats == 5
+
+
+def test_parse_usage() -> None:
+    from gateway.usage import Usage, parse_usage
+
+    whole = '{"choices": [{"index": 0}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}'
+    assert parse_usage(whole) == Usage(7, 3, only=False)
+    assert parse_usage(b'{"choices": [], "usage": {"prompt_tokens": 2}}') == Usage(2, None, True)
+    assert parse_usage('{"usage": {"prompt_tokens": true, "completion_tokens": "9"}}') == Usage(
+        None, None, True
+    )
+    assert parse_usage('{"choices": []}') is None
+    assert parse_usage("[DONE]") is None
+    assert parse_usage("[1, 2]") is None

@@ -1,0 +1,34 @@
+"""Token counts from OpenAI ``usage`` objects, sans I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+__all__ = ["Usage", "parse_usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    only: bool  # a usage-only chunk (``stream_options.include_usage``'s last): no choices
+
+
+def parse_usage(document: str | bytes) -> Usage | None:
+    """The ``usage`` of a JSON document (a whole answer or one SSE chunk), if it has one."""
+    try:
+        doc = json.loads(document)
+        usage = doc.get("usage")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
+        completion_tokens=(
+            completion if isinstance(completion, int) and not isinstance(completion, bool) else None
+        ),
+        only=not doc.get("choices"),
+    )
