@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,7 +112,7 @@ class RouteSettings(_Settings):
             raise ValueError("`upstream_model` goes with `backend`; in `targets` use `model`")
         return self
 
-    @property
+    @cached_property  # read on every request; frozen settings never change
     def all_targets(self) -> tuple[TargetSettings, ...]:
         if self.backend is not None:
             return (TargetSettings(backend=self.backend, model=self.upstream_model),)

@@ -33,6 +33,11 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     # The gateway drains streams itself; hypercorn must not cut them earlier.
     config.graceful_timeout = graceful_timeout + _ABORT_GRACE
     config.accesslog = None
+    # Room for bursts of new connections (hypercorn's default backlog is 100), and idle
+    # keep-alive connections kept as long as common load balancers keep theirs (its default
+    # of 5 s also bounds the wait between accept and the first request under load).
+    config.backlog = 2048
+    config.keep_alive_timeout = 75
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
 

@@ -155,7 +155,8 @@ class Telemetry:
             "connecting", "prefill", "streaming"
         ):
             self.cancellations.labels(route, backend).inc()
-        write_access_log(_entry_fields(entry))
+        if access_log.isEnabledFor(logging.INFO):
+            write_access_log(_entry_fields(entry))
 
     def on_answered(
         self, *, route: str, endpoint: str, status: int, fields: Mapping[str, Any]
