@@ -27,6 +27,7 @@ from gateway.abc import (
     UpstreamResponse,
     UpstreamStatusError,
     UpstreamTimeout,
+    http_base_url,
 )
 
 # How long closing a cancelled upstream response may take before it is abandoned.
@@ -45,10 +46,7 @@ class OpenAISettings(BackendSettings):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        return http_base_url(value)
 
 
 class OpenAIBackend(Backend):

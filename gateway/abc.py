@@ -48,9 +48,9 @@ __all__ = [
     "Backend",
     "BackendSettings",
     "BackendStatus",
-    "Health",
     "EjectionSettings",
     "Endpoint",
+    "Health",
     "JSONObject",
     "Overloaded",
     "Timeouts",
@@ -61,12 +61,24 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamStatusError",
     "UpstreamTimeout",
+    "http_base_url",
 ]
 
 JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
+
+
+def http_base_url(value: str) -> str:
+    """``value`` checked as an http(s) URL with a host, without its trailing slash. Raises
+    ``ValueError``, so a settings ``field_validator`` can simply return it."""
+    import httpx  # only at config time
+
+    url = httpx.URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
 
 
 class Timeouts(BaseModel):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.abc import BackendSettings
+from gateway.abc import BackendSettings, http_base_url
 
 # Flags the managed mode sets itself, from settings of their own.
 _OWNED_FLAGS = {
@@ -93,11 +92,7 @@ class LlamaCppSettings(BackendSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        value = value.rstrip("/")
-        return value.removesuffix("/v1")
+        return http_base_url(value).removesuffix("/v1")
 
     @field_validator("args")
     @classmethod

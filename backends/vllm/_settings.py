@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from gateway.abc import BackendSettings
+from gateway.abc import BackendSettings, http_base_url
 
 
 class VLLMSettings(BackendSettings):
@@ -33,7 +32,4 @@ class VLLMSettings(BackendSettings):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/").removesuffix("/v1")
+        return http_base_url(value).removesuffix("/v1")

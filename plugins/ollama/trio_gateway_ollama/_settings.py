@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import httpx
 from pydantic import Field, field_validator
 
-from gateway.abc import BackendSettings
+from gateway.abc import BackendSettings, http_base_url
 
 
 class OllamaSettings(BackendSettings):
@@ -22,7 +21,4 @@ class OllamaSettings(BackendSettings):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        return http_base_url(value)
