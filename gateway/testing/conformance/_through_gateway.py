@@ -16,7 +16,16 @@ from ...errors import ConfigError
 from ...sse import SSEFramer
 from ..openai_shapes import Answer, ShapeError, parse_sse
 from ..serving import ServedGateway, open_test_gateway
-from ._cases import BACKEND_ID, CANCEL_CASES, PATHS, ROUTE_MODEL, Phase, Script, error_event
+from ._cases import (
+    BACKEND_ID,
+    CANCEL_CASES,
+    PATHS,
+    ROUTE_MODEL,
+    Case,
+    Phase,
+    Script,
+    error_event,
+)
 from ._failure import deadline, fail, unwrapped
 from ._harness import Harness
 
@@ -65,6 +74,18 @@ class GatewayChecks(Harness):
             await served.gateway.inflight.wait_empty()
         await self.settled(backend, None, after)
 
+    async def post_through_gateway(
+        self, case: Case, script: Script, what: str, **serving: Mapping[str, Any]
+    ) -> httpx.Response:
+        """Send the case's request through a gateway; return the whole answer once the
+        gateway and the backend have settled."""
+        with deadline(what, self.check_timeout):
+            async with self.serving(script, **serving) as (served, backend):
+                async with served.client() as client:
+                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
+                await self.gateway_settled(served, backend, f"after {what}")
+        return resp
+
     async def check_gateway_answer(self, endpoint: Endpoint, stream: bool) -> Answer:
         """Through the gateway, the client gets the same well-formed answer."""
         case, script = self.case("answer", stream=stream, endpoint=endpoint)
@@ -83,14 +104,9 @@ class GatewayChecks(Harness):
         error body carrying its message."""
         case, script = self.case("error_status")
         what = "an upstream error status through the gateway"
-        with deadline(what, self.check_timeout):
-            async with self.serving(script, keepalive={"early_headers": False}) as (
-                served,
-                backend,
-            ):
-                async with served.client() as client:
-                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
-                await self.gateway_settled(served, backend, f"after {what}")
+        resp = await self.post_through_gateway(
+            case, script, what, keepalive={"early_headers": False}
+        )
         if resp.status_code != script.status:
             fail(f"{what}: the client got {resp.status_code}, not {script.status}")
         _error_body(resp, what)
@@ -101,14 +117,9 @@ class GatewayChecks(Harness):
         and the gateway did not try."""
         case, script = self.case("connect_error")
         what = "an unreachable upstream through the gateway"
-        with deadline(what, self.check_timeout):
-            async with self.serving(script, keepalive={"early_headers": False}) as (
-                served,
-                backend,
-            ):
-                async with served.client() as client:
-                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
-                await self.gateway_settled(served, backend, f"after {what}")
+        resp = await self.post_through_gateway(
+            case, script, what, keepalive={"early_headers": False}
+        )
         error = _error_body(resp, what)
         found = (resp.status_code, error.get("code"))
         if found not in ((502, "upstream_connect_error"), (503, "no_backend_available")):
@@ -119,11 +130,7 @@ class GatewayChecks(Harness):
         no ``[DONE]``; the events before it arrived whole."""
         case, script = self.case("error_mid_stream")
         what = "an upstream failing mid-stream, through the gateway"
-        with deadline(what, self.check_timeout):
-            async with self.serving(script) as (served, backend):
-                async with served.client() as client:
-                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
-                await self.gateway_settled(served, backend, f"after {what}")
+        resp = await self.post_through_gateway(case, script, what)
         data = _data(resp, what)
         _ends_with_error(data, what)
         if not any(item != "[DONE]" and error_event(item) is None for item in data):
@@ -135,14 +142,9 @@ class GatewayChecks(Harness):
         is closed — the backend's body must be cancellable while it waits."""
         case, script = self.case("stall")
         what = "a stalled upstream through the gateway"
-        with deadline(what, self.check_timeout):
-            async with self.serving(script, timeouts={"idle": IDLE_TIMEOUT}) as (
-                served,
-                backend,
-            ):
-                async with served.client() as client:
-                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
-                await self.gateway_settled(served, backend, f"after {what}")
+        resp = await self.post_through_gateway(
+            case, script, what, timeouts={"idle": IDLE_TIMEOUT}
+        )
         error = _ends_with_error(_data(resp, what), what)
         if error.get("code") != "upstream_timeout":
             fail(f"{what}: the error event is {error}, not upstream_timeout")
@@ -152,11 +154,7 @@ class GatewayChecks(Harness):
         it, and heartbeats fill the pause. A backend that buffers breaks both."""
         case, script = self.case("gap", seconds=GAP_SECONDS)
         what = "a stream with a pause, through the gateway"
-        with deadline(what, self.check_timeout):
-            async with self.serving(script) as (served, backend):
-                async with served.client() as client:
-                    resp = await client.post(PATHS[case.endpoint], json=self.body(case, script))
-                await self.gateway_settled(served, backend, f"after {what}")
+        resp = await self.post_through_gateway(case, script, what)
         if resp.status_code != 200:
             fail(f"{what}: status {resp.status_code}: {resp.text[:300]}")
         longest = _longest_heartbeat_run(resp.content, what)
