@@ -16,7 +16,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from loadgen import ResponseDecoder
+from loadgen_conn import ResponseDecoder
 
 PIECES = [b"data: one\n\n", b": keepalive\n\ndata: x", b"\n\n\n"]
 CHUNKED = (
