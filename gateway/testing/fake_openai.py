@@ -40,6 +40,8 @@ from typing import Any
 import h11
 import trio
 
+from .http11 import read_request
+
 __all__ = [
     "ConnectionRecord",
     "FakeOpenAI",
@@ -228,38 +230,25 @@ class FakeOpenAI:
     async def _read_request(
         self, stream: trio.SocketStream, conn: h11.Connection, record: ConnectionRecord
     ) -> RequestRecord | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    record.closed_at = trio.current_time()
-                    record.closed_event.set()
-                    return None
-                conn.receive_data(data)
-            elif isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                try:
-                    doc = json.loads(body) if body else {}
-                except ValueError:
-                    doc = {"_raw": body.decode("latin-1")}
-                req = RequestRecord(
-                    method=head.method.decode(),
-                    path=head.target.decode(),
-                    headers={k.decode(): v.decode() for k, v in head.headers},
-                    body=doc,
-                    received_at=trio.current_time(),
-                )
-                record.requests.append(req)
-                return req
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
+        incoming = await read_request(stream, conn)
+        if incoming is None:
+            record.closed_at = trio.current_time()
+            record.closed_event.set()
+            return None
+        head, body = incoming.head, incoming.body
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {"_raw": body.decode("latin-1")}
+        req = RequestRecord(
+            method=head.method.decode(),
+            path=head.target.decode(),
+            headers={k.decode(): v.decode() for k, v in head.headers},
+            body=doc,
+            received_at=trio.current_time(),
+        )
+        record.requests.append(req)
+        return req
 
     async def _watch_close(self, stream: trio.SocketStream, record: ConnectionRecord,
                            scope: trio.CancelScope) -> None:

@@ -61,6 +61,7 @@ from . import fake_vllm_protocol as proto
 from .fake_vllm_metrics import CONTENT_TYPE as METRICS_TYPE
 from .fake_vllm_metrics import EngineLoad, MetricsVersion, exposition
 from .fake_vllm_protocol import ErrorForm, Generation, VLLMError
+from .http11 import read_request
 
 __all__ = ["VLLM_VERSION", "FakeVLLM", "VLLMRequest"]
 
@@ -206,34 +207,24 @@ class FakeVLLM:
 
     async def _read_request(self, stream: trio.SocketStream,
                             conn: h11.Connection) -> VLLMRequest | None:
-        head: h11.Request | None = None
-        raw = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))  # b"": the peer closed
-            elif isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                raw += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                request = VLLMRequest(
-                    method=head.method.decode(),
-                    path=head.target.decode().split("?", 1)[0],
-                    headers={k.decode().lower(): v.decode("latin-1") for k, v in head.headers},
-                    body=body,
-                    received_at=trio.current_time(),
-                )
-                self.requests.append(request)
-                self._notify()
-                return request
-            else:  # ConnectionClosed, or PAUSED, which a request never leaves us in here
-                return None
+        incoming = await read_request(stream, conn)
+        if incoming is None:
+            return None
+        head, raw = incoming.head, incoming.body
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        request = VLLMRequest(
+            method=head.method.decode(),
+            path=head.target.decode().split("?", 1)[0],
+            headers={k.decode().lower(): v.decode("latin-1") for k, v in head.headers},
+            body=body,
+            received_at=trio.current_time(),
+        )
+        self.requests.append(request)
+        self._notify()
+        return request
 
     async def _answer(self, stream: trio.SocketStream, conn: h11.Connection,
                       request: VLLMRequest) -> bool:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import h11
 import trio
 
+from gateway.testing.http11 import read_request
+
 Fault = Literal["none", "error_line", "stall", "cut", "status"]
 
 
@@ -97,34 +99,21 @@ class FakeOllama:
             scope.cancel()
 
     async def _read(self, stream: trio.SocketStream, conn: h11.Connection) -> Received | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                conn.receive_data(data)
-                if not data:
-                    return None
-            elif isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                try:
-                    doc = json.loads(body) if body else {}
-                except ValueError:
-                    doc = {"_invalid": body.decode("latin-1")}
-                received = Received(
-                    head.target.decode(),
-                    {k.decode(): v.decode() for k, v in head.headers},
-                    doc if isinstance(doc, dict) else {"_invalid": doc},
-                )
-                self.requests.append(received)
-                return received
-            else:
-                return None
+        incoming = await read_request(stream, conn)
+        if incoming is None:
+            return None
+        head, body = incoming.head, incoming.body
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {"_invalid": body.decode("latin-1")}
+        received = Received(
+            head.target.decode(),
+            {k.decode(): v.decode() for k, v in head.headers},
+            doc if isinstance(doc, dict) else {"_invalid": doc},
+        )
+        self.requests.append(received)
+        return received
 
     async def _send(self, stream: trio.SocketStream, conn: h11.Connection, event: Any) -> None:
         data = conn.send(event)
