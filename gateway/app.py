@@ -6,7 +6,6 @@ import json
 import logging
 import time
 import uuid
-from functools import partial
 from typing import Any
 
 import trio
@@ -15,7 +14,6 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .abc import Endpoint, JSONObject, UpstreamRequest
 from .asgi import GatewayHTTPConnection, ProxyResponse
 from .errors import (
     BodyTooLarge,
@@ -24,22 +22,17 @@ from .errors import (
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
-    ShuttingDown,
     error_json,
 )
 from .inbound import (
     REQUEST_ID,
-    ask_for_usage,
     endpoint_label,
-    parse_json_object,
     traceparent,
-    validate,
 )
-from .relay import Attempt, Exchange, relay
-from .routing import apply_policy, upstream_body
+from .proxy import ProxyApp
 from .service import Gateway
 from .status import page_html, serve_feed
-from .teams import Admission, Identity
+from .teams import Identity
 from .teams.usage import parse_since
 
 log = logging.getLogger("gateway.app")
@@ -75,15 +68,9 @@ def _from_werkzeug(exc: HTTPException) -> GatewayError:
     return error
 
 
-async def _read_json_object() -> JSONObject:
-    try:
-        raw = await request.get_data(cache=False)
-    except HTTPException as exc:  # 413 from MAX_CONTENT_LENGTH, surfaced while reading
-        raise _from_werkzeug(exc) from None
-    return parse_json_object(raw)
-
-
-def create_app(gateway: Gateway) -> QuartTrio:
+def create_app(gateway: Gateway) -> ProxyApp:
+    """The gateway's ASGI app: :class:`~gateway.proxy.ProxyApp` in front of the Quart app
+    that answers everything but the proxied endpoints."""
     app = QuartTrio("trio_gateway")
     app.asgi_http_class = GatewayHTTPConnection
     app.config.update(
@@ -150,92 +137,6 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(GatewayError("internal error in the gateway"))
-
-    async def proxy(endpoint: Endpoint) -> Response:
-        if gateway.draining:
-            raise ShuttingDown("the gateway is shutting down")
-        body = await _read_json_object()
-        model, stream = validate(body, endpoint)
-        g.model = model
-        route = gateway.router.resolve(model)
-        if route is None:
-            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
-        g.route = route.name
-        body = apply_policy(body, route)
-        identity: Identity | None = g.get("identity")
-        admission: Admission | None = None
-        hide_usage = False
-        if teams is not None and identity is not None:
-            teams.authorize(identity, route, model)
-            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
-            if stream and endpoint != "embeddings":
-                body, hide_usage = ask_for_usage(body)
-        limit_headers = tuple(
-            (k.encode(), v.encode()) for k, v in (admission.headers if admission else {}).items()
-        )
-        request_id: str = g.request_id
-        trace: str = g.traceparent
-        upstream_headers = {"x-request-id": request_id, "traceparent": trace}
-
-        def plan() -> list[Attempt]:
-            return [
-                Attempt(
-                    upstream,
-                    UpstreamRequest(
-                        endpoint=endpoint,
-                        body=upstream_body(body, target),
-                        stream=stream,
-                        request_id=request_id,
-                        headers=upstream_headers,
-                    ),
-                )
-                for upstream, target in gateway.plan(route)
-            ]
-
-        exchange = Exchange(
-            plan=plan,
-            request_id=request_id,
-            stream=stream,
-            route=route.name,
-            keepalive=route.settings.keepalive,
-            inflight=gateway.inflight,
-            max_attempts=route.settings.max_attempts,
-            failover_deadline=route.settings.failover_deadline,
-            extra_headers=(
-                (b"x-request-id", request_id.encode()),
-                (b"traceparent", trace.encode()),
-                *limit_headers,
-            ),
-            endpoint=endpoint,
-            model=model,
-            telemetry=gateway.telemetry,
-            team=identity.team if identity else "",
-            key_id=identity.key_id if identity else "",
-            hide_usage=hide_usage,
-            on_finish=admission.finish if admission else None,
-        )
-        if admission is None:
-            return ProxyResponse(partial(relay, exchange=exchange))
-
-        async def serve_admitted(send: Any) -> None:
-            try:
-                await relay(send, exchange)
-            finally:  # the relay never ran (client gone first): free the slot anyway
-                admission.finish()
-
-        return ProxyResponse(serve_admitted)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions() -> Response:
-        return await proxy("chat/completions")
-
-    @app.post("/v1/completions")
-    async def completions() -> Response:
-        return await proxy("completions")
-
-    @app.post("/v1/embeddings")
-    async def embeddings() -> Response:
-        return await proxy("embeddings")
 
     def visible_models() -> list[str]:
         """The model names the caller may use (all of them with auth off)."""
@@ -332,7 +233,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             status=200 if ready else 503,
         )
 
-    return app
+    return ProxyApp(gateway, app)
 
 
 def _identity_fields(identity: Identity | None) -> dict[str, str]:

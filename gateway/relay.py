@@ -302,9 +302,11 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
     if writer.started:
         await writer.write(error_event(error) if exchange.stream else error_json(error))
         return
+    body = error_json(error)
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers.append((b"content-length", str(len(body)).encode()))
     await writer.start(error.status, json_headers([*exchange.headers(), *headers]))
-    await writer.write(error_json(error))
+    writer.write_last(body)
 
 
 def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
@@ -372,8 +374,11 @@ async def _relay_unary(
     body = b"".join(parts)
     if b'"usage"' in body:
         _note_usage(entry, body)
-    await writer.start(status, json_headers(exchange.headers(), content_type))
-    await writer.write(body)
+    headers = json_headers(exchange.headers(), content_type)
+    if await writer.start(status, [*headers, (b"content-length", str(len(body)).encode())]):
+        writer.write_last(body)
+    else:  # heartbeats committed the headers: whitespace went out ahead of the body
+        await writer.write(body)
 
 
 def _take_usage(event: SSEEvent, entry: InFlight, hide: bool) -> bool:

@@ -20,15 +20,20 @@ class ClientGone(Exception):
 class ResponseWriter:
     """The single writer of one HTTP response. Every method writes whole pieces under one
     lock, so the relay and the heartbeat never interleave inside a write. ``clock``, when
-    there is one, learns of every write, so heartbeats fill only real silence."""
+    there is one, learns of every write, so heartbeats fill only real silence.
 
-    __slots__ = ("_lock", "_send", "_started_event", "bytes_sent", "clock", "data_sent",
-                 "finished", "gone", "started", "status")
+    The lock is taken without a trip through the scheduler when nobody holds it (the usual
+    case: heartbeats are rare); the ASGI send itself is the checkpoint.
+    """
+
+    __slots__ = ("_last", "_lock", "_send", "_started_event", "bytes_sent", "clock",
+                 "data_sent", "finished", "gone", "started", "status")
 
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send
         self._lock = trio.Lock()
         self._started_event = trio.Event()
+        self._last = b""
         self.clock = clock
         self.started = False
         self.data_sent = False  # an upstream data event reached the client: no failover now
@@ -36,6 +41,12 @@ class ResponseWriter:
         self.gone = False
         self.status: int | None = None
         self.bytes_sent = 0
+
+    async def _acquire(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     async def _asgi(self, message: dict[str, object]) -> None:
         body = message.get("body")
@@ -58,22 +69,36 @@ class ResponseWriter:
     async def start(self, status: int, headers: Headers) -> bool:
         """Send the status and headers unless they are out already (the heartbeat may have
         committed them a moment ago). Returns whether this call sent them."""
-        async with self._lock:
+        await self._acquire()
+        try:
             if self.started:
                 return False
             await self._start_locked(status, headers)
             return True
+        finally:
+            self._lock.release()
 
     async def write(self, data: bytes) -> None:
         if not data:
             return
-        async with self._lock:
+        await self._acquire()
+        try:
             await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self._lock.release()
+
+    def write_last(self, data: bytes) -> None:
+        """Keep ``data`` to go out with :meth:`end`: a whole body is then one message (and,
+        with a ``content-length`` header, no chunked encoding)."""
+        self._last = data
 
     async def end(self) -> None:
-        async with self._lock:
+        await self._acquire()
+        try:
             self.finished = True
-            await self._asgi({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._asgi({"type": "http.response.body", "body": self._last, "more_body": False})
+        finally:
+            self._lock.release()
 
     async def wait_started(self) -> None:
         await self._started_event.wait()
@@ -84,8 +109,9 @@ class ResponseWriter:
         """Write ``data`` only if the client heard nothing for the clock's interval. When
         headers are not out yet and ``commit`` is given, send ``200`` with its headers first."""
         assert self.clock is not None
-        async with self._lock:
-            if self.finished or not self.clock.is_due(trio.current_time()):
+        await self._acquire()
+        try:
+            if self.finished or self._last or not self.clock.is_due(trio.current_time()):
                 return False
             if not self.started:
                 if commit is None:
@@ -93,6 +119,8 @@ class ResponseWriter:
                 await self._start_locked(200, commit())
             await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
             return True
+        finally:
+            self._lock.release()
 
 
 def heartbeat_bytes(policy: KeepaliveSettings, stream: bool) -> bytes:
