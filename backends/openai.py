@@ -1,20 +1,20 @@
 """Backend ``openai``: any OpenAI-compatible HTTP upstream.
 
-One pooled :class:`httpx.AsyncClient` per backend. Only the ``connect`` timer is given to
-httpx; reads have no httpx timeout at all (its 5 s default would kill every long prefill),
-because the relay measures ``first_byte``/``idle``/``total`` on the body bytes itself.
-The client's ``Authorization`` is never forwarded: the upstream gets this backend's own
-``api_key``, or nothing.
+One :class:`~backends._pool.ConnectionPool` per backend (h11 on trio; why not httpx on this
+path is in that module). Only the ``connect`` timer is given to the pool; reads have no
+timeout there at all, because the relay measures ``first_byte``/``idle``/``total`` on the
+body bytes itself. The client's ``Authorization`` is never forwarded: the upstream gets this
+backend's own ``api_key``, or nothing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
-from typing import Literal, cast
+from contextlib import asynccontextmanager
+from typing import Literal
 
 import httpx
-import trio
 from pydantic import Field, SecretStr, field_validator
 
 from gateway.abc import (
@@ -30,8 +30,15 @@ from gateway.abc import (
     http_base_url,
 )
 
-# How long closing a cancelled upstream response may take before it is abandoned.
-_CLOSE_GRACE = 2.0
+from ._pool import (
+    ConnectFailed,
+    ConnectionPool,
+    ConnectTimedOut,
+    PoolError,
+    ProtocolFailed,
+    Response,
+)
+
 # Error bodies larger than this are cut; they are only shown as a message.
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -59,102 +66,103 @@ class OpenAIBackend(Backend):
     def __init__(self, id: str, settings: BackendSettings) -> None:
         assert isinstance(settings, OpenAISettings)
         super().__init__(id, settings)
-        self._client: httpx.AsyncClient | None = None
+        self._pool: ConnectionPool | None = None
+        auth = settings.api_key
+        self._fixed_headers = [
+            (b"content-type", b"application/json"),
+            (b"accept-encoding", b"identity"),
+            (b"user-agent", b"trio-gateway"),
+            *([(b"authorization", f"Bearer {auth.get_secret_value()}".encode())] if auth else []),
+        ]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         s = self.settings
-        timeout = httpx.Timeout(connect=s.timeouts.connect, read=None, write=None, pool=None)
-        limits = httpx.Limits(
+        self._pool = ConnectionPool(
+            s.url,
             max_connections=s.max_connections,
             max_keepalive_connections=s.max_keepalive_connections,
+            connect_timeout=s.timeouts.connect,
+            # Verified against certifi's roots, as httpx does.
+            ssl_context=httpx.create_ssl_context() if s.url.startswith("https:") else None,
         )
-        async with httpx.AsyncClient(
-            base_url=s.url + "/", timeout=timeout, limits=limits, trust_env=False
-        ) as client:
-            self._client = client
-            try:
-                yield
-            finally:
-                self._client = None
+        try:
+            yield
+        finally:
+            self._pool.close()
+            self._pool = None
 
     def pool_connections(self) -> tuple[int, int]:
         """(open, idle) connections in the pool — diagnostics for tests and metrics."""
-        if self._client is None:
+        if self._pool is None:
             return (0, 0)
-        pool = self._client._transport._pool  # type: ignore[attr-defined]
-        conns = list(pool.connections)
-        return len(conns), sum(1 for c in conns if c.is_idle())
+        return self._pool.open, self._pool.idle
 
-    def _headers(self, request: UpstreamRequest) -> dict[str, str]:
-        headers = {"accept-encoding": "identity", "x-request-id": request.request_id}
-        headers.update(request.headers)
+    def _headers(self, request: UpstreamRequest) -> list[tuple[bytes, bytes]]:
+        headers = [
+            *self._fixed_headers,
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()),
+        ]
+        if "x-request-id" not in request.headers:
+            headers.append((b"x-request-id", request.request_id.encode("latin-1")))
         if request.stream:
-            headers["accept"] = "text/event-stream"
-        if self.settings.api_key is not None:
-            headers["authorization"] = f"Bearer {self.settings.api_key.get_secret_value()}"
+            headers.append((b"accept", b"text/event-stream"))
         return headers
 
     @asynccontextmanager
     async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
-        if self._client is None:
+        if self._pool is None:
             raise RuntimeError(f"backend {self.id} is not running")
-        http_request = self._client.build_request(
-            "POST", request.endpoint, json=request.body, headers=self._headers(request)
-        )
+        body = json.dumps(
+            request.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.HTTPError as exc:
+            async with self._pool.open_response(
+                b"POST", "/" + request.endpoint, self._headers(request), body
+            ) as response:
+                if response.status >= 300:
+                    error_body = await _read_capped(response)
+                    raise UpstreamStatusError.from_body(response.status, error_body)
+                body_chunks = self._body(response)
+                try:
+                    yield UpstreamResponse(
+                        status=response.status,
+                        content_type=response.header(b"content-type"),
+                        body=body_chunks,
+                    )
+                finally:
+                    await body_chunks.aclose()  # suspended at a yield: no checkpoint
+        except PoolError as exc:
             raise _map_error(exc, self.id) from exc
-        body = self._body(response)
-        try:
-            if response.status_code >= 300:
-                error_body = await _read_capped(response)
-                raise UpstreamStatusError.from_body(response.status_code, error_body)
-            yield UpstreamResponse(
-                status=response.status_code,
-                content_type=response.headers.get("content-type", ""),
-                body=body,
-            )
-        finally:
-            # Shielded: a cancelled request must still hand its connection back (or close
-            # it), or the pool leaks one connection per disconnecting client.
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
-                await body.aclose()
-                await response.aclose()
 
-    async def _body(self, response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    async def _body(self, response: Response) -> AsyncGenerator[bytes, None]:
         try:
-            async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except httpx.HTTPError as exc:
+            async for chunk in response.body:
+                yield chunk
+        except PoolError as exc:
             raise _map_error(exc, self.id) from exc
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+async def _read_capped(response: Response) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size >= _MAX_ERROR_BODY:
-                    break
-    except httpx.HTTPError:
+        async for chunk in response.body:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_ERROR_BODY:
+                break
+    except PoolError:
         pass  # the status is what matters; a broken error body still reports it
     return b"".join(parts)[:_MAX_ERROR_BODY]
 
 
-def _map_error(exc: httpx.HTTPError, backend_id: str) -> UpstreamError:
+def _map_error(exc: PoolError, backend_id: str) -> UpstreamError:
     where = f"backend {backend_id}"
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, ConnectTimedOut):
         return UpstreamTimeout(f"{where}: connect timed out")
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"{where}: timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamConnectError(f"{where}: cannot connect: {exc}")
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return UpstreamProtocolError(f"{where}: upstream broke the HTTP exchange: {exc}")
-    return UpstreamProtocolError(f"{where}: upstream connection lost: {exc}")
+    if isinstance(exc, ConnectFailed):
+        return UpstreamConnectError(f"{where}: {exc}")
+    if isinstance(exc, ProtocolFailed):
+        return UpstreamProtocolError(f"{where}: {exc}")
+    return UpstreamProtocolError(f"{where}: {exc}")

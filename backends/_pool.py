@@ -1,0 +1,258 @@
+"""The relays' HTTP/1.1 client: h11 on trio streams, one pool of connections per backend.
+
+Why not httpx on this path (httpx still does the health probes): the relay's upstream
+request is the hot path, and on the bench (``bench/``, loopback, one request at a time)
+httpx spends about 750 µs of CPU on one small POST, httpcore alone about 550, and h11 on
+a trio stream about 170. httpcore's pool also scans every connection it holds on each
+request and each release (encode/httpcore#1035, still open), which at thousands of
+concurrent streams is O(n) work per request; this pool is O(1).
+
+The pool keeps idle connections on a stack: the most recently used is reused first (the
+one least likely to have been closed by the upstream meanwhile), and one that has been
+idle longer than ``keepalive_expiry``, or that the upstream closed (its socket is
+readable while idle), is dropped instead of reused. A new connection is opened only when
+no idle one is left, so at most ``max_connections`` are ever open; beyond that requests
+wait for a slot. A connection goes back to the stack only after its response was read to
+the end; a response left early (an error, a cancelled relay) closes its connection at
+once, so the upstream sees the request end.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+# One read from the upstream socket.
+_READ_SIZE = 65536
+
+
+class PoolError(Exception):
+    """Base of what the pool raises; each subclass says which part of the exchange failed."""
+
+
+class ConnectFailed(PoolError):
+    """The TCP (or TLS) connection could not be made."""
+
+
+class ConnectTimedOut(PoolError):
+    """Making the connection took longer than ``connect_timeout``."""
+
+
+class ProtocolFailed(PoolError):
+    """The upstream broke HTTP/1.1 (or closed the connection in the middle of a message)."""
+
+
+class ConnectionLost(PoolError):
+    """The connection failed while the request was sent or the response read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An upstream response whose head has arrived; ``body`` yields the body's bytes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncGenerator[bytes, None]
+
+    def header(self, name: bytes) -> str:
+        """The value of header ``name`` (lower case), or ``""``."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return ""
+
+
+class _Connection:
+    __slots__ = ("h11", "idle_since", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def reusable(self) -> bool:
+        """True when both sides finished the last exchange and may start another."""
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def closed_by_peer(self) -> bool:
+        """An idle connection with something to read has been closed (or spoken on out of
+        turn) by the upstream: either way it cannot carry a request."""
+        socket = getattr(self.stream, "socket", None)
+        if socket is None:  # TLS: look at the transport under it
+            socket = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
+        return socket is not None and socket.is_readable()
+
+    async def next_event(self) -> object:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ProtocolFailed(f"upstream broke the HTTP exchange: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise ConnectionLost(f"upstream connection lost: {exc}") from exc
+            self.h11.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+
+class ConnectionPool:
+    """Connections to one origin (``scheme://host:port``), reused across requests."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int,
+        max_keepalive_connections: int,
+        connect_timeout: float | None,
+        keepalive_expiry: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = self.port == (443 if parts.scheme == "https" else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (host if default_port else f"{host}:{self.port}").encode()
+        self.base_path = parts.path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.keepalive_expiry = keepalive_expiry
+        self.max_keepalive = max_keepalive_connections
+        self._ssl_context = ssl_context
+        self._slots = trio.Semaphore(max_connections)
+        self._idle: list[_Connection] = []
+        self.open = 0
+
+    def close(self) -> None:
+        """Close the idle connections (the pool's owner has stopped relaying)."""
+        while self._idle:
+            self._discard(self._idle.pop())
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @asynccontextmanager
+    async def open_response(
+        self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> AsyncIterator[Response]:
+        """Send one request on a pooled connection and yield its response once the head is
+        in. Leaving the block hands the connection back when the body was read to the end,
+        and closes it otherwise. Raises :class:`PoolError` subclasses."""
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            connection = self._checkout() or await self._connect()
+            try:
+                response = await self._exchange(connection, method, path, headers, body)
+                try:
+                    yield response
+                finally:
+                    await response.body.aclose()  # never inside an await: no checkpoint
+            finally:
+                self._checkin(connection)
+        finally:
+            self._slots.release()
+
+    def _checkout(self) -> _Connection | None:
+        now = trio.current_time()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < self.keepalive_expiry and not connection.closed_by_peer():
+                return connection
+            self._discard(connection)
+        return None
+
+    def _checkin(self, connection: _Connection) -> None:
+        if connection.reusable() and len(self._idle) < self.max_keepalive:
+            connection.h11.start_next_cycle()
+            connection.idle_since = trio.current_time()
+            self._idle.append(connection)
+        else:
+            self._discard(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        self.open -= 1
+        # Closing a plain socket is immediate; a TLS stream skips its goodbye.
+        stream = connection.stream
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
+        elif isinstance(stream, trio.SSLStream):
+            transport = stream.transport_stream
+            if isinstance(transport, trio.SocketStream):
+                transport.socket.close()
+
+    async def _connect(self) -> _Connection:
+        try:
+            with trio.fail_after(math.inf if self.connect_timeout is None else self.connect_timeout):
+                if self.scheme == "https":
+                    stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                        self.host,
+                        self.port,
+                        ssl_context=self._ssl_context or ssl.create_default_context(),
+                        https_compatible=True,
+                    )
+                    await stream.do_handshake()  # type: ignore[attr-defined]
+                else:
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+        except trio.TooSlowError as exc:
+            raise ConnectTimedOut(
+                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g} s"
+            ) from exc
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        self.open += 1
+        return _Connection(stream)
+
+    async def _exchange(
+        self,
+        connection: _Connection,
+        method: bytes,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> Response:
+        conn = connection.h11
+        request = h11.Request(
+            method=method,
+            target=(self.base_path + path).encode(),
+            headers=[
+                (b"host", self.host_header),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        )
+        data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        try:
+            await connection.stream.send_all(data)
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise ConnectionLost(f"upstream connection lost while sending: {exc}") from exc
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.Response):
+                return Response(event.status_code, list(event.headers), _body(connection))
+            if not isinstance(event, h11.InformationalResponse):
+                raise ProtocolFailed(f"upstream answered with {type(event).__name__}")
+
+
+async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
+    while True:
+        event = await connection.next_event()
+        if isinstance(event, h11.Data):
+            yield bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
+        else:
+            raise ProtocolFailed(f"upstream sent {type(event).__name__} inside a body")

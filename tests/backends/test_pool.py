@@ -1,0 +1,253 @@
+"""The relays' connection pool against a scripted HTTP/1.1 server on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import h11
+import pytest
+import trio
+
+from backends._pool import (
+    ConnectFailed,
+    ConnectionPool,
+    ConnectTimedOut,
+    ProtocolFailed,
+)
+from gateway.testing.http11 import IncomingRequest, read_request
+
+Answer = Callable[[trio.SocketStream, h11.Connection, IncomingRequest], Awaitable[bool]]
+
+
+@dataclass
+class Server:
+    port: int = 0
+    accepted: int = 0
+    active: int = 0
+    max_active: int = 0
+    requests: list[IncomingRequest] = field(default_factory=list)
+    closed: trio.Event = field(default_factory=trio.Event)  # a connection saw EOF
+
+
+async def ok(stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest,
+             extra: list[tuple[str, str]] | None = None) -> bool:
+    body = b'{"ok":true}'
+    headers = [("content-type", "application/json"), ("content-length", str(len(body))),
+               *(extra or [])]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+    await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+    return True
+
+
+@asynccontextmanager
+async def serve(answer: Answer) -> AsyncIterator[Server]:
+    server = Server()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        server.accepted += 1
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while (request := await read_request(stream, conn)) is not None:
+                server.requests.append(request)
+                server.active += 1
+                server.max_active = max(server.max_active, server.active)
+                try:
+                    keep = await answer(stream, conn, request)
+                finally:
+                    server.active -= 1
+                if not keep or conn.our_state is h11.MUST_CLOSE:
+                    break
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            server.closed.set()
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        server.port = listeners[0].socket.getsockname()[1]
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+def pool_for(server: Server, **kwargs: object) -> ConnectionPool:
+    options: dict[str, object] = {
+        "max_connections": 10, "max_keepalive_connections": 10, "connect_timeout": 5.0,
+    }
+    options.update(kwargs)
+    return ConnectionPool(f"http://127.0.0.1:{server.port}/v1", **options)  # type: ignore[arg-type]
+
+
+async def fetch(pool: ConnectionPool, path: str = "/chat/completions") -> tuple[int, bytes]:
+    async with pool.open_response(b"POST", path, [(b"x-test", b"1")], b"{}") as response:
+        return response.status, b"".join([chunk async for chunk in response.body])
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_the_head() -> None:
+    async with serve(ok) as server:
+        pool = pool_for(server)
+        for _ in range(3):
+            assert await fetch(pool) == (200, b'{"ok":true}')
+        assert server.accepted == 1
+        assert (pool.open, pool.idle) == (1, 1)
+        head = server.requests[0].head
+        assert head.target == b"/v1/chat/completions"
+        assert dict(head.headers)[b"host"] == f"127.0.0.1:{server.port}".encode()
+        assert dict(head.headers)[b"content-length"] == b"2"
+        assert server.requests[0].body == b"{}"
+        pool.close()
+        assert (pool.open, pool.idle) == (0, 0)
+
+
+async def test_an_idle_connection_the_upstream_closed_is_not_reused() -> None:
+    async def answer_once(stream: trio.SocketStream, conn: h11.Connection,
+                          request: IncomingRequest) -> bool:
+        await ok(stream, conn, request)
+        return False  # close after every response, without saying so
+
+    async with serve(answer_once) as server:
+        pool = pool_for(server)
+        assert (await fetch(pool))[0] == 200
+        await server.closed.wait()
+        assert (await fetch(pool))[0] == 200
+        assert server.accepted == 2
+        pool.close()
+
+
+async def test_connection_close_and_expiry_are_honoured() -> None:
+    async def closing(stream: trio.SocketStream, conn: h11.Connection,
+                      request: IncomingRequest) -> bool:
+        return await ok(stream, conn, request, [("connection", "close")])
+
+    async with serve(closing) as server:
+        pool = pool_for(server)
+        await fetch(pool)
+        assert (pool.open, pool.idle) == (0, 0)
+    async with serve(ok) as server:
+        pool = pool_for(server, keepalive_expiry=0.0)
+        await fetch(pool)
+        await fetch(pool)
+        assert server.accepted == 2
+        pool.close()
+
+
+async def test_max_connections_queues_and_max_keepalive_bounds_idle() -> None:
+    release = trio.Event()
+
+    async def slow(stream: trio.SocketStream, conn: h11.Connection,
+                   request: IncomingRequest) -> bool:
+        await release.wait()
+        return await ok(stream, conn, request)
+
+    async with serve(slow) as server:
+        pool = pool_for(server, max_connections=2, max_keepalive_connections=1)
+        results: list[int] = []
+
+        async def one() -> None:
+            results.append((await fetch(pool))[0])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.max_active == 2
+            release.set()
+        assert results == [200] * 5
+        assert server.max_active == 2
+        assert (pool.open, pool.idle) == (1, 1)
+        pool.close()
+
+
+async def test_a_response_left_early_closes_its_connection() -> None:
+    async def endless(stream: trio.SocketStream, conn: h11.Connection,
+                      request: IncomingRequest) -> bool:
+        await stream.send_all(conn.send(h11.Response(
+            status_code=200, headers=[("content-type", "text/event-stream")])))
+        while True:
+            await stream.send_all(conn.send(h11.Data(data=b"data: x\n\n")))
+            await trio.sleep(0.01)
+
+    async with serve(endless) as server:
+        pool = pool_for(server)
+        async with pool.open_response(b"POST", "/x", [], b"{}") as response:
+            assert await response.body.__anext__() == b"data: x\n\n"
+        assert (pool.open, pool.idle) == (0, 0)
+        with trio.fail_after(1):
+            await server.closed.wait()
+
+
+async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> None:
+    async def silent(stream: trio.SocketStream, conn: h11.Connection,
+                     request: IncomingRequest) -> bool:
+        assert await stream.receive_some() == b""  # nothing until the client hangs up
+        return False
+
+    async with serve(silent) as server:
+        pool = pool_for(server)
+        with trio.move_on_after(0.05):
+            await fetch(pool)
+        assert (pool.open, pool.idle) == (0, 0)
+        with trio.fail_after(1):
+            await server.closed.wait()
+
+
+async def test_failures_raise_the_pools_errors() -> None:
+    async def garbage(stream: trio.SocketStream, conn: h11.Connection,
+                      request: IncomingRequest) -> bool:
+        await stream.send_all(b"NOT HTTP\r\n\r\n")
+        return False
+
+    async def cut(stream: trio.SocketStream, conn: h11.Connection,
+                  request: IncomingRequest) -> bool:
+        await stream.send_all(conn.send(h11.Response(
+            status_code=200, headers=[("content-length", "100")])))
+        await stream.send_all(b"only part")
+        return False
+
+    for answer in (garbage, cut):
+        async with serve(answer) as server:
+            pool = pool_for(server)
+            with pytest.raises(ProtocolFailed):
+                await fetch(pool)
+            assert pool.open == 0
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
+                          max_keepalive_connections=1, connect_timeout=5.0)
+    with pytest.raises(ConnectFailed):
+        async with pool.open_response(b"POST", "/", [], b""):
+            pass
+    assert pool.open == 0
+
+
+async def test_connect_timeout() -> None:
+    # A listening socket whose backlog is full never completes another handshake.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
+                              max_keepalive_connections=1, connect_timeout=0.2)
+        with pytest.raises(ConnectTimedOut):
+            async with pool.open_response(b"POST", "/", [], b""):
+                pass
+        assert pool.open == 0
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
