@@ -1,20 +1,22 @@
 """The relays' HTTP/1.1 client: h11 on trio streams, one pool of connections per backend.
 
-Why not httpx on this path (httpx still does the health probes): the relay's upstream
-request is the hot path, and on the bench (``bench/``, loopback, one request at a time)
-httpx spends about 750 µs of CPU on one small POST, httpcore alone about 550, and h11 on
-a trio stream about 170. httpcore's pool also scans every connection it holds on each
-request and each release (encode/httpcore#1035, still open), which at thousands of
-concurrent streams is O(n) work per request; this pool is O(1).
+Why not httpx on this path (httpx still does the health probes): the upstream request is
+the relay's hot path, and ``bench/client_cost.py`` (one small POST at a time on loopback)
+measures httpx at several times the CPU of h11 on a trio stream, with httpcore alone in
+between. httpcore's pool also scans every connection it holds on each request and each
+release (encode/httpcore#1035, still open): O(n) work per request at thousands of
+concurrent streams, where this pool does O(1).
 
-The pool keeps idle connections on a stack: the most recently used is reused first (the
-one least likely to have been closed by the upstream meanwhile), and one that has been
-idle longer than ``keepalive_expiry``, or that the upstream closed (its socket is
-readable while idle), is dropped instead of reused. A new connection is opened only when
-no idle one is left, so at most ``max_connections`` are ever open; beyond that requests
-wait for a slot. A connection goes back to the stack only after its response was read to
-the end; a response left early (an error, a cancelled relay) closes its connection at
-once, so the upstream sees the request end.
+Idle connections wait on a stack: the most recently used is reused first (the one least
+likely to have been closed by the upstream meanwhile); one idle longer than
+``keepalive_expiry``, or that the upstream closed (its socket is readable while idle), is
+dropped instead. The 4 s default stays under the 5 s idle timeouts of uvicorn (vLLM) and
+cpp-httplib (llama-server), so a request is not sent on a connection the upstream is
+closing at that moment; a POST is never retried. A new connection is opened only when no
+idle one is left, so at most ``max_connections`` are ever open; beyond that requests wait
+for a slot. A connection goes back on the stack only after its response was read to the
+end; a response left early (an error, a cancelled relay) closes its connection at once, so
+the upstream sees the request end.
 """
 
 from __future__ import annotations
@@ -29,28 +31,10 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from gateway.abc import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
 # One read from the upstream socket.
 _READ_SIZE = 65536
-
-
-class PoolError(Exception):
-    """Base of what the pool raises; each subclass says which part of the exchange failed."""
-
-
-class ConnectFailed(PoolError):
-    """The TCP (or TLS) connection could not be made."""
-
-
-class ConnectTimedOut(PoolError):
-    """Making the connection took longer than ``connect_timeout``."""
-
-
-class ProtocolFailed(PoolError):
-    """The upstream broke HTTP/1.1 (or closed the connection in the middle of a message)."""
-
-
-class ConnectionLost(PoolError):
-    """The connection failed while the request was sent or the response read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +54,11 @@ class Response:
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "stream")
+    __slots__ = ("h11", "idle_since", "name", "stream")
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, name: str) -> None:
         self.stream = stream
+        self.name = name
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
 
@@ -94,13 +79,15 @@ class _Connection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise ProtocolFailed(f"upstream broke the HTTP exchange: {exc}") from exc
+                raise UpstreamProtocolError(
+                    f"{self.name}: upstream broke the HTTP exchange: {exc}"
+                ) from exc
             if event is not h11.NEED_DATA:
                 return event
             try:
                 data = await self.stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, OSError) as exc:
-                raise ConnectionLost(f"upstream connection lost: {exc}") from exc
+                raise UpstreamProtocolError(f"{self.name}: upstream connection lost: {exc}") from exc
             self.h11.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
@@ -111,12 +98,14 @@ class ConnectionPool:
         self,
         url: str,
         *,
+        name: str = "upstream",
         max_connections: int,
         max_keepalive_connections: int,
         connect_timeout: float | None,
-        keepalive_expiry: float = 5.0,
+        keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.name = name  # how error messages name the upstream ("backend X")
         parts = urlsplit(url)
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
@@ -148,7 +137,9 @@ class ConnectionPool:
     ) -> AsyncIterator[Response]:
         """Send one request on a pooled connection and yield its response once the head is
         in. Leaving the block hands the connection back when the body was read to the end,
-        and closes it otherwise. Raises :class:`PoolError` subclasses."""
+        and closes it otherwise. Raises :class:`~gateway.abc.UpstreamError` subclasses:
+        ``UpstreamConnectError``, ``UpstreamTimeout`` (connect only), and
+        ``UpstreamProtocolError`` for a broken exchange, here or while the body is read."""
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
@@ -208,13 +199,16 @@ class ConnectionPool:
                 else:
                     stream = await trio.open_tcp_stream(self.host, self.port)
         except trio.TooSlowError as exc:
-            raise ConnectTimedOut(
-                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g} s"
+            raise UpstreamTimeout(
+                f"{self.name}: connect to {self.host}:{self.port} timed out after "
+                f"{self.connect_timeout:g} s"
             ) from exc
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise UpstreamConnectError(
+                f"{self.name}: cannot connect to {self.host}:{self.port}: {exc}"
+            ) from exc
         self.open += 1
-        return _Connection(stream)
+        return _Connection(stream, self.name)
 
     async def _exchange(
         self,
@@ -238,13 +232,17 @@ class ConnectionPool:
         try:
             await connection.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
-            raise ConnectionLost(f"upstream connection lost while sending: {exc}") from exc
+            raise UpstreamProtocolError(
+                f"{self.name}: upstream connection lost while sending: {exc}"
+            ) from exc
         while True:
             event = await connection.next_event()
             if isinstance(event, h11.Response):
                 return Response(event.status_code, list(event.headers), _body(connection))
             if not isinstance(event, h11.InformationalResponse):
-                raise ProtocolFailed(f"upstream answered with {type(event).__name__}")
+                raise UpstreamProtocolError(
+                    f"{self.name}: upstream answered with {type(event).__name__}"
+                )
 
 
 async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
@@ -255,4 +253,6 @@ async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
         elif isinstance(event, h11.EndOfMessage):
             return
         else:
-            raise ProtocolFailed(f"upstream sent {type(event).__name__} inside a body")
+            raise UpstreamProtocolError(
+                f"{connection.name}: upstream sent {type(event).__name__} inside a body"
+            )

@@ -10,7 +10,7 @@ backend's own ``api_key``, or nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -20,24 +20,14 @@ from pydantic import Field, SecretStr, field_validator
 from gateway.abc import (
     Backend,
     BackendSettings,
-    UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStatusError,
-    UpstreamTimeout,
     http_base_url,
 )
 
-from ._pool import (
-    ConnectFailed,
-    ConnectionPool,
-    ConnectTimedOut,
-    PoolError,
-    ProtocolFailed,
-    Response,
-)
+from ._pool import ConnectionPool, Response
 
 # Error bodies larger than this are cut; they are only shown as a message.
 _MAX_ERROR_BODY = 64 * 1024
@@ -80,6 +70,7 @@ class OpenAIBackend(Backend):
         s = self.settings
         self._pool = ConnectionPool(
             s.url,
+            name=f"backend {self.id}",
             max_connections=s.max_connections,
             max_keepalive_connections=s.max_keepalive_connections,
             connect_timeout=s.timeouts.connect,
@@ -116,31 +107,17 @@ class OpenAIBackend(Backend):
         body = json.dumps(
             request.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
-        try:
-            async with self._pool.open_response(
-                b"POST", "/" + request.endpoint, self._headers(request), body
-            ) as response:
-                if response.status >= 300:
-                    error_body = await _read_capped(response)
-                    raise UpstreamStatusError.from_body(response.status, error_body)
-                body_chunks = self._body(response)
-                try:
-                    yield UpstreamResponse(
-                        status=response.status,
-                        content_type=response.header(b"content-type"),
-                        body=body_chunks,
-                    )
-                finally:
-                    await body_chunks.aclose()  # suspended at a yield: no checkpoint
-        except PoolError as exc:
-            raise _map_error(exc, self.id) from exc
-
-    async def _body(self, response: Response) -> AsyncGenerator[bytes, None]:
-        try:
-            async for chunk in response.body:
-                yield chunk
-        except PoolError as exc:
-            raise _map_error(exc, self.id) from exc
+        async with self._pool.open_response(
+            b"POST", "/" + request.endpoint, self._headers(request), body
+        ) as response:
+            if response.status >= 300:
+                error_body = await _read_capped(response)
+                raise UpstreamStatusError.from_body(response.status, error_body)
+            yield UpstreamResponse(
+                status=response.status,
+                content_type=response.header(b"content-type"),
+                body=response.body,
+            )
 
 
 async def _read_capped(response: Response) -> bytes:
@@ -152,17 +129,6 @@ async def _read_capped(response: Response) -> bytes:
             size += len(chunk)
             if size >= _MAX_ERROR_BODY:
                 break
-    except PoolError:
+    except UpstreamError:
         pass  # the status is what matters; a broken error body still reports it
     return b"".join(parts)[:_MAX_ERROR_BODY]
-
-
-def _map_error(exc: PoolError, backend_id: str) -> UpstreamError:
-    where = f"backend {backend_id}"
-    if isinstance(exc, ConnectTimedOut):
-        return UpstreamTimeout(f"{where}: connect timed out")
-    if isinstance(exc, ConnectFailed):
-        return UpstreamConnectError(f"{where}: {exc}")
-    if isinstance(exc, ProtocolFailed):
-        return UpstreamProtocolError(f"{where}: {exc}")
-    return UpstreamProtocolError(f"{where}: {exc}")

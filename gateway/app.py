@@ -1,4 +1,6 @@
-"""The HTTP API: OpenAI's endpoints, health, and the one place errors become responses."""
+"""The HTTP API that Quart serves: the model list, health, metrics, the status page and
+``/admin``. The relayed endpoints are :mod:`gateway.proxy`'s, in front of this app; both
+answer errors from the same tree (:mod:`gateway.errors`)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""The ASGI HTTP connection class: quart-trio's, minus the response timeout, plus relays.
+"""The ASGI HTTP connection class: quart-trio's, minus the response timeout, plus
+responses that write themselves.
 
 quart-trio runs two tasks per request in one nursery: one blocked in ``receive()`` that
 cancels the nursery on ``http.disconnect`` (so a client that goes away cancels whatever is
 running), and one that runs the handler and sends the response. We keep that shape and
-change the sending half: a :class:`ProxyResponse` (a relayed exchange, the status feed)
-writes its own ASGI messages in this very task, so its nursery lives exactly as long as the
-request; and no
+change the sending half: a :class:`ProxyResponse` (the status feed) writes its own ASGI
+messages in this very task, so its nursery lives exactly as long as the request; and no
 response is ever wrapped in Quart's ``RESPONSE_TIMEOUT`` (its 60 s default silently
-truncates long streams).
+truncates long streams). The relayed endpoints do not come here at all: they are served
+by :class:`gateway.proxy.ProxyApp` in front of Quart.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 
 class ProxyResponse(Response):
-    """A response that writes itself: ``serve(send)`` sends every ASGI message (a relayed
-    upstream exchange, the status feed)."""
+    """A response that writes itself: ``serve(send)`` sends every ASGI message (the status
+    feed)."""
 
     def __init__(self, serve: Callable[[Any], Awaitable[None]]) -> None:
         super().__init__(b"")

@@ -268,6 +268,16 @@ def error_json(error: GatewayError) -> bytes:
     return json.dumps(error_body(error)).encode()
 
 
+def error_head(error: GatewayError, body: bytes) -> list[tuple[bytes, bytes]]:
+    """The ASGI headers of a whole error answer with ``body``: JSON, its length, and what
+    the error implies (``Retry-After``, ``Allow``, ...)."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers().items()),
+    ]
+
+
 def error_event(error: GatewayError) -> bytes:
     """The SSE event that ends a stream whose headers were already sent."""
     return b"data: " + error_json(error) + b"\n\n"

@@ -35,6 +35,7 @@ from .errors import (
     MethodNotAllowed,
     ModelNotFound,
     ShuttingDown,
+    error_head,
     error_json,
 )
 from .inbound import REQUEST_ID, ask_for_usage, parse_json_object, traceparent, validate
@@ -213,12 +214,7 @@ class ProxyApp:
 
     async def _answer_error(self, request: _Request, send: ASGISendCallable, error: GatewayError) -> None:
         body = error_json(error)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *request.id_headers(),
-            *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
-        ]
+        headers = [*error_head(error, body), *request.id_headers()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         identity = request.identity

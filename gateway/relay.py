@@ -38,6 +38,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
     error_event,
+    error_head,
     error_json,
 )
 from .inflight import InFlight, InFlightTable, Outcome
@@ -303,9 +304,7 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
         await writer.write(error_event(error) if exchange.stream else error_json(error))
         return
     body = error_json(error)
-    headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await writer.start(error.status, json_headers([*exchange.headers(), *headers]))
+    await writer.start(error.status, [*error_head(error, body), *exchange.headers()])
     writer.write_last(body)
 
 

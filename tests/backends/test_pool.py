@@ -12,12 +12,8 @@ import h11
 import pytest
 import trio
 
-from backends._pool import (
-    ConnectFailed,
-    ConnectionPool,
-    ConnectTimedOut,
-    ProtocolFailed,
-)
+from backends._pool import ConnectionPool
+from gateway.abc import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from gateway.testing.http11 import IncomingRequest, read_request
 
 Answer = Callable[[trio.SocketStream, h11.Connection, IncomingRequest], Awaitable[bool]]
@@ -212,7 +208,7 @@ async def test_failures_raise_the_pools_errors() -> None:
     for answer in (garbage, cut):
         async with serve(answer) as server:
             pool = pool_for(server)
-            with pytest.raises(ProtocolFailed):
+            with pytest.raises(UpstreamProtocolError):
                 await fetch(pool)
             assert pool.open == 0
 
@@ -222,7 +218,7 @@ async def test_failures_raise_the_pools_errors() -> None:
     listener.close()  # nothing listens there now
     pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
                           max_keepalive_connections=1, connect_timeout=5.0)
-    with pytest.raises(ConnectFailed):
+    with pytest.raises(UpstreamConnectError):
         async with pool.open_response(b"POST", "/", [], b""):
             pass
     assert pool.open == 0
@@ -243,7 +239,7 @@ async def test_connect_timeout() -> None:
             fillers.append(filler)
         pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
                               max_keepalive_connections=1, connect_timeout=0.2)
-        with pytest.raises(ConnectTimedOut):
+        with pytest.raises(UpstreamTimeout):
             async with pool.open_response(b"POST", "/", [], b""):
                 pass
         assert pool.open == 0

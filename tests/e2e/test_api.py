@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+import trio
 
 from gateway.abc import BackendStatus
 from gateway.testing.fake_openai import FakeOpenAI, chat_events
@@ -161,6 +162,38 @@ async def test_oversize_body(start_gateway, fake) -> None:
         )
         assert_openai_error(resp, 413, "request_too_large")
         await still_serves(client)
+
+
+async def test_oversize_chunked_body_without_a_length(start_gateway, fake) -> None:
+    """No content-length to refuse up front: the body is counted as it arrives."""
+    gw = await start_gateway(server={"max_body_bytes": 1000})
+
+    async def pieces():
+        yield json.dumps(CHAT).encode()[:-1]
+        for _ in range(20):
+            yield b" " * 100
+        yield b"}"
+
+    async with gw.client() as client:
+        resp = await client.post("/v1/chat/completions", content=pieces(),
+                                 headers={"content-type": "application/json"})
+        assert_openai_error(resp, 413, "request_too_large")
+        await still_serves(client)
+    assert len(fake.requests) == 1  # only still_serves reached the upstream
+
+
+async def test_client_gone_in_the_middle_of_its_body(start_gateway, fake) -> None:
+    gw = await start_gateway()
+    host, port = gw.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 500\r\n\r\n" + json.dumps(CHAT).encode()[:20]
+    )
+    await stream.aclose()
+    async with gw.client() as client:
+        await still_serves(client)
+    assert len(fake.requests) == 1  # the half-sent request never went upstream
 
 
 async def test_embeddings_cannot_stream(start_gateway) -> None:
