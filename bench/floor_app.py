@@ -1,5 +1,8 @@
 """Framework floors for reading the gateway's numbers (an optional bench target).
 
+``python bench/floor_app.py asgi PORT`` — a bare ASGI app on hypercorn answering the same way:
+what hypercorn and trio alone cost, the floor under the gateway's relayed endpoints (which
+skip Quart).
 ``python bench/floor_app.py quart PORT`` — quart-trio on hypercorn (the gateway's stack)
 answering like the fake upstream itself (the ``chat.completion``, or the paced SSE stream
 from ``trio.sleep_until``), with no upstream call: what the server framework costs.
@@ -14,6 +17,8 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
 
 import httpx
 import trio
@@ -50,6 +55,33 @@ async def paced(body: bytes) -> AsyncIterator[bytes]:
     await trio.sleep_until(at)
     yield _CHUNK % (b"{}", b'"stop"')
     yield b"data: [DONE]\n\n"
+
+
+async def bare_asgi(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
+    """The fake upstream's answers from a plain ASGI callable: no framework at all."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] != "/v1/chat/completions":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    if b'"stream":true' not in body.replace(b" ", b""):
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(BODY)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    async for event in paced(body):
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def main() -> None:
@@ -91,6 +123,10 @@ def main() -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
+
+    if mode == "asgi":
+        trio.run(partial(serve, bare_asgi, config))  # type: ignore[arg-type]
+        return
 
     async def run() -> None:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)

@@ -42,9 +42,9 @@ PY = sys.executable
 GATEWAY_VENV = ROOT / ".venv"
 LITELLM_VENV = BENCH / ".venv-litellm"
 TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
-# Optional references (--targets ...,quart-floor,httpx-floor): the gateway's stack without
-# the gateway, to tell framework cost from ours (floor_app.py).
-FLOORS = ("quart-floor", "httpx-floor")
+# Optional references (--targets ...,asgi-floor,quart-floor,httpx-floor): the gateway's stack
+# without the gateway, to tell framework cost from ours (floor_app.py).
+FLOORS = ("asgi-floor", "quart-floor", "httpx-floor")
 
 
 def log(message: str) -> None:
@@ -521,6 +521,7 @@ def main() -> None:
     try:
         starters: dict[str, Callable[[set[int], Path, int], Server]] = {
             "trio-gateway": start_gateway, "nginx": start_nginx, "litellm": start_litellm,
+            "asgi-floor": partial(start_floor, "asgi"),
             "quart-floor": partial(start_floor, "quart"),
             "httpx-floor": partial(start_floor, "httpx"),
         }

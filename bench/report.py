@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ORDER = ("direct", "trio-gateway", "nginx", "litellm", "quart-floor", "httpx-floor")
+ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor",
+         "httpx-floor")
 LABELS = {"direct": "direct", "trio-gateway": "trio-gateway", "nginx": "nginx",
-          "litellm": "LiteLLM", "quart-floor": "quart-trio alone",
+          "litellm": "LiteLLM", "asgi-floor": "hypercorn alone", "quart-floor": "quart-trio alone",
           "httpx-floor": "quart-trio + httpx"}
 COLORS = {"direct": "#555555", "trio-gateway": "#1f77b4", "nginx": "#2ca02c",
-          "litellm": "#d62728", "quart-floor": "#9467bd", "httpx-floor": "#8c564b"}
+          "litellm": "#d62728", "asgi-floor": "#17becf", "quart-floor": "#9467bd", "httpx-floor": "#8c564b"}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -48,6 +49,7 @@ def table(raw: dict[str, Any]) -> str:
         "trio-gateway": f"trio-gateway ({versions.get('trio-gateway', '?')})",
         "nginx": f"nginx {versions.get('nginx', '?').split('/')[-1]} (1 worker)",
         "litellm": f"LiteLLM {versions.get('litellm (litellm venv)', '?')} (1 worker)",
+        "asgi-floor": "hypercorn + bare ASGI app alone (no upstream call)",
         "quart-floor": "quart-trio alone (no upstream call)",
         "httpx-floor": "quart-trio + httpx relay (no gateway code)",
     }
