@@ -7,10 +7,9 @@ answer written by the relay. Every other request (the model list, health, metric
 status page, ``/admin``) goes on to the Quart app it wraps. On the bench, this path costs
 about half the CPU per request that the same code inside a Quart view did (``bench/``).
 
-Per relayed request, the relay runs in the request's own task while one more task waits in
-``receive()``: hypercorn reports a client that went away only to a pending ``receive()``
-(hypercorn issue #210), and that task then cancels the relay, which closes the upstream
-request on its way out.
+The relay runs in the request's own task; once the body is read, the request's
+``receive`` goes to the relay, whose nursery holds the task that waits for the client to
+go away (:func:`gateway.relay.relay`).
 """
 
 from __future__ import annotations
@@ -117,12 +116,11 @@ class ProxyApp:
             log.exception("unhandled error on %s %s", request.method, request.path)
             await self._answer_error(request, send, GatewayError("internal error in the gateway"))
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await serve(send)
-            nursery.cancel_scope.cancel()
+        await serve(send, receive)
 
-    async def _admit(self, request: _Request, receive: ASGIReceiveCallable) -> Callable[[ASGISendCallable], Awaitable[None]]:
+    async def _admit(
+        self, request: _Request, receive: ASGIReceiveCallable
+    ) -> Callable[[ASGISendCallable, ASGIReceiveCallable], Awaitable[None]]:
         """Everything before the relay: who asks, for what, and whether it may run now.
         Returns the relay to run; raises the error to answer with."""
         gateway, teams = self.gateway, self.teams
@@ -185,9 +183,9 @@ class ProxyApp:
             on_finish=admission.finish if admission else None,
         )
 
-        async def serve(send: ASGISendCallable) -> None:
+        async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable) -> None:
             try:
-                await relay(send, exchange)
+                await relay(send, exchange, receive)
             finally:  # the relay never ran (client gone first): free the slot anyway
                 if admission is not None:
                     admission.finish()
@@ -231,9 +229,3 @@ class ProxyApp:
                 **({} if identity is None else {"team": identity.team, "key_id": identity.key_id}),
             },
         )
-
-
-async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()

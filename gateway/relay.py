@@ -2,7 +2,8 @@
 heartbeat beside it.
 
 For every proxied request the handler runs :func:`relay` in the request's own task. It opens
-one nursery holding the heartbeat task; the relay runs in the nursery's body. Both write
+one nursery holding the heartbeat task and the disconnect watcher; the relay runs in the
+nursery's body. Both write
 through one :class:`~gateway.writer.ResponseWriter`, whose lock makes every write whole:
 the relay writes only complete SSE events (the framer holds partial ones back), so a
 heartbeat always lands between two events.
@@ -12,9 +13,9 @@ new attempt starts after ``failover_deadline``. A failure may move on to the nex
 while no upstream data event has reached the client — heartbeats and upstream comments do
 not count — so tokens are never duplicated or reordered.
 
-Cancellation: the connection handler cancels this task when the client disconnects; leaving
-the backend's ``open_response`` context (or the admission queue) then closes the upstream
-request. Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
+Cancellation: a task in the same nursery waits for the client's disconnect and cancels
+the exchange; leaving the backend's ``open_response`` context (or the admission queue)
+then closes the upstream request. Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
 instead, and the client is told why.
 """
 
@@ -99,12 +100,17 @@ class Exchange:
         return [*self.extra_headers, *attempts]
 
 
-async def relay(send: object, exchange: Exchange) -> None:
+async def relay(send: object, exchange: Exchange, receive: object = None) -> None:
     """Serve one proxied request on ``send`` (an ASGI send callable).
 
+    With ``receive`` (the request's ASGI receive callable, its body already read), a task
+    beside the relay waits for ``http.disconnect`` and then cancels the exchange, which
+    closes the upstream request: hypercorn tells a pending ``receive()`` that the client
+    went away, and nothing else (hypercorn issue #210).
+
     Never raises for upstream or client trouble: the client gets a status, an error body
-    or an error event. Cancellation (the client went away) propagates and closes the
-    upstream request on its way out.
+    or an error event. Cancellation from outside propagates and closes the upstream
+    request on its way out.
     """
     now = trio.current_time()
     policy = exchange.keepalive
@@ -128,21 +134,26 @@ async def relay(send: object, exchange: Exchange) -> None:
         telemetry.on_start(entry)
     error: GatewayError | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            if keepalive_on:
-                early = not stream or policy.early_headers
-                commit = (
-                    (lambda: sse_headers(exchange.headers()) if stream else json_headers(exchange.headers()))
-                    if early
-                    else None
-                )
-                nursery.start_soon(heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit)
+        if keepalive_on or receive is not None:
+            async with trio.open_nursery() as nursery:
+                if receive is not None:
+                    nursery.start_soon(_cancel_on_disconnect, receive, writer, nursery.cancel_scope)
+                if keepalive_on:
+                    early = not stream or policy.early_headers
+                    commit = (
+                        (lambda: sse_headers(exchange.headers()) if stream else json_headers(exchange.headers()))
+                        if early
+                        else None
+                    )
+                    nursery.start_soon(heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit)
+                error = await _run(exchange, writer, entry)
+                nursery.cancel_scope.cancel()
+        else:
             error = await _run(exchange, writer, entry)
-            nursery.cancel_scope.cancel()
-        phase_at_end = entry.phase
-        entry.phase = "finishing"
         if writer.gone:
             raise ClientGone
+        phase_at_end = entry.phase
+        entry.phase = "finishing"
         if error is not None:
             await _report(writer, error, exchange)
         # Decided before the last write: once the response is complete the server reports
@@ -167,6 +178,13 @@ async def relay(send: object, exchange: Exchange) -> None:
             telemetry.on_finish(entry)
         if exchange.on_finish is not None:
             exchange.on_finish(entry)
+
+
+async def _cancel_on_disconnect(receive: object, writer: ResponseWriter, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":  # type: ignore[operator]
+        pass
+    writer.gone = True
+    scope.cancel()
 
 
 def _outcome_of(error: GatewayError | None) -> Outcome:

@@ -47,6 +47,10 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Children by (metric, label values): prometheus-client's own lookup takes a lock
+        # and rebuilds the key on every call; label values are config names and fixed sets,
+        # so this stays as small as the set of series.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "trio_gateway_requests", "Requests answered, by final status and outcome.",
             ["route", "backend", "endpoint", "status", "outcome"], registry=r,
@@ -102,6 +106,13 @@ class Telemetry:
             ["backend"], buckets=_LATENCY, registry=r,
         )
 
+    def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def attach(self, gateway: Gateway) -> None:
         """Expose the gateway's live state (queues, backend health and load) at scrape time."""
         self.registry.register(_StateCollector(gateway))
@@ -113,48 +124,48 @@ class Telemetry:
 
     def on_start(self, entry: InFlight) -> None:
         if entry.stream:
-            self.streams_active.labels(entry.route).inc()
+            self._child(self.streams_active, entry.route).inc()
         entry.on_heartbeat = self._count_heartbeat
 
     def _count_heartbeat(self, entry: InFlight) -> None:
-        self.heartbeats.labels(entry.route).inc()
+        self._child(self.heartbeats, entry.route).inc()
 
     def on_failover(self, entry: InFlight, backend: str) -> None:
-        self.failovers.labels(entry.route, backend).inc()
+        self._child(self.failovers, entry.route, backend).inc()
 
     def on_ejection(self, backend: str) -> None:
-        self.ejections.labels(backend).inc()
+        self._child(self.ejections, backend).inc()
 
     def on_finish(self, entry: InFlight) -> None:
         """Count a finished relayed request and write its access-log line."""
         route, backend = entry.route, entry.backend
         if entry.stream:
-            self.streams_active.labels(route).dec()
+            self._child(self.streams_active, route).dec()
         status = str(entry.status) if entry.status is not None else "499"
-        self.requests.labels(route, backend, entry.endpoint, status, entry.outcome or "error").inc()
+        self._child(self.requests, route, backend, entry.endpoint, status, entry.outcome or "error").inc()
         if entry.first_byte_at is not None:
-            self.first_byte.labels(route, backend).observe(entry.first_byte_at - entry.started_at)
+            self._child(self.first_byte, route, backend).observe(entry.first_byte_at - entry.started_at)
         if entry.first_token_at is not None and entry.stream:
-            self.first_token.labels(route, backend).observe(entry.first_token_at - entry.started_at)
+            self._child(self.first_token, route, backend).observe(entry.first_token_at - entry.started_at)
         if entry.upstream_seconds:
-            self.upstream_duration.labels(route, backend).observe(entry.upstream_seconds)
+            self._child(self.upstream_duration, route, backend).observe(entry.upstream_seconds)
         if entry.queue_seconds:
-            self.queue_wait.labels(backend).observe(entry.queue_seconds)
+            self._child(self.queue_wait, backend).observe(entry.queue_seconds)
         if entry.ended_at is not None:
             total = entry.ended_at - entry.started_at
-            self.overhead.labels(route).observe(
+            self._child(self.overhead, route).observe(
                 max(0.0, total - entry.upstream_seconds - entry.queue_seconds)
             )
         if entry.prompt_tokens:
-            self.tokens.labels(route, backend, "prompt").inc(entry.prompt_tokens)
+            self._child(self.tokens, route, backend, "prompt").inc(entry.prompt_tokens)
         if entry.completion_tokens:
-            self.tokens.labels(route, backend, "completion").inc(entry.completion_tokens)
+            self._child(self.tokens, route, backend, "completion").inc(entry.completion_tokens)
         if entry.outcome == "client_gone":
-            self.disconnects.labels(route, entry.disconnect_phase or "unknown").inc()
+            self._child(self.disconnects, route, entry.disconnect_phase or "unknown").inc()
         if entry.outcome in ("client_gone", "shutdown") and entry.disconnect_phase in (
             "connecting", "prefill", "streaming"
         ):
-            self.cancellations.labels(route, backend).inc()
+            self._child(self.cancellations, route, backend).inc()
         if access_log.isEnabledFor(logging.INFO):
             write_access_log(_entry_fields(entry))
 
@@ -164,7 +175,7 @@ class Telemetry:
         """Count a request the gateway answered itself (bad input, unknown model, model
         list, health...) and write its access-log line."""
         outcome = "completed" if status < 400 else "rejected"
-        self.requests.labels(route, "", endpoint, str(status), outcome).inc()
+        self._child(self.requests, route, "", endpoint, str(status), outcome).inc()
         write_access_log({**fields, "route": route, "status": status, "outcome": outcome})
 
 
