@@ -59,8 +59,13 @@ async def paced(body: bytes) -> AsyncIterator[bytes]:
 
 async def bare_asgi(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
     """The fake upstream's answers from a plain ASGI callable: no framework at all."""
-    if scope["type"] != "http":
-        return
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].removeprefix("lifespan.")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
     body = b""
     while True:
         message = await receive()
