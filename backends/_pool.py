@@ -87,7 +87,9 @@ class _Connection:
             try:
                 data = await self.stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, OSError) as exc:
-                raise UpstreamProtocolError(f"{self.name}: upstream connection lost: {exc}") from exc
+                raise UpstreamProtocolError(
+                    f"{self.name}: upstream connection lost: {_reason(exc)}"
+                ) from exc
             self.h11.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
@@ -189,13 +191,18 @@ class ConnectionPool:
         try:
             with trio.fail_after(math.inf if self.connect_timeout is None else self.connect_timeout):
                 if self.scheme == "https":
-                    stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                    tls = await trio.open_ssl_over_tcp_stream(
                         self.host,
                         self.port,
                         ssl_context=self._ssl_context or ssl.create_default_context(),
                         https_compatible=True,
                     )
-                    await stream.do_handshake()  # type: ignore[attr-defined]
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:  # a refused certificate, a timeout: no fd left behind
+                        await trio.aclose_forcefully(tls)
+                        raise
+                    stream: trio.abc.Stream = tls
                 else:
                     stream = await trio.open_tcp_stream(self.host, self.port)
         except trio.TooSlowError as exc:
@@ -205,7 +212,7 @@ class ConnectionPool:
             ) from exc
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
             raise UpstreamConnectError(
-                f"{self.name}: cannot connect to {self.host}:{self.port}: {exc}"
+                f"{self.name}: cannot connect to {self.host}:{self.port}: {_reason(exc)}"
             ) from exc
         self.open += 1
         return _Connection(stream, self.name)
@@ -233,7 +240,7 @@ class ConnectionPool:
             await connection.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
             raise UpstreamProtocolError(
-                f"{self.name}: upstream connection lost while sending: {exc}"
+                f"{self.name}: upstream connection lost while sending: {_reason(exc)}"
             ) from exc
         while True:
             event = await connection.next_event()
@@ -256,3 +263,9 @@ async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
             raise UpstreamProtocolError(
                 f"{connection.name}: upstream sent {type(event).__name__} inside a body"
             )
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for a message: trio's stream errors keep the cause (a TLS
+    verification failure, a reset) in ``__cause__`` and say nothing themselves."""
+    return str(exc) or str(exc.__cause__ or "") or type(exc).__name__

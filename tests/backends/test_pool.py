@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from functools import partial
 import h11
 import pytest
 import trio
+import trustme
 
 from backends._pool import ConnectionPool
 from gateway.abc import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
@@ -40,7 +42,7 @@ async def ok(stream: trio.SocketStream, conn: h11.Connection, request: IncomingR
 
 
 @asynccontextmanager
-async def serve(answer: Answer) -> AsyncIterator[Server]:
+async def serve(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server()
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -59,13 +61,19 @@ async def serve(answer: Answer) -> AsyncIterator[Server]:
                     break
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
-            pass
+            pass  # includes a TLS peer that went away without its goodbye
         finally:
+            await trio.aclose_forcefully(stream)  # closed for good before anyone hears so
             server.closed.set()
-            await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        if tls is None:
+            listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        else:
+            listeners = await nursery.start(partial(
+                trio.serve_ssl_over_tcp, handle, 0, tls, host="127.0.0.1", https_compatible=True
+            ))
+            listeners = [listener.transport_listener for listener in listeners]
         server.port = listeners[0].socket.getsockname()[1]
         yield server
         nursery.cancel_scope.cancel()
@@ -247,3 +255,40 @@ async def test_connect_timeout() -> None:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    closing = False
+
+    async def answer(stream: trio.SocketStream, conn: h11.Connection,
+                     request: IncomingRequest) -> bool:
+        await ok(stream, conn, request)
+        return not closing
+
+    async with serve(answer, tls=server_context) as server:
+        pool = ConnectionPool(f"https://127.0.0.1:{server.port}/v1", max_connections=4,
+                              max_keepalive_connections=4, connect_timeout=5.0,
+                              ssl_context=client_context)
+        assert await fetch(pool) == (200, b'{"ok":true}')
+        assert await fetch(pool) == (200, b'{"ok":true}')
+        assert server.accepted == 1
+        closing = True
+        await fetch(pool)  # the server closes after this one
+        await server.closed.wait()
+        closing = False
+        assert await fetch(pool) == (200, b'{"ok":true}')
+        assert server.accepted == 2
+        pool.close()
+        assert pool.open == 0
+
+        untrusting = ConnectionPool(f"https://127.0.0.1:{server.port}/v1", max_connections=1,
+                                    max_keepalive_connections=1, connect_timeout=5.0,
+                                    ssl_context=ssl.create_default_context())
+        with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await fetch(untrusting)
+        assert untrusting.open == 0
