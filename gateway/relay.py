@@ -3,10 +3,9 @@ heartbeat beside it.
 
 For every proxied request the handler runs :func:`relay` in the request's own task. It opens
 one nursery holding the heartbeat task and the disconnect watcher; the relay runs in the
-nursery's body. Both write
-through one :class:`~gateway.writer.ResponseWriter`, whose lock makes every write whole:
-the relay writes only complete SSE events (the framer holds partial ones back), so a
-heartbeat always lands between two events.
+nursery's body. Relay and heartbeat write through one :class:`~gateway.writer.ResponseWriter`,
+whose lock makes every write whole: the relay writes only complete SSE events (the framer
+holds partial ones back), so a heartbeat always lands between two events.
 
 Failover: targets are tried in the planned order, at most ``max_attempts`` of them, and no
 new attempt starts after ``failover_deadline``. A failure may move on to the next target only
@@ -15,8 +14,8 @@ not count — so tokens are never duplicated or reordered.
 
 Cancellation: a task in the same nursery waits for the client's disconnect and cancels
 the exchange; leaving the backend's ``open_response`` context (or the admission queue)
-then closes the upstream request. Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
-instead, and the client is told why.
+then closes the upstream request. Shutdown aborts an exchange through its
+:class:`~gateway.inflight.InFlight` entry instead, and the client is told why.
 """
 
 from __future__ import annotations
