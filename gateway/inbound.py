@@ -42,9 +42,15 @@ def traceparent(given: str, request_id: str) -> str:
     return f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
 
 
+def _no_constants(name: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON (RFC 8259) does not have and which
+    # no upstream could be sent back: refuse them here, as the client's error.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json_object(raw: str | bytes) -> JSONObject:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -25,6 +25,9 @@ def test_parse_json_object() -> None:
         parse_json_object(b"\xff\xfe")
     with pytest.raises(InvalidRequest, match="JSON object"):
         parse_json_object(b"[1, 2]")
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(MalformedJSON, match="not a JSON value"):
+            parse_json_object(b'{"model": "m", "temperature": %s}' % constant)
 
 
 @pytest.mark.parametrize(
