@@ -236,20 +236,28 @@ class ConnectionPool:
             ],
         )
         data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        send_failed: BaseException | None = None
         try:
             await connection.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
+            # An upstream may answer and stop reading before the body is all in (a 413 for
+            # a large prompt, say): its answer is still worth reading.
+            send_failed = exc
+        try:
+            while True:
+                event = await connection.next_event()
+                if isinstance(event, h11.Response):
+                    return Response(event.status_code, list(event.headers), _body(connection))
+                if not isinstance(event, h11.InformationalResponse):
+                    raise UpstreamProtocolError(
+                        f"{self.name}: upstream answered with {type(event).__name__}"
+                    )
+        except UpstreamProtocolError:
+            if send_failed is None:
+                raise
             raise UpstreamProtocolError(
-                f"{self.name}: upstream connection lost while sending: {_reason(exc)}"
-            ) from exc
-        while True:
-            event = await connection.next_event()
-            if isinstance(event, h11.Response):
-                return Response(event.status_code, list(event.headers), _body(connection))
-            if not isinstance(event, h11.InformationalResponse):
-                raise UpstreamProtocolError(
-                    f"{self.name}: upstream answered with {type(event).__name__}"
-                )
+                f"{self.name}: upstream connection lost while sending: {_reason(send_failed)}"
+            ) from send_failed
 
 
 async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,7 +64,8 @@ async def serve(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncItera
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             pass  # includes a TLS peer that went away without its goodbye
         finally:
-            await trio.aclose_forcefully(stream)  # closed for good before anyone hears so
+            with contextlib.suppress(trio.BrokenResourceError):  # a TLS peer already gone
+                await stream.aclose()  # closed for good before anyone hears so
             server.closed.set()
 
     async with trio.open_nursery() as nursery:
@@ -263,12 +265,14 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    closing = False
+    answered = 0
 
     async def answer(stream: trio.SocketStream, conn: h11.Connection,
                      request: IncomingRequest) -> bool:
+        nonlocal answered
         await ok(stream, conn, request)
-        return not closing
+        answered += 1
+        return answered != 3  # the upstream closes its connection after the third answer
 
     async with serve(answer, tls=server_context) as server:
         pool = ConnectionPool(f"https://127.0.0.1:{server.port}/v1", max_connections=4,
@@ -277,10 +281,8 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
         assert await fetch(pool) == (200, b'{"ok":true}')
         assert await fetch(pool) == (200, b'{"ok":true}')
         assert server.accepted == 1
-        closing = True
-        await fetch(pool)  # the server closes after this one
+        await fetch(pool)
         await server.closed.wait()
-        closing = False
         assert await fetch(pool) == (200, b'{"ok":true}')
         assert server.accepted == 2
         pool.close()
@@ -292,3 +294,36 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
         with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await fetch(untrusting)
         assert untrusting.open == 0
+
+
+async def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
+    """An upstream (or a proxy in front of it) that refuses a large body with 413 as soon as
+    it sees the head, and closes: the client gets that 413, not a broken write."""
+    async with trio.open_nursery() as nursery:
+
+        async def refuse(stream: trio.SocketStream) -> None:
+            conn = h11.Connection(h11.SERVER)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
+                    continue
+                assert isinstance(event, h11.Request)
+                break
+            body = b'{"error":"too large"}'
+            await stream.send_all(conn.send(h11.Response(
+                status_code=413, headers=[("content-length", str(len(body))),
+                                          ("connection", "close")])) + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage()))
+            await trio.aclose_forcefully(stream)
+
+        listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
+                              max_keepalive_connections=1, connect_timeout=5.0)
+        big = b"x" * (32 * 1024 * 1024)  # far more than the socket buffers hold
+        async with pool.open_response(b"POST", "/", [], big) as response:
+            assert response.status == 413
+            assert b"".join([chunk async for chunk in response.body]) == b'{"error":"too large"}'
+        assert pool.open == 0
+        nursery.cancel_scope.cancel()
