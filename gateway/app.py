@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 import trio
@@ -26,11 +25,7 @@ from .errors import (
     NotFound,
     error_json,
 )
-from .inbound import (
-    REQUEST_ID,
-    endpoint_label,
-    traceparent,
-)
+from .inbound import endpoint_label, request_ids
 from .proxy import ProxyApp
 from .service import Gateway
 from .status import page_html, serve_feed
@@ -84,11 +79,11 @@ def create_app(gateway: Gateway) -> ProxyApp:
     @app.before_request
     async def _request_id() -> None:
         g.started = trio.current_time()
-        given = request.headers.get("x-request-id", "")
-        g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        g.traceparent = traceparent(request.headers.get("traceparent", ""), g.request_id)
+        g.request_id, g.traceparent = request_ids(
+            request.headers.get("x-request-id", ""), request.headers.get("traceparent", "")
+        )
 
-    teams = gateway.teams if gateway.teams is not None and gateway.teams.enabled else None
+    teams = gateway.auth
 
     if teams is not None:
 
@@ -122,7 +117,7 @@ def create_app(gateway: Gateway) -> ProxyApp:
                 "path": request.path,
                 "model": g.get("model"),
                 "duration_ms": round((trio.current_time() - g.started) * 1000, 3),
-                **_identity_fields(g.get("identity")),
+                **Identity.log_fields_of(g.get("identity")),
             },
         )
         return response
@@ -236,10 +231,6 @@ def create_app(gateway: Gateway) -> ProxyApp:
         )
 
     return ProxyApp(gateway, app)
-
-
-def _identity_fields(identity: Identity | None) -> dict[str, str]:
-    return {} if identity is None else {"team": identity.team, "key_id": identity.key_id}
 
 
 def _model_card(name: str) -> dict[str, Any]:

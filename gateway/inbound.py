@@ -33,6 +33,13 @@ def endpoint_label(path: str) -> str:
     return _ENDPOINTS.get(path, "other")
 
 
+def request_ids(given_id: str, given_traceparent: str) -> tuple[str, str]:
+    """The request id and W3C traceparent the gateway answers with (and sends upstream): the
+    client's own when they are sane, else new ones."""
+    request_id = given_id if REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
+    return request_id, traceparent(given_traceparent, request_id)
+
+
 def traceparent(given: str, request_id: str) -> str:
     """The client's W3C traceparent when valid, else a new one (trace id from the request
     id when that is 32 hex digits, so the two can be correlated)."""

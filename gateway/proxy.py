@@ -38,11 +38,11 @@ from .errors import (
     error_head,
     error_json,
 )
-from .inbound import REQUEST_ID, ask_for_usage, parse_json_object, traceparent, validate
+from .inbound import ask_for_usage, parse_json_object, request_ids, validate
 from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
-from .teams import Admission, Identity, Teams
+from .teams import Admission, Identity
 
 log = logging.getLogger("gateway.proxy")
 
@@ -72,9 +72,9 @@ class _Request:
         self.headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        given = self.headers.get("x-request-id", "")
-        self.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        self.traceparent = traceparent(self.headers.get("traceparent", ""), self.request_id)
+        self.request_id, self.traceparent = request_ids(
+            self.headers.get("x-request-id", ""), self.headers.get("traceparent", "")
+        )
         self.identity: Identity | None = None
         self.model: str | None = None
         self.route = ""
@@ -92,8 +92,7 @@ class ProxyApp:
     def __init__(self, gateway: Gateway, fallback: ASGIFramework) -> None:
         self.gateway = gateway
         self.fallback = fallback
-        teams = gateway.teams
-        self.teams: Teams | None = teams if teams is not None and teams.enabled else None
+        self.teams = gateway.auth
         self.max_body = gateway.config.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -216,7 +215,6 @@ class ProxyApp:
         headers = [*error_head(error, body), *request.id_headers()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        identity = request.identity
         self.gateway.telemetry.on_answered(
             route=request.route,
             endpoint=request.endpoint,
@@ -227,6 +225,6 @@ class ProxyApp:
                 "path": request.path,
                 "model": request.model,
                 "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
-                **({} if identity is None else {"team": identity.team, "key_id": identity.key_id}),
+                **Identity.log_fields_of(request.identity),
             },
         )

@@ -66,6 +66,11 @@ class Gateway:
     _turns: dict[str, int] = field(default_factory=dict)
 
     @property
+    def auth(self) -> Teams | None:
+        """The teams that check every request's key, or ``None`` when auth is off."""
+        return self.teams if self.teams is not None and self.teams.enabled else None
+
+    @property
     def backends(self) -> dict[str, Backend]:
         return {id: upstream.backend for id, upstream in self.upstreams.items()}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gateway.errors import InvalidRequest, MalformedJSON, MissingField
@@ -10,6 +12,7 @@ from gateway.inbound import (
     ask_for_usage,
     endpoint_label,
     parse_json_object,
+    request_ids,
     traceparent,
     validate,
 )
@@ -58,6 +61,13 @@ def test_traceparent_kept_when_valid_else_minted() -> None:
     minted = traceparent("00-" + "0" * 32 + "-b7ad6b7169203331-01", "f" * 32)
     assert minted.startswith("00-" + "f" * 32 + "-") and minted != VALID_TP
     assert len(traceparent("garbage", "not-hex").split("-")[1]) == 32
+
+
+def test_request_ids_keep_sane_ones_and_mint_the_rest() -> None:
+    assert request_ids("abc-123", VALID_TP) == ("abc-123", VALID_TP)
+    minted, trace = request_ids("bad id", "garbage")
+    assert re.fullmatch(r"[0-9a-f]{32}", minted)
+    assert trace.split("-")[1] == minted  # the trace id is the minted request id
 
 
 def test_request_id_pattern_and_labels_are_bounded() -> None:

@@ -52,6 +52,11 @@ class Identity:
     team: str
     key_id: str
 
+    @staticmethod
+    def log_fields_of(identity: Identity | None) -> dict[str, str]:
+        """Access-log fields for whoever sent a request (none with auth off)."""
+        return {} if identity is None else {"team": identity.team, "key_id": identity.key_id}
+
 
 @dataclass(frozen=True, slots=True)
 class _Team:
