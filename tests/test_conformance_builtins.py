@@ -50,9 +50,11 @@ def fake_openai_script(case: Case, *, unreachable: str) -> Script:
     return Script(body={"fake": scripts[case.name]})
 
 
-class TestOpenAI(BackendConformance):
-    type_name = "openai"
-    backend_class = OpenAIBackend
+class _OnFakeOpenAI(BackendConformance):
+    """Backends whose data path is an OpenAI-compatible API, run against the scripted fake
+    OpenAI server; ``unreachable_path`` is what the backend's URL ends with."""
+
+    unreachable_path: ClassVar[str] = ""
 
     @pytest.fixture
     async def upstream(self, nursery: trio.Nursery) -> FakeOpenAI:
@@ -60,14 +62,21 @@ class TestOpenAI(BackendConformance):
         await nursery.start(fake.serve)
         return fake
 
-    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
-        return {"url": upstream.url}
-
     def script(self, upstream: FakeOpenAI, case: Case) -> Script:
-        return fake_openai_script(case, unreachable=f"http://127.0.0.1:{unused_port()}/v1")
+        unreachable = f"http://127.0.0.1:{unused_port()}{self.unreachable_path}"
+        return fake_openai_script(case, unreachable=unreachable)
 
     def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
         return upstream.active
+
+
+class TestOpenAI(_OnFakeOpenAI):
+    type_name = "openai"
+    backend_class = OpenAIBackend
+    unreachable_path = "/v1"
+
+    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
+        return {"url": upstream.url}
 
     def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
         return [
@@ -77,7 +86,7 @@ class TestOpenAI(BackendConformance):
         ]
 
 
-class TestLlamaCpp(BackendConformance):
+class TestLlamaCpp(_OnFakeOpenAI):
     """``llamacpp`` in remote mode: its data path is llama-server's OpenAI-compatible API,
     served here by the scripted fake (the fake answers the health probe with 200, so the
     backend is ready, and has no slot figures, so the slot gate lets every request pass).
@@ -86,20 +95,8 @@ class TestLlamaCpp(BackendConformance):
     type_name = "llamacpp"
     backend_class = LlamaCppBackend
 
-    @pytest.fixture
-    async def upstream(self, nursery: trio.Nursery) -> FakeOpenAI:
-        fake = FakeOpenAI()
-        await nursery.start(fake.serve)
-        return fake
-
     def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
         return {"url": upstream.url.removesuffix("/v1"), "poll_interval": 0.5}
-
-    def script(self, upstream: FakeOpenAI, case: Case) -> Script:
-        return fake_openai_script(case, unreachable=f"http://127.0.0.1:{unused_port()}")
-
-    def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
-        return upstream.active
 
     def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
         return [({"url": "ftp://example.com"}, "url"), ({"port": 70000}, "port")]

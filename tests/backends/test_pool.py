@@ -89,6 +89,13 @@ def pool_for(server: Server, **kwargs: object) -> ConnectionPool:
     return ConnectionPool(f"http://127.0.0.1:{server.port}/v1", **options)  # type: ignore[arg-type]
 
 
+async def closed_at_once(pool: ConnectionPool, server: Server) -> None:
+    """The pool dropped its connection and the upstream sees it closed within a second."""
+    assert (pool.open, pool.idle) == (0, 0)
+    with trio.fail_after(1):
+        await server.closed.wait()
+
+
 async def fetch(pool: ConnectionPool, path: str = "/chat/completions") -> tuple[int, bytes]:
     async with pool.open_response(b"POST", path, [(b"x-test", b"1")], b"{}") as response:
         return response.status, b"".join([chunk async for chunk in response.body])
@@ -182,9 +189,7 @@ async def test_a_response_left_early_closes_its_connection() -> None:
         pool = pool_for(server)
         async with pool.open_response(b"POST", "/x", [], b"{}") as response:
             assert await response.body.__anext__() == b"data: x\n\n"
-        assert (pool.open, pool.idle) == (0, 0)
-        with trio.fail_after(1):
-            await server.closed.wait()
+        await closed_at_once(pool, server)
 
 
 async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> None:
@@ -197,9 +202,7 @@ async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> N
         pool = pool_for(server)
         with trio.move_on_after(0.05):
             await fetch(pool)
-        assert (pool.open, pool.idle) == (0, 0)
-        with trio.fail_after(1):
-            await server.closed.wait()
+        await closed_at_once(pool, server)
 
 
 async def test_failures_raise_the_pools_errors() -> None:
