@@ -12,10 +12,14 @@ from .errors import InvalidRequest, MalformedJSON, MissingField
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_ENDPOINTS = {
+# The relayed endpoints: path → the endpoint the backends are asked for.
+RELAYED: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+}
+_ENDPOINTS = {
+    **RELAYED,
     "/v1/models": "models",
     "/healthz": "healthz",
     "/readyz": "readyz",

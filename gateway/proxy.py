@@ -38,19 +38,13 @@ from .errors import (
     error_head,
     error_json,
 )
-from .inbound import ask_for_usage, parse_json_object, request_ids, validate
+from .inbound import RELAYED, ask_for_usage, parse_json_object, request_ids, validate
 from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
 from .teams import Admission, Identity
 
 log = logging.getLogger("gateway.proxy")
-
-PROXIED: dict[str, Endpoint] = {
-    "/v1/chat/completions": "chat/completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
 
 
 class _Disconnected(Exception):
@@ -96,7 +90,7 @@ class ProxyApp:
         self.max_body = gateway.config.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        endpoint = PROXIED.get(scope["path"]) if scope["type"] == "http" else None
+        endpoint = RELAYED.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
