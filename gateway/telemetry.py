@@ -213,37 +213,40 @@ def write_access_log(fields: Mapping[str, Any]) -> None:
         access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))
 
 
+# Live per-backend state, read at scrape time: name (after ``trio_gateway_``) → help.
+_BACKEND_GAUGES = {
+    "queue_depth": "Requests waiting for a slot.",
+    "backend_in_flight": "Requests the gateway has at the backend.",
+    "backend_ready": "1 when the backend is ready by its own health.",
+    "backend_ejected": "1 while passive health keeps the backend out.",
+    "backend_reported_running": "Requests the backend reports running.",
+    "backend_reported_waiting": "Requests the backend reports waiting.",
+    "backend_cache_usage_ratio": "KV-cache usage the backend reports, 0..1.",
+}
+
+
 class _StateCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
-        gw = self._gateway
-        depth = GaugeMetricFamily("trio_gateway_queue_depth", "Requests waiting for a slot.",
-                                  labels=["backend"])
-        in_flight = GaugeMetricFamily("trio_gateway_backend_in_flight",
-                                      "Requests the gateway has at the backend.", labels=["backend"])
-        ready = GaugeMetricFamily("trio_gateway_backend_ready",
-                                  "1 when the backend is ready by its own health.", labels=["backend"])
-        ejected = GaugeMetricFamily("trio_gateway_backend_ejected",
-                                    "1 while passive health keeps the backend out.", labels=["backend"])
-        running = GaugeMetricFamily("trio_gateway_backend_reported_running",
-                                    "Requests the backend reports running.", labels=["backend"])
-        waiting = GaugeMetricFamily("trio_gateway_backend_reported_waiting",
-                                    "Requests the backend reports waiting.", labels=["backend"])
-        cache = GaugeMetricFamily("trio_gateway_backend_cache_usage_ratio",
-                                  "KV-cache usage the backend reports, 0..1.", labels=["backend"])
+        families = {
+            name: GaugeMetricFamily(f"trio_gateway_{name}", text, labels=["backend"])
+            for name, text in _BACKEND_GAUGES.items()
+        }
         now = trio.current_time()
-        for id, up in gw.upstreams.items():
+        for id, up in self._gateway.upstreams.items():
             status = up.backend.status
-            depth.add_metric([id], up.admission.queued)
-            in_flight.add_metric([id], up.admission.in_flight)
-            ready.add_metric([id], 1.0 if status.ready else 0.0)
-            ejected.add_metric([id], 1.0 if up.breaker.state(now) == "open" else 0.0)
-            if status.running is not None:
-                running.add_metric([id], status.running)
-            if status.queued is not None:
-                waiting.add_metric([id], status.queued)
-            if status.cache_usage is not None:
-                cache.add_metric([id], status.cache_usage)
-        yield from (depth, in_flight, ready, ejected, running, waiting, cache)
+            values: dict[str, float | None] = {
+                "queue_depth": up.admission.queued,
+                "backend_in_flight": up.admission.in_flight,
+                "backend_ready": 1.0 if status.ready else 0.0,
+                "backend_ejected": 1.0 if up.breaker.state(now) == "open" else 0.0,
+                "backend_reported_running": status.running,  # None: the backend does not say
+                "backend_reported_waiting": status.queued,
+                "backend_cache_usage_ratio": status.cache_usage,
+            }
+            for name, value in values.items():
+                if value is not None:
+                    families[name].add_metric([id], value)
+        yield from families.values()
