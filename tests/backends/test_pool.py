@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import h11
 import pytest
@@ -81,12 +82,19 @@ async def serve(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncItera
         nursery.cancel_scope.cancel()
 
 
-def pool_for(server: Server, **kwargs: object) -> ConnectionPool:
-    options: dict[str, object] = {
-        "max_connections": 10, "max_keepalive_connections": 10, "connect_timeout": 5.0,
-    }
-    options.update(kwargs)
-    return ConnectionPool(f"http://127.0.0.1:{server.port}/v1", **options)  # type: ignore[arg-type]
+def pool_to(port: int, *, scheme: str = "http", connect_timeout: float = 5.0,
+            max_connections: int = 10, max_keepalive_connections: int = 10,
+            keepalive_expiry: float = 4.0, ssl_context: ssl.SSLContext | None = None,
+            ) -> ConnectionPool:
+    return ConnectionPool(
+        f"{scheme}://127.0.0.1:{port}/v1", max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections, connect_timeout=connect_timeout,
+        keepalive_expiry=keepalive_expiry, ssl_context=ssl_context,
+    )
+
+
+def pool_for(server: Server, **kwargs: Any) -> ConnectionPool:
+    return pool_to(server.port, **kwargs)
 
 
 async def closed_at_once(pool: ConnectionPool, server: Server) -> None:
@@ -229,8 +237,7 @@ async def test_failures_raise_the_pools_errors() -> None:
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()  # nothing listens there now
-    pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
-                          max_keepalive_connections=1, connect_timeout=5.0)
+    pool = pool_to(port)
     with pytest.raises(UpstreamConnectError):
         async with pool.open_response(b"POST", "/", [], b""):
             pass
@@ -250,8 +257,7 @@ async def test_connect_timeout() -> None:
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
-        pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
-                              max_keepalive_connections=1, connect_timeout=0.2)
+        pool = pool_to(port, connect_timeout=0.2)
         with pytest.raises(UpstreamTimeout):
             async with pool.open_response(b"POST", "/", [], b""):
                 pass
@@ -278,9 +284,7 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
         return answered != 3  # the upstream closes its connection after the third answer
 
     async with serve(answer, tls=server_context) as server:
-        pool = ConnectionPool(f"https://127.0.0.1:{server.port}/v1", max_connections=4,
-                              max_keepalive_connections=4, connect_timeout=5.0,
-                              ssl_context=client_context)
+        pool = pool_for(server, scheme="https", ssl_context=client_context)
         assert await fetch(pool) == (200, b'{"ok":true}')
         assert await fetch(pool) == (200, b'{"ok":true}')
         assert server.accepted == 1
@@ -291,9 +295,7 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
         pool.close()
         assert pool.open == 0
 
-        untrusting = ConnectionPool(f"https://127.0.0.1:{server.port}/v1", max_connections=1,
-                                    max_keepalive_connections=1, connect_timeout=5.0,
-                                    ssl_context=ssl.create_default_context())
+        untrusting = pool_for(server, scheme="https", ssl_context=ssl.create_default_context())
         with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await fetch(untrusting)
         assert untrusting.open == 0
@@ -322,8 +324,7 @@ async def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
 
         listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1,
-                              max_keepalive_connections=1, connect_timeout=5.0)
+        pool = pool_to(port)
         big = b"x" * (32 * 1024 * 1024)  # far more than the socket buffers hold
         async with pool.open_response(b"POST", "/", [], big) as response:
             assert response.status == 413
