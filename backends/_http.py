@@ -48,8 +48,12 @@ async def poll_status(
             status = BackendStatus(health="down", detail=f"health check failed: {exc}")
         status = dataclasses.replace(status, checked_at=trio.current_time())
         if status.health != last:
-            log.info("backend %s is %s%s", backend_id, status.health,
-                     f" ({status.detail})" if status.detail else "")
+            log.info(
+                "backend %s is %s%s",
+                backend_id,
+                status.health,
+                f" ({status.detail})" if status.detail else "",
+            )
             last = status.health
         publish(status)
         await trio.sleep(interval)

@@ -163,7 +163,10 @@ class ConnectionPool:
         now = trio.current_time()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < self.keepalive_expiry and not connection.closed_by_peer():
+            if (
+                now - connection.idle_since < self.keepalive_expiry
+                and not connection.closed_by_peer()
+            ):
                 return connection
             self._discard(connection)
         return None
@@ -189,7 +192,9 @@ class ConnectionPool:
 
     async def _connect(self) -> _Connection:
         try:
-            with trio.fail_after(math.inf if self.connect_timeout is None else self.connect_timeout):
+            with trio.fail_after(
+                math.inf if self.connect_timeout is None else self.connect_timeout
+            ):
                 if self.scheme == "https":
                     tls = await trio.open_ssl_over_tcp_stream(
                         self.host,

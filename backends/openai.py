@@ -92,7 +92,10 @@ class OpenAIBackend(Backend):
     def _headers(self, request: UpstreamRequest) -> list[tuple[bytes, bytes]]:
         headers = [
             *self._fixed_headers,
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()),
+            *(
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in request.headers.items()
+            ),
         ]
         if "x-request-id" not in request.headers:
             headers.append((b"x-request-id", request.request_id.encode("latin-1")))

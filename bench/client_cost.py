@@ -39,12 +39,14 @@ HEADERS = [(b"content-type", b"application/json")]
 
 def stream_body(events: int) -> bytes:
     prompt = f"bench:n={events},gap=1,prefill=0"
-    return json.dumps({"model": "bench", "stream": True,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
+    return json.dumps(
+        {"model": "bench", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
 
 
-async def cost(label: str, one: Callable[[bytes], Awaitable[int]], requests: int,
-               events: int) -> None:
+async def cost(
+    label: str, one: Callable[[bytes], Awaitable[int]], requests: int, events: int
+) -> None:
     for _ in range(min(200, requests)):  # warm up: imports, the connection, caches
         await one(UNARY)
     started = time.process_time()
@@ -62,8 +64,9 @@ async def main(port: int, requests: int, events: int) -> None:
     async with httpx.AsyncClient(timeout=None) as client:
 
         async def via_httpx(body: bytes) -> int:
-            async with client.stream("POST", url, content=body,
-                                     headers={"content-type": "application/json"}) as response:
+            async with client.stream(
+                "POST", url, content=body, headers={"content-type": "application/json"}
+            ) as response:
                 return len([chunk async for chunk in response.aiter_raw()])
 
         await cost("httpx", via_httpx, requests, events)
@@ -76,8 +79,12 @@ async def main(port: int, requests: int, events: int) -> None:
 
         await cost("httpcore", via_httpcore, requests, events)
 
-    pool = ConnectionPool(f"http://127.0.0.1:{port}/v1", max_connections=1,
-                          max_keepalive_connections=1, connect_timeout=5.0)
+    pool = ConnectionPool(
+        f"http://127.0.0.1:{port}/v1",
+        max_connections=1,
+        max_keepalive_connections=1,
+        connect_timeout=5.0,
+    )
 
     async def via_pool(body: bytes) -> int:
         async with pool.open_response(b"POST", "/chat/completions", HEADERS, body) as response:
@@ -94,9 +101,14 @@ def run() -> None:
     args = parser.parse_args()
     upstream_python = ROOT / "bench" / ".venv" / "bin" / "python"
     proc = subprocess.Popen(
-        [str(upstream_python if upstream_python.exists() else sys.executable),
-         str(ROOT / "bench" / "upstream.py"), "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            str(upstream_python if upstream_python.exists() else sys.executable),
+            str(ROOT / "bench" / "upstream.py"),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -36,8 +36,10 @@ BODY = (
 
 
 _PARAMS = re.compile(rb"bench:n=(\d+),gap=(\d+),prefill=(\d+)")
-_CHUNK = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-          b'"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}\n\n')
+_CHUNK = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}\n\n'
+)
 
 
 async def paced(body: bytes) -> AsyncIterator[bytes]:
@@ -77,13 +79,20 @@ async def bare_asgi(scope: dict, receive: Any, send: Any) -> None:  # type: igno
         await send({"type": "http.response.body", "body": b"ok"})
         return
     if b'"stream":true' not in body.replace(b" ", b""):
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(BODY)).encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode()),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": BODY})
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
     async for event in paced(body):
         await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
@@ -108,8 +117,12 @@ def main() -> None:
                 return Response(paced(body), content_type="text/event-stream")
             return Response(BODY, content_type="application/json")
         if stream:
-            req = client[0].build_request("POST", "/v1/chat/completions", content=body,
-                                          headers={"content-type": "application/json"})
+            req = client[0].build_request(
+                "POST",
+                "/v1/chat/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
             upstream_response = await client[0].send(req, stream=True)
 
             async def relay() -> AsyncIterator[bytes]:
@@ -120,10 +133,12 @@ def main() -> None:
                     await upstream_response.aclose()
 
             return Response(relay(), content_type="text/event-stream")
-        upstream = await client[0].post("/v1/chat/completions", content=body,
-                                        headers={"content-type": "application/json"})
-        return Response(upstream.content, status=upstream.status_code,
-                        content_type="application/json")
+        upstream = await client[0].post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        return Response(
+            upstream.content, status=upstream.status_code, content_type="application/json"
+        )
 
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

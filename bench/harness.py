@@ -99,8 +99,13 @@ class Server:
                 self.proc.wait(10)
 
 
-def _wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float,
-               headers: dict[str, str] | None = None) -> None:
+def _wait_http(
+    port: int,
+    path: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -122,7 +127,8 @@ def start_upstream(cpus: set[int], workdir: Path) -> Server:
     log_path = workdir / "upstream.log"
     proc = subprocess.Popen(
         [PY, str(BENCH / "upstream.py"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=log_path.open("wb"),
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("wb"),
         preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
     )
     assert proc.stdout is not None
@@ -144,9 +150,19 @@ def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = 
     port = free_port()
     log_path = workdir / f"gateway{tag}.log"
     proc = subprocess.Popen(
-        [str(GATEWAY_VENV / "bin" / "gateway"), "serve", "--config", str(config),
-         "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
+        [
+            str(GATEWAY_VENV / "bin" / "gateway"),
+            "serve",
+            "--config",
+            str(config),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
         preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
     )
     _wait_http(port, "/healthz", proc, 60)
@@ -157,9 +173,15 @@ def start_floor(mode: str, cpus: set[int], workdir: Path, upstream_port: int) ->
     port = free_port()
     log_path = workdir / f"{mode}-floor.log"
     proc = subprocess.Popen(
-        [str(GATEWAY_VENV / "bin" / "python"), str(BENCH / "floor_app.py"), mode, str(port),
-         str(upstream_port)],
-        stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
+        [
+            str(GATEWAY_VENV / "bin" / "python"),
+            str(BENCH / "floor_app.py"),
+            mode,
+            str(port),
+            str(upstream_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
         preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
     )
     _wait_http(port, "/healthz", proc, 60)
@@ -178,7 +200,8 @@ def start_nginx(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
     log_path = workdir / "nginx.log"
     proc = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(prefix)],
-        stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
         preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
     )
     _wait_http(port, "/nginx-ready", proc, 20)
@@ -196,7 +219,8 @@ def start_litellm(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
     conf.write_text(text)
     key = "sk-bench-" + secrets.token_hex(8)
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("DATABASE_URL", "LITELLM_", "OPENAI_"))
     }
     env.update(
@@ -206,17 +230,30 @@ def start_litellm(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
     )
     log_path = workdir / "litellm.log"
     proc = subprocess.Popen(
-        [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(conf), "--host", "127.0.0.1",
-         "--port", str(port), "--num_workers", "1"],
-        cwd=workdir, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+        [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(conf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
         preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
     )
     _wait_http(port, "/health/liveliness", proc, 180)
     return Server("litellm", port, proc, proc.pid, key=key, log_path=log_path)
 
 
-def loadgen(cpus: set[int], server: Server, scenario: str, *args: str,
-            timeout: float = 600) -> dict[str, Any]:
+def loadgen(
+    cpus: set[int], server: Server, scenario: str, *args: str, timeout: float = 600
+) -> dict[str, Any]:
     cmd = [PY, str(BENCH / "loadgen.py"), scenario, "--port", str(server.port), *args]
     if server.key:
         cmd += ["--key", server.key]
@@ -226,7 +263,10 @@ def loadgen(cpus: set[int], server: Server, scenario: str, *args: str,
         cmd += ["--path", "/v1/chat/completions"]
     try:
         done = subprocess.run(
-            cmd, capture_output=True, timeout=timeout, check=False,
+            cmd,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
             preexec_fn=_preexec(cpus),
         )
         if done.returncode != 0:
@@ -243,10 +283,23 @@ def _failed(scenario: str, error: str) -> dict[str, Any]:
     """A result of the usual shape with no numbers, for a measurement that broke."""
     empty = {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
     return {
-        "scenario": scenario, "error": error[:2000], "errors": {"harness: " + error[:100]: 1},
-        "requests": 0, "ok": 0, "rps": None, "latency_ms": empty, "streams": 0,
-        "ttft_ms": empty, "inter_chunk_ms": empty, "coalesced": 0, "missing": 0,
-        "reordered": 0, "incomplete": 0, "failed": 1, "passed": False, "max_silence_ms": None,
+        "scenario": scenario,
+        "error": error[:2000],
+        "errors": {"harness: " + error[:100]: 1},
+        "requests": 0,
+        "ok": 0,
+        "rps": None,
+        "latency_ms": empty,
+        "streams": 0,
+        "ttft_ms": empty,
+        "inter_chunk_ms": empty,
+        "coalesced": 0,
+        "missing": 0,
+        "reordered": 0,
+        "incomplete": 0,
+        "failed": 1,
+        "passed": False,
+        "max_silence_ms": None,
     }
 
 
@@ -275,18 +328,30 @@ QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1)
 FULL = Plan(3, (1, 4, 16, 64), 3.0, 10, 64, 75, 50, 2000, 1_000, 60.0, 3)
 
 
-def sustain_search(cpus: set[int], server: Server, plan: Plan, hint: int | None,
-                   trials: list[dict[str, Any]]) -> int:
+def sustain_search(
+    cpus: set[int], server: Server, plan: Plan, hint: int | None, trials: list[dict[str, Any]]
+) -> int:
     """The largest number of concurrent streams that pass (doubling, then bisection; a
     later repeat starts from the previous repeat's answer)."""
 
     def passes(n: int) -> bool:
-        result = loadgen(cpus, server, "sustain", "--streams", str(n), "--tokens",
-                         str(plan.sustain_tokens), "--ramp", "1.0")
+        result = loadgen(
+            cpus,
+            server,
+            "sustain",
+            "--streams",
+            str(n),
+            "--tokens",
+            str(plan.sustain_tokens),
+            "--ramp",
+            "1.0",
+        )
         trials.append(result)
-        log(f"  sustain {server.name} n={n}: {'pass' if result['passed'] else 'FAIL'} "
+        log(
+            f"  sustain {server.name} n={n}: {'pass' if result['passed'] else 'FAIL'} "
             f"(max silence {result['max_silence_ms']} ms, missing {result['missing']}, "
-            f"failed {result['failed']})")
+            f"failed {result['failed']})"
+        )
         time.sleep(1.0)  # let closed connections settle
         return bool(result["passed"])
 
@@ -321,22 +386,45 @@ def sustain_search(cpus: set[int], server: Server, plan: Plan, hint: int | None,
 def run_target(cpus: set[int], server: Server, plan: Plan, hint: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {"unary": {}, "sustain_trials": []}
     for c in plan.unary_levels:
-        r = loadgen(cpus, server, "unary", "--concurrency", str(c),
-                    "--duration", str(plan.unary_duration), "--warmup", "1.0")
+        r = loadgen(
+            cpus,
+            server,
+            "unary",
+            "--concurrency",
+            str(c),
+            "--duration",
+            str(plan.unary_duration),
+            "--warmup",
+            "1.0",
+        )
         out["unary"][str(c)] = r
-        log(f"  unary {server.name} c={c}: p50 {r['latency_ms']['p50']} p99 "
-            f"{r['latency_ms']['p99']} ms, {r['rps']} req/s, errors {r['errors'] or 0}")
-    r = loadgen(cpus, server, "stream", "--concurrency", "1", "--count", str(plan.stream_count),
-                "--tokens", str(plan.stream_tokens))
+        log(
+            f"  unary {server.name} c={c}: p50 {r['latency_ms']['p50']} p99 "
+            f"{r['latency_ms']['p99']} ms, {r['rps']} req/s, errors {r['errors'] or 0}"
+        )
+    r = loadgen(
+        cpus,
+        server,
+        "stream",
+        "--concurrency",
+        "1",
+        "--count",
+        str(plan.stream_count),
+        "--tokens",
+        str(plan.stream_tokens),
+    )
     out["stream"] = r
-    log(f"  stream {server.name}: ttft p50 {r['ttft_ms']['p50']} inter p99 "
-        f"{r['inter_chunk_ms']['p99']} ms, coalesced {r['coalesced']}, missing {r['missing']}")
+    log(
+        f"  stream {server.name}: ttft p50 {r['ttft_ms']['p50']} inter p99 "
+        f"{r['inter_chunk_ms']['p99']} ms, coalesced {r['coalesced']}, missing {r['missing']}"
+    )
     out["sustain_max"] = sustain_search(cpus, server, plan, hint, out["sustain_trials"])
     return out
 
 
-def run_idle(cpus_server: set[int], cpus_load: set[int], workdir: Path, upstream: Server,
-             plan: Plan) -> dict[str, Any]:
+def run_idle(
+    cpus_server: set[int], cpus_load: set[int], workdir: Path, upstream: Server, plan: Plan
+) -> dict[str, Any]:
     """A fresh gateway per run, so its RSS baseline is a clean process."""
     gateway = start_gateway(cpus_server, workdir, upstream.port, tag="-idle")
     try:
@@ -344,9 +432,23 @@ def run_idle(cpus_server: set[int], cpus_load: set[int], workdir: Path, upstream
         loadgen(cpus_load, gateway, "stream", "--count", "2", "--tokens", "4")
         time.sleep(1.0)
         return loadgen(
-            cpus_load, gateway, "idle", "--model", "bench-idle", "--streams", str(plan.idle_streams),
-            "--prefill", str(plan.idle_prefill), "--interval", "1", "--tokens", "4",
-            "--pid", str(gateway.pid), "--opening", "64",
+            cpus_load,
+            gateway,
+            "idle",
+            "--model",
+            "bench-idle",
+            "--streams",
+            str(plan.idle_streams),
+            "--prefill",
+            str(plan.idle_prefill),
+            "--interval",
+            "1",
+            "--tokens",
+            "4",
+            "--pid",
+            str(gateway.pid),
+            "--opening",
+            "64",
             timeout=plan.idle_prefill * 3 + 300,
         )
     finally:
@@ -389,11 +491,13 @@ def versions() -> dict[str, str]:
         "kernel": platform.release(),
         "cpu": _cpu_model(),
     }
-    for name, version in dist(GATEWAY_VENV / "bin" / "python", "hypercorn", "quart-trio",
-                              "trio", "httpx", "h11").items():
+    for name, version in dist(
+        GATEWAY_VENV / "bin" / "python", "hypercorn", "quart-trio", "trio", "httpx", "h11"
+    ).items():
         info[f"{name} (gateway)"] = version
-    for name, version in dist(LITELLM_VENV / "bin" / "python", "litellm", "uvicorn",
-                              "uvloop").items():
+    for name, version in dist(
+        LITELLM_VENV / "bin" / "python", "litellm", "uvicorn", "uvloop"
+    ).items():
         info[f"{name} (litellm venv)"] = version
     info["uvloop (harness)"] = dist(Path(PY), "uvloop")["uvloop"]
     return info
@@ -450,7 +554,8 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
         s["sustain_max"] = median([r["sustain_max"] for r in runs])
         s["sustain_each"] = [r["sustain_max"] for r in runs]
         ok = [
-            (s["unary"][str(c)]["rps"], c) for c in plan.unary_levels
+            (s["unary"][str(c)]["rps"], c)
+            for c in plan.unary_levels
             if s["unary"][str(c)]["p99"] is not None and s["unary"][str(c)]["p99"] <= 50
         ]
         s["throughput"] = max(ok) if ok else (None, None)
@@ -463,8 +568,9 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
             "all_opened": all(r["all_opened"] for r in idle),
             "opened_in_s": median([r["opened_in_s"] for r in idle]),
             "opened": median([r["opened"] for r in idle]),
-            "rss_per_stream_kib": median([r.get("server", {}).get("rss_per_stream_kib")
-                                          for r in idle]),
+            "rss_per_stream_kib": median(
+                [r.get("server", {}).get("rss_per_stream_kib") for r in idle]
+            ),
             "rss_slope_kib": median([r.get("server", {}).get("rss_slope_kib") for r in idle]),
             "errors": sum(sum(r["errors"].values()) for r in idle),
             "cpu_steady_pct": median([r.get("server", {}).get("cpu_steady_pct") for r in idle]),
@@ -494,7 +600,8 @@ def main() -> None:
 
     plan = QUICK if args.quick else FULL
     overrides = {
-        "repeats": args.repeats, "idle_streams": args.idle_streams,
+        "repeats": args.repeats,
+        "idle_streams": args.idle_streams,
         "idle_prefill": args.idle_prefill,
         "idle_repeats": args.repeats,
     }
@@ -503,15 +610,20 @@ def main() -> None:
     workdir = args.out or BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = cpu_plan()
-    log(f"results in {workdir}; server under test on CPU {sorted(server_cpus)}, "
-        f"upstream + load generator on CPU {sorted(load_cpus)}")
+    log(
+        f"results in {workdir}; server under test on CPU {sorted(server_cpus)}, "
+        f"upstream + load generator on CPU {sorted(load_cpus)}"
+    )
 
     raw: dict[str, Any] = {
         "command": " ".join(["bench/run", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "plan": plan.__dict__,
-        "pinning": {"server_under_test": sorted(server_cpus), "upstream_and_loadgen":
-                    sorted(load_cpus), "cpus": os.cpu_count()},
+        "pinning": {
+            "server_under_test": sorted(server_cpus),
+            "upstream_and_loadgen": sorted(load_cpus),
+            "cpus": os.cpu_count(),
+        },
         "versions": versions(),
         "load_average": {"start": load_average()},
         "runs": {t: [] for t in targets},
@@ -520,7 +632,9 @@ def main() -> None:
     servers: dict[str, Server] = {"direct": upstream}
     try:
         starters: dict[str, Callable[[set[int], Path, int], Server]] = {
-            "trio-gateway": start_gateway, "nginx": start_nginx, "litellm": start_litellm,
+            "trio-gateway": start_gateway,
+            "nginx": start_nginx,
+            "litellm": start_litellm,
             "asgi-floor": partial(start_floor, "asgi"),
             "quart-floor": partial(start_floor, "quart"),
             "httpx-floor": partial(start_floor, "httpx"),
@@ -531,7 +645,7 @@ def main() -> None:
                 servers[name] = starters[name](server_cpus, workdir, upstream.port)
         hints: dict[str, int | None] = {t: None for t in targets}
         for repeat in range(plan.repeats):
-            order = targets[repeat % len(targets):] + targets[: repeat % len(targets)]
+            order = targets[repeat % len(targets) :] + targets[: repeat % len(targets)]
             for name in order:
                 log(f"repeat {repeat + 1}/{plan.repeats}: {name} (load {load_average()})")
                 result = run_target(load_cpus, servers[name], plan, hints[name])
@@ -545,8 +659,10 @@ def main() -> None:
         if "trio-gateway" in targets and not args.no_idle:
             raw["idle"] = []
             for repeat in range(plan.idle_repeats):
-                log(f"idle streams {repeat + 1}/{plan.idle_repeats}: {plan.idle_streams} streams, "
-                    f"{plan.idle_prefill} s prefill (load {load_average()})")
+                log(
+                    f"idle streams {repeat + 1}/{plan.idle_repeats}: {plan.idle_streams} streams, "
+                    f"{plan.idle_prefill} s prefill (load {load_average()})"
+                )
                 try:
                     r = run_idle(server_cpus, load_cpus, workdir, upstream, plan)
                 except RuntimeError as exc:  # the gateway did not start
@@ -554,8 +670,10 @@ def main() -> None:
                     continue
                 if "error" in r:
                     continue
-                log(f"  idle: lateness p99 {r['lateness_ms']['p99']} ms, "
-                    f"server {r.get('server')}, opened in {r['opened_in_s']} s")
+                log(
+                    f"  idle: lateness p99 {r['lateness_ms']['p99']} ms, "
+                    f"server {r.get('server')}, opened in {r['opened_in_s']} s"
+                )
                 raw["idle"].append(r)
                 time.sleep(2.0)
     finally:

@@ -33,19 +33,38 @@ def main() -> None:
             h.loadgen(load_cpus, server, "stream", "--count", "2", "--tokens", "4")  # warm up
             time.sleep(1.0)
             result = h.loadgen(
-                load_cpus, server, "idle", "--streams", str(args.streams),
-                "--prefill", str(args.prefill), "--interval", "1", "--tokens", "4",
-                "--opening", "64", timeout=args.prefill * 3 + 300,
+                load_cpus,
+                server,
+                "idle",
+                "--streams",
+                str(args.streams),
+                "--prefill",
+                str(args.prefill),
+                "--interval",
+                "1",
+                "--tokens",
+                "4",
+                "--opening",
+                "64",
+                timeout=args.prefill * 3 + 300,
             )
         finally:
             server.stop()
         rss = result.get("server", {})
-        print(json.dumps({
-            "floor": server.name, "streams": args.streams, "opened": result.get("opened"),
-            "rss_base_mib": rss.get("rss_base_mib"), "rss_open_mib": rss.get("rss_open_mib"),
-            "rss_per_stream_kib": rss.get("rss_per_stream_kib"),
-            "rss_slope_kib": rss.get("rss_slope_kib"),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "floor": server.name,
+                    "streams": args.streams,
+                    "opened": result.get("opened"),
+                    "rss_base_mib": rss.get("rss_base_mib"),
+                    "rss_open_mib": rss.get("rss_open_mib"),
+                    "rss_per_stream_kib": rss.get("rss_per_stream_kib"),
+                    "rss_slope_kib": rss.get("rss_slope_kib"),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def _proc_sample(pid: int) -> dict[str, float]:
     return {"t": now(), "rss": rss_kib * 1024.0, "cpu": cpu}
 
 
-def _cpu(a: dict[str, float] | None, b: dict[str, float] | None, units: int,
-         unit: str) -> dict[str, float | None]:
+def _cpu(
+    a: dict[str, float] | None, b: dict[str, float] | None, units: int, unit: str
+) -> dict[str, float | None]:
     """The server's CPU between two samples: share of one core, and per unit of work."""
     if a is None or b is None:
         return {}
@@ -67,7 +68,9 @@ def _cpu(a: dict[str, float] | None, b: dict[str, float] | None, units: int,
 
 
 async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
-    request = build_request(args.host, args.port, args.path, chat_body(False, model=args.model), args.key)
+    request = build_request(
+        args.host, args.port, args.path, chat_body(False, model=args.model), args.key
+    )
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = now()
@@ -86,8 +89,10 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     if args.pid:
         loop = asyncio.get_running_loop()
         loop.call_at(loop.time() + args.warmup, lambda: samples.append(_proc_sample(args.pid)))
-        loop.call_at(loop.time() + args.warmup + args.duration,
-                     lambda: samples.append(_proc_sample(args.pid)))
+        loop.call_at(
+            loop.time() + args.warmup + args.duration,
+            lambda: samples.append(_proc_sample(args.pid)),
+        )
     pool = Pool(args.host, args.port, opening=min(args.concurrency, 64))
     make = lambda closed: Conn(next_request, on_unary, _never, closed)
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
@@ -144,7 +149,11 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
 
 async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     request = build_request(
-        args.host, args.port, args.path, chat_body(True, args.tokens, args.gap, model=args.model), args.key
+        args.host,
+        args.port,
+        args.path,
+        chat_body(True, args.tokens, args.gap, model=args.model),
+        args.key,
     )
     records: list[StreamRecord] = []
     remaining = args.count
@@ -165,8 +174,14 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     after = _proc_sample(args.pid) if args.pid else None
     result = _stream_result(records, args.tokens)
     result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
-    result.update(scenario="stream", concurrency=args.concurrency, tokens=args.tokens,
-                  gap_ms=args.gap, errors=pool.errors, finished=finished)
+    result.update(
+        scenario="stream",
+        concurrency=args.concurrency,
+        tokens=args.tokens,
+        gap_ms=args.gap,
+        errors=pool.errors,
+        finished=finished,
+    )
     return result
 
 
@@ -177,7 +192,11 @@ def _never_unary(latency: float, status: int) -> None:
 async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     """``streams`` streams, one per connection, started evenly over ``ramp`` seconds."""
     request = build_request(
-        args.host, args.port, args.path, chat_body(True, args.tokens, args.gap, model=args.model), args.key
+        args.host,
+        args.port,
+        args.path,
+        chat_body(True, args.tokens, args.gap, model=args.model),
+        args.key,
     )
     records: list[StreamRecord] = []
 
@@ -201,9 +220,9 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
         delay = start + args.ramp * i / args.streams - now()
         if delay > 0:
             await asyncio.sleep(delay)
-        opens.append(asyncio.ensure_future(
-            pool.open(partial(_idle_conn, Conn, one_shot(), records))
-        ))
+        opens.append(
+            asyncio.ensure_future(pool.open(partial(_idle_conn, Conn, one_shot(), records)))
+        )
     await asyncio.gather(*opens)
     finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
     after = _proc_sample(args.pid) if args.pid else None
@@ -242,8 +261,11 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     """``streams`` streams whose upstream is silent for ``prefill`` seconds; the server
     under test should heartbeat every ``interval`` seconds meanwhile."""
     request = build_request(
-        args.host, args.port, args.path,
-        chat_body(True, args.tokens, args.gap, int(args.prefill * 1000), args.model), args.key,
+        args.host,
+        args.port,
+        args.path,
+        chat_body(True, args.tokens, args.gap, int(args.prefill * 1000), args.model),
+        args.key,
     )
     records: list[StreamRecord] = []
     live: list[StreamRecord] = []
@@ -333,8 +355,9 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         heartbeats=sum(len(r.heartbeats) for r in live),
         first_heartbeat_ms=summary_ms(first_beat),
         lateness_ms=summary_ms(lateness_all),
-        lateness_steady_ms=summary_ms(lateness_steady if steady1 is not None or not args.pid
-                                      else []),
+        lateness_steady_ms=summary_ms(
+            lateness_steady if steady1 is not None or not args.pid else []
+        ),
         errors=pool.errors,
         finished=finished,
     )
@@ -346,9 +369,9 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             "rss_per_stream_kib": round(
                 (steady0["rss"] - base["rss"]) / max(1, headers_seen) / 1024, 2
             ),
-            "cpu_steady_pct": None if steady1 is None else round(
-                100 * (steady1["cpu"] - steady0["cpu"]) / (steady1["t"] - steady0["t"]), 1
-            ),
+            "cpu_steady_pct": None
+            if steady1 is None
+            else round(100 * (steady1["cpu"] - steady0["cpu"]) / (steady1["t"] - steady0["t"]), 1),
             "steady_window_s": None if steady1 is None else round(steady1["t"] - steady0["t"], 2),
             "cpu_open_s": round(steady0["cpu"] - base["cpu"], 2),
             "rss_slope_kib": _slope_kib(growth),
@@ -357,8 +380,12 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _idle_conn(cls: type[Conn], nxt: Callable[[], tuple[bytes, bool] | None],
-               records: list[StreamRecord], closed: Callable[[Conn, str | None], None]) -> Conn:
+def _idle_conn(
+    cls: type[Conn],
+    nxt: Callable[[], tuple[bytes, bool] | None],
+    records: list[StreamRecord],
+    closed: Callable[[Conn, str | None], None],
+) -> Conn:
     return cls(nxt, _never_unary, records.append, closed)
 
 
@@ -397,8 +424,9 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile()
     loop_name = install_uvloop()
-    runner = {"unary": run_unary, "stream": run_stream, "sustain": run_sustain,
-              "idle": run_idle}[args.scenario]
+    runner = {"unary": run_unary, "stream": run_stream, "sustain": run_sustain, "idle": run_idle}[
+        args.scenario
+    ]
     result = asyncio.run(runner(args))
     result["loop"] = loop_name
     sys.stdout.write(json.dumps(result) + "\n")

@@ -28,6 +28,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summary_ms(values: list[float]) -> dict[str, float | int | None]:
     """p50/p90/p99/max in milliseconds of values in seconds."""
+
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 4)
 

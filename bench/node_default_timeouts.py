@@ -57,11 +57,15 @@ def ensure_node_client() -> tuple[str, Path, str]:
 
 
 async def start_gateway(nursery: trio.Nursery, upstream: str, interval: float) -> str:
-    config = build_config({
-        "server": {"bind": "127.0.0.1:0"},
-        "backends": {"fake": {"type": "openai", "url": upstream}},
-        "routes": {"chat": {"model": "m", "backend": "fake", "keepalive": {"interval": interval}}},
-    })
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": {"fake": {"type": "openai", "url": upstream}},
+            "routes": {
+                "chat": {"model": "m", "backend": "fake", "keepalive": {"interval": interval}}
+            },
+        }
+    )
 
     async def run(task_status: trio.TaskStatus[str]) -> None:
         async with open_gateway(config) as gateway:
@@ -103,22 +107,35 @@ async def main(silence: float, interval: float) -> int:
                 case = f"{scenario}-{way}"
                 extra = {"queue": case} if scenario == "queued" else {}
                 # no "undici" key: Node's fetch with its default dispatcher and timers
-                ops.append({"id": case, "baseURL": base, "call": "chat",
-                            "params": {**CHAT, "fake": {**fake_script, **extra}}})
-        print(f"node {version}, "
-              f"silence {silence:g} s, keepalive interval {interval:g} s; "
-              f"started {time.strftime('%H:%M:%S')}", flush=True)
-        done = await trio.run_process([node, str(script)], stdin=json.dumps({"ops": ops}).encode(),
-                                      capture_stdout=True)
+                ops.append(
+                    {
+                        "id": case,
+                        "baseURL": base,
+                        "call": "chat",
+                        "params": {**CHAT, "fake": {**fake_script, **extra}},
+                    }
+                )
+        print(
+            f"node {version}, "
+            f"silence {silence:g} s, keepalive interval {interval:g} s; "
+            f"started {time.strftime('%H:%M:%S')}",
+            flush=True,
+        )
+        done = await trio.run_process(
+            [node, str(script)], stdin=json.dumps({"ops": ops}).encode(), capture_stdout=True
+        )
         nursery.cancel_scope.cancel()
 
     failures = 0
     expected_text = "".join(f"tok{i} " for i in range(TOKENS))
     for result in json.loads(done.stdout)["results"]:
         error = result.get("error") or {}
-        verdict = (f"completed, {len(result['text'].split())} tokens" if result["ok"]
-                   else f"failed: {error.get('class')} {error.get('undici') or ''} "
-                        f"after {len(result['text'].split())} tokens".rstrip())
+        verdict = (
+            f"completed, {len(result['text'].split())} tokens"
+            if result["ok"]
+            else f"failed: {error.get('class')} {error.get('undici') or ''} "
+            f"after {len(result['text'].split())} tokens".rstrip()
+        )
         print(f"{result['id']:>15}  {result['elapsed_ms'] / 1000:7.1f} s  {verdict}")
         if result["id"].endswith("-on"):
             failures += not (result["ok"] and result["text"] == expected_text)

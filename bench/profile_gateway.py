@@ -65,23 +65,49 @@ def main() -> None:
     try:
         h.loadgen(load_cpus, gateway, "unary", "--duration", "1", "--warmup", "0.2")
         spy = subprocess.Popen(
-            [str(h.BENCH / ".venv" / "bin" / "py-spy"), "record", "-p", str(gateway.pid),
-             "-d", str(args.seconds), "-r", "250", "-f", "raw", "-o", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(h.BENCH / ".venv" / "bin" / "py-spy"),
+                "record",
+                "-p",
+                str(gateway.pid),
+                "-d",
+                str(args.seconds),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if args.scenario == "unary":
-            result = h.loadgen(load_cpus, gateway, "unary", "--concurrency",
-                               str(args.concurrency), "--duration", str(args.seconds),
-                               "--warmup", "0.2")
-            print(f"unary c={args.concurrency}: latency {result['latency_ms']}, "
-                  f"{result['rps']} req/s, server CPU "
-                  f"{result.get('server_cpu_us_per_request')} µs/request")
+            result = h.loadgen(
+                load_cpus,
+                gateway,
+                "unary",
+                "--concurrency",
+                str(args.concurrency),
+                "--duration",
+                str(args.seconds),
+                "--warmup",
+                "0.2",
+            )
+            print(
+                f"unary c={args.concurrency}: latency {result['latency_ms']}, "
+                f"{result['rps']} req/s, server CPU "
+                f"{result.get('server_cpu_us_per_request')} µs/request"
+            )
         else:
             tokens = str(int(args.seconds * 50) + 25)
-            result = h.loadgen(load_cpus, gateway, "sustain", "--streams", str(args.streams),
-                               "--tokens", tokens)
-            print(f"{args.streams} streams: max silence {result['max_silence_ms']} ms, "
-                  f"server CPU {result.get('server_cpu_us_per_event')} µs/event")
+            result = h.loadgen(
+                load_cpus, gateway, "sustain", "--streams", str(args.streams), "--tokens", tokens
+            )
+            print(
+                f"{args.streams} streams: max silence {result['max_silence_ms']} ms, "
+                f"server CPU {result.get('server_cpu_us_per_event')} µs/event"
+            )
         spy.wait()
     finally:
         gateway.stop()

@@ -10,13 +10,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor",
-         "httpx-floor")
-LABELS = {"direct": "direct", "trio-gateway": "trio-gateway", "nginx": "nginx",
-          "litellm": "LiteLLM", "asgi-floor": "hypercorn alone", "quart-floor": "quart-trio alone",
-          "httpx-floor": "quart-trio + httpx"}
-COLORS = {"direct": "#555555", "trio-gateway": "#1f77b4", "nginx": "#2ca02c",
-          "litellm": "#d62728", "asgi-floor": "#17becf", "quart-floor": "#9467bd", "httpx-floor": "#8c564b"}
+ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
+LABELS = {
+    "direct": "direct",
+    "trio-gateway": "trio-gateway",
+    "nginx": "nginx",
+    "litellm": "LiteLLM",
+    "asgi-floor": "hypercorn alone",
+    "quart-floor": "quart-trio alone",
+    "httpx-floor": "quart-trio + httpx",
+}
+COLORS = {
+    "direct": "#555555",
+    "trio-gateway": "#1f77b4",
+    "nginx": "#2ca02c",
+    "litellm": "#d62728",
+    "asgi-floor": "#17becf",
+    "quart-floor": "#9467bd",
+    "httpx-floor": "#8c564b",
+}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -66,14 +78,19 @@ def table(raw: dict[str, Any]) -> str:
         if c not in levels:
             continue
         key = str(c)
-        row(f"1. non-stream c={c}: p50 / p99 ms",
-            {t: _pair(s[t]["unary"][key]["p50"], s[t]["unary"][key]["p99"]) for t in targets})
+        row(
+            f"1. non-stream c={c}: p50 / p99 ms",
+            {t: _pair(s[t]["unary"][key]["p50"], s[t]["unary"][key]["p99"]) for t in targets},
+        )
         cells = {}
         for t in targets:
             if t == "direct" or d is None:
                 continue
-            cells[t] = _pair(_added(s[t]["unary"][key]["p50"], d["unary"][key]["p50"]),
-                             _added(s[t]["unary"][key]["p99"], d["unary"][key]["p99"]), True)
+            cells[t] = _pair(
+                _added(s[t]["unary"][key]["p50"], d["unary"][key]["p50"]),
+                _added(s[t]["unary"][key]["p99"], d["unary"][key]["p99"]),
+                True,
+            )
         goal, verdict = "", ""
         if g is not None and d is not None and c == 1:
             added = _added(g["unary"][key]["p50"], d["unary"][key]["p50"])
@@ -85,22 +102,31 @@ def table(raw: dict[str, Any]) -> str:
             verdict = _mark(None if ga is None or la is None else ga <= la / 5)
         row(f"   added vs direct, c={c}: p50 / p99 ms", cells, goal, verdict)
         row(f"   req/s at c={c}", {t: _f(s[t]["unary"][key]["rps"], 0) for t in targets})
-        row(f"   server CPU per request at c={c}, µs",
-            {t: _f(s[t]["unary"][key].get("cpu_us"), 0) for t in targets})
-    row("2. stream c=1: time to first event p50 / p99 ms",
-        {t: _pair(s[t]["stream"]["ttft_p50"], s[t]["stream"]["ttft_p99"]) for t in targets})
+        row(
+            f"   server CPU per request at c={c}, µs",
+            {t: _f(s[t]["unary"][key].get("cpu_us"), 0) for t in targets},
+        )
+    row(
+        "2. stream c=1: time to first event p50 / p99 ms",
+        {t: _pair(s[t]["stream"]["ttft_p50"], s[t]["stream"]["ttft_p99"]) for t in targets},
+    )
     cells = {}
     for t in targets:
         if t != "direct" and d is not None:
-            cells[t] = _pair(_added(s[t]["stream"]["ttft_p50"], d["stream"]["ttft_p50"]),
-                             _added(s[t]["stream"]["ttft_p99"], d["stream"]["ttft_p99"]), True)
+            cells[t] = _pair(
+                _added(s[t]["stream"]["ttft_p50"], d["stream"]["ttft_p50"]),
+                _added(s[t]["stream"]["ttft_p99"], d["stream"]["ttft_p99"]),
+                True,
+            )
     verdict = ""
     if g is not None and d is not None:
         added = _added(g["stream"]["ttft_p50"], d["stream"]["ttft_p50"])
         verdict = _mark(None if added is None else added <= 2.0)
     row("   added TTFT p50 / p99 ms", cells, "added p50 ≤ 2 ms", verdict)
-    row("   inter-chunk p50 / p99 ms (upstream: 20 ms)",
-        {t: _pair(s[t]["stream"]["inter_p50"], s[t]["stream"]["inter_p99"]) for t in targets})
+    row(
+        "   inter-chunk p50 / p99 ms (upstream: 20 ms)",
+        {t: _pair(s[t]["stream"]["inter_p50"], s[t]["stream"]["inter_p99"]) for t in targets},
+    )
     cells = {}
     for t in targets:
         if t != "direct" and d is not None:
@@ -111,34 +137,55 @@ def table(raw: dict[str, Any]) -> str:
         added = _added(g["stream"]["inter_p99"], d["stream"]["inter_p99"])
         verdict = _mark(None if added is None else added <= 1.0)
     row("   added inter-chunk p99 ms", cells, "≤ 1 ms", verdict)
-    row("   deltas coalesced into one read / deltas (missing)",
-        {t: f"{s[t]['stream']['coalesced']} / {s[t]['stream']['deltas']} "
-            f"({s[t]['stream']['missing']})" for t in targets},
+    row(
+        "   deltas coalesced into one read / deltas (missing)",
+        {
+            t: f"{s[t]['stream']['coalesced']} / {s[t]['stream']['deltas']} "
+            f"({s[t]['stream']['missing']})"
+            for t in targets
+        },
         "zero coalescing",
-        _mark(None if g is None else g["stream"]["coalesced"] == 0 and g["stream"]["missing"] == 0))
+        _mark(None if g is None else g["stream"]["coalesced"] == 0 and g["stream"]["missing"] == 0),
+    )
     cap = raw["plan"]["sustain_cap"]
-    row(f"3. sustained streams, 20 ms pacing, no gap > 200 ms (cap {cap:,})",
-        {t: f"{_f(s[t]['sustain_max'], 0)} ({', '.join(str(x) for x in s[t]['sustain_each'])})"
-         for t in targets},
+    row(
+        f"3. sustained streams, 20 ms pacing, no gap > 200 ms (cap {cap:,})",
+        {
+            t: f"{_f(s[t]['sustain_max'], 0)} ({', '.join(str(x) for x in s[t]['sustain_each'])})"
+            for t in targets
+        },
         "≥ 1,000 per process",
-        _mark(None if g is None or g["sustain_max"] is None else g["sustain_max"] >= 1000))
-    row("   server CPU per streamed event, µs (sustained runs that passed)",
-        {t: _f(s[t].get("stream_cpu_us"), 0) for t in targets})
+        _mark(None if g is None or g["sustain_max"] is None else g["sustain_max"] >= 1000),
+    )
+    row(
+        "   server CPU per streamed event, µs (sustained runs that passed)",
+        {t: _f(s[t].get("stream_cpu_us"), 0) for t in targets},
+    )
     idle = s.get("idle")
     if idle is not None:
-        label = (f"4. idle streams: {idle['streams']:,} × {idle['prefill_s']:g} s prefill, "
-                 f"1 s heartbeats")
-        opened = (f"all open in {_f(idle['opened_in_s'], 1)} s" if idle["all_opened"]
-                  else f"only {_f(idle['opened'], 0)} opened")
-        cell = (f"RSS {_f(idle['rss_per_stream_kib'], 1)} KiB/stream (slope "
-                f"{_f(idle['rss_slope_kib'], 1)}), CPU {_f(idle['cpu_steady_pct'], 0)} % "
-                f"while all idle; heartbeat lateness p50 / p99 "
-                f"{_pair(idle['lateness_p50'], idle['lateness_p99'])} ms; {opened}; "
-                f"{idle['errors']} errors, {idle['missing']} deltas missing")
-        ok = (idle["rss_per_stream_kib"] is not None and idle["rss_per_stream_kib"] <= 32
-              and idle["lateness_p99"] is not None and idle["lateness_p99"] <= 100)
-        row(label, {"trio-gateway": cell}, "≤ 32 KiB/stream; lateness p99 ≤ 100 ms",
-            _mark(ok))
+        label = (
+            f"4. idle streams: {idle['streams']:,} × {idle['prefill_s']:g} s prefill, "
+            f"1 s heartbeats"
+        )
+        opened = (
+            f"all open in {_f(idle['opened_in_s'], 1)} s"
+            if idle["all_opened"]
+            else f"only {_f(idle['opened'], 0)} opened"
+        )
+        cell = (
+            f"RSS {_f(idle['rss_per_stream_kib'], 1)} KiB/stream (slope "
+            f"{_f(idle['rss_slope_kib'], 1)}), CPU {_f(idle['cpu_steady_pct'], 0)} % "
+            f"while all idle; heartbeat lateness p50 / p99 "
+            f"{_pair(idle['lateness_p50'], idle['lateness_p99'])} ms; {opened}; "
+            f"{idle['errors']} errors, {idle['missing']} deltas missing"
+        )
+        ok = (
+            idle["rss_per_stream_kib"] is not None
+            and idle["rss_per_stream_kib"] <= 32
+            and idle["lateness_p99"] is not None
+            and idle["lateness_p99"] <= 100
+        )
+        row(label, {"trio-gateway": cell}, "≤ 32 KiB/stream; lateness p99 ≤ 100 ms", _mark(ok))
     cells = {}
     for t in targets:
         rps, c = s[t]["throughput"]
@@ -187,21 +234,34 @@ def plot(raw: dict[str, Any], path: Path) -> None:
         p99 = [s[t]["unary"][str(c)]["p99"] for c in levels]
         ax.plot(levels, p50, "o-", color=COLORS[t], label=f"{LABELS[t]} p50")
         ax.plot(levels, p99, "s--", color=COLORS[t], alpha=0.6, label=f"{LABELS[t]} p99")
-    ax.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency, ms",
-           title="1. non-streaming latency")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrency",
+        ylabel="latency, ms",
+        title="1. non-streaming latency",
+    )
     ax.axhline(50, color="black", lw=0.6, ls=":")
     ax.legend(fontsize=7, ncol=2)
     ax = axes[0][1]
     for t in targets:
         rps = [s[t]["unary"][str(c)]["rps"] for c in levels]
         ax.plot(levels, rps, "o-", color=COLORS[t], label=LABELS[t])
-    ax.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="requests/s",
-           title="5. non-streaming throughput")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrency",
+        ylabel="requests/s",
+        title="5. non-streaming throughput",
+    )
     ax.legend(fontsize=8)
     ax = axes[1][0]
     width = 0.8 / len(targets)
-    metrics = [("ttft_p50", "TTFT p50"), ("ttft_p99", "TTFT p99"),
-               ("inter_p99", "inter-chunk p99 − 20")]
+    metrics = [
+        ("ttft_p50", "TTFT p50"),
+        ("ttft_p99", "TTFT p99"),
+        ("inter_p99", "inter-chunk p99 − 20"),
+    ]
     for i, t in enumerate(targets):
         values = []
         for key, _ in metrics:
@@ -209,10 +269,17 @@ def plot(raw: dict[str, Any], path: Path) -> None:
             if v is not None and key == "inter_p99":
                 v = max(v - 20.0, 0.001)
             values.append(v or 0.001)
-        ax.bar([x + i * width for x in range(len(metrics))], values, width, color=COLORS[t],
-               label=LABELS[t])
-    ax.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(metrics))],
-                  [label for _, label in metrics])
+        ax.bar(
+            [x + i * width for x in range(len(metrics))],
+            values,
+            width,
+            color=COLORS[t],
+            label=LABELS[t],
+        )
+    ax.set_xticks(
+        [x + width * (len(targets) - 1) / 2 for x in range(len(metrics))],
+        [label for _, label in metrics],
+    )
     ax.set(yscale="log", ylabel="ms", title="2. streaming at c=1 (64 deltas, 20 ms apart)")
     ax.legend(fontsize=8)
     ax = axes[1][1]
@@ -220,10 +287,11 @@ def plot(raw: dict[str, Any], path: Path) -> None:
     bars = ax.bar([LABELS[t] for t in targets], values, color=[COLORS[t] for t in targets])
     ax.bar_label(bars, [f"{v:,.0f}" for v in values], fontsize=8)
     ax.axhline(1000, color="black", lw=0.6, ls=":")
-    ax.set(ylabel="concurrent streams",
-           title="3. sustained streams (every delta, no gap > 200 ms)")
-    fig.suptitle(f"trio-gateway benchmarks, {raw['started']} "
-                 f"(load average {raw['load_average']['start']})", fontsize=10)
+    ax.set(ylabel="concurrent streams", title="3. sustained streams (every delta, no gap > 200 ms)")
+    fig.suptitle(
+        f"trio-gateway benchmarks, {raw['started']} (load average {raw['load_average']['start']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

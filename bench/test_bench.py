@@ -72,15 +72,18 @@ def upstream_port(request: pytest.FixtureRequest) -> Iterator[int]:
 def loadgen(port: int, *args: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, str(BENCH / "loadgen.py"), *args, "--port", str(port)],
-        capture_output=True, timeout=120, check=True,
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     result: dict[str, object] = json.loads(done.stdout)
     return result
 
 
 def test_unary_requests_all_answered(upstream_port: int) -> None:
-    r = loadgen(upstream_port, "unary", "--concurrency", "4", "--duration", "0.3",
-                "--warmup", "0.1")
+    r = loadgen(
+        upstream_port, "unary", "--concurrency", "4", "--duration", "0.3", "--warmup", "0.1"
+    )
     assert r["errors"] == {}
     assert isinstance(r["requests"], int) and r["requests"] > 0
     assert r["ok"] == r["requests"]
@@ -88,16 +91,16 @@ def test_unary_requests_all_answered(upstream_port: int) -> None:
 
 @pytest.mark.parametrize("upstream_port", [["--max-requests", "7"]], indirect=True)
 def test_unary_carries_on_after_connection_close(upstream_port: int) -> None:
-    r = loadgen(upstream_port, "unary", "--concurrency", "2", "--duration", "0.3",
-                "--warmup", "0")
+    r = loadgen(upstream_port, "unary", "--concurrency", "2", "--duration", "0.3", "--warmup", "0")
     assert r["errors"] == {}
     assert isinstance(r["requests"], int) and r["requests"] > 14
     assert isinstance(r["reconnects"], int) and r["reconnects"] >= r["requests"] // 7 - 2
 
 
 def test_streams_arrive_whole_and_in_order(upstream_port: int) -> None:
-    r = loadgen(upstream_port, "stream", "--count", "3", "--concurrency", "2",
-                "--tokens", "8", "--gap", "2")
+    r = loadgen(
+        upstream_port, "stream", "--count", "3", "--concurrency", "2", "--tokens", "8", "--gap", "2"
+    )
     assert r["errors"] == {}
     assert r["streams"] == 3
     assert (r["missing"], r["reordered"], r["incomplete"], r["failed"]) == (0, 0, 0, 0)
@@ -106,11 +109,35 @@ def test_streams_arrive_whole_and_in_order(upstream_port: int) -> None:
 
 
 def test_a_sustained_level_fails_when_silence_exceeds_the_limit(upstream_port: int) -> None:
-    passing = loadgen(upstream_port, "sustain", "--streams", "5", "--tokens", "3",
-                      "--gap", "10", "--ramp", "0.05", "--max-gap", "5000")
+    passing = loadgen(
+        upstream_port,
+        "sustain",
+        "--streams",
+        "5",
+        "--tokens",
+        "3",
+        "--gap",
+        "10",
+        "--ramp",
+        "0.05",
+        "--max-gap",
+        "5000",
+    )
     assert passing["passed"] is True
     # The upstream waits 10 ms between events: a 1 ms limit cannot be met.
-    failing = loadgen(upstream_port, "sustain", "--streams", "5", "--tokens", "3",
-                      "--gap", "10", "--ramp", "0.05", "--max-gap", "1")
+    failing = loadgen(
+        upstream_port,
+        "sustain",
+        "--streams",
+        "5",
+        "--tokens",
+        "3",
+        "--gap",
+        "10",
+        "--ramp",
+        "0.05",
+        "--max-gap",
+        "1",
+    )
     assert failing["passed"] is False
     assert failing["missing"] == 0

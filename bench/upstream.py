@@ -71,9 +71,7 @@ def _sse(payload: bytes) -> bytes:
 
 
 _ROLE = _sse(_PREFIX + b'{"role":"assistant","content":""},"finish_reason":null}]}')
-_TOKENS = [
-    _sse(_PREFIX + b'{"content":"tok%d "},"finish_reason":null}]}' % i) for i in range(4096)
-]
+_TOKENS = [_sse(_PREFIX + b'{"content":"tok%d "},"finish_reason":null}]}' % i) for i in range(4096)]
 _FINISH = _sse(_PREFIX + b'{},"finish_reason":"stop"}]}')
 _USAGE = _sse(
     b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
@@ -200,8 +198,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--max-requests", type=int, default=0,
-                        help="close a connection after this many non-streamed answers")
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="close a connection after this many non-streamed answers",
+    )
     args = parser.parse_args()
     raise_nofile()
     install_uvloop()

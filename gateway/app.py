@@ -34,7 +34,10 @@ from .teams.usage import parse_since
 
 log = logging.getLogger("gateway.app")
 
-def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+
+def _json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         json.dumps(payload), status=status, headers=headers, content_type="application/json"
     )
@@ -235,4 +238,3 @@ def create_app(gateway: Gateway) -> ProxyApp:
 
 def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "trio-gateway"}
-

@@ -29,7 +29,9 @@ class Candidate:
     load: float = 0.0  # gateway in flight + queued, plus what the upstream reports
 
 
-def plan(strategy: Strategy, candidates: Sequence[Candidate], *, turn: int, draw: float) -> list[int]:
+def plan(
+    strategy: Strategy, candidates: Sequence[Candidate], *, turn: int, draw: float
+) -> list[int]:
     """The order in which to try targets, as indexes. Empty when none can serve.
 
     Not-ready and ejected (``open``) targets are left out. A ``half_open`` target — its

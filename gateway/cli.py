@@ -111,9 +111,7 @@ def plugins() -> None:
             about = f"  {field.description}" if field.description else ""
             click.echo(f"    {field.name}: {field.type} ({default}){about}")
     for broken in registry.broken:
-        click.echo(
-            f"BROKEN {broken.name}  {broken.distribution} {broken.version}: {broken.reason}"
-        )
+        click.echo(f"BROKEN {broken.name}  {broken.distribution} {broken.version}: {broken.reason}")
     if registry.broken:
         sys.exit(1)
 
@@ -175,14 +173,19 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
 
         async def from_redis() -> list[UsageRow]:
             assert config.state.redis is not None
-            async with open_redis_state(config.state.redis, prefix=config.state.prefix,
-                                        stream_lease=config.state.stream_lease) as state:
+            async with open_redis_state(
+                config.state.redis,
+                prefix=config.state.prefix,
+                stream_lease=config.state.stream_lease,
+            ) as state:
                 return await state.query_usage(team=team, since=since_at)
 
         try:
             rows = trio.run(from_redis)
         except RedisError as error:
-            click.echo(f"cannot read usage from redis: {error}", err=True)  # URL may hold a password
+            click.echo(
+                f"cannot read usage from redis: {error}", err=True
+            )  # URL may hold a password
             sys.exit(1)
     else:
         path = Path(config.usage.database)
@@ -198,14 +201,36 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
         for row in rows:
             click.echo(json.dumps(row.as_json()))
         return
-    header = ("team", "route", "backend", "requests", "errors", "prompt", "completion",
-              "total", "stream_s")
+    header = (
+        "team",
+        "route",
+        "backend",
+        "requests",
+        "errors",
+        "prompt",
+        "completion",
+        "total",
+        "stream_s",
+    )
     table = [header] + [
-        (r.team, r.route, r.backend, str(r.requests), str(r.errors), str(r.prompt_tokens),
-         str(r.completion_tokens), str(r.total_tokens), f"{r.stream_seconds:.1f}")
+        (
+            r.team,
+            r.route,
+            r.backend,
+            str(r.requests),
+            str(r.errors),
+            str(r.prompt_tokens),
+            str(r.completion_tokens),
+            str(r.total_tokens),
+            f"{r.stream_seconds:.1f}",
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
-        click.echo("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
-                             for i, (cell, w) in enumerate(zip(line, widths, strict=True))))
+        click.echo(
+            "  ".join(
+                cell.ljust(w) if i < 3 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )

@@ -58,7 +58,9 @@ class ServerSettings(_Settings):
 class KeepaliveSettings(_Settings):
     """How a route keeps its clients' connections from going silent."""
 
-    interval: float = Field(15.0, ge=0, description="seconds of silence before a heartbeat; 0 = off")
+    interval: float = Field(
+        15.0, ge=0, description="seconds of silence before a heartbeat; 0 = off"
+    )
     comment: str = Field("keepalive", description="text of the SSE comment line")
     early_headers: bool = True
     non_stream: Literal["off", "whitespace"] = "off"

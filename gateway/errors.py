@@ -103,8 +103,9 @@ class AuthenticationError(GatewayError):
     type = "invalid_request_error"
     code: str | None = "invalid_api_key"
 
-    def __init__(self, message: str, *, code: str | None = "invalid_api_key",
-                 challenge: str = "Bearer") -> None:
+    def __init__(
+        self, message: str, *, code: str | None = "invalid_api_key", challenge: str = "Bearer"
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.challenge = challenge
@@ -128,8 +129,14 @@ class RateLimited(GatewayError):
     status = 429
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, kind: str, retry_after: float,
-                 limit_headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retry_after: float,
+        limit_headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.type = kind
         self.retry_after = retry_after

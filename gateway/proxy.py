@@ -55,8 +55,18 @@ class _Request:
     """One proxied request as the client sent it: headers looked up by lower-case name,
     the ids the gateway answers with, and the time it arrived."""
 
-    __slots__ = ("endpoint", "headers", "identity", "method", "model", "path", "request_id",
-                 "route", "started", "traceparent")
+    __slots__ = (
+        "endpoint",
+        "headers",
+        "identity",
+        "method",
+        "model",
+        "path",
+        "request_id",
+        "route",
+        "started",
+        "traceparent",
+    )
 
     def __init__(self, scope: HTTPScope, endpoint: Endpoint) -> None:
         self.started = trio.current_time()
@@ -89,7 +99,9 @@ class ProxyApp:
         self.teams = gateway.auth
         self.max_body = gateway.config.server.max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         endpoint = RELAYED.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["type"] != "http":
             await self.fallback(scope, receive, send)
@@ -204,7 +216,9 @@ class ProxyApp:
             if not message["more_body"]:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _answer_error(self, request: _Request, send: ASGISendCallable, error: GatewayError) -> None:
+    async def _answer_error(
+        self, request: _Request, send: ASGISendCallable, error: GatewayError
+    ) -> None:
         body = error_json(error)
         headers = [*error_head(error, body), *request.id_headers()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})

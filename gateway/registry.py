@@ -138,8 +138,9 @@ def settings_fields(settings: type[pydantic.BaseModel], prefix: str = "") -> Ite
             yield from settings_fields(nested, f"{prefix}{name}.")
             continue
         default = None if info.is_required() else _default(info)
-        yield SettingField(f"{prefix}{name}", _type_name(info.annotation), default,
-                           info.description)
+        yield SettingField(
+            f"{prefix}{name}", _type_name(info.annotation), default, info.description
+        )
 
 
 def _model_of(annotation: object) -> type[pydantic.BaseModel] | None:

@@ -140,11 +140,19 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
                 if keepalive_on:
                     early = not stream or policy.early_headers
                     commit = (
-                        (lambda: sse_headers(exchange.headers()) if stream else json_headers(exchange.headers()))
+                        (
+                            lambda: (
+                                sse_headers(exchange.headers())
+                                if stream
+                                else json_headers(exchange.headers())
+                            )
+                        )
                         if early
                         else None
                     )
-                    nursery.start_soon(heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit)
+                    nursery.start_soon(
+                        heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit
+                    )
                 error = await _run(exchange, writer, entry)
                 nursery.cancel_scope.cancel()
         else:
@@ -179,7 +187,9 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
             exchange.on_finish(entry)
 
 
-async def _cancel_on_disconnect(receive: object, writer: ResponseWriter, scope: trio.CancelScope) -> None:
+async def _cancel_on_disconnect(
+    receive: object, writer: ResponseWriter, scope: trio.CancelScope
+) -> None:
     while (await receive())["type"] != "http.disconnect":  # type: ignore[operator]
         pass
     writer.gone = True
@@ -238,16 +248,21 @@ async def _attempts(
             error = exc
             exchange.log.append(f"{upstream.id}={_outcome(exc)}")
             if counts_against_backend(exc) and upstream.breaker.on_failure(trio.current_time()):
-                log.warning("backend %s ejected after %d failures", upstream.id,
-                            upstream.breaker.failures)
+                log.warning(
+                    "backend %s ejected after %d failures", upstream.id, upstream.breaker.failures
+                )
                 if exchange.telemetry is not None:
                     exchange.telemetry.on_ejection(upstream.id)
             if writer.data_sent or not is_retryable(exc):
                 return exc
             if exchange.telemetry is not None:
                 exchange.telemetry.on_failover(entry, upstream.id)
-            log.info("attempt %d on %s failed (%s), trying the next target",
-                     number + 1, upstream.id, exc.message)
+            log.info(
+                "attempt %d on %s failed (%s), trying the next target",
+                number + 1,
+                upstream.id,
+                exc.message,
+            )
             continue
         upstream.breaker.on_success()
         return None
@@ -428,6 +443,5 @@ def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlig
 def _check_content_type(response: UpstreamResponse, expected: str) -> None:
     if not response.content_type.lower().startswith(expected):
         raise UpstreamProtocolError(
-            f"upstream answered a streaming request with {response.content_type!r}, "
-            f"not {expected}"
+            f"upstream answered a streaming request with {response.content_type!r}, not {expected}"
         )

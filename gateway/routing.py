@@ -38,7 +38,6 @@ class Router:
         return [name for route in self._routes for name in route.public_names]
 
 
-
 def apply_policy(body: JSONObject, route: Route) -> JSONObject:
     """The route's request policy: ``defaults`` fill absent parameters, ``caps`` are
     ceilings (a larger value is lowered to the cap; an absent one is set to it)."""

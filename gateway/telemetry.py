@@ -52,58 +52,81 @@ class Telemetry:
         # so this stays as small as the set of series.
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.requests = Counter(
-            "trio_gateway_requests", "Requests answered, by final status and outcome.",
-            ["route", "backend", "endpoint", "status", "outcome"], registry=r,
+            "trio_gateway_requests",
+            "Requests answered, by final status and outcome.",
+            ["route", "backend", "endpoint", "status", "outcome"],
+            registry=r,
         )
         self.streams_active = Gauge(
             "trio_gateway_streams_active", "Streaming requests in flight.", ["route"], registry=r
         )
         self.first_byte = Histogram(
             "trio_gateway_upstream_first_byte_seconds",
-            "From request to the first upstream body byte.", ["route", "backend"],
-            buckets=_LATENCY, registry=r,
+            "From request to the first upstream body byte.",
+            ["route", "backend"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.first_token = Histogram(
             "trio_gateway_first_token_seconds",
             "From request to the first data event written to the client (streams).",
-            ["route", "backend"], buckets=_LATENCY, registry=r,
+            ["route", "backend"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.upstream_duration = Histogram(
-            "trio_gateway_upstream_duration_seconds", "Time spent in upstream exchanges.",
-            ["route", "backend"], buckets=_LATENCY, registry=r,
+            "trio_gateway_upstream_duration_seconds",
+            "Time spent in upstream exchanges.",
+            ["route", "backend"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.overhead = Histogram(
             "trio_gateway_overhead_seconds",
             "The gateway's own time per request: total less upstream and queue time.",
-            ["route"], buckets=_OVERHEAD, registry=r,
+            ["route"],
+            buckets=_OVERHEAD,
+            registry=r,
         )
         self.tokens = Counter(
-            "trio_gateway_tokens", "Tokens reported by upstream usage.",
-            ["route", "backend", "kind"], registry=r,
+            "trio_gateway_tokens",
+            "Tokens reported by upstream usage.",
+            ["route", "backend", "kind"],
+            registry=r,
         )
         self.heartbeats = Counter(
             "trio_gateway_heartbeats", "Heartbeats written to clients.", ["route"], registry=r
         )
         self.disconnects = Counter(
-            "trio_gateway_client_disconnects", "Clients that went away, by the phase they were in.",
-            ["route", "phase"], registry=r,
+            "trio_gateway_client_disconnects",
+            "Clients that went away, by the phase they were in.",
+            ["route", "phase"],
+            registry=r,
         )
         self.cancellations = Counter(
             "trio_gateway_upstream_cancellations",
             "Upstream requests closed early because the client went away or shutdown.",
-            ["route", "backend"], registry=r,
+            ["route", "backend"],
+            registry=r,
         )
         self.failovers = Counter(
-            "trio_gateway_failovers", "Attempts that failed and moved on to the next target.",
-            ["route", "backend"], registry=r,
+            "trio_gateway_failovers",
+            "Attempts that failed and moved on to the next target.",
+            ["route", "backend"],
+            registry=r,
         )
         self.ejections = Counter(
-            "trio_gateway_ejections", "Backends taken out of rotation by passive health.",
-            ["backend"], registry=r,
+            "trio_gateway_ejections",
+            "Backends taken out of rotation by passive health.",
+            ["backend"],
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "trio_gateway_queue_wait_seconds", "Time requests waited for a backend slot.",
-            ["backend"], buckets=_LATENCY, registry=r,
+            "trio_gateway_queue_wait_seconds",
+            "Time requests waited for a backend slot.",
+            ["backend"],
+            buckets=_LATENCY,
+            registry=r,
         )
 
     def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
@@ -142,11 +165,17 @@ class Telemetry:
         if entry.stream:
             self._child(self.streams_active, route).dec()
         status = str(entry.status) if entry.status is not None else "499"
-        self._child(self.requests, route, backend, entry.endpoint, status, entry.outcome or "error").inc()
+        self._child(
+            self.requests, route, backend, entry.endpoint, status, entry.outcome or "error"
+        ).inc()
         if entry.first_byte_at is not None:
-            self._child(self.first_byte, route, backend).observe(entry.first_byte_at - entry.started_at)
+            self._child(self.first_byte, route, backend).observe(
+                entry.first_byte_at - entry.started_at
+            )
         if entry.first_token_at is not None and entry.stream:
-            self._child(self.first_token, route, backend).observe(entry.first_token_at - entry.started_at)
+            self._child(self.first_token, route, backend).observe(
+                entry.first_token_at - entry.started_at
+            )
         if entry.upstream_seconds:
             self._child(self.upstream_duration, route, backend).observe(entry.upstream_seconds)
         if entry.queue_seconds:
@@ -163,7 +192,9 @@ class Telemetry:
         if entry.outcome == "client_gone":
             self._child(self.disconnects, route, entry.disconnect_phase or "unknown").inc()
         if entry.outcome in ("client_gone", "shutdown") and entry.disconnect_phase in (
-            "connecting", "prefill", "streaming"
+            "connecting",
+            "prefill",
+            "streaming",
         ):
             self._child(self.cancellations, route, backend).inc()
         if access_log.isEnabledFor(logging.INFO):
@@ -195,7 +226,9 @@ def _entry_fields(entry: InFlight) -> dict[str, Any]:
         "stream": entry.stream,
         "outcome": entry.outcome,
         "phase": entry.disconnect_phase,
-        "ttft_ms": _ms(None if entry.first_token_at is None else entry.first_token_at - entry.started_at),
+        "ttft_ms": _ms(
+            None if entry.first_token_at is None else entry.first_token_at - entry.started_at
+        ),
         "duration_ms": _ms(end - entry.started_at),
         "bytes": entry.bytes_out,
         "heartbeats": entry.heartbeats,

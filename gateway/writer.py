@@ -26,8 +26,19 @@ class ResponseWriter:
     case: heartbeats are rare); the ASGI send itself is the checkpoint.
     """
 
-    __slots__ = ("_last", "_lock", "_send", "_started_event", "bytes_sent", "clock",
-                 "data_sent", "finished", "gone", "started", "status")
+    __slots__ = (
+        "_last",
+        "_lock",
+        "_send",
+        "_started_event",
+        "bytes_sent",
+        "clock",
+        "data_sent",
+        "finished",
+        "gone",
+        "started",
+        "status",
+    )
 
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send
@@ -61,7 +72,9 @@ class ResponseWriter:
             self.clock.note_write(trio.current_time())
 
     async def _start_locked(self, status: int, headers: Headers) -> None:
-        await self._asgi({"type": "http.response.start", "status": status, "headers": list(headers)})
+        await self._asgi(
+            {"type": "http.response.start", "status": status, "headers": list(headers)}
+        )
         self.status = status
         self.started = True
         self._started_event.set()
@@ -167,5 +180,7 @@ def sse_headers(extra: Headers) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def json_headers(extra: Headers, content_type: str = "application/json") -> list[tuple[bytes, bytes]]:
+def json_headers(
+    extra: Headers, content_type: str = "application/json"
+) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", content_type.encode("latin-1")), *extra]

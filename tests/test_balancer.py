@@ -40,8 +40,8 @@ def test_round_robin_rotates_over_healthy_targets() -> None:
 
 def test_weighted_draw_picks_by_weight_then_heaviest_first() -> None:
     states = [c(0, weight=1), c(1, weight=3), c(2, weight=1)]
-    assert plan("weighted", states, turn=0, draw=0.1) == [0, 1, 2]   # 0.5 of 5 → first
-    assert plan("weighted", states, turn=0, draw=0.5) == [1, 0, 2]   # 2.5 of 5 → second
+    assert plan("weighted", states, turn=0, draw=0.1) == [0, 1, 2]  # 0.5 of 5 → first
+    assert plan("weighted", states, turn=0, draw=0.5) == [1, 0, 2]  # 2.5 of 5 → second
     assert plan("weighted", states, turn=0, draw=0.99) == [2, 1, 0]
     draws = [i / 1000 for i in range(1000)]
     firsts = [plan("weighted", states, turn=0, draw=d)[0] for d in draws]
@@ -120,17 +120,27 @@ def test_request_policy_defaults_and_caps() -> None:
     config = build_config(
         {
             "backends": {"a": {"type": "openai", "url": "http://h/v1"}},
-            "routes": {"r": {"backend": "a", "defaults": {"temperature": 0.2, "top_p": 0.9},
-                             "caps": {"max_tokens": 256}}},
+            "routes": {
+                "r": {
+                    "backend": "a",
+                    "defaults": {"temperature": 0.2, "top_p": 0.9},
+                    "caps": {"max_tokens": 256},
+                }
+            },
         },
         environ={},
     )
     [route] = config.routes
     assert apply_policy({"model": "r"}, route) == {
-        "model": "r", "temperature": 0.2, "top_p": 0.9, "max_tokens": 256
+        "model": "r",
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 256,
     }
     assert apply_policy({"temperature": 1.0, "max_tokens": 9000}, route) == {
-        "temperature": 1.0, "top_p": 0.9, "max_tokens": 256
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "max_tokens": 256,
     }
     assert apply_policy({"max_tokens": 100}, route)["max_tokens"] == 100
 
@@ -142,5 +152,7 @@ def test_route_needs_backend_or_targets() -> None:
     with pytest.raises(ConfigError, match="routes.r: Value error, give either"):
         build_config({**base, "routes": {"r": {}}}, environ={})
     with pytest.raises(ConfigError, match=r"routes.r.targets.1.backend: unknown backend 'zz'"):
-        build_config({**base, "routes": {"r": {"targets": [{"backend": "a"}, {"backend": "zz"}]}}},
-                     environ={})
+        build_config(
+            {**base, "routes": {"r": {"targets": [{"backend": "a"}, {"backend": "zz"}]}}},
+            environ={},
+        )

@@ -11,7 +11,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def gateway(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=env,
     )
 
@@ -41,7 +44,10 @@ def test_check_missing_env(tmp_path: Path) -> None:
     )
     result = gateway("check", "--config", str(cfg), env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert "backends.b.api_key: environment variable TRIO_GATEWAY_TEST_UNSET is not set" in result.stderr
+    assert (
+        "backends.b.api_key: environment variable TRIO_GATEWAY_TEST_UNSET is not set"
+        in result.stderr
+    )
 
 
 def test_serve_rejects_bad_bind() -> None:

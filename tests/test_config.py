@@ -55,14 +55,19 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        ({"routes__chat__keepalive__interval": -1},
-         "routes.chat.keepalive.interval: Input should be greater than or equal to 0"),
+        (
+            {"routes__chat__keepalive__interval": -1},
+            "routes.chat.keepalive.interval: Input should be greater than or equal to 0",
+        ),
         ({"routes__chat__keepalive__bogus": 1}, "routes.chat.keepalive.bogus: unknown key"),
         ({"routes__chat__keepalive__non_stream": "spaces"}, "routes.chat.keepalive.non_stream:"),
         ({"routes__chat__keepalive__comment": "a\nb"}, "routes.chat.keepalive.comment:"),
         ({"server__bind": "nohost"}, "server.bind:"),
         ({"server__graceful": 3}, "server.graceful: unknown key"),
-        ({"backends__up__timeouts__idle": 0}, "backends.up.timeouts.idle: Input should be greater than 0"),
+        (
+            {"backends__up__timeouts__idle": 0},
+            "backends.up.timeouts.idle: Input should be greater than 0",
+        ),
         ({"backends__up__url": "ftp://x"}, "backends.up.url:"),
         ({"backends__up__colour": "red"}, "backends.up.colour: unknown key"),
         ({"backends__up__type": "nope"}, "backends.up.type: unknown backend type 'nope'"),

@@ -250,4 +250,3 @@ def test_a_case_declared_not_applicable_removes_its_tests() -> None:
     assert TestInProcess.test_gateway_connect_error is None
     assert callable(TestInProcess.test_answer)
     assert callable(BackendConformance.test_connect_error)
-

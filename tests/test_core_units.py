@@ -23,7 +23,12 @@ def make_router() -> Router:
         {
             "backends": {"a": {"type": "openai", "url": "http://h/v1"}},
             "routes": {
-                "one": {"model": "alpha", "aliases": ["a1"], "match": ["alpha-*", "x*"], "backend": "a"},
+                "one": {
+                    "model": "alpha",
+                    "aliases": ["a1"],
+                    "match": ["alpha-*", "x*"],
+                    "backend": "a",
+                },
                 "two": {"model": "beta", "match": ["*"], "backend": "a", "upstream_model": "b-up"},
             },
         },
@@ -34,8 +39,15 @@ def make_router() -> Router:
 
 @pytest.mark.parametrize(
     "model,route",
-    [("alpha", "one"), ("a1", "one"), ("alpha-7b", "one"), ("xyz", "one"), ("beta", "two"),
-     ("anything", "two"), ("ALPHA", "two")],
+    [
+        ("alpha", "one"),
+        ("a1", "one"),
+        ("alpha-7b", "one"),
+        ("xyz", "one"),
+        ("beta", "two"),
+        ("anything", "two"),
+        ("ALPHA", "two"),
+    ],
 )
 def test_router_resolves(model: str, route: str) -> None:
     resolved = make_router().resolve(model)
@@ -83,12 +95,25 @@ def test_upstream_clock_unlimited() -> None:
 @pytest.mark.parametrize(
     "body,message,type_,code",
     [
-        (b'{"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}',
-         "bad", "invalid_request_error", "x"),
-        (b'{"object": "error", "message": "vllm says no", "type": "BadRequestError", "code": 400}',
-         "vllm says no", "BadRequestError", "400"),
+        (
+            b'{"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}',
+            "bad",
+            "invalid_request_error",
+            "x",
+        ),
+        (
+            b'{"object": "error", "message": "vllm says no", "type": "BadRequestError", "code": 400}',
+            "vllm says no",
+            "BadRequestError",
+            "400",
+        ),
         (b'{"error": "plain string"}', "plain string", "invalid_request_error", None),
-        (b"<html>oops</html>", "upstream returned HTTP 400: <html>oops</html>", "invalid_request_error", None),
+        (
+            b"<html>oops</html>",
+            "upstream returned HTTP 400: <html>oops</html>",
+            "invalid_request_error",
+            None,
+        ),
     ],
 )
 def test_upstream_error_bodies(body, message, type_, code) -> None:
@@ -99,7 +124,12 @@ def test_upstream_error_bodies(body, message, type_, code) -> None:
 def test_error_shapes() -> None:
     error = Overloaded("queue full", retry_after=2.4, status=429)
     assert error_body(error) == {
-        "error": {"message": "queue full", "type": "rate_limit_error", "param": None, "code": "overloaded"}
+        "error": {
+            "message": "queue full",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "overloaded",
+        }
     }
     assert error.headers() == {"Retry-After": "2"}
     event = error_event(error)

@@ -39,7 +39,12 @@ def test_parse_json_object() -> None:
         ({"messages": []}, "chat/completions", MissingField, "model"),
         ({"model": "", "messages": []}, "chat/completions", InvalidRequest, "model"),
         ({"model": 3, "messages": []}, "chat/completions", InvalidRequest, "model"),
-        ({"model": "m", "messages": [], "stream": "yes"}, "chat/completions", InvalidRequest, "stream"),
+        (
+            {"model": "m", "messages": [], "stream": "yes"},
+            "chat/completions",
+            InvalidRequest,
+            "stream",
+        ),
         ({"model": "m"}, "chat/completions", MissingField, "messages"),
         ({"model": "m"}, "completions", MissingField, "prompt"),
         ({"model": "m", "input": "x", "stream": True}, "embeddings", InvalidRequest, "stream"),
@@ -52,7 +57,10 @@ def test_validate_refuses(body, endpoint, error, param) -> None:
 
 
 def test_validate_accepts() -> None:
-    assert validate({"model": "m", "messages": [], "stream": None}, "chat/completions") == ("m", False)
+    assert validate({"model": "m", "messages": [], "stream": None}, "chat/completions") == (
+        "m",
+        False,
+    )
     assert validate({"model": "m", "prompt": "p", "stream": True}, "completions") == ("m", True)
 
 

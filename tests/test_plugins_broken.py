@@ -24,10 +24,14 @@ def broken_env(tmp_path: Path) -> dict[str, str]:
     site.mkdir()
     write_module(site, "plugin_import_error", "import no_such_module_anywhere\n")
     write_module(site, "plugin_not_a_backend", "class Thing:\n    pass\n")
-    install_fake_distribution(site, "trio-gateway-broken", {
-        "broken-import": "plugin_import_error:Backend",
-        "broken-class": "plugin_not_a_backend:Thing",
-    })
+    install_fake_distribution(
+        site,
+        "trio-gateway-broken",
+        {
+            "broken-import": "plugin_import_error:Backend",
+            "broken-class": "plugin_not_a_backend:Thing",
+        },
+    )
     return {**os.environ, "PYTHONPATH": str(site)}
 
 
@@ -36,7 +40,11 @@ def test_gateway_plugins_reports_the_broken_ones_and_lists_the_rest(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "plugins"],
-        capture_output=True, text=True, timeout=60, env=broken_env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=broken_env,
+        check=False,
     )
     assert result.returncode == 1, "a broken plugin makes the listing fail, for scripts"
     lines = result.stdout.splitlines()
@@ -45,12 +53,18 @@ def test_gateway_plugins_reports_the_broken_ones_and_lists_the_rest(
         "No module named 'no_such_module_anywhere'"
     ) in lines
     assert any(
-        line.startswith("BROKEN broken-class  trio-gateway-broken 1.2.3: plugin_not_a_backend:"
-                        "Thing is <class 'plugin_not_a_backend.Thing'>, not a gateway.abc.Backend")
+        line.startswith(
+            "BROKEN broken-class  trio-gateway-broken 1.2.3: plugin_not_a_backend:"
+            "Thing is <class 'plugin_not_a_backend.Thing'>, not a gateway.abc.Backend"
+        )
         for line in lines
     )
-    for listed in ("openai  trio-gateway ", "llamacpp-python  trio-gateway ",
-                   "simulator  trio-gateway-simulator 0.1.0 ", "ollama  trio-gateway-ollama 0.1.0 "):
+    for listed in (
+        "openai  trio-gateway ",
+        "llamacpp-python  trio-gateway ",
+        "simulator  trio-gateway-simulator 0.1.0 ",
+        "ollama  trio-gateway-ollama 0.1.0 ",
+    ):
         assert any(line.startswith(listed) for line in lines), listed
     assert "    tokens_per_second: float (default 50.0)" in lines
     assert "    url: str (required)  Ollama's base URL, e.g. http://127.0.0.1:11434" in lines
@@ -66,13 +80,21 @@ async def test_gateway_serve_starts_with_the_rest(
         '[routes.sim]\nbackend = "sim"\n'
         '[routes.llama]\nbackend = "llama"\n'
     )
-    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-               "--bind", "127.0.0.1:0"]
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        "--bind",
+        "127.0.0.1:0",
+    ]
     log = b""
     async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(partial(
-            trio.run_process, command, stderr=subprocess.PIPE, env=broken_env, check=False
-        ))
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, stderr=subprocess.PIPE, env=broken_env, check=False)
+        )
         assert process.stderr is not None
         with trio.fail_after(60):
             while (found := re.search(rb"serving on (http://\S+)", log)) is None:
@@ -80,8 +102,10 @@ async def test_gateway_serve_starts_with_the_rest(
                 assert chunk, f"gateway serve exited: {log.decode(errors='replace')}"
                 log += chunk
         async with httpx.AsyncClient(base_url=found.group(1).decode(), timeout=30) as client:
-            resp = await client.post("/v1/chat/completions", json={
-                "model": "sim", "messages": [{"role": "user", "content": "hi"}]})
+            resp = await client.post(
+                "/v1/chat/completions",
+                json={"model": "sim", "messages": [{"role": "user", "content": "hi"}]},
+            )
         process.send_signal(signal.SIGTERM)
         async for chunk in process.stderr:
             log += chunk

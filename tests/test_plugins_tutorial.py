@@ -23,7 +23,9 @@ def tutorial_files() -> dict[str, str]:
     return {path: text for path, text in _FILE_BLOCK.findall(TUTORIAL.read_text())}
 
 
-def run(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args, capture_output=True, text=True, timeout=300, env=env, cwd=cwd, check=False
     )
@@ -42,8 +44,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     site = root / "site"
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = run(
-        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-        "--target", str(site), str(project), env=env,
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(site),
+        str(project),
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return project, env
@@ -65,9 +75,7 @@ def test_the_installed_tutorial_backend_is_listed_with_its_settings(
     result = run(sys.executable, "-m", "gateway", "plugins", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    start = lines.index(
-        "parrot  trio-gateway-parrot 0.1.0  (trio_gateway_parrot.ParrotBackend)"
-    )
+    start = lines.index("parrot  trio-gateway-parrot 0.1.0  (trio_gateway_parrot.ParrotBackend)")
     assert lines[start + 1 : start + 3] == [
         "    words_per_second: float (default 20.0)  how fast the parrot talks",
         "    think: float (default 0.0)  seconds of silence before the first word",
@@ -76,16 +84,26 @@ def test_the_installed_tutorial_backend_is_listed_with_its_settings(
 
 def test_the_tutorial_config_is_valid(installed: tuple[Path, dict[str, str]]) -> None:
     project, env = installed
-    result = run(sys.executable, "-m", "gateway", "check", "--config",
-                 str(project / "gateway.toml"), env=env)
+    result = run(
+        sys.executable, "-m", "gateway", "check", "--config", str(project / "gateway.toml"), env=env
+    )
     assert result.returncode == 0, result.stderr
     assert "1 backend(s), 1 route(s)" in result.stdout
 
 
 def test_the_tutorial_tests_pass(installed: tuple[Path, dict[str, str]]) -> None:
     project, env = installed
-    result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
-                 env=env, cwd=project)
+    result = run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests",
+        env=env,
+        cwd=project,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     passed = int(re.search(r"(\d+) passed", summary).group(1))  # type: ignore[union-attr]

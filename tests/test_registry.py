@@ -31,9 +31,7 @@ def write_module(site: Path, name: str, source: str) -> None:
 BROKEN_MODULES = {
     "plugin_import_error": "import no_such_module_anywhere\n",
     "plugin_not_a_backend": "class Thing:\n    pass\n",
-    "plugin_abstract": (
-        "from gateway.abc import Backend\nclass Half(Backend):\n    pass\n"
-    ),
+    "plugin_abstract": ("from gateway.abc import Backend\nclass Half(Backend):\n    pass\n"),
     "plugin_bad_settings": (
         "from contextlib import asynccontextmanager\n"
         "from gateway.abc import Backend\n"
@@ -49,13 +47,17 @@ BROKEN_MODULES = {
 def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for module, source in BROKEN_MODULES.items():
         write_module(tmp_path, module, source)
-    install_fake_distribution(tmp_path, "broken-plugins", {
-        "import-error": "plugin_import_error:Backend",
-        "not-a-backend": "plugin_not_a_backend:Thing",
-        "abstract": "plugin_abstract:Half",
-        "bad-settings": "plugin_bad_settings:Odd",
-        "missing-attr": "plugin_not_a_backend:Nothing",
-    })
+    install_fake_distribution(
+        tmp_path,
+        "broken-plugins",
+        {
+            "import-error": "plugin_import_error:Backend",
+            "not-a-backend": "plugin_not_a_backend:Thing",
+            "abstract": "plugin_abstract:Half",
+            "bad-settings": "plugin_bad_settings:Odd",
+            "missing-attr": "plugin_not_a_backend:Nothing",
+        },
+    )
     install_fake_distribution(
         tmp_path, "impostor", {"openai": "trio_gateway_simulator:SimulatorBackend"}
     )
@@ -74,12 +76,15 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
         ("missing-attr", "broken-plugins"),
         ("openai", "impostor"),
     }
-    assert "ModuleNotFoundError: No module named 'no_such_module_anywhere'" in reasons[
-        ("import-error", "broken-plugins")]
+    assert (
+        "ModuleNotFoundError: No module named 'no_such_module_anywhere'"
+        in reasons[("import-error", "broken-plugins")]
+    )
     assert "not a gateway.abc.Backend subclass" in reasons[("not-a-backend", "broken-plugins")]
     assert "does not implement open_response" in reasons[("abstract", "broken-plugins")]
-    assert "not a gateway.abc.BackendSettings subclass" in reasons[
-        ("bad-settings", "broken-plugins")]
+    assert (
+        "not a gateway.abc.BackendSettings subclass" in reasons[("bad-settings", "broken-plugins")]
+    )
     assert "AttributeError" in reasons[("missing-attr", "broken-plugins")]
     assert reasons[("openai", "impostor")] == "type 'openai' is already provided by trio-gateway"
     # Built-ins and the example plugins still load; openai is still the real one.

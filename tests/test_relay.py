@@ -88,6 +88,8 @@ async def test_error_group_from_backend_maps_to_its_error() -> None:
     assert messages[0]["status"] == 504
     body = json.loads(messages[1]["body"])
     assert body["error"] == {
-        "message": "model worker timed out", "type": "upstream_error", "param": None,
+        "message": "model worker timed out",
+        "type": "upstream_error",
+        "param": None,
         "code": "upstream_timeout",
     }

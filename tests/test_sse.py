@@ -10,28 +10,65 @@ from gateway.sse import SSEEvent, SSEFramer
 
 # (name, input bytes, expected events as (data, event, comments), expected forwarded bytes)
 VECTORS: list[tuple[str, bytes, list[tuple[str | None, str | None, tuple[str, ...]]], bytes]] = [
-    ("lf", b"data: a\n\ndata: b\n\n", [("a", None, ()), ("b", None, ())], b"data: a\n\ndata: b\n\n"),
-    ("crlf", b"data: a\r\n\r\ndata: b\r\n\r\n", [("a", None, ()), ("b", None, ())],
-     b"data: a\r\n\r\ndata: b\r\n\r\n"),
-    ("cr", b"data: a\r\rdata: b\r\r", [("a", None, ()), ("b", None, ())], b"data: a\r\rdata: b\r\r"),
-    ("mixed", b"data: a\r\ndata: b\rdata: c\n\r\n", [("a\nb\nc", None, ())],
-     b"data: a\r\ndata: b\rdata: c\n\r\n"),
-    ("multiline", b"event: x\ndata: 1\ndata:2\nid: 7\nretry: 30\n\n", [("1\n2", "x", ())],
-     b"event: x\ndata: 1\ndata:2\nid: 7\nretry: 30\n\n"),
-    ("comments", b": ping\n\n:\n\ndata: a\n: inner\n\n", [(None, None, ("ping",)), (None, None, ("",)),
-     ("a", None, ("inner",))], b": ping\n\n:\n\ndata: a\n: inner\n\n"),
+    (
+        "lf",
+        b"data: a\n\ndata: b\n\n",
+        [("a", None, ()), ("b", None, ())],
+        b"data: a\n\ndata: b\n\n",
+    ),
+    (
+        "crlf",
+        b"data: a\r\n\r\ndata: b\r\n\r\n",
+        [("a", None, ()), ("b", None, ())],
+        b"data: a\r\n\r\ndata: b\r\n\r\n",
+    ),
+    (
+        "cr",
+        b"data: a\r\rdata: b\r\r",
+        [("a", None, ()), ("b", None, ())],
+        b"data: a\r\rdata: b\r\r",
+    ),
+    (
+        "mixed",
+        b"data: a\r\ndata: b\rdata: c\n\r\n",
+        [("a\nb\nc", None, ())],
+        b"data: a\r\ndata: b\rdata: c\n\r\n",
+    ),
+    (
+        "multiline",
+        b"event: x\ndata: 1\ndata:2\nid: 7\nretry: 30\n\n",
+        [("1\n2", "x", ())],
+        b"event: x\ndata: 1\ndata:2\nid: 7\nretry: 30\n\n",
+    ),
+    (
+        "comments",
+        b": ping\n\n:\n\ndata: a\n: inner\n\n",
+        [(None, None, ("ping",)), (None, None, ("",)), ("a", None, ("inner",))],
+        b": ping\n\n:\n\ndata: a\n: inner\n\n",
+    ),
     ("bom", b"\xef\xbb\xbfdata: a\n\n", [("a", None, ())], b"data: a\n\n"),
-    ("bom-only-first", b"\xef\xbb\xbfdata: \xef\xbb\xbfa\n\n", [("\ufeffa", None, ())],
-     b"data: \xef\xbb\xbfa\n\n"),
-    ("utf8", "data: héllo ✓ 𝄞\n\n".encode(), [("héllo ✓ 𝄞", None, ())],
-     "data: héllo ✓ 𝄞\n\n".encode()),
+    (
+        "bom-only-first",
+        b"\xef\xbb\xbfdata: \xef\xbb\xbfa\n\n",
+        [("\ufeffa", None, ())],
+        b"data: \xef\xbb\xbfa\n\n",
+    ),
+    (
+        "utf8",
+        "data: héllo ✓ 𝄞\n\n".encode(),
+        [("héllo ✓ 𝄞", None, ())],
+        "data: héllo ✓ 𝄞\n\n".encode(),
+    ),
     ("partial-at-eof", b"data: a\n\ndata: no newline", [("a", None, ())], b"data: a\n\n"),
     ("partial-line-only", b"data: a\n\ndata: b\n", [("a", None, ())], b"data: a\n\n"),
-    ("done", b"data: {\"x\":1}\n\ndata: [DONE]\n\n", [('{"x":1}', None, ()), ("[DONE]", None, ())],
-     b"data: {\"x\":1}\n\ndata: [DONE]\n\n"),
+    (
+        "done",
+        b'data: {"x":1}\n\ndata: [DONE]\n\n',
+        [('{"x":1}', None, ()), ("[DONE]", None, ())],
+        b'data: {"x":1}\n\ndata: [DONE]\n\n',
+    ),
     ("field-no-colon", b"data\n\n", [("", None, ())], b"data\n\n"),
-    ("stray-blank", b"\n\ndata: a\n\n", [("a", None, ())],
-     b"\n\ndata: a\n\n"),
+    ("stray-blank", b"\n\ndata: a\n\n", [("a", None, ())], b"\n\ndata: a\n\n"),
     ("unknown-field", b"foo: bar\ndata: a\n\n", [("a", None, ())], b"foo: bar\ndata: a\n\n"),
 ]
 
@@ -47,8 +84,11 @@ def feed_all(pieces: list[bytes]) -> tuple[list[SSEEvent], SSEFramer]:
 def semantic(events: list[SSEEvent]) -> list[tuple[str | None, str | None, tuple[str, ...]]]:
     """Events as a client sees them: blank blocks (stray blank lines, a CR's late LF) carry
     no meaning, so they are left out."""
-    return [(e.data, e.event, e.comments) for e in events if e.data or e.event or e.comments
-            or e.data == ""]
+    return [
+        (e.data, e.event, e.comments)
+        for e in events
+        if e.data or e.event or e.comments or e.data == ""
+    ]
 
 
 def check(events: list[SSEEvent], expected: list, forwarded: bytes) -> None:
@@ -70,7 +110,9 @@ def test_every_split_point(name: str, data: bytes, expected: list, forwarded: by
 
 
 @pytest.mark.parametrize("name,data,expected,forwarded", VECTORS, ids=[v[0] for v in VECTORS])
-def test_every_pair_of_split_points(name: str, data: bytes, expected: list, forwarded: bytes) -> None:
+def test_every_pair_of_split_points(
+    name: str, data: bytes, expected: list, forwarded: bytes
+) -> None:
     for a, b in itertools.combinations(range(len(data) + 1), 2):
         events, _ = feed_all([data[:a], data[a:b], data[b:]])
         check(events, expected, forwarded)

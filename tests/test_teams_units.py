@@ -116,8 +116,18 @@ def test_credentials_from_headers(headers: dict[str, str], expected: Any) -> Non
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (0.0004, "1ms"), (0.02, "20ms"), (0.9995, "1000ms"), (1, "1s"), (1.5, "1.5s"),
-     (59.25, "59.25s"), (60, "1m0s"), (360, "6m0s"), (61.5, "1m1.5s")],
+    [
+        (0, "0s"),
+        (0.0004, "1ms"),
+        (0.02, "20ms"),
+        (0.9995, "1000ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (59.25, "59.25s"),
+        (60, "1m0s"),
+        (360, "6m0s"),
+        (61.5, "1m1.5s"),
+    ],
 )
 def test_format_duration_like_openai(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
@@ -143,8 +153,9 @@ def test_decide_headers_and_order_of_limits() -> None:
         "x-ratelimit-remaining-tokens": "60",
         "x-ratelimit-reset-tokens": "12.5s",
     }
-    full = WindowUsage(requests=3, requests_reset=50, requests_wait=20, tokens=100,
-                       tokens_wait=7, streams=1)
+    full = WindowUsage(
+        requests=3, requests_reset=50, requests_wait=20, tokens=100, tokens_wait=7, streams=1
+    )
     assert decide(limits, full, stream=True).exceeded == "concurrent_streams"
     no = decide(limits, full, stream=False)
     assert (no.exceeded, no.retry_after) == ("requests", 20)
@@ -207,11 +218,21 @@ async def test_concurrent_streams_are_released(autojump_clock: MockClock) -> Non
 
 
 def test_rate_limited_error_shape() -> None:
-    error = RateLimited("Rate limit reached", kind="tokens", retry_after=2.2,
-                        limit_headers={"x-ratelimit-limit-tokens": "10"})
+    error = RateLimited(
+        "Rate limit reached",
+        kind="tokens",
+        retry_after=2.2,
+        limit_headers={"x-ratelimit-limit-tokens": "10"},
+    )
     assert error.status == 429
-    assert error_body(error) == {"error": {"message": "Rate limit reached", "type": "tokens",
-                                           "param": None, "code": "rate_limit_exceeded"}}
+    assert error_body(error) == {
+        "error": {
+            "message": "Rate limit reached",
+            "type": "tokens",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
     assert error.headers() == {"x-ratelimit-limit-tokens": "10", "Retry-After": "3"}
 
 
@@ -226,9 +247,11 @@ BASE: dict[str, Any] = {
 def test_config_keeps_hashes_and_hashes_env_keys() -> None:
     key = new_key()
     config = build_config(
-        {**BASE, "teams": {"alpha": {"keys": [hash_key("x"), {"env": "ALPHA_KEY"}],
-                                     "models": ["c"]}},
-         "auth": {"admin_keys": [{"env": "ADMIN"}]}},
+        {
+            **BASE,
+            "teams": {"alpha": {"keys": [hash_key("x"), {"env": "ALPHA_KEY"}], "models": ["c"]}},
+            "auth": {"admin_keys": [{"env": "ADMIN"}]},
+        },
         environ={"ALPHA_KEY": key, "ADMIN": hash_key("adm")},
     )
     assert config.teams["alpha"].keys == (hash_key("x"), hash_key(key))
@@ -245,19 +268,27 @@ def test_config_keeps_hashes_and_hashes_env_keys() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"teams": {"a": {"keys": ["plain-key"]}}},
-         "teams.a.keys.0: a key in the config must be its hash"),
+        (
+            {"teams": {"a": {"keys": ["plain-key"]}}},
+            "teams.a.keys.0: a key in the config must be its hash",
+        ),
         ({"auth": {"admin_keys": ["sha256:abc"]}}, "auth.admin_keys.0: a key in the config"),
-        ({"teams": {"a": {"keys": [hash_key("k")], "models": ["nope"]}}},
-         "teams.a.models.0: 'nope' is no route or model name"),
+        (
+            {"teams": {"a": {"keys": [hash_key("k")], "models": ["nope"]}}},
+            "teams.a.models.0: 'nope' is no route or model name",
+        ),
         ({"teams": {"a b": {"keys": [hash_key("k")]}}}, "teams.a b: a team name"),
         ({"teams": {"a": {"keys": []}}}, "teams.a.keys: Tuple should have at least 1 item"),
-        ({"teams": {"a": {"keys": [hash_key("k")], "limits": {"requests_per_minute": 0}}}},
-         "teams.a.limits.requests_per_minute: Input should be greater than 0"),
+        (
+            {"teams": {"a": {"keys": [hash_key("k")], "limits": {"requests_per_minute": 0}}}},
+            "teams.a.limits.requests_per_minute: Input should be greater than 0",
+        ),
         ({"teams": {"a": {"keys": [hash_key("k")], "limit": {}}}}, "teams.a.limit: unknown key"),
         ({"state": {"redis": "http://x"}}, "state.redis: Value error"),
-        ({"teams": {"a": {"keys": [{"env": "UNSET_KEY_VAR"}]}}},
-         "teams.a.keys.0: environment variable UNSET_KEY_VAR is not set"),
+        (
+            {"teams": {"a": {"keys": [{"env": "UNSET_KEY_VAR"}]}}},
+            "teams.a.keys.0: environment variable UNSET_KEY_VAR is not set",
+        ),
     ],
 )
 def test_config_errors_name_the_path(extra: dict[str, Any], message: str) -> None:
@@ -269,8 +300,9 @@ def test_config_errors_name_the_path(extra: dict[str, Any], message: str) -> Non
 
 def test_auth_off_without_teams_or_when_disabled() -> None:
     assert not Teams(build_config(BASE, environ={})).enabled
-    config = build_config({**BASE, "auth": {"enabled": False},
-                           "teams": {"a": {"keys": [hash_key("k")]}}}, environ={})
+    config = build_config(
+        {**BASE, "auth": {"enabled": False}, "teams": {"a": {"keys": [hash_key("k")]}}}, environ={}
+    )
     assert not Teams(config).enabled
 
 
@@ -282,8 +314,10 @@ def test_encode_command() -> None:
 
 
 def test_reply_parser_at_every_split_point() -> None:
-    wire = (b"+OK\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n*3\r\n$1\r\na\r\n:-7\r\n*0\r\n"
-            b"-NOSCRIPT No matching script\r\n*-1\r\n")
+    wire = (
+        b"+OK\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n*3\r\n$1\r\na\r\n:-7\r\n*0\r\n"
+        b"-NOSCRIPT No matching script\r\n*-1\r\n"
+    )
     expected: list[Any] = [b"OK", 42, b"he\r\no", None, [b"a", -7, []], "NOSCRIPT", None]
     for split in range(len(wire) + 1):
         parser = ReplyParser()
@@ -325,18 +359,36 @@ def test_usage_store_sums_and_survives_reopen(tmp_path: Path) -> None:
     store = UsageStore(path)
 
     def rec(at: float, team: str, **kw: Any) -> UsageRecord:
-        fields: dict[str, Any] = {"route": "chat", "backend": "b", "error": False, "prompt_tokens": 5,
-                                      "completion_tokens": 3, "stream_seconds": 0.0}
+        fields: dict[str, Any] = {
+            "route": "chat",
+            "backend": "b",
+            "error": False,
+            "prompt_tokens": 5,
+            "completion_tokens": 3,
+            "stream_seconds": 0.0,
+        }
         return UsageRecord(at=at, team=team, **{**fields, **kw})
 
-    store.add([rec(600, "a"), rec(610, "a", error=True, stream_seconds=1.5),
-               rec(7200, "a", completion_tokens=10), rec(700, "b", backend="c")])
+    store.add(
+        [
+            rec(600, "a"),
+            rec(610, "a", error=True, stream_seconds=1.5),
+            rec(7200, "a", completion_tokens=10),
+            rec(700, "b", backend="c"),
+        ]
+    )
     store.close()
     store = UsageStore(path)
     rows = {(r.team, r.backend): r for r in store.query()}
     a = rows[("a", "b")]
-    assert (a.requests, a.errors, a.prompt_tokens, a.completion_tokens, a.total_tokens,
-            a.stream_seconds) == (3, 1, 15, 16, 31, 1.5)
+    assert (
+        a.requests,
+        a.errors,
+        a.prompt_tokens,
+        a.completion_tokens,
+        a.total_tokens,
+        a.stream_seconds,
+    ) == (3, 1, 15, 16, 31, 1.5)
     assert [(r.team, r.requests) for r in store.query(team="b")] == [("b", 1)]
     assert [(r.team, r.requests) for r in store.query(since=7200)] == [("a", 1)]
     assert [(r.team, r.requests) for r in store.query(since=660)] == [("a", 1), ("b", 1)]

@@ -49,7 +49,9 @@ class Probe:
         message = _error_message(response)
         if response.status_code == 503:
             return BackendStatus(health="loading", detail=message)
-        return BackendStatus(health="down", detail=f"/health answered {response.status_code}: {message}")
+        return BackendStatus(
+            health="down", detail=f"/health answered {response.status_code}: {message}"
+        )
 
     async def status(self, *, read_load: bool) -> BackendStatus:
         """:meth:`health`, plus — when ready and ``read_load`` — the number of requests

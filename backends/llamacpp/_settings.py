@@ -66,8 +66,10 @@ class LlamaCppSettings(BackendSettings):
 
     # Both modes.
     poll_interval: float = Field(
-        0.5, gt=0, description="seconds between /health reads (answered without the model's "
-        "task loop, so they cost the server nothing)"
+        0.5,
+        gt=0,
+        description="seconds between /health reads (answered without the model's "
+        "task loop, so they cost the server nothing)",
     )
     load_interval: float = Field(
         2.0,
@@ -100,7 +102,9 @@ class LlamaCppSettings(BackendSettings):
         for arg in value:
             flag = arg.split("=", 1)[0]
             if flag in _OWNED_FLAGS:
-                raise ValueError(f"{flag} is set by the backend; use the `{_OWNED_FLAGS[flag]}` key")
+                raise ValueError(
+                    f"{flag} is set by the backend; use the `{_OWNED_FLAGS[flag]}` key"
+                )
         return value
 
     @model_validator(mode="after")

@@ -67,7 +67,9 @@ class Supervisor:
         while True:
             if await self._run_once():
                 delay = self.settings.restart_delay
-            self._set(BackendStatus(health="down", detail=f"restarting llama-server in {delay:g} s"))
+            self._set(
+                BackendStatus(health="down", detail=f"restarting llama-server in {delay:g} s")
+            )
             await trio.sleep(delay)
             delay = min(delay * 2, self.settings.restart_delay_max)
 
@@ -76,11 +78,16 @@ class Supervisor:
         it became healthy."""
         s = self.settings
         self.starts += 1
-        log.info("backend %s: starting llama-server: %s", self.backend_id, shlex.join(self.launch.argv))
+        log.info(
+            "backend %s: starting llama-server: %s", self.backend_id, shlex.join(self.launch.argv)
+        )
         healthy = False
         try:
             async with open_process(
-                self.launch.argv, env=self.launch.env, on_line=self._log_line, stop_grace=s.stop_grace
+                self.launch.argv,
+                env=self.launch.env,
+                on_line=self._log_line,
+                stop_grace=s.stop_grace,
             ) as process:
                 self.process = process
                 healthy = await self._wait_healthy(process)
@@ -95,7 +102,9 @@ class Supervisor:
         if healthy:
             log.error(
                 "backend %s: llama-server pid %d exited with code %s",
-                self.backend_id, process.pid, process.returncode,
+                self.backend_id,
+                process.pid,
+                process.returncode,
             )
         return healthy
 
@@ -103,7 +112,9 @@ class Supervisor:
         started = trio.current_time()
         next_progress = started + _PROGRESS_EVERY
         detail = ""
-        self._set(BackendStatus(health="loading", detail=f"llama-server pid {process.pid} starting"))
+        self._set(
+            BackendStatus(health="loading", detail=f"llama-server pid {process.pid} starting")
+        )
         with trio.move_on_after(self.settings.start_timeout):
             while not process.exited.is_set():
                 status = await self._probe.health()
@@ -111,7 +122,10 @@ class Supervisor:
                 if status.health == "ready":
                     log.info(
                         "backend %s: llama-server pid %d is ready on %s after %.1f s",
-                        self.backend_id, process.pid, self.launch.url, waited,
+                        self.backend_id,
+                        process.pid,
+                        self.launch.url,
+                        waited,
                     )
                     self._set(BackendStatus(health="ready"))
                     return True
@@ -127,18 +141,25 @@ class Supervisor:
                     log.info(
                         "backend %s: waiting for llama-server pid %d to become healthy "
                         "(%s, %.0f s so far)",
-                        self.backend_id, process.pid, detail, waited,
+                        self.backend_id,
+                        process.pid,
+                        detail,
+                        waited,
                     )
                     next_progress += _PROGRESS_EVERY
                 with trio.move_on_after(min(_START_POLL, self.settings.poll_interval)):
                     await process.exited.wait()
             log.error(
                 "backend %s: llama-server pid %d exited with code %s while starting",
-                self.backend_id, process.pid, process.returncode,
+                self.backend_id,
+                process.pid,
+                process.returncode,
             )
             return False
         log.error(
             "backend %s: llama-server pid %d not healthy within %g s; restarting it",
-            self.backend_id, process.pid, self.settings.start_timeout,
+            self.backend_id,
+            process.pid,
+            self.settings.start_timeout,
         )
         return False

@@ -123,7 +123,11 @@ def decide(limits: Limits, usage: WindowUsage, *, stream: bool) -> Decision:
     describe the windows after the decision (counting this request when admitted)."""
     exceeded: Exceeded | None = None
     retry = 0.0
-    rpm, tpm, streams = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_streams
+    rpm, tpm, streams = (
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        limits.concurrent_streams,
+    )
     if stream and streams is not None and usage.streams >= streams:
         exceeded, retry = "concurrent_streams", 1.0
     elif rpm is not None and usage.requests >= rpm:
@@ -173,8 +177,9 @@ class LocalWindows:
         return WindowUsage(
             requests=len(reqs),
             requests_reset=reqs[-1] + self.window - now if reqs else 0.0,
-            requests_wait=wait_below(((t, 1) for t in reqs), limits.requests_per_minute or 0,
-                                     now, self.window)
+            requests_wait=wait_below(
+                ((t, 1) for t in reqs), limits.requests_per_minute or 0, now, self.window
+            )
             if limits.requests_per_minute is not None and len(reqs) >= limits.requests_per_minute
             else 0.0,
             tokens=sum(n for _, n in toks),
@@ -202,4 +207,3 @@ class LocalWindows:
     def add_tokens(self, team: str, tokens: int, now: float) -> None:
         if tokens > 0:
             self._team(team, now).tokens.append((now, tokens))
-

@@ -112,7 +112,9 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def run(self, client: RedisClient, keys: list[str], args: list[str | int | float]) -> Reply:
+    async def run(
+        self, client: RedisClient, keys: list[str], args: list[str | int | float]
+    ) -> Reply:
         try:
             return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
         except RedisError as error:
@@ -171,8 +173,13 @@ class RedisState:
         self, team: str, limits: Limits, *, id: str, stream: bool
     ) -> tuple[Decision, Ticket | None]:
         args: list[str | int | float] = [
-            _limit(limits.requests_per_minute), _limit(limits.tokens_per_minute),
-            _limit(limits.concurrent_streams), 1 if stream else 0, id, WINDOW, self._lease,
+            _limit(limits.requests_per_minute),
+            _limit(limits.tokens_per_minute),
+            _limit(limits.concurrent_streams),
+            1 if stream else 0,
+            id,
+            WINDOW,
+            self._lease,
         ]
         try:
             reply = await _admit.run(self._client, self._keys(team), args)
@@ -183,15 +190,22 @@ class RedisState:
         fields = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
         exceeded = fields[0]
         usage = WindowUsage(
-            requests=int(fields[1]), requests_reset=float(fields[2]),
-            requests_wait=float(fields[3]), tokens=int(fields[4]), tokens_reset=float(fields[5]),
-            tokens_wait=float(fields[6]), streams=int(fields[7]),
+            requests=int(fields[1]),
+            requests_reset=float(fields[2]),
+            requests_wait=float(fields[3]),
+            tokens=int(fields[4]),
+            tokens_reset=float(fields[5]),
+            tokens_wait=float(fields[6]),
+            streams=int(fields[7]),
         )
         decision = decide(limits, usage, stream=stream)
         if (decision.exceeded or "") != exceeded:  # the script counted what it decided
             log.error("limit decision differs from redis's (%r, %r)", decision.exceeded, exceeded)
-            decision = Decision(exceeded or None, max(decision.retry_after, 1.0),  # type: ignore[arg-type]
-                                decision.headers)
+            decision = Decision(
+                exceeded or None,
+                max(decision.retry_after, 1.0),  # type: ignore[arg-type]
+                decision.headers,
+            )
         return decision, Ticket(self, team, id, stream) if decision.allowed else None
 
     def _queue(self, update: Callable[[], Awaitable[None]], team: str) -> None:
@@ -215,8 +229,13 @@ class RedisState:
     async def _write_usage(self, r: UsageRecord) -> None:
         minute = int(r.at // 60 * 60)
         args: list[str | int | float] = [
-            minute, f"{r.team}\t{r.route}\t{r.backend}", 1, int(r.error),
-            r.prompt_tokens, r.completion_tokens, round(r.stream_seconds * 1000),
+            minute,
+            f"{r.team}\t{r.route}\t{r.backend}",
+            1,
+            int(r.error),
+            r.prompt_tokens,
+            r.completion_tokens,
+            round(r.stream_seconds * 1000),
         ]
         try:
             await _usage.run(self._client, self._usage_keys(minute), args)
@@ -246,9 +265,14 @@ class RedisState:
                 counts = totals.setdefault(key, dict.fromkeys(_USAGE_FIELDS, 0))
                 counts[parts[3]] += int(value)
         return [
-            UsageRow(*key, requests=c["requests"], errors=c["errors"],
-                     prompt_tokens=c["prompt_tokens"], completion_tokens=c["completion_tokens"],
-                     stream_seconds=c["stream_ms"] / 1000)
+            UsageRow(
+                *key,
+                requests=c["requests"],
+                errors=c["errors"],
+                prompt_tokens=c["prompt_tokens"],
+                completion_tokens=c["completion_tokens"],
+                stream_seconds=c["stream_ms"] / 1000,
+            )
             for key, c in sorted(totals.items())
         ]
 
@@ -256,7 +280,8 @@ class RedisState:
         _, tokens_key, streams_key = self._keys(ticket.team)
         try:
             await _finish.run(
-                self._client, [tokens_key, streams_key],
+                self._client,
+                [tokens_key, streams_key],
                 [ticket.id, 1 if ticket.stream else 0, tokens, WINDOW],
             )
         except RedisError as error:

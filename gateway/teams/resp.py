@@ -184,7 +184,9 @@ class RedisClient:
                 ok = True  # an error reply leaves the connection in step
                 raise
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                raise RedisError(f"redis at {self.address.host}:{self.address.port}: {exc!r}") from None
+                raise RedisError(
+                    f"redis at {self.address.host}:{self.address.port}: {exc!r}"
+                ) from None
             finally:
                 if conn is not None:
                     if ok:

@@ -91,16 +91,18 @@ class Admission:
         self.ticket.release(tokens)
         if entry is not None:
             end = entry.ended_at if entry.ended_at is not None else entry.started_at
-            self._teams.record(UsageRecord(
-                at=time.time(),
-                team=self.identity.team,
-                route=entry.route,
-                backend=entry.backend,
-                error=entry.outcome not in ("completed", "client_gone"),
-                prompt_tokens=entry.prompt_tokens or 0,
-                completion_tokens=entry.completion_tokens or 0,
-                stream_seconds=end - entry.started_at if entry.stream else 0.0,
-            ))
+            self._teams.record(
+                UsageRecord(
+                    at=time.time(),
+                    team=self.identity.team,
+                    route=entry.route,
+                    backend=entry.backend,
+                    error=entry.outcome not in ("completed", "client_gone"),
+                    prompt_tokens=entry.prompt_tokens or 0,
+                    completion_tokens=entry.completion_tokens or 0,
+                    stream_seconds=end - entry.started_at if entry.stream else 0.0,
+                )
+            )
 
 
 class Teams:
@@ -122,8 +124,11 @@ class Teams:
         self._teams = {
             name: _Team(
                 name,
-                Limits(t.limits.requests_per_minute, t.limits.tokens_per_minute,
-                       t.limits.concurrent_streams),
+                Limits(
+                    t.limits.requests_per_minute,
+                    t.limits.tokens_per_minute,
+                    t.limits.concurrent_streams,
+                ),
                 frozenset(t.models),
             )
             for name, t in config.teams.items()
@@ -148,8 +153,9 @@ class Teams:
         challenge = 'Basic realm="trio-gateway", charset="UTF-8"' if browser else "Bearer"
         credential = credential_from_headers(headers)
         if credential is None:
-            raise AuthenticationError("This needs the gateway's admin key.", code=None,
-                                      challenge=challenge)
+            raise AuthenticationError(
+                "This needs the gateway's admin key.", code=None, challenge=challenge
+            )
         found = self._admins.owner(credential.key)
         if found is None:
             raise AuthenticationError(_BAD_KEY, challenge=challenge)
@@ -187,8 +193,11 @@ class Teams:
             try:
                 return await self.shared.query_usage(team=team, since=since)
             except RedisError as error:
-                log.error("usage from redis unavailable, answering from %s: %s",
-                          "the local database", error)
+                log.error(
+                    "usage from redis unavailable, answering from %s: %s",
+                    "the local database",
+                    error,
+                )
         if self.recorder is None:
             return []
         return await self.recorder.query(team=team, since=since)
@@ -205,8 +214,12 @@ def _rate_limited(team: _Team, decision: Decision) -> RateLimited:
         f"Rate limit reached for team {team.name} on {_WHAT[exceeded]}: Limit {limit}. "
         f"Please try again in {format_duration(max(decision.retry_after, 0.001))}."
     )
-    return RateLimited(message, kind=_KIND[exceeded], retry_after=decision.retry_after,
-                       limit_headers=decision.headers)
+    return RateLimited(
+        message,
+        kind=_KIND[exceeded],
+        retry_after=decision.retry_after,
+        limit_headers=decision.headers,
+    )
 
 
 @asynccontextmanager
@@ -227,10 +240,17 @@ async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
         state: StateBackend = LocalState()
         shared: RedisState | None = None
         if config.state.redis is not None:
-            state = shared = await stack.enter_async_context(open_redis_state(
-                config.state.redis, prefix=config.state.prefix,
-                stream_lease=config.state.stream_lease,
-            ))
-        log.info("auth on: %d team(s), usage in %s, limits %s", len(config.teams),
-                 config.usage.database, "in redis" if config.state.redis else "per process")
+            state = shared = await stack.enter_async_context(
+                open_redis_state(
+                    config.state.redis,
+                    prefix=config.state.prefix,
+                    stream_lease=config.state.stream_lease,
+                )
+            )
+        log.info(
+            "auth on: %d team(s), usage in %s, limits %s",
+            len(config.teams),
+            config.usage.database,
+            "in redis" if config.state.redis else "per process",
+        )
         yield Teams(config, state=state, recorder=recorder, shared=shared)

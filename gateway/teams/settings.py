@@ -110,8 +110,11 @@ def check_key_entries(raw: Mapping[str, Any]) -> None:
     places: list[tuple[str, Any]] = []
     teams = raw.get("teams")
     if isinstance(teams, Mapping):
-        places += [(f"teams.{name}.keys", t.get("keys")) for name, t in teams.items()
-                   if isinstance(t, Mapping)]
+        places += [
+            (f"teams.{name}.keys", t.get("keys"))
+            for name, t in teams.items()
+            if isinstance(t, Mapping)
+        ]
     auth = raw.get("auth")
     if isinstance(auth, Mapping):
         places.append(("auth.admin_keys", auth.get("admin_keys")))
@@ -122,7 +125,7 @@ def check_key_entries(raw: Mapping[str, Any]) -> None:
             if isinstance(entry, str) and not is_hash(entry):
                 raise ConfigError(
                     f"{path}.{i}: a key in the config must be its hash (sha256:<64 hex>, "
-                    "from `gateway keys hash`) or an environment reference { env = \"NAME\" }"
+                    'from `gateway keys hash`) or an environment reference { env = "NAME" }'
                 )
 
 

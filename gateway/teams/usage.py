@@ -90,8 +90,11 @@ class UsageRow:
         return self.prompt_tokens + self.completion_tokens
 
     def as_json(self) -> dict[str, object]:
-        return {**asdict(self), "total_tokens": self.total_tokens,
-                "stream_seconds": round(self.stream_seconds, 3)}
+        return {
+            **asdict(self),
+            "total_tokens": self.total_tokens,
+            "stream_seconds": round(self.stream_seconds, 3),
+        }
 
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -120,8 +123,9 @@ class UsageStore:
     """The SQLite database. Blocking: call from a worker thread (or a CLI)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False,
-                                   isolation_level=None)
+        self._db = sqlite3.connect(
+            str(path), timeout=30, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
 
@@ -130,8 +134,17 @@ class UsageStore:
 
     def add(self, records: Iterable[UsageRecord]) -> None:
         rows = [
-            (int(r.at // 60 * 60), r.team, r.route, r.backend, 1, int(r.error),
-             r.prompt_tokens, r.completion_tokens, r.stream_seconds)
+            (
+                int(r.at // 60 * 60),
+                r.team,
+                r.route,
+                r.backend,
+                1,
+                int(r.error),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.stream_seconds,
+            )
             for r in records
         ]
         self._db.execute("BEGIN IMMEDIATE")
@@ -191,9 +204,7 @@ class UsageRecorder:
     async def query(self, *, team: str | None = None, since: float | None = None) -> list[UsageRow]:
         await self.flush()
         async with self._lock:
-            return await trio.to_thread.run_sync(
-                lambda: self.store.query(team=team, since=since)
-            )
+            return await trio.to_thread.run_sync(lambda: self.store.query(team=team, since=since))
 
     async def _write_all(self, receive: trio.MemoryReceiveChannel[UsageRecord]) -> None:
         async with receive:
@@ -229,4 +240,3 @@ async def open_usage_recorder(path: str | Path) -> AsyncIterator[UsageRecorder]:
                 send.close()
     finally:
         await trio.to_thread.run_sync(store.close)
-

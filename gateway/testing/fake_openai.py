@@ -81,7 +81,8 @@ def chat_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            if usage is None
             else [],
         }
         if usage is not None:
@@ -91,7 +92,9 @@ def chat_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": f"{text}{i} "}) for i in range(n)]
     events.append(chunk({}, "stop"))
-    events.append(chunk({}, usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}))
+    events.append(
+        chunk({}, usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n})
+    )
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -102,9 +105,13 @@ def completion_events(n: int, *, model: str = "fake", text: str = "tok") -> list
 
     def chunk(piece: str, finish: str | None = None, usage: Any = None) -> bytes:
         doc: dict[str, Any] = {
-            "id": "cmpl-fake", "object": "text_completion", "created": 0, "model": model,
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": 0,
+            "model": model,
             "choices": [{"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}]
-            if usage is None else [],
+            if usage is None
+            else [],
         }
         if usage is not None:
             doc["usage"] = usage
@@ -112,7 +119,9 @@ def completion_events(n: int, *, model: str = "fake", text: str = "tok") -> list
 
     events = [chunk(f"{text}{i} ") for i in range(n)]
     events.append(chunk("", "stop"))
-    events.append(chunk("", usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}))
+    events.append(
+        chunk("", usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n})
+    )
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -122,17 +131,32 @@ def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:
     usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
     if "messages" in body:
         return {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-            "model": body.get("model"), "usage": usage,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model"),
+            "usage": usage,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
         }
     if "input" in body:
-        return {"object": "list", "model": body.get("model"), "usage": usage,
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]}
+        return {
+            "object": "list",
+            "model": body.get("model"),
+            "usage": usage,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+        }
     return {
-        "id": "cmpl-fake", "object": "text_completion", "created": 0,
-        "model": body.get("model"), "usage": usage,
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 0,
+        "model": body.get("model"),
+        "usage": usage,
         "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
     }
 
@@ -250,8 +274,9 @@ class FakeOpenAI:
         record.requests.append(req)
         return req
 
-    async def _watch_close(self, stream: trio.SocketStream, record: ConnectionRecord,
-                           scope: trio.CancelScope) -> None:
+    async def _watch_close(
+        self, stream: trio.SocketStream, record: ConnectionRecord, scope: trio.CancelScope
+    ) -> None:
         # While the answer is being written, the gateway sends nothing more: any read
         # result is its close (EOF or reset). Record it and stop the script at once.
         try:
@@ -265,8 +290,13 @@ class FakeOpenAI:
         record.closed_event.set()
         scope.cancel()
 
-    async def _answer(self, stream: trio.SocketStream, conn: h11.Connection,
-                      record: ConnectionRecord, req: RequestRecord) -> bool:
+    async def _answer(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        record: ConnectionRecord,
+        req: RequestRecord,
+    ) -> bool:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_close, stream, record, nursery.cancel_scope)
             self.active += 1
@@ -305,8 +335,9 @@ class FakeOpenAI:
             state.limiter.release()
             self._queue_changed()
 
-    async def _scripted_answer(self, stream: trio.SocketStream, req: RequestRecord,
-                               script: dict[str, Any]) -> bool:
+    async def _scripted_answer(
+        self, stream: trio.SocketStream, req: RequestRecord, script: dict[str, Any]
+    ) -> bool:
         fault = script.get("fault")
         stream_mode = bool(req.body.get("stream"))
         await trio.sleep(script.get("headers_delay", 0))
@@ -314,21 +345,32 @@ class FakeOpenAI:
             if fault == "reset_before_headers":
                 _reset(stream)
             return False
-        status = int(script.get("status_on_port", {}).get(str(self.port), script.get("status", 200)))
+        status = int(
+            script.get("status_on_port", {}).get(str(self.port), script.get("status", 200))
+        )
         if req.path.endswith("/models") and req.method == "GET":
             listing = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
             await self._send_fixed(stream, 200, "application/json", listing.encode(), req)
             return True
         if status >= 300:
-            err = {"error": {"message": script.get("message", f"fake error {status}"),
-                             "type": script.get("type", "server_error"), "param": None,
-                             "code": script.get("code", "fake_error")}}
-            await self._send_fixed(stream, status, "application/json", json.dumps(err).encode(), req)
+            err = {
+                "error": {
+                    "message": script.get("message", f"fake error {status}"),
+                    "type": script.get("type", "server_error"),
+                    "param": None,
+                    "code": script.get("code", "fake_error"),
+                }
+            }
+            await self._send_fixed(
+                stream, status, "application/json", json.dumps(err).encode(), req
+            )
             return True
         if not stream_mode:
             await trio.sleep(script.get("prefill", 0))
             body = json.dumps(_completion(req.body, int(script.get("tokens", 3)))).encode()
-            await self._send_fixed(stream, 200, script.get("content_type", "application/json"), body, req)
+            await self._send_fixed(
+                stream, 200, script.get("content_type", "application/json"), body, req
+            )
             return True
 
         ctype = script.get("content_type", "text/event-stream")
@@ -349,8 +391,11 @@ class FakeOpenAI:
             paces = [script.get("pace", 0)] * len(pieces)
             every = script.get("comment_every")
             if every:
-                pieces = [p2 for i, p in enumerate(pieces)
-                          for p2 in ((b": upstream-ping\n\n", p) if i % every == 0 else (p,))]
+                pieces = [
+                    p2
+                    for i, p in enumerate(pieces)
+                    for p2 in ((b": upstream-ping\n\n", p) if i % every == 0 else (p,))
+                ]
                 paces = [script.get("pace", 0)] * len(pieces)
         if fault == "no_done":
             pieces = pieces[:-1]
@@ -379,8 +424,9 @@ class FakeOpenAI:
         req.sent += data
         await stream.send_all(b"%x\r\n%s\r\n" % (len(data), data))
 
-    async def _send_fixed(self, stream: trio.SocketStream, status: int, ctype: str, body: bytes,
-                          req: RequestRecord) -> None:
+    async def _send_fixed(
+        self, stream: trio.SocketStream, status: int, ctype: str, body: bytes, req: RequestRecord
+    ) -> None:
         reason = b"OK" if status < 300 else b"Error"  # the reason phrase is free text
         req.sent = body
         await stream.send_all(

@@ -205,8 +205,9 @@ class FakeVLLM:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _read_request(self, stream: trio.SocketStream,
-                            conn: h11.Connection) -> VLLMRequest | None:
+    async def _read_request(
+        self, stream: trio.SocketStream, conn: h11.Connection
+    ) -> VLLMRequest | None:
         incoming = await read_request(stream, conn)
         if incoming is None:
             return None
@@ -226,8 +227,9 @@ class FakeVLLM:
         self._notify()
         return request
 
-    async def _answer(self, stream: trio.SocketStream, conn: h11.Connection,
-                      request: VLLMRequest) -> bool:
+    async def _answer(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: VLLMRequest
+    ) -> bool:
         """Answer one request while watching the socket, as Starlette's disconnect listener
         does; False when the client left (the request is then aborted)."""
         gone = False
@@ -272,8 +274,9 @@ class FakeVLLM:
             try:
                 await route[1](out, request)
             except VLLMError as error:
-                await out.json(error.status, self._error(error.message, error.err_type,
-                                                         error.status))
+                await out.json(
+                    error.status, self._error(error.message, error.err_type, error.status)
+                )
 
     def _authorized(self, request: VLLMRequest) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -300,21 +303,34 @@ class FakeVLLM:
         if self.metrics_fault == "error":
             await out.fixed(500, "text/plain; charset=utf-8", b"Internal Server Error")
             return
-        engines = [EngineLoad(self.running(e), self.waiting(e), self.cache_usage(e),
-                              tuple(r.finished_at - r.received_at for r in self.requests
-                                    if r.engine == e and r.finished_at is not None
-                                    and r.slot_at is not None))
-                   for e in range(self.engines)]
+        engines = [
+            EngineLoad(
+                self.running(e),
+                self.waiting(e),
+                self.cache_usage(e),
+                tuple(
+                    r.finished_at - r.received_at
+                    for r in self.requests
+                    if r.engine == e and r.finished_at is not None and r.slot_at is not None
+                ),
+            )
+            for e in range(self.engines)
+        ]
         body = exposition(self.metrics_version, self.served_model_name, engines, self._counters)
         await out.fixed(200, METRICS_TYPE, body)
 
     async def _models(self, out: _Writer, request: VLLMRequest) -> None:
-        await out.json(200, proto.model_list(self.served_model_name, self.model_path,
-                                             self.max_model_len, self._created))
+        await out.json(
+            200,
+            proto.model_list(
+                self.served_model_name, self.model_path, self.max_model_len, self._created
+            ),
+        )
 
     def _body(self, request: VLLMRequest, kind: str) -> dict[str, Any]:
-        return proto.check_request(request.headers.get("content-type", ""), request.body,
-                                   kind, self.served_model_name)
+        return proto.check_request(
+            request.headers.get("content-type", ""), request.body, kind, self.served_model_name
+        )
 
     async def _generate(self, out: _Writer, request: VLLMRequest) -> None:
         chat = request.path.rstrip("/").endswith("chat/completions")
@@ -340,15 +356,25 @@ class FakeVLLM:
 
     async def _embeddings(self, out: _Writer, request: VLLMRequest) -> None:
         inputs = proto.check_embedding(self._body(request, "EmbeddingCompletionRequest"))
-        gen = Generation(id="embd-" + uuid.uuid4().hex[:16], model=self.served_model_name,
-                         created=int(time.time()), prompt_tokens=proto.count_inputs(inputs), n=0)
+        gen = Generation(
+            id="embd-" + uuid.uuid4().hex[:16],
+            model=self.served_model_name,
+            created=int(time.time()),
+            prompt_tokens=proto.count_inputs(inputs),
+            n=0,
+        )
         await self._run(request, gen, None, out)
         await out.json(200, proto.embedding_response(gen, inputs))
 
     # -- the engine --------------------------------------------------------------------
 
-    async def _run(self, request: VLLMRequest, gen: Generation,
-                   events: Iterator[tuple[str, bytes]] | None, out: _Writer) -> None:
+    async def _run(
+        self,
+        request: VLLMRequest,
+        gen: Generation,
+        events: Iterator[tuple[str, bytes]] | None,
+        out: _Writer,
+    ) -> None:
         """Take a batch slot, prefill, produce the tokens (writing ``events`` as they come,
         when streaming). Cancellation (the client left) frees the slot at once."""
         engine = self._next_engine
@@ -374,8 +400,9 @@ class FakeVLLM:
             finally:
                 self._notify()
 
-    async def _stream(self, request: VLLMRequest, events: Iterator[tuple[str, bytes]],
-                      out: _Writer) -> None:
+    async def _stream(
+        self, request: VLLMRequest, events: Iterator[tuple[str, bytes]], out: _Writer
+    ) -> None:
         tokens = 0
         for kind, data in events:
             if kind == "token":
@@ -384,8 +411,14 @@ class FakeVLLM:
                 if self.fail_stream_after is not None and tokens == self.fail_stream_after:
                     # serving_chat.py: an exception after the headers becomes an error event,
                     # and the stream still ends with [DONE].
-                    await out.data(proto.stream_error_event(
-                        self.error_form, "fake engine failure mid-stream", "BadRequestError", 400))
+                    await out.data(
+                        proto.stream_error_event(
+                            self.error_form,
+                            "fake engine failure mid-stream",
+                            "BadRequestError",
+                            400,
+                        )
+                    )
                     await out.data(proto.DONE)
                     break
                 tokens += 1
@@ -399,14 +432,16 @@ class FakeVLLM:
 class _Writer:
     """Writes one response with h11, recording what went out on the request."""
 
-    def __init__(self, stream: trio.SocketStream, conn: h11.Connection,
-                 request: VLLMRequest) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: VLLMRequest
+    ) -> None:
         self._stream, self._conn, self._request = stream, conn, request
 
-    async def start(self, status: int, content_type: str | None,
-                    length: int | None = None) -> None:
-        headers = [("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
-                   ("server", "uvicorn")]
+    async def start(self, status: int, content_type: str | None, length: int | None = None) -> None:
+        headers = [
+            ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
+            ("server", "uvicorn"),
+        ]
         if length is not None:
             headers.append(("content-length", str(length)))
         if content_type is not None:
@@ -440,8 +475,12 @@ class _Writer:
     async def redirect(self, location: str) -> None:
         self._request.status = 307
         self._request.headers_at = trio.current_time()
-        await self._send(h11.Response(status_code=307, headers=[
-            ("location", location), ("content-length", "0"), ("server", "uvicorn")]))
+        await self._send(
+            h11.Response(
+                status_code=307,
+                headers=[("location", location), ("content-length", "0"), ("server", "uvicorn")],
+            )
+        )
         await self.end()
 
     async def _send(self, event: h11.Event) -> None:

@@ -61,12 +61,17 @@ class Observed:
 
 
 def probes(model: str) -> list[Probe]:
-    chat = {"model": model, "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": 4}
+    chat = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 4,
+    }
     text = {"model": model, "prompt": "Hello, my name is", "max_tokens": 4}
     usage = {"stream": True, "stream_options": {"include_usage": True}}
-    continuous = {"stream": True, "stream_options": {"include_usage": True,
-                                                     "continuous_usage_stats": True}}
+    continuous = {
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
     return [
         Probe("health", "GET", "/health"),
         Probe("models", "GET", "/v1/models"),
@@ -80,10 +85,18 @@ def probes(model: str) -> list[Probe]:
         Probe("completions", "POST", "/v1/completions", text),
         Probe("completions-stream-usage", "POST", "/v1/completions", {**text, **usage}),
         Probe("unknown-model", "POST", "/v1/chat/completions", {**chat, "model": "no-such"}),
-        Probe("max-tokens-too-large", "POST", "/v1/chat/completions",
-              {**chat, "max_tokens": 10_000_000}),
-        Probe("stream-options-without-stream", "POST", "/v1/chat/completions",
-              {**chat, "stream_options": {"include_usage": True}}),
+        Probe(
+            "max-tokens-too-large",
+            "POST",
+            "/v1/chat/completions",
+            {**chat, "max_tokens": 10_000_000},
+        ),
+        Probe(
+            "stream-options-without-stream",
+            "POST",
+            "/v1/chat/completions",
+            {**chat, "stream_options": {"include_usage": True}},
+        ),
         Probe("missing-messages", "POST", "/v1/chat/completions", {"model": model}),
         Probe("metrics", "GET", "/metrics"),
     ]
@@ -171,8 +184,9 @@ async def compare(
             real = await _ask(real_client, probe, api_key)
             mine = await _ask(fake_client, probe, api_key)
             differences += _differences(probe, real, mine)
-            real_only += sorted(k for k in real.facts.keys() - mine.facts.keys()
-                                if k.startswith("metric "))
+            real_only += sorted(
+                k for k in real.facts.keys() - mine.facts.keys() if k.startswith("metric ")
+            )
     return differences, real_only
 
 
@@ -180,8 +194,12 @@ async def _main(url: str, api_key: str | None) -> int:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         card = (await client.get("/v1/models", headers=headers)).json()["data"][0]
-    fake = FakeVLLM(served_model_name=card["id"], model_path=card.get("root") or card["id"],
-                    max_model_len=card.get("max_model_len") or 2048, api_key=api_key)
+    fake = FakeVLLM(
+        served_model_name=card["id"],
+        model_path=card.get("root") or card["id"],
+        max_model_len=card.get("max_model_len") or 2048,
+        api_key=api_key,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         differences, real_only = await compare(url, fake, api_key=api_key)

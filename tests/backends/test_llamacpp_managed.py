@@ -84,7 +84,9 @@ async def _chat(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def test_managed_server_serves_and_comes_back_after_kill_9(
-    nursery: trio.Nursery, model_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,
+    caplog: pytest.LogCaptureFixture,  # noqa: F811
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.backends.llamacpp")
     settings = managed_settings(model_path, poll_interval=0.05, restart_delay=1.0)
@@ -138,7 +140,8 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
 
 
 async def test_embeddings_where_the_server_has_them(
-    nursery: trio.Nursery, model_path: Path  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,  # noqa: F811
 ) -> None:
     """A server started with ``--embeddings`` answers ``/v1/embeddings`` through the
     gateway (one vector per input, the model's width, llama-server's usage)."""
@@ -204,7 +207,9 @@ async def test_a_crashing_server_is_restarted_with_doubling_back_off(
 
 
 async def test_a_start_that_never_becomes_healthy_is_killed_and_retried(
-    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """A server that hangs instead of listening: after ``start_timeout`` it is stopped —
     SIGTERM, then SIGKILL, its whole process group — and started again."""
@@ -265,7 +270,7 @@ async def run_gateway_command(
 ) -> AsyncIterator[GatewayProcess]:
     """``python -m gateway serve`` with one managed backend ``l`` behind route ``gemma``;
     its log is collected in the background."""
-    lines = ['[server]', 'bind = "127.0.0.1:0"', "", "[backends.l]"]
+    lines = ["[server]", 'bind = "127.0.0.1:0"', "", "[backends.l]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in backend.items()]
     lines += ["", "[routes.gemma]", 'backend = "l"']
     config = tmp_path / "gateway.toml"
@@ -297,7 +302,9 @@ async def run_gateway_command(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_no_llama_server_outlives_the_gateway(
-    tmp_path: Path, model_path: Path, signum: signal.Signals  # noqa: F811
+    tmp_path: Path,
+    model_path: Path,
+    signum: signal.Signals,  # noqa: F811
 ) -> None:
     """SIGTERM: the gateway stops llama-server and exits 0. SIGKILL: the gateway cannot do
     anything — the kernel's parent-death signal takes llama-server down with it."""

@@ -146,7 +146,11 @@ async def test_llama_cpp_fields_pass_through_and_take_effect(gateway) -> None:
         assert len(candidates) == 3
 
         # cache_prompt: a repeated prompt is served from the slot's KV cache only when asked.
-        prompt = {**COMPLETION, "prompt": "Count slowly from one to ten: one, two,", "max_tokens": 2}
+        prompt = {
+            **COMPLETION,
+            "prompt": "Count slowly from one to ten: one, two,",
+            "max_tokens": 2,
+        }
         uncached = [
             (await client.post("/v1/completions", json={**prompt, "cache_prompt": False})).json()
             for _ in range(2)
@@ -226,12 +230,16 @@ async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_
     assert all(0.9 <= g <= 1.6 for g in gaps), gaps
     data = [e for e in rest if e.startswith(b"data: {")]
     assert data and rest[-1] == b"data: [DONE]"
-    print(f"\nqueue gap: waited {beats[-1] - started:.1f} s behind {len(long_tokens)} tokens; "
-          f"{len(beats)} heartbeats, gaps {min(gaps):.3f}-{max(gaps):.3f} s")
+    print(
+        f"\nqueue gap: waited {beats[-1] - started:.1f} s behind {len(long_tokens)} tokens; "
+        f"{len(beats)} heartbeats, gaps {min(gaps):.3f}-{max(gaps):.3f} s"
+    )
 
 
 async def test_load_comes_from_slots_when_metrics_are_off(
-    nursery: trio.Nursery, model_path: Path, tmp_path: Path  # noqa: F811
+    nursery: trio.Nursery,
+    model_path: Path,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     """A server started without ``--metrics``: the busy count is read from ``/slots``
     (its queue length is not published there, so ``queued`` stays unknown)."""
@@ -280,8 +288,10 @@ async def test_disconnect_mid_generation_frees_the_slot(gateway, server) -> None
     # the response and its connection are closed here: the client is gone
     freed_after = await wait_for(lambda: _not(slot_busy(server)), timeout=10)
     token_time = (arrivals[-1] - arrivals[1]) / 6
-    print(f"\nslot idle {freed_after * 1000:.0f} ms after the client disconnected "
-          f"(a token took {token_time * 1000:.0f} ms)")
+    print(
+        f"\nslot idle {freed_after * 1000:.0f} ms after the client disconnected "
+        f"(a token took {token_time * 1000:.0f} ms)"
+    )
     assert freed_after < max(1.0, 4 * token_time)
     assert gateway.backend.pool_connections()[0] == gateway.backend.pool_connections()[1]
 
@@ -298,7 +308,9 @@ async def test_queued_request_that_disconnects_never_starts(gateway, server) -> 
         "max_tokens": 50,
     }
     backend = gateway.backend
-    tokenized = await server.post("/tokenize", json={"content": LONG["prompt"], "add_special": True})
+    tokenized = await server.post(
+        "/tokenize", json={"content": LONG["prompt"], "add_special": True}
+    )
     long_prompt_tokens = len(tokenized.json()["tokens"])
     before = await metrics(server)
     async with trio.open_nursery() as nursery:
@@ -366,7 +378,8 @@ async def _metric_is(server: httpx.AsyncClient, name: str, value: float) -> bool
 
 
 async def test_llama_server_pings_count_as_upstream_liveness(
-    nursery: trio.Nursery, llama_server: LlamaServer  # noqa: F811
+    nursery: trio.Nursery,
+    llama_server: LlamaServer,  # noqa: F811
 ) -> None:
     """llama-server sends headers when the slot starts, then nothing during the prefill
     except its own pings (``:``, asked for every second). Those pings are upstream bytes: they satisfy ``first_byte`` and reset
@@ -390,12 +403,16 @@ async def test_llama_server_pings_count_as_upstream_liveness(
     long_prompt = {**COMPLETION, "prompt": unit * repeats, "max_tokens": 2}
     async with gateway.client() as client:
         started = trio.current_time()
-        async with open_stream(client, "/v1/completions", {**long_prompt, "sse_ping_interval": 1}) as r:
+        async with open_stream(
+            client, "/v1/completions", {**long_prompt, "sse_ping_interval": 1}
+        ) as r:
             assert r.status_code == 200
             pinged = await read_stream(r)
         first_data = next(i for i, e in enumerate(pinged.events) if e.startswith(b"data: {"))
         prefill = trio.current_time() - started
-        async with open_stream(client, "/v1/completions", {**long_prompt, "sse_ping_interval": -1}) as r:
+        async with open_stream(
+            client, "/v1/completions", {**long_prompt, "sse_ping_interval": -1}
+        ) as r:
             silent = (await r.aread()).split(b"\n\n")
     assert pinged.done and pinged.pieces
     pings = pinged.events[:first_data]
@@ -403,5 +420,7 @@ async def test_llama_server_pings_count_as_upstream_liveness(
     assert prefill > timeouts["first_byte"] + 1, f"prefill {prefill:.1f} s proves nothing"
     error = event_json(silent[0])
     assert error is not None and error["error"]["code"] == "upstream_timeout", silent
-    print(f"\nprefill of {repeats * unit_tokens} tokens ({per_second:.0f}/s): {prefill:.1f} s "
-          f"with {len(pings)} llama-server pings; without them: {error['error']['message']}")
+    print(
+        f"\nprefill of {repeats * unit_tokens} tokens ({per_second:.0f}/s): {prefill:.1f} s "
+        f"with {len(pings)} llama-server pings; without them: {error['error']['message']}"
+    )

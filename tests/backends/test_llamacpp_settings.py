@@ -56,7 +56,11 @@ def test_managed_defaults() -> None:
 
 async def test_missing_binary_fails_start_up(tmp_path: Path) -> None:
     config = build_config(
-        {"backends": {"l": {"type": "llamacpp", "model": "x.gguf", "binary": str(tmp_path / "nope")}}}
+        {
+            "backends": {
+                "l": {"type": "llamacpp", "model": "x.gguf", "binary": str(tmp_path / "nope")}
+            }
+        }
     )
     with pytest.raises(ConfigError, match=r"backends\.l\.binary: .*nope.* is not an executable"):
         async with open_gateway(config):

@@ -33,11 +33,18 @@ class Server:
     closed: trio.Event = field(default_factory=trio.Event)  # a connection saw EOF
 
 
-async def ok(stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest,
-             extra: list[tuple[str, str]] | None = None) -> bool:
+async def ok(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    request: IncomingRequest,
+    extra: list[tuple[str, str]] | None = None,
+) -> bool:
     body = b'{"ok":true}'
-    headers = [("content-type", "application/json"), ("content-length", str(len(body))),
-               *(extra or [])]
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        *(extra or []),
+    ]
     await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
     await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
     return True
@@ -73,23 +80,34 @@ async def serve(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncItera
         if tls is None:
             listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
         else:
-            listeners = await nursery.start(partial(
-                trio.serve_ssl_over_tcp, handle, 0, tls, host="127.0.0.1", https_compatible=True
-            ))
+            listeners = await nursery.start(
+                partial(
+                    trio.serve_ssl_over_tcp, handle, 0, tls, host="127.0.0.1", https_compatible=True
+                )
+            )
             listeners = [listener.transport_listener for listener in listeners]
         server.port = listeners[0].socket.getsockname()[1]
         yield server
         nursery.cancel_scope.cancel()
 
 
-def pool_to(port: int, *, scheme: str = "http", connect_timeout: float = 5.0,
-            max_connections: int = 10, max_keepalive_connections: int = 10,
-            keepalive_expiry: float = 4.0, ssl_context: ssl.SSLContext | None = None,
-            ) -> ConnectionPool:
+def pool_to(
+    port: int,
+    *,
+    scheme: str = "http",
+    connect_timeout: float = 5.0,
+    max_connections: int = 10,
+    max_keepalive_connections: int = 10,
+    keepalive_expiry: float = 4.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionPool:
     return ConnectionPool(
-        f"{scheme}://127.0.0.1:{port}/v1", max_connections=max_connections,
-        max_keepalive_connections=max_keepalive_connections, connect_timeout=connect_timeout,
-        keepalive_expiry=keepalive_expiry, ssl_context=ssl_context,
+        f"{scheme}://127.0.0.1:{port}/v1",
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+        connect_timeout=connect_timeout,
+        keepalive_expiry=keepalive_expiry,
+        ssl_context=ssl_context,
     )
 
 
@@ -126,8 +144,9 @@ async def test_keep_alive_reuses_one_connection_and_sends_the_head() -> None:
 
 
 async def test_an_idle_connection_the_upstream_closed_is_not_reused() -> None:
-    async def answer_once(stream: trio.SocketStream, conn: h11.Connection,
-                          request: IncomingRequest) -> bool:
+    async def answer_once(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         await ok(stream, conn, request)
         return False  # close after every response, without saying so
 
@@ -141,8 +160,9 @@ async def test_an_idle_connection_the_upstream_closed_is_not_reused() -> None:
 
 
 async def test_connection_close_and_expiry_are_honoured() -> None:
-    async def closing(stream: trio.SocketStream, conn: h11.Connection,
-                      request: IncomingRequest) -> bool:
+    async def closing(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         return await ok(stream, conn, request, [("connection", "close")])
 
     async with serve(closing) as server:
@@ -160,8 +180,9 @@ async def test_connection_close_and_expiry_are_honoured() -> None:
 async def test_max_connections_queues_and_max_keepalive_bounds_idle() -> None:
     release = trio.Event()
 
-    async def slow(stream: trio.SocketStream, conn: h11.Connection,
-                   request: IncomingRequest) -> bool:
+    async def slow(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         await release.wait()
         return await ok(stream, conn, request)
 
@@ -185,10 +206,14 @@ async def test_max_connections_queues_and_max_keepalive_bounds_idle() -> None:
 
 
 async def test_a_response_left_early_closes_its_connection() -> None:
-    async def endless(stream: trio.SocketStream, conn: h11.Connection,
-                      request: IncomingRequest) -> bool:
-        await stream.send_all(conn.send(h11.Response(
-            status_code=200, headers=[("content-type", "text/event-stream")])))
+    async def endless(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
+        await stream.send_all(
+            conn.send(
+                h11.Response(status_code=200, headers=[("content-type", "text/event-stream")])
+            )
+        )
         while True:
             await stream.send_all(conn.send(h11.Data(data=b"data: x\n\n")))
             await trio.sleep(0.01)
@@ -201,8 +226,9 @@ async def test_a_response_left_early_closes_its_connection() -> None:
 
 
 async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> None:
-    async def silent(stream: trio.SocketStream, conn: h11.Connection,
-                     request: IncomingRequest) -> bool:
+    async def silent(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         assert await stream.receive_some() == b""  # nothing until the client hangs up
         return False
 
@@ -214,15 +240,18 @@ async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> N
 
 
 async def test_failures_raise_the_pools_errors() -> None:
-    async def garbage(stream: trio.SocketStream, conn: h11.Connection,
-                      request: IncomingRequest) -> bool:
+    async def garbage(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         await stream.send_all(b"NOT HTTP\r\n\r\n")
         return False
 
-    async def cut(stream: trio.SocketStream, conn: h11.Connection,
-                  request: IncomingRequest) -> bool:
-        await stream.send_all(conn.send(h11.Response(
-            status_code=200, headers=[("content-length", "100")])))
+    async def cut(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
+        await stream.send_all(
+            conn.send(h11.Response(status_code=200, headers=[("content-length", "100")]))
+        )
         await stream.send_all(b"only part")
         return False
 
@@ -276,8 +305,9 @@ async def test_https_reuses_verified_connections_and_notices_a_closed_one() -> N
     ca.configure_trust(client_context)
     answered = 0
 
-    async def answer(stream: trio.SocketStream, conn: h11.Connection,
-                     request: IncomingRequest) -> bool:
+    async def answer(
+        stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
+    ) -> bool:
         nonlocal answered
         await ok(stream, conn, request)
         answered += 1
@@ -316,10 +346,16 @@ async def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
                 assert isinstance(event, h11.Request)
                 break
             body = b'{"error":"too large"}'
-            await stream.send_all(conn.send(h11.Response(
-                status_code=413, headers=[("content-length", str(len(body))),
-                                          ("connection", "close")])) + conn.send(h11.Data(data=body))
-                + conn.send(h11.EndOfMessage()))
+            await stream.send_all(
+                conn.send(
+                    h11.Response(
+                        status_code=413,
+                        headers=[("content-length", str(len(body))), ("connection", "close")],
+                    )
+                )
+                + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage())
+            )
             await trio.aclose_forcefully(stream)
 
         listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host="127.0.0.1"))

@@ -39,7 +39,7 @@ def events(raw: bytes) -> list[bytes]:
 
 def payload(event: bytes) -> dict[str, Any]:
     assert event.startswith(b"data: {")
-    doc: dict[str, Any] = json.loads(event[len(b"data: "):])
+    doc: dict[str, Any] = json.loads(event[len(b"data: ") :])
     return doc
 
 
@@ -69,9 +69,15 @@ async def test_models_and_unknown_paths(fake: FakeVLLM, client: httpx.AsyncClien
     listing = (await client.get("/v1/models", headers=AUTH)).json()
     assert listing["object"] == "list"
     [card] = listing["data"]
-    assert {k: card[k] for k in ("id", "object", "owned_by", "root", "parent", "max_model_len")} == {
-        "id": "fake-model", "object": "model", "owned_by": "vllm", "root": "org/fake-model-0.5B",
-        "parent": None, "max_model_len": 2048,
+    assert {
+        k: card[k] for k in ("id", "object", "owned_by", "root", "parent", "max_model_len")
+    } == {
+        "id": "fake-model",
+        "object": "model",
+        "owned_by": "vllm",
+        "root": "org/fake-model-0.5B",
+        "parent": None,
+        "max_model_len": 2048,
     }
     assert card["permission"][0]["object"] == "model_permission"
     r = await client.get("/v1/nothing-here", headers=AUTH)
@@ -84,12 +90,26 @@ async def test_models_and_unknown_paths(fake: FakeVLLM, client: httpx.AsyncClien
 @pytest.mark.parametrize(
     "version,names,labels",
     [
-        ("v1", {"vllm:num_requests_running", "vllm:num_requests_waiting",
-                "vllm:kv_cache_usage_perc"}, {"model_name", "engine"}),
-        ("v0.9", {"vllm:num_requests_running", "vllm:num_requests_waiting",
-                  "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"}, {"model_name", "engine"}),
-        ("v0", {"vllm:num_requests_running", "vllm:num_requests_waiting",
-                "vllm:gpu_cache_usage_perc"}, {"model_name"}),
+        (
+            "v1",
+            {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"},
+            {"model_name", "engine"},
+        ),
+        (
+            "v0.9",
+            {
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc",
+            },
+            {"model_name", "engine"},
+        ),
+        (
+            "v0",
+            {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc"},
+            {"model_name"},
+        ),
     ],
 )
 async def test_metrics_exposition(
@@ -134,22 +154,46 @@ async def test_chat_stream_framing_and_usage(fake: FakeVLLM, client: httpx.Async
 
 
 async def test_completion_stream_has_every_field(fake: FakeVLLM, client: httpx.AsyncClient) -> None:
-    body = {"model": "fake-model", "prompt": "once upon", "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "fake-model",
+        "prompt": "once upon",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     r = await client.post("/v1/completions", json=body, headers=AUTH)
     chunks = [payload(e) for e in events(r.content)[:-1]]
     assert chunks[0]["usage"] is None and chunks[0]["choices"][0]["stop_reason"] is None
-    assert chunks[-1] == {**chunks[-1], "choices": [], "usage": {
-        "prompt_tokens": 2, "total_tokens": 6, "completion_tokens": 4}}
+    assert chunks[-1] == {
+        **chunks[-1],
+        "choices": [],
+        "usage": {"prompt_tokens": 2, "total_tokens": 6, "completion_tokens": 4},
+    }
 
 
 @pytest.mark.parametrize(
     "form,expected",
     [
-        ("openai", {"error": {"message": "The model `gpt-4` does not exist.",
-                              "type": "NotFoundError", "param": None, "code": 404}}),
-        ("legacy", {"object": "error", "message": "The model `gpt-4` does not exist.",
-                    "type": "NotFoundError", "param": None, "code": 404}),
+        (
+            "openai",
+            {
+                "error": {
+                    "message": "The model `gpt-4` does not exist.",
+                    "type": "NotFoundError",
+                    "param": None,
+                    "code": 404,
+                }
+            },
+        ),
+        (
+            "legacy",
+            {
+                "object": "error",
+                "message": "The model `gpt-4` does not exist.",
+                "type": "NotFoundError",
+                "param": None,
+                "code": 404,
+            },
+        ),
     ],
 )
 async def test_error_forms(
@@ -163,12 +207,20 @@ async def test_error_forms(
 @pytest.mark.parametrize(
     "body,message,type_",
     [
-        ({**CHAT, "stream_options": {"include_usage": True}},
-         "Stream options can only be defined when `stream=True`.", "Bad Request"),
+        (
+            {**CHAT, "stream_options": {"include_usage": True}},
+            "Stream options can only be defined when `stream=True`.",
+            "Bad Request",
+        ),
         ({"model": "fake-model"}, "messages\n  Field required", "Bad Request"),
-        ({**CHAT, "max_tokens": 5000},
-         ("'max_tokens' or 'max_completion_tokens' is too large: 5000. This model's maximum "
-          "context length is 2048 tokens"), "BadRequestError"),
+        (
+            {**CHAT, "max_tokens": 5000},
+            (
+                "'max_tokens' or 'max_completion_tokens' is too large: 5000. This model's maximum "
+                "context length is 2048 tokens"
+            ),
+            "BadRequestError",
+        ),
     ],
 )
 async def test_bad_requests(
@@ -193,14 +245,20 @@ async def test_failure_after_headers_is_an_error_event_then_done(
     assert evs[-2].startswith(b'data: {"error": {')
     error = payload(evs[-2])["error"]
     assert (error["type"], error["code"], "object" in error) == (
-        "BadRequestError", 400, form == "legacy")
+        "BadRequestError",
+        400,
+        form == "legacy",
+    )
 
 
 async def test_headers_at_once_then_silence_until_first_token(fake: FakeVLLM) -> None:
     fake.prefill = 0.3
-    async with httpx.AsyncClient(base_url=fake.url, timeout=10) as client, client.stream(
-        "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH
-    ) as r:
+    async with (
+        httpx.AsyncClient(base_url=fake.url, timeout=10) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH
+        ) as r,
+    ):
         assert r.status_code == 200
         [request] = fake.generation_requests()
         assert request.headers_at is not None and request.first_token_at is None
@@ -211,8 +269,9 @@ async def test_headers_at_once_then_silence_until_first_token(fake: FakeVLLM) ->
 
 
 async def test_embeddings(fake: FakeVLLM, client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/embeddings", headers=AUTH,
-                          json={"model": "fake-model", "input": ["a b", "c"]})
+    r = await client.post(
+        "/v1/embeddings", headers=AUTH, json={"model": "fake-model", "input": ["a b", "c"]}
+    )
     doc = r.json()
     assert doc["object"] == "list" and doc["id"].startswith("embd-")
     assert [d["index"] for d in doc["data"]] == [0, 1]
@@ -237,24 +296,38 @@ async def test_disconnect_aborts_and_frees_the_slot(fake: FakeVLLM) -> None:
     assert fake.running() == 0 and fake.waiting() == 0
     async with httpx.AsyncClient(base_url=fake.url) as client:
         text = (await client.get("/metrics")).text
-    success = {s.labels["finished_reason"]: s.value
-               for family in text_string_to_metric_families(text)
-               if family.name == "vllm:request_success" for s in family.samples}
+    success = {
+        s.labels["finished_reason"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "vllm:request_success"
+        for s in family.samples
+    }
     assert success == {"stop": 0, "length": 0, "abort": 2}
 
 
 async def test_metrics_count_finished_requests(fake: FakeVLLM, client: httpx.AsyncClient) -> None:
     """Counters and the latency histogram move as requests finish; the exposition also
     carries prometheus_client's python_* families, as vLLM's does."""
-    await client.post("/v1/completions", headers=AUTH,
-                      json={"model": "fake-model", "prompt": "one two", "max_tokens": 2})
-    families = {f.name: f for f in text_string_to_metric_families(
-        (await client.get("/metrics")).text)}
+    await client.post(
+        "/v1/completions",
+        headers=AUTH,
+        json={"model": "fake-model", "prompt": "one two", "max_tokens": 2},
+    )
+    families = {
+        f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)
+    }
     assert "python_info" in families
-    samples = {(s.name, s.labels.get("finished_reason")): s.value
-               for name in ("vllm:request_success", "vllm:prompt_tokens",
-                            "vllm:generation_tokens", "vllm:e2e_request_latency_seconds")
-               for s in families[name].samples if "le" not in s.labels}
+    samples = {
+        (s.name, s.labels.get("finished_reason")): s.value
+        for name in (
+            "vllm:request_success",
+            "vllm:prompt_tokens",
+            "vllm:generation_tokens",
+            "vllm:e2e_request_latency_seconds",
+        )
+        for s in families[name].samples
+        if "le" not in s.labels
+    }
     assert samples[("vllm:request_success_total", "length")] == 1
     assert samples[("vllm:prompt_tokens_total", None)] == 2
     assert samples[("vllm:generation_tokens_total", None)] == 2

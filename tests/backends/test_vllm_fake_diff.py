@@ -45,8 +45,10 @@ async def test_metric_labels_and_missing_families_are_reported(
     fake = await serve(nursery)
     differences, _ = await compare(real.url, fake, api_key=KEY)
     metrics = {d.where: (d.real, d.fake) for d in differences if d.probe == "metrics"}
-    assert metrics["metric vllm:num_requests_running"] == ("gauge model_name",
-                                                           "gauge engine,model_name")
+    assert metrics["metric vllm:num_requests_running"] == (
+        "gauge model_name",
+        "gauge engine,model_name",
+    )
     assert metrics["metric vllm:kv_cache_usage_perc"] == ("(absent)", "gauge engine,model_name")
 
 
@@ -57,6 +59,7 @@ async def test_stream_shape_and_status_differences_are_reported(nursery: trio.Nu
     differences, _ = await compare(real.url, fake, api_key=KEY)
     by_probe = {(d.probe, d.where): d for d in differences}
     assert str(by_probe[("max-tokens-too-large", "status")]) == (
-        "max-tokens-too-large: status: real 200 | fake 400")
+        "max-tokens-too-large: status: real 200 | fake 400"
+    )
     assert ("chat-stream", "last chunk.error.message") in by_probe
     assert ("chat-stream", "ends with [DONE]") not in by_probe  # both end with [DONE]

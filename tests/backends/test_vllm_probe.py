@@ -60,10 +60,12 @@ def test_read_load_every_generation(
 
 
 def test_read_load_prefers_the_current_cache_name() -> None:
-    text = ("# TYPE vllm:gpu_cache_usage_perc gauge\n"
-            'vllm:gpu_cache_usage_perc{engine="0"} 0.3\n'
-            "# TYPE vllm:kv_cache_usage_perc gauge\n"
-            'vllm:kv_cache_usage_perc{engine="0"} 0.6\n')
+    text = (
+        "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+        'vllm:gpu_cache_usage_perc{engine="0"} 0.3\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0"} 0.6\n'
+    )
     assert read_load(text).cache_usage == 0.6
 
 
@@ -77,10 +79,13 @@ def test_read_load_without_vllm_metrics_or_broken() -> None:
 
 
 def test_read_models() -> None:
-    doc = {"object": "list", "data": [
-        {"id": "a", "object": "model", "max_model_len": 4096},
-        {"id": "lora-b", "object": "model", "max_model_len": None, "parent": "a"},
-    ]}
+    doc = {
+        "object": "list",
+        "data": [
+            {"id": "a", "object": "model", "max_model_len": 4096},
+            {"id": "lora-b", "object": "model", "max_model_len": None, "parent": "a"},
+        ],
+    }
     assert read_models(doc) == (ServedModel("a", 4096), ServedModel("lora-b", None))
     bad: object
     for bad in ({"data": "x"}, [], {"data": [{"object": "model"}]}):
@@ -113,8 +118,9 @@ async def test_load_through_the_backend_every_generation(nursery: trio.Nursery) 
         trio.open_nursery() as clients,
     ):
         for _ in range(3):
-            clients.start_soon(partial(client.post, "/chat/completions",
-                                       json={"messages": MESSAGES}, timeout=None))
+            clients.start_soon(
+                partial(client.post, "/chat/completions", json={"messages": MESSAGES}, timeout=None)
+            )
         await fake.wait_until(lambda: fake.running() + fake.waiting() == 3)
         status = await wait_status(backend, lambda s: (s.running, s.queued) == (2, 1))
         assert status.cache_usage == 0.7
@@ -148,15 +154,38 @@ async def test_unreachable_server_is_down_from_the_start() -> None:
 @pytest.mark.parametrize(
     "body,status,message,type_,code",
     [
-        (b'{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}',
-         400, "bad", "BadRequestError", "400"),
-        (b'{"object":"error","message":"old","type":"NotFoundError","param":null,"code":404}',
-         404, "old", "NotFoundError", "404"),
-        ((b'{"error":{"message":"too large","type":"BadRequestError","param":"max_tokens",'
-          b'"code":400}}'), 400, "too large", "BadRequestError", "400"),
+        (
+            b'{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}',
+            400,
+            "bad",
+            "BadRequestError",
+            "400",
+        ),
+        (
+            b'{"object":"error","message":"old","type":"NotFoundError","param":null,"code":404}',
+            404,
+            "old",
+            "NotFoundError",
+            "404",
+        ),
+        (
+            (
+                b'{"error":{"message":"too large","type":"BadRequestError","param":"max_tokens",'
+                b'"code":400}}'
+            ),
+            400,
+            "too large",
+            "BadRequestError",
+            "400",
+        ),
         (b'{"error":"Unauthorized"}', 401, "Unauthorized", "invalid_request_error", None),
-        (b'{"detail":"Not Found"}', 404, 'upstream returned HTTP 404: {"detail":"Not Found"}',
-         "invalid_request_error", None),
+        (
+            b'{"detail":"Not Found"}',
+            404,
+            'upstream returned HTTP 404: {"detail":"Not Found"}',
+            "invalid_request_error",
+            None,
+        ),
     ],
     ids=["current", "v0.9-flat", "with-param", "auth-middleware", "fastapi-404"],
 )
@@ -195,8 +224,15 @@ def test_settings_errors_name_the_dotted_path(table: dict[str, Any], message: st
 
 def test_settings_url_and_secret_key() -> None:
     config = build_config(
-        {"backends": {"v": {"type": "vllm", "url": "http://gpu-box:8000/v1/",
-                            "api_key": {"env": "VLLM_KEY"}}}},
+        {
+            "backends": {
+                "v": {
+                    "type": "vllm",
+                    "url": "http://gpu-box:8000/v1/",
+                    "api_key": {"env": "VLLM_KEY"},
+                }
+            }
+        },
         environ={"VLLM_KEY": KEY},
     )
     settings = config.backends["v"]

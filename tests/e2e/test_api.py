@@ -93,7 +93,10 @@ async def test_healthz_and_readyz(start_gateway) -> None:
         assert loading.status_code == 503
         assert loading.json()["status"] == "not_ready"
         assert loading.json()["routes"] == {"chat": False}
-        assert loading.json()["backends"]["fake"] == {"health": "loading", "detail": "model loading"}
+        assert loading.json()["backends"]["fake"] == {
+            "health": "loading",
+            "detail": "model loading",
+        }
         assert (await client.get("/healthz")).status_code == 200
 
 
@@ -104,7 +107,9 @@ async def test_request_id_accepted_echoed_and_passed_upstream(start_gateway, fak
             "/v1/chat/completions", json=CHAT, headers={"x-request-id": "abc-123"}
         )
         async with client.stream(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True},
+            "POST",
+            "/v1/chat/completions",
+            json={**CHAT, "stream": True},
             headers={"x-request-id": "stream-7"},
         ) as streamed:
             await streamed.aread()
@@ -112,7 +117,9 @@ async def test_request_id_accepted_echoed_and_passed_upstream(start_gateway, fak
         bogus = await client.post(
             "/v1/chat/completions", json=CHAT, headers={"x-request-id": "bad id\twith junk"}
         )
-        error = await client.post("/v1/chat/completions", content=b"{", headers={"x-request-id": "e-1"})
+        error = await client.post(
+            "/v1/chat/completions", content=b"{", headers={"x-request-id": "e-1"}
+        )
     assert given.headers["x-request-id"] == "abc-123"
     assert streamed.headers["x-request-id"] == "stream-7"
     assert [r.headers["x-request-id"] for r in fake.requests[:2]] == ["abc-123", "stream-7"]
@@ -158,7 +165,8 @@ async def test_oversize_body(start_gateway, fake) -> None:
     gw = await start_gateway(server={"max_body_bytes": 1000})
     async with gw.client() as client:
         resp = await client.post(
-            "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+            "/v1/chat/completions",
+            json={**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]},
         )
         assert_openai_error(resp, 413, "request_too_large")
         await still_serves(client)
@@ -175,8 +183,9 @@ async def test_oversize_chunked_body_without_a_length(start_gateway, fake) -> No
         yield b"}"
 
     async with gw.client() as client:
-        resp = await client.post("/v1/chat/completions", content=pieces(),
-                                 headers={"content-type": "application/json"})
+        resp = await client.post(
+            "/v1/chat/completions", content=pieces(), headers={"content-type": "application/json"}
+        )
         assert_openai_error(resp, 413, "request_too_large")
         await still_serves(client)
     assert len(fake.requests) == 1  # only still_serves reached the upstream
@@ -199,7 +208,9 @@ async def test_client_gone_in_the_middle_of_its_body(start_gateway, fake) -> Non
 async def test_embeddings_cannot_stream(start_gateway) -> None:
     gw = await start_gateway()
     async with gw.client() as client:
-        resp = await client.post("/v1/embeddings", json={"model": "m", "input": "a", "stream": True})
+        resp = await client.post(
+            "/v1/embeddings", json={"model": "m", "input": "a", "stream": True}
+        )
         assert_openai_error(resp, 400, "invalid_request", "stream")
 
 
@@ -220,8 +231,15 @@ async def test_upstream_error_status_is_kept(start_gateway) -> None:
     async with gw.client() as client:
         resp = await client.post(
             "/v1/chat/completions",
-            json={**CHAT, "fake": {"status": 429, "message": "slow down", "type": "rate_limit_error",
-                                   "code": "rate_limited"}},
+            json={
+                **CHAT,
+                "fake": {
+                    "status": 429,
+                    "message": "slow down",
+                    "type": "rate_limit_error",
+                    "code": "rate_limited",
+                },
+            },
         )
         err = assert_openai_error(resp, 429, "rate_limited")
         assert err["message"] == "slow down" and err["type"] == "rate_limit_error"
@@ -230,9 +248,12 @@ async def test_upstream_error_status_is_kept(start_gateway) -> None:
 
 async def test_stream_without_keepalive_is_plain_relay(start_gateway) -> None:
     gw = await start_gateway(keepalive={"interval": 0})
-    async with gw.client() as client, client.stream(
-        "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"tokens": 4}}
-    ) as resp:
+    async with (
+        gw.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"tokens": 4}}
+        ) as resp,
+    ):
         assert resp.headers["content-type"] == "text/event-stream"
         assert resp.headers["cache-control"] == "no-cache"
         raw = await resp.aread()

@@ -33,7 +33,9 @@ def split_heartbeats(raw: bytes) -> tuple[bytes, int]:
 async def stream_with_read_timeout(url: str, script: dict, read_timeout: float) -> bytes:
     timeout = httpx.Timeout(10.0, read=read_timeout)
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-        async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
+        ) as r:
             return b"".join([chunk async for chunk in r.aiter_raw()])
 
 

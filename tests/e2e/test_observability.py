@@ -43,17 +43,24 @@ async def test_scripted_run_gives_exact_counters(start_gateway, fake: FakeOpenAI
     async with gw.client() as client:
         before = await scrape(client)
         for _ in range(2):
-            async with client.stream("POST", "/v1/chat/completions",
-                                     json={**CHAT, "fake": {"tokens": 3}}) as r:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, "fake": {"tokens": 3}}
+            ) as r:
                 await r.aread()
         await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
-        async with client.stream("POST", "/v1/chat/completions",
-                                 json={**CHAT, "fake": {"tokens": 6, "fault": "reset_mid_stream"}}) as r:
+        async with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**CHAT, "fake": {"tokens": 6, "fault": "reset_mid_stream"}},
+        ) as r:
             await r.aread()
-        assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})).status_code == 404
+        assert (
+            await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+        ).status_code == 404
         with trio.move_on_after(0.35):  # hang up during a silent prefill
-            async with client.stream("POST", "/v1/chat/completions",
-                                     json={**CHAT, "fake": {"prefill": 5}}) as r:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, "fake": {"prefill": 5}}
+            ) as r:
                 await r.aread()
         with trio.fail_after(2):
             await gw.gateway.inflight.wait_empty()
@@ -63,19 +70,61 @@ async def test_scripted_run_gives_exact_counters(start_gateway, fake: FakeOpenAI
     assert delta(before, after, requests, **ok, outcome="completed") == 3
     assert delta(before, after, requests, **ok, outcome="upstream_error") == 1
     assert delta(before, after, requests, **ok, outcome="client_gone") == 1
-    assert delta(before, after, requests, route="", backend="", endpoint="chat/completions",
-                 status="404", outcome="rejected") == 1
-    assert delta(before, after, "trio_gateway_client_disconnects_total", route="chat", phase="prefill") == 1
-    assert delta(before, after, "trio_gateway_upstream_cancellations_total", route="chat", backend="fake") == 1
-    assert delta(before, after, "trio_gateway_tokens_total", route="chat", backend="fake",
-                 kind="completion") == 9  # 3 + 3 streamed, 3 non-streamed
-    assert delta(before, after, "trio_gateway_tokens_total", route="chat", backend="fake",
-                 kind="prompt") == 15
+    assert (
+        delta(
+            before,
+            after,
+            requests,
+            route="",
+            backend="",
+            endpoint="chat/completions",
+            status="404",
+            outcome="rejected",
+        )
+        == 1
+    )
+    assert (
+        delta(before, after, "trio_gateway_client_disconnects_total", route="chat", phase="prefill")
+        == 1
+    )
+    assert (
+        delta(
+            before, after, "trio_gateway_upstream_cancellations_total", route="chat", backend="fake"
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "trio_gateway_tokens_total",
+            route="chat",
+            backend="fake",
+            kind="completion",
+        )
+        == 9
+    )  # 3 + 3 streamed, 3 non-streamed
+    assert (
+        delta(
+            before, after, "trio_gateway_tokens_total", route="chat", backend="fake", kind="prompt"
+        )
+        == 15
+    )
     assert after[("trio_gateway_streams_active", frozenset({("route", "chat")}))] == 0
-    assert delta(before, after, "trio_gateway_upstream_first_byte_seconds_count",
-                 route="chat", backend="fake") == 4  # the disconnected one never got a byte
-    assert delta(before, after, "trio_gateway_first_token_seconds_count",
-                 route="chat", backend="fake") == 3
+    assert (
+        delta(
+            before,
+            after,
+            "trio_gateway_upstream_first_byte_seconds_count",
+            route="chat",
+            backend="fake",
+        )
+        == 4
+    )  # the disconnected one never got a byte
+    assert (
+        delta(before, after, "trio_gateway_first_token_seconds_count", route="chat", backend="fake")
+        == 3
+    )
     assert delta(before, after, "trio_gateway_overhead_seconds_count", route="chat") == 5
     assert after[("trio_gateway_backend_ready", frozenset({("backend", "fake")}))] == 1
     assert after[("trio_gateway_queue_depth", frozenset({("backend", "fake")}))] == 0
@@ -87,7 +136,9 @@ async def test_heartbeat_counter_equals_heartbeats_received(start_gateway) -> No
     async with gw.client() as client:
         before = await scrape(client)
         for script in ({"prefill": 0.55, "tokens": 2}, {"tokens": 4, "gap_at": 2, "gap": 0.35}):
-            async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
+            ) as r:
                 raw = await r.aread()
             received += sum(1 for e in SSEFramer().feed(raw) if e.comments == ("keepalive",))
         after = await scrape(client)
@@ -119,10 +170,14 @@ async def test_traceparent_passed_upstream_and_echoed(start_gateway, fake: FakeO
     gw = await start_gateway()
     given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with gw.client() as client:
-        streamed = await client.post("/v1/chat/completions", json=CHAT,
-                                     headers={"traceparent": given})
-        minted = await client.post("/v1/chat/completions", json={**CHAT, "stream": False},
-                                   headers={"traceparent": "garbage", "x-request-id": "a" * 32})
+        streamed = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": given}
+        )
+        minted = await client.post(
+            "/v1/chat/completions",
+            json={**CHAT, "stream": False},
+            headers={"traceparent": "garbage", "x-request-id": "a" * 32},
+        )
         local = await client.get("/v1/models", headers={"traceparent": given})
     assert streamed.headers["traceparent"] == given
     assert fake.requests[0].headers["traceparent"] == given
@@ -171,8 +226,9 @@ async def test_access_log_json_lines_without_secrets(fake: FakeOpenAI, tmp_path:
                     except httpx.ConnectError:
                         await trio.sleep(0.1)
             await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
-            async with client.stream("POST", "/v1/chat/completions",
-                                     json={**CHAT, "fake": {"prefill": 0.3}}) as r:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, "fake": {"prefill": 0.3}}
+            ) as r:
                 await r.aread()
             await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
             await client.post("/v1/chat/completions", content=b"{broken")
@@ -188,8 +244,18 @@ async def test_access_log_json_lines_without_secrets(fake: FakeOpenAI, tmp_path:
     stream = access[2]
     assert stream["stream"] is True and stream["outcome"] == "completed"
     assert stream["heartbeats"] >= 2 and stream["ttft_ms"] >= 300
-    for key in ("request_id", "route", "backend", "status", "ttft_ms", "duration_ms", "bytes",
-                "heartbeats", "outcome", "attempts"):
+    for key in (
+        "request_id",
+        "route",
+        "backend",
+        "status",
+        "ttft_ms",
+        "duration_ms",
+        "bytes",
+        "heartbeats",
+        "outcome",
+        "attempts",
+    ):
         assert key in stream
     assert stream["route"] == "m" and stream["backend"] == "fake"
     assert access[3]["outcome"] == "rejected" and access[3]["model"] == "nope"

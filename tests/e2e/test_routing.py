@@ -80,8 +80,12 @@ async def test_failover_before_first_data_event(nursery: trio.Nursery) -> None:
     # prefills silently for a second. One script serves both: status only on `busy`.
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         async with client.stream(
-            "POST", "/v1/chat/completions",
-            json={**CHAT, "fake": {"status_on_port": {str(busy.port): 503}, "prefill": 1.0, "tokens": 5}},
+            "POST",
+            "/v1/chat/completions",
+            json={
+                **CHAT,
+                "fake": {"status_on_port": {str(busy.port): 503}, "prefill": 1.0, "tokens": 5},
+            },
         ) as resp:
             raw = await resp.aread()
     assert resp.status_code == 200
@@ -103,7 +107,9 @@ async def test_failover_after_headers_and_heartbeats(nursery: trio.Nursery) -> N
     )
     script = {"status_on_port": {str(slow_fail.port): 500}, "headers_delay": 0.5, "tokens": 3}
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
+        ) as r:
             raw = await r.aread()
     assert r.status_code == 200
     assert "x-gateway-attempts" not in r.headers  # committed by a heartbeat, before any outcome
@@ -115,10 +121,14 @@ async def test_no_retry_after_first_data_event(nursery: trio.Nursery) -> None:
     broken, _ = await start_fake(nursery)
     spare, _ = await start_fake(nursery)
     url, _ = await serve_pool(nursery, {"broken": broken.url, "spare": spare.url}, {})
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client, client.stream(
-        "POST", "/v1/chat/completions",
-        json={**CHAT, "fake": {"tokens": 6, "pace": 0.01, "fault": "reset_mid_stream"}},
-    ) as r:
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**CHAT, "fake": {"tokens": 6, "pace": 0.01, "fault": "reset_mid_stream"}},
+        ) as r,
+    ):
         raw = await r.aread()
     data = [e.data for e in SSEFramer().feed(raw) if e.is_data]
     assert "[DONE]" not in data
@@ -164,7 +174,9 @@ async def test_ejection_and_recovery(nursery: trio.Nursery) -> None:
 async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> None:
     fake, _ = await start_fake(nursery)
     url, gw = await serve_pool(
-        nursery, {"only": fake.url}, {"keepalive": {"interval": 0.1}},
+        nursery,
+        {"only": fake.url},
+        {"keepalive": {"interval": 0.1}},
         {"admission": {"max_concurrency": 2, "max_queue": 8}},
     )
     results: dict[int, tuple[int, int]] = {}
@@ -203,29 +215,38 @@ async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> 
 async def test_queue_overflow_and_disconnected_waiters(nursery: trio.Nursery) -> None:
     fake, _ = await start_fake(nursery)
     url, gw = await serve_pool(
-        nursery, {"only": fake.url}, {"keepalive": {"interval": 0.1, "early_headers": False}},
+        nursery,
+        {"only": fake.url},
+        {"keepalive": {"interval": 0.1, "early_headers": False}},
         {"admission": {"max_concurrency": 1, "max_queue": 1}},
     )
     upstream = gw.upstreams["only"]
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         async with trio.open_nursery() as inner:
-            inner.start_soon(partial(client.post, "/v1/chat/completions",
-                                     json={**CHAT, "stream": False, "fake": {"prefill": 1.0}}))
+            inner.start_soon(
+                partial(
+                    client.post,
+                    "/v1/chat/completions",
+                    json={**CHAT, "stream": False, "fake": {"prefill": 1.0}},
+                )
+            )
             with trio.fail_after(5):
                 while upstream.admission.in_flight < 1:
                     await trio.sleep(0.001)
 
             # A waiter that hangs up leaves the queue and never reaches the upstream.
             with trio.move_on_after(0.3):
-                await client.post("/v1/chat/completions",
-                                  json={**CHAT, "stream": False, "fake": {"tag": "gone"}})
+                await client.post(
+                    "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"tag": "gone"}}
+                )
             with trio.fail_after(2):
                 while upstream.admission.queued:
                     await trio.sleep(0.001)
 
             # One waiter fills the queue; the next is refused at once.
-            inner.start_soon(partial(client.post, "/v1/chat/completions",
-                                     json={**CHAT, "stream": False}))
+            inner.start_soon(
+                partial(client.post, "/v1/chat/completions", json={**CHAT, "stream": False})
+            )
             with trio.fail_after(5):
                 while upstream.admission.queued < 1:
                     await trio.sleep(0.001)
@@ -241,7 +262,8 @@ async def test_least_busy_spreads_by_reported_load(nursery: trio.Nursery) -> Non
     a, _ = await start_fake(nursery)
     b, _ = await start_fake(nursery)
     url, gw = await serve_pool(
-        nursery, {"a": a.url, "b": b.url},
+        nursery,
+        {"a": a.url, "b": b.url},
         {"strategy": "least_busy", "keepalive": {"interval": 0}},
     )
     # What the backends' load polling would publish: a already runs 30 requests.
@@ -253,8 +275,13 @@ async def test_least_busy_spreads_by_reported_load(nursery: trio.Nursery) -> Non
             # Prefills outlast the test: every request is still running when the last one
             # is placed, however slowly a loaded machine sends them.
             for _ in range(100):
-                inner.start_soon(partial(client.post, "/v1/chat/completions",
-                                         json={**CHAT, "stream": False, "fake": {"prefill": 60}}))
+                inner.start_soon(
+                    partial(
+                        client.post,
+                        "/v1/chat/completions",
+                        json={**CHAT, "stream": False, "fake": {"prefill": 60}},
+                    )
+                )
             with trio.fail_after(30):
                 while len(a.requests) + len(b.requests) < 100:
                     await trio.sleep(0.01)

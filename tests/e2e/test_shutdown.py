@@ -21,7 +21,9 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream":
 
 async def collect(url: str, script: dict, out: dict, key: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
+        ) as r:
             out[key] = (r.status_code, await r.aread())
 
 

@@ -92,9 +92,12 @@ async def test_status_page_in_chromium_follows_a_stream(start_gateway, fake: Fak
             "stream": True,
             "fake": {"prefill": 3, "tokens": 4},
         }
-        async with gw.client() as client, client.stream(
-            "POST", "/v1/chat/completions", json=body, headers={"x-request-id": "page-test"}
-        ) as resp:
+        async with (
+            gw.client() as client,
+            client.stream(
+                "POST", "/v1/chat/completions", json=body, headers={"x-request-id": "page-test"}
+            ) as resp,
+        ):
             assert resp.status_code == 200
             async for chunk in resp.aiter_raw():
                 received.append(chunk)
@@ -104,7 +107,9 @@ async def test_status_page_in_chromium_follows_a_stream(start_gateway, fake: Fak
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream_once)
         seen = await trio.to_thread.run_sync(
-            drive_browser, gw.url + "/", lambda: trio.from_thread.run_sync(go.set, trio_token=token),
+            drive_browser,
+            gw.url + "/",
+            lambda: trio.from_thread.run_sync(go.set, trio_token=token),
             problems,
         )
 

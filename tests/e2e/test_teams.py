@@ -63,8 +63,9 @@ class Running:
     stopped: trio.Event
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=30,
-                                 headers=bearer(key) if key else None, **kwargs)
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=30, headers=bearer(key) if key else None, **kwargs
+        )
 
     async def settled(self) -> None:
         """Every relayed request finished, so its tokens and usage are counted."""
@@ -82,8 +83,13 @@ def raw_config(fake_url: str, tmp_path: Path, teams: dict[str, Any]) -> dict[str
         "server": {"bind": "127.0.0.1:0"},
         "backends": {"fake": {"type": "openai", "url": fake_url}},
         "routes": {
-            "chat": {"model": "m", "aliases": ["m-alias"], "backend": "fake",
-                     "upstream_model": "upstream-m", "keepalive": {"interval": 1}},
+            "chat": {
+                "model": "m",
+                "aliases": ["m-alias"],
+                "backend": "fake",
+                "upstream_model": "upstream-m",
+                "keepalive": {"interval": 1},
+            },
             "secret": {"model": "secret-model", "backend": "fake"},
         },
         "teams": teams,
@@ -122,8 +128,11 @@ async def start(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path) -> Star
 def usage_of(req: RequestRecord) -> tuple[int, int]:
     """(prompt, completion) tokens the fake reported in what it sent, 0s if none."""
     prompt = completion = 0
-    docs = [e.data for e in SSEFramer().feed(req.sent) if e.data and e.data != "[DONE]"] \
-        if req.body.get("stream") else [req.sent.decode()]
+    docs = (
+        [e.data for e in SSEFramer().feed(req.sent) if e.data and e.data != "[DONE]"]
+        if req.body.get("stream")
+        else [req.sent.decode()]
+    )
     for doc in docs:
         usage = json.loads(doc).get("usage")
         if usage:
@@ -145,8 +154,10 @@ async def test_401_bodies_and_the_next_valid_request(start: Start, fake: FakeOpe
             ({"x-api-key": "gw-nope"}, BAD_KEY),
             ({"authorization": "Token " + ALPHA}, NO_KEY),
         ]:
-            for method, path, body in [("POST", "/v1/chat/completions", CHAT),
-                                       ("GET", "/v1/models", None)]:
+            for method, path, body in [
+                ("POST", "/v1/chat/completions", CHAT),
+                ("GET", "/v1/models", None),
+            ]:
                 r = await client.request(method, path, json=body, headers=headers)
                 assert r.status_code == 401
                 assert r.json() == expected
@@ -166,9 +177,14 @@ async def test_403_and_each_team_sees_its_models(start: Start, fake: FakeOpenAI)
     async with gw.client(ALPHA) as alpha, gw.client(BETA) as beta:
         r = await alpha.post("/v1/chat/completions", json={**CHAT, "model": "secret-model"})
         assert r.status_code == 403
-        assert r.json() == {"error": {
-            "message": "Team alpha does not have access to the model `secret-model`.",
-            "type": "invalid_request_error", "param": "model", "code": "model_not_allowed"}}
+        assert r.json() == {
+            "error": {
+                "message": "Team alpha does not have access to the model `secret-model`.",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_allowed",
+            }
+        }
         assert "www-authenticate" not in r.headers
         models = (await alpha.get("/v1/models")).json()
         assert [m["id"] for m in models["data"]] == ["m", "m-alias"]
@@ -202,16 +218,15 @@ async def test_429_requests_headers_then_window_passes(
             assert r.headers["x-ratelimit-remaining-requests"] == remaining
             assert r.headers["x-ratelimit-reset-requests"] == "1m0s"
             assert "x-ratelimit-limit-tokens" not in r.headers  # no token limit set
-        async with alpha.stream("POST", "/v1/chat/completions",
-                                json={**CHAT, "stream": True}) as r:
+        async with alpha.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
             assert r.status_code == 429
             body = json.loads(await r.aread())
         message = body["error"].pop("message")
-        assert body == {"error": {"type": "requests", "param": None,
-                                  "code": "rate_limit_exceeded"}}
+        assert body == {"error": {"type": "requests", "param": None, "code": "rate_limit_exceeded"}}
         assert message.startswith(
             "Rate limit reached for team alpha on requests per min (RPM): Limit 2. "
-            "Please try again in 5")  # 59.9...s
+            "Please try again in 5"
+        )  # 59.9...s
         assert 59 <= int(r.headers["retry-after"]) <= 60
         assert r.headers["x-ratelimit-limit-requests"] == "2"
         assert r.headers["x-ratelimit-remaining-requests"] == "0"
@@ -229,8 +244,9 @@ async def test_429_requests_headers_then_window_passes(
 async def test_429_concurrent_streams_then_slot_frees(start: Start, fake: FakeOpenAI) -> None:
     gw = await start(concurrent_streams=1)
     async with gw.client(ALPHA) as alpha:
-        async with alpha.stream("POST", "/v1/chat/completions",
-                                json={**CHAT, "stream": True, "fake": {"prefill": 30}}) as held:
+        async with alpha.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"prefill": 30}}
+        ) as held:
             assert held.status_code == 200  # early headers; the stream sits in prefill
             with trio.fail_after(5):
                 while not fake.requests:
@@ -241,12 +257,14 @@ async def test_429_concurrent_streams_then_slot_frees(start: Start, fake: FakeOp
             assert r.json()["error"] == {
                 "message": "Rate limit reached for team alpha on concurrent streams: Limit 1. "
                 "Please try again in 1s.",
-                "type": "requests", "param": None, "code": "rate_limit_exceeded"}
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
             r = await alpha.post("/v1/chat/completions", json=CHAT)  # not a stream
             assert r.status_code == 200
         await gw.settled()  # the held stream was cancelled by leaving its block
-        async with alpha.stream("POST", "/v1/chat/completions",
-                                json={**CHAT, "stream": True}) as r:
+        async with alpha.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
             assert r.status_code == 200
             assert b"data: [DONE]" in await r.aread()
 
@@ -277,8 +295,12 @@ async def test_keys_never_reach_logs_bodies_or_upstream(
             (bearer(ALPHA), CHAT, 429),
             (bearer(ALPHA), {**CHAT, "model": "nope"}, 404),
         ]:
-            async with client.stream("POST", "/v1/chat/completions", json=body,
-                                     headers={**headers, "x-request-id": "leak-test"}) as r:
+            async with client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=body,
+                headers={**headers, "x-request-id": "leak-test"},
+            ) as r:
                 keep(r, await r.aread())
                 assert r.status_code == status, (headers, body)
         r = await client.get("/v1/models", headers=bearer(ALPHA))
@@ -295,13 +317,21 @@ async def test_keys_never_reach_logs_bodies_or_upstream(
             assert not any(key in text for text in texts), f"key found in {name}"
             assert not any(key[3:20] in text for text in texts), f"part of a key in {name}"
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
-    by_status = [(a["status"], a.get("team"), a.get("key_id")) for a in access
-                 if a.get("path", "/v1/chat/completions") == "/v1/chat/completions"
-                 or "backend" in a]
+    by_status = [
+        (a["status"], a.get("team"), a.get("key_id"))
+        for a in access
+        if a.get("path", "/v1/chat/completions") == "/v1/chat/completions" or "backend" in a
+    ]
     fp = fingerprint(hash_key(ALPHA))
     assert by_status == [
-        (200, "alpha", fp), (200, "alpha", fp), (403, "alpha", fp), (401, None, None),
-        (200, "alpha", fp), (200, "alpha", fp), (429, "alpha", fp), (404, "alpha", fp),
+        (200, "alpha", fp),
+        (200, "alpha", fp),
+        (403, "alpha", fp),
+        (401, None, None),
+        (200, "alpha", fp),
+        (200, "alpha", fp),
+        (429, "alpha", fp),
+        (404, "alpha", fp),
     ]
 
 
@@ -335,7 +365,8 @@ async def test_token_limit_from_reported_usage(
         assert r.status_code == 429
         assert r.json()["error"]["type"] == "tokens"
         assert r.json()["error"]["message"].startswith(
-            "Rate limit reached for team alpha on tokens per min (TPM): Limit 30.")
+            "Rate limit reached for team alpha on tokens per min (TPM): Limit 30."
+        )
         assert r.headers["x-ratelimit-remaining-tokens"] == "0"
         assert 59 <= int(r.headers["retry-after"]) <= 60
     assert len(fake.requests) == 3
@@ -344,8 +375,12 @@ async def test_token_limit_from_reported_usage(
 async def test_usage_chunk_passed_on_when_the_client_asked(start: Start, fake: FakeOpenAI) -> None:
     gw = await start(tokens_per_minute=1000)
     async with gw.client(ALPHA) as alpha:
-        body = {**CHAT, "stream": True, "stream_options": {"include_usage": True},
-                "fake": {"tokens": 2}}
+        body = {
+            **CHAT,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "fake": {"tokens": 2},
+        }
         async with alpha.stream("POST", "/v1/chat/completions", json=body) as r:
             raw = await r.aread()
         await gw.settled()
@@ -379,8 +414,9 @@ async def test_usage_survives_restart_and_matches_upstream(
     ]
     async with gw.client() as client:
         for key, extra in scripts:
-            async with client.stream("POST", "/v1/chat/completions", json={**CHAT, **extra},
-                                     headers=bearer(key)) as r:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, **extra}, headers=bearer(key)
+            ) as r:
                 await r.aread()
     await gw.stop()
 
@@ -388,8 +424,9 @@ async def test_usage_survives_restart_and_matches_upstream(
     for (key, extra), req in zip(scripts, fake.requests, strict=True):
         team = "alpha" if key == ALPHA else "beta"
         route = "secret" if extra.get("model") == "secret-model" else "chat"
-        row = expected.setdefault((team, route), {"requests": 0, "errors": 0, "prompt_tokens": 0,
-                                                  "completion_tokens": 0})
+        row = expected.setdefault(
+            (team, route), {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        )
         prompt, completion = usage_of(req)
         row["requests"] += 1
         row["errors"] += int(extra["fake"].get("fault") is not None)
@@ -404,14 +441,17 @@ async def test_usage_survives_restart_and_matches_upstream(
         r = await client.get("/admin/usage", headers=bearer(ADMIN))
         assert r.status_code == 200
         rows = r.json()["data"]
-        got = {(row["team"], row["route"]): {k: row[k] for k in expected[("alpha", "chat")]}
-               for row in rows}
+        got = {
+            (row["team"], row["route"]): {k: row[k] for k in expected[("alpha", "chat")]}
+            for row in rows
+        }
         assert got == expected
         assert {row["backend"] for row in rows} == {"fake"}
         streamed = next(row for row in rows if row["team"] == "alpha")
         assert streamed["stream_seconds"] >= 0.25  # five deltas 0.05 s apart, and more
-        assert all(row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
-                   for row in rows)
+        assert all(
+            row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"] for row in rows
+        )
         r = await client.get("/admin/usage?team=beta&since=1h", headers=bearer(ADMIN))
         assert {row["team"] for row in r.json()["data"]} == {"beta"}
         r = await client.get("/admin/usage?since=2999-01-01", headers=bearer(ADMIN))
@@ -426,22 +466,56 @@ async def test_usage_survives_restart_and_matches_upstream(
         '[routes.chat]\nbackend = "fake"\n'
         f'[usage]\ndatabase = "{tmp_path / "usage.sqlite"}"\n'
     )
-    result = await trio.to_thread.run_sync(partial(
-        subprocess.run, [sys.executable, "-m", "gateway", "usage", "--config", str(config),
-                         "--json", "--team", "alpha"], capture_output=True, text=True, timeout=60))
+    result = await trio.to_thread.run_sync(
+        partial(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "usage",
+                "--config",
+                str(config),
+                "--json",
+                "--team",
+                "alpha",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["team"], r["route"], r["requests"], r["completion_tokens"]) for r in lines] == [
-        ("alpha", "chat", 3, 12)]
-    result = await trio.to_thread.run_sync(partial(
-        subprocess.run, [sys.executable, "-m", "gateway", "usage", "--config", str(config)],
-        capture_output=True, text=True, timeout=60))
+        ("alpha", "chat", 3, 12)
+    ]
+    result = await trio.to_thread.run_sync(
+        partial(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", "usage", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
     table = result.stdout.splitlines()
-    assert table[0].split() == ["team", "route", "backend", "requests", "errors", "prompt",
-                                "completion", "total", "stream_s"]
+    assert table[0].split() == [
+        "team",
+        "route",
+        "backend",
+        "requests",
+        "errors",
+        "prompt",
+        "completion",
+        "total",
+        "stream_s",
+    ]
     assert [line.split()[:4] for line in table[1:]] == [
-        ["alpha", "chat", "fake", "3"], ["beta", "chat", "fake", "2"],
-        ["beta", "secret", "fake", "1"]]
+        ["alpha", "chat", "fake", "3"],
+        ["beta", "chat", "fake", "2"],
+        ["beta", "secret", "fake", "1"],
+    ]
 
 
 # The status page is the admin's once teams exist.
@@ -470,8 +544,10 @@ async def test_auth_off_is_announced(
     nursery: trio.Nursery, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    raw: dict[str, Any] = {"backends": {"fake": {"type": "openai", "url": fake.url}},
-                           "routes": {"m": {"backend": "fake"}}}
+    raw: dict[str, Any] = {
+        "backends": {"fake": {"type": "openai", "url": fake.url}},
+        "routes": {"m": {"backend": "fake"}},
+    }
     async with open_gateway(build_config(raw, environ={})) as gw:
         assert gw.teams is not None and not gw.teams.enabled
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -490,12 +566,14 @@ async def test_status_page_in_chromium_with_the_admin_password(start: Start) -> 
     def browse(url: str) -> dict[str, Any]:
         seen: dict[str, Any] = {}
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
             try:
                 seen["without"] = browser.new_context().request.get(url).status
                 context = browser.new_context(
-                    http_credentials={"username": "ops", "password": ADMIN})
+                    http_credentials={"username": "ops", "password": ADMIN}
+                )
                 page = context.new_page()
                 response = page.goto(url)
                 seen["with"] = response.status if response else None

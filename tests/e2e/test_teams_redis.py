@@ -49,8 +49,19 @@ async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, seen: bytear
 async def redis_url(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[str]:
     port = free_port()
     proc = await trio.lowlevel.open_process(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -118,31 +129,50 @@ async def test_usage_counters_shared_in_redis(redis_url: str) -> None:
     from gateway.teams.usage import UsageRecord
 
     def rec(at: float, team: str, backend: str = "b", **kw: Any) -> UsageRecord:
-        fields: dict[str, Any] = {"route": "chat", "error": False, "prompt_tokens": 5,
-                                  "completion_tokens": 3, "stream_seconds": 0.0}
+        fields: dict[str, Any] = {
+            "route": "chat",
+            "error": False,
+            "prompt_tokens": 5,
+            "completion_tokens": 3,
+            "stream_seconds": 0.0,
+        }
         return UsageRecord(at=at, team=team, backend=backend, **{**fields, **kw})
 
-    async with open_redis_state(redis_url, prefix="u", stream_lease=60) as one, \
-            open_redis_state(redis_url, prefix="u", stream_lease=60) as two:
+    async with (
+        open_redis_state(redis_url, prefix="u", stream_lease=60) as one,
+        open_redis_state(redis_url, prefix="u", stream_lease=60) as two,
+    ):
         one.record_usage(rec(600, "a", stream_seconds=1.25))
         two.record_usage(rec(610, "a", error=True))
         two.record_usage(rec(7200, "a", completion_tokens=10))
         one.record_usage(rec(700, "b", backend="c"))
     async with open_redis_state(redis_url, prefix="u", stream_lease=60) as reader:
         rows = await reader.query_usage()
-        assert [(r.team, r.backend, r.requests, r.errors, r.prompt_tokens, r.completion_tokens,
-                 r.stream_seconds) for r in rows] == [
-            ("a", "b", 3, 1, 15, 16, 1.25), ("b", "c", 1, 0, 5, 3, 0.0)]
+        assert [
+            (
+                r.team,
+                r.backend,
+                r.requests,
+                r.errors,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.stream_seconds,
+            )
+            for r in rows
+        ] == [("a", "b", 3, 1, 15, 16, 1.25), ("b", "c", 1, 0, 5, 3, 0.0)]
         assert [(r.team, r.requests) for r in await reader.query_usage(team="b")] == [("b", 1)]
         assert [(r.team, r.requests) for r in await reader.query_usage(since=660)] == [
-            ("a", 1), ("b", 1)]
+            ("a", 1),
+            ("b", 1),
+        ]
 
 
 async def test_unreachable_redis_admits_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     async with open_redis_state(url, prefix="t", stream_lease=60) as state:
-        decision, ticket = await state.admit("alpha", Limits(requests_per_minute=1), id="x",
-                                             stream=False)
+        decision, ticket = await state.admit(
+            "alpha", Limits(requests_per_minute=1), id="x", stream=False
+        )
     assert ticket is not None and decision.allowed
     assert any("redis unavailable, limits not enforced" in r.getMessage() for r in caplog.records)
 
@@ -155,9 +185,20 @@ async def start_gateway_process(
 ) -> tuple[trio.Process, str]:
     port = free_port()
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-         "--bind", f"127.0.0.1:{port}", "--log-format", "json"],
-        stderr=subprocess.PIPE, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ},
     )
     assert proc.stderr is not None
     with trio.fail_after(30):
@@ -190,8 +231,11 @@ async def test_two_processes_share_one_rpm_limit(
     statuses: dict[int, list[int]] = {0: [], 1: []}
     async with trio.open_nursery() as nursery:
         procs = [await start_gateway_process(nursery, config, out) for out in outputs]
-        async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {key}"},
-                                     limits=httpx.Limits(max_connections=100)) as client:
+        async with httpx.AsyncClient(
+            timeout=30,
+            headers={"authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=100),
+        ) as client:
 
             async def send(i: int) -> None:
                 which = i % 2
@@ -213,13 +257,22 @@ async def test_two_processes_share_one_rpm_limit(
         nursery.cancel_scope.cancel()
 
     # Usage from both processes, shared in redis, read by the CLI.
-    result = await trio.to_thread.run_sync(partial(
-        gateway_cli, "usage", "--config", str(config), "--json"))
+    result = await trio.to_thread.run_sync(
+        partial(gateway_cli, "usage", "--config", str(config), "--json")
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["team"], r["route"], r["backend"], r["requests"], r["prompt_tokens"],
-             r["completion_tokens"]) for r in rows] == [
-        ("alpha", "chat", "fake", limit, 5 * limit, 3 * limit)]
+    assert [
+        (
+            r["team"],
+            r["route"],
+            r["backend"],
+            r["requests"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+        )
+        for r in rows
+    ] == [("alpha", "chat", "fake", limit, 5 * limit, 3 * limit)]
 
     every = statuses[0] + statuses[1]
     assert len(every) == attempts
@@ -240,8 +293,14 @@ async def test_two_processes_share_one_rpm_limit(
 
 
 def gateway_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin, check=False,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        input=stdin,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_keys_new_and_hash_commands() -> None:

@@ -46,22 +46,35 @@ def vllm_config(
     extra_backends, extra_routes = {}, {}
     if badkey:
         extra_backends = {"vllm-badkey": {**common, "api_key": WRONG_KEY}}
-        extra_routes = {"badkey": {"backend": "vllm-badkey", "upstream_model": "fake-model",
-                                   "keepalive": late}}
+        extra_routes = {
+            "badkey": {"backend": "vllm-badkey", "upstream_model": "fake-model", "keepalive": late}
+        }
     return build_config(
         {
             "server": {"bind": "127.0.0.1:0"},
             "backends": {"vllm": {**common, "api_key": KEY, **(backend or {})}, **extra_backends},
             "routes": {
-                "chat": {"backend": "vllm", "upstream_model": "fake-model",
-                         "keepalive": {"interval": 0.5}},
+                "chat": {
+                    "backend": "vllm",
+                    "upstream_model": "fake-model",
+                    "keepalive": {"interval": 0.5},
+                },
                 "chat-late": {"backend": "vllm", "upstream_model": "fake-model", "keepalive": late},
-                "chat-quiet": {"backend": "vllm", "upstream_model": "fake-model",
-                               "keepalive": {"interval": 0}},
-                "missing": {"backend": "vllm", "upstream_model": "no-such-model",
-                            "keepalive": late},
-                "missing-early": {"backend": "vllm", "upstream_model": "no-such-model",
-                                  "keepalive": {"interval": 0.5}},
+                "chat-quiet": {
+                    "backend": "vllm",
+                    "upstream_model": "fake-model",
+                    "keepalive": {"interval": 0},
+                },
+                "missing": {
+                    "backend": "vllm",
+                    "upstream_model": "no-such-model",
+                    "keepalive": late,
+                },
+                "missing-early": {
+                    "backend": "vllm",
+                    "upstream_model": "no-such-model",
+                    "keepalive": {"interval": 0.5},
+                },
                 **extra_routes,
             },
         },
@@ -131,8 +144,11 @@ def split_heartbeats(raw: bytes) -> tuple[bytes, int]:
 
 
 def data_chunks(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(e.raw[len(b"data: "):]) for e in SSEFramer().feed(raw)
-            if e.raw.startswith(b"data: {")]
+    return [
+        json.loads(e.raw[len(b"data: ") :])
+        for e in SSEFramer().feed(raw)
+        if e.raw.startswith(b"data: {")
+    ]
 
 
 async def wait_status(
@@ -156,16 +172,30 @@ async def wait_status(
     [
         ("missing", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
         ("missing-early", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
-        ("chat-late", {"max_tokens": 4000}, 400, "BadRequestError",
-         ("'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum "
-          "context length is 2048 tokens and your request has 10 input tokens "
-          "(4000 > 2048 - 10).")),
+        (
+            "chat-late",
+            {"max_tokens": 4000},
+            400,
+            "BadRequestError",
+            (
+                "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum "
+                "context length is 2048 tokens and your request has 10 input tokens "
+                "(4000 > 2048 - 10)."
+            ),
+        ),
     ],
     ids=["404-model", "404-model-early-headers", "400-context"],
 )
 async def test_vllm_error_bodies_keep_status_and_message(
-    start_gateway: StartGateway, fake: FakeVLLM, form: Any, stream: bool, route: str,
-    extra: dict[str, Any], status: int, type_: str, message: str,
+    start_gateway: StartGateway,
+    fake: FakeVLLM,
+    form: Any,
+    stream: bool,
+    route: str,
+    extra: dict[str, Any],
+    status: int,
+    type_: str,
+    message: str,
 ) -> None:
     """Both of vLLM's error bodies become the gateway's OpenAI shape, vLLM's status kept.
     vLLM refuses before its headers, so even a route with early headers (committed by the
@@ -173,14 +203,17 @@ async def test_vllm_error_bodies_keep_status_and_message(
     fake.error_form = form
     gw = await start_gateway()
     async with gw.client() as client:
-        r = await client.post("/v1/chat/completions",
-                              json={"model": route, "messages": MESSAGES, "stream": stream, **extra})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": route, "messages": MESSAGES, "stream": stream, **extra},
+        )
     sent = json.loads(fake.generation_requests()[-1].sent)
     assert ("object" in sent) == (form == "legacy")  # vLLM really sent that form
     assert r.status_code == status
     assert r.headers["content-type"] == "application/json"
-    assert r.json() == {"error": {"message": message, "type": type_, "param": None,
-                                  "code": str(status)}}
+    assert r.json() == {
+        "error": {"message": message, "type": type_, "param": None, "code": str(status)}
+    }
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
@@ -193,8 +226,10 @@ async def test_first_byte_timeout_from_the_vllm_table_aborts_at_vllm(
     gw = await start_gateway({"timeouts": {"first_byte": 0.5}})
     fake.prefill = 30
     async with gw.client() as client:
-        r = await client.post("/v1/chat/completions", json={
-            "model": "chat-late", "messages": MESSAGES, "stream": stream})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "chat-late", "messages": MESSAGES, "stream": stream},
+        )
     [seen] = fake.generation_requests()
     if stream:  # vLLM sent its 200 at once; the relay committed it before the timer fired
         assert r.status_code == 200
@@ -212,8 +247,14 @@ async def test_vllm_validation_error_400(start_gateway: StartGateway, fake: Fake
     """FastAPI's request validation (``type: "Bad Request"``) keeps its 400 too."""
     gw = await start_gateway()
     async with gw.client() as client:
-        r = await client.post("/v1/chat/completions", json={
-            "model": "chat-late", "messages": MESSAGES, "stream_options": {"include_usage": True}})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "chat-late",
+                "messages": MESSAGES,
+                "stream_options": {"include_usage": True},
+            },
+        )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["type"] == "Bad Request" and error["code"] == "400"
@@ -229,8 +270,9 @@ async def test_vllm_failure_mid_stream_is_relayed_as_vllm_sent_it(
     fake.fail_stream_after, fake.error_form = 2, form
     gw = await start_gateway()
     async with gw.client() as client:
-        r = await client.post("/v1/chat/completions", json={
-            "model": "chat", "messages": MESSAGES, "stream": True})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "chat", "messages": MESSAGES, "stream": True}
+        )
     assert r.status_code == 200
     upstream, _ = split_heartbeats(r.content)
     assert upstream == fake.generation_requests()[-1].sent
@@ -249,13 +291,19 @@ async def test_wrong_api_key_fails_readiness_not_the_client(
     gw = await start_gateway(badkey=True)
     bad = gw.vllm("vllm-badkey")
     assert (bad.status.health, bad.status.detail) == (
-        "down", "the server rejects api_key (/v1/models answered 401)")
-    assert [r.headers["authorization"] for r in fake.requests if r.path == "/v1/models"
-            and r.status == 401] == [f"Bearer {WRONG_KEY}"]
+        "down",
+        "the server rejects api_key (/v1/models answered 401)",
+    )
+    assert [
+        r.headers["authorization"]
+        for r in fake.requests
+        if r.path == "/v1/models" and r.status == 401
+    ] == [f"Bearer {WRONG_KEY}"]
     assert gw.backend.status.detail == "serving fake-model (max_model_len 2048)"
     async with gw.client() as client:
-        r = await client.post("/v1/chat/completions",
-                              json={"model": "badkey", "messages": MESSAGES})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "badkey", "messages": MESSAGES}
+        )
         assert (r.status_code, r.json()["error"]["code"]) == (503, "no_backend_available")
         ready = (await client.get("/readyz")).json()
     assert ready["backends"]["vllm-badkey"]["health"] == "down"
@@ -311,14 +359,21 @@ async def test_chat_with_vllm_extras_passes_through(
 @pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
 @pytest.mark.parametrize(
     "options,usage_in_every_chunk,final_usage",
-    [(None, False, False), ({"include_usage": True}, False, True),
-     ({"include_usage": True, "continuous_usage_stats": True}, True, True),
-     ({"include_usage": False, "continuous_usage_stats": True}, False, False)],
+    [
+        (None, False, False),
+        ({"include_usage": True}, False, True),
+        ({"include_usage": True, "continuous_usage_stats": True}, True, True),
+        ({"include_usage": False, "continuous_usage_stats": True}, False, False),
+    ],
     ids=["none", "include_usage", "continuous", "continuous-without-include"],
 )
 async def test_stream_options_usage_relayed(
-    start_gateway: StartGateway, fake: FakeVLLM, endpoint: str, options: dict[str, Any] | None,
-    usage_in_every_chunk: bool, final_usage: bool,
+    start_gateway: StartGateway,
+    fake: FakeVLLM,
+    endpoint: str,
+    options: dict[str, Any] | None,
+    usage_in_every_chunk: bool,
+    final_usage: bool,
 ) -> None:
     gw = await start_gateway()
     body: dict[str, Any] = {"model": "chat", "stream": True}
@@ -344,8 +399,13 @@ async def test_stream_options_usage_relayed(
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_completions(start_gateway: StartGateway, fake: FakeVLLM, stream: bool) -> None:
     gw = await start_gateway()
-    body = {"model": "chat", "prompt": "The capital of France is", "max_tokens": 2,
-            "stream": stream, "min_tokens": 1}
+    body = {
+        "model": "chat",
+        "prompt": "The capital of France is",
+        "max_tokens": 2,
+        "stream": stream,
+        "min_tokens": 1,
+    }
     async with gw.client() as client:
         r = await client.post("/v1/completions", json=body)
     [seen] = fake.generation_requests()
@@ -363,8 +423,12 @@ async def test_completions(start_gateway: StartGateway, fake: FakeVLLM, stream: 
 
 async def test_embeddings(start_gateway: StartGateway, fake: FakeVLLM) -> None:
     gw = await start_gateway()
-    body = {"model": "chat", "input": ["first text", "second"], "encoding_format": "float",
-            "truncate_prompt_tokens": 128}
+    body = {
+        "model": "chat",
+        "input": ["first text", "second"],
+        "encoding_format": "float",
+        "truncate_prompt_tokens": 128,
+    }
     async with gw.client() as client:
         r = await client.post("/v1/embeddings", json=body)
     [seen] = fake.generation_requests()
@@ -419,13 +483,22 @@ async def test_least_busy_avoids_the_vllm_with_a_queue(nursery: trio.Nursery) ->
     for fake in (a, b):
         await nursery.start(fake.serve)
     common = {"type": "vllm", "poll_interval": POLL}
-    config = build_config({
-        "server": {"bind": "127.0.0.1:0"},
-        "backends": {"a": {**common, "url": a.url}, "b": {**common, "url": b.url}},
-        "routes": {"pool": {"targets": [{"backend": "a", "model": "fake-model"},
-                                        {"backend": "b", "model": "fake-model"}],
-                            "strategy": "least_busy"}},
-    }, environ={})
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": {"a": {**common, "url": a.url}, "b": {**common, "url": b.url}},
+            "routes": {
+                "pool": {
+                    "targets": [
+                        {"backend": "a", "model": "fake-model"},
+                        {"backend": "b", "model": "fake-model"},
+                    ],
+                    "strategy": "least_busy",
+                }
+            },
+        },
+        environ={},
+    )
     gw = await serve_gateway(nursery, config)
     async with (
         httpx.AsyncClient(base_url=a.url + "/v1", timeout=None) as other,
@@ -453,12 +526,17 @@ async def test_metrics_outage_does_not_break_requests(
     fake.metrics_fault = fault
     status = await wait_status(gw.backend, lambda s: "load unknown" in s.detail)
     assert (status.health, status.running, status.queued, status.cache_usage) == (
-        "ready", None, None, None)
+        "ready",
+        None,
+        None,
+        None,
+    )
     async with gw.client() as client:
         r = await client.post("/v1/chat/completions", json={"model": "chat", "messages": MESSAGES})
         assert r.status_code == 200
-        r = await client.post("/v1/chat/completions",
-                              json={"model": "chat", "messages": MESSAGES, "stream": True})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "chat", "messages": MESSAGES, "stream": True}
+        )
         assert split_heartbeats(r.content)[0].endswith(b"data: [DONE]\n\n")
         assert (await client.get("/readyz")).status_code == 200
     fake.metrics_fault = None
@@ -473,7 +551,9 @@ async def test_dead_engine_fails_readiness_until_it_recovers(
         r = await client.get("/readyz")
         assert r.status_code == 200
         assert r.json()["backends"]["vllm"] == {
-            "health": "ready", "detail": "serving fake-model (max_model_len 2048)"}
+            "health": "ready",
+            "detail": "serving fake-model (max_model_len 2048)",
+        }
         fake.engine_dead = True
         status = await wait_status(gw.backend, lambda s: s.health == "down")
         assert "503" in status.detail
@@ -533,8 +613,12 @@ async def test_silent_prefill_survives_with_keepalive_and_not_without(
 
 
 async def hold_slot(client: httpx.AsyncClient, task_status: trio.TaskStatus[None]) -> None:
-    async with client, client.stream("POST", "/chat/completions", json={
-            "messages": MESSAGES, "stream": True}) as r:
+    async with (
+        client,
+        client.stream(
+            "POST", "/chat/completions", json={"messages": MESSAGES, "stream": True}
+        ) as r,
+    ):
         task_status.started()
         await r.aread()
 
@@ -552,8 +636,9 @@ async def test_client_disconnect_aborts_the_vllm_request(
         fake.prefill = 60
     if phase == "waiting-for-slot":  # another client holds vLLM's only batch slot
         fake.max_num_seqs = 1
-        other = httpx.AsyncClient(base_url=fake.url + "/v1",
-                                  headers={"authorization": f"Bearer {KEY}"})
+        other = httpx.AsyncClient(
+            base_url=fake.url + "/v1", headers={"authorization": f"Bearer {KEY}"}
+        )
         await nursery.start(hold_slot, other)
     body = {"model": "chat", "messages": MESSAGES, "stream": True}
     async with gw.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as r:

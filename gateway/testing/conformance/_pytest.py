@@ -58,8 +58,9 @@ class BackendConformance:
             if case in _REQUIRED:
                 raise TypeError(f"{cls.__name__}: case {case!r} applies to every backend")
             if case not in TESTS_OF_CASE or not reason:
-                raise TypeError(f"{cls.__name__}.not_applicable: {case!r} needs a known case "
-                                "and a reason")
+                raise TypeError(
+                    f"{cls.__name__}.not_applicable: {case!r} needs a known case and a reason"
+                )
             for name in TESTS_OF_CASE[case]:
                 setattr(cls, name, None)  # pytest collects only callables
 

@@ -84,9 +84,7 @@ class SettingsChecks(Harness):
                 probe, path = [{"no_such_key": 1}], f"{name}.0.no_such_key"
             else:
                 continue
-            probes.append(
-                ({**table, name: probe}, f"backends.{BACKEND_ID}.{path}: unknown key")
-            )
+            probes.append(({**table, name: probe}, f"backends.{BACKEND_ID}.{path}: unknown key"))
         for probe, expected in probes:
             error = self.config_error(probe)
             if error is None:

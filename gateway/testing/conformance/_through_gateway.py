@@ -142,9 +142,7 @@ class GatewayChecks(Harness):
         is closed — the backend's body must be cancellable while it waits."""
         case, script = self.case("stall")
         what = "a stalled upstream through the gateway"
-        resp = await self.post_through_gateway(
-            case, script, what, timeouts={"idle": IDLE_TIMEOUT}
-        )
+        resp = await self.post_through_gateway(case, script, what, timeouts={"idle": IDLE_TIMEOUT})
         error = _ends_with_error(_data(resp, what), what)
         if error.get("code") != "upstream_timeout":
             fail(f"{what}: the error event is {error}, not upstream_timeout")

@@ -124,8 +124,10 @@ class FakeOllama:
         self, stream: trio.SocketStream, conn: h11.Connection, status: int, doc: dict[str, Any]
     ) -> None:
         body = json.dumps(doc).encode()
-        headers = [("content-type", "application/json; charset=utf-8"),
-                   ("content-length", str(len(body)))]
+        headers = [
+            ("content-type", "application/json; charset=utf-8"),
+            ("content-length", str(len(body))),
+        ]
         await self._send(stream, conn, h11.Response(status_code=status, headers=headers))
         await self._send(stream, conn, h11.Data(data=body))
         await self._send(stream, conn, h11.EndOfMessage())
@@ -168,7 +170,9 @@ class FakeOllama:
         for i, obj in enumerate(objects):
             if i == behaviour.fault_after and behaviour.fault != "none":
                 if behaviour.fault == "error_line":
-                    await self._send(stream, conn, h11.Data(data=_line({"error": behaviour.message})))
+                    await self._send(
+                        stream, conn, h11.Data(data=_line({"error": behaviour.message}))
+                    )
                     await self._send(stream, conn, h11.EndOfMessage())
                     return True
                 if behaviour.fault == "stall":

@@ -16,12 +16,27 @@ from gateway.abc import UpstreamError, UpstreamProtocolError, UpstreamStatusErro
 from gateway.testing.openai_shapes import check_stream, check_unary, parse_sse
 
 CHAT_LINES = [
-    {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "Hel"},
-     "done": False},
-    {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "lo"},
-     "done": False},
-    {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""},
-     "done": True, "done_reason": "length", "prompt_eval_count": 7, "eval_count": 2},
+    {
+        "model": "m",
+        "created_at": "t",
+        "message": {"role": "assistant", "content": "Hel"},
+        "done": False,
+    },
+    {
+        "model": "m",
+        "created_at": "t",
+        "message": {"role": "assistant", "content": "lo"},
+        "done": False,
+    },
+    {
+        "model": "m",
+        "created_at": "t",
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "length",
+        "prompt_eval_count": 7,
+        "eval_count": 2,
+    },
 ]
 NDJSON = b"".join(json.dumps(line).encode() + b"\n" for line in CHAT_LINES)
 
@@ -33,24 +48,40 @@ def test_a_chat_request_becomes_api_chat_with_options() -> None:
             "model": "llama3.2",
             "messages": [
                 {"role": "developer", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "hi "},
-                                             {"type": "text", "text": "there"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+                },
             ],
-            "max_tokens": 5, "temperature": 0.2, "seed": 7, "stop": "\n",
+            "max_tokens": 5,
+            "temperature": 0.2,
+            "seed": 7,
+            "stop": "\n",
             "response_format": {"type": "json_object"},
             "stream_options": {"include_usage": True},
         },
-        stream=True, keep_alive="10m", num_ctx=2048,
+        stream=True,
+        keep_alive="10m",
+        num_ctx=2048,
     )
     assert native.path == "api/chat"
     assert native.include_usage
     assert native.body == {
-        "model": "llama3.2", "stream": True,
-        "messages": [{"role": "system", "content": "be brief"},
-                     {"role": "user", "content": "hi there"}],
-        "options": {"num_predict": 5, "temperature": 0.2, "seed": 7, "stop": ["\n"],
-                    "num_ctx": 2048},
-        "format": "json", "keep_alive": "10m",
+        "model": "llama3.2",
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi there"},
+        ],
+        "options": {
+            "num_predict": 5,
+            "temperature": 0.2,
+            "seed": 7,
+            "stop": ["\n"],
+            "num_ctx": 2048,
+        },
+        "format": "json",
+        "keep_alive": "10m",
     }
 
 
@@ -64,16 +95,27 @@ def test_a_completion_request_becomes_api_generate() -> None:
     ("endpoint", "body", "param"),
     [
         ("chat/completions", {"model": "m", "messages": []}, "messages"),
-        ("chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}],
-                              "tools": [{"type": "function"}]}, "tools"),
-        ("chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}],
-                              "n": 2}, "n"),
+        (
+            "chat/completions",
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function"}],
+            },
+            "tools",
+        ),
+        (
+            "chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2},
+            "n",
+        ),
         ("completions", {"model": "m", "prompt": ["a", "b"]}, "prompt"),
         ("embeddings", {"model": "m", "input": "x"}, None),
     ],
 )
-def test_what_ollama_cannot_do_is_a_400(endpoint: str, body: dict[str, object],
-                                        param: str | None) -> None:
+def test_what_ollama_cannot_do_is_a_400(
+    endpoint: str, body: dict[str, object], param: str | None
+) -> None:
     with pytest.raises(UpstreamStatusError) as caught:
         to_ollama(endpoint, body, stream=True)  # type: ignore[arg-type]
     assert caught.value.status == 400
@@ -95,10 +137,14 @@ def test_ndjson_split_anywhere_gives_the_same_stream(split: int) -> None:
 
 def test_a_generate_stream_becomes_text_completion_chunks() -> None:
     translator = StreamTranslator("completions", "cmpl-1", "m", 0, include_usage=False)
-    out = b"".join(translator.event(doc) for doc in [
-        {"response": "a", "done": False}, {"response": "b", "done": False},
-        {"response": "", "done": True, "done_reason": "stop", "eval_count": 2},
-    ])
+    out = b"".join(
+        translator.event(doc)
+        for doc in [
+            {"response": "a", "done": False},
+            {"response": "b", "done": False},
+            {"response": "", "done": True, "done_reason": "stop", "eval_count": 2},
+        ]
+    )
     answer = check_stream("completions", parse_sse(out), usage=False)
     assert (answer.text, answer.finish_reason) == ("ab", "stop")
 
@@ -123,10 +169,19 @@ def test_a_line_that_is_not_json_is_a_protocol_error() -> None:
 
 
 def test_a_whole_answer() -> None:
-    doc = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": True,
-           "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 1}
-    raw = whole_answer("chat/completions", json.dumps(doc, indent=2).encode(), id="chatcmpl-1",
-                       created=0)
+    doc = {
+        "model": "m",
+        "message": {"role": "assistant", "content": "Hi"},
+        "done": True,
+        "done_reason": "stop",
+        "prompt_eval_count": 3,
+        "eval_count": 1,
+    }
+    raw = whole_answer(
+        "chat/completions", json.dumps(doc, indent=2).encode(), id="chatcmpl-1", created=0
+    )
     answer = check_unary("chat/completions", raw, usage=True)
-    assert (answer.text, answer.usage) == ("Hi", {"prompt_tokens": 3, "completion_tokens": 1,
-                                                  "total_tokens": 4})
+    assert (answer.text, answer.usage) == (
+        "Hi",
+        {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    )

@@ -65,8 +65,9 @@ async def test_tokens_come_at_the_configured_rate() -> None:
     assert data_times[-1] - data_times[0] >= 11 / 40 - 0.01
 
 
-async def test_a_client_with_a_short_read_timeout_survives_the_prefill_only_with_heartbeats(
-) -> None:
+async def test_a_client_with_a_short_read_timeout_survives_the_prefill_only_with_heartbeats() -> (
+    None
+):
     short = httpx.Timeout(5.0, read=0.5)  # heartbeats every 0.1 s leave a wide margin
     async with serving(prefill=1.5, max_tokens=2) as served, served.client(timeout=short) as c:
         resp = await c.post("/v1/chat/completions", json=CHAT)

@@ -41,16 +41,21 @@ def plan(endpoint: Endpoint, body: JSONObject, settings: SimulatorSettings) -> P
     """Decide the answer to ``body``. Raises UpstreamStatusError (400) for a request the
     simulator cannot answer, as an upstream would."""
     if endpoint == "embeddings":
-        raise UpstreamStatusError(400, "the simulator does not serve embeddings",
-                                  type="invalid_request_error", code="unsupported_endpoint")
+        raise UpstreamStatusError(
+            400,
+            "the simulator does not serve embeddings",
+            type="invalid_request_error",
+            code="unsupported_endpoint",
+        )
     limit = settings.max_tokens
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UpstreamStatusError(400, f"{name} must be a positive integer",
-                                      type="invalid_request_error", param=name)
+            raise UpstreamStatusError(
+                400, f"{name} must be a positive integer", type="invalid_request_error", param=name
+            )
         limit = min(limit, value)
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -108,8 +113,9 @@ class Formatter:
         """The event before any token: chat's role delta; nothing for completions."""
         if not self._chat:
             return b""
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "finish_reason": None}])
+        return self._chunk(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
 
     def token(self, piece: str) -> bytes:
         return self._chunk([self._choice(piece, None)])

@@ -56,9 +56,12 @@ class _TapTransport(sdk_http.HTTPTransport):
 
     def handle_request(self, request: sdk_http.Request) -> sdk_http.Response:
         response = super().handle_request(request)
-        return sdk_http.Response(response.status_code, headers=response.headers,
-                               stream=_Tapped(response.stream, self._sink),
-                               extensions=response.extensions)
+        return sdk_http.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Tapped(response.stream, self._sink),
+            extensions=response.extensions,
+        )
 
 
 class _AsyncTapTransport(sdk_http.AsyncHTTPTransport):
@@ -68,9 +71,12 @@ class _AsyncTapTransport(sdk_http.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: sdk_http.Request) -> sdk_http.Response:
         response = await super().handle_async_request(request)
-        return sdk_http.Response(response.status_code, headers=response.headers,
-                               stream=_Tapped(response.stream, self._sink),
-                               extensions=response.extensions)
+        return sdk_http.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Tapped(response.stream, self._sink),
+            extensions=response.extensions,
+        )
 
 
 class SDK:
@@ -79,8 +85,9 @@ class SDK:
     error is the first failure as it happened. With ``tap``, the SDK's own default HTTP
     client gets a transport that also copies the raw response bytes into ``tap``."""
 
-    def __init__(self, kind: str, base_url: str, *, tap: bytearray | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, kind: str, base_url: str, *, tap: bytearray | None = None, **options: Any
+    ) -> None:
         self.kind = kind
         options.setdefault("api_key", "sk-test")
         options.setdefault("max_retries", 0)
@@ -155,5 +162,3 @@ def text_of(call: str, chunks: list[Any]) -> str:
         choice = chunk.choices[0]
         parts.append((choice.delta.content if call == "chat" else choice.text) or "")
     return "".join(parts)
-
-

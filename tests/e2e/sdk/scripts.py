@@ -21,8 +21,12 @@ STATUS_ERRORS = {
 
 
 def status_script(status: int) -> dict[str, Any]:
-    return {"status": status, "message": f"scripted {status}", "type": "scripted_error",
-            "code": f"code_{status}"}
+    return {
+        "status": status,
+        "message": f"scripted {status}",
+        "type": "scripted_error",
+        "code": f"code_{status}",
+    }
 
 
 # Upstream failures after the gateway committed 200 + headers (early_headers on). Each must
@@ -69,33 +73,60 @@ def tool_call_stream() -> tuple[list[str], list[dict[str, Any]], list[tuple[str,
     multi-byte characters and inside ``data:`` lines, as latin-1 strings), the chunk
     documents, and the calls as (id, name, arguments)."""
     calls = [
-        ("call_a", "get_weather",
-         json.dumps({"city": "Zürich", "note": "data: [DONE]\n\nnot an event",
-                     "q": "\"quoted\" \\ back"}, ensure_ascii=False)),
-        ("call_b", "read_file",
-         json.dumps({"path": "C:\\tmp\\ü.txt", "emoji": "🙂", "lines": [1, 2, 3]},
-                    ensure_ascii=False)),
+        (
+            "call_a",
+            "get_weather",
+            json.dumps(
+                {"city": "Zürich", "note": "data: [DONE]\n\nnot an event", "q": '"quoted" \\ back'},
+                ensure_ascii=False,
+            ),
+        ),
+        (
+            "call_b",
+            "read_file",
+            json.dumps(
+                {"path": "C:\\tmp\\ü.txt", "emoji": "🙂", "lines": [1, 2, 3]}, ensure_ascii=False
+            ),
+        ),
     ]
-    base = {"id": "chatcmpl-tools", "object": "chat.completion.chunk", "created": 0,
-            "model": "upstream-m"}
+    base = {
+        "id": "chatcmpl-tools",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "upstream-m",
+    }
 
     def doc(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
     docs = [doc({"role": "assistant", "content": None})]
     for index, (call_id, name, arguments) in enumerate(calls):
-        docs.append(doc({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                         "function": {"name": name, "arguments": ""}}]}))
+        docs.append(
+            doc(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
         for start in range(0, len(arguments), 9):
-            piece = arguments[start:start + 9]
+            piece = arguments[start : start + 9]
             docs.append(doc({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     docs.append(doc({}, "tool_calls"))
-    body = b"".join(b"data: " + json.dumps(d, ensure_ascii=False).encode() + b"\n\n"
-                    for d in docs) + b"data: [DONE]\n\n"
+    body = (
+        b"".join(b"data: " + json.dumps(d, ensure_ascii=False).encode() + b"\n\n" for d in docs)
+        + b"data: [DONE]\n\n"
+    )
     chunks, at, sizes = [], 0, (1, 7, 13, 29, 3, 61)
     while at < len(body):
         size = sizes[len(chunks) % len(sizes)]
-        chunks.append(body[at:at + size].decode("latin-1"))
+        chunks.append(body[at : at + size].decode("latin-1"))
         at += size
     return chunks, docs, calls
 

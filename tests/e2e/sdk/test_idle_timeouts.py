@@ -101,16 +101,22 @@ def check_queue_records(fake: FakeOpenAI, cases: dict[str, str]) -> None:
             assert request.slot_at is None, way
 
 
-async def test_node_undici_idle_timers(start_gateway, fake: FakeOpenAI,
-                                       run_node: RunNode) -> None:
+async def test_node_undici_idle_timers(start_gateway, fake: FakeOpenAI, run_node: RunNode) -> None:
     bases = await start_ways(start_gateway, fake)
     timers = {"headersTimeout": CLIENT_TIMEOUT * 1000, "bodyTimeout": CLIENT_TIMEOUT * 1000}
     ops = []
     for scenario in SCENARIOS:
         for way in WAYS:
             case = f"node-{scenario}-{way}"
-            ops.append({"id": case, "baseURL": bases[way], "call": "chat", "undici": timers,
-                        "params": {**CHAT, "stream": True, "fake": script(scenario, case)}})
+            ops.append(
+                {
+                    "id": case,
+                    "baseURL": bases[way],
+                    "call": "chat",
+                    "undici": timers,
+                    "params": {**CHAT, "stream": True, "fake": script(scenario, case)},
+                }
+            )
 
     async with trio.open_nursery() as nursery:
         await hold_slots(nursery, fake, [f"node-queued-{way}" for way in WAYS])
@@ -118,8 +124,13 @@ async def test_node_undici_idle_timers(start_gateway, fake: FakeOpenAI,
 
     def outcome(result: dict[str, Any]) -> tuple[Any, ...]:
         error = result.get("error") or {}
-        return (result["ok"], result["headers"], error.get("class"), error.get("undici"),
-                result["text"])
+        return (
+            result["ok"],
+            result["headers"],
+            error.get("class"),
+            error.get("undici"),
+            result["text"],
+        )
 
     body_timeout = (False, True, "TypeError", "UND_ERR_BODY_TIMEOUT")
     headers_timeout = (False, False, "APIConnectionTimeoutError", "UND_ERR_HEADERS_TIMEOUT")
@@ -127,8 +138,10 @@ async def test_node_undici_idle_timers(start_gateway, fake: FakeOpenAI,
     expected = {
         "prefill": {"direct": (*body_timeout, ""), "off": (*body_timeout, "")},
         "queued": {"direct": (*headers_timeout, ""), "off": (*headers_timeout, "")},
-        "gap": {"direct": (*body_timeout, tokens_text(GAP_AFTER)),
-                "off": (*body_timeout, tokens_text(GAP_AFTER))},
+        "gap": {
+            "direct": (*body_timeout, tokens_text(GAP_AFTER)),
+            "off": (*body_timeout, tokens_text(GAP_AFTER)),
+        },
     }
     for scenario in SCENARIOS:
         got = {way: outcome(results[f"node-{scenario}-{way}"]) for way in WAYS}
@@ -161,8 +174,12 @@ async def test_python_sdk_read_timeout(start_gateway, fake: FakeOpenAI) -> None:
             outcomes[case] = ("completed", None, None, text_of("chat", chunks))
         except openai.APIError as exc:
             phase = "body" if None in chunks else "headers"
-            outcomes[case] = (phase, type(exc).__name__, type(exc.__cause__).__name__,
-                              text_of("chat", chunks))
+            outcomes[case] = (
+                phase,
+                type(exc).__name__,
+                type(exc.__cause__).__name__,
+                text_of("chat", chunks),
+            )
         finally:
             elapsed[case] = trio.current_time() - started
             await sdk.aclose()
@@ -181,8 +198,10 @@ async def test_python_sdk_read_timeout(start_gateway, fake: FakeOpenAI) -> None:
     expected = {
         "prefill": {"direct": ("body", *timed_out, ""), "off": ("body", *timed_out, "")},
         "queued": {"direct": ("headers", *timed_out, ""), "off": ("headers", *timed_out, "")},
-        "gap": {"direct": ("body", *timed_out, tokens_text(GAP_AFTER)),
-                "off": ("body", *timed_out, tokens_text(GAP_AFTER))},
+        "gap": {
+            "direct": ("body", *timed_out, tokens_text(GAP_AFTER)),
+            "off": ("body", *timed_out, tokens_text(GAP_AFTER)),
+        },
     }
     for kind in kinds:
         for scenario in SCENARIOS:

@@ -25,8 +25,9 @@ from .scripts import (
 )
 
 
-def op(id: str, base: str, call: str, params: dict[str, Any] | None = None,
-       **extra: Any) -> dict[str, Any]:
+def op(
+    id: str, base: str, call: str, params: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     return {"id": id, "baseURL": base + "/v1", "call": call, "params": params or {}, **extra}
 
 
@@ -40,20 +41,33 @@ def assert_ok(result: dict[str, Any]) -> None:
     assert result["ok"], result.get("error")
 
 
-async def test_chat_completions_models_and_tool_calls(start_gateway, fake: FakeOpenAI,
-                                                      run_node: RunNode) -> None:
+async def test_chat_completions_models_and_tool_calls(
+    start_gateway, fake: FakeOpenAI, run_node: RunNode
+) -> None:
     gw = await start_gateway()
     pieces, docs, calls = tool_call_stream()
     ops = [
         op("chat", gw.url, "chat", {**CHAT, "fake": {"tokens": 4, "id": "chat"}}),
-        op("chat-stream", gw.url, "chat",
-           {**CHAT, "stream": True, "fake": {"tokens": 7, "pace": 0.01, "id": "chat-stream"}}),
+        op(
+            "chat-stream",
+            gw.url,
+            "chat",
+            {**CHAT, "stream": True, "fake": {"tokens": 7, "pace": 0.01, "id": "chat-stream"}},
+        ),
         op("completion", gw.url, "completions", {**COMPLETION, "fake": {"tokens": 5, "id": "c"}}),
-        op("completion-stream", gw.url, "completions",
-           {**COMPLETION, "stream": True, "fake": {"tokens": 3, "id": "completion-stream"}}),
+        op(
+            "completion-stream",
+            gw.url,
+            "completions",
+            {**COMPLETION, "stream": True, "fake": {"tokens": 3, "id": "completion-stream"}},
+        ),
         op("models", gw.url, "models"),
-        op("tools", gw.url, "chat", {**CHAT, "stream": True, "tools": [],
-                                     "fake": {"chunks": pieces, "id": "tools"}}),
+        op(
+            "tools",
+            gw.url,
+            "chat",
+            {**CHAT, "stream": True, "tools": [], "fake": {"chunks": pieces, "id": "tools"}},
+        ),
     ]
     results = await run_node(ops)
     for result in results.values():
@@ -73,8 +87,7 @@ async def test_chat_completions_models_and_tool_calls(start_gateway, fake: FakeO
     assert assembled_tool_calls(deltas) == calls
 
 
-async def test_status_errors_raise_the_sdk_error_classes(start_gateway,
-                                                         run_node: RunNode) -> None:
+async def test_status_errors_raise_the_sdk_error_classes(start_gateway, run_node: RunNode) -> None:
     """Upstream 401/404/429/5xx and the gateway's own 404 raise the SDK's class for the
     status; streams go through a route with early_headers off, so the status is kept."""
     gw = await start_gateway()
@@ -82,15 +95,32 @@ async def test_status_errors_raise_the_sdk_error_classes(start_gateway,
     ops, expected = [], {}
     for status, cls in STATUS_ERRORS.items():
         ops.append(op(f"{status}-unary", gw.url, "chat", {**CHAT, "fake": status_script(status)}))
-        ops.append(op(f"{status}-stream", late.url, "chat",
-                      {**CHAT, "stream": True, "fake": status_script(status)}))
-        body = {"message": f"scripted {status}", "type": "scripted_error", "param": None,
-                "code": f"code_{status}"}
+        ops.append(
+            op(
+                f"{status}-stream",
+                late.url,
+                "chat",
+                {**CHAT, "stream": True, "fake": status_script(status)},
+            )
+        )
+        body = {
+            "message": f"scripted {status}",
+            "type": "scripted_error",
+            "param": None,
+            "code": f"code_{status}",
+        }
         expected[f"{status}-unary"] = expected[f"{status}-stream"] = (cls, status, body)
     ops.append(op("unknown-model", gw.url, "chat", {**CHAT, "model": "no-such-model"}))
-    expected["unknown-model"] = ("NotFoundError", 404, {
-        "message": "The model `no-such-model` does not exist", "type": "invalid_request_error",
-        "param": "model", "code": "model_not_found"})
+    expected["unknown-model"] = (
+        "NotFoundError",
+        404,
+        {
+            "message": "The model `no-such-model` does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        },
+    )
 
     results = await run_node(ops)
     outcomes = {}
@@ -105,29 +135,36 @@ async def test_in_stream_error_event_raises_api_error(start_gateway, run_node: R
     SDK's APIError with the gateway's message, after the tokens that came; no hang, no
     clean-looking end."""
     gw = await start_gateway()
-    ops = [op(name, gw.url, "chat", {**CHAT, "stream": True, "fake": script})
-           for name, (script, _) in IN_STREAM_FAILURES.items()]
+    ops = [
+        op(name, gw.url, "chat", {**CHAT, "stream": True, "fake": script})
+        for name, (script, _) in IN_STREAM_FAILURES.items()
+    ]
     results = await run_node(ops)
     for name, (_, tokens) in IN_STREAM_FAILURES.items():
         result = results[name]
         error = result.get("error") or {}
         assert (result["ok"], error.get("class"), result["text"]) == (
-            False, "APIError", tokens_text(tokens)), (name, result)
+            False,
+            "APIError",
+            tokens_text(tokens),
+        ), (name, result)
         assert error["body"]["type"] == "upstream_error" or name == "status_429_after_headers"
     assert results["status_429_after_headers"]["error"]["body"]["message"] == "slow down"
     assert "[DONE]" in results["closed_before_done"]["error"]["message"]
 
 
-async def test_heartbeats_never_reach_application_code(start_gateway, fake: FakeOpenAI,
-                                                       run_node: RunNode) -> None:
+async def test_heartbeats_never_reach_application_code(
+    start_gateway, fake: FakeOpenAI, run_node: RunNode
+) -> None:
     """The bytes fetch received hold many heartbeats (default comment and bare ``:``);
     the SDK's chunks and text are exactly the upstream's."""
     keepalive = await start_gateway(keepalive={"interval": 0.1, "comment": "keepalive"})
     bare = await start_gateway(keepalive={"interval": 0.1, "comment": ""})
     script = {"prefill": 0.6, "tokens": 6, "pace": 0.15}
-    ops = [op(name, gw.url, "chat", {**CHAT, "stream": True, "fake": {**script, "id": name}},
-              tap=True)
-           for name, gw in (("keepalive", keepalive), ("bare", bare))]
+    ops = [
+        op(name, gw.url, "chat", {**CHAT, "stream": True, "fake": {**script, "id": name}}, tap=True)
+        for name, gw in (("keepalive", keepalive), ("bare", bare))
+    ]
     results = await run_node(ops)
     for name, heartbeat in (("keepalive", b": keepalive\n\n"), ("bare", b":\n\n")):
         result = results[name]

@@ -31,21 +31,25 @@ def dicts(chunks: list[Any]) -> list[dict[str, Any]]:
     return [c.to_dict(mode="json") for c in chunks if c is not None]
 
 
-async def test_chat_and_completions_streamed_and_not(start_gateway, fake: FakeOpenAI,
-                                                     sdk_kind: str) -> None:
+async def test_chat_and_completions_streamed_and_not(
+    start_gateway, fake: FakeOpenAI, sdk_kind: str
+) -> None:
     gw = await start_gateway()
     sdk = SDK(sdk_kind, gw.url + "/v1")
     try:
         with trio.fail_after(20):
             chat = await sdk.create("chat", **CHAT, extra_body={"fake": {"tokens": 4}})
-            completion = await sdk.create("completions", **COMPLETION,
-                                          extra_body={"fake": {"tokens": 5}})
+            completion = await sdk.create(
+                "completions", **COMPLETION, extra_body={"fake": {"tokens": 5}}
+            )
             chat_chunks: list[Any] = []
-            await sdk.stream("chat", chat_chunks, **CHAT,
-                             extra_body={"fake": {"tokens": 7, "pace": 0.01}})
+            await sdk.stream(
+                "chat", chat_chunks, **CHAT, extra_body={"fake": {"tokens": 7, "pace": 0.01}}
+            )
             completion_chunks: list[Any] = []
-            await sdk.stream("completions", completion_chunks, **COMPLETION,
-                             extra_body={"fake": {"tokens": 3}})
+            await sdk.stream(
+                "completions", completion_chunks, **COMPLETION, extra_body={"fake": {"tokens": 3}}
+            )
     finally:
         await sdk.aclose()
 
@@ -79,7 +83,9 @@ async def test_tool_call_deltas_relayed_intact(start_gateway, sdk_kind: str) -> 
     chunks: list[Any] = []
     try:
         with trio.fail_after(20):
-            await sdk.stream("chat", chunks, **CHAT, tools=[], extra_body={"fake": {"chunks": pieces}})
+            await sdk.stream(
+                "chat", chunks, **CHAT, tools=[], extra_body={"fake": {"chunks": pieces}}
+            )
     finally:
         await sdk.aclose()
     assert dicts(chunks) == docs
@@ -96,8 +102,9 @@ async def test_status_errors_raise_the_sdk_error_classes(start_gateway, sdk_kind
     late = await start_gateway(keepalive={"interval": 1, "early_headers": False})
     outcomes: dict[str, tuple[str, int | None, str | None, str]] = {}
 
-    async def attempt(name: str, base: str, stream: bool, body: dict[str, Any],
-                      extra: dict[str, Any]) -> None:
+    async def attempt(
+        name: str, base: str, stream: bool, body: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
         sdk = SDK(sdk_kind, base + "/v1")
         try:
             if stream:
@@ -116,14 +123,24 @@ async def test_status_errors_raise_the_sdk_error_classes(start_gateway, sdk_kind
             for status, cls in STATUS_ERRORS.items():
                 for stream, base in ((False, gw.url), (True, late.url)):
                     name = f"{status}-{'stream' if stream else 'unary'}"
-                    expected[name] = (cls, status, f"code_{status}",
-                                      f"Error code: {status} - scripted {status}")
-                    nursery.start_soon(attempt, name, base, stream, CHAT,
-                                       {"fake": status_script(status)})
-            nursery.start_soon(attempt, "unknown-model", gw.url, False,
-                               {**CHAT, "model": "no-such-model"}, {})
-    expected["unknown-model"] = ("NotFoundError", 404, "model_not_found",
-                                 "Error code: 404 - The model `no-such-model` does not exist")
+                    expected[name] = (
+                        cls,
+                        status,
+                        f"code_{status}",
+                        f"Error code: {status} - scripted {status}",
+                    )
+                    nursery.start_soon(
+                        attempt, name, base, stream, CHAT, {"fake": status_script(status)}
+                    )
+            nursery.start_soon(
+                attempt, "unknown-model", gw.url, False, {**CHAT, "model": "no-such-model"}, {}
+            )
+    expected["unknown-model"] = (
+        "NotFoundError",
+        404,
+        "model_not_found",
+        "Error code: 404 - The model `no-such-model` does not exist",
+    )
     assert outcomes == expected
 
 
@@ -158,8 +175,9 @@ async def test_in_stream_error_event_raises_api_error(start_gateway, sdk_kind: s
     assert "[DONE]" in outcomes["closed_before_done"][1]
 
 
-async def test_heartbeats_never_reach_application_code(start_gateway, fake: FakeOpenAI,
-                                                       sdk_kind: str) -> None:
+async def test_heartbeats_never_reach_application_code(
+    start_gateway, fake: FakeOpenAI, sdk_kind: str
+) -> None:
     """Heartbeats every 0.1 s through a silent prefill and between slow tokens, with the
     default comment and with a bare ``:``: the raw bytes hold them, the application's
     chunks and text are exactly the upstream's."""
@@ -172,8 +190,7 @@ async def test_heartbeats_never_reach_application_code(start_gateway, fake: Fake
         sdk = SDK(sdk_kind, gw.url + "/v1", tap=raw)
         chunks: list[Any] = []
         try:
-            await sdk.stream("chat", chunks, **CHAT,
-                             extra_body={"fake": {**script, "id": comment}})
+            await sdk.stream("chat", chunks, **CHAT, extra_body={"fake": {**script, "id": comment}})
         finally:
             await sdk.aclose()
         sent = next(r.sent for r in fake.requests if r.body["fake"].get("id") == comment)
