@@ -69,10 +69,8 @@ def _preexec(cpus: set[int]) -> Any:
     def apply() -> None:
         os.setsid()
         os.sched_setaffinity(0, cpus)
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
-        except (ValueError, OSError):
-            pass
 
     return apply
 
@@ -129,7 +127,7 @@ def start_upstream(cpus: set[int], workdir: Path) -> Server:
         [PY, str(BENCH / "upstream.py"), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=log_path.open("wb"),
-        preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
+        preexec_fn=_preexec(cpus),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -163,7 +161,7 @@ def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = 
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
-        preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
+        preexec_fn=_preexec(cpus),
     )
     _wait_http(port, "/healthz", proc, 60)
     return Server("trio-gateway", port, proc, proc.pid, log_path=log_path)
@@ -182,7 +180,7 @@ def start_floor(mode: str, cpus: set[int], workdir: Path, upstream_port: int) ->
         ],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
-        preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
+        preexec_fn=_preexec(cpus),
     )
     _wait_http(port, "/healthz", proc, 60)
     return Server(f"{mode}-floor", port, proc, proc.pid, log_path=log_path)
@@ -202,7 +200,7 @@ def start_nginx(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
         [nginx, "-c", str(conf), "-p", str(prefix)],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
-        preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
+        preexec_fn=_preexec(cpus),
     )
     _wait_http(port, "/nginx-ready", proc, 20)
     worker = proc.pid
@@ -245,7 +243,7 @@ def start_litellm(cpus: set[int], workdir: Path, upstream_port: int) -> Server:
         env=env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
-        preexec_fn=_preexec(cpus),  # noqa: PLW1509 (no threads here)
+        preexec_fn=_preexec(cpus),
     )
     _wait_http(port, "/health/liveliness", proc, 180)
     return Server("litellm", port, proc, proc.pid, key=key, log_path=log_path)

@@ -94,7 +94,10 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
             lambda: samples.append(_proc_sample(args.pid)),
         )
     pool = Pool(args.host, args.port, opening=min(args.concurrency, 64))
-    make = lambda closed: Conn(next_request, on_unary, _never, closed)
+
+    def make(closed: Callable[[Conn, str | None], None]) -> Conn:
+        return Conn(next_request, on_unary, _never, closed)
+
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     finished = await pool.wait_closed(args.warmup + args.duration + 30)
     if args.pid and len(samples) == 1:  # the loop ended a moment before the timer
@@ -167,7 +170,10 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
 
     before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port)
-    make = lambda closed: Conn(next_request, _never_unary, records.append, closed)
+
+    def make(closed: Callable[[Conn, str | None], None]) -> Conn:
+        return Conn(next_request, _never_unary, records.append, closed)
+
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
     finished = await pool.wait_closed(timeout)
@@ -397,7 +403,11 @@ def _slope_kib(points: list[tuple[int, float]]) -> float | None:
     ys = [y for _, y in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     den = sum((x - mx) ** 2 for x in xs)
-    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den / 1024, 2) if den else None
+    return (
+        round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den / 1024, 2)
+        if den
+        else None
+    )
 
 
 def main() -> None:

@@ -314,6 +314,7 @@ class Pool:
         self._open = 0
         self._all_closed = asyncio.Event()
         self._gate = asyncio.Semaphore(opening)
+        self._connecting: set[asyncio.Future[bool]] = set()
 
     def _closed(self, conn: Conn, error: str | None) -> None:
         if error is not None:
@@ -331,7 +332,9 @@ class Pool:
     def _reopen(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> None:
         self._open += 1  # now, before the old connection's close is counted
         self.reconnects += 1
-        asyncio.ensure_future(self._connect(make))
+        task = asyncio.ensure_future(self._connect(make))
+        self._connecting.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._connecting.discard)
 
     async def _connect(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
         loop = asyncio.get_running_loop()
@@ -353,9 +356,9 @@ class Pool:
                 return False
         return True
 
-    async def wait_closed(self, timeout: float) -> bool:
+    async def wait_closed(self, within: float) -> bool:
         try:
-            await asyncio.wait_for(self._all_closed.wait(), timeout)
+            await asyncio.wait_for(self._all_closed.wait(), within)
         except TimeoutError:
             return False
         return True

@@ -16,7 +16,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from loadgen_conn import ResponseDecoder
+from loadgen_conn import ResponseDecoder  # noqa: E402 (bench/ is not a package)
 
 PIECES = [b"data: one\n\n", b": keepalive\n\ndata: x", b"\n\n\n"]
 CHUNKED = (

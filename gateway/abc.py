@@ -64,7 +64,7 @@ __all__ = [
     "http_base_url",
 ]
 
-JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
+JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 Endpoint = Literal["chat/completions", "completions", "embeddings"]

@@ -17,7 +17,7 @@ class Admission:
     so nobody barges. A waiter that is cancelled (its client went away) leaves the queue at
     once and never reaches the upstream."""
 
-    __slots__ = ("_settings", "_slots", "in_flight", "queued", "backend_id")
+    __slots__ = ("_settings", "_slots", "backend_id", "in_flight", "queued")
 
     def __init__(self, backend_id: str, settings: AdmissionSettings) -> None:
         self.backend_id = backend_id

@@ -78,7 +78,7 @@ class Breaker:
     ``failures`` consecutive failures, for ``cooldown`` seconds), ``half_open`` (cooled
     down; the next request is a trial — success closes, failure opens again)."""
 
-    __slots__ = ("_settings", "failures", "ejected_until", "_trial")
+    __slots__ = ("_settings", "_trial", "ejected_until", "failures")
 
     def __init__(self, settings: EjectionSettings) -> None:
         self._settings = settings

@@ -81,7 +81,7 @@ def _load_one(ep: EntryPoint) -> BackendType | BrokenPlugin:
     version = ep.dist.version if ep.dist is not None else "?"
     try:
         obj = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a plugin's import error must not stop the others
+    except Exception as exc:
         return BrokenPlugin(ep.name, dist, version, f"import failed: {type(exc).__name__}: {exc}")
     problem = _problem(obj, ep.value)
     if problem is not None:

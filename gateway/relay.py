@@ -215,7 +215,7 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
     try:
         with entry.scope:
             return await _attempts(exchange, writer, entry)
-    except Exception as exc:  # noqa: BLE001 -- a backend bug still gets an answer
+    except Exception as exc:
         if writer.gone:
             return None  # nobody to tell
         return _as_gateway_error(exc, entry)

@@ -149,7 +149,7 @@ def test_route_needs_backend_or_targets() -> None:
     from gateway.errors import ConfigError
 
     base = {"backends": {"a": {"type": "openai", "url": "http://h/v1"}}}
-    with pytest.raises(ConfigError, match="routes.r: Value error, give either"):
+    with pytest.raises(ConfigError, match=r"routes\.r: Value error, give either"):
         build_config({**base, "routes": {"r": {}}}, environ={})
     with pytest.raises(ConfigError, match=r"routes.r.targets.1.backend: unknown backend 'zz'"):
         build_config(

@@ -218,7 +218,7 @@ async def test_a_backend_swallowing_a_mid_stream_error_fails(fake: FakeOpenAI) -
 
 
 async def test_a_backend_disguising_an_error_status_fails(fake: FakeOpenAI) -> None:
-    with pytest.raises(ConformanceFailure, match="RuntimeError.*not a gateway error"):
+    with pytest.raises(ConformanceFailure, match=r"RuntimeError.*not a gateway error"):
         await _conformance(fake, HidesStatus).check_error_status()
 
 

@@ -12,6 +12,7 @@ the gateway's own lifetime; the fork and exec take milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -57,10 +58,8 @@ class ServerProcess:
         self.exited.set()
 
     def _signal_group(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
 
     async def stop(self, grace: float) -> None:
         """SIGTERM to the group; SIGKILL after ``grace`` seconds; return once reaped."""
@@ -99,7 +98,7 @@ async def open_process(
             env={**os.environ, **env},
             process_group=0,
             # Safe here: the child only calls prctl and getppid (no locks, no allocation).
-            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
+            preexec_fn=_die_with_parent(os.getpid()),
         )
     except BaseException:
         os.close(read_fd)

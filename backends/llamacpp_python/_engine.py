@@ -194,7 +194,7 @@ class Engine:
                 else self._cache_prompt
             )
             if not cache_prompt:
-                self._llama.reset()  # type: ignore[no-untyped-call]
+                self._llama.reset()
             if isinstance(request, EmbeddingRequest):
                 emit(json_body(self._embed(request)))
             elif request.stream:
@@ -203,7 +203,7 @@ class Engine:
                 emit(json_body(self._create(request, stream=False)))
         except Stopped:
             job.stopped = True
-        except Exception as error:  # noqa: BLE001 - the boundary: llama's errors become the request's
+        except Exception as error:
             # An aborted decode surfaces as a RuntimeError from llama-cpp-python.
             if job.stopping:
                 job.stopped = True
@@ -221,7 +221,7 @@ class Engine:
     def _create(self, request: TextRequest, *, stream: bool) -> Any:
         options = dict(request.options, model=request.model, stream=stream)
         if request.kind == "chat":
-            return self._llama.create_chat_completion(messages=request.messages, **options)  # type: ignore[arg-type]
+            return self._llama.create_chat_completion(messages=request.messages, **options)
         return self._llama.create_completion(prompt=request.prompt, **options)
 
     def _stream(self, job: Job, request: TextRequest, emit: Emit) -> None:

@@ -26,10 +26,11 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import cast
 
 import trio
 
-from .limits import WINDOW, Decision, Limits, WindowUsage, decide
+from .limits import WINDOW, Decision, Exceeded, Limits, WindowUsage, decide
 from .resp import RedisClient, RedisError, Reply, open_redis
 from .state import Ticket
 from .usage import UsageRecord, UsageRow
@@ -201,9 +202,10 @@ class RedisState:
         decision = decide(limits, usage, stream=stream)
         if (decision.exceeded or "") != exceeded:  # the script counted what it decided
             log.error("limit decision differs from redis's (%r, %r)", decision.exceeded, exceeded)
+            # The script names one of Exceeded's values (or none): it was written from them.
             decision = Decision(
-                exceeded or None,
-                max(decision.retry_after, 1.0),  # type: ignore[arg-type]
+                cast("Exceeded | None", exceeded or None),
+                max(decision.retry_after, 1.0),
                 decision.headers,
             )
         return decision, Ticket(self, team, id, stream) if decision.allowed else None

@@ -400,7 +400,7 @@ class FakeOpenAI:
         if fault == "no_done":
             pieces = pieces[:-1]
         if fault == "garbage":
-            pieces = pieces[:2] + [b"\x00\xffnot sse at all " * 8]
+            pieces = [*pieces[:2], b"\x00\xffnot sse at all " * 8]
         gap_at, gap = script.get("gap_at"), script.get("gap", 0)
         for i, piece in enumerate(pieces):
             if gap_at is not None and i == gap_at:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -99,7 +99,7 @@ def spawn_llama_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             process_group=0,
-            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509  (prctl only)
+            preexec_fn=_die_with_parent(os.getpid()),
         )
 
 
@@ -204,17 +204,6 @@ async def slot_busy(server: httpx.AsyncClient) -> bool:
     response = await server.get("/slots")
     response.raise_for_status()
     return any(slot["is_processing"] for slot in response.json())
-
-
-async def wait_for(
-    condition: Callable[[], Any], *, timeout: float, interval: float = 0.02
-) -> float:
-    """Poll an async ``condition`` until it is true; return the seconds it took."""
-    start = trio.current_time()
-    with trio.fail_after(timeout):
-        while not await condition():
-            await trio.sleep(interval)
-    return trio.current_time() - start
 
 
 # --- SSE --------------------------------------------------------------------------------

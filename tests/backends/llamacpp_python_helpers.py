@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import trio
 
 from backends.llamacpp_python import LlamaCppPythonBackend
 from gateway.config import GatewayConfig, build_config
@@ -80,10 +79,3 @@ def chunk_text(chunk: dict[str, Any]) -> str:
     if "delta" in choice:
         return str(choice["delta"].get("content") or "")
     return str(choice.get("text") or "")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll a condition the server reaches on its own (no timing logic rests on this)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)

@@ -25,6 +25,7 @@ import httpx
 import trio
 
 from backends.llamacpp._launch import free_port
+from gateway.testing.waiting import wait_until
 
 from .llamacpp_fixtures import (
     _wait_healthy_sync,
@@ -35,7 +36,6 @@ from .llamacpp_fixtures import (
     spawn_llama_server,
     start_gateway,
     stop_llama_server,
-    wait_for,
 )
 
 _F_SETLEASE = 1024  # <linux/fcntl.h>; Python's fcntl module does not name it
@@ -83,7 +83,7 @@ async def _wait_until_loading(url: str) -> httpx.Response:
             return False
         return True
 
-    await wait_for(answering, timeout=30)
+    await wait_until(answering, within=30)
     response = await _health(url)
     assert response.status_code == 503, response.text
     return response
@@ -92,7 +92,7 @@ async def _wait_until_loading(url: str) -> httpx.Response:
 async def test_a_loading_server_makes_its_route_not_ready(
     nursery: trio.Nursery,
     model_path: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}"
@@ -105,7 +105,7 @@ async def test_a_loading_server_makes_its_route_not_ready(
             settings = backend_settings(url=url, poll_interval=0.05)
             gateway = await start_gateway(nursery, gateway_doc(settings))
             backend = gateway.backend
-            await wait_for(_returns(lambda: backend.status.checked_at is not None), timeout=5)
+            await wait_until((lambda: backend.status.checked_at is not None), within=5)
             assert backend.status.health == "loading"
             assert backend.status.detail == "Loading model"
             upstream = gateway.gateway.upstreams["l"]
@@ -125,7 +125,7 @@ async def test_a_loading_server_makes_its_route_not_ready(
             assert upstream.breaker.failures == 0  # loading is not failing
 
             release()  # the model loads now
-            await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=60)
+            await wait_until((lambda: backend.status.health == "ready"), within=60)
             async with gateway.client() as client:
                 assert (await client.get("/readyz")).status_code == 200
                 answer = await client.post("/v1/completions", json=COMPLETION)
@@ -139,7 +139,7 @@ async def test_a_loading_server_makes_its_route_not_ready(
 async def test_a_request_that_meets_a_loading_server_waits_for_the_load(
     nursery: trio.Nursery,
     model_path: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """The server restarts between two polls: the gateway still believes it ready, sends a
     request, and llama-server answers 503 "Loading model". The backend turns ``loading``
@@ -153,7 +153,7 @@ async def test_a_request_that_meets_a_loading_server_waits_for_the_load(
         settings = backend_settings(url=url, poll_interval=60)  # no second poll in this test
         gateway = await start_gateway(nursery, gateway_doc(settings, interval=0.25))
         backend = gateway.backend
-        await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=5)
+        await wait_until((lambda: backend.status.health == "ready"), within=5)
     finally:
         stop_llama_server(first)
 
@@ -173,13 +173,13 @@ async def test_a_request_that_meets_a_loading_server_waits_for_the_load(
                             events.append(event)
 
                 inner.start_soon(stream)
-                await wait_for(_returns(lambda: backend.status.health == "loading"), timeout=5)
+                await wait_until((lambda: backend.status.health == "loading"), within=5)
                 assert backend.status.detail == "Loading model"
                 async with gateway.client() as other:
                     assert (await other.get("/readyz")).status_code == 503
-                with trio.fail_after(5):  # the waiting client hears heartbeats
-                    while events.count(b": keepalive") < 3:
-                        await trio.sleep(0.05)
+                await wait_until(
+                    lambda: events.count(b": keepalive") >= 3, within=5
+                )  # the waiting client hears heartbeats
                 released_at = trio.current_time()
                 release()
             waited = trio.current_time() - released_at

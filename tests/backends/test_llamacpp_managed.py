@@ -22,6 +22,8 @@ import httpx
 import pytest
 import trio
 
+from gateway.testing.waiting import wait_until
+
 from .llamacpp_fixtures import (
     gateway_doc,
     managed_settings,
@@ -29,7 +31,6 @@ from .llamacpp_fixtures import (
     open_stream,
     read_stream,
     start_gateway,
-    wait_for,
 )
 
 CHAT = {
@@ -39,13 +40,6 @@ CHAT = {
     "temperature": 0,
 }
 SERVER_LOG = "gateway.backends.llamacpp.server"
-
-
-def _returns(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return bool(predicate())
-
-    return check
 
 
 def _process_gone(pid: int) -> bool:
@@ -86,7 +80,7 @@ async def _chat(client: httpx.AsyncClient) -> dict[str, Any]:
 async def test_managed_server_serves_and_comes_back_after_kill_9(
     nursery: trio.Nursery,
     model_path: Path,
-    caplog: pytest.LogCaptureFixture,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.backends.llamacpp")
     settings = managed_settings(model_path, poll_interval=0.05, restart_delay=1.0)
@@ -102,7 +96,7 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
     assert ready.status_code == 503
     assert ready.json()["backends"]["l"]["health"] == "loading"
 
-    await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=120)
+    await wait_until((lambda: backend.status.health == "ready"), within=120)
     assert supervisor.process is not None
     first_pid = supervisor.process.pid
     assert backend.url is not None and backend.url.startswith("http://127.0.0.1:")
@@ -121,15 +115,15 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
     # kill -9: down at once (no request goes there), a new process after the back-off.
     killed_at = trio.current_time()
     os.kill(first_pid, signal.SIGKILL)
-    await wait_for(_returns(lambda: backend.status.health == "down"), timeout=5)
+    await wait_until((lambda: backend.status.health == "down"), within=5)
     async with gateway.client() as client:
         refused = await client.post("/v1/chat/completions", json=CHAT)
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["code"] == "no_backend_available"
-    await wait_for(_returns(lambda: supervisor.starts == 2), timeout=10)
+    await wait_until((lambda: supervisor.starts == 2), within=10)
     restarted_after = trio.current_time() - killed_at
     assert restarted_after >= 1.0  # restart_delay
-    await wait_for(_returns(lambda: backend.status.health == "ready"), timeout=120)
+    await wait_until((lambda: backend.status.health == "ready"), within=120)
     assert supervisor.process.pid != first_pid
     assert _process_gone(first_pid)
     async with gateway.client() as client:
@@ -141,13 +135,13 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
 
 async def test_embeddings_where_the_server_has_them(
     nursery: trio.Nursery,
-    model_path: Path,  # noqa: F811
+    model_path: Path,
 ) -> None:
     """A server started with ``--embeddings`` answers ``/v1/embeddings`` through the
     gateway (one vector per input, the model's width, llama-server's usage)."""
     settings = managed_settings(model_path, "--embeddings", "--pooling", "mean")
     gateway = await start_gateway(nursery, gateway_doc(settings))
-    await wait_for(_returns(lambda: gateway.backend.status.health == "ready"), timeout=120)
+    await wait_until((lambda: gateway.backend.status.health == "ready"), within=120)
     async with gateway.client() as client:
         response = await client.post(
             "/v1/embeddings", json={"model": "gemma", "input": ["a lighthouse", "an owl"]}
@@ -176,7 +170,7 @@ def fake_binary(tmp_path: Path) -> Path:
 
 async def test_a_crashing_server_is_restarted_with_doubling_back_off(
     nursery: trio.Nursery,
-    model_path: Path,  # noqa: F811
+    model_path: Path,
     fake_binary: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -191,7 +185,7 @@ async def test_a_crashing_server_is_restarted_with_doubling_back_off(
     def starts() -> list[float]:
         return [float(t) for t in starts_file.read_text().split()] if starts_file.exists() else []
 
-    await wait_for(_returns(lambda: len(starts()) >= 5), timeout=20)
+    await wait_until((lambda: len(starts()) >= 5), within=20)
     times = starts()[:5]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     print(f"\nback-off gaps between starts: {[round(g, 3) for g in gaps]}")
@@ -209,7 +203,7 @@ async def test_a_crashing_server_is_restarted_with_doubling_back_off(
 async def test_a_start_that_never_becomes_healthy_is_killed_and_retried(
     nursery: trio.Nursery,
     model_path: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """A server that hangs instead of listening: after ``start_timeout`` it is stopped —
     SIGTERM, then SIGKILL, its whole process group — and started again."""
@@ -234,10 +228,10 @@ async def test_a_start_that_never_becomes_healthy_is_killed_and_retried(
             return []
         return [[int(p) for p in line.split()] for line in pids.read_text().splitlines()]
 
-    await wait_for(_returns(lambda: len(started()) >= 2), timeout=20)
+    await wait_until((lambda: len(started()) >= 2), within=20)
     first = started()[0]
     # The hung first start and the child it forked are gone, reaped.
-    await wait_for(_returns(lambda: all(_process_gone(p) for p in first)), timeout=5)
+    await wait_until((lambda: all(_process_gone(p) for p in first)), within=5)
     assert gateway.backend.status.health != "ready"
 
 
@@ -257,10 +251,10 @@ class GatewayProcess:
     def log(self) -> str:
         return self.output.decode(errors="replace")
 
-    async def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        with trio.fail_after(timeout):
-            while (match := pattern.search(self.log)) is None:
-                await trio.sleep(0.02)
+    async def wait_for_line(self, pattern: re.Pattern[str], within: float) -> re.Match[str]:
+        await wait_until(lambda: pattern.search(self.log) is not None, within=within)
+        match = pattern.search(self.log)
+        assert match is not None
         return match
 
 
@@ -304,15 +298,15 @@ async def run_gateway_command(
 async def test_no_llama_server_outlives_the_gateway(
     tmp_path: Path,
     model_path: Path,
-    signum: signal.Signals,  # noqa: F811
+    signum: signal.Signals,
 ) -> None:
     """SIGTERM: the gateway stops llama-server and exits 0. SIGKILL: the gateway cannot do
     anything — the kernel's parent-death signal takes llama-server down with it."""
     server_pid = None
     async with run_gateway_command(tmp_path, managed_settings(model_path)) as gateway:
         try:
-            url = (await gateway.wait_for_line(_SERVING, timeout=60))[1]
-            server_pid = int((await gateway.wait_for_line(_READY, timeout=120))[1])
+            url = (await gateway.wait_for_line(_SERVING, within=60))[1]
+            server_pid = int((await gateway.wait_for_line(_READY, within=120))[1])
             assert _group_members(server_pid) == [server_pid]
             async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
                 await _chat(client)
@@ -320,7 +314,7 @@ async def test_no_llama_server_outlives_the_gateway(
             with trio.fail_after(60):
                 code = await gateway.process.wait()
             assert code == (0 if signum == signal.SIGTERM else -signal.SIGKILL), gateway.log
-            await wait_for(_returns(lambda: _process_gone(server_pid)), timeout=10)
+            await wait_until((lambda: _process_gone(server_pid)), within=10)
             assert _group_members(server_pid) == []
         finally:
             if server_pid is not None and not _process_gone(server_pid):

@@ -14,11 +14,12 @@ from typing import Any
 import llama_cpp
 import trio
 
+from gateway.testing.waiting import wait_until
+
 from .llamacpp_python_helpers import (
     LocalGateway,
     StartLocal,
     chunk_text,
-    wait_until,
 )
 from .sse_helpers import event_json, sse_events
 
@@ -199,7 +200,7 @@ async def test_a_full_line_is_refused_and_a_waiter_that_leaves_frees_its_place(
 
         # The waiter hangs up: it leaves the line at once, and its place is free again.
         leave_b.set()
-        await wait_until(lambda: admission.queued == 0, timeout=2)
+        await wait_until(lambda: admission.queued == 0, within=2)
         log_d: list[tuple[float, bytes]] = []
         nursery.start_soon(_consume, gw, _completion("Hello", 4), log_d)
         await wait_until(lambda: admission.queued == 1)

@@ -14,6 +14,7 @@ import trio
 
 from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp._launch import free_port
+from gateway.testing.waiting import wait_until
 
 from .llamacpp_fixtures import (
     LlamaServer,
@@ -30,7 +31,6 @@ from .llamacpp_fixtures import (
     spawn_llama_server,
     start_gateway,
     stop_llama_server,
-    wait_for,
 )
 from .sse_helpers import event_json, sse_events
 
@@ -53,14 +53,14 @@ COMPLETION = {
 
 
 @pytest.fixture
-async def gateway(nursery: trio.Nursery, llama_server: LlamaServer):  # noqa: F811
+async def gateway(nursery: trio.Nursery, llama_server: LlamaServer):
     return await start_gateway(
         nursery, gateway_doc(backend_settings(url=llama_server.url + "/v1"), interval=1.0)
     )
 
 
 @pytest.fixture
-async def server(llama_server: LlamaServer):  # noqa: F811
+async def server(llama_server: LlamaServer):
     async with llama_server.client() as client:
         yield client
 
@@ -72,10 +72,10 @@ def _upstream(body: dict[str, Any]) -> dict[str, Any]:
 # --- settings and start-up ---------------------------------------------------------------
 
 
-async def test_backend_reads_health_load_and_props(gateway, llama_server) -> None:  # noqa: F811
+async def test_backend_reads_health_load_and_props(gateway, llama_server) -> None:
     backend = gateway.backend
     assert backend.url == llama_server.url  # the trailing /v1 is the API's, not the server's
-    await wait_for(_returns(lambda: backend.server_info is not None), timeout=5)
+    await wait_until((lambda: backend.server_info is not None), within=5)
     assert backend.status.health == "ready"
     assert (backend.status.running, backend.status.queued) == (0, 0)
     info = backend.server_info
@@ -175,7 +175,7 @@ LONG = {
 }
 
 
-async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_server) -> None:  # noqa: F811
+async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_server) -> None:
     """--parallel 1 and a long request (another client's, straight to llama-server) in the
     only slot: a second streaming request through the gateway has to wait. The gateway holds
     it until the slot frees and covers the wait with a heartbeat every interval (1 s), so a
@@ -196,9 +196,9 @@ async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_
                             long_tokens.append(trio.current_time())
 
         nursery.start_soon(occupy_the_slot)
-        await wait_for(_returns(lambda: len(long_tokens) > 0), timeout=60)
+        await wait_until((lambda: len(long_tokens) > 0), within=60)
         # The load, read from /metrics, reaches the backend's status.
-        await wait_for(_returns(lambda: backend.status.running == 1), timeout=5)
+        await wait_until((lambda: backend.status.running == 1), within=5)
 
         async with gateway.client(timeout=read_3s) as client:
             started = trio.current_time()
@@ -239,7 +239,7 @@ async def test_queued_stream_is_kept_alive_by_heartbeats(gateway, server, llama_
 async def test_load_comes_from_slots_when_metrics_are_off(
     nursery: trio.Nursery,
     model_path: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """A server started without ``--metrics``: the busy count is read from ``/slots``
     (its queue length is not published there, so ``queued`` stays unknown)."""
@@ -251,7 +251,7 @@ async def test_load_comes_from_slots_when_metrics_are_off(
         settings = backend_settings(url=url, poll_interval=0.1, load_interval=0.2)
         gateway = await start_gateway(nursery, gateway_doc(settings))
         backend = gateway.backend
-        await wait_for(_returns(lambda: backend.status.running == 0), timeout=10)
+        await wait_until((lambda: backend.status.running == 0), within=10)
         assert backend.status.queued is None
         async with (
             httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as direct,
@@ -260,8 +260,8 @@ async def test_load_comes_from_slots_when_metrics_are_off(
             async for event in events:
                 if event.startswith(b"data: {"):
                     break
-            await wait_for(_returns(lambda: backend.status.running == 1), timeout=10)
-        await wait_for(_returns(lambda: backend.status.running == 0), timeout=10)
+            await wait_until((lambda: backend.status.running == 1), within=10)
+        await wait_until((lambda: backend.status.running == 0), within=10)
     finally:
         stop_llama_server(process)
 
@@ -286,7 +286,7 @@ async def test_disconnect_mid_generation_frees_the_slot(gateway, server) -> None
                     break
         assert await slot_busy(server)
     # the response and its connection are closed here: the client is gone
-    freed_after = await wait_for(lambda: _not(slot_busy(server)), timeout=10)
+    freed_after = await wait_until(lambda: _not(slot_busy(server)), within=10)
     token_time = (arrivals[-1] - arrivals[1]) / 6
     print(
         f"\nslot idle {freed_after * 1000:.0f} ms after the client disconnected "
@@ -325,8 +325,8 @@ async def test_queued_request_that_disconnects_never_starts(gateway, server) -> 
                             first_tokens.append(trio.current_time())
 
         nursery.start_soon(first_request)
-        await wait_for(_returns(lambda: len(first_tokens) > 0), timeout=60)
-        await wait_for(_returns(lambda: backend.status.running == 1), timeout=5)
+        await wait_until((lambda: len(first_tokens) > 0), within=60)
+        await wait_until((lambda: backend.status.running == 1), within=5)
         async with gateway.client() as client, open_stream(client, "/v1/completions", queued) as r:
             async with aclosing(sse_events(r)) as stream_events:
                 async for event in stream_events:
@@ -334,9 +334,9 @@ async def test_queued_request_that_disconnects_never_starts(gateway, server) -> 
                     break  # one heartbeat: it is waiting for the slot now
             assert backend.slots.waiting == 1
         # disconnected: out of the line at once
-        await wait_for(_returns(lambda: backend.slots.waiting == 0), timeout=1)
+        await wait_until((lambda: backend.slots.waiting == 0), within=1)
         first_running.cancel()
-    await wait_for(lambda: _not(slot_busy(server)), timeout=10)
+    await wait_until(lambda: _not(slot_busy(server)), within=10)
     # Two more polls see the slot free; a request still waiting anywhere would be sent now.
     for _ in range(2):
         await _next_poll(backend)
@@ -354,16 +354,9 @@ async def test_queued_request_that_disconnects_never_starts(gateway, server) -> 
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _returns(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return bool(predicate())
-
-    return check
-
-
 async def _next_poll(backend: LlamaCppBackend) -> None:
     checked = backend.status.checked_at
-    await wait_for(_returns(lambda: backend.status.checked_at != checked), timeout=5)
+    await wait_until((lambda: backend.status.checked_at != checked), within=5)
 
 
 async def _not(awaitable) -> bool:  # type: ignore[no-untyped-def]
@@ -379,7 +372,7 @@ async def _metric_is(server: httpx.AsyncClient, name: str, value: float) -> bool
 
 async def test_llama_server_pings_count_as_upstream_liveness(
     nursery: trio.Nursery,
-    llama_server: LlamaServer,  # noqa: F811
+    llama_server: LlamaServer,
 ) -> None:
     """llama-server sends headers when the slot starts, then nothing during the prefill
     except its own pings (``:``, asked for every second). Those pings are upstream bytes: they satisfy ``first_byte`` and reset

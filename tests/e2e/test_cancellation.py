@@ -9,14 +9,13 @@ import pytest
 import trio
 
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.waiting import wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
 async def wait_for_request(fake: FakeOpenAI, n: int) -> None:
-    with trio.fail_after(5):
-        while len(fake.requests) < n:
-            await trio.sleep(0.005)
+    await wait_until(lambda: len(fake.requests) >= n, within=5)
 
 
 @pytest.mark.parametrize(
@@ -85,8 +84,7 @@ async def test_pool_returns_to_baseline_after_1000_cancelled_requests(
             nursery.start_soon(cycles, worker)
     with trio.fail_after(5):
         await gw.gateway.inflight.wait_empty()
-        while fake.open_connections > baseline_open:
-            await trio.sleep(0.01)
+    await wait_until(lambda: fake.open_connections <= baseline_open, within=5)
 
     open_, idle = backend.pool_connections()
     assert open_ == idle <= baseline_open  # nothing in use, nothing leaked

@@ -54,7 +54,7 @@ async def test_mid_stream_failure_is_an_error_event(start_gateway, script, fragm
 async def test_stall_hits_idle_timer_despite_heartbeats(start_gateway) -> None:
     gw = await start_gateway(keepalive={"interval": 0.1}, timeouts={"idle": 0.6})
     async with gw.client() as client:
-        resp, events = await read_stream(client, {"fault": "stall", "tokens": 4})
+        _, events = await read_stream(client, {"fault": "stall", "tokens": 4})
     heartbeats = [e for e in events if e.comments == ("keepalive",)]
     assert len(heartbeats) >= 3  # heartbeats kept flowing, yet the idle timer fired
     error = json.loads(data_events(events)[-1])["error"]

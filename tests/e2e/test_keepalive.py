@@ -32,11 +32,11 @@ def split_heartbeats(raw: bytes) -> tuple[bytes, int]:
 
 async def stream_with_read_timeout(url: str, script: dict, read_timeout: float) -> bytes:
     timeout = httpx.Timeout(10.0, read=read_timeout)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
-        ) as r:
-            return b"".join([chunk async for chunk in r.aiter_raw()])
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=timeout) as client,
+        client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r,
+    ):
+        return b"".join([chunk async for chunk in r.aiter_raw()])
 
 
 async def test_keepalive_proof_silent_prefill(start_gateway, fake: FakeOpenAI) -> None:
@@ -120,7 +120,7 @@ def random_script(rng: random.Random, index: int) -> tuple[dict, bytes]:
     events.insert(rng.randint(0, len(events) - 1), b": upstream comment\n\n")
     body = b"".join(events)
     cuts = sorted(rng.sample(range(1, len(body)), k=min(len(body) - 1, rng.randint(1, 25))))
-    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
     paces = [rng.choice([0, 0, 0.001, 0.01, 0.03]) for _ in pieces]
     script = {"chunks": [p.decode("latin-1") for p in pieces], "paces": paces}
     return script, body
@@ -164,7 +164,7 @@ async def test_stream_longer_than_150_s(start_gateway, mock_clock: MockClock) ->
     t0 = trio.current_time()
     raw = await stream_with_read_timeout(gw.url, {"tokens": 80, "pace": 2}, 30)
     elapsed = trio.current_time() - t0
-    upstream, beats = split_heartbeats(raw)
+    upstream, _ = split_heartbeats(raw)
     assert elapsed > 150
     assert upstream == b"".join(chat_events(80, model="upstream-m"))
     assert upstream.endswith(b"data: [DONE]\n\n")

@@ -15,6 +15,7 @@ from gateway.server import serve
 from gateway.service import Gateway, open_gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, chat_events
+from gateway.testing.waiting import wait_until
 
 CHAT = {"model": "pool", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -78,16 +79,18 @@ async def test_failover_before_first_data_event(nursery: trio.Nursery) -> None:
     )
     # Every fake answers per the script in the body: the busy one fails, the good one
     # prefills silently for a second. One script serves both: status only on `busy`.
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream(
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        client.stream(
             "POST",
             "/v1/chat/completions",
             json={
                 **CHAT,
                 "fake": {"status_on_port": {str(busy.port): 503}, "prefill": 1.0, "tokens": 5},
             },
-        ) as resp:
-            raw = await resp.aread()
+        ) as resp,
+    ):
+        raw = await resp.aread()
     assert resp.status_code == 200
     assert resp.headers["x-gateway-attempts"] == (
         "refusing=502:upstream_connect_error, busy=503:fake_error, good=ok"
@@ -106,11 +109,11 @@ async def test_failover_after_headers_and_heartbeats(nursery: trio.Nursery) -> N
         nursery, {"slow": slow_fail.url, "good": good.url}, {"keepalive": {"interval": 0.1}}
     )
     script = {"status_on_port": {str(slow_fail.port): 500}, "headers_delay": 0.5, "tokens": 3}
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
-        ) as r:
-            raw = await r.aread()
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r,
+    ):
+        raw = await r.aread()
     assert r.status_code == 200
     assert "x-gateway-attempts" not in r.headers  # committed by a heartbeat, before any outcome
     events = [e for e in SSEFramer().feed(raw) if e.comments != ("keepalive",)]
@@ -163,26 +166,30 @@ async def test_ejection_and_recovery(nursery: trio.Nursery) -> None:
 
         restarted, _ = await start_fake(nursery, port)  # back on the same port
         breaker = gw.upstreams["flaky"].breaker
-        with trio.fail_after(5):  # the 0.5 s cool-down runs out
-            while breaker.state(trio.current_time()) == "open":
-                await trio.sleep(0.01)
+        await wait_until(
+            lambda: breaker.state(trio.current_time()) != "open", within=5
+        )  # the 0.5 s cool-down runs out
         assert await attempts() == "flaky=ok"  # the half-open trial succeeds
         assert await attempts() == "flaky=ok"  # and it is back in rotation
     assert len(restarted.requests) == 2
 
 
 async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> None:
+    # One slot: request k+1 is granted only once k has finished upstream, so the order the
+    # upstream sees is exactly the order the queue granted slots in (with two slots, two
+    # grants a few microseconds apart race each other to the upstream).
     fake, _ = await start_fake(nursery)
     url, gw = await serve_pool(
         nursery,
         {"only": fake.url},
         {"keepalive": {"interval": 0.1}},
-        {"admission": {"max_concurrency": 2, "max_queue": 8}},
+        {"admission": {"max_concurrency": 1, "max_queue": 9}},
     )
+    admission = gw.upstreams["only"].admission
     results: dict[int, tuple[int, int]] = {}
 
     async def one(i: int, client: httpx.AsyncClient) -> None:
-        body = {**CHAT, "fake": {"prefill": 0.3, "tokens": 2, "tag": i}}
+        body = {**CHAT, "fake": {"prefill": 0.15, "tokens": 2, "tag": i}}
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             raw = await r.aread()
         events = SSEFramer().feed(raw)
@@ -195,21 +202,17 @@ async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> 
         async with trio.open_nursery() as inner:
             for i in range(10):
                 inner.start_soon(one, i, client)
-                # Arrival order is the test's: wait until request i is in the gateway.
-                with trio.fail_after(5):
-                    while len(gw.inflight) < i + 1:
-                        await trio.sleep(0.001)
-        overflow = [
-            await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
-            for _ in range(1)
-        ]
+                # Arrival order is the test's: request i holds the slot or waits in the
+                # queue before request i + 1 is sent.
+                await wait_until(lambda n=i + 1: admission.in_flight + admission.queued >= n)
+        overflow = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     arrivals = sorted(fake.requests, key=lambda r: r.received_at)
     order = [r.body["fake"]["tag"] for r in arrivals if "tag" in r.body.get("fake", {})]
-    assert fake.max_active == 2
+    assert fake.max_active == 1
     assert order == list(range(10))  # served in arrival order
     assert all(status == 200 for status, _ in results.values())
-    assert all(beats >= 1 for i, (_, beats) in results.items() if i >= 2)  # waiting ones heard
-    assert overflow[0].status_code == 200  # the queue had drained by then
+    assert all(beats >= 1 for i, (_, beats) in results.items() if i >= 1)  # waiting ones heard
+    assert overflow.status_code == 200  # the queue had drained by then
 
 
 async def test_queue_overflow_and_disconnected_waiters(nursery: trio.Nursery) -> None:
@@ -230,26 +233,20 @@ async def test_queue_overflow_and_disconnected_waiters(nursery: trio.Nursery) ->
                     json={**CHAT, "stream": False, "fake": {"prefill": 1.0}},
                 )
             )
-            with trio.fail_after(5):
-                while upstream.admission.in_flight < 1:
-                    await trio.sleep(0.001)
+            await wait_until(lambda: upstream.admission.in_flight >= 1, within=5)
 
             # A waiter that hangs up leaves the queue and never reaches the upstream.
             with trio.move_on_after(0.3):
                 await client.post(
                     "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"tag": "gone"}}
                 )
-            with trio.fail_after(2):
-                while upstream.admission.queued:
-                    await trio.sleep(0.001)
+            await wait_until(lambda: not upstream.admission.queued, within=2)
 
             # One waiter fills the queue; the next is refused at once.
             inner.start_soon(
                 partial(client.post, "/v1/chat/completions", json={**CHAT, "stream": False})
             )
-            with trio.fail_after(5):
-                while upstream.admission.queued < 1:
-                    await trio.sleep(0.001)
+            await wait_until(lambda: upstream.admission.queued >= 1, within=5)
             refused = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
@@ -282,9 +279,7 @@ async def test_least_busy_spreads_by_reported_load(nursery: trio.Nursery) -> Non
                         json={**CHAT, "stream": False, "fake": {"prefill": 60}},
                     )
                 )
-            with trio.fail_after(30):
-                while len(a.requests) + len(b.requests) < 100:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: len(a.requests) + len(b.requests) >= 100, within=30)
             inner.cancel_scope.cancel()
     # b takes the first 30 alone, then both share: 35 / 65 expected (round-robin: 50 / 50).
     assert len(a.requests) + len(b.requests) == 100

@@ -20,11 +20,11 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream":
 
 
 async def collect(url: str, script: dict, out: dict, key: str) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
-        ) as r:
-            out[key] = (r.status_code, await r.aread())
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+        client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r,
+    ):
+        out[key] = (r.status_code, await r.aread())
 
 
 async def test_in_flight_stream_finishes_during_drain(start_gateway) -> None:

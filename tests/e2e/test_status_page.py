@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from playwright.sync_api import Page, sync_playwright
 
@@ -79,6 +80,7 @@ def drive_browser(url: str, request_started: Any, problems: list[str]) -> dict[s
     return seen
 
 
+@pytest.mark.chromium
 async def test_status_page_in_chromium_follows_a_stream(start_gateway, fake: FakeOpenAI) -> None:
     gw = await start_gateway(keepalive={"interval": 0.2, "comment": "still-here"})
     go = trio.Event()

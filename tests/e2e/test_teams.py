@@ -25,6 +25,7 @@ from gateway.service import Gateway, open_gateway
 from gateway.sse import SSEFramer
 from gateway.teams.keys import fingerprint, hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI, RequestRecord
+from gateway.testing.waiting import wait_until
 
 ALPHA, BETA, ADMIN = new_key(), new_key(), new_key()
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -248,9 +249,7 @@ async def test_429_concurrent_streams_then_slot_frees(start: Start, fake: FakeOp
             "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "fake": {"prefill": 30}}
         ) as held:
             assert held.status_code == 200  # early headers; the stream sits in prefill
-            with trio.fail_after(5):
-                while not fake.requests:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: fake.requests, within=5)
             r = await alpha.post("/v1/chat/completions", json={**CHAT, "stream": True})
             assert r.status_code == 429
             assert r.headers["retry-after"] == "1"
@@ -554,6 +553,7 @@ async def test_auth_off_is_announced(
     assert any(w.startswith("AUTH IS OFF") for w in warnings)
 
 
+@pytest.mark.chromium
 async def test_status_page_in_chromium_with_the_admin_password(start: Start) -> None:
     """A browser asked for the admin key (HTTP Basic) sends it again with the page's own
     EventSource request, so the live feed connects."""

@@ -103,7 +103,7 @@ class DirectChecks(Harness):
                         fail(f"{what}: open_response was entered; it must raise instead")
                 except ConformanceFailure:
                     raise
-                except Exception as exc:  # noqa: BLE001 - judged below, whatever it is
+                except Exception as exc:
                     error = gateway_error(exc)
                     if error is None:
                         fail(
@@ -135,7 +135,7 @@ class DirectChecks(Harness):
                         framer = SSEFramer()
                         async for chunk in response.body:
                             events += framer.feed(chunk)
-                except Exception as exc:  # noqa: BLE001 - judged below, whatever it is
+                except Exception as exc:
                     error = exc
                 await self.settled(backend, tasks, f"after {what}")
         data = [e.data for e in events if e.data is not None]
@@ -197,7 +197,7 @@ class DirectChecks(Harness):
                                 nursery.cancel_scope.cancel()
                 except ConformanceFailure:
                     raise
-                except Exception as exc:  # noqa: BLE001 - any error here breaks the contract
+                except Exception as exc:
                     fail(
                         f"{what}: the exchange raised {exc!r}; cancellation must propagate "
                         "as Cancelled, never become an error"

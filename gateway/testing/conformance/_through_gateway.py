@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from math import inf
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from ...errors import ConfigError
 from ...sse import SSEFramer
 from ..openai_shapes import Answer, ShapeError, parse_sse
 from ..serving import ServedGateway, open_test_gateway
+from ..waiting import wait_until
 from ._cases import (
     BACKEND_ID,
     CANCEL_CASES,
@@ -194,9 +196,11 @@ class GatewayChecks(Harness):
 
 
 async def _relay_phase(served: ServedGateway, phase: str) -> None:
-    """Return once a request in the gateway's in-flight table is in ``phase``."""
-    while not any(entry.phase == phase for entry in served.gateway.inflight):
-        await trio.sleep(0.005)
+    """Return once a request in the gateway's in-flight table is in ``phase`` (the caller
+    sets the deadline)."""
+    await wait_until(
+        lambda: any(entry.phase == phase for entry in served.gateway.inflight), within=inf
+    )
 
 
 def _longest_heartbeat_run(raw: bytes, what: str) -> int:

@@ -134,7 +134,7 @@ class SDK:
                 into.append(None)
                 with chunks:
                     for chunk in chunks:
-                        into.append(chunk)  # noqa: PERF402 (one by one: an error keeps them)
+                        into.append(chunk)
 
             await trio.to_thread.run_sync(work)
             return

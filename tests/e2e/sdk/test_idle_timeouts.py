@@ -18,9 +18,11 @@ heartbeat task the gateway still sends no headers before the upstream does, so t
 same timer fires as against the upstream itself — had it committed headers early, the
 queued case would end in ``bodyTimeout`` instead, and this test would say so.
 
-Python: the SDK with ``httpx.Timeout(read=3)``; httpx's read timer covers the wait for the
-headers and each body read, so every failing way raises ``APITimeoutError``: from
-``create()`` while queued, from the iteration otherwise.
+Python: the SDK with ``openai.Timeout(30, read=3)`` — the SDK's own timeout type, as its docs
+pass it, so the test runs on whichever HTTP library the SDK is built on (httpx, or httpx2
+from openai 3 on). The read timer covers the wait for the headers and each body read, so
+every failing way raises ``APITimeoutError``: from ``create()`` while queued, from the
+iteration otherwise.
 
 All cases of one SDK run at once in one nursery, so a check costs one 12 s silence.
 """
@@ -159,7 +161,7 @@ async def test_node_undici_idle_timers(start_gateway, fake: FakeOpenAI, run_node
 
 async def test_python_sdk_read_timeout(start_gateway, fake: FakeOpenAI) -> None:
     bases = await start_ways(start_gateway, fake)
-    timeout = httpx.Timeout(30.0, read=CLIENT_TIMEOUT)
+    timeout = openai.Timeout(30.0, read=CLIENT_TIMEOUT)
     outcomes: dict[str, tuple[Any, ...]] = {}
     elapsed: dict[str, float] = {}
     chunks_of: dict[str, list[Any]] = {}
