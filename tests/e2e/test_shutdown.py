@@ -15,6 +15,7 @@ import trio
 
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.waiting import wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -27,37 +28,47 @@ async def collect(url: str, script: dict, out: dict, key: str) -> None:
         out[key] = (r.status_code, await r.aread())
 
 
+async def refused(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.get("/healthz")
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def streaming(gw) -> bool:
+    return any(entry.phase == "streaming" for entry in gw.gateway.inflight)
+
+
 async def test_in_flight_stream_finishes_during_drain(start_gateway) -> None:
     gw = await start_gateway(server={"graceful_timeout": 10})
     out: dict = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect, gw.url, {"tokens": 20, "pace": 0.05}, out, "s")
-        await trio.sleep(0.3)
+        await wait_until(lambda: streaming(gw))  # mid-stream when the shutdown comes
         gw.shutdown.set()
-        await trio.sleep(0.1)
-        assert gw.gateway.draining
+        await wait_until(lambda: gw.gateway.draining)
+        assert streaming(gw)  # draining does not end the stream
         with trio.fail_after(5):
             await gw.gateway.inflight.wait_empty()
     status, raw = out["s"]
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
-    with trio.fail_after(5):  # and the listener is closed: new connections are refused
-        while True:
-            try:
-                async with httpx.AsyncClient(base_url=gw.url) as client:
-                    await client.get("/healthz")
-            except httpx.ConnectError:
-                break
-            await trio.sleep(0.05)
+    # and the listener is closed: new connections are refused
+    await wait_until(lambda: refused(gw.url), interval=0.05)
 
 
-async def test_streams_past_the_grace_period_end_with_an_error(start_gateway) -> None:
+async def test_streams_past_the_grace_period_end_with_an_error(
+    start_gateway, fake: FakeOpenAI
+) -> None:
     gw = await start_gateway(server={"graceful_timeout": 0.5})
     late = await start_gateway(server={"graceful_timeout": 0.5}, keepalive={"early_headers": False})
     out: dict = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect, gw.url, {"prefill": 30}, out, "committed")
         nursery.start_soon(collect, late.url, {"headers_delay": 30}, out, "uncommitted")
-        await trio.sleep(0.3)
+        # Both requests are upstream (so the early-headers one has committed its 200).
+        await wait_until(lambda: len(fake.requests) == 2)
         gw.shutdown.set()
         late.shutdown.set()
     status, raw = out["committed"]
@@ -66,6 +77,14 @@ async def test_streams_past_the_grace_period_end_with_an_error(start_gateway) ->
     assert json.loads(events[0].data)["error"]["code"] == "shutting_down"
     status, raw = out["uncommitted"]
     assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down"
+
+
+async def serving(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            return (await client.get("/healthz")).status_code == 200
+    except httpx.ConnectError:
+        return False
 
 
 def free_port() -> int:
@@ -97,18 +116,11 @@ interval = 0.2
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    async with httpx.AsyncClient(base_url=url) as client:
-                        if (await client.get("/healthz")).status_code == 200:
-                            break
-                except httpx.ConnectError:
-                    await trio.sleep(0.1)
+        await wait_until(lambda: serving(url), within=20, interval=0.1)
         out: dict = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, url, {"prefill": 1.0, "tokens": 10, "pace": 0.1}, out, "s")
-            await trio.sleep(0.5)
+            await wait_until(lambda: len(fake.requests) == 1)  # the stream is in its prefill
             proc.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             code = await proc.wait()
