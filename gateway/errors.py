@@ -13,6 +13,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     ├── NotFound                         404  code=not_found            (unknown path)
     │   └── ModelNotFound                404  code=model_not_found
     ├── MethodNotAllowed                 405  code=method_not_allowed
+    ├── UpgradeRequired                  426  code=upgrade_required     (a WebSocket handshake)
     ├── AuthenticationError              401 invalid_request_error code=invalid_api_key
     ├── PermissionDenied                 403 invalid_request_error code=model_not_allowed
     ├── RateLimited                      429 requests|tokens code=rate_limit_exceeded,
@@ -94,6 +95,30 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
+
+
+class UpgradeRequired(GatewayError):
+    """A WebSocket handshake, which no route serves: the client is to send its request as
+    plain HTTP. 426 is the status coding agents (Codex) read as "fall back to HTTP".
+
+    RFC 9110 §15.5.22 asks a 426 to name the protocols the server accepts in ``Upgrade``;
+    the one it accepts is the HTTP/1.1 the handshake came on — naming ``websocket`` there
+    would ask for the very thing refused. The connection is not upgraded, and closes after
+    the answer. ``Upgrade`` and ``Connection`` exist in HTTP/1.1 only (HTTP/2 forbids
+    connection-specific headers), so an HTTP/2 handshake gets neither."""
+
+    status = 426
+    type = "invalid_request_error"
+    code = "upgrade_required"
+
+    def __init__(self, message: str, *, http_version: str = "1.1") -> None:
+        super().__init__(message)
+        self.http_version = http_version
+
+    def headers(self) -> dict[str, str]:
+        if not self.http_version.startswith("1."):
+            return {}
+        return {"Upgrade": "HTTP/1.1", "Connection": "Upgrade, close"}
 
 
 class AuthenticationError(GatewayError):

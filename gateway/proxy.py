@@ -26,6 +26,7 @@ from hypercorn.typing import (
     ASGISendCallable,
     HTTPScope,
     Scope,
+    WebsocketScope,
 )
 
 from .abc import Endpoint, UpstreamRequest
@@ -35,10 +36,18 @@ from .errors import (
     MethodNotAllowed,
     ModelNotFound,
     ShuttingDown,
+    UpgradeRequired,
     error_head,
     error_json,
 )
-from .inbound import RELAYED, ask_for_usage, parse_json_object, request_ids, validate
+from .inbound import (
+    RELAYED,
+    ask_for_usage,
+    endpoint_label,
+    parse_json_object,
+    request_ids,
+    validate,
+)
 from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
@@ -102,6 +111,9 @@ class ProxyApp:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        if scope["type"] == "websocket":
+            await self._refuse_upgrade(scope, receive, send)
+            return
         endpoint = RELAYED.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["type"] != "http":
             await self.fallback(scope, receive, send)
@@ -215,6 +227,57 @@ class ProxyApp:
             parts.append(chunk)
             if not message["more_body"]:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _refuse_upgrade(
+        self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        """Answer a WebSocket handshake, on any path, with ``426`` and an OpenAI error body,
+        through ASGI's WebSocket Denial Response extension (hypercorn has it). Without that
+        extension an app can only close, which servers answer with ``403``."""
+        started = trio.current_time()
+        if (await receive())["type"] != "websocket.connect":
+            return  # gone before the handshake was even handed over
+        headers = {name.lower(): value for name, value in scope["headers"]}
+        request_id, traceparent = request_ids(
+            headers.get(b"x-request-id", b"").decode("latin-1"),
+            headers.get(b"traceparent", b"").decode("latin-1"),
+        )
+        path = scope["path"]
+        error = UpgradeRequired(
+            f"The gateway does not serve WebSocket connections (GET {path}); "
+            "send the request over plain HTTP",
+            http_version=scope["http_version"],
+        )
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1000, "reason": None})
+            status = 403
+        else:
+            body = error_json(error)
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": error.status,
+                    "headers": [
+                        *error_head(error, body),
+                        (b"x-request-id", request_id.encode()),
+                        (b"traceparent", traceparent.encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+            status = error.status
+        self.gateway.telemetry.on_answered(
+            route="",
+            endpoint=endpoint_label(path),
+            status=status,
+            fields={
+                "request_id": request_id,
+                "method": "GET",
+                "path": path,
+                "model": None,
+                "duration_ms": round((trio.current_time() - started) * 1000, 3),
+            },
+        )
 
     async def _answer_error(
         self, request: _Request, send: ASGISendCallable, error: GatewayError
