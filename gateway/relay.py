@@ -242,10 +242,14 @@ async def _attempts(
         upstream = attempt.upstream
         entry.backend = upstream.id
         upstream.breaker.on_attempt(trio.current_time())
+        logged = len(exchange.log)
         try:
             await _attempt(attempt, exchange, writer, entry)
         except GatewayError as exc:
             error = exc
+            # One attempt, one entry: one that failed after its headers went out was noted
+            # "ok" for them (the client's attempts header says so); how it ended replaces it.
+            del exchange.log[logged:]
             exchange.log.append(f"{upstream.id}={_outcome(exc)}")
             if counts_against_backend(exc) and upstream.breaker.on_failure(trio.current_time()):
                 log.warning(

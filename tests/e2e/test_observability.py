@@ -259,3 +259,41 @@ async def test_access_log_json_lines_without_secrets(fake: FakeOpenAI, tmp_path:
         assert key in stream
     assert stream["route"] == "m" and stream["backend"] == "fake"
     assert access[3]["outcome"] == "rejected" and access[3]["model"] == "nope"
+
+
+async def test_access_log_lists_each_attempt_once(start_gateway, caplog) -> None:
+    """An attempt whose headers went out and which then broke is one attempt: one entry,
+    with how it ended — not ``ok`` for its headers and then its failure."""
+    gw = await start_gateway(keepalive={"interval": 0.1}, timeouts={"idle": 0.5})
+    caplog.set_level("INFO", logger="gateway.access")
+    scripts = {
+        "broken": {"fault": "reset_mid_stream", "tokens": 6},
+        "stalled": {"fault": "stall", "tokens": 6},
+        "whole": {"tokens": 2},
+    }
+    async with gw.client() as client:
+        for name, script in scripts.items():
+            async with client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={**CHAT, "fake": script},
+                headers={"x-request-id": f"attempts-{name}"},
+            ) as r:
+                await r.aread()
+                assert r.status_code == 200
+                # The header went out with the headers, when the attempt was still fine.
+                assert r.headers["x-gateway-attempts"] == "fake=ok"
+    with trio.fail_after(2):
+        await gw.gateway.inflight.wait_empty()
+    lines = {
+        line["request_id"]: line
+        for line in (
+            json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"
+        )
+        if str(line.get("request_id", "")).startswith("attempts-")
+    }
+    assert lines["attempts-broken"]["attempts"] == ["fake=502:upstream_protocol_error"]
+    assert lines["attempts-broken"]["outcome"] == "upstream_error"
+    assert lines["attempts-stalled"]["attempts"] == ["fake=504:upstream_timeout"]
+    assert lines["attempts-stalled"]["outcome"] == "timeout"
+    assert lines["attempts-whole"]["attempts"] == ["fake=ok"]
