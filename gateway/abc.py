@@ -13,15 +13,36 @@ cancellation). A backend only turns an :class:`UpstreamRequest` into an
 * :meth:`Backend.open_response` is an async context manager. It is entered once the
   upstream has answered with a 2xx status, and its response's :attr:`~UpstreamResponse.body`
   yields the answer's bytes (SSE for a streamed request, JSON otherwise) as they arrive.
-* Failures are raised as :class:`~gateway.errors.UpstreamError` subclasses: connection
-  problems as ``UpstreamConnectError``, non-2xx answers as ``UpstreamStatusError`` (status
-  and message kept), broken bodies as ``UpstreamProtocolError``. Anything else is a bug and
-  is reported to the client as a 500.
+* Failures are raised as :class:`UpstreamError` subclasses: connection problems as
+  :class:`UpstreamConnectError`, non-2xx answers as :class:`UpstreamStatusError` (status
+  and message kept), broken bodies as :class:`UpstreamProtocolError`. Anything else is a bug
+  and is reported to the client as a 500.
 * Cancellation may arrive at any await. Leaving the context — normally, by an exception, or
   by cancellation — must close the upstream request at once and leak nothing; the gateway
   relies on this to free upstream slots when a client goes away.
 * Timers (``first_byte``, ``idle``, ``total``) are enforced by the gateway on the bytes the
   body yields; a backend applies only ``connect`` itself.
+
+What else this module offers, and what for (every name here is the plugin API; the rest of
+the ``gateway`` package is internal):
+
+* Settings: :class:`BackendSettings` and the gateway's own tables in it (:class:`Timeouts`,
+  :class:`AdmissionSettings`, :class:`EjectionSettings`); :func:`http_base_url` checks a URL
+  field.
+* More errors, for backends that do more than relay: :class:`ConfigError` from
+  :meth:`Backend.running` for what only start-up can find (a model file or a binary that is
+  missing; name the dotted path, ``backends.<id>.model: ...``); :class:`InvalidRequest`
+  (400) for a request a backend validates itself and cannot serve (an HTTP backend raises
+  :class:`UpstreamStatusError` with the upstream's own status instead);
+  :class:`ShuttingDown` (503) for a request the backend can no longer serve because it is
+  stopping; :class:`Overloaded` when it has no room and no queue; :class:`GatewayError`,
+  the base of them all, to annotate or catch any of them.
+* OpenAI's shapes as bytes, for backends that make their answers rather than relay them:
+  :func:`sse_data` (one ``data:`` event of compact JSON), :data:`SSE_DONE`,
+  :func:`json_bytes` (a whole JSON body) and :class:`CompletionEncoder` (the chunks and
+  the whole answer of a chat or text completion).
+* Types: :data:`Endpoint`, :data:`JSONObject`, :data:`JSONValue`, :class:`BackendStatus`
+  and :data:`Health`.
 """
 
 from __future__ import annotations
@@ -34,8 +55,13 @@ from typing import ClassVar, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .chunks import SSE_DONE, CompletionEncoder, json_bytes, sse_data
 from .errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
     Overloaded,
+    ShuttingDown,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -44,15 +70,22 @@ from .errors import (
 )
 
 __all__ = [
+    "SSE_DONE",
     "AdmissionSettings",
     "Backend",
     "BackendSettings",
     "BackendStatus",
+    "CompletionEncoder",
+    "ConfigError",
     "EjectionSettings",
     "Endpoint",
+    "GatewayError",
     "Health",
+    "InvalidRequest",
     "JSONObject",
+    "JSONValue",
     "Overloaded",
+    "ShuttingDown",
     "Timeouts",
     "UpstreamConnectError",
     "UpstreamError",
@@ -62,6 +95,8 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeout",
     "http_base_url",
+    "json_bytes",
+    "sse_data",
 ]
 
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"

@@ -31,17 +31,17 @@ import jinja2
 import llama_cpp
 import llama_cpp.llama_chat_format
 
-from gateway.errors import ConfigError, GatewayError, InvalidRequest, UpstreamError
-
-from ._protocol import (
-    DONE,
-    EmbeddingRequest,
-    TextRequest,
-    Usage,
-    json_body,
-    sse_event,
-    usage_chunk,
+from gateway.abc import (
+    SSE_DONE,
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    json_bytes,
+    sse_data,
 )
+
+from ._protocol import EmbeddingRequest, TextRequest, Usage, usage_chunk
 from ._settings import LlamaCppPythonSettings
 
 log = logging.getLogger("backends.llamacpp_python")
@@ -179,7 +179,7 @@ class Engine:
         ``emit`` as they are made: SSE events for a stream, one JSON body otherwise.
 
         Never raises for the request's own failures: they are emitted as a
-        :class:`~gateway.errors.GatewayError` after any bytes already sent. Returns early,
+        :class:`~gateway.abc.GatewayError` after any bytes already sent. Returns early,
         silently, when the job is stopped or ``emit`` raises :class:`Stopped`.
         """
         job.started_at = time.monotonic()
@@ -196,11 +196,11 @@ class Engine:
             if not cache_prompt:
                 self._llama.reset()
             if isinstance(request, EmbeddingRequest):
-                emit(json_body(self._embed(request)))
+                emit(json_bytes(self._embed(request)))
             elif request.stream:
                 self._stream(job, request, emit)
             else:
-                emit(json_body(self._create(request, stream=False)))
+                emit(json_bytes(self._create(request, stream=False)))
         except Stopped:
             job.stopped = True
         except Exception as error:
@@ -231,10 +231,10 @@ class Engine:
             for chunk in chunks:
                 if first is None:
                     first = chunk
-                emit(sse_event(chunk))
+                emit(sse_data(chunk))
         if request.include_usage and first is not None:
-            emit(sse_event(usage_chunk(first, job.usage())))
-        emit(DONE)
+            emit(sse_data(usage_chunk(first, job.usage())))
+        emit(SSE_DONE)
 
     def _embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         self._set_abortable(True)  # create_embedding decodes without eval()

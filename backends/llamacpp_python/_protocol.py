@@ -1,7 +1,7 @@
 """OpenAI request bodies in, llama-cpp-python arguments out; its results in, bytes out.
 
 Sans-I/O: no trio, no llama_cpp. :func:`parse_request` validates a client's body and raises
-:class:`~gateway.errors.InvalidRequest` (naming the ``param``) for anything this backend
+:class:`~gateway.abc.InvalidRequest` (naming the ``param``) for anything this backend
 cannot honour, so bad input never reaches a model instance. Unknown keys are ignored, as
 OpenAI's clients send many (``user``, ``metadata``, ...).
 
@@ -11,16 +11,12 @@ Sampling parameters a request leaves out take llama-cpp-python's defaults (for i
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.abc import Endpoint, JSONObject
-from gateway.errors import InvalidRequest
-
-DONE = b"data: [DONE]\n\n"
+from gateway.abc import Endpoint, InvalidRequest, JSONObject
 
 # Bounds the per-token stop-string scan a client can ask for.
 MAX_STOP_SEQUENCES = 16
@@ -98,15 +94,6 @@ def parse_request(endpoint: Endpoint, body: JSONObject) -> TextRequest | Embeddi
         options=options,
         cache_prompt=cache_prompt,
     )
-
-
-def sse_event(payload: Mapping[str, Any]) -> bytes:
-    """One SSE data event carrying ``payload`` as compact JSON."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-def json_body(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def usage_chunk(first: Mapping[str, Any], usage: Usage) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from typing import Any
 import h11
 import trio
 
+from ..abc import SSE_DONE, CompletionEncoder
 from .http11 import read_request
 
 __all__ = [
@@ -74,56 +75,25 @@ class ConnectionRecord:
 
 def chat_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
     """A chat stream as OpenAI sends it: role, ``n`` content deltas, finish, usage, [DONE]."""
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
-        doc: dict[str, Any] = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-            if usage is None
-            else [],
-        }
-        if usage is not None:
-            doc["usage"] = usage
-        return b"data: " + json.dumps(doc).encode() + b"\n\n"
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": f"{text}{i} "}) for i in range(n)]
-    events.append(chunk({}, "stop"))
-    events.append(
-        chunk({}, usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n})
-    )
-    events.append(b"data: [DONE]\n\n")
-    return events
+    encoder = CompletionEncoder("chat/completions", "chatcmpl-fake", model, 0)
+    return _stream(encoder, n, text)
 
 
 def completion_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
     """A legacy completions stream as OpenAI sends it: ``n`` text chunks, the last one with
     its finish reason, usage, [DONE]."""
+    return _stream(CompletionEncoder("completions", "cmpl-fake", model, 0), n, text)
 
-    def chunk(piece: str, finish: str | None = None, usage: Any = None) -> bytes:
-        doc: dict[str, Any] = {
-            "id": "cmpl-fake",
-            "object": "text_completion",
-            "created": 0,
-            "model": model,
-            "choices": [{"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}]
-            if usage is None
-            else [],
-        }
-        if usage is not None:
-            doc["usage"] = usage
-        return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
-    events = [chunk(f"{text}{i} ") for i in range(n)]
-    events.append(chunk("", "stop"))
-    events.append(
-        chunk("", usage={"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n})
-    )
-    events.append(b"data: [DONE]\n\n")
-    return events
+def _stream(encoder: CompletionEncoder, n: int, text: str) -> list[bytes]:
+    opening = encoder.opening()
+    return [
+        *([opening] if opening else []),
+        *(encoder.piece(f"{text}{i} ") for i in range(n)),
+        encoder.piece("", "stop"),
+        encoder.usage(5, n),
+        SSE_DONE,
+    ]
 
 
 def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:

@@ -12,10 +12,9 @@ from backends.llamacpp_python._protocol import (
     TextRequest,
     Usage,
     parse_request,
-    sse_event,
     usage_chunk,
 )
-from gateway.errors import InvalidRequest
+from gateway.abc import InvalidRequest, sse_data
 
 
 def test_chat_request_options_and_messages() -> None:
@@ -131,7 +130,7 @@ def test_refused_with_the_param_named(endpoint: Any, body: dict[str, Any], param
 def test_usage_chunk_follows_openai() -> None:
     first = {"id": "c1", "object": "text_completion", "created": 5, "model": "m", "choices": []}
     chunk = usage_chunk(first, Usage(prompt_tokens=3, completion_tokens=4))
-    assert sse_event(chunk) == (
+    assert sse_data(chunk) == (
         b'data: {"id":"c1","object":"text_completion","created":5,"model":"m","choices":[],'
         b'"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}\n\n'
     )

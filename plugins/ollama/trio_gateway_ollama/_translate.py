@@ -17,10 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.abc import Endpoint, UpstreamError, UpstreamProtocolError
+from gateway.abc import SSE_DONE, CompletionEncoder, Endpoint, UpstreamError, UpstreamProtocolError
 from gateway.abc import UpstreamStatusError as _Status
-
-DONE = b"data: [DONE]\n\n"
 
 # OpenAI sampling fields and the Ollama option each becomes.
 _OPTIONS = {
@@ -153,16 +151,14 @@ def _finish_reason(doc: Mapping[str, Any]) -> str:
     return "length" if doc.get("done_reason") == "length" else "stop"
 
 
-def _usage(doc: Mapping[str, Any]) -> dict[str, int]:
+def _counts(doc: Mapping[str, Any]) -> tuple[int, int]:
+    """The prompt and completion token counts of Ollama's last object (0 when missing)."""
     prompt = doc.get("prompt_eval_count")
     completion = doc.get("eval_count")
-    prompt = prompt if isinstance(prompt, int) else 0
-    completion = completion if isinstance(completion, int) else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    return (
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+    )
 
 
 def _error(doc: Mapping[str, Any]) -> UpstreamError | None:
@@ -183,10 +179,10 @@ class StreamTranslator:
     include_usage: bool
     finished: bool = False
     _started: bool = field(default=False)
+    _encoder: CompletionEncoder = field(init=False)
 
-    @property
-    def _chat(self) -> bool:
-        return self.endpoint == "chat/completions"
+    def __post_init__(self) -> None:
+        self._encoder = CompletionEncoder(self.endpoint, self.id, self.model, self.created)
 
     def event(self, doc: Mapping[str, Any]) -> bytes:
         """The SSE bytes for one stream object. Raises UpstreamError for an error line and
@@ -197,34 +193,20 @@ class StreamTranslator:
         if self.finished:
             raise UpstreamProtocolError("ollama sent more after its last object")
         out = b""
-        if not self._started and self._chat:
-            out += self._chunk({"role": "assistant", "content": ""}, None)
+        if not self._started:
+            out += self._encoder.opening()
         self._started = True
-        piece = _piece(doc, self._chat)
+        chat = self.endpoint == "chat/completions"
+        piece = _piece(doc, chat)
         if piece:
-            out += self._chunk({"content": piece} if self._chat else piece, None)
+            out += self._encoder.piece(piece)
         if doc.get("done") is True:
             self.finished = True
-            out += self._chunk({} if self._chat else "", _finish_reason(doc))
+            out += self._encoder.piece("", _finish_reason(doc))
             if self.include_usage:
-                out += self._sse({**self._head(), "choices": [], "usage": _usage(doc)})
-            out += DONE
+                out += self._encoder.usage(*_counts(doc))
+            out += SSE_DONE
         return out
-
-    def _head(self) -> dict[str, Any]:
-        kind = "chat.completion.chunk" if self._chat else "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def _chunk(self, piece: dict[str, Any] | str, finish: str | None) -> bytes:
-        if isinstance(piece, dict):
-            choice: dict[str, Any] = {"index": 0, "delta": piece, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
-        return self._sse({**self._head(), "choices": [choice]})
-
-    @staticmethod
-    def _sse(doc: Mapping[str, Any]) -> bytes:
-        return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _piece(doc: Mapping[str, Any], chat: bool) -> str:
@@ -245,19 +227,11 @@ def whole_answer(endpoint: Endpoint, body: bytes, *, id: str, created: int) -> b
         raise error
     if doc.get("done") is not True:
         raise UpstreamProtocolError("ollama's answer is not done")
-    chat = endpoint == "chat/completions"
-    text = _piece(doc, chat)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(doc)}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice.update(text=text, logprobs=None)
-    answer = {
-        "id": id,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": str(doc.get("model", "")),
-        "choices": [choice],
-        "usage": _usage(doc),
-    }
-    return json.dumps(answer, separators=(",", ":")).encode()
+    prompt_tokens, completion_tokens = _counts(doc)
+    encoder = CompletionEncoder(endpoint, id, str(doc.get("model", "")), created)
+    return encoder.whole(
+        _piece(doc, endpoint == "chat/completions"),
+        _finish_reason(doc),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )

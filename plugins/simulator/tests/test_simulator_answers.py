@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from trio_gateway_simulator import SimulatorSettings
-from trio_gateway_simulator._answers import Formatter, plan
+from trio_gateway_simulator._answers import closing, plan, whole
 
-from gateway.abc import Endpoint, UpstreamStatusError
+from gateway.abc import CompletionEncoder, Endpoint, UpstreamStatusError
 from gateway.testing.openai_shapes import check_stream, check_unary, parse_sse
 
 SETTINGS = SimulatorSettings(text="alpha beta gamma", max_tokens=5)
@@ -23,8 +23,9 @@ def _body(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
 def test_a_stream_is_what_openai_clients_expect(endpoint: Endpoint) -> None:
     answer = plan(endpoint, _body(endpoint, stream_options={"include_usage": True}), SETTINGS)
-    fmt = Formatter(endpoint, "sim-1", "m", 0)
-    raw = fmt.opening() + b"".join(fmt.token(p) for p in answer.pieces()) + fmt.closing(answer)
+    encoder = CompletionEncoder(endpoint, "sim-1", "m", 0)
+    pieces = b"".join(encoder.piece(p) for p in answer.pieces())
+    raw = encoder.opening() + pieces + closing(encoder, answer)
     checked = check_stream(endpoint, parse_sse(raw), usage=True)
     assert checked.text == "alpha beta gamma alpha beta "
     assert checked.pieces == 5
@@ -35,14 +36,16 @@ def test_a_stream_is_what_openai_clients_expect(endpoint: Endpoint) -> None:
 @pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
 def test_a_whole_answer_is_what_openai_clients_expect(endpoint: Endpoint) -> None:
     answer = plan(endpoint, _body(endpoint, max_tokens=2), SETTINGS)
-    checked = check_unary(endpoint, Formatter(endpoint, "sim-1", "m", 0).whole(answer), usage=True)
+    checked = check_unary(
+        endpoint, whole(CompletionEncoder(endpoint, "sim-1", "m", 0), answer), usage=True
+    )
     assert checked.text == "alpha beta "
     assert checked.finish_reason == "length"
 
 
 def test_usage_only_when_asked() -> None:
     answer = plan("chat/completions", _body("chat/completions"), SETTINGS)
-    assert b"usage" not in Formatter("chat/completions", "i", "m", 0).closing(answer)
+    assert b"usage" not in closing(CompletionEncoder("chat/completions", "i", "m", 0), answer)
 
 
 @pytest.mark.parametrize("value", [0, -1, "5", True])

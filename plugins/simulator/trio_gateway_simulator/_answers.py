@@ -1,22 +1,19 @@
 """The made-up answers, as bytes: sans-I/O (no trio, no clock), so they are tested alone.
 
-:func:`plan` reads a request and the settings and decides the answer's words;
-:class:`Formatter` turns them into OpenAI's chunks (``chat.completion.chunk`` or
-``text_completion``), or into one whole answer.
+:func:`plan` reads a request and the settings and decides the answer's words; a
+:class:`~gateway.abc.CompletionEncoder` turns each into OpenAI's chunks
+(``chat.completion.chunk`` or ``text_completion``), :func:`closing` ends the stream, and
+:func:`whole` makes the one whole answer instead.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from gateway.abc import Endpoint, JSONObject, UpstreamStatusError
+from gateway.abc import SSE_DONE, CompletionEncoder, Endpoint, JSONObject, UpstreamStatusError
 
 from ._settings import SimulatorSettings
-
-DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,78 +75,19 @@ def _prompt_text(body: JSONObject) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Formatter:
-    """OpenAI's shapes for the answer ``id`` to ``model`` on ``endpoint``."""
-
-    endpoint: Endpoint
-    id: str
-    model: str
-    created: int
-
-    @property
-    def _chat(self) -> bool:
-        return self.endpoint == "chat/completions"
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk" if self._chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            doc["usage"] = usage
-        return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
-
-    def _choice(self, piece: str, finish: str | None) -> dict[str, Any]:
-        if self._chat:
-            delta = {"content": piece} if piece else {}
-            return {"index": 0, "delta": delta, "finish_reason": finish}
-        return {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
-
-    def opening(self) -> bytes:
-        """The event before any token: chat's role delta; nothing for completions."""
-        if not self._chat:
-            return b""
-        return self._chunk(
-            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        )
-
-    def token(self, piece: str) -> bytes:
-        return self._chunk([self._choice(piece, None)])
-
-    def closing(self, plan: Plan) -> bytes:
-        """The finish reason, usage if asked, and ``[DONE]``."""
-        out = self._chunk([self._choice("", plan.finish_reason)])
-        if plan.include_usage:
-            out += self._chunk([], usage=_usage(plan))
-        return out + DONE
-
-    def whole(self, plan: Plan) -> bytes:
-        """The non-streamed answer."""
-        text = "".join(plan.pieces())
-        choice: dict[str, Any] = {"index": 0, "finish_reason": plan.finish_reason}
-        if self._chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice.update(text=text, logprobs=None)
-        doc = {
-            "id": self.id,
-            "object": "chat.completion" if self._chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": _usage(plan),
-        }
-        return json.dumps(doc, separators=(",", ":")).encode()
+def closing(encoder: CompletionEncoder, plan: Plan) -> bytes:
+    """The stream's end: the finish reason, usage if asked, and ``[DONE]``."""
+    out = encoder.piece("", plan.finish_reason)
+    if plan.include_usage:
+        out += encoder.usage(plan.prompt_tokens, plan.tokens)
+    return out + SSE_DONE
 
 
-def _usage(plan: Plan) -> dict[str, int]:
-    completion = plan.tokens
-    return {
-        "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": plan.prompt_tokens + completion,
-    }
+def whole(encoder: CompletionEncoder, plan: Plan) -> bytes:
+    """The non-streamed answer."""
+    return encoder.whole(
+        "".join(plan.pieces()),
+        plan.finish_reason,
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=plan.tokens,
+    )

@@ -11,6 +11,7 @@ import trio
 from gateway.abc import (
     Backend,
     BackendSettings,
+    CompletionEncoder,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamRequest,
@@ -18,7 +19,7 @@ from gateway.abc import (
     UpstreamStatusError,
 )
 
-from ._answers import Formatter, Plan, plan
+from ._answers import Plan, closing, plan, whole
 from ._settings import SimulatorSettings
 
 
@@ -54,17 +55,17 @@ class SimulatorBackend(Backend):
                     s.fault_status, f"backend {self.id}: simulated upstream error"
                 )
             model = request.body.get("model")
-            formatter = Formatter(
+            encoder = CompletionEncoder(
                 request.endpoint,
                 f"sim-{self.id}-{next(self._ids)}",
                 model if isinstance(model, str) else "simulator",
                 int(trio.current_time()),
             )
             if request.stream:
-                body = self._stream(answer, formatter)
+                body = self._stream(answer, encoder)
                 content_type = "text/event-stream"
             else:
-                body = self._whole(answer, formatter)
+                body = self._whole(answer, encoder)
                 content_type = "application/json"
             async with aclosing(body):
                 yield UpstreamResponse(200, content_type, body)
@@ -88,21 +89,23 @@ class SimulatorBackend(Backend):
             await trio.sleep_forever()
         return fault == "truncate"
 
-    async def _stream(self, answer: Plan, formatter: Formatter) -> AsyncGenerator[bytes, None]:
+    async def _stream(
+        self, answer: Plan, encoder: CompletionEncoder
+    ) -> AsyncGenerator[bytes, None]:
         s = self.settings
         await trio.sleep(s.prefill)
         start = trio.current_time()
-        opening = formatter.opening()
+        opening = encoder.opening()
         for i in range(answer.tokens):
             if i == s.fault_after and await self._fault(i):
                 return
             await trio.sleep_until(self._due(start, i))
-            yield (opening if i == 0 else b"") + formatter.token(answer.piece(i))
+            yield (opening if i == 0 else b"") + encoder.piece(answer.piece(i))
         if s.fault_after >= answer.tokens and await self._fault(answer.tokens):
             return
-        yield formatter.closing(answer)
+        yield closing(encoder, answer)
 
-    async def _whole(self, answer: Plan, formatter: Formatter) -> AsyncGenerator[bytes, None]:
+    async def _whole(self, answer: Plan, encoder: CompletionEncoder) -> AsyncGenerator[bytes, None]:
         s = self.settings
         await trio.sleep(s.prefill)
         done = self._due(trio.current_time(), answer.tokens - 1)
@@ -110,8 +113,8 @@ class SimulatorBackend(Backend):
         if s.fault != "none":
             await trio.sleep_until(self._due(trio.current_time(), sent))
             if await self._fault(sent):
-                body = formatter.whole(answer)
+                body = whole(encoder, answer)
                 yield body[: len(body) // 2]
                 return
         await trio.sleep_until(done)
-        yield formatter.whole(answer)
+        yield whole(encoder, answer)
