@@ -81,7 +81,7 @@ class LlamaCppBackend(Backend):
     async def running(self) -> AsyncIterator[None]:
         """Start the poller (and, in managed mode, llama-server); yields without waiting
         for the model to load — until it has, the backend reports ``loading``. Raises
-        :class:`~gateway.errors.ConfigError` when the binary or the model cannot be found."""
+        :class:`~gateway.abc.ConfigError` when the binary or the model cannot be found."""
         s = self.settings
         launch = await trio.to_thread.run_sync(plan_launch, self.id, s) if s.managed else None
         url = launch.url if launch is not None else s.url

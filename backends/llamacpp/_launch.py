@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from gateway.abc import ConfigError
 
 from ..llamacpp_python._source import resolve_model
 from ._settings import LlamaCppSettings

@@ -36,15 +36,13 @@ from gateway.abc import (
     Backend,
     BackendSettings,
     BackendStatus,
-    UpstreamRequest,
-    UpstreamResponse,
-)
-from gateway.errors import (
     ConfigError,
     GatewayError,
     InvalidRequest,
     ShuttingDown,
     UpstreamConnectError,
+    UpstreamRequest,
+    UpstreamResponse,
 )
 
 from ._pool import InstancePool
@@ -84,7 +82,7 @@ class LlamaCppPythonBackend(Backend):
         """Load ``instances`` copies of the model, one after another, each in a worker
         thread; serve; then stop whatever still runs and free them all.
 
-        Raises :class:`~gateway.errors.ConfigError` when llama-cpp-python is missing, or the
+        Raises :class:`~gateway.abc.ConfigError` when llama-cpp-python is missing, or the
         model is missing, corrupt or unfit for the settings. Cancelling start-up waits for
         the instance being loaded (llama.cpp cannot be interrupted there).
 
@@ -196,8 +194,8 @@ class LlamaCppPythonBackend(Backend):
         """Validate, take a free instance, start generating; enter once the first bytes
         are ready (so a prompt the model refuses is still a real 400).
 
-        Raises :class:`~gateway.errors.InvalidRequest` for input this backend cannot serve,
-        and :class:`~gateway.errors.ShuttingDown` when the backend stops. Cancellation stops
+        Raises :class:`~gateway.abc.InvalidRequest` for input this backend cannot serve,
+        and :class:`~gateway.abc.ShuttingDown` when the backend stops. Cancellation stops
         the model within one token, and the instance is free again once this context has
         exited. (If callers bypass admission, extra ones wait here in FIFO order.)
         """

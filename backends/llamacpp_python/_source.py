@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from gateway.abc import ConfigError
 
 GGUF_MAGIC = b"GGUF"
 
