@@ -1,5 +1,9 @@
 """The running gateway: its config, its backends (with their resources held), its routes,
-and the per-backend state the gateway keeps (admission queue, passive health)."""
+and the per-backend state the gateway keeps (admission queue, passive health).
+
+Depends on :mod:`gateway.telemetry`, never the other way: the metrics read the live
+per-backend state through the :class:`~gateway.telemetry.UpstreamGauges` each
+:class:`Upstream` reports."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .inflight import InFlightTable
 from .registry import Registry, load_registry
 from .routing import Router
 from .teams import Teams, open_teams
-from .telemetry import Telemetry
+from .telemetry import Telemetry, UpstreamGauges
 
 log = logging.getLogger("gateway")
 
@@ -53,6 +57,20 @@ class Upstream:
             ),
         )
 
+    def gauges(self, now: float) -> UpstreamGauges:
+        """What the metrics show of this backend at ``now``."""
+        status = self.backend.status
+        return UpstreamGauges(
+            backend=self.id,
+            queued=self.admission.queued,
+            in_flight=self.admission.in_flight,
+            ready=status.ready,
+            ejected=self.breaker.state(now) == "open",
+            reported_running=status.running,
+            reported_waiting=status.queued,
+            cache_usage=status.cache_usage,
+        )
+
 
 @dataclass(eq=False)
 class Gateway:
@@ -73,6 +91,11 @@ class Gateway:
     @property
     def backends(self) -> dict[str, Backend]:
         return {id: upstream.backend for id, upstream in self.upstreams.items()}
+
+    def gauges(self) -> list[UpstreamGauges]:
+        """Every backend's live state now, for the metrics."""
+        now = trio.current_time()
+        return [upstream.gauges(now) for upstream in self.upstreams.values()]
 
     def plan(self, route: Route) -> list[tuple[Upstream, TargetSettings]]:
         """The targets to try for one request on ``route``, in order."""
@@ -114,5 +137,5 @@ async def open_gateway(
         }
         teams = await stack.enter_async_context(open_teams(config))
         gateway = Gateway(config, upstreams, Router(config.routes), teams=teams)
-        gateway.telemetry.attach(gateway)
+        gateway.telemetry.attach(gateway.gauges)
         yield gateway

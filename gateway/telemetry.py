@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,9 +28,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .inflight import InFlight
-
-if TYPE_CHECKING:
-    from .service import Gateway
 
 access_log = logging.getLogger("gateway.access")
 
@@ -136,9 +133,10 @@ class Telemetry:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def attach(self, gateway: Gateway) -> None:
-        """Expose the gateway's live state (queues, backend health and load) at scrape time."""
-        self.registry.register(_StateCollector(gateway))
+    def attach(self, read: Callable[[], Iterable[UpstreamGauges]]) -> None:
+        """Expose the gateway's live state (queues, backend health and load): ``read`` is
+        called at every scrape, in the scraping task, and must not block."""
+        self.registry.register(_UpstreamCollector(read))
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)
@@ -246,6 +244,33 @@ def write_access_log(fields: Mapping[str, Any]) -> None:
         access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamGauges:
+    """One backend's live state at the moment of a scrape. ``None``: the backend does not
+    say."""
+
+    backend: str
+    queued: int  # waiting for one of the gateway's slots
+    in_flight: int  # holding one
+    ready: bool  # by the backend's own health
+    ejected: bool  # by the gateway's passive health
+    reported_running: int | None = None
+    reported_waiting: int | None = None
+    cache_usage: float | None = None
+
+    def values(self) -> dict[str, float | None]:
+        """The gauges by name (after ``trio_gateway_``), as :data:`_BACKEND_GAUGES` lists them."""
+        return {
+            "queue_depth": self.queued,
+            "backend_in_flight": self.in_flight,
+            "backend_ready": 1.0 if self.ready else 0.0,
+            "backend_ejected": 1.0 if self.ejected else 0.0,
+            "backend_reported_running": self.reported_running,
+            "backend_reported_waiting": self.reported_waiting,
+            "backend_cache_usage_ratio": self.cache_usage,
+        }
+
+
 # Live per-backend state, read at scrape time: name (after ``trio_gateway_``) → help.
 _BACKEND_GAUGES = {
     "queue_depth": "Requests waiting for a slot.",
@@ -258,28 +283,17 @@ _BACKEND_GAUGES = {
 }
 
 
-class _StateCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+class _UpstreamCollector(Collector):
+    def __init__(self, read: Callable[[], Iterable[UpstreamGauges]]) -> None:
+        self._read = read
 
     def collect(self) -> Iterator[Metric]:
         families = {
             name: GaugeMetricFamily(f"trio_gateway_{name}", text, labels=["backend"])
             for name, text in _BACKEND_GAUGES.items()
         }
-        now = trio.current_time()
-        for id, up in self._gateway.upstreams.items():
-            status = up.backend.status
-            values: dict[str, float | None] = {
-                "queue_depth": up.admission.queued,
-                "backend_in_flight": up.admission.in_flight,
-                "backend_ready": 1.0 if status.ready else 0.0,
-                "backend_ejected": 1.0 if up.breaker.state(now) == "open" else 0.0,
-                "backend_reported_running": status.running,  # None: the backend does not say
-                "backend_reported_waiting": status.queued,
-                "backend_cache_usage_ratio": status.cache_usage,
-            }
-            for name, value in values.items():
+        for gauges in self._read():
+            for name, value in gauges.values().items():
                 if value is not None:
-                    families[name].add_metric([id], value)
+                    families[name].add_metric([gauges.backend], value)
         yield from families.values()
