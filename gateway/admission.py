@@ -1,4 +1,6 @@
-"""Per-backend admission: a concurrency limit with a bounded FIFO queue in front of it."""
+"""A backend's slots: a concurrency limit with a bounded FIFO queue in front of it (the
+backend's ``[backends.NAME.admission]`` settings). A team's admission — keys and limits —
+is :class:`gateway.teams.TeamAdmission`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from .abc import AdmissionSettings
 from .errors import Overloaded
 
 
-class Admission:
+class BackendSlots:
     """At most ``max_concurrency`` requests hold a slot; up to ``max_queue`` more wait in
     arrival order. trio's semaphore hands a released slot straight to the longest waiter,
     so nobody barges. A waiter that is cancelled (its client went away) leaves the queue at
@@ -36,7 +38,7 @@ class Admission:
         )
 
     @asynccontextmanager
-    async def slot(self, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
+    async def hold(self, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
         """Hold a slot for the body of the ``with``. Raises :class:`Overloaded` when the
         queue is full or the wait exceeds ``queue_timeout``. ``on_wait`` is called once if
         the request has to queue."""

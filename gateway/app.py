@@ -15,7 +15,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .asgi import GatewayHTTPConnection, ProxyResponse
+from .asgi import GatewayHTTPConnection, StatusFeedResponse
 from .errors import (
     BodyTooLarge,
     GatewayError,
@@ -106,7 +106,7 @@ def create_app(gateway: Gateway) -> ProxyApp:
     @app.after_request
     async def _finish(response: Response) -> Response:
         """Ids on every response the gateway answers itself; relayed ones do their own."""
-        if isinstance(response, ProxyResponse) or "request_id" not in g:
+        if isinstance(response, StatusFeedResponse) or "request_id" not in g:
             return response
         response.headers["X-Request-ID"] = g.request_id
         response.headers["traceparent"] = g.traceparent
@@ -191,7 +191,7 @@ def create_app(gateway: Gateway) -> ProxyApp:
                     },
                 )
 
-            return ProxyResponse(serve)
+            return StatusFeedResponse(serve)
 
     if teams is not None:
 

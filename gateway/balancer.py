@@ -1,8 +1,8 @@
 """Routing decisions across a route's targets. Pure: no I/O, no trio, no clock of its own.
 
-:func:`plan` orders the targets to try for one request from a snapshot of their state;
-:class:`Breaker` is the passive-health state machine of one backend. Both take time and
-randomness as arguments, so every decision is reproducible in a test.
+:func:`order_targets` orders the targets to try for one request from a snapshot of their
+state; :class:`Breaker` is the passive-health state machine of one backend. Both take time
+and randomness as arguments, so every decision is reproducible in a test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One target as the planner sees it at the moment of a request."""
+    """One target as :func:`order_targets` sees it at the moment of a request."""
 
     index: int  # position in the route's targets (the priority order)
     weight: float = 1.0
@@ -29,7 +29,7 @@ class Candidate:
     load: float = 0.0  # gateway in flight + queued, plus what the upstream reports
 
 
-def plan(
+def order_targets(
     strategy: Strategy, candidates: Sequence[Candidate], *, turn: int, draw: float
 ) -> list[int]:
     """The order in which to try targets, as indexes. Empty when none can serve.

@@ -51,7 +51,7 @@ from .inbound import (
 from .relay import Attempt, Exchange, relay
 from .routing import apply_policy, upstream_body
 from .service import Gateway
-from .teams import Admission, Identity
+from .teams import Identity, TeamAdmission
 
 log = logging.getLogger("gateway.proxy")
 
@@ -155,7 +155,7 @@ class ProxyApp:
         request.route = route.name
         body = apply_policy(body, route)
         identity = request.identity
-        admission: Admission | None = None
+        admission: TeamAdmission | None = None
         hide_usage = False
         if teams is not None and identity is not None:
             teams.authorize(identity, route, model)
@@ -164,7 +164,7 @@ class ProxyApp:
                 body, hide_usage = ask_for_usage(body)
         upstream_headers = {"x-request-id": request.request_id, "traceparent": request.traceparent}
 
-        def plan() -> list[Attempt]:
+        def pick_attempts() -> list[Attempt]:
             return [
                 Attempt(
                     upstream,
@@ -176,14 +176,14 @@ class ProxyApp:
                         headers=upstream_headers,
                     ),
                 )
-                for upstream, target in gateway.plan(route)
+                for upstream, target in gateway.pick_targets(route)
             ]
 
         limit_headers = [
             (k.encode(), v.encode()) for k, v in (admission.headers if admission else {}).items()
         ]
         exchange = Exchange(
-            plan=plan,
+            pick_attempts=pick_attempts,
             request_id=request.request_id,
             stream=stream,
             route=route.name,

@@ -75,7 +75,7 @@ class Attempt:
 class Exchange:
     """Everything the relay needs for one request, decided by the handler."""
 
-    plan: Callable[[], Sequence[Attempt]]
+    pick_attempts: Callable[[], Sequence[Attempt]]
     request_id: str
     stream: bool
     route: str
@@ -225,9 +225,9 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
 async def _attempts(
     exchange: Exchange, writer: ResponseWriter, entry: InFlight
 ) -> GatewayError | None:
-    # Planned here, not in the handler: between the plan and the first attempt taking its
-    # admission slot there is no checkpoint, so concurrent requests see each other's load.
-    attempts = exchange.plan()
+    # Picked here, not in the handler: between the pick and the first attempt taking its
+    # backend slot there is no checkpoint, so concurrent requests see each other's load.
+    attempts = exchange.pick_attempts()
     if not attempts:
         return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
     deadline = (
@@ -288,7 +288,7 @@ async def _attempt(
         queued_at = trio.current_time()
 
     try:
-        async with attempt.upstream.admission.slot(on_wait=queued):
+        async with attempt.upstream.slots.hold(on_wait=queued):
             if queued_at is not None:
                 entry.queue_seconds += trio.current_time() - queued_at
                 queued_at = None

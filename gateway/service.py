@@ -1,5 +1,5 @@
 """The running gateway: its config, its backends (with their resources held), its routes,
-and the per-backend state the gateway keeps (admission queue, passive health).
+and the per-backend state the gateway keeps (slots and their queue, passive health).
 
 Depends on :mod:`gateway.telemetry`, never the other way: the metrics read the live
 per-backend state through the :class:`~gateway.telemetry.UpstreamGauges` each
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import trio
 
 from .abc import Backend
-from .admission import Admission
-from .balancer import Breaker, Candidate, plan, upstream_load
+from .admission import BackendSlots
+from .balancer import Breaker, Candidate, order_targets, upstream_load
 from .config import GatewayConfig, Route, TargetSettings
 from .errors import ConfigError
 from .inflight import InFlightTable
@@ -34,7 +34,7 @@ class Upstream:
     """A backend plus what the gateway tracks about it."""
 
     backend: Backend
-    admission: Admission
+    slots: BackendSlots
     breaker: Breaker
 
     @property
@@ -53,7 +53,7 @@ class Upstream:
             ready=status.ready,
             breaker=self.breaker.state(now),
             load=upstream_load(
-                self.admission.in_flight, self.admission.queued, status.running, status.queued
+                self.slots.in_flight, self.slots.queued, status.running, status.queued
             ),
         )
 
@@ -62,8 +62,8 @@ class Upstream:
         status = self.backend.status
         return UpstreamGauges(
             backend=self.id,
-            queued=self.admission.queued,
-            in_flight=self.admission.in_flight,
+            queued=self.slots.queued,
+            in_flight=self.slots.in_flight,
             ready=status.ready,
             ejected=self.breaker.state(now) == "open",
             reported_running=status.running,
@@ -97,8 +97,9 @@ class Gateway:
         now = trio.current_time()
         return [upstream.gauges(now) for upstream in self.upstreams.values()]
 
-    def plan(self, route: Route) -> list[tuple[Upstream, TargetSettings]]:
-        """The targets to try for one request on ``route``, in order."""
+    def pick_targets(self, route: Route) -> list[tuple[Upstream, TargetSettings]]:
+        """The targets to try for one request on ``route``, in order, by the route's
+        strategy and each backend's state now. Advances the route's round-robin turn."""
         targets = route.settings.all_targets
         turn = self._turns.get(route.name, 0)
         self._turns[route.name] = turn + 1
@@ -106,7 +107,7 @@ class Gateway:
         candidates = [
             self.upstreams[t.backend].candidate(i, t.weight, now) for i, t in enumerate(targets)
         ]
-        order = plan(route.settings.strategy, candidates, turn=turn, draw=random.random())
+        order = order_targets(route.settings.strategy, candidates, turn=turn, draw=random.random())
         return [(self.upstreams[targets[i].backend], targets[i]) for i in order]
 
 
@@ -132,7 +133,9 @@ async def open_gateway(
             await stack.enter_async_context(backend.running())
             log.info("backend %s (%s) started", backend.id, backend.settings.type)
         upstreams = {
-            b.id: Upstream(b, Admission(b.id, b.settings.admission), Breaker(b.settings.ejection))
+            b.id: Upstream(
+                b, BackendSlots(b.id, b.settings.admission), Breaker(b.settings.ejection)
+            )
             for b in backends.values()
         }
         teams = await stack.enter_async_context(open_teams(config))

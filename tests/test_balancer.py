@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.abc import EjectionSettings
-from gateway.balancer import Breaker, Candidate, counts_against_backend, is_retryable, plan
+from gateway.balancer import Breaker, Candidate, counts_against_backend, is_retryable, order_targets
 from gateway.config import build_config
 from gateway.errors import (
     InvalidRequest,
@@ -25,50 +25,58 @@ THREE = [c(0), c(1), c(2)]
 
 
 def test_priority_keeps_config_order_and_skips_unusable() -> None:
-    assert plan("priority", THREE, turn=7, draw=0.9) == [0, 1, 2]
+    assert order_targets("priority", THREE, turn=7, draw=0.9) == [0, 1, 2]
     states = [c(0, ready=False), c(1, breaker="open"), c(2)]
-    assert plan("priority", states, turn=0, draw=0) == [2]
+    assert order_targets("priority", states, turn=0, draw=0) == [2]
 
 
 def test_round_robin_rotates_over_healthy_targets() -> None:
-    orders = [plan("round_robin", THREE, turn=t, draw=0)[0] for t in range(6)]
+    orders = [order_targets("round_robin", THREE, turn=t, draw=0)[0] for t in range(6)]
     assert orders == [0, 1, 2, 0, 1, 2]
-    assert plan("round_robin", THREE, turn=1, draw=0) == [1, 2, 0]
+    assert order_targets("round_robin", THREE, turn=1, draw=0) == [1, 2, 0]
     with_down = [c(0), c(1, ready=False), c(2)]
-    assert [plan("round_robin", with_down, turn=t, draw=0)[0] for t in range(4)] == [0, 2, 0, 2]
+    assert [order_targets("round_robin", with_down, turn=t, draw=0)[0] for t in range(4)] == [
+        0,
+        2,
+        0,
+        2,
+    ]
 
 
 def test_weighted_draw_picks_by_weight_then_heaviest_first() -> None:
     states = [c(0, weight=1), c(1, weight=3), c(2, weight=1)]
-    assert plan("weighted", states, turn=0, draw=0.1) == [0, 1, 2]  # 0.5 of 5 → first
-    assert plan("weighted", states, turn=0, draw=0.5) == [1, 0, 2]  # 2.5 of 5 → second
-    assert plan("weighted", states, turn=0, draw=0.99) == [2, 1, 0]
+    assert order_targets("weighted", states, turn=0, draw=0.1) == [0, 1, 2]  # 0.5 of 5 → first
+    assert order_targets("weighted", states, turn=0, draw=0.5) == [1, 0, 2]  # 2.5 of 5 → second
+    assert order_targets("weighted", states, turn=0, draw=0.99) == [2, 1, 0]
     draws = [i / 1000 for i in range(1000)]
-    firsts = [plan("weighted", states, turn=0, draw=d)[0] for d in draws]
+    firsts = [order_targets("weighted", states, turn=0, draw=d)[0] for d in draws]
     assert (firsts.count(0), firsts.count(1), firsts.count(2)) == (200, 600, 200)
 
 
 def test_least_busy_prefers_low_load_per_weight() -> None:
     states = [c(0, load=5), c(1, load=1), c(2, load=3)]
-    assert plan("least_busy", states, turn=0, draw=0) == [1, 2, 0]
+    assert order_targets("least_busy", states, turn=0, draw=0) == [1, 2, 0]
     weighted = [c(0, load=4, weight=4), c(1, load=2)]  # 1.0 per weight vs 2.0
-    assert plan("least_busy", weighted, turn=0, draw=0) == [0, 1]
+    assert order_targets("least_busy", weighted, turn=0, draw=0) == [0, 1]
 
 
 def test_least_busy_ties_rotate() -> None:
     tied = [c(0, load=2), c(1, load=2)]
-    assert [plan("least_busy", tied, turn=t, draw=0)[0] for t in range(4)] == [0, 1, 0, 1]
+    assert [order_targets("least_busy", tied, turn=t, draw=0)[0] for t in range(4)] == [0, 1, 0, 1]
 
 
 def test_all_ejected_or_all_loading_gives_nothing() -> None:
-    assert plan("priority", [c(0, breaker="open"), c(1, breaker="open")], turn=0, draw=0) == []
-    assert plan("least_busy", [c(0, ready=False), c(1, ready=False)], turn=0, draw=0) == []
+    assert (
+        order_targets("priority", [c(0, breaker="open"), c(1, breaker="open")], turn=0, draw=0)
+        == []
+    )
+    assert order_targets("least_busy", [c(0, ready=False), c(1, ready=False)], turn=0, draw=0) == []
 
 
 def test_half_open_target_gets_its_trial_first() -> None:
     states = [c(0), c(1, breaker="half_open"), c(2, breaker="open")]
-    assert plan("priority", states, turn=0, draw=0) == [1, 0]
-    assert plan("priority", [c(0, breaker="half_open")], turn=0, draw=0) == [0]
+    assert order_targets("priority", states, turn=0, draw=0) == [1, 0]
+    assert order_targets("priority", [c(0, breaker="half_open")], turn=0, draw=0) == [0]
 
 
 def test_breaker_ejects_after_consecutive_failures_and_recovers() -> None:

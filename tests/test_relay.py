@@ -10,7 +10,7 @@ import trio
 
 from backends.openai import OpenAIBackend, OpenAISettings
 from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
-from gateway.admission import Admission
+from gateway.admission import BackendSlots
 from gateway.balancer import Breaker
 from gateway.config import KeepaliveSettings
 from gateway.errors import UpstreamTimeout
@@ -24,11 +24,13 @@ def exchange(backend: Backend, body: dict, **keepalive) -> Exchange:
     stream = body.get("stream", False)
     upstream = Upstream(
         backend,
-        Admission(backend.id, backend.settings.admission),
+        BackendSlots(backend.id, backend.settings.admission),
         Breaker(backend.settings.ejection),
     )
     return Exchange(
-        plan=lambda: [Attempt(upstream, UpstreamRequest("chat/completions", body, stream, "rid"))],
+        pick_attempts=lambda: [
+            Attempt(upstream, UpstreamRequest("chat/completions", body, stream, "rid"))
+        ],
         request_id="rid",
         stream=stream,
         route="r",

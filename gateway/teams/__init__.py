@@ -7,6 +7,6 @@ Modules: :mod:`.keys` (making, hashing and recognising keys; pure), :mod:`.limit
 :mod:`.service` (the whole, as the HTTP layer uses it).
 """
 
-from .service import Admission, Identity, Teams, open_teams
+from .service import Identity, TeamAdmission, Teams, open_teams
 
-__all__ = ["Admission", "Identity", "Teams", "open_teams"]
+__all__ = ["Identity", "TeamAdmission", "Teams", "open_teams"]

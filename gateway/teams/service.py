@@ -3,7 +3,7 @@ let it in now, and what it used.
 
 :func:`open_teams` holds the resources (the usage database, the Redis connections) for the
 gateway's lifetime. The HTTP layer calls :meth:`Teams.authenticate`, :meth:`Teams.authorize`
-and :meth:`Teams.admit`; the relay calls the admission's :meth:`Admission.finish` when the
+and :meth:`Teams.admit`; the relay calls the admission's :meth:`TeamAdmission.finish` when the
 request ends, with its :class:`~gateway.inflight.InFlight` record.
 """
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..config import GatewayConfig, Route
     from ..inflight import InFlight
 
-__all__ = ["Admission", "Identity", "Teams", "open_teams"]
+__all__ = ["Identity", "TeamAdmission", "Teams", "open_teams"]
 
 log = logging.getLogger("gateway.teams")
 
@@ -69,8 +69,9 @@ class _Team:
         return "*" in self.models or not self.models.isdisjoint(names)
 
 
-class Admission:
-    """One admitted request: its limit headers, and its hold on the team's windows."""
+class TeamAdmission:
+    """One request its team's limits let in: its limit headers, and its hold on the team's
+    windows. (A backend's own concurrency limit is :class:`gateway.admission.BackendSlots`.)"""
 
     __slots__ = ("_teams", "headers", "identity", "ticket")
 
@@ -172,13 +173,13 @@ class Teams:
                 param="model",
             )
 
-    async def admit(self, identity: Identity, *, id: str, stream: bool) -> Admission:
+    async def admit(self, identity: Identity, *, id: str, stream: bool) -> TeamAdmission:
         """Count the request against its team's limits. Raises :class:`RateLimited`."""
         team = self._teams[identity.team]
         decision, ticket = await self.state.admit(team.name, team.limits, id=id, stream=stream)
         if ticket is None:
             raise _rate_limited(team, decision)
-        return Admission(self, identity, ticket, decision.headers)
+        return TeamAdmission(self, identity, ticket, decision.headers)
 
     def record(self, record: UsageRecord) -> None:
         if self.recorder is not None:

@@ -138,7 +138,7 @@ async def test_one_instance_serves_a_fifo_line_with_heartbeats_to_the_waiting(
     start_local: StartLocal,
 ) -> None:
     gw = await start_local()
-    admission, engine = gw.gateway.upstreams["local"].admission, gw.backend.engines[0]
+    slots, engine = gw.gateway.upstreams["local"].slots, gw.backend.engines[0]
     logs: dict[str, list[tuple[float, bytes]]] = {"a": [], "b": [], "c": []}
     bodies = {
         "a": _completion("Once upon a time", 40, stream_options={"include_usage": True}),
@@ -149,9 +149,9 @@ async def test_one_instance_serves_a_fifo_line_with_heartbeats_to_the_waiting(
         nursery.start_soon(_consume, gw, bodies["a"], logs["a"])
         await wait_until(lambda: engine.current is not None)
         nursery.start_soon(_consume, gw, bodies["b"], logs["b"])
-        await wait_until(lambda: admission.queued == 1)
+        await wait_until(lambda: slots.queued == 1)
         nursery.start_soon(_consume, gw, bodies["c"], logs["c"])
-        await wait_until(lambda: admission.queued == 2)
+        await wait_until(lambda: slots.queued == 2)
 
     spans = {}
     for name, log in logs.items():
@@ -177,7 +177,7 @@ async def test_a_full_line_is_refused_and_a_waiter_that_leaves_frees_its_place(
     start_local: StartLocal,
 ) -> None:
     gw = await start_local(backend={"admission": {"max_queue": 1, "queue_full_status": 503}})
-    admission, engine = gw.gateway.upstreams["local"].admission, gw.backend.engines[0]
+    slots, engine = gw.gateway.upstreams["local"].slots, gw.backend.engines[0]
     leave_a, leave_b = trio.Event(), trio.Event()
     log_a: list[tuple[float, bytes]] = []
     log_b: list[tuple[float, bytes]] = []
@@ -187,7 +187,7 @@ async def test_a_full_line_is_refused_and_a_waiter_that_leaves_frees_its_place(
         )
         await wait_until(lambda: engine.current is not None)
         nursery.start_soon(partial(_consume, gw, _completion("Hello", 4), log_b, leave=leave_b))
-        await wait_until(lambda: admission.queued == 1)
+        await wait_until(lambda: slots.queued == 1)
 
         # The line is full: refused at once, before any heartbeat committed a 200.
         refused = [
@@ -200,10 +200,10 @@ async def test_a_full_line_is_refused_and_a_waiter_that_leaves_frees_its_place(
 
         # The waiter hangs up: it leaves the line at once, and its place is free again.
         leave_b.set()
-        await wait_until(lambda: admission.queued == 0, within=2)
+        await wait_until(lambda: slots.queued == 0, within=2)
         log_d: list[tuple[float, bytes]] = []
         nursery.start_soon(_consume, gw, _completion("Hello", 4), log_d)
-        await wait_until(lambda: admission.queued == 1)
+        await wait_until(lambda: slots.queued == 1)
         leave_a.set()
 
     for answer in refused:

@@ -185,7 +185,7 @@ async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> 
         {"keepalive": {"interval": 0.1}},
         {"admission": {"max_concurrency": 1, "max_queue": 9}},
     )
-    admission = gw.upstreams["only"].admission
+    slots = gw.upstreams["only"].slots
     results: dict[int, tuple[int, int]] = {}
 
     async def one(i: int, client: httpx.AsyncClient) -> None:
@@ -204,7 +204,7 @@ async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> 
                 inner.start_soon(one, i, client)
                 # Arrival order is the test's: request i holds the slot or waits in the
                 # queue before request i + 1 is sent.
-                await wait_until(lambda n=i + 1: admission.in_flight + admission.queued >= n)
+                await wait_until(lambda n=i + 1: slots.in_flight + slots.queued >= n)
         overflow = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     arrivals = sorted(fake.requests, key=lambda r: r.received_at)
     order = [r.body["fake"]["tag"] for r in arrivals if "tag" in r.body.get("fake", {})]
@@ -233,20 +233,20 @@ async def test_queue_overflow_and_disconnected_waiters(nursery: trio.Nursery) ->
                     json={**CHAT, "stream": False, "fake": {"prefill": 1.0}},
                 )
             )
-            await wait_until(lambda: upstream.admission.in_flight >= 1, within=5)
+            await wait_until(lambda: upstream.slots.in_flight >= 1, within=5)
 
             # A waiter that hangs up leaves the queue and never reaches the upstream.
             with trio.move_on_after(0.3):
                 await client.post(
                     "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"tag": "gone"}}
                 )
-            await wait_until(lambda: not upstream.admission.queued, within=2)
+            await wait_until(lambda: not upstream.slots.queued, within=2)
 
             # One waiter fills the queue; the next is refused at once.
             inner.start_soon(
                 partial(client.post, "/v1/chat/completions", json={**CHAT, "stream": False})
             )
-            await wait_until(lambda: upstream.admission.queued >= 1, within=5)
+            await wait_until(lambda: upstream.slots.queued >= 1, within=5)
             refused = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
