@@ -188,6 +188,7 @@ def make_exchange(
     stream: bool = True,
     max_attempts: int = 3,
     failover_deadline: float | None = None,
+    hide_usage: bool = False,
     **keepalive: Any,
 ) -> tuple[Exchange, list[InFlight]]:
     """An exchange over ``upstreams`` in priority order, planned by the real planner (so
@@ -214,6 +215,7 @@ def make_exchange(
         inflight=InFlightTable(),
         max_attempts=max_attempts,
         failover_deadline=failover_deadline,
+        hide_usage=hide_usage,
         on_finish=finished.append,
     )
     for upstream in upstreams:
@@ -762,3 +764,43 @@ async def test_trial_success_closes_and_trial_failure_reopens(autojump_clock: Mo
     trial = await run(upstreams=upstreams)
     assert trial.exchange.log == ["flaky=ok"]
     assert breaker.state(trio.current_time()) == "closed" and breaker.failures == 0
+
+
+# --- unary answers and usage ------------------------------------------------------------
+
+
+async def test_unary_answer_is_one_message_with_its_length(autojump_clock: MockClock) -> None:
+    answer = b'{"choices": [{"index": 0}], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}'
+    backend = ScriptedBackend(
+        "b", before=[1.0], body=[answer[:10], 2.0, answer[10:]], content_type="application/json"
+    )
+    result = await run(backend, stream=False)
+    [(t, start, _), (t_body, last, phase)] = result.client.messages
+    assert (t, start["status"]) == (3.0, 200)  # headers wait for the whole body
+    assert dict(start["headers"])[b"content-length"] == str(len(answer)).encode()
+    assert (t_body, last["body"], last["more_body"], phase) == (3.0, answer, False, "finishing")
+    assert (result.record.prompt_tokens, result.record.completion_tokens) == (4, 2)
+
+
+async def test_unary_first_byte_timeout_is_a_real_504(autojump_clock: MockClock) -> None:
+    backend = ScriptedBackend(
+        "b", body=[100.0, b"{}"], content_type="application/json", timeouts=Timeouts(first_byte=5)
+    )
+    result = await run(backend, stream=False)
+    assert (result.client.messages[0][0], result.client.status) == (5.0, 504)
+    body = json.loads(result.client.messages[1][1]["body"])
+    assert body["error"]["code"] == "upstream_timeout"
+    assert result.record.outcome == "timeout"
+
+
+@pytest.mark.parametrize("hide", [False, True])
+async def test_usage_only_chunk_is_counted_and_hidden_when_asked(
+    autojump_clock: MockClock, hide: bool
+) -> None:
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 1}}\n\n'
+    backend = ScriptedBackend("b", body=[chunk("a"), usage, DONE])
+    result = await run(backend, hide_usage=hide)
+    assert events_of(result.client.body) == (
+        [chunk("a"), DONE] if hide else [chunk("a"), usage, DONE]
+    )
+    assert (result.record.prompt_tokens, result.record.completion_tokens) == (7, 1)
