@@ -1,0 +1,47 @@
+"""``GET /v1/models`` and ``GET /v1/models/{model}``: the model names the caller may use —
+every route's public names with auth off, the ones the caller's team may use with it on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, g
+
+from ..errors import ModelNotFound
+from ..service import Gateway
+from ..teams import Identity
+from . import json_response
+
+
+def blueprint(gateway: Gateway) -> Blueprint:
+    models = Blueprint("models", __name__)
+
+    def visible_models() -> list[str]:
+        teams = gateway.auth
+        identity: Identity | None = g.get("identity")  # set by the app's auth hook
+        if teams is None or identity is None:
+            return gateway.router.public_models()
+        return [
+            name
+            for route in gateway.router.routes
+            if teams.may_use(identity.team, route)
+            for name in route.public_names
+        ]
+
+    @models.get("/v1/models")
+    async def list_models() -> Response:
+        data = [_model_card(name) for name in visible_models()]
+        return json_response({"object": "list", "data": data})
+
+    @models.get("/v1/models/<path:model>")
+    async def get_model(model: str) -> Response:
+        """Raises :class:`ModelNotFound` (404) for a model the caller may not see."""
+        if model not in visible_models():
+            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+        return json_response(_model_card(model))
+
+    return models
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "trio-gateway"}

@@ -1,0 +1,48 @@
+"""Liveness, readiness and metrics: the paths that stay open with auth on, for load
+balancers, orchestrators and Prometheus."""
+
+from __future__ import annotations
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response
+
+from ..service import Gateway
+from . import json_response
+
+
+def blueprint(gateway: Gateway) -> Blueprint:
+    probes = Blueprint("probes", __name__)
+
+    @probes.get("/healthz")
+    async def healthz() -> Response:
+        """Alive: 200 with the number of requests in flight, whatever the backends do."""
+        return json_response({"status": "ok", "in_flight": len(gateway.inflight)})
+
+    @probes.get("/readyz")
+    async def readyz() -> Response:
+        """Ready (200) when not draining and every route has a ready backend; else 503,
+        with what each route and backend looks like."""
+        now = trio.current_time()
+        routes = {
+            route.name: any(
+                gateway.upstreams[t.backend].available(now) for t in route.settings.all_targets
+            )
+            for route in gateway.config.routes
+        }
+        backends = {
+            backend.id: {"health": backend.status.health, "detail": backend.status.detail}
+            for backend in gateway.backends.values()
+        }
+        ready = not gateway.draining and all(routes.values())
+        status = "draining" if gateway.draining else "ready" if ready else "not_ready"
+        return json_response(
+            {"status": status, "routes": routes, "backends": backends},
+            status=200 if ready else 503,
+        )
+
+    @probes.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.telemetry.scrape(), content_type=CONTENT_TYPE_LATEST)
+
+    return probes
