@@ -4,7 +4,7 @@ and trio's MockClock, so every instant below is exact.
 A :class:`ScriptedBackend` is a real :class:`~gateway.abc.Backend` whose upstream is a
 script: sleeps, byte pieces, and errors raised where an upstream would fail. Everything on
 the gateway's side is the real code: :func:`~gateway.relay.relay`, its writer and heartbeat,
-admission, breakers and the planner.
+backend slots, breakers and :func:`~gateway.balancer.order_targets`.
 """
 
 from __future__ import annotations
@@ -191,12 +191,12 @@ def make_exchange(
     hide_usage: bool = False,
     **keepalive: Any,
 ) -> tuple[Exchange, list[InFlight]]:
-    """An exchange over ``upstreams`` in priority order, planned by the real planner (so
+    """An exchange over ``upstreams`` in priority order, ordered by the real balancer (so
     ejected and half-open backends are treated as the gateway treats them)."""
     finished: list[InFlight] = []
     body: JSONObject = {"model": "m", "stream": stream}
 
-    def plan() -> list[Attempt]:
+    def pick_attempts() -> list[Attempt]:
         now = trio.current_time()
         candidates = [u.candidate(i, 1.0, now) for i, u in enumerate(upstreams)]
         order = order_targets("priority", candidates, turn=0, draw=0.0)
@@ -207,7 +207,7 @@ def make_exchange(
 
     keepalive.setdefault("interval", 0)
     exchange = Exchange(
-        pick_attempts=plan,
+        pick_attempts=pick_attempts,
         request_id="rid",
         stream=stream,
         route="r",
