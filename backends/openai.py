@@ -46,15 +46,13 @@ class OpenAISettings(BackendSettings):
         return http_base_url(value)
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(Backend[OpenAISettings]):
     """Relays to an OpenAI-compatible server (``/chat/completions``, ``/completions``,
     ``/embeddings`` under ``url``)."""
 
     Settings = OpenAISettings
-    settings: OpenAISettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, OpenAISettings)
+    def __init__(self, id: str, settings: OpenAISettings) -> None:
         super().__init__(id, settings)
         self._pool: ConnectionPool | None = None
         auth = settings.api_key

@@ -51,9 +51,10 @@ import abc
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, TypeAlias
+from typing import ClassVar, Generic, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 from .chunks import SSE_DONE, CompletionEncoder, json_bytes, sse_data
 from .errors import (
@@ -85,6 +86,7 @@ __all__ = [
     "JSONObject",
     "JSONValue",
     "Overloaded",
+    "SettingsT",
     "ShuttingDown",
     "Timeouts",
     "UpstreamConnectError",
@@ -225,19 +227,29 @@ class BackendStatus:
         return self.health in ("ready", "unknown")
 
 
-class Backend(abc.ABC):
+SettingsT = TypeVar("SettingsT", bound=BackendSettings, default=BackendSettings, covariant=True)
+"""The settings type of a :class:`Backend` subclass: ``class MyBackend(Backend[MySettings])``
+types ``self.settings`` as ``MySettings``. A bare ``Backend`` is ``Backend[BackendSettings]``,
+the type of any backend (covariant: settings are frozen and only read)."""
+
+
+class Backend(abc.ABC, Generic[SettingsT]):
     """Base class of every backend. One instance serves one ``[backends.<id>]`` table.
 
-    Subclasses set :attr:`Settings` and implement :meth:`open_response`. Long-lived
-    resources (connection pools, child processes, loaded models) are opened in
-    :meth:`running` and closed when it exits.
+    Subclass ``Backend[YourSettings]``, set :attr:`Settings` to the same class, and
+    implement :meth:`open_response`. The gateway validates each table with ``Settings`` and
+    passes the result to ``__init__``, so :attr:`settings` is an instance of it and needs no
+    check. Long-lived resources (connection pools, child processes, loaded models) are
+    opened in :meth:`running` and closed when it exits.
     """
 
     Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    """The class that validates this backend's table; the one the type argument names."""
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
+    def __init__(self, id: str, settings: SettingsT) -> None:
         self.id = id
         self.settings = settings
+        """This backend's ``[backends.<id>]`` table, validated (frozen)."""
         self.status = BackendStatus()
         """Last known health and load. Backends with a health or load signal update it
         (typically from a polling task started in :meth:`running`); the gateway reads it

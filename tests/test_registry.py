@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from backends.openai import OpenAIBackend
-from gateway.abc import BackendSettings
-from gateway.registry import ENTRY_POINT_GROUP, load_registry, settings_fields
+from gateway.abc import Backend, BackendSettings, SettingsT
+from gateway.registry import ENTRY_POINT_GROUP, declared_settings, load_registry, settings_fields
 
 
 def install_fake_distribution(site: Path, name: str, entry_points: dict[str, str]) -> None:
@@ -40,6 +40,15 @@ BROKEN_MODULES = {
         "    def open_response(self, request):\n"
         "        raise NotImplementedError\n"
     ),
+    "plugin_settings_not_declared": (
+        "from gateway.abc import Backend, BackendSettings\n"
+        "class Mine(BackendSettings):\n"
+        "    pass\n"
+        "class Wrong(Backend[Mine]):\n"
+        "    Settings = BackendSettings\n"
+        "    def open_response(self, request):\n"
+        "        raise NotImplementedError\n"
+    ),
 }
 
 
@@ -56,6 +65,7 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "abstract": "plugin_abstract:Half",
             "bad-settings": "plugin_bad_settings:Odd",
             "missing-attr": "plugin_not_a_backend:Nothing",
+            "settings-not-declared": "plugin_settings_not_declared:Wrong",
         },
     )
     install_fake_distribution(
@@ -74,6 +84,7 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
         ("abstract", "broken-plugins"),
         ("bad-settings", "broken-plugins"),
         ("missing-attr", "broken-plugins"),
+        ("settings-not-declared", "broken-plugins"),
         ("openai", "impostor"),
     }
     assert (
@@ -86,11 +97,37 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
         "not a gateway.abc.BackendSettings subclass" in reasons[("bad-settings", "broken-plugins")]
     )
     assert "AttributeError" in reasons[("missing-attr", "broken-plugins")]
+    assert reasons[("settings-not-declared", "broken-plugins")] == (
+        "plugin_settings_not_declared:Wrong.Settings is BackendSettings, but the class is "
+        "declared Backend[Mine]: its settings would not be what it expects"
+    )
     assert reasons[("openai", "impostor")] == "type 'openai' is already provided by trio-gateway"
     # Built-ins and the example plugins still load; openai is still the real one.
     openai = registry.get("openai")
     assert openai is not None and openai.cls is OpenAIBackend
     assert {"openai", "llamacpp-python", "simulator", "ollama"} <= set(registry.types)
+
+
+def test_the_settings_type_is_read_from_the_type_argument() -> None:
+    class Mine(BackendSettings):
+        pass
+
+    class Direct(Backend[Mine]):
+        Settings = Mine
+
+    class Inherited(Direct):
+        pass
+
+    class Intermediate(Backend[SettingsT]):
+        pass
+
+    assert declared_settings(Direct) is Mine
+    assert declared_settings(Inherited) is Mine
+    assert declared_settings(Intermediate) is BackendSettings
+    assert declared_settings(Backend) is BackendSettings
+    # Every built-in and example backend declares the settings class it validates with.
+    for backend_type in load_registry().types.values():
+        assert declared_settings(backend_type.cls) is backend_type.cls.Settings, backend_type
 
 
 def test_builtins_and_example_plugins_come_from_their_distributions() -> None:

@@ -22,7 +22,6 @@ import trio
 
 from gateway.abc import (
     Backend,
-    BackendSettings,
     BackendStatus,
     Overloaded,
     UpstreamRequest,
@@ -46,15 +45,13 @@ _PROBE_TIMEOUT = 5.0
 _LOAD_RETRY = 1.0
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(Backend[LlamaCppSettings]):
     """llama.cpp's ``llama-server``: one that runs already (``url``), or one the gateway
     runs itself (``model``)."""
 
     Settings = LlamaCppSettings
-    settings: LlamaCppSettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, LlamaCppSettings)
+    def __init__(self, id: str, settings: LlamaCppSettings) -> None:
         super().__init__(id, settings)
         self.url: str | None = settings.url
         """The server's root URL (in managed mode known once running)."""

@@ -34,7 +34,6 @@ import trio
 
 from gateway.abc import (
     Backend,
-    BackendSettings,
     BackendStatus,
     ConfigError,
     GatewayError,
@@ -61,14 +60,12 @@ _CHANNEL_BUFFER = 64
 _Item = bytes | GatewayError
 
 
-class LlamaCppPythonBackend(Backend):
+class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
     """Serves chat and text completions (or embeddings) from an in-process model."""
 
     Settings = LlamaCppPythonSettings
-    settings: LlamaCppPythonSettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, LlamaCppPythonSettings)
+    def __init__(self, id: str, settings: LlamaCppPythonSettings) -> None:
         super().__init__(id, settings)
         self.engines: tuple[Engine, ...] = ()
         """The loaded instances while running (diagnostics: token counters, current job)."""

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
-from gateway.abc import Backend, BackendSettings, BackendStatus, UpstreamRequest, UpstreamResponse
+from gateway.abc import Backend, BackendStatus, UpstreamRequest, UpstreamResponse
 
 from .._http import poll_status
 from ..openai import OpenAIBackend, OpenAISettings
@@ -29,14 +29,12 @@ from ._probe import Probe, ServedModel
 from ._settings import VLLMSettings
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(Backend[VLLMSettings]):
     """A running vLLM server at ``url``."""
 
     Settings = VLLMSettings
-    settings: VLLMSettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, VLLMSettings)
+    def __init__(self, id: str, settings: VLLMSettings) -> None:
         super().__init__(id, settings)
         self._http: OpenAIBackend | None = None
         self._probe: Probe | None = None

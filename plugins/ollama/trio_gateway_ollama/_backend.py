@@ -14,7 +14,6 @@ import trio
 
 from gateway.abc import (
     Backend,
-    BackendSettings,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -33,7 +32,7 @@ _CLOSE_GRACE = 2.0
 _MAX_BODY = 16 * 1024 * 1024
 
 
-class OllamaBackend(Backend):
+class OllamaBackend(Backend[OllamaSettings]):
     """Chat completions through ``/api/chat``, text completions through ``/api/generate``.
 
     Only the ``connect`` timer is given to httpx; the gateway times the body. Leaving
@@ -42,10 +41,8 @@ class OllamaBackend(Backend):
     """
 
     Settings = OllamaSettings
-    settings: OllamaSettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, OllamaSettings)
+    def __init__(self, id: str, settings: OllamaSettings) -> None:
         super().__init__(id, settings)
         self._client: httpx.AsyncClient | None = None
 

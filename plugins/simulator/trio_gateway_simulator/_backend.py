@@ -10,7 +10,6 @@ import trio
 
 from gateway.abc import (
     Backend,
-    BackendSettings,
     CompletionEncoder,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -23,7 +22,7 @@ from ._answers import Plan, closing, plan, whole
 from ._settings import SimulatorSettings
 
 
-class SimulatorBackend(Backend):
+class SimulatorBackend(Backend[SimulatorSettings]):
     """Answers every request itself, on the timeline its settings describe.
 
     ``open_response`` waits ``time_to_headers`` and then enters (or raises the configured
@@ -33,10 +32,8 @@ class SimulatorBackend(Backend):
     """
 
     Settings = SimulatorSettings
-    settings: SimulatorSettings
 
-    def __init__(self, id: str, settings: BackendSettings) -> None:
-        assert isinstance(settings, SimulatorSettings)
+    def __init__(self, id: str, settings: SimulatorSettings) -> None:
         super().__init__(id, settings)
         self.active = 0
         self._ids = count(1)
