@@ -56,8 +56,31 @@ from .teams import Identity, TeamAdmission
 log = logging.getLogger("gateway.proxy")
 
 
+# What is read and dropped of a refused body before the 413 goes out, at most.
+_DRAIN_BYTES = 1 << 20
+_DRAIN_SECONDS = 1.0
+
+
 class _Disconnected(Exception):
     """The client went away before its request body was read."""
+
+
+async def _drain(receive: ASGIReceiveCallable) -> None:
+    """Read and drop the rest of a refused request body, up to :data:`_DRAIN_BYTES` within
+    :data:`_DRAIN_SECONDS`. The connection closes after the 413, and a socket closed with
+    unread bytes in its buffer sends a TCP reset, which can reach a client still sending
+    before the 413 does and destroy it (the client sees a reset, not the answer). Past the
+    bounds the 413 goes out anyway: a client sending that much more gets what it asked for.
+    Raises :class:`_Disconnected` if the client leaves meanwhile."""
+    drained = 0
+    with trio.move_on_after(_DRAIN_SECONDS):
+        while drained <= _DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Disconnected
+            drained += len(message["body"])
+            if not message["more_body"]:
+                return
 
 
 class _Request:
@@ -213,6 +236,7 @@ class ProxyApp:
     async def _read_body(self, request: _Request, receive: ASGIReceiveCallable) -> bytes:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
+            await _drain(receive)
             raise BodyTooLarge("Request body is larger than the gateway accepts")
         parts: list[bytes] = []
         size = 0
@@ -223,6 +247,8 @@ class ProxyApp:
             chunk = message["body"]
             size += len(chunk)
             if size > self.max_body:
+                if message["more_body"]:
+                    await _drain(receive)
                 raise BodyTooLarge("Request body is larger than the gateway accepts")
             parts.append(chunk)
             if not message["more_body"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h11
 import httpx
 import pytest
 import trio
@@ -189,6 +190,67 @@ async def test_oversize_chunked_body_without_a_length(start_gateway, fake) -> No
         assert_openai_error(resp, 413, "request_too_large")
         await still_serves(client)
     assert len(fake.requests) == 1  # only still_serves reached the upstream
+
+
+async def _read_response(sock: trio.socket.SocketType, conn: h11.Connection) -> tuple[int, bytes]:
+    status, body = 0, b""
+    with trio.fail_after(5):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, body
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+
+
+async def test_oversize_body_still_being_sent_is_read_before_the_413(start_gateway, fake) -> None:
+    """The client is still sending its body when the gateway decides to refuse it. Answering
+    and closing at once raced the client: a socket closed with unread bytes sends a reset
+    that can destroy the 413 before the client reads it (the flaky "reset instead of 413").
+    The gateway reads the rest of a refused body (within bounds) first, so the 413 arrives
+    whole — and the connection, its request complete, stays usable."""
+    gw = await start_gateway(server={"max_body_bytes": 1000})
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    await sock.connect((host, int(port)))
+    client = h11.Connection(h11.CLIENT)
+    head = [("host", "x"), ("content-type", "application/json")]
+    await sock.send(
+        client.send(
+            h11.Request(
+                method="POST",
+                target="/v1/chat/completions",
+                headers=[*head, ("transfer-encoding", "chunked")],
+            )
+        )
+        + client.send(h11.Data(data=json.dumps(CHAT).encode()[:-1] + b" " * 1500))
+    )
+    for _ in range(20):
+        await sock.send(client.send(h11.Data(data=b" " * 100)))
+    await sock.send(client.send(h11.Data(data=b"}")) + client.send(h11.EndOfMessage()))
+    status, body = await _read_response(sock, client)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+
+    client.start_next_cycle()  # the same connection serves the next request
+    good = json.dumps({**CHAT, "stream": False}).encode()
+    length = [("content-length", str(len(good)))]
+    await sock.send(
+        client.send(
+            h11.Request(method="POST", target="/v1/chat/completions", headers=head + length)
+        )
+        + client.send(h11.Data(data=good))
+        + client.send(h11.EndOfMessage())
+    )
+    status, _ = await _read_response(sock, client)
+    sock.close()
+    assert status == 200
+    assert len(fake.requests) == 1  # the refused body never went upstream
 
 
 async def test_client_gone_in_the_middle_of_its_body(start_gateway, fake) -> None:
