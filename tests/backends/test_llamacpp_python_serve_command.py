@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from .sse_helpers import event_json
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _SERVING = re.compile(rb"serving on (http://[^\s]+)")
 
 
+@pytest.mark.llamacpp  # ./dev serve installs and loads the real model
 async def test_the_readme_serve_command_answers_chat_requests() -> None:
     # `./dev serve` as in the README; `--bind` (which it passes on) only avoids a port clash.
     process = await trio.lowlevel.open_process(
