@@ -44,7 +44,7 @@ from gateway.abc import (
     UpstreamResponse,
 )
 
-from ._pool import InstancePool
+from ._lender import InstanceLender
 from ._protocol import EmbeddingRequest, TextRequest, parse_request
 from ._settings import LlamaCppPythonSettings
 from ._source import resolve_model
@@ -69,7 +69,7 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
         super().__init__(id, settings)
         self.engines: tuple[Engine, ...] = ()
         """The loaded instances while running (diagnostics: token counters, current job)."""
-        self._pool: InstancePool[Engine] | None = None
+        self._lender: InstanceLender[Engine] | None = None
         # Generation threads get their own limiter: they must never starve trio's default
         # one (DNS lookups, file I/O), nor be starved by it.
         self._threads = trio.CapacityLimiter(settings.instances)
@@ -120,20 +120,20 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
                     trio.current_time() - started,
                 )
             self.engines = tuple(engines)
-            self._pool = InstancePool(engines)
+            self._lender = InstanceLender(engines)
             self.status = BackendStatus(
                 health="ready", detail=f"{len(engines)} instance(s) of {path.name}"
             )
             yield
         finally:
             self.status = BackendStatus(health="down", detail="stopped")
-            pool, self._pool = self._pool, None
+            lender, self._lender = self._lender, None
             with trio.CancelScope(shield=True):
-                if pool is not None:
+                if lender is not None:
                     for engine in engines:
                         if engine.current is not None:
                             engine.current.stop()
-                    await pool.aclose()  # every job has ended: the models are free
+                    await lender.aclose()  # every job has ended: the models are free
                 for engine in engines:
                     await trio.to_thread.run_sync(engine.close)
             self.engines = ()
@@ -196,20 +196,20 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
         the model within one token, and the instance is free again once this context has
         exited. (If callers bypass admission, extra ones wait here in FIFO order.)
         """
-        pool = self._pool
-        if pool is None:
+        lender = self._lender
+        if lender is None:
             raise UpstreamConnectError(f"backend {self.id} is not running")
         parsed = parse_request(request.endpoint, request.body)
         self._check_endpoint(parsed)
         try:
-            engine = await pool.acquire()
+            engine = await lender.acquire()
         except trio.ClosedResourceError:
             raise ShuttingDown(f"backend {self.id} is shutting down") from None
         try:
             async with self._open_job(engine, parsed, request.stream) as response:
                 yield response
         finally:
-            pool.release(engine)
+            lender.release(engine)
 
     def _check_endpoint(self, parsed: TextRequest | EmbeddingRequest) -> None:
         if self.settings.embedding and isinstance(parsed, TextRequest):

@@ -125,7 +125,7 @@ class _Llama(llama_cpp.Llama):
 
 
 class Engine:
-    """One loaded model copy. Not thread-safe: run one job at a time (the pool sees to it)."""
+    """One loaded model copy. Not thread-safe: run one job at a time (the backend's InstanceLender sees to it)."""
 
     def __init__(self, llama: _Llama, *, index: int, backend_id: str, cache_prompt: bool) -> None:
         self.index = index

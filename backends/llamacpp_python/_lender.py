@@ -1,4 +1,7 @@
-"""A fixed set of instances, each lent to one borrower at a time."""
+"""A fixed set of instances, each lent to one borrower at a time.
+
+Not a pool in the sense of :mod:`backends._pool` (connections opened and dropped on demand):
+the set never grows or shrinks, and a borrower waits in line for one of its members."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import trio
 T = TypeVar("T")
 
 
-class InstancePool(Generic[T]):
+class InstanceLender(Generic[T]):
     """Lends each of ``instances`` to one borrower at a time; the others wait in line.
 
     The gateway's admission queue normally keeps borrowers to the number of instances, so
@@ -22,7 +25,7 @@ class InstancePool(Generic[T]):
 
     def __init__(self, instances: Sequence[T]) -> None:
         if not instances:
-            raise ValueError("a pool needs at least one instance")
+            raise ValueError("a lender needs at least one instance")
         self._free = list(instances)
         self._size = len(instances)
         self._slots = trio.Semaphore(self._size)
@@ -36,15 +39,15 @@ class InstancePool(Generic[T]):
     async def acquire(self) -> T:
         """Wait in line for a free instance; the caller must :meth:`release` it.
 
-        Raises :class:`trio.ClosedResourceError` once the pool is closing. Cancellation
+        Raises :class:`trio.ClosedResourceError` once the lender is closing. Cancellation
         while waiting leaves the line and acquires nothing.
         """
         if self._closed:
-            raise trio.ClosedResourceError("the pool is closed")
+            raise trio.ClosedResourceError("the lender is closed")
         await self._slots.acquire()
         if self._closed:
             self._slots.release()
-            raise trio.ClosedResourceError("the pool is closed")
+            raise trio.ClosedResourceError("the lender is closed")
         return self._free.pop()
 
     def release(self, instance: T) -> None:
