@@ -29,7 +29,7 @@ from gateway.abc import (
     UpstreamStatusError,
 )
 
-from .._http import poll_status
+from .._polling import poll_status
 from ..openai import OpenAIBackend, OpenAISettings
 from ._launch import plan_launch
 from ._probe import Probe, ServerInfo

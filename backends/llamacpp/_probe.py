@@ -12,7 +12,7 @@ import httpx
 
 from gateway.abc import BackendStatus
 
-from .._http import parse_metrics
+from .._prometheus import parse_metrics
 
 log = logging.getLogger("gateway.backends.llamacpp")
 

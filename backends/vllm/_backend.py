@@ -23,7 +23,7 @@ import trio
 
 from gateway.abc import Backend, BackendStatus, UpstreamRequest, UpstreamResponse
 
-from .._http import poll_status
+from .._polling import poll_status
 from ..openai import OpenAIBackend, OpenAISettings
 from ._probe import Probe, ServedModel
 from ._settings import VLLMSettings

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.abc import BackendStatus
 
-from .._http import parse_metrics
+from .._prometheus import parse_metrics
 
 log = logging.getLogger("gateway.backends.vllm")
 

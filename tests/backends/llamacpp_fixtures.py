@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trio
 
-from backends._http import parse_metrics
+from backends._prometheus import parse_metrics
 from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp._launch import free_port
 from backends.llamacpp._process import _die_with_parent

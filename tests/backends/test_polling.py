@@ -1,34 +1,12 @@
-"""The shared pieces of the watching HTTP backends: metric parsing and the status poller."""
+"""The status poller shared by the backends that watch their upstream."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 from trio.testing import MockClock
 
-from backends._http import parse_metrics, poll_status
+from backends._polling import poll_status
 from gateway.abc import BackendStatus
-
-EXPOSITION = """\
-# HELP vllm:num_requests_running Number of requests in model execution batches.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{model_name="a"} 2.0
-vllm:num_requests_running{model_name="b"} 1.0
-# TYPE vllm:request_success counter
-vllm:request_success_total{finished_reason="stop"} 7.0
-"""
-
-
-def test_parse_metrics_sums_label_sets() -> None:
-    assert parse_metrics(EXPOSITION) == {
-        "vllm:num_requests_running": 3.0,
-        "vllm:request_success_total": 7.0,
-    }
-
-
-def test_parse_metrics_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
-        parse_metrics("this is { not prometheus\n")
 
 
 async def test_poller_publishes_and_survives_errors(autojump_clock: MockClock) -> None:

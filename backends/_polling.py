@@ -1,5 +1,5 @@
-"""Shared by the HTTP backends that watch their upstream: Prometheus text parsing and a
-polling loop that keeps :attr:`gateway.abc.Backend.status` fresh."""
+"""The polling loop that keeps :attr:`gateway.abc.Backend.status` fresh, shared by the
+backends that watch their upstream (``llamacpp`` and ``vllm``)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.abc import BackendStatus
 
 log = logging.getLogger("gateway.backends")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum each sample name over its label sets: ``{"vllm:num_requests_running": 3.0}``.
-
-    Names keep their exposition form (counters keep ``_total``). A malformed exposition
-    raises ``ValueError``.
-    """
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
-    return totals
 
 
 async def poll_status(
