@@ -24,8 +24,8 @@ from gateway.testing.conformance import (
     Script,
 )
 from gateway.testing.fake_openai import FakeOpenAI
-from gateway.testing.fake_vllm import FakeVLLM
 from gateway.testing.serving import unused_port
+from tests.fakes.vllm import FakeVLLM
 
 from .backends.llamacpp_fixtures import LlamaServer, llama_server, model_path
 

@@ -1,5 +1,5 @@
 """The fake vLLM itself: that it speaks vLLM's protocol as vLLM's source describes it
-(see the docstring of :mod:`gateway.testing.fake_vllm` for the files and versions). The
+(see the docstring of :mod:`tests.fakes.vllm` for the files and versions). The
 gateway tests in ``test_vllm.py`` are only as good as this fake."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.testing.fake_vllm import FakeVLLM
+from tests.fakes.vllm import FakeVLLM
 
 KEY = "sk-fake-vllm"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -1,4 +1,4 @@
-"""The fake-vs-real comparator (:mod:`gateway.testing.fake_vllm_diff`), with a second fake
+"""The fake-vs-real comparator (:mod:`tests.fakes.vllm_diff`), with a second fake
 standing in for the real server: it finds nothing between equals, and it finds each kind of
 difference the gateway cares about when the "real" one behaves like another vLLM version."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from gateway.testing.fake_vllm import FakeVLLM
-from gateway.testing.fake_vllm_diff import Difference, compare
+from tests.fakes.vllm import FakeVLLM
+from tests.fakes.vllm_diff import Difference, compare
 
 KEY = "sk-diff-3131"
 

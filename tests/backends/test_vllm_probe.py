@@ -1,6 +1,6 @@
 """The ``vllm`` backend's own parts, without a gateway: reading vLLM's ``/metrics`` (every
 generation of its names), ``/v1/models``, its error bodies, and its settings. The fake it
-talks to is :mod:`gateway.testing.fake_vllm`; the gateway-level tests are in
+talks to is :mod:`tests.fakes.vllm`; the gateway-level tests are in
 ``tests/e2e/test_vllm.py``."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from gateway.abc import BackendStatus
 from gateway.config import build_config
 from gateway.errors import ConfigError, UpstreamStatusError
 from gateway.registry import load_registry
-from gateway.testing.fake_vllm import FakeVLLM
-from gateway.testing.fake_vllm_metrics import EngineLoad, exposition
+from tests.fakes.vllm import FakeVLLM
+from tests.fakes.vllm_metrics import EngineLoad, exposition
 
 KEY = "sk-vllm-probe-5151"
 POLL = 0.2

@@ -1,5 +1,5 @@
 """The ``vllm`` backend through the real gateway: hypercorn on port 0 in front of the
-protocol-faithful fake vLLM (:mod:`gateway.testing.fake_vllm`), real sockets both sides.
+protocol-faithful fake vLLM (:mod:`tests.fakes.vllm`), real sockets both sides.
 
 Sections follow issue 5's "What it must show": (1) chat and completions, extras, usage;
 (2) vLLM's error forms; (3) load signals; (4) a silent prefill and the heartbeat;
@@ -25,7 +25,7 @@ from gateway.config import GatewayConfig, build_config
 from gateway.server import serve
 from gateway.service import Gateway, open_gateway
 from gateway.sse import SSEFramer
-from gateway.testing.fake_vllm import FakeVLLM
+from tests.fakes.vllm import FakeVLLM
 
 KEY = "sk-vllm-secret-4242"
 WRONG_KEY = "sk-not-the-key-1717"

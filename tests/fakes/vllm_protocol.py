@@ -1,5 +1,5 @@
 """vLLM's OpenAI-compatible wire shapes, sans I/O: request checks, error bodies, the model
-list, stream chunks and whole answers. :mod:`gateway.testing.fake_vllm` serves them.
+list, stream chunks and whole answers. :mod:`tests.fakes.vllm` serves them.
 
 Read from vLLM **v0.12.0** (``vllm/entrypoints/openai/``) unless marked **v0.9.2**; no code
 is copied, only field names, defaults and messages:

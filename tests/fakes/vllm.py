@@ -2,8 +2,8 @@
 on machines without a GPU: a real HTTP/1.1 server on loopback (h11 over trio sockets).
 
 This module is the server: routes, authentication, batch slots, timing and aborts. The
-bodies it sends are built by :mod:`~gateway.testing.fake_vllm_protocol` and the ``/metrics``
-exposition by :mod:`~gateway.testing.fake_vllm_metrics`; each cites the vLLM files it was
+bodies it sends are built by :mod:`~tests.fakes.vllm_protocol` and the ``/metrics``
+exposition by :mod:`~tests.fakes.vllm_metrics`; each cites the vLLM files it was
 read from. What is read here, from vLLM **v0.12.0** (no code copied):
 
 * Routes — ``vllm/entrypoints/openai/api_server.py``: ``GET /health`` (an empty 200; an
@@ -30,7 +30,7 @@ The statements above and in the two sibling modules were re-checked against snap
 ``vllm-project/vllm`` (``/health``, ``AuthenticationMiddleware``, ``StreamOptions``,
 ``ModelCard``, ``validation_exception_handler``, ``_check_model``, the context-length
 messages, ``create_streaming_error_response``, the v1 metric names). Where a GPU serves a
-real model, ``python -m gateway.testing.fake_vllm_diff URL`` lists every difference between
+real model, ``python -m tests.fakes.vllm_diff URL`` lists every difference between
 it and this fake.
 
 Not modelled: tokenization and sampling (every extra request field is accepted and
@@ -57,11 +57,12 @@ from typing import Any, Literal
 import h11
 import trio
 
-from . import fake_vllm_protocol as proto
-from .fake_vllm_metrics import CONTENT_TYPE as METRICS_TYPE
-from .fake_vllm_metrics import EngineLoad, MetricsVersion, exposition
-from .fake_vllm_protocol import ErrorForm, Generation, VLLMError
-from .http11 import read_request
+from gateway.testing.http11 import read_request
+
+from . import vllm_protocol as proto
+from .vllm_metrics import CONTENT_TYPE as METRICS_TYPE
+from .vllm_metrics import EngineLoad, MetricsVersion, exposition
+from .vllm_protocol import ErrorForm, Generation, VLLMError
 
 __all__ = ["VLLM_VERSION", "FakeVLLM", "VLLMRequest"]
 

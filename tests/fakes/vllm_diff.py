@@ -6,7 +6,7 @@ bodies and SSE chunks (keys and value types, not values), the end of streams, an
 Run it where a GPU serves a small model (the fake copies its model name, ``max_model_len``
 and API key)::
 
-    python -m gateway.testing.fake_vllm_diff http://127.0.0.1:8000 [--api-key KEY]
+    python -m tests.fakes.vllm_diff http://127.0.0.1:8000 [--api-key KEY]
 
 It prints one line per difference and exits 1 if there is any. Metric families only the real
 server exports are listed as information: the fake models a subset on purpose.
@@ -25,8 +25,9 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..sse import SSEFramer
-from .fake_vllm import FakeVLLM
+from gateway.sse import SSEFramer
+
+from .vllm import FakeVLLM
 
 __all__ = ["Difference", "Probe", "compare", "main", "probes"]
 
