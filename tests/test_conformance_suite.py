@@ -5,10 +5,12 @@ disguise errors — while the real ``openai`` backend passes the same checks
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
 import pytest
 import trio
@@ -29,10 +31,11 @@ from gateway.testing.conformance import (
     ConformanceFailure,
     Phase,
     Script,
+    SettingsTable,
 )
 from gateway.testing.fake_openai import FakeOpenAI
 
-_FAKE: dict[str, dict[str, Any]] = {
+_FAKE: dict[str, SettingsTable] = {
     "answer": {"tokens": 4},
     "error_status": {"status": 503},
     "error_mid_stream": {"tokens": 6, "fault": "reset_mid_stream"},
@@ -164,7 +167,10 @@ class EntersEarly(OpenAIBackend):
         yield UpstreamResponse(200, "text/event-stream", body())
 
 
-def _conformance(fake: FakeOpenAI, backend_class: type[Backend]) -> Conformance:
+B = TypeVar("B", bound=Backend)
+
+
+def _conformance(fake: FakeOpenAI, backend_class: type[B]) -> Conformance[B]:
     return Conformance(
         type_name="openai",
         backend_class=backend_class,
@@ -250,3 +256,49 @@ def test_a_case_declared_not_applicable_removes_its_tests() -> None:
     assert TestInProcess.test_gateway_connect_error is None
     assert callable(TestInProcess.test_answer)
     assert callable(BackendConformance.test_connect_error)
+
+
+class _Typed(BackendConformance[FakeOpenAI, OpenAIBackend]):
+    type_name = "openai"
+    backend_class = OpenAIBackend
+
+
+def test_a_parametrized_suite_is_a_plain_test_class() -> None:
+    """Generic[...] adds no constructor (pytest collects only classes without one)."""
+    assert _Typed.__init__ is object.__init__
+    assert _Typed.backend_class is OpenAIBackend
+    assert callable(_Typed.test_answer)
+
+
+def _mentions_any(annotation: object) -> bool:
+    """Whether an annotation (a string, under ``from __future__ import annotations``)
+    names ``Any``; the aliases it may name (SettingsTable, JSONLike) are free of it."""
+    return (
+        re.search(r"\bAny\b", annotation if isinstance(annotation, str) else repr(annotation))
+        is not None
+    )
+
+
+@pytest.mark.parametrize("cls", [BackendConformance, Conformance, Script, Case])
+def test_no_public_hook_or_check_of_the_suite_is_typed_any(cls: type) -> None:
+    """What an author writes or calls is typed: no Any in a public method's parameters or
+    return, nor in a public field."""
+    found = []
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") and name != "__init__":
+            continue
+        function = getattr(member, "__wrapped__", member)  # pytest fixtures wrap theirs
+        if inspect.isfunction(function):
+            annotations = function.__annotations__
+            found += [f"{name}({key})" for key, hint in annotations.items() if _mentions_any(hint)]
+    for klass in cls.__mro__:
+        fields = vars(klass).get("__annotations__", {})
+        found += [f"{klass.__name__}.{key}" for key, hint in fields.items() if _mentions_any(hint)]
+    assert found == []
+
+
+def test_the_any_finder_finds_it() -> None:
+    assert _mentions_any("Mapping[str, Any]")
+    assert _mentions_any("Any")
+    assert not _mentions_any("SettingsTable")
+    assert not _mentions_any("Many | AnyStr")

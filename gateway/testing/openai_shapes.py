@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..abc import Endpoint
+from ..abc import Endpoint, JSONObject
 from ..sse import SSEEvent, SSEFramer
 
 __all__ = ["Answer", "ShapeError", "check_stream", "check_unary", "parse_sse"]
@@ -32,7 +32,7 @@ class Answer:
     text: str  # the content (chat) or text (completions), concatenated
     pieces: int  # how many chunks carried a non-empty piece of it (1 for a whole answer)
     finish_reason: str | None
-    usage: dict[str, Any] | None
+    usage: JSONObject | None  # the usage object as sent, when the answer has one
 
 
 def parse_sse(raw: bytes) -> list[SSEEvent]:
@@ -48,7 +48,7 @@ _OBJECTS = {"chat/completions": "chat.completion", "completions": "text_completi
 _CHUNK_OBJECTS = {"chat/completions": "chat.completion.chunk", "completions": "text_completion"}
 
 
-def _usage(doc: dict[str, Any], where: str) -> dict[str, Any]:
+def _usage(doc: dict[str, Any], where: str) -> JSONObject:
     usage = doc.get("usage")
     if not isinstance(usage, dict):
         raise ShapeError(f"{where}: no usage object")
@@ -74,7 +74,7 @@ def check_stream(endpoint: Endpoint, events: Sequence[SSEEvent], *, usage: bool)
     text: list[str] = []
     pieces = 0
     finish: list[str] = []
-    usage_doc: dict[str, Any] | None = None
+    usage_doc: JSONObject | None = None
     ids: set[str] = set()
     for item in data[:-1]:
         try:

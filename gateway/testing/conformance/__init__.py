@@ -4,25 +4,28 @@ Every backend — built in or plugin — must pass it. Subclass :class:`BackendC
 test module, name the subclass ``Test...``, and provide the backend, its upstream and a
 script for each case::
 
-    class TestMyBackend(BackendConformance):
+    class TestMyBackend(BackendConformance[MyFakeUpstream, MyBackend]):
         type_name = "mybackend"              # its entry-point name
         backend_class = MyBackend
 
         @pytest.fixture
-        async def upstream(self, nursery):   # start what the backend talks to
-            fake = MyFakeUpstream()
+        async def upstream(self, nursery: trio.Nursery) -> MyFakeUpstream:
+            fake = MyFakeUpstream()          # start what the backend talks to
             await nursery.start(fake.serve)
             return fake
 
-        def settings(self, upstream):        # a valid [backends.<id>] table, without `type`
-            return {"url": upstream.url}
+        def settings(self, upstream: MyFakeUpstream) -> SettingsTable:
+            return {"url": upstream.url}     # a valid [backends.<id>] table, without `type`
 
-        def script(self, upstream, case):    # make the upstream behave as `case` says
-            ...
+        def script(self, upstream: MyFakeUpstream, case: Case) -> Script:
+            ...                              # make the upstream behave as `case` says
             return Script(body={...}, settings={...}, status=...)
 
-        def open_requests(self, upstream, backend):   # upstream requests not closed yet
-            return upstream.active
+        def open_requests(self, upstream: MyFakeUpstream, backend: MyBackend) -> int:
+            return upstream.active           # upstream requests not closed yet
+
+The type arguments are what the ``upstream`` fixture returns (``None``, the default, for a
+backend with no upstream) and the backend class: each hook gets them typed as such.
 
 Most checks run twice: against the backend directly (enter ``open_response``, read the
 body, cancel) and through a real gateway served on port 0 (heartbeats, timers, error
@@ -57,7 +60,7 @@ raises :class:`ConformanceFailure` (an ``AssertionError``) that says what broke 
 contract. This package needs pytest and pytest-trio (``trio_mode = true``).
 """
 
-from ._cases import Case, CaseName, Phase, Script
+from ._cases import Case, CaseName, JSONLike, Phase, Script, SettingsTable
 from ._checks import Conformance
 from ._failure import ConformanceFailure
 from ._pytest import BackendConformance
@@ -68,6 +71,8 @@ __all__ = [
     "CaseName",
     "Conformance",
     "ConformanceFailure",
+    "JSONLike",
     "Phase",
     "Script",
+    "SettingsTable",
 ]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, TypeAlias
 
-from ...abc import Endpoint, JSONObject
+from ...abc import Endpoint, JSONObject, JSONValue
 
 CaseName = Literal[
     "answer",
@@ -21,6 +21,14 @@ CaseName = Literal[
     "endless",
 ]
 Phase = Literal["awaiting_headers", "prefill", "streaming", "abandoned"]
+JSONLike: TypeAlias = (
+    "str | int | float | bool | Sequence[JSONLike] | Mapping[str, JSONLike] | None"
+)
+"""A JSON (or TOML) value as an author writes it: read-only containers, so a
+``dict[str, int]`` or a tuple fits where a value is asked for."""
+SettingsTable: TypeAlias = Mapping[str, JSONLike]
+"""A ``[backends.<id>]`` table as the parsed TOML holds it (``type`` left out where the
+suite adds it), or a patch to merge into one."""
 
 BACKEND_ID = "conformance"
 ROUTE_MODEL = "conformance"
@@ -58,8 +66,8 @@ class Script:
     ``status`` is the status the client must see for ``error_status``.
     """
 
-    body: Mapping[str, Any] = field(default_factory=dict)
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    body: Mapping[str, JSONLike] = field(default_factory=dict)
+    settings: SettingsTable = field(default_factory=dict)
     status: int | None = None
 
 
@@ -77,7 +85,7 @@ def base_body(endpoint: Endpoint, stream: bool) -> JSONObject:
     return body
 
 
-def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, JSONLike], extra: Mapping[str, JSONLike]) -> dict[str, JSONLike]:
     """``base`` updated with ``extra``; tables present in both are merged key by key."""
     out = dict(base)
     for key, value in extra.items():
@@ -89,7 +97,16 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def error_event(data: str) -> dict[str, Any] | None:
+def as_json(value: JSONLike) -> JSONValue:
+    """``value`` as plain JSON data (dicts and lists), copied all the way down."""
+    if isinstance(value, str) or value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {key: as_json(item) for key, item in value.items()}
+    return [as_json(item) for item in value]
+
+
+def error_event(data: str) -> JSONObject | None:
     """The ``error`` object of an OpenAI error event's data (``{"error": {"message": ...}}``),
     or None when ``data`` is something else."""
     try:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from ...abc import Backend, Endpoint, UpstreamConnectError
+from ...abc import Endpoint, UpstreamConnectError
 from ...errors import GatewayError
 from ...sse import SSEEvent, SSEFramer
 from ..openai_shapes import Answer
@@ -20,7 +20,7 @@ from ._failure import (
     tasks_below,
     unwrapped,
 )
-from ._harness import Harness
+from ._harness import BackendT, Harness
 
 # Room for a backend that enters open_response before its upstream answered to do so.
 _EARLY_ENTRY_PROBE = 0.05
@@ -30,7 +30,7 @@ class _Abandon(Exception):
     """Raised inside ``open_response`` by a consumer that stops reading."""
 
 
-class DirectChecks(Harness):
+class DirectChecks(Harness[BackendT]):
     async def check_answer(self, endpoint: Endpoint, stream: bool) -> Answer:
         """A complete answer: a 2xx response of the right content type whose body is a
         well-formed OpenAI answer; afterwards nothing stays open."""
@@ -168,7 +168,7 @@ class DirectChecks(Harness):
         finished = False
         bodies: list[AsyncIterator[bytes]] = []
 
-        async def consume(backend: Backend) -> None:
+        async def consume(backend: BackendT) -> None:
             nonlocal finished
             abandoned = False
             try:
@@ -211,7 +211,7 @@ class DirectChecks(Harness):
                 await _closed(bodies, what)
 
     async def _reach(
-        self, phase: Phase, backend: Backend, entered: trio.Event, got_data: trio.Event, what: str
+        self, phase: Phase, backend: BackendT, entered: trio.Event, got_data: trio.Event, what: str
     ) -> None:
         """Return once the exchange is in ``phase``."""
         if phase == "awaiting_headers":

@@ -3,24 +3,38 @@ settings and scripts, and the probes that say whether an exchange left anything 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from math import inf
-from typing import Any
+from typing import Generic
 
 import pydantic
 import trio
+from typing_extensions import TypeVar
 
-from ...abc import Backend, Endpoint, UpstreamRequest
+from ...abc import Backend, Endpoint, JSONObject, UpstreamRequest
 from ..openai_shapes import Answer, ShapeError, check_stream, check_unary, parse_sse
 from ..waiting import wait_until
-from ._cases import BACKEND_ID, Case, CaseName, Script, base_body, merge
+from ._cases import (
+    BACKEND_ID,
+    Case,
+    CaseName,
+    JSONLike,
+    Script,
+    SettingsTable,
+    as_json,
+    base_body,
+    merge,
+)
 from ._failure import CHECK_TIMEOUT, ConformanceFailure, deadline, fail, tasks_below, unwrapped
 
 POLL = 0.005  # how often a wait on the author's open_requests() looks again
 
+BackendT = TypeVar("BackendT", bound=Backend, default=Backend)
+"""The backend class under test, so the author's ``open_requests`` gets it as itself."""
 
-class Harness:
+
+class Harness(Generic[BackendT]):
     """The backend under test and how to drive it. :class:`~.Conformance` adds the checks.
 
     ``settings`` is a valid ``[backends.<id>]`` table without ``type``; ``script(case)``
@@ -35,15 +49,15 @@ class Harness:
         self,
         *,
         type_name: str,
-        backend_class: type[Backend],
-        settings: Mapping[str, Any],
+        backend_class: type[BackendT],
+        settings: SettingsTable,
         script: Callable[[Case], Script],
-        open_requests: Callable[[Backend], int],
+        open_requests: Callable[[BackendT], int],
         endpoints: Sequence[Endpoint] = ("chat/completions", "completions"),
         reports_usage: bool = True,
         close_within: float = 0.5,
         check_timeout: float = CHECK_TIMEOUT,
-        invalid_settings: Sequence[tuple[Mapping[str, Any], str]] = (),
+        invalid_settings: Sequence[tuple[SettingsTable, str]] = (),
     ) -> None:
         self.type_name = type_name
         self.backend_class = backend_class
@@ -56,13 +70,16 @@ class Harness:
         self.check_timeout = check_timeout
         self.invalid_settings = tuple(invalid_settings)
 
-    def table(self, script: Script, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def table(self, script: Script, extra: SettingsTable | None = None) -> dict[str, JSONLike]:
         """The settings table of one case: the author's, the script's, then ``extra``."""
         table = merge({"type": self.type_name, **self.settings}, script.settings)
         return merge(table, extra or {})
 
-    def body(self, case: Case, script: Script) -> dict[str, Any]:
-        return merge(base_body(case.endpoint, case.stream), script.body)
+    def body(self, case: Case, script: Script) -> JSONObject:
+        return {
+            key: as_json(value)
+            for key, value in merge(base_body(case.endpoint, case.stream), script.body).items()
+        }
 
     def request(self, case: Case, script: Script, n: int = 0) -> UpstreamRequest:
         request_id = f"conformance-{case.name}-{n}"
@@ -89,7 +106,7 @@ class Harness:
         return case, script
 
     @asynccontextmanager
-    async def running(self, script: Script) -> AsyncIterator[Backend]:
+    async def running(self, script: Script) -> AsyncIterator[BackendT]:
         """A backend built from the case's settings, inside its ``running()``."""
         try:
             settings = self.backend_class.Settings.model_validate(self.table(script))
@@ -108,7 +125,7 @@ class Harness:
         except ShapeError as exc:
             fail(f"{where}: {exc}")
 
-    async def read(self, backend: Backend, request: UpstreamRequest, what: str) -> bytes:
+    async def read(self, backend: BackendT, request: UpstreamRequest, what: str) -> bytes:
         """Enter ``open_response``, check the response's head, and read the whole body."""
         chunks: list[bytes] = []
         try:
@@ -128,7 +145,7 @@ class Harness:
             fail(f"{what}: the backend raised {exc!r}")
         return b"".join(chunks)
 
-    async def settled(self, backend: Backend, tasks: int | None, after: str) -> None:
+    async def settled(self, backend: BackendT, tasks: int | None, after: str) -> None:
         """Wait up to ``close_within`` until the upstream requests are closed and (when
         ``tasks`` is given) no more tasks run below this one than ``tasks``."""
         limit = trio.current_time() + self.close_within
@@ -149,7 +166,7 @@ class Harness:
                 )
             await trio.sleep(POLL)
 
-    async def wait_open(self, backend: Backend, what: str) -> None:
+    async def wait_open(self, backend: BackendT, what: str) -> None:
         """Wait until the author's ``open_requests`` sees the request upstream."""
         with deadline(
             f"{what}: waiting for open_requests() to report the request", self.check_timeout

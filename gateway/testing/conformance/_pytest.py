@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, cast
 
 import pytest
+from typing_extensions import TypeVar
 
-from ...abc import Backend, Endpoint
-from ._cases import Case, CaseName, Script
+from ...abc import Endpoint
+from ._cases import Case, CaseName, Script, SettingsTable
 from ._checks import Conformance
 from ._failure import CHECK_TIMEOUT
+from ._harness import BackendT
+
+UpstreamT = TypeVar("UpstreamT", default=None)
+"""What the backend under test talks to (a fake server, a model file), as the ``upstream``
+fixture returns it; ``None`` for a backend with no upstream."""
 
 # The tests that need each case; a backend that cannot produce a case loses them.
 TESTS_OF_CASE: dict[CaseName, tuple[str, ...]] = {
@@ -34,9 +40,11 @@ TESTS_OF_CASE: dict[CaseName, tuple[str, ...]] = {
 _REQUIRED: frozenset[CaseName] = frozenset({"answer", "endless"})
 
 
-class BackendConformance:
+class BackendConformance(Generic[UpstreamT, BackendT]):
     """Base class of a backend's conformance tests; see the package docstring.
 
+    Parametrize it with the upstream's type and the backend class —
+    ``BackendConformance[MyFake, MyBackend]`` — and every hook gets them typed as such.
     Required: :attr:`type_name`, :attr:`backend_class`, :meth:`settings`, :meth:`script`,
     :meth:`open_requests`; override the :meth:`upstream` fixture to start the upstream.
     A backend that cannot produce a case (an in-process model has no network to fail)
@@ -45,14 +53,14 @@ class BackendConformance:
     """
 
     type_name: ClassVar[str]
-    backend_class: ClassVar[type[Backend]]
+    backend_class: type[BackendT]  # set on the class, like type_name
     endpoints: ClassVar[tuple[Endpoint, ...]] = ("chat/completions", "completions")
     reports_usage: ClassVar[bool] = True
     close_within: ClassVar[float] = 0.5
     check_timeout: ClassVar[float] = CHECK_TIMEOUT
     not_applicable: ClassVar[Mapping[CaseName, str]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         for case, reason in cls.not_applicable.items():
             if case in _REQUIRED:
@@ -65,30 +73,31 @@ class BackendConformance:
                 setattr(cls, name, None)  # pytest collects only callables
 
     @pytest.fixture
-    def upstream(self) -> Any:
-        """What the backend talks to (a fake server, say); passed to the hooks below."""
-        return None
+    def upstream(self) -> UpstreamT:
+        """What the backend talks to (a fake server, say); passed to the hooks below.
+        Override it unless the backend has no upstream: this default is ``None``."""
+        return cast(UpstreamT, None)  # right for the default UpstreamT, None
 
-    def settings(self, upstream: Any) -> Mapping[str, Any]:
+    def settings(self, upstream: UpstreamT) -> SettingsTable:
         """A valid settings table for a backend reaching ``upstream``, without ``type``."""
         raise NotImplementedError
 
-    def script(self, upstream: Any, case: Case) -> Script:
+    def script(self, upstream: UpstreamT, case: Case) -> Script:
         """How to make ``upstream`` behave as ``case`` says; see the package docstring."""
         raise NotImplementedError
 
-    def open_requests(self, upstream: Any, backend: Backend) -> int:
+    def open_requests(self, upstream: UpstreamT, backend: BackendT) -> int:
         """Upstream requests of ``backend`` that are not closed yet, as the upstream (or the
         backend's own bookkeeping, when there is no upstream) sees them."""
         raise NotImplementedError
 
-    def invalid_settings(self, upstream: Any) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: UpstreamT) -> Sequence[tuple[SettingsTable, str]]:
         """``(patch, dotted path)`` pairs: settings merged with the patch must be rejected
         with an error at ``backends.<id>.<path>``."""
         return ()
 
     @pytest.fixture
-    def conformance(self, upstream: Any) -> Conformance:
+    def conformance(self, upstream: UpstreamT) -> Conformance[BackendT]:
         return Conformance(
             type_name=self.type_name,
             backend_class=self.backend_class,
@@ -104,82 +113,86 @@ class BackendConformance:
 
     # Settings and registration (async only because the upstream fixture may be).
 
-    async def test_settings_class(self, conformance: Conformance) -> None:
+    async def test_settings_class(self, conformance: Conformance[BackendT]) -> None:
         conformance.check_settings_class()
 
-    async def test_settings_valid(self, conformance: Conformance) -> None:
+    async def test_settings_valid(self, conformance: Conformance[BackendT]) -> None:
         conformance.check_settings_valid()
 
-    async def test_settings_unknown_keys_rejected(self, conformance: Conformance) -> None:
+    async def test_settings_unknown_keys_rejected(self, conformance: Conformance[BackendT]) -> None:
         conformance.check_unknown_keys()
 
-    async def test_settings_invalid_values_rejected(self, conformance: Conformance) -> None:
+    async def test_settings_invalid_values_rejected(
+        self, conformance: Conformance[BackendT]
+    ) -> None:
         conformance.check_invalid_settings()
 
-    async def test_registered_entry_point(self, conformance: Conformance) -> None:
+    async def test_registered_entry_point(self, conformance: Conformance[BackendT]) -> None:
         conformance.check_registered()
 
     # The backend, directly.
 
     @pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
-    async def test_answer(self, conformance: Conformance, stream: bool) -> None:
+    async def test_answer(self, conformance: Conformance[BackendT], stream: bool) -> None:
         for endpoint in self.endpoints:
             await conformance.check_answer(endpoint, stream)
 
-    async def test_concurrent_streams(self, conformance: Conformance) -> None:
+    async def test_concurrent_streams(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_concurrent()
 
     @pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
     async def test_error_status_before_first_byte(
-        self, conformance: Conformance, stream: bool
+        self, conformance: Conformance[BackendT], stream: bool
     ) -> None:
         await conformance.check_error_status(stream)
 
-    async def test_connect_error(self, conformance: Conformance) -> None:
+    async def test_connect_error(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_connect_error()
 
-    async def test_error_after_first_byte(self, conformance: Conformance) -> None:
+    async def test_error_after_first_byte(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_error_mid_stream()
 
-    async def test_cancel_awaiting_headers(self, conformance: Conformance) -> None:
+    async def test_cancel_awaiting_headers(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_cancel("awaiting_headers")
 
-    async def test_cancel_prefill(self, conformance: Conformance) -> None:
+    async def test_cancel_prefill(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_cancel("prefill")
 
-    async def test_cancel_streaming(self, conformance: Conformance) -> None:
+    async def test_cancel_streaming(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_cancel("streaming")
 
-    async def test_cancel_abandoned(self, conformance: Conformance) -> None:
+    async def test_cancel_abandoned(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_cancel("abandoned")
 
     # Through a gateway served on port 0.
 
     @pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
-    async def test_gateway_answer(self, conformance: Conformance, stream: bool) -> None:
+    async def test_gateway_answer(self, conformance: Conformance[BackendT], stream: bool) -> None:
         for endpoint in self.endpoints:
             await conformance.check_gateway_answer(endpoint, stream)
 
-    async def test_gateway_error_status(self, conformance: Conformance) -> None:
+    async def test_gateway_error_status(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_error_status()
 
-    async def test_gateway_connect_error(self, conformance: Conformance) -> None:
+    async def test_gateway_connect_error(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_connect_error()
 
-    async def test_gateway_error_after_first_byte(self, conformance: Conformance) -> None:
+    async def test_gateway_error_after_first_byte(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_error_mid_stream()
 
-    async def test_gateway_stall_hits_idle_timer(self, conformance: Conformance) -> None:
+    async def test_gateway_stall_hits_idle_timer(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_stall()
 
-    async def test_gateway_heartbeats_fill_gaps(self, conformance: Conformance) -> None:
+    async def test_gateway_heartbeats_fill_gaps(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_gap()
 
-    async def test_gateway_disconnect_awaiting_headers(self, conformance: Conformance) -> None:
+    async def test_gateway_disconnect_awaiting_headers(
+        self, conformance: Conformance[BackendT]
+    ) -> None:
         await conformance.check_gateway_disconnect("awaiting_headers")
 
-    async def test_gateway_disconnect_prefill(self, conformance: Conformance) -> None:
+    async def test_gateway_disconnect_prefill(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_disconnect("prefill")
 
-    async def test_gateway_disconnect_streaming(self, conformance: Conformance) -> None:
+    async def test_gateway_disconnect_streaming(self, conformance: Conformance[BackendT]) -> None:
         await conformance.check_gateway_disconnect("streaming")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
 
 import pydantic
 
@@ -14,12 +13,12 @@ from ...config import build_config
 from ...errors import ConfigError
 from ...registry import ENTRY_POINT_GROUP, load_registry
 from ..serving import registry_of
-from ._cases import BACKEND_ID, Script, merge
+from ._cases import BACKEND_ID, JSONLike, Script, SettingsTable, merge
 from ._failure import fail
-from ._harness import Harness
+from ._harness import BackendT, Harness
 
 
-def nested_model(annotation: Any) -> type[pydantic.BaseModel] | None:
+def nested_model(annotation: object) -> type[pydantic.BaseModel] | None:
     """The pydantic model a field holds as a table (directly, or as a member of a union)."""
     if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
         return annotation
@@ -31,7 +30,7 @@ def nested_model(annotation: Any) -> type[pydantic.BaseModel] | None:
     return None
 
 
-def listed_model(annotation: Any) -> type[pydantic.BaseModel] | None:
+def listed_model(annotation: object) -> type[pydantic.BaseModel] | None:
     """The pydantic model a field holds a list of (``tuple[Gap, ...]``, ``list[Gap]``)."""
     if typing.get_origin(annotation) in (tuple, list):
         for arg in typing.get_args(annotation):
@@ -41,8 +40,8 @@ def listed_model(annotation: Any) -> type[pydantic.BaseModel] | None:
     return None
 
 
-class SettingsChecks(Harness):
-    def config_error(self, table: Mapping[str, Any]) -> str | None:
+class SettingsChecks(Harness[BackendT]):
+    def config_error(self, table: SettingsTable) -> str | None:
         """The gateway's message for ``table`` as a ``[backends.<id>]`` table, if wrong."""
         raw = {"backends": {BACKEND_ID: dict(table)}}
         try:
@@ -71,14 +70,15 @@ class SettingsChecks(Harness):
         """An unknown key — at the top and inside every nested table — is an error that
         names its dotted path."""
         table = self.table(Script())
-        probes: list[tuple[dict[str, Any], str]] = [
+        probes: list[tuple[dict[str, JSONLike], str]] = [
             ({**table, "no_such_key": 1}, f"backends.{BACKEND_ID}.no_such_key: unknown key")
         ]
         for name, info in self.backend_class.Settings.model_fields.items():
+            probe: JSONLike
             if nested_model(info.annotation) is not None:
                 current = table.get(name)
                 nested = dict(current) if isinstance(current, Mapping) else {}
-                probe: Any = {**nested, "no_such_key": 1}
+                probe = {**nested, "no_such_key": 1}
                 path = f"{name}.no_such_key"
             elif listed_model(info.annotation) is not None:
                 probe, path = [{"no_such_key": 1}], f"{name}.0.no_such_key"

@@ -4,15 +4,14 @@ client disconnects, as a client sees them."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from math import inf
-from typing import Any
 
 import httpx
 import trio
 
-from ...abc import Backend, Endpoint
+from ...abc import Endpoint, JSONObject
 from ...errors import ConfigError
 from ...sse import SSEFramer
 from ..openai_shapes import Answer, ShapeError, parse_sse
@@ -26,10 +25,11 @@ from ._cases import (
     Case,
     Phase,
     Script,
+    SettingsTable,
     error_event,
 )
 from ._failure import deadline, fail, unwrapped
-from ._harness import Harness
+from ._harness import BackendT, Harness
 
 GAP_SECONDS = 0.6
 HEARTBEAT_INTERVAL = 0.1
@@ -38,18 +38,18 @@ IDLE_TIMEOUT = 0.3
 _RELAY_PHASES: dict[Phase, str] = {"awaiting_headers": "connecting", "prefill": "prefill"}
 
 
-class GatewayChecks(Harness):
+class GatewayChecks(Harness[BackendT]):
     @asynccontextmanager
     async def serving(
         self,
         script: Script,
         *,
-        keepalive: Mapping[str, Any] | None = None,
-        timeouts: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[tuple[ServedGateway, Backend]]:
+        keepalive: SettingsTable | None = None,
+        timeouts: SettingsTable | None = None,
+    ) -> AsyncIterator[tuple[ServedGateway, BackendT]]:
         """A gateway with one route, ``conformance``, to the backend of this case."""
         table = self.table(script, {"timeouts": dict(timeouts)} if timeouts else None)
-        config = {
+        config: SettingsTable = {
             "backends": {BACKEND_ID: table},
             "routes": {
                 "conformance": {
@@ -65,11 +65,14 @@ class GatewayChecks(Harness):
                 async with open_test_gateway(
                     config, backends={self.type_name: self.backend_class}
                 ) as served:
-                    yield served, served.gateway.backends[BACKEND_ID]
+                    backend = served.gateway.backends[BACKEND_ID]
+                    if not isinstance(backend, self.backend_class):
+                        fail(f"the gateway built {backend!r}, not a {self.backend_class.__name__}")
+                    yield served, backend
         except ConfigError as exc:
             fail(f"the gateway rejected the settings of this case:\n{exc.message}")
 
-    async def gateway_settled(self, served: ServedGateway, backend: Backend, after: str) -> None:
+    async def gateway_settled(self, served: ServedGateway, backend: BackendT, after: str) -> None:
         with deadline(
             f"{after}: waiting for the gateway's in-flight table to empty", self.close_within + 1
         ):
@@ -77,7 +80,7 @@ class GatewayChecks(Harness):
         await self.settled(backend, None, after)
 
     async def post_through_gateway(
-        self, case: Case, script: Script, what: str, **serving: Mapping[str, Any]
+        self, case: Case, script: Script, what: str, **serving: SettingsTable
     ) -> httpx.Response:
         """Send the case's request through a gateway; return the whole answer once the
         gateway and the backend have settled."""
@@ -221,11 +224,9 @@ def _longest_heartbeat_run(raw: bytes, what: str) -> int:
     return longest
 
 
-def _error_body(resp: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        error = resp.json()["error"]
-        assert isinstance(error, dict) and isinstance(error["message"], str) and error["message"]
-    except (ValueError, KeyError, TypeError, AssertionError):
+def _error_body(resp: httpx.Response, what: str) -> JSONObject:
+    error = error_event(resp.text)
+    if error is None:
         fail(f"{what}: not an OpenAI error body: {resp.text[:300]!r}")
     return error
 
@@ -240,7 +241,7 @@ def _data(resp: httpx.Response, what: str) -> list[str]:
     return [e.data for e in events if e.data is not None]
 
 
-def _ends_with_error(data: list[str], what: str) -> dict[str, Any]:
+def _ends_with_error(data: list[str], what: str) -> JSONObject:
     """The error event that ends ``data``: the last event, or — when the upstream reported
     its failure in band and ended with it, as vLLM does — the last before ``[DONE]``."""
     if not data:

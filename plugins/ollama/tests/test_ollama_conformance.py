@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 import trio
 from ollama_fake import Behaviour, FakeOllama
 from trio_gateway_ollama import OllamaBackend
 
-from gateway.abc import Backend
-from gateway.testing.conformance import BackendConformance, Case, Script
+from gateway.testing.conformance import BackendConformance, Case, Script, SettingsTable
 from gateway.testing.serving import unused_port
 
 _BEHAVIOURS: dict[str, Behaviour] = {
@@ -25,7 +23,7 @@ _BEHAVIOURS: dict[str, Behaviour] = {
 }
 
 
-class TestOllama(BackendConformance):
+class TestOllama(BackendConformance[FakeOllama, OllamaBackend]):
     type_name = "ollama"
     backend_class = OllamaBackend
 
@@ -35,7 +33,7 @@ class TestOllama(BackendConformance):
         await nursery.start(fake.serve)
         return fake
 
-    def settings(self, upstream: FakeOllama) -> Mapping[str, Any]:
+    def settings(self, upstream: FakeOllama) -> SettingsTable:
         return {"url": upstream.url}
 
     def script(self, upstream: FakeOllama, case: Case) -> Script:
@@ -48,8 +46,8 @@ class TestOllama(BackendConformance):
         upstream.models[case.name] = behaviour
         return Script(body={"model": case.name}, status=behaviour.status)
 
-    def open_requests(self, upstream: FakeOllama, backend: Backend) -> int:
+    def open_requests(self, upstream: FakeOllama, backend: OllamaBackend) -> int:
         return upstream.active
 
-    def invalid_settings(self, upstream: FakeOllama) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: FakeOllama) -> Sequence[tuple[SettingsTable, str]]:
         return [({"url": "unix:///run/ollama.sock"}, "url"), ({"num_ctx": 0}, "num_ctx")]

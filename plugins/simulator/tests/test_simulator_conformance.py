@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from trio_gateway_simulator import SimulatorBackend
 
-from gateway.abc import Backend
-from gateway.testing.conformance import BackendConformance, Case, Script
+from gateway.testing.conformance import BackendConformance, Case, Script, SettingsTable
 
-_CASES: dict[str, dict[str, Any]] = {
+_CASES: dict[str, SettingsTable] = {
     "answer": {},
     "error_status": {"fault": "status", "fault_status": 503},
     "connect_error": {"fault": "refuse"},
@@ -22,11 +20,11 @@ _CASES: dict[str, dict[str, Any]] = {
 }
 
 
-class TestSimulator(BackendConformance):
+class TestSimulator(BackendConformance[None, SimulatorBackend]):
     type_name = "simulator"
     backend_class = SimulatorBackend
 
-    def settings(self, upstream: None) -> Mapping[str, Any]:
+    def settings(self, upstream: None) -> SettingsTable:
         return {"max_tokens": 6, "tokens_per_second": 1000}
 
     def script(self, upstream: None, case: Case) -> Script:
@@ -34,11 +32,10 @@ class TestSimulator(BackendConformance):
             return Script(settings={"gaps": [{"at": 2, "seconds": case.seconds}]})
         return Script(settings=_CASES[case.name], status=503)
 
-    def open_requests(self, upstream: None, backend: Backend) -> int:
-        assert isinstance(backend, SimulatorBackend)
+    def open_requests(self, upstream: None, backend: SimulatorBackend) -> int:
         return backend.active
 
-    def invalid_settings(self, upstream: None) -> Sequence[tuple[Mapping[str, Any], str]]:
+    def invalid_settings(self, upstream: None) -> Sequence[tuple[SettingsTable, str]]:
         return [
             ({"tokens_per_second": 0}, "tokens_per_second"),
             ({"fault": "explode"}, "fault"),
