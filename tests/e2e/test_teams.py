@@ -384,7 +384,7 @@ async def test_usage_chunk_passed_on_when_the_client_asked(start: Start, fake: F
             raw = await r.aread()
         await gw.settled()
         assert raw == fake.requests[-1].sent  # byte for byte, usage chunk included
-        assert b'"usage": {"prompt_tokens": 5' in raw
+        assert b'"usage":{"prompt_tokens":5' in raw
         body = {**CHAT, "prompt": "x", "stream": True}
         del body["messages"]
         async with alpha.stream("POST", "/v1/completions", json=body) as r:
