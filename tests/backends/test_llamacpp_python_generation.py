@@ -7,10 +7,9 @@ import base64
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import llama_cpp
 import pytest
 import trio
 
@@ -21,6 +20,9 @@ from .llamacpp_python_helpers import (
     chunk_text,
 )
 from .sse_helpers import event_json, sse_events
+
+if TYPE_CHECKING:  # the fast lane collects this module without llama-cpp-python
+    import llama_cpp
 
 PROMPT = "The best way to cook rice is"
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
@@ -246,6 +248,8 @@ async def test_embeddings(start_local: StartLocal, model_path: Path) -> None:
         )
 
     def direct() -> Any:
+        import llama_cpp
+
         llama = llama_cpp.Llama(
             str(model_path),
             n_ctx=1024,

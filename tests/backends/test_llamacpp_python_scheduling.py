@@ -9,9 +9,8 @@ import statistics
 import time
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llama_cpp
 import trio
 
 from gateway.testing.waiting import wait_until
@@ -22,6 +21,9 @@ from .llamacpp_python_helpers import (
     chunk_text,
 )
 from .sse_helpers import event_json, sse_events
+
+if TYPE_CHECKING:  # the fast lane collects this module without llama-cpp-python
+    import llama_cpp
 
 LONG = 400  # tokens a request would run for if nobody stopped it (10+ s on this CPU)
 HEARTBEAT = b": keepalive"
