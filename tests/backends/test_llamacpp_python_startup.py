@@ -46,6 +46,8 @@ def test_admission_lets_in_one_request_per_instance(model_path: Path) -> None:
     )
 
 
+# llama-cpp-python must import: the backend imports it before it looks for the model.
+@pytest.mark.llamacpp
 async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "model.gguf"
     with pytest.raises(ConfigError) as error:
@@ -54,6 +56,8 @@ async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     assert error.value.message == f"backends.local.model: model file {missing} does not exist"
 
 
+# llama-cpp-python must import: the backend imports it before it looks for the model.
+@pytest.mark.llamacpp
 async def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"<html>404 Not Found</html>" * 100)
@@ -78,6 +82,8 @@ async def test_a_corrupt_gguf_file_is_a_clear_error(tmp_path: Path, model_path: 
     assert "corrupt or truncated" in message
 
 
+# llama-cpp-python must import: the backend imports it before it looks for the model.
+@pytest.mark.llamacpp
 async def test_an_unknown_model_package_is_a_clear_error() -> None:
     with pytest.raises(ConfigError) as error:
         async with open_gateway(local_config("no-such-model-package-gguf")):
@@ -151,6 +157,8 @@ def test_without_llama_cpp_the_error_says_how_to_install_it(model_path: Path) ->
     )
 
 
+# llama-cpp-python must import: the backend imports it before it looks for the model.
+@pytest.mark.llamacpp
 async def test_loading_by_package_name_keeps_the_event_loop_free(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

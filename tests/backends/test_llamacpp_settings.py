@@ -67,6 +67,8 @@ async def test_missing_binary_fails_start_up(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
 
+# llama-server must be installed: the binary is looked for before the model.
+@pytest.mark.llamacpp
 async def test_missing_model_fails_start_up(tmp_path: Path) -> None:
     config = build_config(
         {"backends": {"l": {"type": "llamacpp", "model": str(tmp_path / "absent.gguf")}}}
