@@ -1,7 +1,8 @@
 """The plugin-facing API: everything a backend author imports lives here.
 
-A backend is a class derived from :class:`Backend`, with a settings class derived from
-:class:`BackendSettings`, registered under the entry-point group ``trio_gateway.backends``::
+A backend is a class derived from ``Backend[MySettings]`` (see :data:`SettingsT`), with its
+settings class derived from :class:`BackendSettings`, registered under the entry-point group
+``trio_gateway.backends``::
 
     [project.entry-points."trio_gateway.backends"]
     mybackend = "my_package:MyBackend"
