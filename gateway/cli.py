@@ -177,6 +177,7 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
                 config.state.redis,
                 prefix=config.state.prefix,
                 stream_lease=config.state.stream_lease,
+                call_timeout=config.state.timeout,
             ) as state:
                 return await state.query_usage(team=team, since=since_at)
 

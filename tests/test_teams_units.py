@@ -14,6 +14,7 @@ from trio.testing import MockClock
 
 from gateway.config import build_config
 from gateway.errors import ConfigError, RateLimited, error_body
+from gateway.teams.circuit import Circuit
 from gateway.teams.keys import (
     KeyRing,
     credential_from_headers,
@@ -32,6 +33,7 @@ from gateway.teams.limits import (
 )
 from gateway.teams.resp import (
     RedisError,
+    RedisUnavailable,
     ReplyParser,
     encode_command,
     parse_redis_url,
@@ -332,6 +334,14 @@ def test_reply_parser_at_every_split_point() -> None:
         assert got == expected, split
 
 
+def test_reply_parser_refuses_what_is_not_resp() -> None:
+    for wire in (b"?what\r\n", b"$x\r\n", b":1.5\r\n", b"*z\r\n"):
+        parser = ReplyParser()
+        parser.feed(wire)
+        with pytest.raises(RedisUnavailable, match="protocol error"):
+            parser.next_reply()
+
+
 def test_redis_url() -> None:
     a = parse_redis_url("redis://:s%40cret@h:6380/2")
     assert (a.host, a.port, a.db, a.password, a.username) == ("h", 6380, 2, "s@cret", None)
@@ -393,3 +403,45 @@ def test_usage_store_sums_and_survives_reopen(tmp_path: Path) -> None:
     assert [(r.team, r.requests) for r in store.query(since=7200)] == [("a", 1)]
     assert [(r.team, r.requests) for r in store.query(since=660)] == [("a", 1), ("b", 1)]
     store.close()
+
+
+# --- the Redis circuit ----------------------------------------------------------------------
+
+
+def test_circuit_needs_failures_in_a_row() -> None:
+    c = Circuit(threshold=3, cooldown=5)
+    assert c.try_call(0) is False
+    assert c.failed(0, False)  # began a run
+    assert not c.failed(0, False)
+    assert c.succeeded(False)  # ended it
+    assert not c.succeeded(False)
+    c.failed(1, False)
+    c.failed(1, False)
+    assert c.state(1) == "closed" and c.try_call(1) is False
+
+
+def test_circuit_skips_then_lets_one_probe_through() -> None:
+    c = Circuit(threshold=3, cooldown=5)
+    for _ in range(3):
+        c.failed(10, False)
+    assert c.state(10) == "open"
+    assert [c.try_call(t) for t in (10, 12, 14.9)] == [None, None, None]
+    assert c.skipped == 3
+    c.failed(13, False)  # a call already in flight when it opened: the probe is not put off
+    assert c.state(15) == "half_open"
+    assert c.try_call(15) is True  # the probe
+    assert c.try_call(15) is None  # the rest wait for its verdict
+    assert c.state(100) == "open"  # however long it takes
+    c.failed(17, True)  # the probe failed: another cooldown from now
+    assert c.try_call(21.9) is None and c.state(22) == "half_open"
+    assert c.try_call(22) is True
+    c.abandoned(True)  # the probe's client went away: no verdict, the next call probes
+    assert c.try_call(22) is True
+    assert c.succeeded(True)
+    assert c.state(22) == "closed" and c.try_call(22) is False and c.skipped == 5
+
+
+def test_circuit_arguments() -> None:
+    for bad in ({"threshold": 0}, {"cooldown": -1}):
+        with pytest.raises(ValueError):
+            Circuit(**bad)

@@ -14,8 +14,12 @@ Usage records are shared the same way: per-minute hashes of counters
 (``HINCRBY``, atomic on the server) that every process adds to, and a sorted set of the
 minutes that have any, so :meth:`RedisState.query_usage` sees every replica's traffic.
 
-If Redis cannot be reached, requests are admitted (and the error logged): limits are a
-fairness tool, and a Redis outage must not become a gateway outage.
+If Redis cannot be reached, requests are admitted: limits are a fairness tool, and a
+Redis outage must not become a gateway outage. Nor a slow one: each call is bounded
+(``state.timeout``, the wait for a pooled connection included), and after a few calls in a
+row without an answer the client's circuit skips Redis at once until a probe finds it back
+(:mod:`gateway.teams.resp`). An outage is logged once when it begins and once when it ends;
+:attr:`RedisState.failed_calls` and :attr:`RedisState.skipped_calls` count it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import cast
 import trio
 
 from .limits import WINDOW, Decision, Exceeded, Limits, WindowUsage, decide
-from .resp import RedisClient, RedisError, Reply, open_redis
+from .resp import RedisClient, RedisError, RedisUnavailable, Reply, open_redis
 from .state import Ticket
 from .usage import UsageRecord, UsageRow
 
@@ -159,16 +163,61 @@ class RedisState:
         self._prefix = prefix
         self._lease = stream_lease
         self._last_warning = -math.inf
+        self._down_since: float | None = None  # when the current outage began
+        self._outage_base = (0, 0)  # the counts below when it began
+        self.failed_calls = 0  # calls that got no answer (a running total)
+
+    @property
+    def skipped_calls(self) -> int:
+        """Calls not even tried because the circuit was open (a running total)."""
+        return self._client.circuit.skipped
 
     def _keys(self, team: str) -> list[str]:
         base = f"{self._prefix}:{{{team}}}"
         return [f"{base}:requests", f"{base}:tokens", f"{base}:streams"]
 
-    def _warn(self, error: Exception) -> None:
+    def _failed(self, error: RedisError) -> None:
+        """Note a call that went wrong: an outage is logged when it begins, an error reply
+        at most every 10 s."""
         now = trio.current_time()
-        if now - self._last_warning >= 10:
+        if isinstance(error, RedisUnavailable):
+            if self._down_since is None:
+                self._down_since = now
+                self._outage_base = (self.failed_calls, self.skipped_calls)
+                log.error(
+                    "redis unavailable, limits not enforced (requests admitted) until it "
+                    "answers again: %s",
+                    error,
+                )
+            if not error.skipped:
+                self.failed_calls += 1
+        elif now - self._last_warning >= 10:
             self._last_warning = now
-            log.error("redis unavailable, limits not enforced: %s", error)
+            log.error("redis error, limits not enforced for this request: %s", error)
+
+    def _answered(self) -> None:
+        if self._down_since is not None:
+            failed, skipped = self._outage_base
+            log.warning(
+                "redis answers again after %.1f s (%d call(s) got no answer, %d skipped); "
+                "limits enforced",
+                trio.current_time() - self._down_since,
+                self.failed_calls - failed,
+                self.skipped_calls - skipped,
+            )
+            self._down_since = None
+
+    async def _run(
+        self, script: _Script, keys: list[str], args: list[str | int | float]
+    ) -> Reply | RedisError:
+        """The script's reply, or the error (noted) that the caller fails open on."""
+        try:
+            reply = await script.run(self._client, keys, args)
+        except RedisError as error:
+            self._failed(error)
+            return error
+        self._answered()
+        return reply
 
     async def admit(
         self, team: str, limits: Limits, *, id: str, stream: bool
@@ -182,10 +231,8 @@ class RedisState:
             WINDOW,
             self._lease,
         ]
-        try:
-            reply = await _admit.run(self._client, self._keys(team), args)
-        except RedisError as error:
-            self._warn(error)
+        reply = await self._run(_admit, self._keys(team), args)
+        if isinstance(reply, RedisError):
             return Decision(None, 0.0, {}), Ticket(self, team, id, stream)
         assert isinstance(reply, list) and len(reply) == 8
         fields = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
@@ -239,10 +286,16 @@ class RedisState:
             r.completion_tokens,
             round(r.stream_seconds * 1000),
         ]
+        await self._run(_usage, self._usage_keys(minute), args)
+
+    async def _call(self, *args: str) -> Reply:
         try:
-            await _usage.run(self._client, self._usage_keys(minute), args)
-        except RedisError as error:
-            self._warn(error)
+            reply = await self._client.call(*args)
+        except RedisUnavailable as error:
+            self._failed(error)
+            raise
+        self._answered()
+        return reply
 
     async def query_usage(
         self, *, team: str | None = None, since: float | None = None
@@ -251,12 +304,12 @@ class RedisState:
         Raises :class:`RedisError`."""
         low = "-inf" if since is None else str(int(since // 60 * 60))
         minutes_key = self._usage_keys(0)[1]
-        minutes = await self._client.call("ZRANGEBYSCORE", minutes_key, low, "+inf")
+        minutes = await self._call("ZRANGEBYSCORE", minutes_key, low, "+inf")
         assert isinstance(minutes, list)
         totals: dict[tuple[str, str, str], dict[str, int]] = {}
         for minute in minutes:
             assert isinstance(minute, bytes)
-            flat = await self._client.call("HGETALL", self._usage_keys(int(minute))[0])
+            flat = await self._call("HGETALL", self._usage_keys(int(minute))[0])
             assert isinstance(flat, list)
             for name, value in zip(flat[::2], flat[1::2], strict=True):
                 assert isinstance(name, bytes) and isinstance(value, bytes)
@@ -280,23 +333,33 @@ class RedisState:
 
     async def _write(self, ticket: Ticket, tokens: int) -> None:
         _, tokens_key, streams_key = self._keys(ticket.team)
-        try:
-            await _finish.run(
-                self._client,
-                [tokens_key, streams_key],
-                [ticket.id, 1 if ticket.stream else 0, tokens, WINDOW],
-            )
-        except RedisError as error:
-            self._warn(error)
+        await self._run(
+            _finish,
+            [tokens_key, streams_key],
+            [ticket.id, 1 if ticket.stream else 0, tokens, WINDOW],
+        )
 
 
 @asynccontextmanager
 async def open_redis_state(
-    url: str, *, prefix: str, stream_lease: float
+    url: str,
+    *,
+    prefix: str,
+    stream_lease: float,
+    call_timeout: float = 2.0,
+    threshold: int = 3,
+    cooldown: float = 5.0,
 ) -> AsyncIterator[RedisState]:
-    """A :class:`RedisState` whose queued updates are all sent before this exits."""
+    """A :class:`RedisState` whose queued updates are all sent (or skipped, while Redis is
+    out) before this exits. ``call_timeout`` bounds each Redis call; ``threshold`` calls in
+    a row without an answer skip Redis for ``cooldown`` seconds."""
     send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](10_000)
-    async with open_redis(url) as client, trio.open_nursery() as nursery:
+    async with (
+        open_redis(
+            url, call_timeout=call_timeout, threshold=threshold, cooldown=cooldown
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
         state = RedisState(client, send, prefix=prefix, stream_lease=stream_lease)
 
         async def writer() -> None:

@@ -7,6 +7,18 @@ page of code. The protocol part (:func:`encode_command`, :class:`ReplyParser`) i
 
 Cancellation: a command cancelled halfway leaves its connection out of step with the
 server, so that connection is closed, never returned to the pool.
+
+Errors::
+
+    RedisError              an error reply: the server answered, the connection stays
+    └── RedisUnavailable    no usable answer: could not connect, connection lost, a reply
+                            that is not RESP, the call's time ran out, or skipped at once
+                            because the client's circuit is open (``skipped``)
+
+A stalled server costs each call at most the client's ``call_timeout`` — waiting for a free
+connection included — and after a few such calls in a row the circuit
+(:class:`~gateway.teams.circuit.Circuit`) skips the server for a while, so a dead Redis
+costs nothing per call until a probe finds it back.
 """
 
 from __future__ import annotations
@@ -18,13 +30,35 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-__all__ = ["RedisClient", "RedisError", "ReplyParser", "encode_command", "parse_redis_url"]
+from .circuit import Circuit
+
+__all__ = [
+    "RedisClient",
+    "RedisError",
+    "RedisUnavailable",
+    "ReplyParser",
+    "encode_command",
+    "parse_redis_url",
+]
 
 Reply = bytes | int | list["Reply"] | None
 
 
 class RedisError(Exception):
-    """An error reply from the server, or a connection that failed."""
+    """An error reply from the server (or one of :class:`RedisUnavailable`)."""
+
+
+class RedisUnavailable(RedisError):
+    """No usable answer from the server; ``skipped`` when the call was not even tried
+    (the circuit is open)."""
+
+    def __init__(self, message: str, *, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+class RedisProtocolError(RedisUnavailable):
+    """Bytes that are not a RESP2 reply: the connection cannot be trusted any more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +105,12 @@ class ReplyParser:
         self._buffer += data
 
     def next_reply(self) -> Reply | RedisError | type[Incomplete]:
-        result = self._parse(0)
+        """The next whole reply, or :class:`Incomplete`. Raises :class:`RedisProtocolError`
+        for bytes that are not RESP2."""
+        try:
+            result = self._parse(0)
+        except ValueError as error:  # a length or number that is not one
+            raise RedisProtocolError(f"protocol error: {error}") from None
         if result is None:
             return Incomplete
         reply, end = result
@@ -111,11 +150,7 @@ class ReplyParser:
                     raise value
                 items.append(value)
             return items, after
-        raise RedisError(f"protocol error: unexpected reply type {bytes(kind)!r}")
-
-
-class _ConnectionLost(RedisError):
-    pass
+        raise RedisProtocolError(f"protocol error: unexpected reply type {bytes(kind)!r}")
 
 
 class Incomplete:
@@ -135,7 +170,7 @@ class _Connection:
                 break
             data = await self.stream.receive_some(65536)
             if not data:
-                raise _ConnectionLost("redis closed the connection")
+                raise RedisUnavailable("redis closed the connection")
             self.parser.feed(data)
         if isinstance(reply, RedisError):
             raise reply
@@ -144,13 +179,29 @@ class _Connection:
 
 
 class RedisClient:
-    """A pool of up to ``size`` connections to one Redis server. Use :func:`open_redis`."""
+    """A pool of up to ``size`` connections to one Redis server. Use :func:`open_redis`.
 
-    def __init__(self, url: str, *, size: int = 8, timeout: float = 5.0) -> None:
+    Each :meth:`call` takes at most ``call_timeout`` seconds, the wait for a free connection
+    included. ``threshold`` calls in a row without an answer open the circuit for
+    ``cooldown`` seconds (see :class:`~gateway.teams.circuit.Circuit`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: int = 8,
+        call_timeout: float = 5.0,
+        threshold: int = 3,
+        cooldown: float = 5.0,
+    ) -> None:
         self.address = parse_redis_url(url)
+        self.circuit = Circuit(threshold=threshold, cooldown=cooldown)
         self._idle: list[_Connection] = []
         self._limit = trio.CapacityLimiter(size)
-        self._timeout = timeout
+        self._timeout = call_timeout
+
+    def _where(self) -> str:
+        return f"redis at {self.address.host}:{self.address.port}"
 
     async def _connect(self) -> _Connection:
         a = self.address
@@ -166,27 +217,56 @@ class RedisClient:
         return conn
 
     async def call(self, *args: bytes | str | float) -> Reply:
-        """Run one command; its reply, or :class:`RedisError` (also for a connection that
-        failed or took longer than the client's timeout)."""
+        """Run one command; its reply. Raises :class:`RedisError` for an error reply and
+        :class:`RedisUnavailable` when there is no answer within ``call_timeout`` (or the
+        circuit is open: then at once, with no I/O). Cancellation closes the connection
+        the command was on."""
+        circuit = self.circuit
+        probe = circuit.try_call(trio.current_time())
+        if probe is None:
+            raise RedisUnavailable(
+                f"{self._where()}: not tried, {circuit.failures} call(s) in a row got no "
+                "answer; a probe follows shortly",
+                skipped=True,
+            )
+        try:
+            with trio.fail_after(self._timeout):
+                reply = await self._call(args)
+        except RedisUnavailable:
+            circuit.failed(trio.current_time(), probe)
+            raise
+        except trio.TooSlowError:
+            circuit.failed(trio.current_time(), probe)
+            raise RedisUnavailable(
+                f"{self._where()}: no answer within {self._timeout:g} s"
+            ) from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            circuit.failed(trio.current_time(), probe)
+            raise RedisUnavailable(f"{self._where()}: {exc!r}") from None
+        except RedisError:
+            circuit.succeeded(probe)  # an error reply is an answer
+            raise
+        except BaseException:
+            circuit.abandoned(probe)  # cancelled (or a bug): no verdict on the server
+            raise
+        circuit.succeeded(probe)
+        return reply
+
+    async def _call(self, args: tuple[bytes | str | float, ...]) -> Reply:
         async with self._limit:
             conn = self._idle.pop() if self._idle else None
             ok = False
             try:
-                with trio.fail_after(self._timeout):
-                    if conn is None:
-                        conn = await self._connect()
-                    reply = await conn.call(*args)
+                if conn is None:
+                    conn = await self._connect()
+                reply = await conn.call(*args)
                 ok = True
                 return reply
-            except _ConnectionLost:
+            except RedisUnavailable:
                 raise
             except RedisError:
                 ok = True  # an error reply leaves the connection in step
                 raise
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                raise RedisError(
-                    f"redis at {self.address.host}:{self.address.port}: {exc!r}"
-                ) from None
             finally:
                 if conn is not None:
                     if ok:
@@ -201,8 +281,18 @@ class RedisClient:
 
 
 @asynccontextmanager
-async def open_redis(url: str, *, size: int = 8) -> AsyncIterator[RedisClient]:
-    client = RedisClient(url, size=size)
+async def open_redis(
+    url: str,
+    *,
+    size: int = 8,
+    call_timeout: float = 5.0,
+    threshold: int = 3,
+    cooldown: float = 5.0,
+) -> AsyncIterator[RedisClient]:
+    """A :class:`RedisClient` whose idle connections are closed on exit."""
+    client = RedisClient(
+        url, size=size, call_timeout=call_timeout, threshold=threshold, cooldown=cooldown
+    )
     try:
         yield client
     finally:

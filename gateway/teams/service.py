@@ -246,6 +246,7 @@ async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
                     config.state.redis,
                     prefix=config.state.prefix,
                     stream_lease=config.state.stream_lease,
+                    call_timeout=config.state.timeout,
                 )
             )
         log.info(

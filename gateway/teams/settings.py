@@ -12,6 +12,7 @@
 
     [state]
     redis = "redis://127.0.0.1:6379/0"   # share limits between processes; default: per process
+    timeout = 2.0                        # seconds per Redis call; then fail open
 
     [usage]
     database = "gateway-usage.sqlite"
@@ -89,6 +90,12 @@ class StateSettings(_Settings):
     prefix: str = "trio-gateway"
     stream_lease: float = Field(
         3600.0, gt=0, description="seconds after which a stream a dead process held is freed"
+    )
+    timeout: float = Field(
+        2.0,
+        gt=0,
+        description="seconds one Redis call may take, the wait for a free connection "
+        "included; past it the request is admitted (and a few in a row skip Redis a while)",
     )
 
     @field_validator("redis")
