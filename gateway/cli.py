@@ -35,6 +35,21 @@ def _load_or_exit(path: Path):  # type: ignore[no-untyped-def]
         sys.exit(2)
 
 
+def _usage_database_or_exit(config, what: str) -> None:  # type: ignore[no-untyped-def]
+    """With teams on, the usage database must be usable: else one line naming its path on
+    stderr, and exit status 1 (no traceback)."""
+    from .teams import Teams
+    from .teams.usage import UsageDatabaseError, check_usage_database
+
+    if not Teams(config).enabled:
+        return
+    try:
+        check_usage_database(config.usage.database)
+    except UsageDatabaseError as error:
+        click.echo(f"{what}: {error}", err=True)
+        sys.exit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """trio-gateway: an OpenAI-compatible gateway whose streams never go silent."""
@@ -73,6 +88,7 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             parse_bind(bind)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--bind") from None
+    _usage_database_or_exit(config, "cannot start")
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -80,14 +96,22 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             for address in binds:
                 logging.getLogger("gateway").info("serving on %s", address)
 
-    trio.run(run)
+    from .teams.usage import UsageDatabaseError
+
+    try:
+        trio.run(run)
+    except* UsageDatabaseError as group:  # it changed since the check above
+        click.echo(f"cannot start: {group.exceptions[0]}", err=True)
+        sys.exit(1)
 
 
 @main.command()
 @config_option
 def check(config_path: Path) -> None:
-    """Validate a config; exit non-zero with the problem if it is invalid."""
+    """Validate a config, and that its usage database can be opened; exit non-zero with
+    the problem if not (2: the config is invalid; 1: the database is not usable)."""
     config = _load_or_exit(config_path)
+    _usage_database_or_exit(config, str(config_path))
     click.echo(
         f"{config_path}: ok ({len(config.backends)} backend(s), {len(config.routes)} route(s))"
     )
@@ -160,7 +184,7 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
     import json
     import time
 
-    from .teams.usage import UsageRow, UsageStore, parse_since
+    from .teams.usage import UsageDatabaseError, UsageRow, UsageStore, parse_since
 
     config = _load_or_exit(config_path)
     try:
@@ -193,7 +217,11 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
         if not path.exists():
             click.echo(f"no usage recorded yet ({path} does not exist)", err=True)
             sys.exit(1)
-        store = UsageStore(path)
+        try:
+            store = UsageStore(path)
+        except UsageDatabaseError as error:
+            click.echo(str(error), err=True)
+            sys.exit(1)
         try:
             rows = store.query(team=team, since=since_at)
         finally:

@@ -63,3 +63,39 @@ def test_plugins_lists_builtin_backends_with_distribution() -> None:
     line = next(row for row in result.stdout.splitlines() if row.startswith("openai "))
     assert "trio-gateway" in line
     assert "url: str (required)" in result.stdout
+
+
+def teams_config(tmp_path: Path, database: Path) -> Path:
+    cfg = tmp_path / "teams.toml"
+    cfg.write_text(
+        '[backends.b]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        '[routes.chat]\nbackend = "b"\n'
+        f'[teams.alpha]\nkeys = ["sha256:{"0" * 64}"]\n'
+        f"[usage]\ndatabase = {str(database)!r}\n"
+    )
+    return cfg
+
+
+def test_unusable_usage_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for database, why in [
+        (tmp_path / "missing" / "u.sqlite", f"directory {tmp_path / 'missing'} does not exist"),
+        (tmp_path, "it is a directory"),
+        (tmp_path / "file" / "u.sqlite", f"{tmp_path / 'file'} is not a directory"),
+    ]:
+        cfg = teams_config(tmp_path, database)
+        problem = f"usage.database {database}: cannot open it: {why}"
+        checked = gateway("check", "--config", str(cfg))
+        assert (checked.returncode, checked.stdout) == (1, "")
+        assert checked.stderr.splitlines() == [f"{cfg}: {problem}"]
+        served = gateway("serve", "--config", str(cfg), "--bind", "127.0.0.1:0")
+        assert served.returncode == 1
+        assert served.stderr.splitlines() == [f"cannot start: {problem}"]
+
+
+def test_check_leaves_a_usable_usage_database_alone(tmp_path: Path) -> None:
+    database = tmp_path / "usage.sqlite"
+    result = gateway("check", "--config", str(teams_config(tmp_path, database)))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+    assert not database.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ from gateway.teams.resp import (
 )
 from gateway.teams.service import Identity, Teams
 from gateway.teams.state import LocalState
-from gateway.teams.usage import UsageRecord, UsageStore, parse_since
+from gateway.teams.usage import (
+    UsageDatabaseError,
+    UsageRecord,
+    UsageStore,
+    check_usage_database,
+    parse_since,
+)
 
 # --- keys -------------------------------------------------------------------------------
 
@@ -402,6 +409,54 @@ def test_usage_store_sums_and_survives_reopen(tmp_path: Path) -> None:
     assert [(r.team, r.requests) for r in store.query(team="b")] == [("b", 1)]
     assert [(r.team, r.requests) for r in store.query(since=7200)] == [("a", 1)]
     assert [(r.team, r.requests) for r in store.query(since=660)] == [("a", 1), ("b", 1)]
+    store.close()
+
+
+def test_usage_database_check_names_the_path_and_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "junk.sqlite").write_text("not a database " * 100)
+    for path, why in [
+        (tmp_path / "missing" / "u.sqlite", f"directory {tmp_path / 'missing'} does not exist"),
+        (tmp_path, "it is a directory"),
+        (tmp_path / "file" / "u.sqlite", f"{tmp_path / 'file'} is not a directory"),
+        (tmp_path / "junk.sqlite", "file is not a database"),
+    ]:
+        with pytest.raises(UsageDatabaseError) as caught:
+            check_usage_database(path)
+        assert str(caught.value) == f"usage.database {path}: cannot open it: {why}"
+    if Path("/proc/self").is_dir():  # not even root may create files here
+        with pytest.raises(UsageDatabaseError, match=r"^usage.database /proc/u.sqlite: cannot"):
+            check_usage_database("/proc/u.sqlite")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    check_usage_database(tmp_path / "new.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind
+    UsageStore(tmp_path / "new.sqlite").close()
+    check_usage_database(tmp_path / "new.sqlite")
+
+
+def test_usage_store_open_error_is_one_line_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "u.sqlite"
+    with pytest.raises(UsageDatabaseError) as caught:
+        UsageStore(path)
+    assert str(caught.value) == (
+        f"usage.database {path}: cannot open it: directory {path.parent} does not exist"
+    )
+
+
+def test_usage_store_maps_no_file(tmp_path: Path) -> None:
+    """WAL's -shm index is always memory-mapped, and a mapped file that someone truncates
+    kills the process with SIGBUS: the store takes an older WAL file back to a rollback
+    journal and maps nothing."""
+    path = tmp_path / "usage.sqlite"
+    old = sqlite3.connect(path)
+    assert old.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    old.execute("CREATE TABLE other (x)")
+    old.close()
+    store = UsageStore(path)
+    assert store._db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert store._db.execute("PRAGMA mmap_size").fetchone() == (0,)
+    store.add([UsageRecord(600, "a", "chat", "b", False, 1, 2, 0.0)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage.sqlite"]  # no -shm, -wal
     store.close()
 
 

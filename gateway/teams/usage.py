@@ -2,17 +2,31 @@
 backend, in SQLite (embedded; no server).
 
 Records are added per minute bucket with an upsert, so several processes may share one
-database file (SQLite's locking makes each upsert atomic; WAL mode lets readers in while a
-writer works). Writes happen in a worker thread (:func:`trio.to_thread.run_sync`), batched
-by a task that drains a queue: the relay only ever calls :meth:`UsageRecorder.record`,
-which never blocks.
+database file (SQLite's locking makes each upsert atomic). Writes happen in a worker thread
+(:func:`trio.to_thread.run_sync`), batched by a task that drains a queue: the relay only
+ever calls :meth:`UsageRecorder.record`, which never blocks.
+
+No file is memory-mapped: the database uses a rollback journal (not WAL, whose ``-shm``
+index SQLite always maps) and ``mmap_size = 0``. A mapped file that someone truncates
+faults the process with SIGBUS — no exception, no log line, a dead gateway — where a read
+or write on a file descriptor returns an error. Writes are small and batched, so WAL's
+concurrent readers are not worth that.
+
+A database that cannot be written degrades to logged, counted errors
+(:attr:`UsageRecorder.failed_records`): one line when writes start failing, one when they
+work again; the store is reopened before each try, so a file that was deleted or replaced
+is found again. One that cannot be opened at start raises :class:`UsageDatabaseError`,
+whose message names the path; :func:`check_usage_database` finds the same problems without
+creating anything (``gateway check``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -22,10 +36,12 @@ from pathlib import Path
 import trio
 
 __all__ = [
+    "UsageDatabaseError",
     "UsageRecord",
     "UsageRecorder",
     "UsageRow",
     "UsageStore",
+    "check_usage_database",
     "open_usage_recorder",
     "parse_since",
 ]
@@ -119,15 +135,119 @@ def parse_since(text: str, *, now: float) -> float:
     return when.timestamp()
 
 
+class UsageDatabaseError(Exception):
+    """The usage database cannot be used; the message is one line that names the path."""
+
+
+def _problem(path: Path) -> str | None:
+    """What stands in the way of creating or writing ``path``, as far as the file system
+    tells (``None``: nothing it can see)."""
+    if path.is_dir():
+        return "it is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: directory {parent} is not writable"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "it is not readable and writable"
+    return None
+
+
+def _failure(path: Path, doing: str, error: Exception) -> UsageDatabaseError:
+    why = _problem(path) or (str(error) or type(error).__name__)
+    return UsageDatabaseError(f"usage.database {path}: cannot {doing}: {why}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    uri = f"{path.absolute().as_uri()}?mode=rwc"
+    db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA mmap_size = 0")
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            _leave_wal(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _leave_wal(db: sqlite3.Connection, path: Path) -> None:
+    """A file made by an older version is in WAL mode; take it back to a rollback journal
+    (which needs every other connection to it closed: if one is open, say so and go on)."""
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        db.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.OperationalError as error:
+        log.warning(
+            "usage.database %s stays in WAL mode while another process has it open (%s); "
+            "restart every process that uses it to leave WAL",
+            path,
+            error,
+        )
+    finally:
+        db.execute("PRAGMA busy_timeout = 30000")
+
+
+def check_usage_database(path: str | Path) -> None:
+    """Check that the gateway could open and write ``path``, leaving nothing behind: that
+    a file can be made in the directory of a new one, or that an existing one is a SQLite
+    database it may write. Raises :class:`UsageDatabaseError`."""
+    path = Path(path)
+    problem = _problem(path)
+    if problem is not None:
+        raise UsageDatabaseError(f"usage.database {path}: cannot open it: {problem}")
+    if not path.exists():
+        try:  # the permission bits do not tell everything (root, read-only mounts, /proc)
+            with tempfile.TemporaryFile(dir=path.parent, prefix=".gateway-check-"):
+                pass
+        except OSError as error:
+            raise UsageDatabaseError(
+                f"usage.database {path}: cannot create it in {path.parent}: "
+                f"{error.strerror or error}"
+            ) from None
+        return
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=5)
+        try:
+            db.execute("PRAGMA schema_version").fetchone()  # reads the header: a database?
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock: writable?
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise _failure(path, "open it", error) from None
+
+
 class UsageStore:
-    """The SQLite database. Blocking: call from a worker thread (or a CLI)."""
+    """The SQLite database. Blocking: call from a worker thread (or a CLI).
+
+    Opening raises :class:`UsageDatabaseError` (naming the path) when the file cannot be
+    opened or created; the other methods raise :class:`sqlite3.Error`."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(
-            str(path), timeout=30, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self.path = Path(path)
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = _connect(self.path)
+        except sqlite3.Error as error:
+            raise _failure(self.path, "open it", error) from None
+        try:
+            db.execute(_SCHEMA)
+        except sqlite3.Error as error:
+            db.close()
+            raise _failure(self.path, "create its table", error) from None
+        return db
+
+    def reopen(self) -> None:
+        """Close the connection and open the path again (it may be another file now).
+        Raises :class:`UsageDatabaseError`; the old connection is closed either way."""
+        self._db.close()
+        self._db = self._open()
 
     def close(self) -> None:
         self._db.close()
@@ -176,7 +296,10 @@ class UsageStore:
 
 
 class UsageRecorder:
-    """Queues records for a writer task. Use :func:`open_usage_recorder`."""
+    """Queues records for a writer task. Use :func:`open_usage_recorder`.
+
+    Records that could not be written are counted in :attr:`failed_records`, those a full
+    queue turned away in :attr:`dropped_records` (running totals)."""
 
     def __init__(self, store: UsageStore, send: trio.MemorySendChannel[UsageRecord]) -> None:
         self.store = store
@@ -185,26 +308,67 @@ class UsageRecorder:
         self._lock = trio.Lock()  # one connection: one thread at a time uses it
         self._idle = trio.Event()
         self._idle.set()
+        self.failed_records = 0
+        self.dropped_records = 0
+        self._failing_since: float | None = None  # when writes started failing
+        self._failed_before = 0  # failed_records then
+        self._backed_up = False
 
     def record(self, record: UsageRecord) -> None:
-        """Queue one record; never blocks (a full queue drops it, with an error logged)."""
+        """Queue one record; never blocks (a full queue drops it, counted, with an error
+        logged once until the queue drains)."""
         try:
             self._send.send_nowait(record)
         except trio.WouldBlock:
-            log.error("usage writes backed up; dropped a record for team %s", record.team)
+            self.dropped_records += 1
+            if not self._backed_up:
+                self._backed_up = True
+                log.error("usage writes backed up; dropping records until the queue drains")
             return
         self._pending += 1
         if self._idle.is_set():
             self._idle = trio.Event()
 
     async def flush(self) -> None:
-        """Wait until every record queued so far is in the database."""
+        """Wait until every record queued so far is in the database (or failed)."""
         await self._idle.wait()
 
     async def query(self, *, team: str | None = None, since: float | None = None) -> list[UsageRow]:
         await self.flush()
         async with self._lock:
             return await trio.to_thread.run_sync(lambda: self.store.query(team=team, since=since))
+
+    def _add(self, batch: list[UsageRecord], reopen: bool) -> Exception | None:
+        """In the worker thread: write ``batch``, reopening the store first after a failure.
+        Returns the error instead of raising it."""
+        try:
+            if reopen:
+                self.store.reopen()
+            self.store.add(batch)
+        except (sqlite3.Error, UsageDatabaseError, OSError) as error:
+            return error
+        return None
+
+    def _wrote(self, batch: list[UsageRecord], error: Exception | None) -> None:
+        now = trio.current_time()
+        if error is not None:
+            self.failed_records += len(batch)
+            if self._failing_since is None:
+                self._failing_since = now
+                self._failed_before = self.failed_records - len(batch)
+                log.error(
+                    "usage database %s cannot be written, usage records are lost until it can: %s",
+                    self.store.path,
+                    error,
+                )
+        elif self._failing_since is not None:
+            log.warning(
+                "usage database %s written again after %.1f s; %d usage record(s) lost",
+                self.store.path,
+                now - self._failing_since,
+                self.failed_records - self._failed_before,
+            )
+            self._failing_since = None
 
     async def _write_all(self, receive: trio.MemoryReceiveChannel[UsageRecord]) -> None:
         async with receive:
@@ -215,19 +379,20 @@ class UsageRecorder:
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                try:
-                    async with self._lock:
-                        await trio.to_thread.run_sync(self.store.add, batch)
-                except sqlite3.Error as error:
-                    log.error("could not write %d usage record(s): %s", len(batch), error)
+                async with self._lock:
+                    reopen = self._failing_since is not None
+                    error = await trio.to_thread.run_sync(self._add, batch, reopen)
+                self._wrote(batch, error)
                 self._pending -= len(batch)
                 if self._pending == 0:
+                    self._backed_up = False
                     self._idle.set()
 
 
 @asynccontextmanager
 async def open_usage_recorder(path: str | Path) -> AsyncIterator[UsageRecorder]:
-    """Open the database; on exit, write what is queued, then close it."""
+    """Open the database; on exit, write what is queued, then close it. Raises
+    :class:`UsageDatabaseError` (naming the path) if it cannot be opened."""
     store = await trio.to_thread.run_sync(UsageStore, path)
     send, receive = trio.open_memory_channel[UsageRecord](100_000)
     try:

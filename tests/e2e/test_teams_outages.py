@@ -3,11 +3,21 @@
 8. A Redis that accepts connections and never answers (a real TCP server on loopback):
    every call is bounded, the wait for a pooled connection included, and after a few calls
    in a row without an answer the circuit skips Redis at once, with one log line per
-   outage. Requests are admitted throughout (fail open)."""
+   outage. Requests are admitted throughout (fail open).
+9. The SQLite usage database made unwritable or emptied under a running gateway: records
+   are lost (logged once, counted), the gateway lives on and writes again once it can.
+   (Start-up and ``gateway check`` with an unusable path: tests/test_cli.py.)"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +37,7 @@ from gateway.teams.keys import hash_key, new_key
 from gateway.teams.limits import Limits
 from gateway.teams.redis_state import RedisState, open_redis_state
 from gateway.teams.resp import Incomplete, ReplyParser
+from gateway.teams.usage import UsageRecord, open_usage_recorder
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 
@@ -268,3 +279,127 @@ async def test_gateway_answers_promptly_while_redis_stalls(
     lines = outage_lines(caplog)
     assert len(lines) == 1 and "no answer within 0.3 s" in lines[0], lines
     logging.getLogger("test").info("first wave max %.3f s, second %.3f s", first, max(took))
+
+
+# 9. The SQLite usage database breaking under a running gateway.
+
+
+def usage_record(team: str) -> UsageRecord:
+    return UsageRecord(600, team, "chat", "fake", False, 5, 3, 0.0)
+
+
+async def test_usage_writer_survives_a_database_that_breaks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "usage.sqlite"
+    journal = tmp_path / "usage.sqlite-journal"
+    async with open_usage_recorder(path) as recorder:
+        recorder.record(usage_record("a"))
+        await recorder.flush()
+        journal.mkdir()  # the rollback journal cannot be made: every write fails
+        for _ in range(3):
+            recorder.record(usage_record("lost"))
+            await recorder.flush()
+        assert recorder.failed_records == 3
+        journal.rmdir()
+        recorder.record(usage_record("b"))
+        await recorder.flush()
+        os.truncate(path, 0)  # the file emptied under the open connection
+        recorder.record(usage_record("lost"))
+        await recorder.flush()
+        recorder.record(usage_record("c"))  # reopened first: the table is made again
+        await recorder.flush()
+        assert recorder.failed_records == 4
+        assert [(r.team, r.requests) for r in await recorder.query()] == [("c", 1)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.teams"]
+    assert len(lines) == 4, lines
+    assert lines[0].startswith(f"usage database {path} cannot be written, usage records")
+    assert lines[1].startswith(f"usage database {path} written again after ")
+    assert lines[1].endswith("; 3 usage record(s) lost")
+    assert "no such table: usage" in lines[2]
+    assert lines[3].endswith("; 1 usage record(s) lost")
+
+
+async def test_served_gateway_outlives_its_usage_files_being_broken(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """WAL's -shm index is memory-mapped: truncating it under a running gateway killed the
+    process with SIGBUS and no log line. Now no file is mapped, and a database that cannot
+    be written costs usage records (logged once, counted), never the gateway."""
+    database = tmp_path / "usage.sqlite"
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[backends.fake]\ntype = "openai"\nurl = "{fake.url}"\n'
+        '[routes.chat]\nmodel = "m"\nbackend = "fake"\n'
+        f'[teams.alpha]\nkeys = ["{hash_key(KEY)}"]\n'
+        f'[usage]\ndatabase = "{database}"\n'
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    output = bytearray()
+    proc = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
+            *("--bind", f"127.0.0.1:{port}", "--log-format", "json"),
+        ],
+        stderr=subprocess.PIPE,
+    )
+
+    def requests_in_database() -> int:
+        db = sqlite3.connect(database, timeout=5)
+        try:
+            return int(db.execute("SELECT COALESCE(SUM(requests), 0) FROM usage").fetchone()[0])
+        finally:
+            db.close()
+
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            assert proc.stderr is not None
+            async for chunk in proc.stderr:
+                output.extend(chunk)
+
+        nursery.start_soon(drain)
+        try:
+            await wait_until(lambda: b"serving on" in output, within=30)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=30,
+                headers={"authorization": f"Bearer {KEY}"},
+            ) as client:
+
+                async def chat() -> None:
+                    r = await client.post("/v1/chat/completions", json=CHAT)
+                    assert r.status_code == 200
+
+                await chat()
+                await wait_until(lambda: requests_in_database() == 1)
+                for name in ("usage.sqlite-shm", "usage.sqlite-wal"):
+                    mapped = tmp_path / name
+                    if mapped.exists():  # what killed it before
+                        os.truncate(mapped, 0)
+                journal = tmp_path / "usage.sqlite-journal"
+                journal.mkdir()
+                for _ in range(3):
+                    await chat()
+                await wait_until(lambda: b"cannot be written" in output)
+                assert proc.returncode is None
+                journal.rmdir()
+                await chat()
+                await wait_until(lambda: b"written again" in output)
+                # The last of the three may have been written after the journal went.
+                found = re.search(rb"; (\d) usage record\(s\) lost", output)
+                assert found is not None
+                lost = int(found.group(1))
+                assert 1 <= lost <= 3
+                await wait_until(lambda: requests_in_database() == 5 - lost)
+                files = await trio.to_thread.run_sync(lambda: sorted(tmp_path.iterdir()))
+                assert [p.name for p in files] == ["gateway.toml", "usage.sqlite"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                await proc.wait()
+            nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, output.decode(errors="replace")
+    assert output.count(b"cannot be written") == 1
