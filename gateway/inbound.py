@@ -53,20 +53,75 @@ def traceparent(given: str, request_id: str) -> str:
     return f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
 
 
+# Deeper nesting than this is refused: no API body needs it, and Python's JSON encoder
+# recurses, so a body parsed near the interpreter's limit could fail when sent on.
+MAX_DEPTH = 128
+# Only a \uD800-\uDFFF escape can put a UTF-16 surrogate into a parsed string (raw
+# surrogates are not valid UTF-8), so bodies without one need no search.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _no_constants(name: str) -> None:
     # Python's json reads NaN and Infinity, which JSON (RFC 8259) does not have and which
     # no upstream could be sent back: refuse them here, as the client's error.
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    # 1e999 is valid JSON that Python reads as inf, which cannot be sent back either.
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def parse_json_object(raw: str | bytes) -> JSONObject:
+    """The request body as a JSON object that can be sent on unchanged. Raises
+    :class:`MalformedJSON` for anything that is not JSON, or that is JSON no upstream could
+    be sent (numbers out of range, NaN, lone UTF-16 surrogates, nesting past
+    :data:`MAX_DEPTH`), and :class:`InvalidRequest` for JSON that is not an object."""
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+    except RecursionError:
+        raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object")
+    text = raw.encode() if isinstance(raw, str) else raw  # (the str is what Quart decoded)
+    if _SURROGATE_ESCAPE.search(text) or text.count(b"{") + text.count(b"[") > MAX_DEPTH:
+        _check_tree(body)
     return body
+
+
+def _check_tree(body: JSONObject) -> None:
+    """Walk the parsed body (without recursion) for what :func:`parse_json_object` refuses."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise MalformedJSON(
+                    "Request body has a lone UTF-16 surrogate escape (such as \\ud800) "
+                    "in a string: that is not text and cannot be sent on"
+                )
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((item, depth + 1))
+                if isinstance(key, str):
+                    stack.append((key, depth))
+
+
+# What each endpoint cannot do without, and the JSON type it must have.
+_REQUIRED: dict[Endpoint, str] = {
+    "chat/completions": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+}
 
 
 def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
@@ -82,11 +137,13 @@ def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
         raise InvalidRequest("stream must be a boolean", param="stream")
     if stream and endpoint == "embeddings":
         raise InvalidRequest("embeddings cannot be streamed", param="stream")
-    required = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}[
-        endpoint
-    ]
+    required = _REQUIRED[endpoint]
     if required not in body:
         raise MissingField(f"you must provide a {required} parameter", param=required)
+    if endpoint == "chat/completions":
+        messages = body["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidRequest("messages must be an array of message objects", param="messages")
     return model, stream
 
 

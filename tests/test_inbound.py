@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -90,3 +91,33 @@ def test_ask_for_usage_hides_only_what_the_client_did_not_ask_for() -> None:
     assert body["stream_options"] == {"include_usage": True} and hide
     body, hide = ask_for_usage({"model": "m", "stream_options": {"include_usage": True, "x": 1}})
     assert body["stream_options"] == {"include_usage": True, "x": 1} and not hide
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"a": "\\ud83d\\ude00"}',  # a surrogate pair is one character: fine
+        '{"a": [' + "[" * 126 + "]" * 126 + "]}",  # 128 levels deep
+        '{"a": 1.5e308, "b": -2e-308}',
+    ],
+)
+def test_json_that_can_be_sent_on_is_accepted(raw: str) -> None:
+    body = parse_json_object(raw.encode())
+    assert json.loads(json.dumps(body, ensure_ascii=False).encode("utf-8")) == body
+    assert parse_json_object(raw) == body  # the same from a str
+
+
+@pytest.mark.parametrize(
+    "raw,says",
+    [
+        ('{"a": 1e999}', "out of range"),
+        ('{"a": [-1E400]}', "out of range"),
+        ('{"a": "x\\uDBFFy"}', "surrogate"),
+        ('{"\\ud800": 1}', "surrogate"),
+        ('{"a": [' + "[" * 127 + "]" * 127 + "]}", "nested deeper than 128"),
+        ('{"a": ' + '{"b": ' * 50_000 + "1" + "}" * 50_000 + "}", "nested deeper than 128"),
+    ],
+)
+def test_json_that_cannot_be_sent_on_is_malformed(raw: str, says: str) -> None:
+    with pytest.raises(MalformedJSON, match=says):
+        parse_json_object(raw.encode())

@@ -369,6 +369,9 @@ def test_parse_since() -> None:
     assert parse_since("1970-01-01T01:00+01:00", now=0) == 0
     with pytest.raises(ValueError, match="30m, 2h, 7d"):
         parse_since("yesterday", now=0)
+    for too_far in ("99999999999999999999h", "9" * 400 + "d", "2h"):
+        with pytest.raises(ValueError, match="before 1970"):
+            parse_since(too_far, now=3600)
 
 
 def test_usage_store_sums_and_survives_reopen(tmp_path: Path) -> None:

@@ -123,7 +123,10 @@ def parse_since(text: str, *, now: float) -> float:
     text = text.strip()
     match = _RELATIVE.fullmatch(text)
     if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
+        since = now - float(match.group(1)) * _UNITS[match.group(2)]
+        if not since >= 0:  # (also inf and nan, from durations too long for a float)
+            raise ValueError(f"{text!r} reaches back before 1970")
+        return since
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

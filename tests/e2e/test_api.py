@@ -151,6 +151,37 @@ async def test_client_authorization_never_forwarded(start_gateway, fake: FakeOpe
         (json.dumps({**CHAT, "stream": "yes"}).encode(), 400, "invalid_request", "stream"),
         (json.dumps({**CHAT, "model": "nope"}).encode(), 404, "model_not_found", "model"),
         (b"\xff\xfe", 400, "invalid_json", None),
+        # JSON that Python parses but that could not be sent on (it was a 500):
+        (b'{"model": "m", "messages": [], "temperature": 1e999}', 400, "invalid_json", None),
+        (b'{"model": "m", "messages": [], "temperature": -1e999}', 400, "invalid_json", None),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+            400,
+            "invalid_json",
+            None,
+        ),
+        (b'{"model": "m", "messages": [], "x": {"\\udfff": 1}}', 400, "invalid_json", None),
+        (
+            b'{"model": "m", "messages": [], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            400,
+            "invalid_json",
+            None,
+        ),
+        (
+            b'{"model": "m", "messages": [], "x": ' + b"[" * 200 + b"]" * 200 + b"}",
+            400,
+            "invalid_json",
+            None,
+        ),
+        # messages that are not a list of objects are not forwarded
+        (json.dumps({"model": "m", "messages": "hi"}).encode(), 400, "invalid_request", "messages"),
+        (json.dumps({"model": "m", "messages": None}).encode(), 400, "invalid_request", "messages"),
+        (
+            json.dumps({"model": "m", "messages": ["hi", 1]}).encode(),
+            400,
+            "invalid_request",
+            "messages",
+        ),
     ],
 )
 async def test_bad_requests(start_gateway, fake, content, status, code, param) -> None:

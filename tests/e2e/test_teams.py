@@ -457,6 +457,8 @@ async def test_usage_survives_restart_and_matches_upstream(
         assert r.json()["data"] == []
         r = await client.get("/admin/usage?since=soon", headers=bearer(ADMIN))
         assert r.status_code == 400 and r.json()["error"]["param"] == "since"
+        r = await client.get("/admin/usage?since=99999999999999999999h", headers=bearer(ADMIN))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "since"  # was a 500
 
     # The CLI reads the same database.
     config = tmp_path / "gateway.toml"
