@@ -76,15 +76,29 @@ def _weighted(healthy: Sequence[Candidate], draw: float) -> list[int]:
 class Breaker:
     """Passive health of one backend: ``closed`` (in rotation), ``open`` (ejected after
     ``failures`` consecutive failures, for ``cooldown`` seconds), ``half_open`` (cooled
-    down; the next request is a trial — success closes, failure opens again)."""
+    down; the next request is a trial — success closes, failure opens again).
 
-    __slots__ = ("_settings", "_trial", "ejected_until", "failures")
+    Every attempt the relay starts with :meth:`on_attempt` ends in exactly one of
+    :meth:`on_success`, :meth:`on_failure` or :meth:`on_no_verdict` — the last for an
+    attempt that says nothing about the backend (its client left, the upstream was busy or
+    refused the request as bad, a bug). Without it a trial that ended so would keep the
+    backend ``open`` for good.
+
+    Failures carry the client that caused them (a team key's id; ``""`` when clients cannot
+    be told apart, with auth off). Consecutive failures all caused by one identified client
+    eject nobody: that client's requests may be what makes the upstream fail, and one client
+    must not take a backend away from everyone. Failures from two or more clients, or from
+    clients that cannot be told apart, eject as configured.
+    """
+
+    __slots__ = ("_clients", "_settings", "_trial", "ejected_until", "failures")
 
     def __init__(self, settings: EjectionSettings) -> None:
         self._settings = settings
         self.failures = 0
         self.ejected_until: float | None = None
         self._trial = False
+        self._clients: set[str] = set()  # who caused the current run of failures
 
     def state(self, now: float) -> BreakerState:
         if self.ejected_until is None:
@@ -101,14 +115,24 @@ class Breaker:
         self.failures = 0
         self.ejected_until = None
         self._trial = False
+        self._clients.clear()
 
-    def on_failure(self, now: float) -> bool:
-        """Count a failure; return True when this failure ejects the backend."""
+    def on_no_verdict(self) -> None:
+        """The attempt ended without telling whether the backend works: if it was the
+        half-open trial, the trial is over and the next request is one."""
+        self._trial = False
+
+    def on_failure(self, now: float, client: str = "") -> bool:
+        """Count a failure caused by ``client``; return True when it ejects the backend."""
         was_trial = self._trial
         self._trial = False
         self.failures += 1
+        self._clients.add(client)
         limit = self._settings.failures
-        if was_trial or (limit and self.failures >= limit and self.ejected_until is None):
+        one_client = len(self._clients) == 1 and client != ""
+        if was_trial or (
+            limit and self.failures >= limit and self.ejected_until is None and not one_client
+        ):
             self.ejected_until = now + self._settings.cooldown
             return True
         return False

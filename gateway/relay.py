@@ -241,22 +241,28 @@ async def _attempts(
             break
         upstream = attempt.upstream
         entry.backend = upstream.id
-        upstream.breaker.on_attempt(trio.current_time())
+        breaker = upstream.breaker
+        breaker.on_attempt(trio.current_time())
         logged = len(exchange.log)
+        settled = False  # every attempt settles the breaker, however it ends
         try:
             await _attempt(attempt, exchange, writer, entry)
+            breaker.on_success()
+            settled = True
         except GatewayError as exc:
             error = exc
             # One attempt, one entry: one that failed after its headers went out was noted
             # "ok" for them (the client's attempts header says so); how it ended replaces it.
             del exchange.log[logged:]
             exchange.log.append(f"{upstream.id}={_outcome(exc)}")
-            if counts_against_backend(exc) and upstream.breaker.on_failure(trio.current_time()):
-                log.warning(
-                    "backend %s ejected after %d failures", upstream.id, upstream.breaker.failures
-                )
-                if exchange.telemetry is not None:
-                    exchange.telemetry.on_ejection(upstream.id)
+            if counts_against_backend(exc):
+                settled = True
+                if breaker.on_failure(trio.current_time(), client=entry.key_id):
+                    log.warning(
+                        "backend %s ejected after %d failures", upstream.id, breaker.failures
+                    )
+                    if exchange.telemetry is not None:
+                        exchange.telemetry.on_ejection(upstream.id)
             if writer.data_sent or not is_retryable(exc):
                 return exc
             if exchange.telemetry is not None:
@@ -268,7 +274,11 @@ async def _attempts(
                 exc.message,
             )
             continue
-        upstream.breaker.on_success()
+        finally:
+            # The client left (cancellation), the upstream was busy or refused the request,
+            # or a bug: no verdict on the backend, but a half-open trial is over.
+            if not settled:
+                breaker.on_no_verdict()
         return None
     return error
 

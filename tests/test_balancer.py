@@ -101,6 +101,48 @@ def test_breaker_failed_trial_reopens() -> None:
     assert breaker.state(6) == "open" and breaker.state(10.5) == "half_open"
 
 
+def test_a_trial_without_a_verdict_hands_the_trial_on() -> None:
+    breaker = Breaker(EjectionSettings(failures=1, cooldown=5))
+    assert breaker.on_failure(0)
+    breaker.on_attempt(5)
+    assert breaker.state(5) == "open"  # the trial runs
+    breaker.on_no_verdict()  # its client left, or the upstream was busy
+    assert breaker.state(5) == "half_open"  # the next request is the trial
+    breaker.on_attempt(6)
+    breaker.on_success()
+    assert breaker.state(6) == "closed"
+
+
+def test_no_verdict_outside_a_trial_changes_nothing() -> None:
+    breaker = Breaker(EjectionSettings(failures=2, cooldown=5))
+    breaker.on_failure(0)
+    breaker.on_no_verdict()
+    assert breaker.failures == 1 and breaker.state(0) == "closed"
+    assert breaker.on_failure(1)  # still consecutive: no verdict is not a success
+
+
+def test_one_identified_client_cannot_eject_a_backend_for_everyone() -> None:
+    breaker = Breaker(EjectionSettings(failures=3, cooldown=10))
+    assert not any(breaker.on_failure(t, client="key-a") for t in range(10))
+    assert breaker.state(10) == "closed"
+    assert breaker.on_failure(10, client="key-b")  # a second client: the backend it is
+    assert breaker.state(11) == "open"
+
+
+def test_failures_of_clients_that_cannot_be_told_apart_eject_as_configured() -> None:
+    breaker = Breaker(EjectionSettings(failures=2, cooldown=10))
+    assert not breaker.on_failure(0, client="")
+    assert breaker.on_failure(1, client="")
+
+
+def test_success_forgets_who_failed() -> None:
+    breaker = Breaker(EjectionSettings(failures=2, cooldown=10))
+    breaker.on_failure(0, client="key-a")
+    breaker.on_success()
+    breaker.on_failure(1, client="key-b")
+    assert not breaker.on_failure(2, client="key-b")  # key-a's failure no longer counts
+
+
 def test_breaker_never_ejects_with_zero_failures_setting() -> None:
     breaker = Breaker(EjectionSettings(failures=0))
     assert not any(breaker.on_failure(t) for t in range(100))
