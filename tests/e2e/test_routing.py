@@ -139,6 +139,68 @@ async def test_no_retry_after_first_data_event(nursery: trio.Nursery) -> None:
     assert len(spare.requests) == 0  # never retried: tokens would have been duplicated
 
 
+async def test_a_half_open_trial_whose_client_leaves_does_not_jam_the_breaker(
+    nursery: trio.Nursery,
+) -> None:
+    """The trial request's client hangs up: the backend must not stay ejected for good (it
+    did: neither success nor failure was recorded, and every request got a 503)."""
+    fake, scope = await start_fake(nursery)
+    port = fake.port
+    url, gw = await serve_pool(
+        nursery,
+        {"only": fake.url},
+        {"keepalive": {"interval": 0}},
+        {"ejection": {"failures": 1, "cooldown": 0.2}},
+    )
+    breaker = gw.upstreams["only"].breaker
+    scope.cancel()  # down: the next request ejects it
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        r = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert r.status_code == 502
+        assert breaker.state(trio.current_time()) == "open"
+        back, _ = await start_fake(nursery, port)
+        await wait_until(lambda: breaker.state(trio.current_time()) == "half_open")
+
+        # The trial: its client leaves during a long prefill.
+        body = {**CHAT, "stream": False, "fake": {"prefill": 30}}
+        with trio.move_on_after(5) as left:
+            async with trio.open_nursery() as trial:
+                trial.start_soon(partial(client.post, "/v1/chat/completions", json=body))
+                await wait_until(lambda: len(back.requests) == 1)
+                trial.cancel_scope.cancel()
+        assert not left.cancelled_caught
+        await wait_until(lambda: not gw.inflight)
+        assert breaker.state(trio.current_time()) == "half_open"  # the next one is the trial
+        r = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert r.status_code == 200
+        assert breaker.state(trio.current_time()) == "closed"
+
+
+async def test_a_busy_answer_to_the_trial_does_not_jam_the_breaker(nursery: trio.Nursery) -> None:
+    fake, scope = await start_fake(nursery)
+    port = fake.port
+    url, gw = await serve_pool(
+        nursery,
+        {"only": fake.url},
+        {"keepalive": {"interval": 0}},
+        {"ejection": {"failures": 1, "cooldown": 0.2}},
+    )
+    breaker = gw.upstreams["only"].breaker
+    scope.cancel()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        assert (
+            await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        ).status_code == 502
+        await start_fake(nursery, port)
+        await wait_until(lambda: breaker.state(trio.current_time()) == "half_open")
+        busy = {**CHAT, "stream": False, "fake": {"status": 429}}
+        r = await client.post("/v1/chat/completions", json=busy)
+        assert r.status_code == 429  # the upstream's own answer, and no verdict on it
+        assert breaker.state(trio.current_time()) == "half_open"
+        r = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert r.status_code == 200 and breaker.state(trio.current_time()) == "closed"
+
+
 async def test_ejection_and_recovery(nursery: trio.Nursery) -> None:
     flaky, flaky_scope = await start_fake(nursery)
     steady, _ = await start_fake(nursery)

@@ -271,6 +271,26 @@ async def test_429_concurrent_streams_then_slot_frees(start: Start, fake: FakeOp
 # 2. A key never appears in logs, error bodies or upstream requests.
 
 
+async def test_one_team_whose_requests_break_the_upstream_cannot_eject_it_for_everyone(
+    start: Start,
+) -> None:
+    gw = await start()
+    breaker = gw.gateway.upstreams["fake"].breaker
+    breaking = {**CHAT, "fake": {"fault": "reset_before_headers"}}
+    async with gw.client(ALPHA) as alpha, gw.client(BETA) as beta:
+        for _ in range(10):  # far past the 3 failures that eject
+            r = await alpha.post("/v1/chat/completions", json=breaking)
+            assert r.status_code == 502
+        assert breaker.state(trio.current_time()) == "closed"
+        assert (await beta.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        # Failures that two teams see are the backend's: those eject.
+        await alpha.post("/v1/chat/completions", json=breaking)
+        await alpha.post("/v1/chat/completions", json=breaking)
+        r = await beta.post("/v1/chat/completions", json={**breaking, "model": "secret-model"})
+        assert r.status_code == 502
+        assert breaker.state(trio.current_time()) == "open"
+
+
 async def test_keys_never_reach_logs_bodies_or_upstream(
     start: Start, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
