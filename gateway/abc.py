@@ -174,6 +174,11 @@ class BackendSettings(BaseModel):
     timeouts: Timeouts = Timeouts()
     admission: AdmissionSettings = AdmissionSettings()
     ejection: EjectionSettings = EjectionSettings()
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="the most a non-streamed answer may hold; past it the client gets a 502",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,13 @@ from typing import Literal
 
 from .abc import EjectionSettings
 from .config import Strategy
-from .errors import GatewayError, Overloaded, UpstreamError, UpstreamStatusError
+from .errors import (
+    GatewayError,
+    Overloaded,
+    UpstreamError,
+    UpstreamResponseTooLarge,
+    UpstreamStatusError,
+)
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -144,6 +150,8 @@ def is_retryable(error: GatewayError) -> bool:
     client caused — every backend would refuse it the same way."""
     if isinstance(error, UpstreamStatusError):
         return error.status >= 500 or error.status == 429
+    if isinstance(error, UpstreamResponseTooLarge):
+        return False  # the request asked for that much: any backend would answer as much
     return isinstance(error, (UpstreamError, Overloaded))
 
 
@@ -152,7 +160,7 @@ def counts_against_backend(error: GatewayError) -> bool:
     "busy" answers (429) and the gateway's own full queue do not."""
     if isinstance(error, UpstreamStatusError):
         return error.status >= 500
-    return isinstance(error, UpstreamError)
+    return isinstance(error, UpstreamError) and not isinstance(error, UpstreamResponseTooLarge)
 
 
 def upstream_load(in_flight: int, queued: int, running: int | None, waiting: int | None) -> float:

@@ -26,6 +26,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
         ├── UpstreamConnectError         502  code=upstream_connect_error
         ├── UpstreamProtocolError        502  code=upstream_protocol_error
         ├── UpstreamTimeout              504  code=upstream_timeout
+        ├── UpstreamResponseTooLarge     502  code=upstream_response_too_large
         └── UpstreamStatusError          upstream's own status, its message kept
 
 Backends raise :class:`UpstreamError` subclasses; they never build HTTP responses.
@@ -234,6 +235,15 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """A non-streamed answer is larger than the backend's ``max_response_bytes``: the
+    gateway holds a whole answer in memory before it sends it, so it stops reading there.
+    The request asked for that much, so another backend would answer the same: it is not
+    retried and does not count against the backend."""
+
+    code = "upstream_response_too_large"
 
 
 class UpstreamStatusError(UpstreamError):

@@ -36,6 +36,7 @@ from .errors import (
     ShuttingDown,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     error_event,
     error_head,
@@ -405,11 +406,18 @@ async def _relay_unary(
     backend = attempt.upstream.backend
     clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
     parts: list[bytes] = []
+    size, cap = 0, backend.settings.max_response_bytes
     with trio.CancelScope(deadline=clock.deadline) as timer:
         async with backend.open_response(attempt.request) as response:
             entry.phase = "prefill"
             async for chunk in response.body:
                 _heard_upstream(clock, timer, entry)
+                size += len(chunk)
+                if size > cap:  # leaving the context closes the upstream request
+                    raise UpstreamResponseTooLarge(
+                        f"backend {backend.id} answered with more than {cap} bytes "
+                        f"(its max_response_bytes); ask for less, or stream"
+                    )
                 parts.append(chunk)
             status, content_type = response.status, response.content_type
     if timer.cancelled_caught:

@@ -33,8 +33,9 @@ def gateway_config(
     timeouts: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
     route: dict[str, Any] | None = None,
+    backend: dict[str, Any] | None = None,
 ) -> GatewayConfig:
-    backend: dict[str, Any] = {"type": "openai", "url": upstream_url}
+    backend = {"type": "openai", "url": upstream_url, **(backend or {})}
     if timeouts:
         backend["timeouts"] = timeouts
     return build_config(

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from gateway.sse import SSEFramer
+from gateway.testing.fake_openai import FakeOpenAI
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -163,3 +164,26 @@ async def test_non_stream_whitespace_keepalive(start_gateway) -> None:
     assert resp.json()["object"] == "chat.completion"
     # The status was committed; the failure arrives as an OpenAI error body.
     assert failed.status_code == 200 and failed.json()["error"]["code"] == "fake_error"
+
+
+async def test_a_non_streamed_answer_past_the_cap_is_a_502_and_never_buffered_whole(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """An upstream's non-streamed answer is held whole before it is sent (it has a length):
+    past the backend's ``max_response_bytes`` the gateway stops reading, closes the upstream
+    request and answers 502 — it once buffered 200 MB. Not retried, not held against the
+    backend: the request asked for that much."""
+    gw = await start_gateway(backend={"max_response_bytes": 50_000})
+    async with gw.client() as client:
+        big = await client.post(
+            "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"tokens": 20_000}}
+        )
+        small = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert big.status_code == 502
+    error = big.json()["error"]
+    assert error["code"] == "upstream_response_too_large"
+    assert "max_response_bytes" in error["message"]
+    assert big.headers["x-gateway-attempts"] == "fake=502:upstream_response_too_large"
+    assert small.status_code == 200
+    upstream = gw.gateway.upstreams["fake"]
+    assert upstream.breaker.failures == 0
