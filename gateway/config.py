@@ -43,10 +43,18 @@ class _Settings(BaseModel):
 
 
 class ServerSettings(_Settings):
+    """How the gateway listens, and how long it waits on a client that is sending."""
+
     bind: str = "127.0.0.1:8080"
     graceful_timeout: float = Field(60.0, ge=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     status_page: bool = Field(True, description="serve the live status page at GET /")
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, description="an idle connection between requests is closed after this"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="a request's head must arrive within this, from its first byte"
+    )
 
     @field_validator("bind")
     @classmethod

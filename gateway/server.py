@@ -13,10 +13,10 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from .app import create_app
-from .config import GatewayConfig, parse_bind
+from .config import GatewayConfig, ServerSettings, parse_bind
+from .connections import ConnectionTimers, serve_connections
 from .errors import ShuttingDown
 from .service import Gateway, open_gateway
 
@@ -33,13 +33,21 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     # The gateway drains streams itself; hypercorn must not cut them earlier.
     config.graceful_timeout = graceful_timeout + _ABORT_GRACE
     config.accesslog = None
-    # Room for bursts of new connections (hypercorn's default backlog is 100), and idle
-    # keep-alive connections kept as long as common load balancers keep theirs (its default
-    # of 5 s also bounds the wait between accept and the first request under load).
+    # Room for bursts of new connections (hypercorn's default backlog is 100).
     config.backlog = 2048
-    config.keep_alive_timeout = 75
+    # Connection timers are the gateway's own (gateway.connections), and hypercorn's
+    # read_timeout stays off: it bounds every read, so it would cut a long answer to a
+    # client that sends nothing while it listens.
+    config.read_timeout = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+def connection_timers(server: ServerSettings) -> ConnectionTimers:
+    """Idle keep-alive connections kept as long as common load balancers keep theirs
+    (``keep_alive_timeout``, 75 s, above AWS ALB's 60 s, so the balancer closes first);
+    a request head bounded on its own (``header_timeout``), from its first byte."""
+    return ConnectionTimers(keep_alive=server.keep_alive_timeout, header=server.header_timeout)
 
 
 async def drain(gateway: Gateway) -> None:
@@ -97,6 +105,12 @@ async def serve(
 
         nursery.start_soon(wait_for_stop)
         binds = await nursery.start(
-            partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)
+            partial(
+                serve_connections,
+                app,
+                hconfig,
+                connection_timers(config.server),
+                shutdown_trigger=stop.wait,
+            )
         )
         task_status.started(binds)

@@ -64,6 +64,7 @@ def test_defaults() -> None:
         ({"routes__chat__keepalive__comment": "a\nb"}, "routes.chat.keepalive.comment:"),
         ({"server__bind": "nohost"}, "server.bind:"),
         ({"server__graceful": 3}, "server.graceful: unknown key"),
+        ({"server__header_timeout": 0}, "server.header_timeout: Input should be greater than 0"),
         (
             {"backends__up__timeouts__idle": 0},
             "backends.up.timeouts.idle: Input should be greater than 0",

@@ -1,0 +1,189 @@
+"""Client connections: hypercorn's HTTP protocol on the gateway's own trio listeners, with
+the gateway's connection timers and close handling.
+
+hypercorn's trio ``TCPServer`` runs one connection: a reader task feeding the h11
+protocol, and an idle task that closes the connection after ``keep_alive_timeout`` with no
+request in progress. Used as it is, it lets a client hold connections open long after it
+should (issue 17); :class:`GatewayConnection` changes exactly that:
+
+- **One timer for two waits.** hypercorn's idle timer bounds both the wait between
+  requests and a request head that is still arriving, so a client dribbling a head holds
+  its connection for the whole keep-alive time. Here the wait between requests ends with
+  the next request's first byte (or at once, if it came before the last answer ended),
+  and from there its head has ``header`` seconds to arrive; a new connection's first head
+  has them from the accept.
+- **Closed clients held.** When the client closes an idle connection the reader stops,
+  but the connection's task still waits for the idle timer: the socket sits in CLOSE_WAIT
+  for up to the keep-alive time. Here the end of reading stops the idle timer.
+- **Closing cancelled by the app.** The protocol closes a ``Connection: close``
+  connection, or arms the idle timer of a kept-alive one, from inside the app's last
+  ``send``. quart-trio cancels its request's tasks as soon as ``receive()`` returns
+  ``http.disconnect`` — which hypercorn delivers from inside that very send — so the close
+  (or the timer) was cancelled half done and the connection stayed open, without a
+  timer, until the client left. Here both run shielded from the caller's cancellation.
+- **A reader left parked.** A reader holding the bytes after a request waits to be let
+  parse them; when the connection closes instead, it waited forever. Here closing the
+  connection cancels its reader.
+
+:func:`serve_connections` is hypercorn's trio ``serve`` for what the gateway uses (plain
+TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
+(``_read_data``, ``_idle_timeout``, ``_close``, ``idle_task``), which is why hypercorn is
+pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed as ClosedEvent
+from hypercorn.events import Event, RawData, Updated
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+__all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
+
+log = logging.getLogger("gateway.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimers:
+    """``keep_alive``: seconds an idle connection waits for its next request's first byte;
+    ``header``: seconds a request head may take from its first byte (from the accept, for a
+    connection's first request)."""
+
+    keep_alive: float
+    header: float
+
+
+class GatewayConnection(TCPServer):
+    """One client connection (see the module docstring for what differs from hypercorn's)."""
+
+    def __init__(self, timers: ConnectionTimers, *args: Any) -> None:
+        super().__init__(*args)
+        self.timers = timers
+        self._heads_awaited = 0
+        self._head_wait: trio.CancelScope | None = None
+        self._reading = trio.CancelScope()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # Arming or stopping the idle timer is bounded work the caller's
+            # cancellation must not leave half done (a kept-alive connection with no timer).
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        with self._reading:
+            while True:
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                head_wait = self._head_wait
+                if data and head_wait is not None:
+                    # The next request has begun: its head now has `header` seconds.
+                    head_wait.deadline = min(
+                        head_wait.deadline, trio.current_time() + self.timers.header
+                    )
+                await self.protocol.handle(RawData(bytes(data)))
+                if not data:
+                    break
+        # Nothing more can arrive. Without this the connection's task (and its socket) would
+        # wait out the idle timer after an idle client closed.
+        await self.idle_task.stop()
+        await self.protocol.handle(ClosedEvent())
+
+    async def _idle_timeout(self) -> None:
+        first = self._heads_awaited == 0
+        self._heads_awaited += 1
+        wait = self.timers.header if first or self._next_head_begun() else self.timers.keep_alive
+        with trio.CancelScope(deadline=trio.current_time() + wait) as scope:
+            self._head_wait = scope
+            try:
+                await self.context.terminated.wait()
+            finally:
+                # A restart starts the next wait before this one sees its cancellation.
+                if self._head_wait is scope:
+                    self._head_wait = None
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    def _next_head_begun(self) -> bool:
+        """Whether bytes of the next request arrived before this wait began (pipelined, or
+        sent while the last answer was being finished): h11 holds them unparsed."""
+        connection = getattr(self.protocol.protocol, "connection", None)
+        return isinstance(connection, h11.Connection) and bool(connection.trailing_data[0])
+
+    async def _close(self) -> None:
+        """Close the socket (whoever asks, cancelled or not; twice is harmless) and stop
+        the reader. No ``send_eof`` first, as hypercorn does: it is the same FIN, and its
+        checkpoint let the app's concurrent ``send_all`` fail with ``BusyResourceError``."""
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+        self._reading.cancel()
+
+
+async def serve_connections(
+    app: ASGIFramework,
+    config: HypercornConfig,
+    timers: ConnectionTimers,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``config.bind`` until ``shutdown_trigger()`` returns; reports the
+    bound addresses (``http://host:port``) through ``task_status``.
+
+    On shutdown: stop accepting, close idle connections, give requests in progress
+    ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
+    """
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    state: LifespanState = {}
+    lifespan = Lifespan(asgi, config, state)
+    context = WorkerContext(None)
+
+    async def connection(stream: trio.SocketStream) -> None:
+        server = GatewayConnection(
+            timers, asgi, config, context, ConnectionState(state.copy()), stream
+        )
+        await server.run()
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            listeners: list[trio.SocketListener] = []
+            binds: list[str] = []
+            for sock in config.create_sockets().insecure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            log.info("listening on %s", ", ".join(binds))
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners, connection, listeners, handler_nursery=connections
+                        )
+                    )
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                # Idle connections close now, busy ones after their answer; all by the deadline.
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
