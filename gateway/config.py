@@ -55,12 +55,24 @@ class ServerSettings(_Settings):
     header_timeout: float = Field(
         10.0, gt=0, description="a request's head must arrive within this, from its first byte"
     )
+    body_idle_timeout: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long gets 408"
+    )
+    body_timeout: float = Field(
+        120.0, gt=0, description="a request body not whole after this long gets 408"
+    )
 
     @field_validator("bind")
     @classmethod
     def _host_port(cls, value: str) -> str:
         parse_bind(value)
         return value
+
+    @model_validator(mode="after")
+    def _idle_within_total(self) -> ServerSettings:
+        if self.body_idle_timeout > self.body_timeout:
+            raise ValueError("`body_idle_timeout` must not exceed `body_timeout`")
+        return self
 
 
 class KeepaliveSettings(_Settings):

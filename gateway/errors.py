@@ -9,7 +9,9 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     ├── InvalidRequest                   400 invalid_request_error
     │   ├── MalformedJSON                400  code=invalid_json
     │   ├── MissingField                 400  code=missing_required_parameter
-    │   └── BodyTooLarge                 413  code=request_too_large
+    │   ├── BodyTooLarge                 413  code=request_too_large
+    │   ├── AmbiguousFraming             400  code=ambiguous_framing    (closes the connection)
+    │   └── RequestTimeout               408  code=request_timeout      (closes the connection)
     ├── NotFound                         404  code=not_found            (unknown path)
     │   └── ModelNotFound                404  code=model_not_found
     ├── MethodNotAllowed                 405  code=method_not_allowed
@@ -73,6 +75,27 @@ class MissingField(InvalidRequest):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class AmbiguousFraming(InvalidRequest):
+    """The request names its body's length twice (``Content-Length`` and
+    ``Transfer-Encoding``): RFC 9112 §6.1 says reject it and close, since whatever follows
+    on the connection cannot be told apart from a smuggled request."""
+
+    code = "ambiguous_framing"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class RequestTimeout(InvalidRequest):
+    """The client took too long sending its request body; the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class NotFound(GatewayError):

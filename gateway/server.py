@@ -18,6 +18,7 @@ from .app import create_app
 from .config import GatewayConfig, ServerSettings, parse_bind
 from .connections import ConnectionTimers, serve_connections
 from .errors import ShuttingDown
+from .guard import BodyTimeouts, RequestGuard
 from .service import Gateway, open_gateway
 
 log = logging.getLogger("gateway.server")
@@ -87,7 +88,8 @@ async def serve(
     """
     config = gateway.config
     hconfig = hypercorn_config(bind or config.server.bind, config.server.graceful_timeout)
-    app = create_app(gateway)
+    timeouts = BodyTimeouts(idle=config.server.body_idle_timeout, total=config.server.body_timeout)
+    app = RequestGuard(create_app(gateway), timeouts, gateway.telemetry)
     stop = trio.Event()
 
     async with trio.open_nursery() as nursery:

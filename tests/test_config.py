@@ -65,6 +65,7 @@ def test_defaults() -> None:
         ({"server__bind": "nohost"}, "server.bind:"),
         ({"server__graceful": 3}, "server.graceful: unknown key"),
         ({"server__header_timeout": 0}, "server.header_timeout: Input should be greater than 0"),
+        ({"server__body_idle_timeout": 200}, "`body_idle_timeout` must not exceed `body_timeout`"),
         (
             {"backends__up__timeouts__idle": 0},
             "backends.up.timeouts.idle: Input should be greater than 0",

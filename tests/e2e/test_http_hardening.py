@@ -1,8 +1,11 @@
-"""HTTP/1.1 attacks on a served gateway (issue 17 items 4, 5, 6), with raw sockets: the
-timing and the end of the connection are what is under test.
+"""HTTP/1.1 attacks on a served gateway (issue 17 items 1, 4, 5, 6), with raw sockets: the
+framing, the timing and the end of the connection are what is under test.
 
-- A head that trickles is cut after ``header_timeout``, while an idle keep-alive
-  connection waits its own, longer ``keep_alive_timeout``.
+- A request with both Content-Length and Transfer-Encoding is a 400 that closes the
+  connection; what follows its body never reaches the upstream (request smuggling).
+- A request body that stalls or trickles gets a 408 and the connection closes; a head that
+  trickles is cut after ``header_timeout``, while an idle keep-alive connection waits its
+  own, longer ``keep_alive_timeout``.
 - ``Connection: close`` (and HTTP/1.0) closes the connection on every path, Quart's too.
 - Connections the clients closed are released at once, not after the keep-alive time.
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from tests.conftest import RunningGateway
 
@@ -95,7 +99,208 @@ async def closed_by_server(stream: trio.SocketStream, within: float) -> bytes:
     return bytes(received)
 
 
-# -- 4. slow request heads -----------------------------------------------------------------
+# -- 1. request smuggling ------------------------------------------------------------------
+
+
+def chunked(payload: bytes) -> bytes:
+    return b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n"
+
+
+def framing_headers(order: str, casing: str, content_length: int) -> bytes:
+    cl_name, te_name, te_value = {
+        "lower": (b"content-length", b"transfer-encoding", b"chunked"),
+        "title": (b"Content-Length", b"Transfer-Encoding", b"chunked"),
+        "upper": (b"CONTENT-LENGTH", b"TRANSFER-ENCODING", b"Chunked"),
+    }[casing]
+    cl = cl_name + b": %d\r\n" % content_length
+    te = te_name + b": " + te_value + b"\r\n"
+    return cl + te if order == "cl-first" else te + cl
+
+
+def cl_te_attack(path: str, order: str, casing: str) -> bytes:
+    """A front proxy framing by Content-Length forwards the whole chunked body and the
+    request after it as one body; a back end framing by Transfer-Encoding serves the
+    request after it as a second request — one the proxy never saw."""
+    body = chunked(CHAT_BODY)
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n".encode()
+        + framing_headers(order, casing, len(body))
+        + b"\r\n"
+        + body
+        + chat_request()
+    )
+
+
+def te_cl_attack(order: str) -> bytes:
+    """A front proxy framing by Transfer-Encoding forwards a chunk that holds a request;
+    a back end framing by Content-Length (4 bytes) serves the rest as a second request."""
+    hidden = chat_request()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+        + framing_headers(order, "title", 4)
+        + b"\r\n"
+        + chunked(hidden)
+    )
+
+
+async def assert_refused_and_closed(gw: RunningGateway, attack: bytes) -> None:
+    stream = await connect(gw)
+    async with stream:
+        await stream.send_all(attack)
+        buffered = bytearray()
+        answer = await read_answer(stream, buffered)
+        assert answer.status == 400
+        assert answer.headers["connection"] == "close"
+        error = answer.error()
+        assert error["type"] == "invalid_request_error"
+        assert error["code"] == "ambiguous_framing"
+        # Nothing after the answer: the bytes after the body were never served.
+        assert buffered + await closed_by_server(stream, within=2) == b""
+
+
+@pytest.mark.parametrize("casing", ["lower", "title", "upper"])
+@pytest.mark.parametrize("order", ["cl-first", "te-first"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/healthz"])
+async def test_cl_te_request_is_refused_and_the_smuggled_one_never_served(
+    start_gateway, fake: FakeOpenAI, path: str, order: str, casing: str
+) -> None:
+    gw = await start_gateway()
+    await assert_refused_and_closed(gw, cl_te_attack(path, order, casing))
+    assert fake.requests == []  # neither request reached the upstream
+
+
+@pytest.mark.parametrize("order", ["cl-first", "te-first"])
+async def test_te_cl_request_is_refused(start_gateway, fake: FakeOpenAI, order: str) -> None:
+    gw = await start_gateway()
+    await assert_refused_and_closed(gw, te_cl_attack(order))
+    assert fake.requests == []
+
+
+async def test_smuggling_attempts_leave_everyone_else_served(
+    start_gateway, fake: FakeOpenAI, caplog
+) -> None:
+    gw = await start_gateway()
+    caplog.set_level("INFO", logger="gateway.access")
+    async with trio.open_nursery() as nursery:
+        for order in ("cl-first", "te-first"):
+            nursery.start_soon(
+                assert_refused_and_closed, gw, cl_te_attack("/v1/models", order, "lower")
+            )
+    async with gw.client() as client:
+        ok = await client.post("/v1/chat/completions", json=CHAT)
+    assert ok.status_code == 200
+    assert len(fake.requests) == 1
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [line["status"] for line in lines].count(400) == 2  # the refusals are logged
+
+
+# -- 4. slow request bodies and heads ------------------------------------------------------
+
+
+async def test_silent_body_gets_408_and_the_connection_closes(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 30})
+    stream = await connect(gw)
+    async with stream:
+        head = chat_request(body=b"")
+        await stream.send_all(head.replace(b"content-length: 0", b"content-length: 100000"))
+        await stream.send_all(b'{"model": "m"')  # a few bytes, then nothing
+        start = trio.current_time()
+        buffered = bytearray()
+        answer = await read_answer(stream, buffered)
+        waited = trio.current_time() - start
+        assert answer.status == 408
+        assert answer.headers["connection"] == "close"
+        assert answer.error()["code"] == "request_timeout"
+        assert buffered + await closed_by_server(stream, within=2) == b""
+    assert 0.4 <= waited < 3
+    assert fake.requests == []
+
+
+async def test_trickling_body_gets_408_at_the_total_timeout(start_gateway) -> None:
+    """One byte every 0.1 s never trips the 0.5 s idle timer; the 1.5 s total does."""
+    gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 1.5})
+    stream = await connect(gw)
+    async with stream, trio.open_nursery() as nursery:
+        await stream.send_all(chat_request(body=b"").replace(b"length: 0", b"length: 100000"))
+        start = trio.current_time()
+        nursery.start_soon(trickle_bytes, stream, 0.1)
+        answer = await read_answer(stream)
+        waited = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert answer.status == 408 and answer.error()["code"] == "request_timeout"
+    assert 1.4 <= waited < 4
+
+
+async def test_body_in_slow_pieces_within_the_timeouts_is_served(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """Each piece restarts the idle timer: four 0.25 s gaps pass a 0.5 s idle timeout."""
+    gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 10})
+    stream = await connect(gw)
+    async with stream:
+        request = chat_request()
+        split = len(request) - len(CHAT_BODY)
+        await stream.send_all(request[:split])
+        for i in range(0, len(CHAT_BODY), len(CHAT_BODY) // 4 + 1):
+            await trio.sleep(0.25)  # the client's pace
+            await stream.send_all(CHAT_BODY[i : i + len(CHAT_BODY) // 4 + 1])
+        answer = await read_answer(stream)
+    assert answer.status == 200, answer.body
+    assert len(fake.requests) == 1
+
+
+async def test_body_timeouts_never_cut_a_long_answer(start_gateway) -> None:
+    """The timers run only while the body is awaited: a 1.5 s stream outlives a 0.5 s
+    total body timeout."""
+    gw = await start_gateway(server={"body_idle_timeout": 0.3, "body_timeout": 0.5})
+    body = {**CHAT, "stream": True, "fake": {"tokens": 6, "pace": 0.25}}
+    async with gw.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            raw = await resp.aread()
+    assert resp.status_code == 200
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+
+@linux_only
+async def test_slow_bodies_are_answered_and_released(start_gateway, fake: FakeOpenAI) -> None:
+    """20 connections promising 100,000 bytes and sending a few (issue 17's slowloris):
+    every one gets its 408, and the gateway's sockets and fds return to their baseline."""
+    gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 1})
+    port = int(gw.url.rsplit(":", 1)[1])
+    fds_before = open_fds()
+    answers: list[int] = []
+
+    async def slow_client(trickle: bool) -> None:
+        stream = await connect(gw)
+        async with stream:
+            head = chat_request(body=b"").replace(b"length: 0", b"length: 100000")
+            await stream.send_all(head + b"{")
+            async with trio.open_nursery() as nursery:
+                if trickle:
+                    nursery.start_soon(trickle_bytes, stream, 0.2)
+                answers.append((await read_answer(stream)).status)
+                await closed_by_server(stream, within=2)
+                nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(slow_client, i % 2 == 0)
+    assert answers == [408] * 20
+    assert fake.requests == []
+    await wait_until(lambda: server_sockets(port) == 0, within=2)
+    await wait_until(lambda: open_fds() <= fds_before, within=2)
+
+
+async def trickle_bytes(stream: trio.SocketStream, pace: float) -> None:
+    """Send a space every ``pace`` seconds (the attacker's pace) until the server closes."""
+    try:
+        while True:
+            await stream.send_all(b" ")
+            await trio.sleep(pace)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def test_silent_new_connection_is_closed_after_the_header_timeout(start_gateway) -> None:

@@ -1,0 +1,198 @@
+"""The outermost ASGI layer: what every HTTP request must satisfy before, and while, any
+endpoint reads it — the relayed ones and Quart's alike.
+
+- **Framing.** A request that gives both ``Content-Length`` and ``Transfer-Encoding`` is
+  refused with 400 before the app sees it (RFC 9112 §6.1). h11 frames such a request by
+  its ``Transfer-Encoding`` and would read whatever follows the chunked body as the next
+  request on the connection — a request that a proxy in front, framing by
+  ``Content-Length``, never saw (CL.TE / TE.CL smuggling).
+- **Body timeouts.** While the app waits for more of the request body, the client must
+  send something at least every ``idle`` seconds and the whole body within ``total``
+  seconds of the head. Otherwise the guard answers 408 itself (if the app has not started
+  an answer) and the app's ``receive()`` returns ``http.disconnect``, as if the client had
+  gone; whatever the app sends after that is dropped.
+
+Both answers carry ``Connection: close``, so hypercorn closes the connection after them and
+the bytes after a refused request are never parsed as one.
+Neither timer runs while the app is not waiting on the body (a request without one, or
+after its last byte), so a long answer is never cut by them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPScope,
+    Scope,
+)
+
+from .errors import AmbiguousFraming, GatewayError, RequestTimeout, error_head, error_json
+from .inbound import endpoint_label, request_ids
+from .telemetry import Telemetry
+
+__all__ = ["BodyTimeouts", "RequestGuard"]
+
+_DISCONNECT: ASGIReceiveEvent = {"type": "http.disconnect"}
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTimeouts:
+    """``idle``: most seconds the client may send nothing while the body is awaited;
+    ``total``: most seconds from the head to the body's last byte."""
+
+    idle: float
+    total: float
+
+
+class RequestGuard:
+    """ASGI middleware in front of ``app`` (see the module docstring). Answers it gives
+    itself are counted and access-logged through ``telemetry``."""
+
+    def __init__(self, app: ASGIFramework, timeouts: BodyTimeouts, telemetry: Telemetry) -> None:
+        self.app = app
+        self.timeouts = timeouts
+        self.telemetry = telemetry
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        names = {name.lower() for name, _ in scope["headers"]}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            started = trio.current_time()
+            if await _drain(receive):
+                error = AmbiguousFraming(
+                    "The request gives both Content-Length and Transfer-Encoding; send one"
+                )
+                await _answer(scope, send, error, self.telemetry, started)
+            return
+        exchange = _GuardedExchange(scope, receive, send, self.timeouts, self.telemetry)
+        await self.app(scope, exchange.receive, exchange.send)
+
+
+# What is read and dropped of a refused body before the answer goes out, at most.
+_DRAIN_BYTES = 1 << 20
+_DRAIN_SECONDS = 1.0
+
+
+async def _drain(receive: ASGIReceiveCallable) -> bool:
+    """Read and drop the request body (as h11 frames it: by ``Transfer-Encoding``), up to
+    :data:`_DRAIN_BYTES` within :data:`_DRAIN_SECONDS`; False if the client left.
+
+    Why read what will be refused: the answer's ``Connection: close`` makes h11 expect
+    nothing more from the client, so if it parses the body's end *while* the answer is
+    being written, the bytes after it are a protocol error and hypercorn closes the
+    connection mid-answer. With the body read first, those bytes wait unparsed until the
+    whole answer is out and the connection closes."""
+    drained = 0
+    with trio.move_on_after(_DRAIN_SECONDS):
+        while drained <= _DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+    return True
+
+
+class _GuardedExchange:
+    """One request's ``receive`` and ``send`` with the body timers between them and the
+    app. ASGI apps call ``receive`` from one task at a time; so does this."""
+
+    def __init__(
+        self,
+        scope: HTTPScope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        timeouts: BodyTimeouts,
+        telemetry: Telemetry,
+    ) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.timeouts = timeouts
+        self.telemetry = telemetry
+        self.started = trio.current_time()
+        self.body_read = False
+        self.answer_started = False
+        self.timed_out = False
+
+    async def receive(self) -> ASGIReceiveEvent:
+        if self.timed_out:
+            return _DISCONNECT
+        if self.body_read:
+            return await self._receive()
+        # The idle clock starts with each wait, not at the last byte: time the app spent
+        # elsewhere between two reads is not the client's.
+        deadline = min(trio.current_time() + self.timeouts.idle, self.started + self.timeouts.total)
+        with trio.move_on_at(deadline):
+            message = await self._receive()  # a memory channel's: cancelling loses nothing
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self.body_read = True
+            return message
+        await self._time_out()
+        return _DISCONNECT
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if self.timed_out:
+            return  # the guard answered (or gave up on) this request; the app is too late
+        if message["type"] == "http.response.start":
+            self.answer_started = True
+        await self._send(message)
+
+    async def _time_out(self) -> None:
+        self.timed_out = True  # first: from here on the app's own sends are dropped
+        if self.answer_started:
+            return  # too late for a 408; ending the answer with the body unread closes it
+        elapsed = trio.current_time() - self.started
+        error = RequestTimeout(
+            f"The request body did not arrive in time ({elapsed:.1f} s; the gateway waits "
+            f"{self.timeouts.idle:g} s for each part and {self.timeouts.total:g} s in all)"
+        )
+        await _answer(self.scope, self._send, error, self.telemetry, self.started)
+
+
+async def _answer(
+    scope: HTTPScope,
+    send: ASGISendCallable,
+    error: GatewayError,
+    telemetry: Telemetry,
+    started: float,
+) -> None:
+    """Send ``error`` as a whole answer in OpenAI's shape, with the request's ids, and
+    count and log it like every answer the gateway gives itself."""
+    headers = {name.decode("latin-1").lower(): value for name, value in scope["headers"]}
+    request_id, traceparent = request_ids(
+        headers.get("x-request-id", b"").decode("latin-1"),
+        headers.get("traceparent", b"").decode("latin-1"),
+    )
+    body = error_json(error)
+    head = [
+        *error_head(error, body),
+        (b"x-request-id", request_id.encode()),
+        (b"traceparent", traceparent.encode()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": head})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    telemetry.on_answered(
+        route="",
+        endpoint=endpoint_label(scope["path"]),
+        status=error.status,
+        fields={
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "model": None,
+            "duration_ms": round((trio.current_time() - started) * 1000, 3),
+        },
+    )
