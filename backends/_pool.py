@@ -122,10 +122,13 @@ class ConnectionPool:
         self._ssl_context = ssl_context
         self._slots = trio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
+        self._closed = False
         self.open = 0
 
     def close(self) -> None:
-        """Close the idle connections (the pool's owner has stopped relaying)."""
+        """Close the idle connections (the pool's owner has stopped relaying). A response
+        still open then closes its connection when it is left, however it ended."""
+        self._closed = True
         while self._idle:
             self._discard(self._idle.pop())
 
@@ -172,7 +175,8 @@ class ConnectionPool:
         return None
 
     def _checkin(self, connection: _Connection) -> None:
-        if connection.reusable() and len(self._idle) < self.max_keepalive:
+        # After close() nobody would ever take it off the stack, or close it.
+        if not self._closed and connection.reusable() and len(self._idle) < self.max_keepalive:
             connection.h11.start_next_cycle()
             connection.idle_since = trio.current_time()
             self._idle.append(connection)

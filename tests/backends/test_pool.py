@@ -225,6 +225,18 @@ async def test_a_response_left_early_closes_its_connection() -> None:
         await closed_at_once(pool, server)
 
 
+async def test_a_response_finished_after_close_closes_its_connection() -> None:
+    """The pool's owner may close it while a relay still reads a response (a backend
+    stopping under a stream that is about to end): that connection must not go back on a
+    stack nobody will close again."""
+    async with serve(ok) as server:
+        pool = pool_for(server)
+        async with pool.open_response(b"POST", "/x", [], b"{}") as response:
+            pool.close()
+            assert b"".join([chunk async for chunk in response.body]) == b'{"ok":true}'
+        await closed_at_once(pool, server)
+
+
 async def test_cancelled_while_waiting_for_the_head_closes_the_connection() -> None:
     async def silent(
         stream: trio.SocketStream, conn: h11.Connection, request: IncomingRequest
