@@ -16,12 +16,20 @@ Cancellation: a task in the same nursery waits for the client's disconnect and c
 the exchange; leaving the backend's ``open_response`` context (or the admission queue)
 then closes the upstream request. Shutdown aborts an exchange through its
 :class:`~gateway.inflight.InFlight` entry instead, and the client is told why.
+
+The end: the upstream's terminal event (``[DONE]``) goes to the client together with the
+end of the response, at once, whatever the upstream does next; nothing after it is
+relayed, no heartbeat or error event follows it. Only then does the relay read what is
+left of the upstream's body (normally just the end of its chunked encoding), for at most
+:data:`END_GRACE` seconds: a body read to its end lets the connection go back to the
+backend's pool, and an upstream that holds its connection open past that has it closed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -64,6 +72,11 @@ log = logging.getLogger("gateway.relay")
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 ATTEMPTS_HEADER = b"x-gateway-attempts"
+
+# Seconds an upstream gets, once its terminal event is relayed and the client's response has
+# ended, to end its body so that its connection can be reused. Upstreams write that end
+# right after the terminal event, so it is normally there at once; the wait holds no client.
+END_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +206,8 @@ async def _cancel_on_disconnect(
 ) -> None:
     while (await receive())["type"] != "http.disconnect":  # type: ignore[operator]
         pass
+    if writer.finished:
+        return  # the server reporting the end of a whole response, not a client gone
     writer.gone = True
     scope.cancel()
 
@@ -217,10 +232,10 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
         with entry.scope:
             return await _attempts(exchange, writer, entry)
     except Exception as exc:
-        if writer.gone:
-            return None  # nobody to tell
-        return _as_gateway_error(exc, entry)
-    return entry.abort_error
+        error = _as_gateway_error(exc, entry)
+        # Nobody to tell, or nothing to: the client is gone, or has its whole response.
+        return None if writer.gone or writer.finished else error
+    return None if writer.finished else entry.abort_error
 
 
 async def _attempts(
@@ -369,7 +384,6 @@ async def _relay_stream(
     backend = attempt.upstream.backend
     clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
     framer = SSEFramer()
-    saw_done = False
     with trio.CancelScope(deadline=clock.deadline) as timer:
         async with backend.open_response(attempt.request) as response:
             _check_content_type(response, "text/event-stream")
@@ -381,13 +395,23 @@ async def _relay_stream(
                 events = [
                     e for e in framer.feed(chunk) if not _take_usage(e, entry, exchange.hide_usage)
                 ]
+                done = next((i for i, e in enumerate(events) if e.is_done), None)
+                if done is not None:
+                    del events[done + 1 :]  # nothing after the terminal event is relayed
+                if events and not writer.data_sent and any(e.is_data for e in events):
+                    writer.data_sent = True
+                    entry.phase = "streaming"
+                    entry.first_token_at = trio.current_time()
+                if done is not None:
+                    # The terminal event and the end of the response, as one message.
+                    entry.phase = "finishing"
+                    writer.write_last(b"".join(e.raw for e in events))
+                    await writer.end()
+                    timer.deadline = math.inf  # upstream timers guard a relay that is over
+                    await _read_to_end(response.body)
+                    return
                 if events:
-                    saw_done = saw_done or any(e.is_done for e in events)
                     await writer.write(b"".join(e.raw for e in events))
-                    if not writer.data_sent and any(e.is_data for e in events):
-                        writer.data_sent = True
-                        entry.phase = "streaming"
-                        entry.first_token_at = trio.current_time()
                 if framer.pending_bytes > MAX_EVENT_BYTES:
                     raise UpstreamProtocolError(
                         f"upstream sent {framer.pending_bytes} bytes without ending an SSE event"
@@ -396,8 +420,19 @@ async def _relay_stream(
         raise _timeout_error(clock)
     if framer.pending:
         raise UpstreamProtocolError("upstream closed the stream in the middle of an event")
-    if not saw_done:
-        raise UpstreamProtocolError("upstream closed the stream before [DONE]")
+    raise UpstreamProtocolError("upstream closed the stream before [DONE]")
+
+
+async def _read_to_end(body: AsyncIterator[bytes]) -> None:
+    """Read and drop what the upstream sends after its terminal event, until its body ends
+    or :data:`END_GRACE` is over. The client's response has ended already; an upstream
+    error now costs only the connection, which the backend then closes."""
+    with trio.move_on_after(END_GRACE):
+        try:
+            async for _ in body:
+                pass
+        except UpstreamError:
+            pass
 
 
 async def _relay_unary(

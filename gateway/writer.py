@@ -106,8 +106,12 @@ class ResponseWriter:
         self._last = data
 
     async def end(self) -> None:
+        """Send what :meth:`write_last` kept and end the response; once only (a later call
+        does nothing), and no write of any kind follows it."""
         await self._acquire()
         try:
+            if self.finished:
+                return
             self.finished = True
             await self._asgi({"type": "http.response.body", "body": self._last, "more_body": False})
         finally:
@@ -154,13 +158,14 @@ async def heartbeat(
     headers ``commit()`` returns — so a failure, or a whole failover, that is over before
     the first heartbeat is due still gets a real status. Without it, heartbeats start once
     the relay sent the upstream's headers. A failed write means the client is gone: the
-    upstream exchange is cancelled at once.
+    upstream exchange is cancelled at once. Returns once the response has ended (the relay
+    may still be reading the rest of an upstream body then).
     """
     clock = writer.clock
     assert clock is not None
     if commit is None:
         await writer.wait_started()
-    while True:
+    while not writer.finished:  # after the end there is nothing to keep alive
         await trio.sleep_until(clock.due_at)
         try:
             written = await writer.write_if_silent(data, commit)

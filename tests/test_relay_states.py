@@ -36,7 +36,7 @@ from gateway.balancer import Breaker, order_targets
 from gateway.config import KeepaliveSettings
 from gateway.errors import GatewayError
 from gateway.inflight import InFlight, InFlightTable
-from gateway.relay import Attempt, Exchange, relay
+from gateway.relay import END_GRACE, Attempt, Exchange, relay
 from gateway.service import Upstream
 from gateway.sse import SSEFramer
 
@@ -407,12 +407,15 @@ async def test_response_ends_at_done_though_the_upstream_stays_open(
     autojump_clock: MockClock,
 ) -> None:
     """After the terminal ``[DONE]`` the client's response ends: no heartbeats while an
-    upstream holds its connection open, and the upstream request is closed then."""
+    upstream holds its connection open; the upstream gets ``END_GRACE`` to end its body
+    (so its connection could go back to the pool), then its request is closed."""
     backend = ScriptedBackend("b", body=[chunk("a"), 1.0, DONE, 1000.0])
-    result = await run(backend, interval=1.0)
+    # interval 1.5: no heartbeat is due at the very instant [DONE] arrives (a tie either wins)
+    result = await run(backend, interval=1.5)
     assert result.client.writes == [(0.0, chunk("a")), (1.0, DONE)]
     assert result.client.ended_at == 1.0
-    assert backend.closed_at is not None and backend.closed_at - result.client.t0 == 1.0
+    assert backend.closed_at is not None
+    assert backend.closed_at - result.client.t0 == 1.0 + END_GRACE
     assert result.record.outcome == "completed"
 
 

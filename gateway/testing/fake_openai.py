@@ -18,7 +18,9 @@ Script keys (all optional)::
     chunks        raw body pieces (latin-1 strings) sent instead of generated deltas
     comment_every send ``: upstream-ping`` before every n-th delta
     fault         reset_before_headers | close_before_headers | reset_after_headers |
-                  reset_mid_stream | cut_mid_line | garbage | stall | no_done
+                  reset_mid_stream | cut_mid_line | garbage | stall | no_done |
+                  hold_after_done (the whole stream, [DONE] included, then the connection
+                  held open without ending the body)
     content_type  override of the response's content type
     queue, slots  answer at most ``slots`` (default 1) requests naming the same ``queue`` at
                   once; the others wait, first come first served, without a single byte
@@ -386,6 +388,8 @@ class FakeOpenAI:
             await self._send_chunk(stream, piece, req)
             if paces[i % len(paces)]:
                 await trio.sleep(paces[i % len(paces)])
+        if fault == "hold_after_done":
+            await trio.sleep_forever()
         await stream.send_all(b"0\r\n\r\n")
         req.finished_at = trio.current_time()
         return fault != "garbage"

@@ -168,3 +168,53 @@ async def test_stream_longer_than_150_s(start_gateway, mock_clock: MockClock) ->
     assert elapsed > 150
     assert upstream == b"".join(chat_events(80, model="upstream-m"))
     assert upstream.endswith(b"data: [DONE]\n\n")
+
+
+async def test_stream_ends_at_done_while_the_upstream_holds_on(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """``[DONE]`` ends the client's response, with no heartbeat after it, even while the
+    upstream keeps its connection open without ending its body; the gateway then closes
+    that connection (it cannot go back to the pool half-read)."""
+    gw = await start_gateway(keepalive={"interval": 0.05})
+    script = {"tokens": 3, "pace": 0.15, "fault": "hold_after_done"}
+    raw = b""
+    with trio.fail_after(5):  # before the fix: heartbeats for as long as the upstream holds on
+        async with (
+            gw.client() as client,
+            client.stream("POST", "/v1/chat/completions", json={**CHAT, "fake": script}) as r,
+        ):
+            async for chunk in r.aiter_raw():
+                raw += chunk
+        ended_at = trio.current_time()
+    upstream, beats = split_heartbeats(raw)
+    assert beats > 0  # heartbeats were on, between the paced events
+    assert upstream == b"".join(chat_events(3, model="upstream-m"))
+    assert raw.endswith(b"data: [DONE]\n\n")  # nothing after it
+    connection = fake.connections[-1]
+    with trio.fail_after(3):
+        await connection.closed_event.wait()
+    assert connection.closed_at is not None
+    # The client's end did not wait for the upstream's.
+    assert ended_at <= connection.closed_at
+    backend = gw.gateway.upstreams["fake"].backend
+    assert backend.pool_connections() == (0, 0)  # type: ignore[attr-defined]
+
+
+async def test_stream_that_ends_after_done_returns_its_connection(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """The usual upstream ends its body right after ``[DONE]``: the gateway reads that end,
+    so the connection goes back to the pool and carries the next request."""
+    gw = await start_gateway(keepalive={"interval": 0.05})
+    async with gw.client() as client:
+        for _ in range(3):
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**CHAT, "fake": {"tokens": 2}}
+            ) as r:
+                assert (await r.aread()).endswith(b"data: [DONE]\n\n")
+            with trio.fail_after(2):  # the relay is over once it read the upstream's end
+                await gw.gateway.inflight.wait_empty()
+    assert [len(c.requests) for c in fake.connections] == [3]
+    backend = gw.gateway.upstreams["fake"].backend
+    assert backend.pool_connections() == (1, 1)  # type: ignore[attr-defined]
