@@ -175,6 +175,7 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
             raise ClientGone
         phase_at_end = entry.phase
         entry.phase = "finishing"
+        late = error is not None and writer.started  # the 200 is out: too late for a status
         if error is not None:
             await _report(writer, error, exchange)
         # Decided before the last write: once the response is complete the server reports
@@ -182,6 +183,17 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
         entry.outcome = _outcome_of(error)
         if entry.outcome == "shutdown":
             entry.disconnect_phase = phase_at_end
+        if late and telemetry is not None:
+            telemetry.on_late_error(entry, "event" if stream else "cut_body")
+        if late and not stream:
+            # Whitespace keepalive committed a 200 without a length; the error object is
+            # out. The response is left unfinished, so the server closes the connection
+            # without the end of the chunked body: every HTTP client then reports a
+            # broken response (the openai SDK an APIConnectionError, retried like a 5xx),
+            # where a complete one would read as a 200 answer — the SDK made it a
+            # ChatCompletion with choices=None and raised nothing. No byte is untrue: the
+            # body read so far is whitespace and the error object.
+            return
         await writer.end()
     except ClientGone:
         log.info("client gone during %s (request %s)", entry.phase, entry.request_id)
@@ -362,6 +374,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 
 async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchange) -> None:
+    """Tell the client: a status and an error body while the headers are not out, else an
+    SSE error event (streams) or the error object after the leading whitespace (the caller
+    then cuts the response)."""
     if writer.started:
         await writer.write(error_event(error) if exchange.stream else error_json(error))
         return

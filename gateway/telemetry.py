@@ -1,8 +1,8 @@
 """Prometheus metrics and the access log: what every request did, in one place.
 
 Metric names follow Prometheus conventions (``trio_gateway_`` prefix, ``_total`` counters,
-``_seconds`` histograms, base units). Labels are route, backend, endpoint, status, outcome
-and phase — names from the config and small fixed sets, never request ids, keys or the
+``_seconds`` histograms, base units). Labels are route, backend, endpoint, status, outcome,
+phase and form — names from the config and small fixed sets, never request ids, keys or the
 client's model string — so their cardinality is bounded whatever clients send. A request
 for an unknown model is counted under ``route=""``.
 """
@@ -118,6 +118,14 @@ class Telemetry:
             ["backend"],
             registry=r,
         )
+        self.late_errors = Counter(
+            "trio_gateway_late_errors",
+            "Errors told after a 200 was committed: an SSE error event ending a stream "
+            "(form=event), or an error object cut short after whitespace keepalive "
+            "(form=cut_body).",
+            ["route", "backend", "form"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "trio_gateway_queue_wait_seconds",
             "Time requests waited for a backend slot.",
@@ -156,6 +164,9 @@ class Telemetry:
 
     def on_ejection(self, backend: str) -> None:
         self._child(self.ejections, backend).inc()
+
+    def on_late_error(self, entry: InFlight, form: str) -> None:
+        self._child(self.late_errors, entry.route, entry.backend, form).inc()
 
     def on_finish(self, entry: InFlight) -> None:
         """Count a finished relayed request and write its access-log line."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h11
 import httpx
 import pytest
 import trio
@@ -155,15 +156,68 @@ async def test_non_stream_whitespace_keepalive(start_gateway) -> None:
         resp = await client.post(
             "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"prefill": 0.6}}
         )
-        failed = await client.post(
-            "/v1/chat/completions",
-            json={**CHAT, "stream": False, "fake": {"headers_delay": 0.3, "status": 500}},
-        )
     assert resp.status_code == 200
     assert resp.content.startswith(b"   ")  # heartbeats are leading JSON whitespace
     assert resp.json()["object"] == "chat.completion"
-    # The status was committed; the failure arrives as an OpenAI error body.
-    assert failed.status_code == 200 and failed.json()["error"]["code"] == "fake_error"
+    assert "content-length" not in resp.headers  # committed before the length was known
+
+
+async def test_error_after_whitespace_is_the_error_object_then_a_cut(start_gateway) -> None:
+    """After the first space the status is committed: a later upstream error is written as
+    the OpenAI error object, and then the response is cut short — no end of the chunked
+    body — so that no HTTP client can take it for a whole 200 answer. Raw socket: the
+    framing is what is under test."""
+    gw = await start_gateway(keepalive={"interval": 0.05, "non_stream": "whitespace"})
+    host, port = gw.url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {**CHAT, "stream": False, "fake": {"headers_delay": 0.3, "status": 503}}
+    ).encode()
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream(host, int(port))
+    events: list[object] = []
+    async with stream:
+        await stream.send_all(
+            conn.send(
+                h11.Request(
+                    method="POST",
+                    target="/v1/chat/completions",
+                    headers=[
+                        ("host", host),
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                    ],
+                )
+            )
+            + conn.send(h11.Data(data=body))
+            + conn.send(h11.EndOfMessage())
+        )
+        with trio.fail_after(5):
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    events.append(exc)  # the peer closed inside the body
+                    break
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                events.append(event)
+                if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+    head = events[0]
+    assert isinstance(head, h11.Response) and head.status_code == 200
+    headers = dict(head.headers)
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"transfer-encoding"] == b"chunked"
+    payload = b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data))
+    assert payload.startswith(b" ") and payload.lstrip(b" ").startswith(b"{")
+    error = json.loads(payload)["error"]  # whitespace, then exactly the error object
+    assert error["code"] == "fake_error" and error["type"] == "server_error"
+    assert isinstance(events[-1], h11.RemoteProtocolError), events[-1]
+    assert "incomplete chunked read" in str(events[-1])
+    async with gw.client() as client:  # and the gateway serves on
+        ok = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert ok.status_code == 200 and ok.json()["object"] == "chat.completion"
 
 
 async def test_a_non_streamed_answer_past_the_cap_is_a_502_and_never_buffered_whole(

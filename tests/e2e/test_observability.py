@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -297,3 +298,40 @@ async def test_access_log_lists_each_attempt_once(start_gateway, caplog) -> None
     assert lines["attempts-stalled"]["attempts"] == ["fake=504:upstream_timeout"]
     assert lines["attempts-stalled"]["outcome"] == "timeout"
     assert lines["attempts-whole"]["attempts"] == ["fake=ok"]
+
+
+async def test_late_errors_are_counted_by_form(start_gateway) -> None:
+    """Errors told after a 200 was committed: as an SSE error event in a stream, or as an
+    error object cut short after whitespace keepalive. An error with a real status is not
+    one of them."""
+    gw = await start_gateway(keepalive={"interval": 0.05, "non_stream": "whitespace"})
+    late = "trio_gateway_late_errors_total"
+    labels = {"route": "chat", "backend": "fake"}
+    async with gw.client() as client:
+        before = await scrape(client)
+        with trio.fail_after(5):
+            async with client.stream(  # 200 committed by whitespace, then the upstream's 500
+                "POST",
+                "/v1/chat/completions",
+                json={**CHAT, "stream": False, "fake": {"headers_delay": 0.3, "status": 500}},
+            ) as r:
+                with pytest.raises(httpx.RemoteProtocolError):  # the cut a client sees
+                    await r.aread()
+            async with client.stream(  # a stream broken after its first events
+                "POST",
+                "/v1/chat/completions",
+                json={**CHAT, "fake": {"tokens": 6, "fault": "reset_mid_stream"}},
+            ) as r:
+                await r.aread()
+            failed_early = await client.post(  # before the first space: a real status
+                "/v1/chat/completions",
+                json={**CHAT, "stream": False, "fake": {"status": 500}},
+            )
+            assert failed_early.status_code == 500
+            await gw.gateway.inflight.wait_empty()
+        after = await scrape(client)
+    assert delta(before, after, late, **labels, form="cut_body") == 1
+    assert delta(before, after, late, **labels, form="event") == 1
+    # The request counter says the same: a 200 whose outcome is an upstream error.
+    ok = {**labels, "endpoint": "chat/completions", "status": "200"}
+    assert delta(before, after, "trio_gateway_requests_total", **ok, outcome="upstream_error") == 2

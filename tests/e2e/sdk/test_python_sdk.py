@@ -208,3 +208,35 @@ async def test_heartbeats_never_reach_application_code(
         assert upstream == sent
         assert dicts(chunks) == chunk_docs(sent)
         assert text_of("chat", chunks) == tokens_text(6)
+
+
+async def test_error_after_whitespace_keepalive_raises_in_the_sdk(
+    start_gateway, fake: FakeOpenAI, sdk_kind: str
+) -> None:
+    """With ``non_stream = "whitespace"`` the 200 is committed by the first space; an upstream
+    error after it can no longer be a status. The SDK must not take that answer for a
+    completion (it returned a ChatCompletion with ``choices=None``): the gateway writes the
+    error object and then cuts the response short, which the SDK reports as a connection
+    error — retried like a 5xx, then raised."""
+    gw = await start_gateway(keepalive={"interval": 0.05, "non_stream": "whitespace"})
+    script = {"headers_delay": 0.3, "status": 500, "message": "the model fell over"}
+    outcomes: list[tuple[str, str]] = []
+    tries: list[int] = []
+    for retries in (0, 1):
+        sdk = SDK(sdk_kind, gw.url + "/v1", max_retries=retries)
+        sent = len(fake.requests)
+        try:
+            with trio.fail_after(20):
+                result = await sdk.create("chat", **CHAT, extra_body={"fake": script})
+            outcomes.append(("no error", repr(result)))
+        except openai.APIError as exc:
+            cause = exc.__cause__
+            outcomes.append((type(exc).__name__, f"{type(cause).__name__}: {cause}"))
+        finally:
+            await sdk.aclose()
+        tries.append(len(fake.requests) - sent)
+    for cls, detail in outcomes:
+        assert cls == "APIConnectionError", detail
+        assert detail.startswith("RemoteProtocolError"), detail
+        assert "incomplete chunked read" in detail, detail
+    assert tries == [1, 2]  # max_retries=1: the SDK tried again, as after a 5xx
