@@ -5,9 +5,20 @@ under ``"fake"`` (the gateway passes unknown fields through untouched), so one s
 every scenario. Responses are written as raw bytes, so faults can be exact: a reset before
 or after headers, a connection cut in the middle of a line, garbage, a stall.
 
+A path ending in ``/messages`` (query string aside) is answered as an Anthropic-native
+server does (llama-server's own ``/v1/messages``): an SSE stream of named events
+(:func:`messages_events`) or a whole ``message`` object, and errors as
+``{"type": "error", "error": {"type": …, "message": …}}``. ``/messages/count_tokens``
+answers ``{"input_tokens": N}``. ``GET …/models`` carrying ``anthropic-version`` answers
+Anthropic's list shape (``type: "model"``, ``has_more``, ``first_id``, ``last_id``).
+
 Script keys (all optional)::
 
     status        HTTP status (default 200); non-2xx answers with an OpenAI error body
+                  (Messages: an Anthropic one, its type from ``type`` or else the status's:
+                  400 invalid_request_error, 401 authentication_error, 403 permission_error,
+                  404 not_found_error, 413 request_too_large, 429 rate_limit_error,
+                  529 overloaded_error, any other api_error; its text from ``message``)
     status_on_port  {port: status}: the status only the fake on that port answers with
                   (one script for a pool of fakes behind one route)
     headers_delay seconds before the status line
@@ -16,11 +27,18 @@ Script keys (all optional)::
     pace          seconds between deltas
     gap_at, gap   pause ``gap`` seconds before delta number ``gap_at``
     chunks        raw body pieces (latin-1 strings) sent instead of generated deltas
-    comment_every send ``: upstream-ping`` before every n-th delta
+    comment_every send ``: upstream-ping`` before every n-th event, the first included
+                  (Messages: ``event: ping`` / ``data: {"type": "ping"}``)
+    input_tokens  count_tokens' answer (default: the whitespace-separated words of the text
+                  in ``system`` and ``messages``, as strings or text blocks, plus 10)
     fault         reset_before_headers | close_before_headers | reset_after_headers |
                   reset_mid_stream | cut_mid_line | garbage | stall | no_done |
                   hold_after_done (the whole stream, [DONE] included, then the connection
-                  held open without ending the body)
+                  held open without ending the body) | error_event (Messages only: half the
+                  stream, then ``event: error`` with an Anthropic error object of script
+                  ``type`` (default overloaded_error), and the body ends cleanly).
+                  For Messages, ``no_done`` ends the stream without ``message_stop`` and
+                  ``hold_after_done`` holds after ``message_stop``.
     content_type  override of the response's content type
     queue, slots  answer at most ``slots`` (default 1) requests naming the same ``queue`` at
                   once; the others wait, first come first served, without a single byte
@@ -51,7 +69,32 @@ __all__ = [
     "RequestRecord",
     "chat_events",
     "completion_events",
+    "messages_events",
 ]
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+_MODELS_ANTHROPIC = {
+    "data": [
+        {
+            "type": "model",
+            "id": "fake",
+            "display_name": "Fake",
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+    ],
+    "has_more": False,
+    "first_id": "fake",
+    "last_id": "fake",
+}
 
 
 @dataclass(eq=False)
@@ -96,6 +139,79 @@ def _stream(encoder: CompletionEncoder, n: int, text: str) -> list[bytes]:
         encoder.usage(5, n),
         SSE_DONE,
     ]
+
+
+def messages_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
+    """An Anthropic Messages stream, one named event per item: ``message_start``, one
+    text block of ``n`` ``text_delta`` events, ``message_delta`` (end_turn), ``message_stop``."""
+    start = _message(model, "", 0)
+    start["content"], start["stop_reason"] = [], None
+    return [
+        _event({"type": "message_start", "message": start}),
+        _event(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+        ),
+        *(
+            _event(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": f"{text}{i} "},
+                }
+            )
+            for i in range(n)
+        ),
+        _event({"type": "content_block_stop", "index": 0}),
+        _event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n},
+            }
+        ),
+        _event({"type": "message_stop"}),
+    ]
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (
+        data["type"].encode(),
+        json.dumps(data, separators=(",", ":")).encode(),
+    )
+
+
+def _message(model: str, text: str, n: int) -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": n},
+    }
+
+
+def _anthropic_error(script: dict[str, Any], error_type: str, message: str) -> bytes:
+    """An Anthropic error object; the script's ``type`` and ``message`` win."""
+    error = {"type": script.get("type", error_type), "message": script.get("message", message)}
+    return json.dumps({"type": "error", "error": error}).encode()
+
+
+def _count_tokens(body: dict[str, Any]) -> int:
+    """The words of the text in ``system`` and ``messages`` (strings or text blocks), + 10."""
+    texts: list[str] = []
+    for content in [body.get("system"), *(m.get("content") for m in body.get("messages", []))]:
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [b["text"] for b in content if isinstance(b.get("text"), str)]
+    return sum(len(t.split()) for t in texts) + 10
 
 
 def _completion(body: dict[str, Any], n: int) -> dict[str, Any]:
@@ -320,9 +436,27 @@ class FakeOpenAI:
         status = int(
             script.get("status_on_port", {}).get(str(self.port), script.get("status", 200))
         )
+        path = req.path.partition("?")[0]
+        messages = path.endswith(("/messages", "/messages/count_tokens"))
         if req.path.endswith("/models") and req.method == "GET":
-            listing = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+            if "anthropic-version" in req.headers:
+                listing = json.dumps(_MODELS_ANTHROPIC)
+            else:
+                listing = json.dumps(
+                    {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+                )
             await self._send_fixed(stream, 200, "application/json", listing.encode(), req)
+            return True
+        if messages and status >= 300:
+            error_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+            body = _anthropic_error(script, error_type, f"fake error {status}")
+            await self._send_fixed(stream, status, "application/json", body, req)
+            return True
+        if path.endswith("/messages/count_tokens"):
+            await trio.sleep(script.get("prefill", 0))
+            count = int(script.get("input_tokens", _count_tokens(req.body)))
+            body = json.dumps({"input_tokens": count}).encode()
+            await self._send_fixed(stream, 200, "application/json", body, req)
             return True
         if status >= 300:
             err = {
@@ -339,7 +473,12 @@ class FakeOpenAI:
             return True
         if not stream_mode:
             await trio.sleep(script.get("prefill", 0))
-            body = json.dumps(_completion(req.body, int(script.get("tokens", 3)))).encode()
+            n = int(script.get("tokens", 3))
+            if messages:
+                text = "".join(f"tok{i} " for i in range(n))
+                body = json.dumps(_message(str(req.body.get("model")), text, n)).encode()
+            else:
+                body = json.dumps(_completion(req.body, n)).encode()
             await self._send_fixed(
                 stream, 200, script.get("content_type", "application/json"), body, req
             )
@@ -358,7 +497,12 @@ class FakeOpenAI:
             pieces = [c.encode("latin-1") for c in script["chunks"]]
             paces = script.get("paces") or [script.get("pace", 0)] * len(pieces)
         else:
-            events = chat_events if "messages" in req.body else completion_events
+            if messages:
+                events, beat = messages_events, _PING
+            elif "messages" in req.body:
+                events, beat = chat_events, b": upstream-ping\n\n"
+            else:
+                events, beat = completion_events, b": upstream-ping\n\n"
             pieces = events(int(script.get("tokens", 3)), model=str(req.body.get("model")))
             paces = [script.get("pace", 0)] * len(pieces)
             every = script.get("comment_every")
@@ -366,7 +510,7 @@ class FakeOpenAI:
                 pieces = [
                     p2
                     for i, p in enumerate(pieces)
-                    for p2 in ((b": upstream-ping\n\n", p) if i % every == 0 else (p,))
+                    for p2 in ((beat, p) if i % every == 0 else (p,))
                 ]
                 paces = [script.get("pace", 0)] * len(pieces)
         if fault == "no_done":
@@ -385,6 +529,10 @@ class FakeOpenAI:
                 return False
             if fault == "stall" and i == len(pieces) // 2:
                 await trio.sleep_forever()
+            if messages and fault == "error_event" and i == len(pieces) // 2:
+                error = _anthropic_error(script, "overloaded_error", "fake error event")
+                await self._send_chunk(stream, b"event: error\ndata: %s\n\n" % error, req)
+                break
             await self._send_chunk(stream, piece, req)
             if paces[i % len(paces)]:
                 await trio.sleep(paces[i % len(paces)])
