@@ -3,7 +3,9 @@
 Python: ``openai.OpenAI`` (run in worker threads) and ``openai.AsyncOpenAI``. Node: the
 ``openai`` npm package on this machine's Node.js, installed by :func:`node_client` from
 ``tests/node/package-lock.json`` the first time the suite needs it, and driven through
-``tests/node/client.mjs`` (its header documents the JSON it reads and writes).
+``tests/node/client.mjs`` (its header documents the JSON it reads and writes). The
+``@anthropic-ai/sdk`` npm package, from the same lock, through ``tests/node/anthropic.mjs``
+(:func:`run_anthropic_node`).
 """
 
 from __future__ import annotations
@@ -72,3 +74,29 @@ def run_node(node_client: tuple[str, Path]) -> RunNode:
 @pytest.fixture(params=["sync", "async"])
 def sdk_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def run_anthropic_node(node_client: tuple[str, Path]) -> RunNode:
+    """``run_node`` for the official ``@anthropic-ai/sdk`` package: ``await
+    run_anthropic_node(ops, limit=...)`` runs the ops at once in one Node process through
+    ``tests/node/anthropic.mjs`` (its header documents the ops and results) and returns their
+    results by id. Fails if Node takes longer than ``limit`` seconds."""
+    node, _ = node_client
+    script = NODE_DIR / "anthropic.mjs"
+
+    async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
+        with trio.fail_after(limit):
+            done = await trio.run_process(
+                [node, str(script)],
+                stdin=json.dumps({"ops": ops}).encode(),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        stderr = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, f"node exited with {done.returncode}:\n{stderr}"
+        results = json.loads(done.stdout)["results"]
+        return {r["id"]: r for r in results}
+
+    return run
