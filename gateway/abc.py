@@ -59,6 +59,7 @@ from typing_extensions import TypeVar
 
 from .chunks import SSE_DONE, CompletionEncoder, json_bytes, sse_data
 from .errors import (
+    CannotCountTokens,
     ConfigError,
     GatewayError,
     InvalidRequest,
@@ -72,11 +73,13 @@ from .errors import (
 )
 
 __all__ = [
+    "OPENAI_ENDPOINTS",
     "SSE_DONE",
     "AdmissionSettings",
     "Backend",
     "BackendSettings",
     "BackendStatus",
+    "CannotCountTokens",
     "CompletionEncoder",
     "ConfigError",
     "EjectionSettings",
@@ -105,7 +108,15 @@ __all__ = [
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
+Endpoint = Literal[
+    "chat/completions", "completions", "embeddings", "messages", "messages/count_tokens"
+]
+"""An upstream endpoint, as the path under the API's ``/v1``. ``messages`` and
+``messages/count_tokens`` are Anthropic's; a backend gets them only when it speaks them
+natively (:attr:`Backend.native_endpoints`), and chat translated from them otherwise."""
+
+OPENAI_ENDPOINTS: frozenset[Endpoint] = frozenset(("chat/completions", "completions", "embeddings"))
+"""What a backend speaks natively unless it says otherwise: OpenAI's endpoints."""
 
 
 def http_base_url(value: str) -> str:
@@ -178,6 +189,14 @@ class BackendSettings(BaseModel):
         64 * 1024 * 1024,
         gt=0,
         description="the most a non-streamed answer may hold; past it the client gets a 502",
+    )
+    native_endpoints: frozenset[Endpoint] | None = Field(
+        None,
+        description=(
+            "the endpoints the upstream serves itself, overriding the backend type's "
+            'default (e.g. add "messages" for an `openai` backend whose server speaks '
+            "Anthropic Messages); the others are translated to chat"
+        ),
     )
 
 
@@ -252,6 +271,12 @@ class Backend(abc.ABC, Generic[SettingsT]):
     Settings: ClassVar[type[BackendSettings]] = BackendSettings
     """The class that validates this backend's table; the one the type argument names."""
 
+    native_endpoints: ClassVar[frozenset[Endpoint]] = OPENAI_ENDPOINTS
+    """The endpoints :meth:`open_response` serves as the client's dialect (a backend
+    table's ``native_endpoints`` overrides it). Requests in another dialect — Anthropic
+    ``messages`` to a chat-only backend — reach the backend translated to
+    ``chat/completions``; ``messages/count_tokens`` reaches :meth:`count_tokens`."""
+
     def __init__(self, id: str, settings: SettingsT) -> None:
         self.id = id
         self.settings = settings
@@ -265,6 +290,20 @@ class Backend(abc.ABC, Generic[SettingsT]):
     async def running(self) -> AsyncIterator[None]:
         """Hold the backend's resources for the gateway's lifetime. The default holds none."""
         yield
+
+    def speaks(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` reaches this backend as it is (not translated)."""
+        native = self.settings.native_endpoints
+        return endpoint in (native if native is not None else self.native_endpoints)
+
+    async def count_tokens(self, request: UpstreamRequest) -> int:
+        """The exact number of prompt tokens the upstream would see for ``request`` (a
+        ``chat/completions`` body: messages and tools) — from its tokenizer over its chat
+        template, never an estimate. Backends that cannot count keep this default, which
+        refuses with :class:`CannotCountTokens` (the client is told so)."""
+        raise CannotCountTokens(
+            f"backend {self.id} cannot count tokens: its upstream offers no tokenizer"
+        )
 
     @abc.abstractmethod
     def open_response(

@@ -10,6 +10,7 @@ and error answers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -18,6 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .asgi import GatewayHTTPConnection, StatusFeedResponse
+from .dialects import MESSAGES
 from .errors import (
     BodyTooLarge,
     GatewayError,
@@ -111,7 +113,7 @@ def _access_logger(gateway: Gateway) -> Callable[[Response], Awaitable[Response]
 
 
 def _answer_errors(app: QuartTrio) -> None:
-    """Every error, Quart's own included, answered in OpenAI's shape from the error tree."""
+    """Every error, Quart's own included, answered from the error tree (:func:`error_response`)."""
 
     @app.errorhandler(GatewayError)
     async def gateway_error(error: GatewayError) -> Response:
@@ -128,10 +130,19 @@ def _answer_errors(app: QuartTrio) -> None:
 
 
 def error_response(error: GatewayError) -> Response:
+    """The error in the caller's dialect: Anthropic's for a request that names an
+    ``anthropic-version`` (its SDKs send one on every call), else OpenAI's."""
+    if "anthropic-version" not in request.headers:
+        return Response(
+            error_json(error),
+            status=error.status,
+            headers=error.headers(),
+            content_type="application/json",
+        )
     return Response(
-        error_json(error),
-        status=error.status,
-        headers=error.headers(),
+        MESSAGES.error_json(error),
+        status=MESSAGES.status(error),
+        headers=MESSAGES.limit_headers(error.headers(), time.time()),
         content_type="application/json",
     )
 

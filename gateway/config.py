@@ -84,6 +84,10 @@ class KeepaliveSettings(_Settings):
     comment: str = Field("keepalive", description="text of the SSE comment line")
     early_headers: bool = True
     non_stream: Literal["off", "whitespace"] = "off"
+    messages: Literal["ping", "comment"] = Field(
+        "ping",
+        description="heartbeat form on /v1/messages: Anthropic's `event: ping`, or a comment",
+    )
 
     @field_validator("comment")
     @classmethod

@@ -10,6 +10,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     │   ├── MalformedJSON                400  code=invalid_json
     │   ├── MissingField                 400  code=missing_required_parameter
     │   ├── BodyTooLarge                 413  code=request_too_large
+    │   ├── CannotCountTokens            400  code=count_tokens_unsupported
     │   ├── AmbiguousFraming             400  code=ambiguous_framing    (closes the connection)
     │   └── RequestTimeout               408  code=request_timeout      (closes the connection)
     ├── NotFound                         404  code=not_found            (unknown path)
@@ -75,6 +76,13 @@ class MissingField(InvalidRequest):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class CannotCountTokens(InvalidRequest):
+    """A token count asked of a backend that has no way to count exactly: refused rather
+    than guessed, because a client sizes its context by it."""
+
+    code = "count_tokens_unsupported"
 
 
 class AmbiguousFraming(InvalidRequest):

@@ -8,6 +8,7 @@ import re
 import uuid
 
 from .abc import Endpoint, JSONObject
+from .dialects.anthropic_request import validate_count_tokens, validate_messages
 from .errors import InvalidRequest, MalformedJSON, MissingField
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -17,6 +18,8 @@ RELAYED: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "messages/count_tokens",
 }
 _ENDPOINTS = {
     **RELAYED,
@@ -116,7 +119,7 @@ def _check_tree(body: JSONObject) -> None:
                     stack.append((key, depth))
 
 
-# What each endpoint cannot do without, and the JSON type it must have.
+# What each OpenAI endpoint cannot do without, and the JSON type it must have.
 _REQUIRED: dict[Endpoint, str] = {
     "chat/completions": "messages",
     "completions": "prompt",
@@ -125,6 +128,12 @@ _REQUIRED: dict[Endpoint, str] = {
 
 
 def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
+    """The ``model`` and ``stream`` of a request to ``endpoint``; raises
+    :class:`InvalidRequest` for a body the endpoint cannot take."""
+    if endpoint == "messages":
+        return validate_messages(body)
+    if endpoint == "messages/count_tokens":
+        return validate_count_tokens(body), False
     model = body.get("model")
     if model is None:
         raise MissingField("you must provide a model parameter", param="model")

@@ -16,6 +16,7 @@ go away (:func:`gateway.relay.relay`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -29,7 +30,9 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
-from .abc import Endpoint, UpstreamRequest
+from .abc import Endpoint
+from .dialects import dialect_of
+from .dialects.base import Dialect
 from .errors import (
     BodyTooLarge,
     GatewayError,
@@ -48,8 +51,9 @@ from .inbound import (
     request_ids,
     validate,
 )
+from .plans import plan_request
 from .relay import Attempt, Exchange, relay
-from .routing import apply_policy, upstream_body
+from .routing import apply_policy
 from .service import Gateway
 from .teams import Identity, TeamAdmission
 
@@ -88,6 +92,7 @@ class _Request:
     the ids the gateway answers with, and the time it arrived."""
 
     __slots__ = (
+        "dialect",
         "endpoint",
         "headers",
         "identity",
@@ -103,6 +108,7 @@ class _Request:
     def __init__(self, scope: HTTPScope, endpoint: Endpoint) -> None:
         self.started = trio.current_time()
         self.endpoint = endpoint
+        self.dialect: Dialect = dialect_of(endpoint)
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {
@@ -119,6 +125,7 @@ class _Request:
         return [
             (b"x-request-id", self.request_id.encode()),
             (b"traceparent", self.traceparent.encode()),
+            *self.dialect.id_headers(self.request_id),
         ]
 
 
@@ -182,29 +189,32 @@ class ProxyApp:
         hide_usage = False
         if teams is not None and identity is not None:
             teams.authorize(identity, route, model)
-            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
-            if stream and request.endpoint != "embeddings":
+            if stream and request.endpoint in ("chat/completions", "completions"):
                 body, hide_usage = ask_for_usage(body)
-        upstream_headers = {"x-request-id": request.request_id, "traceparent": request.traceparent}
+        plan = plan_request(
+            request.endpoint,
+            body,
+            [gateway.upstreams[t.backend].backend for t in route.settings.all_targets],
+            model=model,
+            stream=stream,
+            request_id=request.request_id,
+            headers={"x-request-id": request.request_id, "traceparent": request.traceparent},
+            client_headers=request.headers,
+            hide_usage=hide_usage,
+        )
+        if teams is not None and identity is not None:
+            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
 
         def pick_attempts() -> list[Attempt]:
-            return [
-                Attempt(
-                    upstream,
-                    UpstreamRequest(
-                        endpoint=request.endpoint,
-                        body=upstream_body(body, target),
-                        stream=stream,
-                        request_id=request.request_id,
-                        headers=upstream_headers,
-                    ),
-                )
-                for upstream, target in gateway.pick_targets(route)
-            ]
+            attempts = []
+            for upstream, target in gateway.pick_targets(route):
+                planned = plan.for_target(upstream.backend, target)
+                attempts.append(Attempt(upstream, planned.request, planned.shape, planned.open))
+            return attempts
 
-        limit_headers = [
-            (k.encode(), v.encode()) for k, v in (admission.headers if admission else {}).items()
-        ]
+        dialect = request.dialect
+        limits = dialect.limit_headers(admission.headers, time.time()) if admission else {}
+        limit_headers = [(k.encode(), v.encode()) for k, v in limits.items()]
         exchange = Exchange(
             pick_attempts=pick_attempts,
             request_id=request.request_id,
@@ -220,7 +230,7 @@ class ProxyApp:
             telemetry=gateway.telemetry,
             team=identity.team if identity else "",
             key_id=identity.key_id if identity else "",
-            hide_usage=hide_usage,
+            dialect=dialect,
             on_finish=admission.finish if admission else None,
         )
 
@@ -308,14 +318,16 @@ class ProxyApp:
     async def _answer_error(
         self, request: _Request, send: ASGISendCallable, error: GatewayError
     ) -> None:
-        body = error_json(error)
-        headers = [*error_head(error, body), *request.id_headers()]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        dialect = request.dialect
+        body = dialect.error_json(error)
+        status = dialect.status(error)
+        headers = [*dialect.error_head(error, body, time.time()), *request.id_headers()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         self.gateway.telemetry.on_answered(
             route=request.route,
             endpoint=request.endpoint,
-            status=error.status,
+            status=status,
             fields={
                 "request_id": request.request_id,
                 "method": request.method,

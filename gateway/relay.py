@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import trio
@@ -37,6 +39,8 @@ import trio
 from .abc import UpstreamRequest, UpstreamResponse
 from .balancer import counts_against_backend, is_retryable
 from .config import KeepaliveSettings
+from .dialects.base import Dialect, Shape, Tokens
+from .dialects.chat import CHAT, ChatPassthrough
 from .errors import (
     GatewayError,
     NoBackendAvailable,
@@ -46,22 +50,16 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamResponseTooLarge,
     UpstreamTimeout,
-    error_event,
-    error_head,
-    error_json,
 )
 from .inflight import InFlight, InFlightTable, Outcome
 from .service import Upstream
-from .sse import SSEEvent, SSEFramer
 from .telemetry import Telemetry
 from .timers import HeartbeatClock, UpstreamClock
-from .usage import parse_usage
 from .writer import (
     ClientGone,
     Headers,
     ResponseWriter,
     heartbeat,
-    heartbeat_bytes,
     json_headers,
     sse_headers,
 )
@@ -81,8 +79,15 @@ END_GRACE = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
+    """One target to try: the request its backend gets, and how its answer reaches the
+    client (passed through, or translated to the client's dialect). ``open`` stands in for
+    the backend's ``open_response`` where the gateway makes the answer from another call
+    (a token count from :meth:`~gateway.abc.Backend.count_tokens`)."""
+
     upstream: Upstream
     request: UpstreamRequest
+    shape: Shape = field(default_factory=ChatPassthrough)
+    open: Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,7 @@ class Exchange:
     telemetry: Telemetry | None = None
     team: str = ""
     key_id: str = ""
-    hide_usage: bool = False  # drop usage-only events (the gateway asked for them)
+    dialect: Dialect = CHAT
     on_finish: Callable[[InFlight], None] | None = None
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
@@ -164,9 +169,8 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
                         if early
                         else None
                     )
-                    nursery.start_soon(
-                        heartbeat, writer, heartbeat_bytes(policy, stream), entry, commit
-                    )
+                    data = exchange.dialect.heartbeat(policy) if stream else b" "
+                    nursery.start_soon(heartbeat, writer, data, entry, commit)
                 error = await _run(exchange, writer, entry)
                 nursery.cancel_scope.cancel()
         else:
@@ -377,11 +381,15 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
     """Tell the client: a status and an error body while the headers are not out, else an
     SSE error event (streams) or the error object after the leading whitespace (the caller
     then cuts the response)."""
+    dialect = exchange.dialect
     if writer.started:
-        await writer.write(error_event(error) if exchange.stream else error_json(error))
+        await writer.write(
+            dialect.error_event(error) if exchange.stream else dialect.error_json(error)
+        )
         return
-    body = error_json(error)
-    await writer.start(error.status, [*error_head(error, body), *exchange.headers()])
+    body = dialect.error_json(error)
+    head = dialect.error_head(error, body, time.time())
+    await writer.start(dialect.status(error), [*head, *exchange.headers()])
     writer.write_last(body)
 
 
@@ -393,49 +401,53 @@ def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
     )
 
 
+def _open(attempt: Attempt) -> AbstractAsyncContextManager[UpstreamResponse]:
+    if attempt.open is not None:
+        return attempt.open(attempt.request)
+    return attempt.upstream.backend.open_response(attempt.request)
+
+
 async def _relay_stream(
     attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
 ) -> None:
     backend = attempt.upstream.backend
     clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
-    framer = SSEFramer()
-    with trio.CancelScope(deadline=clock.deadline) as timer:
-        async with backend.open_response(attempt.request) as response:
-            _check_content_type(response, "text/event-stream")
-            entry.phase = "prefill"
-            exchange.log.append(f"{attempt.upstream.id}=ok")
-            await writer.start(200, sse_headers(exchange.headers()))
-            async for chunk in response.body:
-                _heard_upstream(clock, timer, entry)
-                events = [
-                    e for e in framer.feed(chunk) if not _take_usage(e, entry, exchange.hide_usage)
-                ]
-                done = next((i for i, e in enumerate(events) if e.is_done), None)
-                if done is not None:
-                    del events[done + 1 :]  # nothing after the terminal event is relayed
-                if events and not writer.data_sent and any(e.is_data for e in events):
-                    writer.data_sent = True
-                    entry.phase = "streaming"
-                    entry.first_token_at = trio.current_time()
-                if done is not None:
-                    # The terminal event and the end of the response, as one message.
-                    entry.phase = "finishing"
-                    writer.write_last(b"".join(e.raw for e in events))
-                    await writer.end()
-                    timer.deadline = math.inf  # upstream timers guard a relay that is over
-                    await _read_to_end(response.body)
-                    return
-                if events:
-                    await writer.write(b"".join(e.raw for e in events))
-                if framer.pending_bytes > MAX_EVENT_BYTES:
-                    raise UpstreamProtocolError(
-                        f"upstream sent {framer.pending_bytes} bytes without ending an SSE event"
-                    )
+    pipe = attempt.shape.stream()
+    try:
+        with trio.CancelScope(deadline=clock.deadline) as timer:
+            async with _open(attempt) as response:
+                _check_content_type(response, "text/event-stream")
+                entry.phase = "prefill"
+                exchange.log.append(f"{attempt.upstream.id}=ok")
+                await writer.start(200, sse_headers(exchange.headers()))
+                async for chunk in response.body:
+                    _heard_upstream(clock, timer, entry)
+                    fed = pipe.feed(chunk)
+                    if fed.data and not writer.data_sent:
+                        writer.data_sent = True
+                        entry.phase = "streaming"
+                        entry.first_token_at = trio.current_time()
+                    if fed.end:
+                        # The terminal event and the end of the response, as one message.
+                        entry.phase = "finishing"
+                        writer.write_last(fed.out)
+                        await writer.end()
+                        timer.deadline = math.inf  # upstream timers guard a relay that is over
+                        await _read_to_end(response.body)
+                        return
+                    if fed.out:
+                        await writer.write(fed.out)
+                    if pipe.pending_bytes > MAX_EVENT_BYTES:
+                        raise UpstreamProtocolError(
+                            f"upstream sent {pipe.pending_bytes} bytes without ending an SSE event"
+                        )
+    finally:
+        _take_tokens(entry, pipe.tokens)
     if timer.cancelled_caught:
         raise _timeout_error(clock)
-    if framer.pending:
+    if pipe.pending:
         raise UpstreamProtocolError("upstream closed the stream in the middle of an event")
-    raise UpstreamProtocolError("upstream closed the stream before [DONE]")
+    raise UpstreamProtocolError(pipe.unfinished)
 
 
 async def _read_to_end(body: AsyncIterator[bytes]) -> None:
@@ -458,7 +470,7 @@ async def _relay_unary(
     parts: list[bytes] = []
     size, cap = 0, backend.settings.max_response_bytes
     with trio.CancelScope(deadline=clock.deadline) as timer:
-        async with backend.open_response(attempt.request) as response:
+        async with _open(attempt) as response:
             entry.phase = "prefill"
             async for chunk in response.body:
                 _heard_upstream(clock, timer, entry)
@@ -472,11 +484,11 @@ async def _relay_unary(
             status, content_type = response.status, response.content_type
     if timer.cancelled_caught:
         raise _timeout_error(clock)
+    tokens = Tokens()
+    body = attempt.shape.whole(b"".join(parts), tokens)
+    _take_tokens(entry, tokens)
     writer.data_sent = True
     exchange.log.append(f"{attempt.upstream.id}=ok")
-    body = b"".join(parts)
-    if b'"usage"' in body:
-        _note_usage(entry, body)
     headers = json_headers(exchange.headers(), content_type)
     if await writer.start(status, [*headers, (b"content-length", str(len(body)).encode())]):
         writer.write_last(body)
@@ -484,23 +496,12 @@ async def _relay_unary(
         await writer.write(body)
 
 
-def _take_usage(event: SSEEvent, entry: InFlight, hide: bool) -> bool:
-    """Note the event's usage; true when it is a usage-only event that ``hide`` drops."""
-    if event.data is None or '"usage"' not in event.data:
-        return False
-    return _note_usage(entry, event.data) and hide
-
-
-def _note_usage(entry: InFlight, document: str | bytes) -> bool:
-    """Take token counts from the document's ``usage``, if any; true for a usage-only chunk."""
-    usage = parse_usage(document)
-    if usage is None:
-        return False
-    if usage.prompt_tokens is not None:
-        entry.prompt_tokens = usage.prompt_tokens
-    if usage.completion_tokens is not None:
-        entry.completion_tokens = usage.completion_tokens
-    return usage.only
+def _take_tokens(entry: InFlight, tokens: Tokens) -> None:
+    """Note the token counts an attempt's answer reported."""
+    if tokens.prompt is not None:
+        entry.prompt_tokens = tokens.prompt
+    if tokens.completion is not None:
+        entry.completion_tokens = tokens.completion
 
 
 def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlight) -> None:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import KeepaliveSettings
+from .dialects.chat import comment_heartbeat
 from .inflight import InFlight
 from .timers import HeartbeatClock
-from .writer import ClientGone, Headers, ResponseWriter, heartbeat, heartbeat_bytes, sse_headers
+from .writer import ClientGone, Headers, ResponseWriter, heartbeat, sse_headers
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -104,7 +105,7 @@ async def serve_feed(send: object, gateway: Gateway, request_id: str, extra: Hea
         with entry.scope:  # the heartbeat cancels it when a write of its own fails
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    heartbeat, writer, heartbeat_bytes(FEED_KEEPALIVE, True), entry, None
+                    heartbeat, writer, comment_heartbeat(FEED_KEEPALIVE), entry, None
                 )
                 await _send_changes(writer, gateway)
                 nursery.cancel_scope.cancel()

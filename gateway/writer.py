@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from .config import KeepaliveSettings
 from .inflight import InFlight
 from .timers import HeartbeatClock
 
@@ -138,12 +137,6 @@ class ResponseWriter:
             return True
         finally:
             self._lock.release()
-
-
-def heartbeat_bytes(policy: KeepaliveSettings, stream: bool) -> bytes:
-    if not stream:
-        return b" "  # legal JSON whitespace ahead of the body
-    return (f": {policy.comment}\n\n" if policy.comment else ":\n\n").encode()
 
 
 async def heartbeat(

@@ -428,10 +428,11 @@ def test_no_tools_no_tool_fields(tools: Any) -> None:
                 "speed": "fast",
                 "inference_geo": "us",
                 "output_config": {"effort": "high"},
-                "some_future_field": 1,
             },
             {},
         ),
+        # A field that is no Anthropic field is the client's word to the backend.
+        ({"cache_prompt": False}, {"cache_prompt": False}),
     ],
 )
 def test_parameters(fields: JSONObject, expected: JSONObject) -> None:
@@ -1212,3 +1213,17 @@ def test_the_sdk_reads_an_empty_stream_and_a_whole_message() -> None:
     message = anthropic.types.Message.model_validate(whole)
     assert [block.type for block in message.content] == ["thinking", "text", "tool_use"]
     assert message.content[2].input == {"k": [1]}
+
+
+def test_fields_that_are_no_anthropic_field_go_on_to_the_backend() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+        "cache_prompt": True,
+        "grammar": "root ::= x",
+        "service_tier": "auto",
+    }
+    chat = messages_to_chat(body)
+    assert chat["cache_prompt"] is True and chat["grammar"] == "root ::= x"
+    assert "service_tier" not in chat and chat["max_tokens"] == 5

@@ -11,11 +11,12 @@ from trio.testing import MockClock
 
 from gateway.abc import Timeouts
 from gateway.config import KeepaliveSettings, build_config
+from gateway.dialects import CHAT
 from gateway.errors import Overloaded, UpstreamStatusError, error_body, error_event
 from gateway.inflight import InFlight
 from gateway.routing import Router, upstream_body
 from gateway.timers import HeartbeatClock, UpstreamClock
-from gateway.writer import ResponseWriter, heartbeat, heartbeat_bytes
+from gateway.writer import ResponseWriter, heartbeat
 
 
 def make_router() -> Router:
@@ -138,9 +139,8 @@ def test_error_shapes() -> None:
 
 
 def test_heartbeat_bytes() -> None:
-    assert heartbeat_bytes(KeepaliveSettings(comment="k"), stream=True) == b": k\n\n"
-    assert heartbeat_bytes(KeepaliveSettings(comment=""), stream=True) == b":\n\n"
-    assert heartbeat_bytes(KeepaliveSettings(), stream=False) == b" "
+    assert CHAT.heartbeat(KeepaliveSettings(comment="k")) == b": k\n\n"
+    assert CHAT.heartbeat(KeepaliveSettings(comment="")) == b":\n\n"
 
 
 async def test_heartbeat_task_timing(autojump_clock: MockClock) -> None:

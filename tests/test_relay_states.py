@@ -34,6 +34,7 @@ from gateway.abc import (
 from gateway.admission import BackendSlots
 from gateway.balancer import Breaker, order_targets
 from gateway.config import KeepaliveSettings
+from gateway.dialects.chat import ChatPassthrough
 from gateway.errors import GatewayError
 from gateway.inflight import InFlight, InFlightTable
 from gateway.relay import END_GRACE, Attempt, Exchange, relay
@@ -201,7 +202,11 @@ def make_exchange(
         candidates = [u.candidate(i, 1.0, now) for i, u in enumerate(upstreams)]
         order = order_targets("priority", candidates, turn=0, draw=0.0)
         return [
-            Attempt(upstreams[i], UpstreamRequest("chat/completions", body, stream, "rid"))
+            Attempt(
+                upstreams[i],
+                UpstreamRequest("chat/completions", body, stream, "rid"),
+                ChatPassthrough(hide_usage),
+            )
             for i in order
         ]
 
@@ -215,7 +220,6 @@ def make_exchange(
         inflight=InFlightTable(),
         max_attempts=max_attempts,
         failover_deadline=failover_deadline,
-        hide_usage=hide_usage,
         on_finish=finished.append,
     )
     for upstream in upstreams:

@@ -21,6 +21,7 @@ import httpx
 import trio
 
 from gateway.abc import (
+    OPENAI_ENDPOINTS,
     Backend,
     BackendStatus,
     Overloaded,
@@ -50,6 +51,8 @@ class LlamaCppBackend(Backend[LlamaCppSettings]):
     runs itself (``model``)."""
 
     Settings = LlamaCppSettings
+    # llama-server serves Anthropic's Messages and its token count itself (b11434 does).
+    native_endpoints = OPENAI_ENDPOINTS | {"messages", "messages/count_tokens"}
 
     def __init__(self, id: str, settings: LlamaCppSettings) -> None:
         super().__init__(id, settings)

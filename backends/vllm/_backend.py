@@ -21,7 +21,13 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
-from gateway.abc import Backend, BackendStatus, UpstreamRequest, UpstreamResponse
+from gateway.abc import (
+    OPENAI_ENDPOINTS,
+    Backend,
+    BackendStatus,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 from .._polling import poll_status
 from ..openai import OpenAIBackend, OpenAISettings
@@ -33,6 +39,8 @@ class VLLMBackend(Backend[VLLMSettings]):
     """A running vLLM server at ``url``."""
 
     Settings = VLLMSettings
+    # vLLM serves Anthropic's Messages itself; its token count is asked of /tokenize.
+    native_endpoints = OPENAI_ENDPOINTS | {"messages"}
 
     def __init__(self, id: str, settings: VLLMSettings) -> None:
         super().__init__(id, settings)

@@ -97,6 +97,37 @@ THINKING_TYPES = frozenset({"enabled", "disabled", "adaptive", "between_tools"})
 TOOL_CHOICE_TYPES = frozenset({"auto", "any", "tool", "none"})
 # Top-level fields that are Anthropic-service features with an effect chat cannot have.
 REFUSED_FIELDS = ("mcp_servers", "container", "context_management")
+# Every top-level field of Anthropic's Messages request (its API and betas). A field not
+# among them is no Anthropic field at all but the client's word to the backend (llama.cpp's
+# ``cache_prompt``, ``grammar``, ...), and goes on as it is, as on the chat endpoint.
+MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stream",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "output_format",
+        "output_config",
+        "speed",
+        "inference_geo",
+        "diagnostics",
+        "betas",
+        "cache_control",
+    }
+)
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -548,7 +579,9 @@ def messages_to_chat(body: JSONObject) -> JSONObject:
     Raises :class:`InvalidRequest` (``param``: the field's dotted path) for what chat cannot
     carry: document, search-result, server-tool and other Anthropic-service blocks, images
     by file id, server tools, ``mcp_servers``, ``container``, ``context_management``.
-    Other fields the gateway does not translate are dropped. ``model`` is copied as is."""
+    Other Anthropic fields the gateway does not translate are dropped; fields that are no
+    Anthropic field (:data:`MESSAGES_FIELDS`) go on as they are, for the backend.
+    ``model`` is copied as is."""
     for name in REFUSED_FIELDS:
         if body.get(name) is not None:
             _untranslatable(name, f"{name} (an Anthropic service feature)")
@@ -569,4 +602,7 @@ def messages_to_chat(body: JSONObject) -> JSONObject:
     chat["stream"] = stream
     if stream:
         chat["stream_options"] = {"include_usage": True}
+    for name, value in body.items():
+        if name not in MESSAGES_FIELDS and name not in chat:
+            chat[name] = value
     return chat

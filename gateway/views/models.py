@@ -1,11 +1,15 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``: the model names the caller may use —
-every route's public names with auth off, the ones the caller's team may use with it on."""
+every route's public names with auth off, the ones the caller's team may use with it on.
+
+A request with an ``anthropic-version`` header (what Anthropic's SDKs send) gets Anthropic's
+shapes (``type: "model"``, ``display_name``, ``created_at``; a list page with ``has_more``,
+``first_id`` and ``last_id``); any other, OpenAI's."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, g
+from quart import Blueprint, Response, g, request
 
 from ..errors import ModelNotFound
 from ..service import Gateway
@@ -30,18 +34,41 @@ def blueprint(gateway: Gateway) -> Blueprint:
 
     @models.get("/v1/models")
     async def list_models() -> Response:
-        data = [_model_card(name) for name in visible_models()]
-        return json_response({"object": "list", "data": data})
+        names = visible_models()
+        if not _anthropic():
+            return json_response({"object": "list", "data": [_model_card(n) for n in names]})
+        return json_response(
+            {
+                "data": [_anthropic_card(n) for n in names],
+                "has_more": False,
+                "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None,
+            }
+        )
 
     @models.get("/v1/models/<path:model>")
     async def get_model(model: str) -> Response:
         """Raises :class:`ModelNotFound` (404) for a model the caller may not see."""
         if model not in visible_models():
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
-        return json_response(_model_card(model))
+        return json_response(_anthropic_card(model) if _anthropic() else _model_card(model))
 
     return models
 
 
+def _anthropic() -> bool:
+    return "anthropic-version" in request.headers
+
+
 def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "trio-gateway"}
+
+
+def _anthropic_card(name: str) -> dict[str, Any]:
+    # The gateway knows no release date of a route; the epoch says so plainly.
+    return {
+        "type": "model",
+        "id": name,
+        "display_name": name,
+        "created_at": "1970-01-01T00:00:00Z",
+    }

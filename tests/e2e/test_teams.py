@@ -440,7 +440,11 @@ async def test_usage_survives_restart_and_matches_upstream(
     await gw.stop()
 
     expected: dict[tuple[str, str], dict[str, Any]] = {}
-    for (key, extra), req in zip(scripts, fake.requests, strict=True):
+    # In arrival order: a stream's connection may still be finishing its upstream body when
+    # the next request starts, which then opens a second connection (the fake lists
+    # requests by connection).
+    arrived = sorted(fake.requests, key=lambda req: req.received_at)
+    for (key, extra), req in zip(scripts, arrived, strict=True):
         team = "alpha" if key == ALPHA else "beta"
         route = "secret" if extra.get("model") == "secret-model" else "chat"
         row = expected.setdefault(

@@ -1,0 +1,131 @@
+"""What a dialect is to the relay: the client-facing shape of errors and heartbeats, and,
+per attempt, a :class:`Shape` that turns the upstream's answer into the client's.
+
+The relay knows only these interfaces. A stream goes through a :class:`StreamPipe`: upstream
+bytes in, whole client events out, with two facts the relay acts on — whether content has
+reached the client (no failover after it) and whether the stream's end has arrived (the
+response ends with it, nothing after it is relayed). Sans-I/O: no trio, no sockets.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..config import KeepaliveSettings
+from ..errors import GatewayError
+
+__all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens"]
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Tokens:
+    """Token counts read from an answer so far (``None``: not reported)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fed:
+    """What one piece of upstream bytes gave the client.
+
+    ``out``: whole events to write now, in order. ``data``: some of them are content (the
+    client has the answer's start: no failover from here on). ``end``: the last of them
+    ends a complete stream; the response ends with it and nothing after it is relayed."""
+
+    out: bytes = b""
+    data: bool = False
+    end: bool = False
+
+
+NOTHING = Fed()
+
+
+class StreamPipe(abc.ABC):
+    """One attempt's stream: upstream bytes in, whole client events out."""
+
+    __slots__ = ("tokens",)
+
+    unfinished = "upstream closed the stream before its end"
+    """Why a stream that stops before its end event is a failure, for the client's error."""
+
+    def __init__(self) -> None:
+        self.tokens = Tokens()
+
+    @abc.abstractmethod
+    def feed(self, chunk: bytes) -> Fed:
+        """Take the next upstream bytes. Raises
+        :class:`~gateway.errors.UpstreamProtocolError` for what cannot be relayed."""
+
+    @property
+    @abc.abstractmethod
+    def pending(self) -> bool:
+        """An event is begun and not finished (the upstream stopped inside it)."""
+
+    @property
+    @abc.abstractmethod
+    def pending_bytes(self) -> int:
+        """Bytes held back while an event is unfinished."""
+
+
+class Shape(abc.ABC):
+    """How one attempt's answer reaches the client: passed through or translated."""
+
+    @abc.abstractmethod
+    def stream(self) -> StreamPipe:
+        """A pipe for a streamed answer (one per attempt)."""
+
+    @abc.abstractmethod
+    def whole(self, body: bytes, tokens: Tokens) -> bytes:
+        """The client's body for a whole (non-streamed) 2xx answer ``body``; token counts
+        it reports go into ``tokens``. Raises :class:`~gateway.errors.UpstreamProtocolError`
+        for an answer that cannot be read."""
+
+
+class Dialect(abc.ABC):
+    """One wire protocol's client-facing shapes: error bodies and statuses, the mid-stream
+    error event, heartbeat bytes and the headers of its answers."""
+
+    name: str
+    """The dialect's name in config and docs: ``chat`` or ``messages``."""
+
+    @abc.abstractmethod
+    def status(self, error: GatewayError) -> int:
+        """The HTTP status this dialect answers ``error`` with."""
+
+    @abc.abstractmethod
+    def error_json(self, error: GatewayError) -> bytes:
+        """The body of a whole error answer."""
+
+    @abc.abstractmethod
+    def error_event(self, error: GatewayError) -> bytes:
+        """The SSE event that ends a stream whose headers were sent, with ``error``."""
+
+    @abc.abstractmethod
+    def heartbeat(self, policy: KeepaliveSettings) -> bytes:
+        """One SSE heartbeat event in this dialect, by the route's ``policy``."""
+
+    def limit_headers(self, headers: Mapping[str, str], now: float) -> dict[str, str]:
+        """A team's rate-limit headers (OpenAI's ``x-ratelimit-*``, and ``Retry-After``) as
+        this dialect names them; ``now`` is the wall clock (Unix seconds)."""
+        return dict(headers)
+
+    def id_headers(self, request_id: str) -> list[tuple[bytes, bytes]]:
+        """Headers that carry the request id, besides ``x-request-id``."""
+        return []
+
+    def error_head(self, error: GatewayError, body: bytes, now: float) -> list[tuple[bytes, bytes]]:
+        """The ASGI headers of a whole error answer with ``body``: JSON, its length, and
+        what the error implies (``Retry-After``, ``Allow``, ...), named for this dialect."""
+        return [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(
+                (name.lower().encode(), value.encode())
+                for name, value in self.limit_headers(error.headers(), now).items()
+            ),
+        ]
