@@ -18,6 +18,10 @@ One request, three parties::
 
 The body itself is a plain async generator reading the channel: it never holds a nursery
 or cancel scope across a ``yield`` (PEP 789).
+
+Token counts (:meth:`LlamaCppPythonBackend.count_tokens`) borrow an instance from a lender
+of their own and run in a worker thread beside whatever that instance generates: a count
+needs only the model's tokenizer, so it never waits behind a long generation.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
         self.engines: tuple[Engine, ...] = ()
         """The loaded instances while running (diagnostics: token counters, current job)."""
         self._lender: InstanceLender[Engine] | None = None
+        # Counts use only the tokenizer, so they borrow from a lender of their own; it
+        # bounds them to one thread per instance, and shutdown waits for them too.
+        self._counters: InstanceLender[Engine] | None = None
         # Generation threads get their own limiter: they must never starve trio's default
         # one (DNS lookups, file I/O), nor be starved by it.
         self._threads = trio.CapacityLimiter(settings.instances)
@@ -121,6 +128,7 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
                 )
             self.engines = tuple(engines)
             self._lender = InstanceLender(engines)
+            self._counters = InstanceLender(engines)
             self.status = BackendStatus(
                 health="ready", detail=f"{len(engines)} instance(s) of {path.name}"
             )
@@ -128,12 +136,15 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
         finally:
             self.status = BackendStatus(health="down", detail="stopped")
             lender, self._lender = self._lender, None
+            counters, self._counters = self._counters, None
             with trio.CancelScope(shield=True):
                 if lender is not None:
                     for engine in engines:
                         if engine.current is not None:
                             engine.current.stop()
                     await lender.aclose()  # every job has ended: the models are free
+                if counters is not None:
+                    await counters.aclose()  # and every count
                 for engine in engines:
                     await trio.to_thread.run_sync(engine.close)
             self.engines = ()
@@ -210,6 +221,39 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
                 yield response
         finally:
             lender.release(engine)
+
+    async def count_tokens(self, request: UpstreamRequest) -> int:
+        """The prompt tokens a chat completion of ``request`` (a ``chat/completions`` body)
+        would evaluate: the model's own tokenizer over the chat exactly as a generation
+        formats it, so the count equals the ``usage.prompt_tokens`` that generation reports.
+
+        The body is validated as for a generation: what generation refuses (tools, tool
+        messages, images) raises :class:`~gateway.abc.InvalidRequest` here too, as does a
+        chat the template refuses. Raises :class:`~gateway.abc.ShuttingDown` when the
+        backend stops. Counting takes no generation slot and runs beside a generation on
+        the same instance (see :meth:`~._engine.Engine.count_chat_tokens`); cancellation
+        waits for the count's thread, which tokenizes in milliseconds.
+        """
+        counters = self._counters
+        if counters is None:
+            raise UpstreamConnectError(f"backend {self.id} is not running")
+        parsed = parse_request("chat/completions", request.body)
+        self._check_endpoint(parsed)
+        if not isinstance(parsed, TextRequest):  # a chat body always parses as text
+            raise InvalidRequest(f"model backend {self.id} counts chat messages only")
+        try:
+            engine = await counters.acquire()
+        except trio.ClosedResourceError:
+            raise ShuttingDown(f"backend {self.id} is shutting down") from None
+        try:
+            return await trio.to_thread.run_sync(
+                engine.count_chat_tokens,
+                parsed,
+                abandon_on_cancel=False,  # the model stays loaded until the count is done
+                thread_name=f"llama {self.id}#{engine.index} count",
+            )
+        finally:
+            counters.release(engine)
 
     def _check_endpoint(self, parsed: TextRequest | EmbeddingRequest) -> None:
         if self.settings.embedding and isinstance(parsed, TextRequest):

@@ -4,9 +4,10 @@ This is the only module that imports ``llama_cpp``; the backend imports it lazil
 gateway starts (and validates configs) without the ``local`` extra installed.
 
 Threads: :func:`load`, :meth:`Engine.run` and :meth:`Engine.close` block and run in worker
-threads, one at a time per engine (a ``Llama`` is not safe for concurrent use). The only
-call that crosses from the trio thread into a running job is :meth:`Job.stop`, which sets a
-flag that the job checks
+threads, one at a time per engine (a ``Llama`` is not safe for concurrent use). The
+exception is :meth:`Engine.count_chat_tokens`, which may run beside a job: it uses only the
+model's vocabulary, never its context (see there). The only call that crosses from the trio
+thread into a running job is :meth:`Job.stop`, which sets a flag that the job checks
 
 * after every sampled token, and before every decode, and
 * inside llama.cpp, between the graph nodes of a long decode (its abort callback), so a
@@ -33,6 +34,7 @@ import llama_cpp.llama_chat_format
 
 from gateway.abc import (
     SSE_DONE,
+    CannotCountTokens,
     ConfigError,
     GatewayError,
     InvalidRequest,
@@ -122,6 +124,48 @@ class _Llama(llama_cpp.Llama):
         if self.on_token is not None:
             self.on_token(token)
         return token
+
+
+class _Prompt(Exception):
+    def __init__(self, prompt: str | list[int]) -> None:
+        super().__init__("the prompt was captured")
+        self.prompt = prompt
+
+
+class _NotLent(Exception):
+    """A chat handler asked the stand-in for a part of the model it does not lend."""
+
+
+class _PromptCapture:
+    """Stands in for the ``Llama`` a chat handler is given: it lends the chat formats and
+    the tokenizer, and :meth:`create_completion` raises :class:`_Prompt` with the prompt
+    instead of generating. Anything else (the context, the sampler, ``eval``) raises
+    :class:`_NotLent`, so a count never touches what a running job uses."""
+
+    _LENT = frozenset(
+        {
+            "chat_format",
+            "chat_handler",
+            "_chat_handlers",  # the GGUF's templates, read by create_chat_completion
+            "metadata",
+            "verbose",
+            "tokenize",
+            "detokenize",
+            "token_bos",
+            "token_eos",
+        }
+    )
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        self._llama = llama
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._LENT:
+            return getattr(self._llama, name)
+        raise _NotLent(name)
+
+    def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Prompt(kwargs["prompt"] if "prompt" in kwargs else args[0])
 
 
 class Engine:
@@ -217,6 +261,55 @@ class Engine:
             self.current = None
             self.last = job
             job.finished_at = time.monotonic()
+
+    def count_chat_tokens(self, request: TextRequest) -> int:
+        """The number of prompt tokens :meth:`run` would evaluate for the chat ``request``.
+
+        The chat goes through ``create_chat_completion`` with the same arguments as in a
+        generation, so the same chat handler renders it (the named ``chat_format``, or the
+        GGUF's template) and tokenizes it with the same ``add_bos``/``special`` flags; the
+        handler is given a stand-in for the model that stops it, prompt in hand, where it
+        would start generating. Blocking (call from a worker thread).
+
+        Safe beside a job running on this engine: the stand-in lends the handler the chat
+        formats and the tokenizer only, and tokenizing reads the vocabulary alone, which
+        llama.cpp never changes after loading (llama-server tokenizes in its HTTP threads
+        while its slots decode). Raises :class:`~gateway.abc.InvalidRequest` for a chat
+        the template refuses, :class:`~gateway.abc.CannotCountTokens` for a chat handler
+        that needs more of the model than its tokenizer.
+        """
+        options = dict(request.options, model=request.model, stream=False)
+        try:
+            # Unbound, so that the handler is resolved on (and given) the stand-in.
+            llama_cpp.Llama.create_chat_completion(
+                _PromptCapture(self._llama), messages=request.messages, **options
+            )
+        except _Prompt as captured:
+            return self._prompt_length(captured.prompt)
+        except _NotLent as refused:
+            raise CannotCountTokens(
+                f"backend {self.backend_id} cannot count tokens: its chat format "
+                f"{self._llama.chat_format!r} needs the model's {refused} to build a prompt"
+            ) from None
+        except Exception as error:
+            raise self._map_error(error) from None
+        raise CannotCountTokens(  # a handler that answers without generating
+            f"backend {self.backend_id} cannot count tokens: its chat format "
+            f"{self._llama.chat_format!r} answered without prompting the model"
+        )
+
+    def _prompt_length(self, prompt: str | list[int]) -> int:
+        if isinstance(prompt, list):
+            return len(prompt)  # the handler tokenized it: create_completion adds nothing
+        # A text prompt is tokenized by create_completion itself: special tokens parsed,
+        # the BOS token first and the SEP/EOS token last where the vocabulary adds them.
+        vocab = self._vocab
+        tokens = len(self._llama.tokenize(prompt.encode(), add_bos=False, special=True))
+        bos = llama_cpp.llama_vocab_bos(vocab)
+        sep = llama_cpp.llama_vocab_sep(vocab)
+        tokens += int(bool(llama_cpp.llama_vocab_get_add_bos(vocab)) and bos != -1)
+        tokens += int(sep != -1 or bool(llama_cpp.llama_vocab_get_add_eos(vocab)))
+        return tokens
 
     def _create(self, request: TextRequest, *, stream: bool) -> Any:
         options = dict(request.options, model=request.model, stream=stream)
