@@ -8,6 +8,10 @@ Request bodies are forwarded as they are, so vLLM's own fields (``structured_out
 error bodies — ``{"error": {...}}`` and the older ``{"object": "error", ...}`` — become the
 gateway's error with the status vLLM sent (see ``UpstreamStatusError.from_body``).
 
+Token counts (``count_tokens``, for Anthropic's ``/v1/messages/count_tokens``) are vLLM's
+own: its ``/tokenize`` renders the chat with the model's template and tokenizer (see
+``_count.py``).
+
 vLLM sends the response headers of a stream at once, then nothing until the first token:
 however long a request waits for a batch slot or prefills, only the route's heartbeat keeps
 the client's connection alive (vLLM's own keepalive is off by default).
@@ -25,12 +29,14 @@ from gateway.abc import (
     OPENAI_ENDPOINTS,
     Backend,
     BackendStatus,
+    UpstreamConnectError,
     UpstreamRequest,
     UpstreamResponse,
 )
 
 from .._polling import poll_status
 from ..openai import OpenAIBackend, OpenAISettings
+from ._count import TokenCounter, open_token_counter
 from ._probe import Probe, ServedModel
 from ._settings import VLLMSettings
 
@@ -46,6 +52,7 @@ class VLLMBackend(Backend[VLLMSettings]):
         super().__init__(id, settings)
         self._http: OpenAIBackend | None = None
         self._probe: Probe | None = None
+        self._counter: TokenCounter | None = None
         self._status_changed = trio.Event()
 
     @property
@@ -93,6 +100,7 @@ class VLLMBackend(Backend[VLLMSettings]):
                 follow_redirects=True,
             ) as probe_client,
             http.running(),
+            open_token_counter(self.id, s) as counter,
             trio.open_nursery() as nursery,
         ):
             probe = Probe(probe_client, s.poll_timeout)
@@ -107,11 +115,11 @@ class VLLMBackend(Backend[VLLMSettings]):
             # the models), each bounded by poll_timeout; the margin is only a safety net.
             with trio.move_on_after(2 * s.poll_timeout + 1):
                 await first.wait()
-            self._http, self._probe = http, probe
+            self._http, self._probe, self._counter = http, probe, counter
             try:
                 yield
             finally:
-                self._http = None
+                self._http = self._counter = None
                 nursery.cancel_scope.cancel()
 
     def pool_connections(self) -> tuple[int, int]:
@@ -124,3 +132,12 @@ class VLLMBackend(Backend[VLLMSettings]):
             raise RuntimeError(f"backend {self.id} is not running")
         async with self._http.open_response(request) as response:
             yield response
+
+    async def count_tokens(self, request: UpstreamRequest) -> int:
+        """The prompt tokens vLLM would see for the chat ``request.body``, from its
+        ``/tokenize`` (the model's tokenizer over its chat template). Raises
+        :class:`~gateway.abc.UpstreamConnectError` while the backend is not running, and
+        the :class:`~gateway.abc.UpstreamError` that vLLM's answer (or its absence) means."""
+        if self._counter is None:
+            raise UpstreamConnectError(f"backend {self.id} is not running")
+        return await self._counter.count(request)

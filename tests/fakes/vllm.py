@@ -8,8 +8,9 @@ read from. What is read here, from vLLM **v0.12.0** (no code copied):
 
 * Routes — ``vllm/entrypoints/openai/api_server.py``: ``GET /health`` (an empty 200; an
   empty 503 once the engine is dead, ``EngineDeadError``), ``GET /v1/models``,
-  ``GET /version``, ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``
-  and ``GET /metrics`` (``mount_metrics``). An unknown path is FastAPI's
+  ``GET /version``, ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+  ``POST /tokenize`` (at the root: no API key, no batch slot) and ``GET /metrics``
+  (``mount_metrics``). An unknown path is FastAPI's
   ``404 {"detail": "Not Found"}``, a wrong method ``405 {"detail": "Method Not Allowed"}``.
 * ``--api-key`` — ``AuthenticationMiddleware``: only paths starting with ``/v1`` need
   ``Authorization: Bearer <key>``; otherwise ``401 {"error": "Unauthorized"}``. ``/health``
@@ -34,8 +35,10 @@ real model, ``python -m tests.fakes.vllm_diff URL`` lists every difference betwe
 it and this fake.
 
 Not modelled: tokenization and sampling (every extra request field is accepted and
-recorded, as vLLM's ``OpenAIBaseModel`` accepts and ignores unknown ones), LoRA, tools,
-logprobs, sleep mode, generation failing once the engine is dead.
+recorded, as vLLM's ``OpenAIBaseModel`` accepts and ignores unknown ones; words stand in
+for tokens, and ``/tokenize`` counts them as generation bills them), LoRA, tool calls
+(tools only cost prompt tokens), logprobs, sleep mode, generation failing once the engine
+is dead.
 
 Behaviour is set on the instance and may change while it serves: ``prefill`` (seconds
 after a batch slot, before the first token), ``tokens``, ``pace`` (seconds between tokens),
@@ -142,6 +145,7 @@ class FakeVLLM:
             "/v1/chat/completions": ("POST", self._generate),
             "/v1/completions": ("POST", self._generate),
             "/v1/embeddings": ("POST", self._embeddings),
+            "/tokenize": ("POST", self._tokenize),
         }
 
     # -- what tests look at ------------------------------------------------------------
@@ -169,7 +173,7 @@ class FakeVLLM:
         return min(1.0, 0.05 * self.running(engine))
 
     def generation_requests(self) -> list[VLLMRequest]:
-        return [r for r in self.requests if r.method == "POST"]
+        return [r for r in self.requests if r.method == "POST" and r.path != "/tokenize"]
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; it is re-checked on every change of state
@@ -366,6 +370,12 @@ class FakeVLLM:
         )
         await self._run(request, gen, None, out)
         await out.json(200, proto.embedding_response(gen, inputs))
+
+    async def _tokenize(self, out: _Writer, request: VLLMRequest) -> None:
+        # Tokenized by the API server itself: no batch slot, no prefill.
+        body = self._body(request, "TokenizeChatRequest")
+        count = proto.check_tokenize(body)
+        await out.json(200, proto.tokenize_response(count, self.max_model_len))
 
     # -- the engine --------------------------------------------------------------------
 

@@ -31,10 +31,16 @@ is copied, only field names, defaults and messages:
   (``owned_by: "vllm"``, ``root`` the model path, ``max_model_len``).
 * Embeddings — ``vllm/entrypoints/pooling/embed/``: ids ``embd-...``, ``usage`` without
   completion tokens.
+* ``/tokenize`` — ``vllm/entrypoints/serve/tokenize/``: a body with ``messages`` is a
+  ``TokenizeChatRequest`` (``add_generation_prompt`` defaults to True, and together with
+  ``continue_final_message`` is a validation error), one with ``prompt`` a
+  ``TokenizeCompletionRequest``; the model is checked as for generation (404), and the
+  answer is ``{"count", "max_model_len", "tokens", "token_strs": null}``.
 * JSON is compact and UTF-8 unescaped (pydantic ``model_dump_json``, Starlette's
   ``JSONResponse``); SSE events are ``data: <json>\\n\\n``.
 
-Tokenization is not modelled: words stand in for tokens.
+Tokenization is not modelled: words stand in for tokens, and ``/tokenize`` counts a
+prompt exactly as the generation endpoints bill it (:func:`count_prompt`).
 """
 
 from __future__ import annotations
@@ -55,13 +61,16 @@ __all__ = [
     "check_embedding",
     "check_generation",
     "check_request",
+    "check_tokenize",
     "count_inputs",
+    "count_prompt",
     "dumps",
     "embedding_response",
     "error_body",
     "event",
     "model_list",
     "stream_error_event",
+    "tokenize_response",
     "usage_flags",
 ]
 
@@ -203,7 +212,8 @@ def check_generation(
 
 
 def count_prompt(body: dict[str, Any], chat: bool) -> int:
-    """Words stand in for tokens; a chat message costs four more for its template."""
+    """Words stand in for tokens; a chat message costs four more for its template, and so
+    does each tool, whose definition the template writes out (its JSON's words)."""
     if chat:
         total = 0
         for message in body.get("messages") or []:
@@ -211,6 +221,9 @@ def count_prompt(body: dict[str, Any], chat: bool) -> int:
             if isinstance(content, list):
                 content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             total += 4 + len(str(content or "").split())
+        tools = body.get("tools")
+        for tool in tools if isinstance(tools, list) else []:
+            total += 4 + len(json.dumps(tool).split())
         return total
     prompt = body.get("prompt")
     if isinstance(prompt, list):
@@ -218,6 +231,30 @@ def count_prompt(body: dict[str, Any], chat: bool) -> int:
             return len(prompt)
         return sum(len(str(p).split()) for p in prompt)
     return len(str(prompt or "").split())
+
+
+def check_tokenize(body: dict[str, Any]) -> int:
+    """The prompt tokens of a valid ``/tokenize`` body, chat or text."""
+    if "messages" in body:
+        if body.get("continue_final_message") and body.get("add_generation_prompt", True):
+            raise _validation_error(
+                "TokenizeChatRequest",
+                "  Value error, Cannot set both `continue_final_message` and "
+                "`add_generation_prompt` to True. [type=value_error]",
+            )
+        return count_prompt(body, chat=True)
+    if "prompt" in body:
+        return count_prompt(body, chat=False)
+    raise _validation_error("TokenizeCompletionRequest", "prompt\n  Field required [type=missing]")
+
+
+def tokenize_response(count: int, max_model_len: int) -> dict[str, Any]:
+    return {
+        "count": count,
+        "max_model_len": max_model_len,
+        "tokens": [100 + i for i in range(count)],
+        "token_strs": None,
+    }
 
 
 @dataclass
