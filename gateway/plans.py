@@ -36,12 +36,14 @@ Opener = Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamRespons
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """One target's request, the shape of its answer, and (for a count made by the
-    gateway) what stands in for the backend's ``open_response``."""
+    """One target's request, the shape of its answer, (for a count made by the gateway)
+    what stands in for the backend's ``open_response``, and whether it takes a backend
+    slot (counts do not: they generate nothing)."""
 
     request: UpstreamRequest
     shape: Shape
     open: Opener | None = None
+    admitted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +65,14 @@ class Plan:
     translated: Shape | None = None
 
     def for_target(self, backend: Backend, target: TargetSettings) -> Planned:
+        counting = self.endpoint == "messages/count_tokens"
         if self.chat_body is None or self.translated is None or backend.speaks(self.endpoint):
             request = self._request(self.endpoint, self.body, target, self.native_headers)
-            return Planned(request, self.passthrough)
+            return Planned(request, self.passthrough, admitted=not counting)
         request = self._request("chat/completions", self.chat_body, target, self.headers)
-        counter = _counter(backend) if self.endpoint == "messages/count_tokens" else None
-        return Planned(request, self.translated, counter)
+        if counting:
+            return Planned(request, self.translated, _counter(backend), admitted=False)
+        return Planned(request, self.translated)
 
     def _request(
         self,

@@ -209,7 +209,11 @@ class ProxyApp:
             attempts = []
             for upstream, target in gateway.pick_targets(route):
                 planned = plan.for_target(upstream.backend, target)
-                attempts.append(Attempt(upstream, planned.request, planned.shape, planned.open))
+                attempts.append(
+                    Attempt(
+                        upstream, planned.request, planned.shape, planned.open, planned.admitted
+                    )
+                )
             return attempts
 
         dialect = request.dialect

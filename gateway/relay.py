@@ -82,12 +82,15 @@ class Attempt:
     """One target to try: the request its backend gets, and how its answer reaches the
     client (passed through, or translated to the client's dialect). ``open`` stands in for
     the backend's ``open_response`` where the gateway makes the answer from another call
-    (a token count from :meth:`~gateway.abc.Backend.count_tokens`)."""
+    (a token count from :meth:`~gateway.abc.Backend.count_tokens`). ``admitted``: the
+    attempt takes one of the backend's slots (waiting in its queue for one); a token count
+    does not — it generates nothing, and a client asks for one before it sends its turn."""
 
     upstream: Upstream
     request: UpstreamRequest
     shape: Shape = field(default_factory=ChatPassthrough)
     open: Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]] | None = None
+    admitted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +332,9 @@ async def _attempt(
         entry.phase = "queued"
         queued_at = trio.current_time()
 
+    if not attempt.admitted:
+        await _attempt_upstream(attempt, exchange, writer, entry)
+        return
     try:
         async with attempt.upstream.slots.hold(on_wait=queued):
             if queued_at is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from functools import partial
 
 import httpx
@@ -182,7 +182,9 @@ class LlamaCppBackend(Backend[LlamaCppSettings]):
         limit = self.settings.wait_ready
         deadline = trio.current_time() + (limit if limit is not None else math.inf)
         waited = False
-        async with self.slots.slot(), AsyncExitStack() as stack:
+        # A token count takes no slot: llama-server answers it from its HTTP thread.
+        gate = self.slots.slot() if request.endpoint != "messages/count_tokens" else nullcontext()
+        async with gate, AsyncExitStack() as stack:
             while True:
                 try:
                     response = await stack.enter_async_context(http.open_response(request))

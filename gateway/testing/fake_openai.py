@@ -21,6 +21,8 @@ Script keys (all optional)::
                   529 overloaded_error, any other api_error; its text from ``message``)
     status_on_port  {port: status}: the status only the fake on that port answers with
                   (one script for a pool of fakes behind one route)
+    fault_on_port {port: fault}: likewise, the fault only the fake on that port has
+    reset_at      the piece before which ``reset_mid_stream`` resets (default: half-way)
     headers_delay seconds before the status line
     prefill       seconds after the headers, before the first body byte
     tokens        number of content deltas to stream (default 3)
@@ -426,7 +428,7 @@ class FakeOpenAI:
     async def _scripted_answer(
         self, stream: trio.SocketStream, req: RequestRecord, script: dict[str, Any]
     ) -> bool:
-        fault = script.get("fault")
+        fault: str | None = script.get("fault_on_port", {}).get(str(self.port), script.get("fault"))
         stream_mode = bool(req.body.get("stream"))
         await trio.sleep(script.get("headers_delay", 0))
         if fault in ("reset_before_headers", "close_before_headers"):
@@ -518,10 +520,11 @@ class FakeOpenAI:
         if fault == "garbage":
             pieces = [*pieces[:2], b"\x00\xffnot sse at all " * 8]
         gap_at, gap = script.get("gap_at"), script.get("gap", 0)
+        reset_at = int(script.get("reset_at", len(pieces) // 2))
         for i, piece in enumerate(pieces):
             if gap_at is not None and i == gap_at:
                 await trio.sleep(gap)
-            if fault == "reset_mid_stream" and i == len(pieces) // 2:
+            if fault == "reset_mid_stream" and i == reset_at:
                 _reset(stream)
                 return False
             if fault == "cut_mid_line" and i == len(pieces) // 2:

@@ -12,6 +12,15 @@ from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+MESSAGES = {**CHAT, "max_tokens": 5000}
+NATIVE = {"native_endpoints": ["chat/completions", "messages"]}
+# (path, body, backend table): chat; Messages to a backend that speaks it; Messages to a
+# chat-only backend (translated).
+DIALECTS = {
+    "chat": ("/v1/chat/completions", CHAT, {}),
+    "messages-native": ("/v1/messages", MESSAGES, NATIVE),
+    "messages-translated": ("/v1/messages", MESSAGES, {}),
+}
 
 
 async def wait_for_request(fake: FakeOpenAI, n: int) -> None:
@@ -27,10 +36,14 @@ async def wait_for_request(fake: FakeOpenAI, n: int) -> None:
         ("streaming", {"tokens": 1000, "pace": 0.01}, True),
     ],
 )
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_disconnect_closes_upstream_within_100ms(
-    start_gateway, fake: FakeOpenAI, phase: str, script: dict, early_headers: bool
+    start_gateway, fake: FakeOpenAI, phase: str, script: dict, early_headers: bool, dialect: str
 ) -> None:
-    gw = await start_gateway(keepalive={"interval": 0.05, "early_headers": early_headers})
+    path, body, backend = DIALECTS[dialect]
+    gw = await start_gateway(
+        keepalive={"interval": 0.05, "early_headers": early_headers}, backend=backend
+    )
     client = httpx.AsyncClient(base_url=gw.url, timeout=30)
 
     async def hang_up_after(delay: float, cancel_scope: trio.CancelScope) -> None:
@@ -40,9 +53,7 @@ async def test_disconnect_closes_upstream_within_100ms(
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hang_up_after, 0.3, nursery.cancel_scope)
-            async with client.stream(
-                "POST", "/v1/chat/completions", json={**CHAT, "fake": script}
-            ) as resp:
+            async with client.stream("POST", path, json={**body, "fake": script}) as resp:
                 async for _ in resp.aiter_raw():
                     pass
     assert not scope.cancelled_caught

@@ -5,14 +5,21 @@ bytes clients get, heartbeats, errors in Anthropic's shape, failover, hang-ups."
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
+from gateway.config import build_config
+from gateway.server import serve
+from gateway.service import open_gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, messages_events
 from gateway.testing.waiting import wait_until
+
+from .test_failover_limits import start_fakes
 
 NATIVE = {"native_endpoints": ["chat/completions", "messages", "messages/count_tokens"]}
 ASK: dict[str, Any] = {
@@ -30,6 +37,35 @@ def events_of(raw: bytes) -> list[tuple[str | None, Any]]:
 
 def kinds(raw: bytes) -> list[str | None]:
     return [name for name, _ in events_of(raw)]
+
+
+async def serve_route(
+    nursery: trio.Nursery, backends: dict[str, dict[str, Any]], route: dict[str, Any]
+) -> str:
+    """A gateway on port 0 with one route ``pool`` over ``backends`` in priority order."""
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": backends,
+            "routes": {
+                "pool": {
+                    "targets": [{"backend": name} for name in backends],
+                    "keepalive": {"interval": 0.2},
+                    **route,
+                }
+            },
+        },
+        environ={},
+    )
+
+    async def run(task_status: trio.TaskStatus[str]) -> None:
+        async with open_gateway(config) as gw:
+            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+            task_status.started(url)
+            await trio.sleep_forever()
+
+    url: str = await nursery.start(run)
+    return url
 
 
 async def post(
@@ -215,3 +251,60 @@ async def test_models_in_anthropic_shape_when_asked(start_gateway) -> None:
     assert openai.json()["object"] == "list"
     assert one.json()["type"] == "model"
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [("native", "native"), ("native", "translated"), ("translated", "native")],
+)
+async def test_failover_before_content_is_invisible(
+    nursery: trio.Nursery, first: str, second: str
+) -> None:
+    """The first target starts its answer (``message_start``, or chat's role chunk) and
+    then resets: the client gets the second target's answer as if it were the only one —
+    one ``message_start``, every event once."""
+    fakes = await start_fakes(nursery, ["a", "b"])
+    backends = {
+        name: {"type": "openai", "url": fakes[name].url, **(NATIVE if kind == "native" else {})}
+        for name, kind in zip(("a", "b"), (first, second), strict=True)
+    }
+    url = await serve_route(nursery, backends, {"max_attempts": 2})
+    script = {
+        "tokens": 2,
+        "fault_on_port": {str(fakes["a"].port): "reset_mid_stream"},
+        "reset_at": 1,
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        resp = await post(
+            client, "/v1/messages", {**ASK, "model": "pool", "stream": True, "fake": script}
+        )
+    assert resp.status_code == 200
+    assert fakes["a"].requests[-1].sent  # the first target did start its answer
+    names = kinds(resp.content.replace(PING, b""))
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert len(fakes["b"].requests) == 1  # and the second answered
+
+
+async def test_count_tokens_takes_no_backend_slot(start_gateway) -> None:
+    """A count generates nothing: it is answered while the backend's only slot is taken
+    and its queue is full, where a Messages request gets 529."""
+    gw = await start_gateway(
+        backend={**NATIVE, "admission": {"max_concurrency": 1, "max_queue": 0}}
+    )
+    count = {"model": "m", "messages": [{"role": "user", "content": "a b"}]}
+    async with gw.client() as client, trio.open_nursery() as nursery:
+        nursery.start_soon(post, client, "/v1/messages", {**ASK, "fake": {"prefill": 30}})
+        await wait_until(lambda: gw.gateway.upstreams["fake"].slots.in_flight == 1)
+        counted = await post(client, "/v1/messages/count_tokens", count)
+        refused = await post(client, "/v1/messages", ASK)
+        nursery.cancel_scope.cancel()
+    assert counted.status_code == 200 and counted.json() == {"input_tokens": 12}
+    assert refused.status_code == 529
