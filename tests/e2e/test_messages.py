@@ -5,6 +5,7 @@ bytes clients get, heartbeats, errors in Anthropic's shape, failover, hang-ups."
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from typing import Any
 
@@ -308,3 +309,34 @@ async def test_count_tokens_takes_no_backend_slot(start_gateway) -> None:
         nursery.cancel_scope.cancel()
     assert counted.status_code == 200 and counted.json() == {"input_tokens": 12}
     assert refused.status_code == 529
+
+
+async def test_metrics_and_access_log(start_gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """Requests counted under endpoint ``messages``, pings under heartbeats, tokens from the
+    answer's usage (native: message_start + message_delta; translated: chat's usage)."""
+    from .test_observability import delta, scrape
+
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    for backend in (NATIVE, {}):
+        gw = await start_gateway(backend=backend, keepalive={"interval": 0.2})
+        async with gw.client() as client:
+            before = await scrape(client)
+            body = {**ASK, "stream": True, "fake": {"tokens": 4, "prefill": 0.5}}
+            resp = await post(client, "/v1/messages", body)
+            await gw.gateway.inflight.wait_empty()
+            after = await scrape(client)
+        pings = resp.content.count(PING)
+        assert pings >= 2
+        assert delta(before, after, "trio_gateway_heartbeats_total", route="chat") == pings
+        labels = {"route": "chat", "backend": "fake", "endpoint": "messages", "status": "200"}
+        assert (
+            delta(before, after, "trio_gateway_requests_total", **labels, outcome="completed") == 1
+        )
+        tokens = {"route": "chat", "backend": "fake"}
+        assert delta(before, after, "trio_gateway_tokens_total", **tokens, kind="prompt") == 5
+        assert delta(before, after, "trio_gateway_tokens_total", **tokens, kind="completion") == 4
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    relayed = [line for line in lines if line.get("endpoint") == "messages"]
+    assert [(line["status"], line["outcome"]) for line in relayed] == [(200, "completed")] * 2
+    assert [line["completion_tokens"] for line in relayed] == [4, 4]
+    assert all(line["heartbeats"] >= 2 for line in relayed)
