@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .asgi import GatewayHTTPConnection, StatusFeedResponse
-from .dialects import MESSAGES
+from .dialects import CHAT, MESSAGES, dialect_of_request
 from .errors import (
     BodyTooLarge,
     GatewayError,
@@ -130,9 +130,8 @@ def _answer_errors(app: QuartTrio) -> None:
 
 
 def error_response(error: GatewayError) -> Response:
-    """The error in the caller's dialect: Anthropic's for a request that names an
-    ``anthropic-version`` (its SDKs send one on every call), else OpenAI's."""
-    if "anthropic-version" not in request.headers:
+    """The error in the caller's dialect (:func:`~gateway.dialects.dialect_of_request`)."""
+    if dialect_of_request(request.path, "anthropic-version" in request.headers) is CHAT:
         return Response(
             error_json(error),
             status=error.status,

@@ -20,6 +20,7 @@ after its last byte), so a long answer is never cut by them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import trio
@@ -33,7 +34,8 @@ from hypercorn.typing import (
     Scope,
 )
 
-from .errors import AmbiguousFraming, GatewayError, RequestTimeout, error_head, error_json
+from .dialects import dialect_of_request
+from .errors import AmbiguousFraming, GatewayError, RequestTimeout
 from .inbound import endpoint_label, request_ids
 from .telemetry import Telemetry
 
@@ -169,25 +171,28 @@ async def _answer(
     telemetry: Telemetry,
     started: float,
 ) -> None:
-    """Send ``error`` as a whole answer in OpenAI's shape, with the request's ids, and
+    """Send ``error`` as a whole answer in the client's dialect, with the request's ids, and
     count and log it like every answer the gateway gives itself."""
     headers = {name.decode("latin-1").lower(): value for name, value in scope["headers"]}
     request_id, traceparent = request_ids(
         headers.get("x-request-id", b"").decode("latin-1"),
         headers.get("traceparent", b"").decode("latin-1"),
     )
-    body = error_json(error)
+    dialect = dialect_of_request(scope["path"], "anthropic-version" in headers)
+    body = dialect.error_json(error)
+    status = dialect.status(error)
     head = [
-        *error_head(error, body),
+        *dialect.error_head(error, body, time.time()),
         (b"x-request-id", request_id.encode()),
         (b"traceparent", traceparent.encode()),
+        *dialect.id_headers(request_id),
     ]
-    await send({"type": "http.response.start", "status": error.status, "headers": head})
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     telemetry.on_answered(
         route="",
         endpoint=endpoint_label(scope["path"]),
-        status=error.status,
+        status=status,
         fields={
             "request_id": request_id,
             "method": scope["method"],

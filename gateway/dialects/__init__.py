@@ -9,9 +9,18 @@ from .base import Dialect
 from .chat import CHAT
 from .messages import MESSAGES
 
-__all__ = ["CHAT", "MESSAGES", "Dialect", "dialect_of"]
+__all__ = ["CHAT", "MESSAGES", "Dialect", "dialect_of", "dialect_of_request"]
+
+MESSAGES_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 def dialect_of(endpoint: Endpoint) -> Dialect:
     """The dialect a client of ``endpoint`` speaks."""
     return MESSAGES if endpoint in ("messages", "messages/count_tokens") else CHAT
+
+
+def dialect_of_request(path: str, has_anthropic_version: bool) -> Dialect:
+    """The dialect to answer a request in before it is known what it asks for (a refused
+    body, an unknown path): Anthropic's on its paths and for its SDKs, which send an
+    ``anthropic-version`` header on every call; OpenAI's otherwise."""
+    return MESSAGES if has_anthropic_version or path in MESSAGES_PATHS else CHAT

@@ -435,3 +435,32 @@ async def test_idle_connections_closed_by_clients_are_released_at_once(start_gat
     took = await wait_until(lambda: server_sockets(port) == 0, within=2)
     await wait_until(lambda: open_fds() <= fds_before, within=2)
     assert took < 2  # hypercorn alone held them in CLOSE_WAIT for the keep-alive time
+
+
+async def test_refusals_on_messages_paths_are_in_anthropic_shape(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """A smuggling attempt on /v1/messages and a silent body there are refused in the
+    dialect of that path: Anthropic's error object, with its ``request-id`` header."""
+    gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 30})
+    stream = await connect(gw)
+    async with stream:
+        await stream.send_all(cl_te_attack("/v1/messages", "cl-first", "lower"))
+        answer = await read_answer(stream, bytearray())
+    assert answer.status == 400 and answer.headers["connection"] == "close"
+    assert json.loads(answer.body)["error"]["type"] == "invalid_request_error"
+    assert json.loads(answer.body)["type"] == "error" and "request-id" in answer.headers
+    stream = await connect(gw)
+    async with stream:
+        head = chat_request(body=b"").replace(b"/v1/chat/completions", b"/v1/messages")
+        await stream.send_all(head.replace(b"content-length: 0", b"content-length: 100"))
+        answer = await read_answer(stream, bytearray())
+    assert answer.status == 408
+    assert json.loads(answer.body) == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": json.loads(answer.body)["error"]["message"],
+        },
+    }
+    assert fake.requests == []
