@@ -42,7 +42,12 @@ the ``gateway`` package is internal):
   :func:`sse_data` (one ``data:`` event of compact JSON), :data:`SSE_DONE`,
   :func:`json_bytes` (a whole JSON body) and :class:`CompletionEncoder` (the chunks and
   the whole answer of a chat or text completion).
-* Types: :data:`Endpoint`, :data:`JSONObject`, :data:`JSONValue`, :class:`BackendStatus`
+* Dialects: a backend speaks OpenAI's endpoints unless :attr:`Backend.native_endpoints`
+  lists more (a backend table's ``native_endpoints`` overrides it); Anthropic ``messages``
+  reach it translated to ``chat/completions`` otherwise, and a token count asks
+  :meth:`Backend.count_tokens`, which refuses with :class:`CannotCountTokens` unless the
+  backend can count exactly.
+* Types: :data:`Endpoint`, :data:`OPENAI_ENDPOINTS`, :data:`JSONObject`, :data:`JSONValue`, :class:`BackendStatus`
   and :data:`Health`.
 """
 
