@@ -100,3 +100,23 @@ async def test_a_truncated_stream_becomes_an_error_event_not_a_clean_end() -> No
     data = [e.data for e in parse_sse(resp.content) if e.data is not None]
     assert "[DONE]" not in data
     assert '"upstream_protocol_error"' in data[-1]
+
+
+async def test_a_plugin_serves_anthropic_messages_translated() -> None:
+    """A plugin speaks chat only; the gateway serves Anthropic Messages on it all the same:
+    pings through the prefill, then Anthropic's event grammar made from its chat chunks."""
+    body = {"model": "sim", "max_tokens": 3, "stream": True, "messages": CHAT["messages"]}
+    # The request's max_tokens (3) stops the answer before the simulator's own length (5).
+    async with serving(prefill=0.4, max_tokens=5) as served, served.client() as client:
+        resp = await client.post("/v1/messages", json=body)
+        whole = await client.post("/v1/messages", json={**body, "stream": False})
+    assert resp.status_code == 200
+    events = parse_sse(resp.content)
+    names = [e.event for e in events if e.data is not None]
+    assert names[:2] == ["ping", "ping"], "pings through the 0.4 s prefill"
+    content = [n for n in names if n != "ping"]
+    assert content[0] == "message_start" and content[-2:] == ["message_delta", "message_stop"]
+    assert content.count("content_block_delta") == 3
+    message = whole.json()
+    assert message["type"] == "message" and message["model"] == "sim"
+    assert message["stop_reason"] == "max_tokens" and message["usage"]["output_tokens"] == 3
