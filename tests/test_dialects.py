@@ -5,10 +5,12 @@ writes, holds back and ends on, fed at every split point."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from gateway.config import KeepaliveSettings
+from gateway.abc import Backend, BackendSettings, Endpoint, JSONObject, UpstreamRequest
+from gateway.config import KeepaliveSettings, TargetSettings
 from gateway.dialects import CHAT, MESSAGES, dialect_of
 from gateway.dialects.base import Fed, StreamPipe, Tokens
 from gateway.dialects.chat import ChatPassthrough
@@ -28,6 +30,7 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from gateway.plans import Plan, plan_request
 from gateway.testing.fake_openai import chat_events
 
 
@@ -229,3 +232,80 @@ def test_translated_stream_refuses_what_is_not_json() -> None:
     pipe = MessagesFromChat("msg_x", "m").stream()
     with pytest.raises(UpstreamProtocolError):
         pipe.feed(b"data: {not json\n\n")
+
+
+class _Backend(Backend):
+    def __init__(self, native: list[str] | None = None) -> None:
+        settings = {"type": "x"} | ({"native_endpoints": native} if native is not None else {})
+        super().__init__("b", BackendSettings(**settings))
+
+    def open_response(self, request: UpstreamRequest) -> Any:
+        raise NotImplementedError
+
+
+MESSAGES_BODY: JSONObject = {
+    "model": "m",
+    "max_tokens": 9,
+    "stream": True,
+    "stop_sequences": ["END"],
+    "messages": [{"role": "user", "content": "hi"}],
+    "cache_prompt": True,
+}
+
+
+def plan_of(endpoint: Endpoint, body: JSONObject, *backends: Backend) -> Plan:
+    return plan_request(
+        endpoint,
+        body,
+        backends,
+        model="public",
+        stream=endpoint == "messages",
+        request_id="rid",
+        headers={"x-request-id": "rid"},
+        client_headers={"anthropic-version": "2023-06-01", "authorization": "Bearer k"},
+    )
+
+
+def test_plan_per_target_passthrough_or_translation() -> None:
+    native, chat = _Backend(["messages", "messages/count_tokens"]), _Backend()
+    plan = plan_of("messages", MESSAGES_BODY, native, chat)
+    target = TargetSettings(backend="b", model="upstream")
+    to_native, to_chat = plan.for_target(native, target), plan.for_target(chat, target)
+    assert to_native.request.endpoint == "messages" and to_native.open is None
+    assert to_native.request.body == {**MESSAGES_BODY, "model": "upstream"}
+    # The client's Anthropic headers go only where Messages is spoken; its key never.
+    assert to_native.request.headers == {"x-request-id": "rid", "anthropic-version": "2023-06-01"}
+    assert isinstance(to_native.shape, MessagesPassthrough) and to_native.admitted
+    assert to_chat.request.endpoint == "chat/completions"
+    assert to_chat.request.headers == {"x-request-id": "rid"}
+    assert to_chat.request.body["model"] == "upstream"
+    assert to_chat.request.body["stop"] == ["END"] and to_chat.request.body["cache_prompt"]
+    assert isinstance(to_chat.shape, MessagesFromChat) and to_chat.shape.model == "public"
+    assert to_chat.shape.stop_sequences == ("END",)
+
+
+def test_plan_of_an_all_native_route_never_translates() -> None:
+    native = _Backend(["messages"])
+    body = {**MESSAGES_BODY, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    plan = plan_of("messages", body, native)  # a server tool: translation would refuse it
+    assert plan.chat_body is None
+
+
+def test_plan_of_counts_takes_no_slot() -> None:
+    native, chat = _Backend(["messages/count_tokens"]), _Backend()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    plan = plan_of("messages/count_tokens", body, native, chat)
+    target = TargetSettings(backend="b")
+    counted, asked = plan.for_target(chat, target), plan.for_target(native, target)
+    assert not counted.admitted and counted.open is not None
+    assert counted.request.endpoint == "chat/completions"
+    assert not asked.admitted and asked.open is None
+    assert asked.request.endpoint == "messages/count_tokens"
+
+
+def test_chat_plans_pass_through() -> None:
+    body: JSONObject = {"model": "m", "messages": []}
+    planned = plan_of("chat/completions", body, _Backend()).for_target(
+        _Backend(), TargetSettings(backend="b")
+    )
+    assert planned.request.body is body and isinstance(planned.shape, ChatPassthrough)
