@@ -30,13 +30,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import trio
 
-from .abc import UpstreamRequest, UpstreamResponse
+from .abc import JSONObject, UpstreamRequest, UpstreamResponse
 from .balancer import counts_against_backend, is_retryable
 from .config import KeepaliveSettings
 from .dialects.base import Dialect, Shape, Tokens
@@ -112,6 +112,9 @@ class Exchange:
     team: str = ""
     key_id: str = ""
     dialect: Dialect = CHAT
+    keep: Callable[[JSONObject], Awaitable[None]] | None = None
+    """Called with the whole answer before its end reaches the client, for dialects that
+    keep answers (stored Responses): a client that asks for it next finds it."""
     on_finish: Callable[[InFlight], None] | None = None
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
@@ -172,8 +175,9 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
                         if early
                         else None
                     )
-                    data = exchange.dialect.heartbeat(policy) if stream else b" "
-                    nursery.start_soon(heartbeat, writer, data, entry, commit)
+                    nursery.start_soon(
+                        heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
+                    )
                 error = await _run(exchange, writer, entry)
                 nursery.cancel_scope.cancel()
         else:
@@ -389,9 +393,12 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
     then cuts the response)."""
     dialect = exchange.dialect
     if writer.started:
-        await writer.write(
-            dialect.error_event(error) if exchange.stream else dialect.error_json(error)
-        )
+        if not exchange.stream:
+            await writer.write(dialect.error_json(error))
+            return
+        pipe = writer.pipe
+        event = pipe.error_event(error) if pipe is not None else None
+        await writer.write(event if event is not None else dialect.error_event(error))
         return
     body = dialect.error_json(error)
     head = dialect.error_head(error, body, time.time())
@@ -405,6 +412,21 @@ def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
         f"upstream timed out: no {'byte' if name != 'total' else 'completion'} within the "
         f"{name} limit of {clock.limit(name):g} s"
     )
+
+
+def _heartbeat(writer: ResponseWriter, exchange: Exchange, stream: bool) -> Callable[[], bytes]:
+    """What a heartbeat writes: for a stream, the relayed stream's own heartbeat when it
+    has one now, else the dialect's; for a whole answer, JSON whitespace."""
+    if not stream:
+        return lambda: b" "
+    default = exchange.dialect.heartbeat(exchange.keepalive)
+
+    def beat() -> bytes:
+        pipe = writer.pipe
+        own = pipe.heartbeat() if pipe is not None else None
+        return own if own is not None else default
+
+    return beat
 
 
 def _open(attempt: Attempt) -> AbstractAsyncContextManager[UpstreamResponse]:
@@ -423,6 +445,7 @@ async def _relay_stream(
         with trio.CancelScope(deadline=clock.deadline) as timer:
             async with _open(attempt) as response:
                 _check_content_type(response, "text/event-stream")
+                writer.pipe = pipe
                 entry.phase = "prefill"
                 exchange.log.append(f"{attempt.upstream.id}=ok")
                 await writer.start(200, sse_headers(exchange.headers()))
@@ -436,6 +459,8 @@ async def _relay_stream(
                     if fed.end:
                         # The terminal event and the end of the response, as one message.
                         entry.phase = "finishing"
+                        if exchange.keep is not None and pipe.result is not None:
+                            await exchange.keep(pipe.result)
                         writer.write_last(fed.out)
                         await writer.end()
                         timer.deadline = math.inf  # upstream timers guard a relay that is over
@@ -493,6 +518,8 @@ async def _relay_unary(
     tokens = Tokens()
     body = attempt.shape.whole(b"".join(parts), tokens)
     _take_tokens(entry, tokens)
+    if exchange.keep is not None and attempt.shape.result is not None:
+        await exchange.keep(attempt.shape.result)
     writer.data_sent = True
     exchange.log.append(f"{attempt.upstream.id}=ok")
     headers = json_headers(exchange.headers(), content_type)

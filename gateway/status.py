@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["FEED_KEEPALIVE", "page_html", "serve_feed", "snapshot"]
 
 FEED_KEEPALIVE = KeepaliveSettings(interval=5.0, comment="keepalive")
+_FEED_BEAT = comment_heartbeat(FEED_KEEPALIVE)
 FEED_REFRESH = 0.25  # seconds between looks at the gateway's state
 
 
@@ -104,9 +105,7 @@ async def serve_feed(send: object, gateway: Gateway, request_id: str, extra: Hea
         await writer.start(200, sse_headers(extra))
         with entry.scope:  # the heartbeat cancels it when a write of its own fails
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    heartbeat, writer, comment_heartbeat(FEED_KEEPALIVE), entry, None
-                )
+                nursery.start_soon(heartbeat, writer, lambda: _FEED_BEAT, entry, None)
                 await _send_changes(writer, gateway)
                 nursery.cancel_scope.cancel()
         if not writer.gone:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from .dialects.base import StreamPipe
 from .inflight import InFlight
 from .timers import HeartbeatClock
 
@@ -35,6 +36,7 @@ class ResponseWriter:
         "data_sent",
         "finished",
         "gone",
+        "pipe",
         "started",
         "status",
     )
@@ -49,6 +51,8 @@ class ResponseWriter:
         self.data_sent = False  # an upstream data event reached the client: no failover now
         self.finished = False
         self.gone = False
+        self.pipe: StreamPipe | None = None
+        """The stream of the attempt being relayed, once its upstream answered."""
         self.status: int | None = None
         self.bytes_sent = 0
 
@@ -120,10 +124,12 @@ class ResponseWriter:
         await self._started_event.wait()
 
     async def write_if_silent(
-        self, data: bytes, commit: Callable[[], Headers] | None = None
+        self, data: Callable[[], bytes], commit: Callable[[], Headers] | None = None
     ) -> bool:
-        """Write ``data`` only if the client heard nothing for the clock's interval. When
-        headers are not out yet and ``commit`` is given, send ``200`` with its headers first."""
+        """Write ``data()`` only if the client heard nothing for the clock's interval. When
+        headers are not out yet and ``commit`` is given, send ``200`` with its headers first.
+        ``data`` is called under the lock, right before the write: a heartbeat that numbers
+        itself in the stream (Responses' ``keepalive`` events) gets its place there."""
         assert self.clock is not None
         await self._acquire()
         try:
@@ -133,7 +139,7 @@ class ResponseWriter:
                 if commit is None:
                     return False
                 await self._start_locked(200, commit())
-            await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
+            await self._asgi({"type": "http.response.body", "body": data(), "more_body": True})
             return True
         finally:
             self._lock.release()
@@ -141,11 +147,11 @@ class ResponseWriter:
 
 async def heartbeat(
     writer: ResponseWriter,
-    data: bytes,
+    data: Callable[[], bytes],
     entry: InFlight,
     commit: Callable[[], Headers] | None,
 ) -> None:
-    """Write ``data`` whenever the client heard nothing for the interval.
+    """Write ``data()`` whenever the client heard nothing for the interval.
 
     With ``commit`` (early headers), the first heartbeat also commits ``200`` and the
     headers ``commit()`` returns — so a failure, or a whole failover, that is over before

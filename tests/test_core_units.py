@@ -156,7 +156,7 @@ async def test_heartbeat_task_timing(autojump_clock: MockClock) -> None:
     writer = ResponseWriter(send, HeartbeatClock(1.0, start))
     entry = InFlight("r", "route", "backend", True, start)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(heartbeat, writer, b": hb\n\n", entry, None)
+        nursery.start_soon(heartbeat, writer, lambda: b": hb\n\n", entry, None)
         await writer.start(200, [])
         await trio.sleep(3.5)
         await writer.write(b"data: x\n\n")  # at 3.5: the next heartbeat moves to 4.5

@@ -13,6 +13,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError
 
@@ -56,6 +57,22 @@ class StreamPipe(abc.ABC):
     def __init__(self) -> None:
         self.tokens = Tokens()
 
+    @property
+    def result(self) -> JSONObject | None:
+        """The whole answer, once the stream's end arrived, for dialects that keep answers
+        (stored Responses); ``None`` otherwise."""
+        return None
+
+    def heartbeat(self) -> bytes | None:
+        """A heartbeat that belongs in this stream now (one that takes a place in its
+        numbering), or ``None`` for the dialect's own."""
+        return None
+
+    def error_event(self, error: GatewayError) -> bytes | None:
+        """The event that ends this stream with ``error`` where that depends on what the
+        client has of it, or ``None`` for the dialect's own."""
+        return None
+
     @abc.abstractmethod
     def feed(self, chunk: bytes) -> Fed:
         """Take the next upstream bytes. Raises
@@ -73,7 +90,11 @@ class StreamPipe(abc.ABC):
 
 
 class Shape(abc.ABC):
-    """How one attempt's answer reaches the client: passed through or translated."""
+    """How one attempt's answer reaches the client: passed through or translated.
+    ``result``: the whole answer of the last :meth:`whole`, for dialects that keep
+    answers (stored Responses); ``None`` otherwise."""
+
+    result: JSONObject | None = None
 
     @abc.abstractmethod
     def stream(self) -> StreamPipe:
