@@ -1,0 +1,228 @@
+"""OpenAI's Responses dialect: OpenAI error bodies with their real statuses before the
+commit; after it, a stream ends with ``response.failed`` (never ``response.completed``);
+heartbeats are SSE comments, or — where a route asks — Responses' own ``keepalive`` events,
+sent only after ``response.created`` and numbered into the stream's ``sequence_number``s.
+
+Answers come passed through from backends that speak Responses (:class:`ResponsesPassthrough`,
+renumbered only when keepalive events were inserted) or translated from chat
+(:class:`ResponsesFromChat`). Either way nothing of an attempt reaches the client before its
+first output item (``response.created`` waits for it), so a failover before it is invisible;
+and the whole response is kept (:attr:`StreamPipe.result`) for the gateway's store.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..abc import JSONObject
+from ..config import KeepaliveSettings
+from ..errors import GatewayError, UpstreamProtocolError, UpstreamStatusError, error_json
+from ..sse import SSEEvent, SSEFramer
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
+from .chat import comment_heartbeat
+
+__all__ = ["RESPONSES", "ResponsesDialect", "ResponsesPassthrough"]
+
+# The events that end a complete Responses stream.
+TERMINAL = frozenset({"response.completed", "response.incomplete"})
+# The events before the first output item: held back until it comes.
+_OPENING = frozenset({"response.created", "response.in_progress", "response.queued"})
+
+
+def _event(doc: JSONObject) -> bytes:
+    return (
+        b"event: "
+        + str(doc["type"]).encode()
+        + b"\ndata: "
+        + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        + b"\n\n"
+    )
+
+
+def error_code(error: GatewayError) -> str:
+    """The ``code`` of a Responses error object for ``error``."""
+    return error.code or ("server_error" if error.status >= 500 else "invalid_request")
+
+
+class ResponsesDialect(Dialect):
+    name = "responses"
+
+    def status(self, error: GatewayError) -> int:
+        return error.status
+
+    def error_json(self, error: GatewayError) -> bytes:
+        return error_json(error)
+
+    def error_event(self, error: GatewayError) -> bytes:
+        # Nothing of the response is out (no response.created): the stream's own error event.
+        return _event(
+            {
+                "type": "error",
+                "code": error_code(error),
+                "message": error.message,
+                "param": error.param,
+                "sequence_number": 0,
+            }
+        )
+
+    def heartbeat(self, policy: KeepaliveSettings) -> bytes:
+        return comment_heartbeat(policy)
+
+
+RESPONSES = ResponsesDialect()
+
+
+def _note_response_usage(response: object, tokens: Tokens) -> None:
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return
+    for name, field in (("input_tokens", "prompt"), ("output_tokens", "completion")):
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(tokens, field, value)
+
+
+def _upstream_error(doc: JSONObject) -> UpstreamStatusError:
+    """An upstream's ``error`` event or ``response.failed`` before any output."""
+    error = doc.get("error") if doc.get("type") == "response.failed" else doc
+    response = doc.get("response")
+    if isinstance(response, dict) and isinstance(response.get("error"), dict):
+        error = response["error"]
+    message = error.get("message") if isinstance(error, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return UpstreamStatusError(
+        502,
+        str(message or "upstream failed the response"),
+        type="upstream_error",
+        code=str(code) if code is not None else None,
+    )
+
+
+class _NativeStream(StreamPipe):
+    """The upstream's Responses events, unchanged unless keepalive events were inserted
+    (then every later ``sequence_number`` is moved up by their count), up to
+    ``response.completed``/``response.incomplete``."""
+
+    __slots__ = ("_events", "_framer", "_held", "_last", "_offset", "_opened", "_result")
+
+    unfinished = "upstream closed the stream before response.completed"
+
+    def __init__(self, keepalive_events: bool) -> None:
+        super().__init__()
+        self._framer = SSEFramer()
+        self._events = keepalive_events
+        self._held: list[bytes] | None = []  # None once the first output item went out
+        self._opened: JSONObject | None = None  # the response of response.created
+        self._offset = 0  # keepalive events inserted so far
+        self._last = -1  # the last sequence number the client has
+        self._result: JSONObject | None = None
+
+    def feed(self, chunk: bytes) -> Fed:
+        events = self._framer.feed(chunk)
+        if not events:
+            return NOTHING
+        out: list[bytes] = []
+        end = False
+        for event in events:
+            if event.data is None:
+                (self._held if self._held is not None else out).append(event.raw)
+                continue
+            doc = self._parse(event)
+            kind = doc.get("type")
+            if kind == "error" or (kind == "response.failed" and self._held is not None):
+                raise _upstream_error(doc)
+            raw = self._renumbered(event, doc)
+            if self._held is not None:
+                self._held.append(raw)
+                if kind in _OPENING:
+                    opened = doc.get("response")
+                    if kind == "response.created" and isinstance(opened, dict):
+                        self._opened = opened
+                    continue
+                out.extend(self._held)
+                self._held = None
+            else:
+                out.append(raw)
+            if kind in TERMINAL or kind == "response.failed":
+                response = doc.get("response")
+                if kind in TERMINAL and isinstance(response, dict):
+                    self._result = response
+                    _note_response_usage(response, self.tokens)
+                end = True
+                break
+        if not out:
+            return NOTHING
+        return Fed(b"".join(out), True, end)
+
+    def _parse(self, event: SSEEvent) -> JSONObject:
+        try:
+            doc = json.loads(event.data or "")
+        except ValueError:
+            raise UpstreamProtocolError(
+                f"upstream sent an event that is not JSON: {(event.data or '')[:200]!r}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise UpstreamProtocolError("upstream sent an event that is not a JSON object")
+        return doc
+
+    def _renumbered(self, event: SSEEvent, doc: JSONObject) -> bytes:
+        number = doc.get("sequence_number")
+        if not isinstance(number, int) or isinstance(number, bool):
+            return event.raw
+        self._last = number + self._offset
+        if not self._offset:
+            return event.raw
+        return _event({**doc, "sequence_number": self._last})
+
+    def heartbeat(self) -> bytes | None:
+        if not self._events or self._held is not None:
+            return None  # comments until response.created is out
+        self._offset += 1
+        self._last += 1
+        return _event({"type": "keepalive", "sequence_number": self._last})
+
+    def error_event(self, error: GatewayError) -> bytes | None:
+        if self._held is not None or self._opened is None:
+            return None
+        self._last += 1
+        failed: JSONObject = {
+            **self._opened,
+            "status": "failed",
+            "error": {"code": error_code(error), "message": error.message},
+        }
+        return _event(
+            {"type": "response.failed", "response": failed, "sequence_number": self._last}
+        )
+
+    @property
+    def result(self) -> JSONObject | None:
+        return self._result
+
+    @property
+    def pending(self) -> bool:
+        return self._framer.pending
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._framer.pending_bytes
+
+
+class ResponsesPassthrough(Shape):
+    """A Responses answer from a backend that speaks Responses."""
+
+    def __init__(self, keepalive_events: bool = False) -> None:
+        self.keepalive_events = keepalive_events
+        self.result: JSONObject | None = None
+
+    def stream(self) -> StreamPipe:
+        return _NativeStream(self.keepalive_events)
+
+    def whole(self, body: bytes, tokens: Tokens) -> bytes:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
+        if isinstance(doc, dict) and doc.get("object") == "response":
+            self.result = doc
+            _note_response_usage(doc, tokens)
+        return body
