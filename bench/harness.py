@@ -7,6 +7,10 @@ Targets, all in front of the same fake upstream (``upstream.py``, its own proces
 * ``nginx`` — Debian's nginx, one worker, ``proxy_buffering off``.
 * ``litellm`` — LiteLLM's proxy, pinned, one worker, its production settings.
 
+Scenarios (``--scenarios``, all by default): ``unary`` (1, and 5 from its numbers),
+``stream`` (2), ``sustain`` (3), ``idle`` (4, trio-gateway only), ``messages`` (6: Anthropic
+Messages beside chat, direct and trio-gateway only; ``messages_scenario.py``).
+
 Pinning: with two or more CPUs the server under test runs on the last CPU, the upstream and
 the load generator on the others (CPU 0). Each scenario is repeated (``--repeats``, in a
 rotating target order) and the medians are reported. Run through ``bench/run``; the results
@@ -36,6 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from messages_scenario import run_messages, summarize_messages
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PY = sys.executable
@@ -45,6 +51,7 @@ TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
 # Optional references (--targets ...,asgi-floor,quart-floor,httpx-floor): the gateway's stack
 # without the gateway, to tell framework cost from ours (floor_app.py).
 FLOORS = ("asgi-floor", "quart-floor", "httpx-floor")
+SCENARIOS = ("unary", "stream", "sustain", "idle", "messages")
 
 
 def log(message: str) -> None:
@@ -257,7 +264,7 @@ def loadgen(
         cmd += ["--key", server.key]
     if "--pid" not in args:
         cmd += ["--pid", str(server.pid)]
-    if server.name == "upstream":
+    if server.name == "upstream" and "--path" not in args:
         cmd += ["--path", "/v1/chat/completions"]
     try:
         done = subprocess.run(
@@ -317,13 +324,14 @@ class Plan:
     idle_streams: int
     idle_prefill: float
     idle_repeats: int
+    messages_streams: int  # scenario 6's load: this many streams of sustain_tokens deltas
 
 
-QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1)
+QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1, 20)
 # Scenario 4 runs 1,000 streams, not the issue's 10,000: on this two-core machine the gateway
 # cannot open 2,000 streams within a 40 s prefill (see bench/README.md); --idle-streams
 # 10000 asks for the full size.
-FULL = Plan(3, (1, 4, 16, 64), 3.0, 10, 64, 75, 50, 2000, 1_000, 60.0, 3)
+FULL = Plan(3, (1, 4, 16, 64), 3.0, 10, 64, 75, 50, 2000, 1_000, 60.0, 3, 50)
 
 
 def sustain_search(
@@ -381,8 +389,30 @@ def sustain_search(
     return good
 
 
-def run_target(cpus: set[int], server: Server, plan: Plan, hint: int | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"unary": {}, "sustain_trials": []}
+def run_target(
+    cpus: set[int],
+    target: str,
+    server: Server,
+    plan: Plan,
+    hint: int | None,
+    scenarios: tuple[str, ...],
+    repeat: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "unary" in scenarios:
+        out["unary"] = run_unary_levels(cpus, server, plan)
+    if "stream" in scenarios:
+        out["stream"] = run_stream_c1(cpus, server, plan)
+    if "sustain" in scenarios:
+        out["sustain_trials"] = []
+        out["sustain_max"] = sustain_search(cpus, server, plan, hint, out["sustain_trials"])
+    if "messages" in scenarios:
+        out["messages"] = run_messages(target, partial(loadgen, cpus, server), plan, repeat, log)
+    return out
+
+
+def run_unary_levels(cpus: set[int], server: Server, plan: Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for c in plan.unary_levels:
         r = loadgen(
             cpus,
@@ -395,11 +425,15 @@ def run_target(cpus: set[int], server: Server, plan: Plan, hint: int | None) -> 
             "--warmup",
             "1.0",
         )
-        out["unary"][str(c)] = r
+        out[str(c)] = r
         log(
             f"  unary {server.name} c={c}: p50 {r['latency_ms']['p50']} p99 "
             f"{r['latency_ms']['p99']} ms, {r['rps']} req/s, errors {r['errors'] or 0}"
         )
+    return out
+
+
+def run_stream_c1(cpus: set[int], server: Server, plan: Plan) -> dict[str, Any]:
     r = loadgen(
         cpus,
         server,
@@ -411,13 +445,11 @@ def run_target(cpus: set[int], server: Server, plan: Plan, hint: int | None) -> 
         "--tokens",
         str(plan.stream_tokens),
     )
-    out["stream"] = r
     log(
         f"  stream {server.name}: ttft p50 {r['ttft_ms']['p50']} inter p99 "
         f"{r['inter_chunk_ms']['p99']} ms, coalesced {r['coalesced']}, missing {r['missing']}"
     )
-    out["sustain_max"] = sustain_search(cpus, server, plan, hint, out["sustain_trials"])
-    return out
+    return r
 
 
 def run_idle(
@@ -525,38 +557,44 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """Medians over repeats of each target's numbers."""
     summary: dict[str, Any] = {}
     for target, runs in raw["runs"].items():
-        s: dict[str, Any] = {"unary": {}}
-        for c in plan.unary_levels:
-            key = str(c)
-            rs = [r["unary"][key] for r in runs]
-            s["unary"][key] = {
-                "p50": median([r["latency_ms"]["p50"] for r in rs]),
-                "p99": median([r["latency_ms"]["p99"] for r in rs]),
-                "rps": median([r["rps"] for r in rs]),
-                "cpu_us": median([r.get("server_cpu_us_per_request") for r in rs]),
-                "errors": sum(sum(r["errors"].values()) for r in rs)
-                + sum(r["requests"] - r["ok"] for r in rs),
+        s: dict[str, Any] = {}
+        if runs and "unary" in runs[0]:
+            s["unary"] = {}
+            for c in plan.unary_levels:
+                key = str(c)
+                rs = [r["unary"][key] for r in runs]
+                s["unary"][key] = {
+                    "p50": median([r["latency_ms"]["p50"] for r in rs]),
+                    "p99": median([r["latency_ms"]["p99"] for r in rs]),
+                    "rps": median([r["rps"] for r in rs]),
+                    "cpu_us": median([r.get("server_cpu_us_per_request") for r in rs]),
+                    "errors": sum(sum(r["errors"].values()) for r in rs)
+                    + sum(r["requests"] - r["ok"] for r in rs),
+                }
+            ok = [
+                (s["unary"][str(c)]["rps"], c)
+                for c in plan.unary_levels
+                if s["unary"][str(c)]["p99"] is not None and s["unary"][str(c)]["p99"] <= 50
+            ]
+            s["throughput"] = max(ok) if ok else (None, None)
+        if runs and "stream" in runs[0]:
+            streams = [r["stream"] for r in runs]
+            s["stream"] = {
+                "ttft_p50": median([r["ttft_ms"]["p50"] for r in streams]),
+                "ttft_p99": median([r["ttft_ms"]["p99"] for r in streams]),
+                "inter_p50": median([r["inter_chunk_ms"]["p50"] for r in streams]),
+                "inter_p99": median([r["inter_chunk_ms"]["p99"] for r in streams]),
+                "coalesced": sum(r["coalesced"] for r in streams),
+                "deltas": sum(r["inter_chunk_ms"]["n"] + r["streams"] for r in streams),
+                "missing": sum(r["missing"] for r in streams),
             }
-        streams = [r["stream"] for r in runs]
-        s["stream"] = {
-            "ttft_p50": median([r["ttft_ms"]["p50"] for r in streams]),
-            "ttft_p99": median([r["ttft_ms"]["p99"] for r in streams]),
-            "inter_p50": median([r["inter_chunk_ms"]["p50"] for r in streams]),
-            "inter_p99": median([r["inter_chunk_ms"]["p99"] for r in streams]),
-            "coalesced": sum(r["coalesced"] for r in streams),
-            "deltas": sum(r["inter_chunk_ms"]["n"] + r["streams"] for r in streams),
-            "missing": sum(r["missing"] for r in streams),
-        }
-        passed = [t for r in runs for t in r["sustain_trials"] if t["passed"]]
-        s["stream_cpu_us"] = median([t.get("server_cpu_us_per_event") for t in passed])
-        s["sustain_max"] = median([r["sustain_max"] for r in runs])
-        s["sustain_each"] = [r["sustain_max"] for r in runs]
-        ok = [
-            (s["unary"][str(c)]["rps"], c)
-            for c in plan.unary_levels
-            if s["unary"][str(c)]["p99"] is not None and s["unary"][str(c)]["p99"] <= 50
-        ]
-        s["throughput"] = max(ok) if ok else (None, None)
+        if runs and "sustain_trials" in runs[0]:
+            passed = [t for r in runs for t in r["sustain_trials"] if t["passed"]]
+            s["stream_cpu_us"] = median([t.get("server_cpu_us_per_event") for t in passed])
+            s["sustain_max"] = median([r["sustain_max"] for r in runs])
+            s["sustain_each"] = [r["sustain_max"] for r in runs]
+        if any(r.get("messages") for r in runs):
+            s["messages"] = summarize_messages([r["messages"] for r in runs if r.get("messages")])
         summary[target] = s
     idle = raw.get("idle") or []
     if idle:
@@ -592,7 +630,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--idle-streams", type=int)
     parser.add_argument("--idle-prefill", type=float)
-    parser.add_argument("--no-idle", action="store_true")
+    parser.add_argument("--no-idle", action="store_true", help="the same as leaving out idle")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"which to run, comma-separated (default: all of {','.join(SCENARIOS)})",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/TIME)")
     args = parser.parse_args()
 
@@ -605,6 +648,12 @@ def main() -> None:
     }
     plan = Plan(**{**plan.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     targets = [t for t in args.targets.split(",") if t]
+    scenarios = tuple(x for x in args.scenarios.split(",") if x)
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}: choose from {','.join(SCENARIOS)}")
+    if args.no_idle:
+        scenarios = tuple(x for x in scenarios if x != "idle")
     workdir = args.out or BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = cpu_plan()
@@ -617,6 +666,7 @@ def main() -> None:
         "command": " ".join(["bench/run", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "plan": plan.__dict__,
+        "scenarios": list(scenarios),
         "pinning": {
             "server_under_test": sorted(server_cpus),
             "upstream_and_loadgen": sorted(load_cpus),
@@ -646,15 +696,17 @@ def main() -> None:
             order = targets[repeat % len(targets) :] + targets[: repeat % len(targets)]
             for name in order:
                 log(f"repeat {repeat + 1}/{plan.repeats}: {name} (load {load_average()})")
-                result = run_target(load_cpus, servers[name], plan, hints[name])
+                result = run_target(
+                    load_cpus, name, servers[name], plan, hints[name], scenarios, repeat
+                )
                 result["load_average"] = load_average()
-                hints[name] = result["sustain_max"] or None
+                hints[name] = result.get("sustain_max") or None
                 raw["runs"][name].append(result)
                 (workdir / "partial.json").write_text(json.dumps(raw))
         for name in targets:
             if name != "direct":
                 servers[name].stop()
-        if "trio-gateway" in targets and not args.no_idle:
+        if "trio-gateway" in targets and "idle" in scenarios:
             raw["idle"] = []
             for repeat in range(plan.idle_repeats):
                 log(
@@ -684,12 +736,20 @@ def main() -> None:
     from report import write_report
 
     write_report(raw, workdir)
-    if not args.quick and set(TARGETS) <= set(targets):
-        latest = BENCH / "latest"
+    latest = BENCH / "latest"
+    main_scenarios = {"unary", "stream", "sustain"}
+    if not args.quick and set(TARGETS) <= set(targets) and main_scenarios <= set(scenarios):
         latest.mkdir(exist_ok=True)
         for name in ("results.json", "results.md", "bench.png"):
             shutil.copy(workdir / name, latest / name)
         log(f"copied to {latest}")
+    elif (
+        not args.quick and scenarios == ("messages",) and {"direct", "trio-gateway"} <= set(targets)
+    ):
+        latest.mkdir(exist_ok=True)
+        for name, to in (("results.json", "messages.json"), ("results.md", "messages.md")):
+            shutil.copy(workdir / name, latest / to)
+        log(f"copied to {latest}/messages.{{json,md}}")
     print((workdir / "results.md").read_text())
 
 

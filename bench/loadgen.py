@@ -7,12 +7,16 @@ with ``time.perf_counter()``. The response decoder handles ``content-length`` an
 bodies; streamed bodies are split into SSE events (a blank line ends one), and every event
 is stamped with the read that completed it.
 
+``--dialect messages`` posts Anthropic Messages bodies (with ``anthropic-version``) instead
+of chat's; either way a content delta is an event whose text is ``tok<i> ``, ``event: ping``
+counts as a heartbeat like a comment, and ``[DONE]`` or ``message_stop`` ends a stream whole.
+
 Scenarios (``python bench/loadgen.py SCENARIO --help``):
 
 * ``unary`` — ``concurrency`` connections, each sending requests back to back for
   ``duration`` seconds after ``warmup``: latency p50/p99, requests/s.
-* ``stream`` — ``count`` streams, ``concurrency`` at a time: time to first event, gaps
-  between content deltas, deltas that arrived in one read with the previous one (coalesced),
+* ``stream`` — ``count`` streams, ``concurrency`` at a time: time to first event and to
+  first content delta, gaps between content deltas, deltas that arrived in one read with the previous one (coalesced),
   missing or reordered deltas.
 * ``sustain`` — ``streams`` concurrent streams started over ``ramp`` seconds: does every
   delta arrive, in order, with no silence over ``max_gap`` ms?
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from loadgen_conn import Conn, Pool, StreamRecord, build_request, chat_body, summary_ms
+from loadgen_conn import BODIES, Conn, Pool, StreamRecord, build_request, summary_ms
 from upstream import install_uvloop, raise_nofile
 
 now = time.perf_counter
@@ -67,10 +71,29 @@ def _cpu(
     }
 
 
+def _request(args: argparse.Namespace, stream: bool, prefill_ms: int = 0) -> bytes:
+    body = BODIES[args.dialect](stream, args.tokens, args.gap, prefill_ms, args.model)
+    return build_request(args.host, args.port, args.path, body, args.key, args.dialect)
+
+
+def _per_delta(
+    a: dict[str, float] | None, b: dict[str, float] | None, records: list[StreamRecord]
+) -> dict[str, float | None]:
+    """The server's CPU per content delta the clients got: the same unit in both dialects,
+    whatever else each stream carries (chat's role and usage chunks, Messages' block and
+    message events)."""
+    if a is None or b is None:
+        return {}
+    deltas = sum(len(r.tokens) for r in records)
+    return {
+        "server_cpu_us_per_delta": round(1e6 * (b["cpu"] - a["cpu"]) / deltas, 1)
+        if deltas
+        else None
+    }
+
+
 async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
-    request = build_request(
-        args.host, args.port, args.path, chat_body(False, model=args.model), args.key
-    )
+    request = _request(args, False)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = now()
@@ -126,6 +149,7 @@ def _never(_: StreamRecord) -> None:
 
 def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[str, Any]:
     ttft: list[float] = []
+    first_content: list[float] = []
     gaps: list[float] = []
     coalesced = missing = reordered = incomplete = bad_status = 0
     for r in records:
@@ -133,6 +157,8 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
             bad_status += 1
         if r.first_event is not None:
             ttft.append(r.first_event - r.sent)
+        if r.tokens:
+            first_content.append(r.tokens[0] - r.sent)
         gaps.extend(b - a for a, b in itertools.pairwise(r.tokens))
         coalesced += r.coalesced
         missing += max(0, expected_tokens - len(r.tokens))
@@ -141,6 +167,7 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
     return {
         "streams": len(records),
         "ttft_ms": summary_ms(ttft),
+        "first_content_ms": summary_ms(first_content),
         "inter_chunk_ms": summary_ms(gaps),
         "coalesced": coalesced,
         "missing": missing,
@@ -151,13 +178,7 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
 
 
 async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
-    request = build_request(
-        args.host,
-        args.port,
-        args.path,
-        chat_body(True, args.tokens, args.gap, model=args.model),
-        args.key,
-    )
+    request = _request(args, True)
     records: list[StreamRecord] = []
     remaining = args.count
 
@@ -180,6 +201,7 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     after = _proc_sample(args.pid) if args.pid else None
     result = _stream_result(records, args.tokens)
     result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
+    result.update(_per_delta(before, after, records))
     result.update(
         scenario="stream",
         concurrency=args.concurrency,
@@ -197,13 +219,7 @@ def _never_unary(latency: float, status: int) -> None:
 
 async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     """``streams`` streams, one per connection, started evenly over ``ramp`` seconds."""
-    request = build_request(
-        args.host,
-        args.port,
-        args.path,
-        chat_body(True, args.tokens, args.gap, model=args.model),
-        args.key,
-    )
+    request = _request(args, True)
     records: list[StreamRecord] = []
 
     def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
@@ -238,6 +254,7 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
         silences.append(max((b - a for a, b in itertools.pairwise(marks)), default=float("inf")))
     result = _stream_result(records, args.tokens)
     result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
+    result.update(_per_delta(before, after, records))
     worst = max(silences, default=float("inf"))
     lost = args.streams - len(records)
     result.update(
@@ -266,13 +283,7 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
 async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     """``streams`` streams whose upstream is silent for ``prefill`` seconds; the server
     under test should heartbeat every ``interval`` seconds meanwhile."""
-    request = build_request(
-        args.host,
-        args.port,
-        args.path,
-        chat_body(True, args.tokens, args.gap, int(args.prefill * 1000), args.model),
-        args.key,
-    )
+    request = _request(args, True, int(args.prefill * 1000))
     records: list[StreamRecord] = []
     live: list[StreamRecord] = []
     headers_seen = 0
@@ -418,6 +429,12 @@ def main() -> None:
     parser.add_argument("--path", default="/v1/chat/completions")
     parser.add_argument("--key", default="", help="bearer token to send")
     parser.add_argument("--model", default="bench", help="model name to request")
+    parser.add_argument(
+        "--dialect",
+        choices=sorted(BODIES),
+        default="chat",
+        help="request body: Chat Completions, or Anthropic Messages (post it to /v1/messages)",
+    )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)

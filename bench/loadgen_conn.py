@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 now = time.perf_counter
-_TOKEN = re.compile(rb"tok(\d+)")
+# A content delta's text, in either dialect: ``"content":"tok7 "`` or ``"text":"tok7 "``.
+_TOKEN = re.compile(rb'"tok(\d+) ')
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 
 
@@ -41,9 +42,13 @@ def summary_ms(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
-def build_request(host: str, port: int, path: str, body: dict[str, Any], key: str) -> bytes:
+def build_request(
+    host: str, port: int, path: str, body: dict[str, Any], key: str, dialect: str = "chat"
+) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode()
     auth = f"authorization: Bearer {key}\r\n" if key else ""
+    if dialect == "messages":  # what the anthropic SDKs send on every call
+        auth += "anthropic-version: 2023-06-01\r\n"
     return (
         f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
         f"{auth}content-length: {len(payload)}\r\n\r\n"
@@ -58,6 +63,21 @@ def chat_body(
         "messages": [{"role": "user", "content": f"bench:n={n},gap={gap_ms},prefill={prefill_ms}"}],
         "stream": stream,
     }
+
+
+def messages_body(
+    stream: bool, n: int = 64, gap_ms: int = 20, prefill_ms: int = 0, model: str = "bench"
+) -> dict[str, Any]:
+    """The Anthropic Messages request of :func:`chat_body`'s shape."""
+    return {
+        "model": model,
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": f"bench:n={n},gap={gap_ms},prefill={prefill_ms}"}],
+        "stream": stream,
+    }
+
+
+BODIES = {"chat": chat_body, "messages": messages_body}
 
 
 class ResponseDecoder:
@@ -273,7 +293,8 @@ class Conn(asyncio.Protocol):
             if not event:
                 continue
             record.events.append(t)
-            if event[0:1] == b":":
+            # Heartbeats: chat's SSE comments and Anthropic's ``event: ping``.
+            if event[0:1] == b":" or event.startswith(b"event: ping\n"):
                 record.heartbeats.append(t)
                 continue
             if record.first_event is None:
@@ -284,8 +305,10 @@ class Conn(asyncio.Protocol):
                     record.order_ok = False
                 record.tokens.append(t)
                 tokens_here += 1
-            elif b"[DONE]" in event:
+            elif b"[DONE]" in event or event.startswith(b"event: message_stop\n"):
                 record.complete = True
+            elif event.startswith(b"event: error\n"):
+                record.errors.append(event[:200].decode(errors="replace"))
         if tokens_here > 1:
             record.coalesced += tokens_here - 1
 

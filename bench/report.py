@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from messages_scenario import messages_table
+
 ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
 LABELS = {
     "direct": "direct",
@@ -70,97 +72,105 @@ def table(raw: dict[str, Any]) -> str:
     ll = s.get("litellm")
     rows: list[list[str]] = []
 
+    def has(key: str) -> bool:
+        return bool(targets) and all(key in s[t] for t in targets)
+
     def row(label: str, cells: dict[str, str], goal: str = "", verdict: str = "") -> None:
         rows.append([label, *(cells.get(t, "—") for t in targets), goal, verdict])
 
-    levels = [int(c) for c in raw["plan"]["unary_levels"]]
-    for c in (1, 16, 64):
-        if c not in levels:
-            continue
-        key = str(c)
+    if has("unary"):
+        levels = [int(c) for c in raw["plan"]["unary_levels"]]
+        for c in (1, 16, 64):
+            if c not in levels:
+                continue
+            key = str(c)
+            row(
+                f"1. non-stream c={c}: p50 / p99 ms",
+                {t: _pair(s[t]["unary"][key]["p50"], s[t]["unary"][key]["p99"]) for t in targets},
+            )
+            cells = {}
+            for t in targets:
+                if t == "direct" or d is None:
+                    continue
+                cells[t] = _pair(
+                    _added(s[t]["unary"][key]["p50"], d["unary"][key]["p50"]),
+                    _added(s[t]["unary"][key]["p99"], d["unary"][key]["p99"]),
+                    True,
+                )
+            goal, verdict = "", ""
+            if g is not None and d is not None and c == 1:
+                added = _added(g["unary"][key]["p50"], d["unary"][key]["p50"])
+                goal, verdict = "added p50 ≤ 1.5 ms", _mark(None if added is None else added <= 1.5)
+            if g is not None and d is not None and ll is not None and c == 64:
+                ga = _added(g["unary"][key]["p99"], d["unary"][key]["p99"])
+                la = _added(ll["unary"][key]["p99"], d["unary"][key]["p99"])
+                goal = f"added p99 ≤ ⅕ of LiteLLM's ({_f(None if la is None else la / 5)} ms)"
+                verdict = _mark(None if ga is None or la is None else ga <= la / 5)
+            row(f"   added vs direct, c={c}: p50 / p99 ms", cells, goal, verdict)
+            row(f"   req/s at c={c}", {t: _f(s[t]["unary"][key]["rps"], 0) for t in targets})
+            row(
+                f"   server CPU per request at c={c}, µs",
+                {t: _f(s[t]["unary"][key].get("cpu_us"), 0) for t in targets},
+            )
+    if has("stream"):
         row(
-            f"1. non-stream c={c}: p50 / p99 ms",
-            {t: _pair(s[t]["unary"][key]["p50"], s[t]["unary"][key]["p99"]) for t in targets},
+            "2. stream c=1: time to first event p50 / p99 ms",
+            {t: _pair(s[t]["stream"]["ttft_p50"], s[t]["stream"]["ttft_p99"]) for t in targets},
         )
         cells = {}
         for t in targets:
-            if t == "direct" or d is None:
-                continue
-            cells[t] = _pair(
-                _added(s[t]["unary"][key]["p50"], d["unary"][key]["p50"]),
-                _added(s[t]["unary"][key]["p99"], d["unary"][key]["p99"]),
-                True,
-            )
-        goal, verdict = "", ""
-        if g is not None and d is not None and c == 1:
-            added = _added(g["unary"][key]["p50"], d["unary"][key]["p50"])
-            goal, verdict = "added p50 ≤ 1.5 ms", _mark(None if added is None else added <= 1.5)
-        if g is not None and d is not None and ll is not None and c == 64:
-            ga = _added(g["unary"][key]["p99"], d["unary"][key]["p99"])
-            la = _added(ll["unary"][key]["p99"], d["unary"][key]["p99"])
-            goal = f"added p99 ≤ ⅕ of LiteLLM's ({_f(None if la is None else la / 5)} ms)"
-            verdict = _mark(None if ga is None or la is None else ga <= la / 5)
-        row(f"   added vs direct, c={c}: p50 / p99 ms", cells, goal, verdict)
-        row(f"   req/s at c={c}", {t: _f(s[t]["unary"][key]["rps"], 0) for t in targets})
+            if t != "direct" and d is not None:
+                cells[t] = _pair(
+                    _added(s[t]["stream"]["ttft_p50"], d["stream"]["ttft_p50"]),
+                    _added(s[t]["stream"]["ttft_p99"], d["stream"]["ttft_p99"]),
+                    True,
+                )
+        verdict = ""
+        if g is not None and d is not None:
+            added = _added(g["stream"]["ttft_p50"], d["stream"]["ttft_p50"])
+            verdict = _mark(None if added is None else added <= 2.0)
+        row("   added TTFT p50 / p99 ms", cells, "added p50 ≤ 2 ms", verdict)
         row(
-            f"   server CPU per request at c={c}, µs",
-            {t: _f(s[t]["unary"][key].get("cpu_us"), 0) for t in targets},
+            "   inter-chunk p50 / p99 ms (upstream: 20 ms)",
+            {t: _pair(s[t]["stream"]["inter_p50"], s[t]["stream"]["inter_p99"]) for t in targets},
         )
-    row(
-        "2. stream c=1: time to first event p50 / p99 ms",
-        {t: _pair(s[t]["stream"]["ttft_p50"], s[t]["stream"]["ttft_p99"]) for t in targets},
-    )
-    cells = {}
-    for t in targets:
-        if t != "direct" and d is not None:
-            cells[t] = _pair(
-                _added(s[t]["stream"]["ttft_p50"], d["stream"]["ttft_p50"]),
-                _added(s[t]["stream"]["ttft_p99"], d["stream"]["ttft_p99"]),
-                True,
-            )
-    verdict = ""
-    if g is not None and d is not None:
-        added = _added(g["stream"]["ttft_p50"], d["stream"]["ttft_p50"])
-        verdict = _mark(None if added is None else added <= 2.0)
-    row("   added TTFT p50 / p99 ms", cells, "added p50 ≤ 2 ms", verdict)
-    row(
-        "   inter-chunk p50 / p99 ms (upstream: 20 ms)",
-        {t: _pair(s[t]["stream"]["inter_p50"], s[t]["stream"]["inter_p99"]) for t in targets},
-    )
-    cells = {}
-    for t in targets:
-        if t != "direct" and d is not None:
-            cells[t] = "+" + _f(_added(s[t]["stream"]["inter_p99"], d["stream"]["inter_p99"]))
-            cells[t] = cells[t].replace("+-", "−")
-    verdict = ""
-    if g is not None and d is not None:
-        added = _added(g["stream"]["inter_p99"], d["stream"]["inter_p99"])
-        verdict = _mark(None if added is None else added <= 1.0)
-    row("   added inter-chunk p99 ms", cells, "≤ 1 ms", verdict)
-    row(
-        "   deltas coalesced into one read / deltas (missing)",
-        {
-            t: f"{s[t]['stream']['coalesced']} / {s[t]['stream']['deltas']} "
-            f"({s[t]['stream']['missing']})"
-            for t in targets
-        },
-        "zero coalescing",
-        _mark(None if g is None else g["stream"]["coalesced"] == 0 and g["stream"]["missing"] == 0),
-    )
-    cap = raw["plan"]["sustain_cap"]
-    row(
-        f"3. sustained streams, 20 ms pacing, no gap > 200 ms (cap {cap:,})",
-        {
-            t: f"{_f(s[t]['sustain_max'], 0)} ({', '.join(str(x) for x in s[t]['sustain_each'])})"
-            for t in targets
-        },
-        "≥ 1,000 per process",
-        _mark(None if g is None or g["sustain_max"] is None else g["sustain_max"] >= 1000),
-    )
-    row(
-        "   server CPU per streamed event, µs (sustained runs that passed)",
-        {t: _f(s[t].get("stream_cpu_us"), 0) for t in targets},
-    )
+        cells = {}
+        for t in targets:
+            if t != "direct" and d is not None:
+                cells[t] = "+" + _f(_added(s[t]["stream"]["inter_p99"], d["stream"]["inter_p99"]))
+                cells[t] = cells[t].replace("+-", "−")
+        verdict = ""
+        if g is not None and d is not None:
+            added = _added(g["stream"]["inter_p99"], d["stream"]["inter_p99"])
+            verdict = _mark(None if added is None else added <= 1.0)
+        row("   added inter-chunk p99 ms", cells, "≤ 1 ms", verdict)
+        row(
+            "   deltas coalesced into one read / deltas (missing)",
+            {
+                t: f"{s[t]['stream']['coalesced']} / {s[t]['stream']['deltas']} "
+                f"({s[t]['stream']['missing']})"
+                for t in targets
+            },
+            "zero coalescing",
+            _mark(
+                None if g is None else g["stream"]["coalesced"] == 0 and g["stream"]["missing"] == 0
+            ),
+        )
+    if has("sustain_max"):
+        cap = raw["plan"]["sustain_cap"]
+        row(
+            f"3. sustained streams, 20 ms pacing, no gap > 200 ms (cap {cap:,})",
+            {
+                t: f"{_f(s[t]['sustain_max'], 0)} ({', '.join(str(x) for x in s[t]['sustain_each'])})"
+                for t in targets
+            },
+            "≥ 1,000 per process",
+            _mark(None if g is None or g["sustain_max"] is None else g["sustain_max"] >= 1000),
+        )
+        row(
+            "   server CPU per streamed event, µs (sustained runs that passed)",
+            {t: _f(s[t].get("stream_cpu_us"), 0) for t in targets},
+        )
     idle = s.get("idle")
     if idle is not None:
         label = (
@@ -186,18 +196,28 @@ def table(raw: dict[str, Any]) -> str:
             and idle["lateness_p99"] <= 100
         )
         row(label, {"trio-gateway": cell}, "≤ 32 KiB/stream; lateness p99 ≤ 100 ms", _mark(ok))
-    cells = {}
-    for t in targets:
-        rps, c = s[t]["throughput"]
-        cells[t] = "—" if rps is None else f"{_f(rps, 0)} (c={c})"
-    row("5. max non-stream req/s with p99 ≤ 50 ms", cells)
+    if has("throughput"):
+        cells = {}
+        for t in targets:
+            rps, c = s[t]["throughput"]
+            cells[t] = "—" if rps is None else f"{_f(rps, 0)} (c={c})"
+        row("5. max non-stream req/s with p99 ≤ 50 ms", cells)
 
     header = ["scenario", *(head_names[t] for t in targets), "goal (trio-gateway)", ""]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines: list[str] = []
+    if rows:
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    messages = messages_table(raw)
+    if messages:
+        lines += [""] if rows else []
+        lines.append(messages.rstrip("\n"))
     plan = raw["plan"]
     pin = raw["pinning"]
     la = raw["load_average"]
+    idle_repeats = f" ({plan['idle_repeats']} for scenario 4)" if "idle" in s else ""
+    loads = [r["load_average"][0] for runs in raw["runs"].values() for r in runs]
+    between = f"; 1-minute load {min(loads)}–{max(loads)} between repeats" if loads else ""
     notes = [
         "",
         (
@@ -207,11 +227,11 @@ def table(raw: dict[str, Any]) -> str:
         ),
         "",
         (
-            f"Medians of {plan['repeats']} interleaved repeats ({plan['idle_repeats']} for "
-            f"scenario 4); 'added' = target's median − direct's median. Server under test "
+            f"Medians of {plan['repeats']} interleaved repeats{idle_repeats}; 'added' = "
+            f"target's median − direct's median. Server under test "
             f"pinned to CPU {pin['server_under_test']}, fake upstream and load generator to "
             f"CPU {pin['upstream_and_loadgen']} ({pin['cpus']} CPUs). Load average at start "
-            f"{la['start']}, at end {la.get('end')}. Started {raw['started']}."
+            f"{la['start']}, at end {la.get('end')}{between}. Started {raw['started']}."
         ),
         f"Command: `{raw['command']}`.",
     ]
@@ -298,8 +318,12 @@ def plot(raw: dict[str, Any], path: Path) -> None:
 
 
 def write_report(raw: dict[str, Any], folder: Path) -> None:
+    """``results.md`` always; ``bench.png`` when the run had scenarios 1-3 (the plot's)."""
     (folder / "results.md").write_text(table(raw))
-    plot(raw, folder / "bench.png")
+    s = raw["summary"]
+    targets = [t for t in ORDER if t in s]
+    if targets and all({"unary", "stream", "sustain_max"} <= s[t].keys() for t in targets):
+        plot(raw, folder / "bench.png")
 
 
 if __name__ == "__main__":

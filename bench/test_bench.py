@@ -1,7 +1,8 @@
 """Checks of the benchmark harness itself (not part of the suite CI runs; run with
 ``.venv/bin/python -m pytest bench/test_bench.py -q``): the load generator's HTTP decoder at
 every split point, and the fake upstream and load generator against each other over real
-sockets, including a sustained level that must fail."""
+sockets, including a sustained level that must fail; Anthropic Messages streams and scenario
+6's plumbing."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from loadgen_conn import ResponseDecoder  # noqa: E402 (bench/ is not a package)
+from loadgen_conn import Conn, ResponseDecoder, StreamRecord  # noqa: E402 (bench/ is not a package)
+from messages_scenario import messages_table, run_messages, summarize_messages  # noqa: E402
 
 PIECES = [b"data: one\n\n", b": keepalive\n\ndata: x", b"\n\n\n"]
 CHUNKED = (
@@ -51,7 +54,8 @@ def test_decoder_rejects_a_response_without_length() -> None:
 
 
 @pytest.fixture
-def upstream_port(request: pytest.FixtureRequest) -> Iterator[int]:
+def upstream(request: pytest.FixtureRequest) -> Iterator[tuple[int, int]]:
+    """The fake upstream in its own process: ``(port, pid)``."""
     extra = getattr(request, "param", [])
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "upstream.py"), "--port", "0", *extra],
@@ -61,12 +65,17 @@ def upstream_port(request: pytest.FixtureRequest) -> Iterator[int]:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         assert line.startswith("LISTENING"), line
-        yield int(line.split()[1])
+        yield int(line.split()[1]), proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def upstream_port(upstream: tuple[int, int]) -> int:
+    return upstream[0]
 
 
 def loadgen(port: int, *args: str) -> dict[str, object]:
@@ -89,7 +98,7 @@ def test_unary_requests_all_answered(upstream_port: int) -> None:
     assert r["ok"] == r["requests"]
 
 
-@pytest.mark.parametrize("upstream_port", [["--max-requests", "7"]], indirect=True)
+@pytest.mark.parametrize("upstream", [["--max-requests", "7"]], indirect=True)
 def test_unary_carries_on_after_connection_close(upstream_port: int) -> None:
     r = loadgen(upstream_port, "unary", "--concurrency", "2", "--duration", "0.3", "--warmup", "0")
     assert r["errors"] == {}
@@ -141,3 +150,120 @@ def test_a_sustained_level_fails_when_silence_exceeds_the_limit(upstream_port: i
     )
     assert failing["passed"] is False
     assert failing["missing"] == 0
+
+
+class _Transport:
+    """What a :class:`Conn` writes to, for feeding it a response by hand."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def _one_stream(events: list[bytes]) -> StreamRecord:
+    """The record a connection makes of one streamed response of ``events``."""
+    records: list[StreamRecord] = []
+    sent = False
+
+    def next_request() -> tuple[bytes, bool] | None:
+        nonlocal sent
+        if sent:
+            return None
+        sent = True
+        return b"POST / HTTP/1.1\r\n\r\n", True
+
+    def never(*_: object) -> None:
+        raise AssertionError("not called")
+
+    conn = Conn(next_request, never, records.append, lambda c, e: None)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.data_received(CHUNKED.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    for event in events:
+        conn.data_received(b"%x\r\n%s\r\n" % (len(event), event))
+    conn.data_received(b"0\r\n\r\n")
+    (record,) = records
+    return record
+
+
+def _named(kind: str, data: str) -> bytes:
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+def _delta(i: int) -> bytes:
+    text = f'{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"tok{i} "}}}}'
+    return _named("content_block_delta", text)
+
+
+PING = _named("ping", '{"type": "ping"}')
+MESSAGE_START = _named("message_start", '{"type":"message_start","message":{"id":"msg_tok1x"}}')
+
+
+def test_messages_events_pings_are_heartbeats_and_message_stop_ends() -> None:
+    record = _one_stream(
+        [PING, MESSAGE_START, PING, _delta(0), PING, _delta(1), _named("message_stop", "{}")]
+    )
+    assert len(record.heartbeats) == 3
+    assert record.first_event is not None and record.first_event <= record.tokens[0]
+    assert len(record.tokens) == 2  # "msg_tok1x" in message_start is no content
+    assert record.order_ok and record.complete and not record.errors
+
+
+def test_messages_stream_without_message_stop_is_incomplete_and_error_event_counts() -> None:
+    error = _named("error", '{"type":"error","error":{"type":"api_error","message":"x"}}')
+    record = _one_stream([MESSAGE_START, _delta(0), error])
+    assert not record.complete
+    assert record.errors and "api_error" in record.errors[0]
+
+
+def test_messages_streams_from_the_upstream_arrive_whole_and_in_order(upstream_port: int) -> None:
+    r = loadgen(
+        upstream_port,
+        "stream",
+        *("--path", "/v1/messages", "--dialect", "messages"),
+        *("--count", "3", "--concurrency", "2", "--tokens", "8", "--gap", "2"),
+    )
+    assert r["errors"] == {}
+    assert r["streams"] == 3
+    assert (r["missing"], r["reordered"], r["incomplete"], r["failed"]) == (0, 0, 0, 0)
+    gaps = r["inter_chunk_ms"]
+    assert isinstance(gaps, dict) and gaps["n"] == 3 * 7
+
+
+def test_messages_scenario_measures_and_tables_the_direct_variants(
+    upstream: tuple[int, int],
+) -> None:
+    """Scenario 6's plumbing, from the loadgen runs through the medians to the table, on
+    the direct target (the gateway's variants run in ``bench/run --quick``)."""
+    port, pid = upstream
+
+    def measure(scenario: str, *args: str) -> dict[str, object]:
+        return loadgen(port, scenario, *args, "--gap", "2", "--pid", str(pid))
+
+    plan = SimpleNamespace(stream_count=2, stream_tokens=4, sustain_tokens=4, messages_streams=3)
+    seen: list[str] = []
+    runs = [run_messages("direct", measure, plan, repeat, seen.append) for repeat in (0, 1)]
+    assert list(runs[0]) == ["chat", "messages"] and list(runs[1]) == ["messages", "chat"]
+    summary = summarize_messages(runs)
+    for name in ("chat", "messages"):
+        assert summary[name]["missing"] == 0
+        assert summary[name]["load_passed"] == 2
+        assert summary[name]["cpu_us_delta"] is not None
+        assert summary[name]["content_p50"] > summary[name]["ttft_p50"]
+    table = messages_table(
+        {
+            "summary": {"direct": {"messages": summary}},
+            "plan": {"messages_streams": 3, "sustain_tokens": 4},
+        }
+    )
+    assert "| direct: chat | direct: Messages |" in table
+    assert run_messages("nginx", measure, plan, 0, seen.append) == {}
+    assert seen[-1] == "  messages: no variants for nginx; skipped"

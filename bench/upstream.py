@@ -1,4 +1,4 @@
-"""A fast, deterministic fake OpenAI upstream for the benchmarks: its own process.
+"""A fast, deterministic fake OpenAI (and Anthropic Messages) upstream for the benchmarks.
 
 Raw HTTP/1.1 on an asyncio ``Protocol`` (uvloop when installed), keep-alive, no framework:
 it must never be what limits a measurement, and its ``direct`` rows show that it is not.
@@ -12,6 +12,10 @@ A request's shape is read from its body, so that every proxy forwards it unchang
   chunk, a usage chunk and ``[DONE]``. Every event is its own write (its own HTTP chunk).
   The parameters come from the last user message, ``bench:n=64,gap=20,prefill=0``;
   the defaults are those values.
+* ``POST …/messages`` — Anthropic Messages, the same shapes: non-streaming, one small
+  ``message`` object; streaming, ``message_start`` and ``content_block_start`` where chat
+  has its role chunk, ``n`` ``text_delta`` events ``tok0 ``, … on the same pacing, and
+  ``content_block_stop``, ``message_delta`` and ``message_stop`` where chat ends.
 
 Times are scheduled on absolute deadlines (``call_at``), so they do not drift.
 
@@ -31,6 +35,7 @@ import signal
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 _PARAMS = re.compile(rb"bench:n=(\d+),gap=(\d+),prefill=(\d+)")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_MESSAGES_PATH = re.compile(rb"POST [^ ?]*/messages[ ?]")
 
 _COMPLETION = json.dumps(
     {
@@ -49,12 +54,18 @@ _COMPLETION = json.dumps(
     },
     separators=(",", ":"),
 ).encode()
-_UNARY_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-    + str(len(_COMPLETION)).encode()
-    + b"\r\n\r\n"
-    + _COMPLETION
-)
+
+
+def _unary(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+_UNARY_RESPONSE = _unary(_COMPLETION)
 _STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -79,7 +90,73 @@ _USAGE = _sse(
     b'"total_tokens":69}}'
 )
 _DONE = _sse(b"[DONE]") + b"0\r\n\r\n"
-_UNARY_CLOSE = _UNARY_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+
+
+class _Shape:
+    """One dialect's pre-encoded answers: the whole response, and the stream's events —
+    ``first`` where chat has its role chunk, ``tokens`` the content, ``last`` the end — each
+    event its own write."""
+
+    __slots__ = ("first", "last", "tokens", "unary")
+
+    def __init__(
+        self, unary: bytes, first: list[bytes], tokens: list[bytes], last: list[bytes]
+    ) -> None:
+        self.unary, self.first, self.tokens, self.last = unary, first, tokens, last
+
+
+def _named(kind: str, payload: dict[str, object]) -> bytes:
+    """An Anthropic SSE event (``event:`` line, ``data:`` line) as one HTTP chunk."""
+    data = json.dumps({"type": kind, **payload}, separators=(",", ":")).encode()
+    return _chunk(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+
+
+_MESSAGE: dict[str, object] = {
+    "id": "msg_bench",
+    "type": "message",
+    "role": "assistant",
+    "model": "bench",
+    "content": [],
+    "stop_reason": None,
+    "stop_sequence": None,
+    "usage": {"input_tokens": 5, "output_tokens": 1},
+}
+CHAT = _Shape(_UNARY_RESPONSE, [_ROLE], _TOKENS, [_FINISH, _USAGE, _DONE])
+MESSAGES = _Shape(
+    _unary(
+        json.dumps(
+            {
+                **_MESSAGE,
+                "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+                "stop_reason": "end_turn",
+                "usage": {"input_tokens": 5, "output_tokens": 6},
+            },
+            separators=(",", ":"),
+        ).encode()
+    ),
+    [
+        _named("message_start", {"message": _MESSAGE}),
+        _named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    ],
+    [
+        _named(
+            "content_block_delta",
+            {"index": 0, "delta": {"type": "text_delta", "text": f"tok{i} "}},
+        )
+        for i in range(4096)
+    ],
+    [
+        _named("content_block_stop", {"index": 0}),
+        _named(
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 64},
+            },
+        ),
+        _named("message_stop", {}) + b"0\r\n\r\n",
+    ],
+)
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -126,43 +203,46 @@ class Upstream(asyncio.Protocol):
                 transport.write(_BAD)
                 transport.close()
                 return
+            shape = MESSAGES if _MESSAGES_PATH.match(head) else CHAT
             if _STREAM.search(body):
                 params = _PARAMS.findall(body)
                 n, gap, prefill = (int(v) for v in params[-1]) if params else (64, 20, 0)
                 self._busy = True
                 transport.write(_STREAM_HEAD)
-                self._stream(0, n, gap / 1000, self._loop.time() + prefill / 1000)
+                self._stream(shape, 0, n, gap / 1000, self._loop.time() + prefill / 1000)
             else:
                 self._served += 1
                 if self.max_requests and self._served >= self.max_requests:
-                    transport.write(_UNARY_CLOSE)
+                    transport.write(
+                        shape.unary.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+                    )
                     transport.close()
                     return
-                transport.write(_UNARY_RESPONSE)
+                transport.write(shape.unary)
 
-    def _stream(self, step: int, n: int, gap: float, at: float) -> None:
+    def _stream(self, shape: _Shape, step: int, n: int, gap: float, at: float) -> None:
         """Write event ``step`` at ``at`` (now or later), then schedule the next one."""
         now = self._loop.time()
         if at > now:
-            self._timer = self._loop.call_at(at, self._stream, step, n, gap, at)
+            self._timer = self._loop.call_at(at, self._stream, shape, step, n, gap, at)
             return
         self._timer = None
         transport = self._transport
         if transport is None:
             return
         if step == 0:
-            transport.write(_ROLE)
+            for event in shape.first:
+                transport.write(event)
         elif step <= n:
-            transport.write(_TOKENS[step - 1])
+            transport.write(shape.tokens[step - 1])
         else:
-            transport.write(_FINISH)
-            transport.write(_USAGE)
-            transport.write(_DONE)
+            for event in shape.last:
+                transport.write(event)
             self._busy = False
             if self._buf:
                 self._serve_buffered()
             return
-        self._stream(step + 1, n, gap, at + gap)
+        self._stream(shape, step + 1, n, gap, at + gap)
 
 
 def raise_nofile(want: int = 65536) -> None:

@@ -1,0 +1,270 @@
+"""Scenario 6: Anthropic Messages streams beside chat streams, on the same server in the same
+run — the measuring (:func:`run_messages`), its medians (:func:`summarize_messages`) and its
+table (:func:`messages_table`). The harness (``harness.py``) calls the first two, the report
+(``report.py``) the last.
+
+Variants, by target (the others have none and skip the scenario):
+
+* ``direct`` — ``chat`` (``/v1/chat/completions``) and ``messages`` (``/v1/messages``) from
+  the fake upstream itself, which streams both dialects on the same pacing.
+* ``trio-gateway`` — ``chat`` (route ``bench``); ``messages-passthrough`` (route
+  ``bench-native``, a backend whose ``native_endpoints`` list ``messages``: the upstream's
+  events relayed unchanged); ``messages-translated`` (route ``bench``, a chat-only backend:
+  the request goes to the upstream's chat endpoint and its chunks come back as Messages
+  events). See ``gateway.toml``.
+
+Each variant, each repeat (in an order that rotates per repeat), after two warm-up streams:
+
+* ``stream`` — scenario 2 in the variant's dialect: ``stream_count`` streams of
+  ``stream_tokens`` deltas 20 ms apart, one at a time. Time to first event (anything but a
+  heartbeat), time to first content delta (``tok0``: the upstream sends it 20 ms after its
+  first event, in both dialects), gaps between content deltas.
+* ``load`` — scenario 3's load at one fixed size, not a search: ``messages_streams``
+  concurrent streams of ``sustain_tokens`` deltas 20 ms apart, started over 1 s. The
+  server's CPU per content delta (the same unit in both dialects) and per event the client
+  got (chat has a role, finish, usage and ``[DONE]`` event around its deltas; Messages a
+  ``message_start``, block start and stop, ``message_delta`` and ``message_stop``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    path: str
+    dialect: str
+    model: str
+    label: str
+
+
+CHAT = Variant("chat", "/v1/chat/completions", "chat", "bench", "chat")
+VARIANTS: dict[str, tuple[Variant, ...]] = {
+    "direct": (CHAT, Variant("messages", "/v1/messages", "messages", "bench", "Messages")),
+    "trio-gateway": (
+        CHAT,
+        Variant(
+            "messages-passthrough",
+            "/v1/messages",
+            "messages",
+            "bench-native",
+            "Messages passthrough",
+        ),
+        Variant("messages-translated", "/v1/messages", "messages", "bench", "Messages translated"),
+    ),
+}
+# The direct variant each one is compared with: the same dialect as the client speaks.
+DIRECT_OF = {"chat": "chat", "messages-passthrough": "messages", "messages-translated": "messages"}
+
+
+class Measure(Protocol):
+    """Runs one load generator scenario against the target; returns its JSON result."""
+
+    def __call__(self, scenario: str, *args: str) -> dict[str, Any]: ...
+
+
+class PlanLike(Protocol):
+    """The harness's ``Plan``, as far as this scenario reads it."""
+
+    @property
+    def stream_count(self) -> int: ...
+    @property
+    def stream_tokens(self) -> int: ...
+    @property
+    def sustain_tokens(self) -> int: ...
+    @property
+    def messages_streams(self) -> int: ...
+
+
+def run_messages(
+    target: str,
+    measure: Measure,
+    plan: PlanLike,
+    repeat: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One repeat of every variant of ``target`` (``{}`` for a target without variants)."""
+    variants = VARIANTS.get(target, ())
+    if not variants:
+        log(f"  messages: no variants for {target}; skipped")
+        return {}
+    order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+    out: dict[str, Any] = {}
+    for v in order:
+        how = ("--path", v.path, "--dialect", v.dialect, "--model", v.model)
+        if repeat == 0:  # first use of a path: imports, pools, the translator's first run
+            measure("stream", *how, "--count", "2", "--tokens", "4")
+        stream = measure(
+            "stream",
+            *how,
+            "--count",
+            str(plan.stream_count),
+            "--tokens",
+            str(plan.stream_tokens),
+        )
+        load = measure(
+            "sustain",
+            *how,
+            "--streams",
+            str(plan.messages_streams),
+            "--tokens",
+            str(plan.sustain_tokens),
+            "--ramp",
+            "1.0",
+        )
+        out[v.name] = {"stream": stream, "load": load}
+        log(
+            f"  messages {target} {v.name}: first content p50 "
+            f"{stream['first_content_ms']['p50']} ms, inter p99 "
+            f"{stream['inter_chunk_ms']['p99']} ms, missing {stream['missing']}; "
+            f"{plan.messages_streams} streams: {load.get('server_cpu_us_per_delta')} µs/delta, "
+            f"{'pass' if load['passed'] else 'FAIL'}"
+        )
+    return out
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 4) if present else None
+
+
+def summarize_messages(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats, per variant."""
+    names = [name for run in runs[:1] for name in run]
+    summary: dict[str, Any] = {}
+    for name in names:
+        streams = [run[name]["stream"] for run in runs if name in run]
+        loads = [run[name]["load"] for run in runs if name in run]
+        summary[name] = {
+            "ttft_p50": _median([r["ttft_ms"]["p50"] for r in streams]),
+            "ttft_p99": _median([r["ttft_ms"]["p99"] for r in streams]),
+            "content_p50": _median([r.get("first_content_ms", {}).get("p50") for r in streams]),
+            "content_p99": _median([r.get("first_content_ms", {}).get("p99") for r in streams]),
+            "inter_p50": _median([r["inter_chunk_ms"]["p50"] for r in streams]),
+            "inter_p99": _median([r["inter_chunk_ms"]["p99"] for r in streams]),
+            "coalesced": sum(r["coalesced"] for r in streams),
+            "deltas": sum(r["inter_chunk_ms"]["n"] + r["streams"] for r in streams),
+            "missing": sum(r["missing"] + r["incomplete"] + r["failed"] for r in streams),
+            "cpu_us_delta": _median([r.get("server_cpu_us_per_delta") for r in loads]),
+            "cpu_us_event": _median([r.get("server_cpu_us_per_event") for r in loads]),
+            "cpu_pct": _median([r.get("server_cpu_pct") for r in loads]),
+            "load_passed": sum(1 for r in loads if r["passed"]),
+            "load_runs": len(loads),
+            "load_max_silence": _median([r["max_silence_ms"] for r in loads]),
+        }
+    return summary
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _pair(a: float | None, b: float | None, sign: bool = False) -> str:
+    def one(v: float | None) -> str:
+        return ("+" if sign and v is not None and v >= 0 else "") + _f(v)
+
+    return f"{one(a)} / {one(b)}".replace("+-", "−")
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or not b else f"{a / b:.2f}×"
+
+
+def messages_table(raw: dict[str, Any]) -> str:
+    """Scenario 6's table, or ``""`` when the run had no Messages numbers."""
+    s = raw["summary"]
+    columns = [
+        (target, v)
+        for target in VARIANTS
+        for v in VARIANTS[target]
+        if v.name in s.get(target, {}).get("messages", {})
+    ]
+    if not columns:
+        return ""
+    plan = raw["plan"]
+    direct = s.get("direct", {}).get("messages", {})
+    gateway = s.get("trio-gateway", {}).get("messages", {})
+
+    rows: list[list[str]] = []
+
+    def row(label: str, fn: Callable[[str, str, dict[str, Any]], str]) -> None:
+        """``fn(target, variant, its summary)`` gives each column's cell."""
+        rows.append([label, *(fn(t, v.name, s[t]["messages"][v.name]) for t, v in columns)])
+
+    def vs_direct(name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = direct.get(DIRECT_OF.get(name, name))
+        return found
+
+    row("stream c=1: first event p50 / p99 ms", lambda t, n, c: _pair(c["ttft_p50"], c["ttft_p99"]))
+    row(
+        "   first content delta p50 / p99 ms (upstream: 20 ms after its first event)",
+        lambda t, n, c: _pair(c["content_p50"], c["content_p99"]),
+    )
+
+    def added(t: str, n: str, c: dict[str, Any]) -> str:
+        d = vs_direct(n)
+        if t == "direct" or d is None:
+            return "—"
+        return _pair(
+            _minus(c["content_p50"], d["content_p50"]),
+            _minus(c["content_p99"], d["content_p99"]),
+            True,
+        )
+
+    row("   added first content delta vs direct (same dialect) p50 / p99 ms", added)
+    row(
+        "   inter-delta p50 / p99 ms (upstream: 20 ms)",
+        lambda t, n, c: _pair(c["inter_p50"], c["inter_p99"]),
+    )
+    row(
+        "   deltas coalesced into one read / deltas (missing or broken)",
+        lambda t, n, c: f"{c['coalesced']} / {c['deltas']} ({c['missing']})",
+    )
+    load = f"{plan['messages_streams']} streams × {plan['sustain_tokens']} deltas @ 20 ms"
+    row(
+        f"{load}: server CPU per content delta, µs",
+        lambda t, n, c: _f(c["cpu_us_delta"], 0),
+    )
+    row("   server CPU per event the client got, µs", lambda t, n, c: _f(c["cpu_us_event"], 0))
+    row("   server CPU, % of one core", lambda t, n, c: _f(c["cpu_pct"], 0))
+
+    def versus_chat(t: str, n: str, c: dict[str, Any]) -> str:
+        chat = gateway.get("chat")
+        if t != "trio-gateway" or chat is None:
+            return "—"
+        return _ratio(c["cpu_us_delta"], chat["cpu_us_delta"])
+
+    row("   CPU per delta ÷ the gateway's chat", versus_chat)
+
+    def versus_direct(t: str, n: str, c: dict[str, Any]) -> str:
+        d = vs_direct(n)
+        if t == "direct" or d is None:
+            return "—"
+        return _ratio(c["cpu_us_delta"], d["cpu_us_delta"])
+
+    row("   CPU per delta ÷ direct's (same dialect)", versus_direct)
+    row(
+        "   runs with every delta, in order, no gap > 200 ms (max silence, ms)",
+        lambda t, n, c: f"{c['load_passed']} of {c['load_runs']} ({_f(c['load_max_silence'], 1)})",
+    )
+
+    def head(target: str, v: Variant) -> str:
+        return f"{'direct' if target == 'direct' else 'trio-gateway'}: {v.label}"
+
+    header = ["scenario 6: Messages beside chat", *(head(t, v) for t, v in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
