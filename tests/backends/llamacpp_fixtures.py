@@ -36,6 +36,9 @@ THREADS = "2"  # the CI machine has two cores, shared
 CTX = "4096"
 # What every llama-server here runs with (managed ones add their own host/port/model).
 SERVER_ARGS = (
+    # The built-in gemma template by name: with Jinja on (b11434's default) a
+    # --chat-template value is the template's text itself, and every prompt was "gemma".
+    "--no-jinja",
     "--chat-template",
     "gemma",
     "--ctx-size",
