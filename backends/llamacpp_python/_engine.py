@@ -43,7 +43,14 @@ from gateway.abc import (
     sse_data,
 )
 
-from ._protocol import EmbeddingRequest, TextRequest, Usage, usage_chunk
+from ._protocol import (
+    EmbeddingRequest,
+    TextRequest,
+    Usage,
+    choice_text,
+    matched_stop,
+    usage_chunk,
+)
 from ._settings import LlamaCppPythonSettings
 
 log = logging.getLogger("backends.llamacpp_python")
@@ -85,6 +92,11 @@ class Job:
         """:attr:`sampled` when :meth:`stop` was first called: what was made before it."""
         self.stop_requested_at: float | None = None
         self.last_was_eog = False
+        self.generated: list[int] | None = (
+            [] if isinstance(request, TextRequest) and request.stop else None
+        )
+        """The tokens sampled, kept only when the request has stop strings (to name the one
+        that ended it: see :meth:`Engine._stop_reason`)."""
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.stopped = False
@@ -217,10 +229,16 @@ class Engine:
         if job.sampled == 1:
             job.prompt_tokens = self._llama.n_tokens
         job.last_was_eog = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        if job.generated is not None:
+            job.generated.append(token)
 
     def run(self, job: Job, emit: Emit) -> None:
         """Serve ``job`` (blocking; call from a worker thread), sending its bytes through
         ``emit`` as they are made: SSE events for a stream, one JSON body otherwise.
+        For a request with stop strings the choice says, as vLLM's do, which one ended it
+        (``stop_reason``, null for an end-of-generation token or the length), in the chunk
+        that carries ``finish_reason`` when streamed; without them, the answer is
+        llama-cpp-python's own.
 
         Never raises for the request's own failures: they are emitted as a
         :class:`~gateway.abc.GatewayError` after any bytes already sent. Returns early,
@@ -244,7 +262,7 @@ class Engine:
             elif request.stream:
                 self._stream(job, request, emit)
             else:
-                emit(json_bytes(self._create(request, stream=False)))
+                emit(json_bytes(self._answer(job, request)))
         except Stopped:
             job.stopped = True
         except Exception as error:
@@ -317,17 +335,43 @@ class Engine:
             return self._llama.create_chat_completion(messages=request.messages, **options)
         return self._llama.create_completion(prompt=request.prompt, **options)
 
+    def _answer(self, job: Job, request: TextRequest) -> Any:
+        answer = self._create(request, stream=False)
+        if request.stop:
+            choice = answer["choices"][0]
+            choice["stop_reason"] = self._stop_reason(job, request, choice, choice_text(choice))
+        return answer
+
     def _stream(self, job: Job, request: TextRequest, emit: Emit) -> None:
         first: dict[str, Any] | None = None
+        texts: list[str] | None = [] if request.stop else None
         chunks: Iterator[dict[str, Any]] = self._create(request, stream=True)
         with closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 if first is None:
                     first = chunk
+                if texts is not None:
+                    choice = chunk["choices"][0]
+                    texts.append(choice_text(choice))
+                    if choice["finish_reason"] is not None:
+                        text = "".join(texts)
+                        choice["stop_reason"] = self._stop_reason(job, request, choice, text)
                 emit(sse_data(chunk))
         if request.include_usage and first is not None:
             emit(sse_data(usage_chunk(first, job.usage())))
         emit(SSE_DONE)
+
+    def _stop_reason(
+        self, job: Job, request: TextRequest, choice: dict[str, Any], text: str
+    ) -> str | None:
+        """vLLM's ``stop_reason`` for a request with stop strings: the one that ended the
+        answer ``text``, None when something else did. llama-cpp-python says
+        ``finish_reason: "stop"`` for an end-of-generation token and a stop string alike."""
+        if choice["finish_reason"] != "stop" or job.last_was_eog or not job.generated:
+            return None
+        # All the tokens, as llama-cpp-python detokenizes them to look for stop strings.
+        generated = self._llama.detokenize(job.generated)
+        return matched_stop(generated, text, request.stop)
 
     def _embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         self._set_abortable(True)  # create_embedding decodes without eval()

@@ -12,7 +12,7 @@ Sampling parameters a request leaves out take llama-cpp-python's defaults (for i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +40,12 @@ class TextRequest:
     @property
     def chunk_object(self) -> str:
         return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+
+    @property
+    def stop(self) -> list[str]:
+        """The client's stop strings (a chat format may add its own when it prompts)."""
+        stop: list[str] = self.options.get("stop", [])
+        return stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,35 @@ def usage_chunk(first: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
         "choices": [],
         "usage": usage.as_json(),
     }
+
+
+def choice_text(choice: Mapping[str, Any]) -> str:
+    """The text of one choice, whole or streamed, chat or completion."""
+    if "text" in choice:
+        text = choice["text"]
+    else:
+        holder = choice.get("message") or choice.get("delta") or {}
+        text = holder.get("content")
+    return text if isinstance(text, str) else ""
+
+
+def matched_stop(generated: bytes, content: str, stops: Sequence[str]) -> str | None:
+    """The stop string of ``stops`` that ended an answer, for vLLM's ``stop_reason``.
+
+    ``generated`` is every generated token detokenized, the stop string that ended it
+    included; ``content`` is the text llama-cpp-python answered with, which it cut right
+    before that string (a prompt it echoes may come first). The string is the one that
+    begins where ``content`` ends. llama-cpp-python picks it by list order when answering
+    whole and by position when streaming, and may have stopped at a chat format's own
+    stop string: matching the cut covers each case. None when no string of ``stops`` begins
+    there (the chat format's string ended it, or ``content`` is not a cut of
+    ``generated``). Of strings that begin at the same place, the first listed wins."""
+    for stop in stops:
+        at = generated.find(stop.encode())
+        # Decoded as llama-cpp-python decodes the answer: bytes of a split character dropped.
+        if at >= 0 and content.endswith(generated[:at].decode("utf-8", errors="ignore")):
+            return stop
+    return None
 
 
 # -- validation ----------------------------------------------------------------------------

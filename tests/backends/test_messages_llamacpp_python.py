@@ -10,7 +10,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import anthropic
-import pytest
 import trio
 
 from .llamacpp_python_helpers import LocalGateway, StartLocal
@@ -222,14 +221,6 @@ async def test_a_stop_sequence_ends_the_text_where_llama_cpp_python_does(
     assert streamed == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: on a chat-only backend that does not name the stop string it hit "
-    "(llama-cpp-python: finish_reason 'stop', no vLLM-style stop_reason), a Messages answer "
-    "ended by one of the request's stop_sequences says stop_reason 'end_turn', "
-    "stop_sequence null (gateway/dialects/anthropic_answer.py _stop: only vLLM's "
-    "stop_reason is read) — issue 18 asks for stop_sequence with the sequence",
-)
 async def test_a_stop_sequence_is_reported_as_stop_sequence(
     start_local: StartLocal, reference: llama_cpp.Llama
 ) -> None:
