@@ -88,6 +88,11 @@ class KeepaliveSettings(_Settings):
         "ping",
         description="heartbeat form on /v1/messages: Anthropic's `event: ping`, or a comment",
     )
+    responses: Literal["comment", "event"] = Field(
+        "comment",
+        description="heartbeat form on /v1/responses: SSE comments, or Responses `keepalive` "
+        "events (after response.created)",
+    )
 
     @field_validator("comment")
     @classmethod
@@ -145,6 +150,32 @@ class RouteSettings(_Settings):
         return self.targets
 
 
+class ResponsesSettings(_Settings):
+    """``[responses]``: where stored Responses-API responses are kept, and for how long.
+
+    With ``[state] redis`` set they are kept in Redis (every replica sees every response)
+    and ``database`` is not used."""
+
+    database: str | None = Field(
+        None,
+        description="SQLite file of stored responses; default: gateway-responses.sqlite "
+        "in the directory of [usage] database",
+    )
+    ttl: float = Field(30 * 86400.0, gt=0, description="seconds a stored response is kept")
+    max_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        le=512 * 1024 * 1024,  # Redis's largest value
+        description="a response (its input, history and output as JSON) over this is not stored",
+    )
+
+    def database_path(self, usage: UsageSettings) -> Path:
+        """``database``, or its default beside the usage database."""
+        if self.database is not None:
+            return Path(self.database)
+        return Path(usage.database).parent / "gateway-responses.sqlite"
+
+
 class _FileSettings(_Settings):
     server: ServerSettings = ServerSettings()
     backends: dict[str, dict[str, Any]] = {}
@@ -153,6 +184,7 @@ class _FileSettings(_Settings):
     teams: dict[str, TeamSettings] = {}
     state: StateSettings = StateSettings()
     usage: UsageSettings = UsageSettings()
+    responses: ResponsesSettings = ResponsesSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +207,7 @@ class GatewayConfig:
     teams: Mapping[str, TeamSettings] = field(default_factory=dict)
     state: StateSettings = field(default_factory=StateSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -265,7 +298,14 @@ def build_config(
         routes.append(route)
     check_team_models(file.teams, ((r.name, r.public_names) for r in routes))
     return GatewayConfig(
-        file.server, backends, tuple(routes), file.auth, file.teams, file.state, file.usage
+        file.server,
+        backends,
+        tuple(routes),
+        file.auth,
+        file.teams,
+        file.state,
+        file.usage,
+        file.responses,
     )
 
 

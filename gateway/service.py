@@ -1,5 +1,6 @@
 """The running gateway: its config, its backends (with their resources held), its routes,
-and the per-backend state the gateway keeps (slots and their queue, passive health).
+the per-backend state the gateway keeps (slots and their queue, passive health), and the
+store of Responses-API responses (:mod:`gateway.responses`).
 
 Depends on :mod:`gateway.telemetry`, never the other way: the metrics read the live
 per-backend state through the :class:`~gateway.telemetry.UpstreamGauges` each
@@ -22,6 +23,7 @@ from .config import GatewayConfig, Route, TargetSettings
 from .errors import ConfigError
 from .inflight import InFlightTable
 from .registry import Registry, load_registry
+from .responses import ResponseStore, open_response_store
 from .routing import Router
 from .teams import Teams, open_teams
 from .telemetry import Telemetry, UpstreamGauges
@@ -77,6 +79,7 @@ class Gateway:
     config: GatewayConfig
     upstreams: Mapping[str, Upstream]
     router: Router
+    responses: ResponseStore
     inflight: InFlightTable = field(default_factory=InFlightTable)
     telemetry: Telemetry = field(default_factory=Telemetry)
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
@@ -129,6 +132,8 @@ async def open_gateway(
     registry = registry if registry is not None else load_registry()
     backends = build_backends(config, registry)
     async with AsyncExitStack() as stack:
+        # First: a database path that cannot be used fails before any backend starts.
+        responses = await stack.enter_async_context(open_response_store(config))
         for backend in backends.values():
             await stack.enter_async_context(backend.running())
             log.info("backend %s (%s) started", backend.id, backend.settings.type)
@@ -139,6 +144,6 @@ async def open_gateway(
             for b in backends.values()
         }
         teams = await stack.enter_async_context(open_teams(config))
-        gateway = Gateway(config, upstreams, Router(config.routes), teams=teams)
+        gateway = Gateway(config, upstreams, Router(config.routes), responses, teams=teams)
         gateway.telemetry.attach(gateway.gauges)
         yield gateway
