@@ -36,16 +36,20 @@ def _load_or_exit(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _usage_database_or_exit(config, what: str) -> None:  # type: ignore[no-untyped-def]
-    """With teams on, the usage database must be usable: else one line naming its path on
-    stderr, and exit status 1 (no traceback)."""
+    """With teams on, the usage database must be usable, and without Redis the file of
+    stored responses: else one line naming the path on stderr, and exit status 1 (no
+    traceback)."""
     from .teams import Teams
     from .teams.usage import UsageDatabaseError, check_usage_database
 
-    if not Teams(config).enabled:
-        return
+    from .responses import ResponsesDatabaseError, check_responses_database
+
     try:
-        check_usage_database(config.usage.database)
-    except UsageDatabaseError as error:
+        if Teams(config).enabled:
+            check_usage_database(config.usage.database)
+        if config.state.redis is None:
+            check_responses_database(config.responses.database_path(config.usage))
+    except (UsageDatabaseError, ResponsesDatabaseError) as error:
         click.echo(f"{what}: {error}", err=True)
         sys.exit(1)
 
@@ -96,11 +100,12 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             for address in binds:
                 logging.getLogger("gateway").info("serving on %s", address)
 
+    from .responses import ResponsesDatabaseError
     from .teams.usage import UsageDatabaseError
 
     try:
         trio.run(run)
-    except* UsageDatabaseError as group:  # it changed since the check above
+    except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
         click.echo(f"cannot start: {group.exceptions[0]}", err=True)
         sys.exit(1)
 

@@ -99,3 +99,21 @@ def test_check_leaves_a_usable_usage_database_alone(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     assert not database.exists()
+
+
+def test_unusable_responses_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    database = tmp_path / "missing" / "r.sqlite"
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        '[backends.b]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        '[routes.chat]\nbackend = "b"\n'
+        f"[responses]\ndatabase = {str(database)!r}\n"
+    )
+    problem = (
+        f"responses.database {database}: cannot open it: "
+        f"directory {tmp_path / 'missing'} does not exist"
+    )
+    checked = gateway("check", "--config", str(cfg))
+    assert (checked.returncode, checked.stderr.splitlines()) == (1, [f"{cfg}: {problem}"])
+    served = gateway("serve", "--config", str(cfg), "--bind", "127.0.0.1:0")
+    assert (served.returncode, served.stderr.splitlines()) == (1, [f"cannot start: {problem}"])
