@@ -5,7 +5,10 @@ under ``"fake"`` (the gateway passes unknown fields through untouched), so one s
 every scenario. Responses are written as raw bytes, so faults can be exact: a reset before
 or after headers, a connection cut in the middle of a line, garbage, a stall.
 
-A path ending in ``/messages`` (query string aside) is answered as an Anthropic-native
+A path ending in ``/responses`` is answered as a server speaking OpenAI's Responses API
+does: an SSE stream of numbered events (:func:`responses_events`) or a whole ``response``;
+``/responses/input_tokens`` answers ``{"object": "response.input_tokens", "input_tokens":
+N}`` (N: script ``input_tokens``, default 10). A path ending in ``/messages`` (query string aside) is answered as an Anthropic-native
 server does (llama-server's own ``/v1/messages``): an SSE stream of named events
 (:func:`messages_events`) or a whole ``message`` object, and errors as
 ``{"type": "error", "error": {"type": …, "message": …}}``. ``/messages/count_tokens``
@@ -72,6 +75,7 @@ __all__ = [
     "chat_events",
     "completion_events",
     "messages_events",
+    "responses_events",
 ]
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -177,6 +181,65 @@ def messages_events(n: int, *, model: str = "fake", text: str = "tok") -> list[b
         ),
         _event({"type": "message_stop"}),
     ]
+
+
+def responses_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
+    """An OpenAI Responses stream, one named event per item, numbered from 0:
+    ``response.created``, ``response.in_progress``, one message item of one output_text part
+    made of ``n`` deltas, its ``.done`` events, ``response.completed``."""
+    whole = "".join(f"{text}{i} " for i in range(n))
+    opening = {**_response(model, "", 0), "status": "in_progress", "output": [], "usage": None}
+    item = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "in_progress"}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    at = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+    docs: list[dict[str, Any]] = [
+        {"type": "response.created", "response": opening},
+        {"type": "response.in_progress", "response": opening},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {"type": "response.content_part.added", **at, "part": part},
+        *(
+            {"type": "response.output_text.delta", **at, "delta": f"{text}{i} ", "logprobs": []}
+            for i in range(n)
+        ),
+        {"type": "response.output_text.done", **at, "text": whole, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": {**part, "text": whole}},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": _response(model, whole, n)["output"][0],
+        },
+        {"type": "response.completed", "response": _response(model, whole, n)},
+    ]
+    return [_event({**doc, "sequence_number": i}) for i, doc in enumerate(docs)]
+
+
+def _response(model: str, text: str, n: int) -> dict[str, Any]:
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 0,
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_fake",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": n,
+            "total_tokens": 5 + n,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
 
 
 def _event(data: dict[str, Any]) -> bytes:
@@ -454,6 +517,12 @@ class FakeOpenAI:
             body = _anthropic_error(script, error_type, f"fake error {status}")
             await self._send_fixed(stream, status, "application/json", body, req)
             return True
+        responses = path.endswith("/responses")
+        if path.endswith("/responses/input_tokens") and status < 300:
+            count = int(script.get("input_tokens", 10))
+            body = json.dumps({"object": "response.input_tokens", "input_tokens": count}).encode()
+            await self._send_fixed(stream, 200, "application/json", body, req)
+            return True
         if path.endswith("/messages/count_tokens"):
             await trio.sleep(script.get("prefill", 0))
             count = int(script.get("input_tokens", _count_tokens(req.body)))
@@ -476,9 +545,11 @@ class FakeOpenAI:
         if not stream_mode:
             await trio.sleep(script.get("prefill", 0))
             n = int(script.get("tokens", 3))
+            text = "".join(f"tok{i} " for i in range(n))
             if messages:
-                text = "".join(f"tok{i} " for i in range(n))
                 body = json.dumps(_message(str(req.body.get("model")), text, n)).encode()
+            elif responses:
+                body = json.dumps(_response(str(req.body.get("model")), text, n)).encode()
             else:
                 body = json.dumps(_completion(req.body, n)).encode()
             await self._send_fixed(
@@ -501,6 +572,8 @@ class FakeOpenAI:
         else:
             if messages:
                 events, beat = messages_events, _PING
+            elif responses:
+                events, beat = responses_events, b": upstream-ping\n\n"
             elif "messages" in req.body:
                 events, beat = chat_events, b": upstream-ping\n\n"
             else:
