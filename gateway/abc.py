@@ -114,11 +114,19 @@ JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, J
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 Endpoint = Literal[
-    "chat/completions", "completions", "embeddings", "messages", "messages/count_tokens"
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages/count_tokens",
+    "responses",
+    "responses/input_tokens",
 ]
 """An upstream endpoint, as the path under the API's ``/v1``. ``messages`` and
-``messages/count_tokens`` are Anthropic's; a backend gets them only when it speaks them
-natively (:attr:`Backend.native_endpoints`), and chat translated from them otherwise."""
+``messages/count_tokens`` are Anthropic's, ``responses`` and ``responses/input_tokens``
+OpenAI's Responses API; a backend gets them only when it speaks them natively
+(:attr:`Backend.native_endpoints`), and chat translated from them otherwise (the counts:
+:meth:`Backend.count_tokens`)."""
 
 OPENAI_ENDPOINTS: frozenset[Endpoint] = frozenset(("chat/completions", "completions", "embeddings"))
 """What a backend speaks natively unless it says otherwise: OpenAI's endpoints."""

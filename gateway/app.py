@@ -32,7 +32,7 @@ from .inbound import endpoint_label, request_ids
 from .proxy import ProxyApp
 from .service import Gateway
 from .teams import Identity, Teams
-from .views import admin, models, probes, status_page
+from .views import admin, models, probes, responses, status_page
 
 log = logging.getLogger("gateway.app")
 
@@ -55,6 +55,7 @@ def create_app(gateway: Gateway) -> ProxyApp:
     _answer_errors(app)
     app.register_blueprint(probes.blueprint(gateway))
     app.register_blueprint(models.blueprint(gateway))
+    app.register_blueprint(responses.blueprint(gateway.responses))
     if gateway.config.server.status_page:
         app.register_blueprint(status_page.blueprint(gateway))
     if teams is not None:

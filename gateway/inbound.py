@@ -9,6 +9,7 @@ import uuid
 
 from .abc import Endpoint, JSONObject
 from .dialects.anthropic_request import validate_count_tokens, validate_messages
+from .dialects.responses_request import validate_input_tokens, validate_responses
 from .errors import InvalidRequest, MalformedJSON, MissingField
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -20,6 +21,8 @@ RELAYED: dict[str, Endpoint] = {
     "/v1/embeddings": "embeddings",
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "messages/count_tokens",
+    "/v1/responses": "responses",
+    "/v1/responses/input_tokens": "responses/input_tokens",
 }
 _ENDPOINTS = {
     **RELAYED,
@@ -37,6 +40,8 @@ def endpoint_label(path: str) -> str:
     """A bounded label for any path a client may send."""
     if path.startswith("/v1/models/"):
         return "models"
+    if path.startswith("/v1/responses/"):
+        return _ENDPOINTS.get(path, "responses")
     return _ENDPOINTS.get(path, "other")
 
 
@@ -134,6 +139,10 @@ def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
         return validate_messages(body)
     if endpoint == "messages/count_tokens":
         return validate_count_tokens(body), False
+    if endpoint == "responses":
+        return validate_responses(body)
+    if endpoint == "responses/input_tokens":
+        return validate_input_tokens(body), False
     model = body.get("model")
     if model is None:
         raise MissingField("you must provide a model parameter", param="model")

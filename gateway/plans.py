@@ -13,6 +13,7 @@ plain async context manager.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,6 +25,8 @@ from .dialects.anthropic_request import messages_to_chat
 from .dialects.base import Shape
 from .dialects.chat import ChatPassthrough
 from .dialects.messages import MessagesFromChat, MessagesPassthrough
+from .dialects.responses import ResponsesFromChat, ResponsesPassthrough
+from .dialects.responses_request import input_items, responses_to_chat
 from .routing import upstream_body
 
 __all__ = ["Plan", "Planned", "plan_request"]
@@ -65,13 +68,14 @@ class Plan:
     translated: Shape | None = None
 
     def for_target(self, backend: Backend, target: TargetSettings) -> Planned:
-        counting = self.endpoint == "messages/count_tokens"
+        counting = self.endpoint in ("messages/count_tokens", "responses/input_tokens")
         if self.chat_body is None or self.translated is None or backend.speaks(self.endpoint):
             request = self._request(self.endpoint, self.body, target, self.native_headers)
             return Planned(request, self.passthrough, admitted=not counting)
         request = self._request("chat/completions", self.chat_body, target, self.headers)
         if counting:
-            return Planned(request, self.translated, _counter(backend), admitted=False)
+            counter = _counter(backend, self.endpoint)
+            return Planned(request, self.translated, counter, admitted=False)
         return Planned(request, self.translated)
 
     def _request(
@@ -101,10 +105,28 @@ def plan_request(
     headers: Mapping[str, str],
     client_headers: Mapping[str, str],
     hide_usage: bool = False,
+    history: Sequence[JSONObject] = (),
+    keepalive_events: bool = False,
 ) -> Plan:
     """The plan of one request whose route's targets are ``backends``. Raises
-    :class:`~gateway.errors.InvalidRequest` for a Messages request that some target would
-    need translated and translation cannot carry — before anything is sent."""
+    :class:`~gateway.errors.InvalidRequest` for a Messages or Responses request that some
+    target would need translated and translation cannot carry — before anything is sent.
+
+    Responses: ``history`` holds the items of the turns before this one
+    (``previous_response_id`` expanded by the gateway, since no backend keeps them);
+    ``keepalive_events`` is the route's choice of heartbeat."""
+    if endpoint in ("responses", "responses/input_tokens"):
+        return _plan_responses(
+            endpoint,
+            body,
+            backends,
+            model=model,
+            stream=stream,
+            request_id=request_id,
+            headers=headers,
+            history=history,
+            keepalive_events=keepalive_events,
+        )
     if endpoint not in ("messages", "messages/count_tokens"):
         return Plan(
             endpoint, body, stream, request_id, headers, headers, ChatPassthrough(hide_usage)
@@ -129,14 +151,61 @@ def plan_request(
     return replace(plan, chat_body=messages_to_chat(body), translated=translated)
 
 
-def _counter(backend: Backend) -> Opener:
-    """An ``open_response`` stand-in that answers ``{"input_tokens": n}`` from the
+def _plan_responses(
+    endpoint: Endpoint,
+    body: JSONObject,
+    backends: Sequence[Backend],
+    *,
+    model: str,
+    stream: bool,
+    request_id: str,
+    headers: Mapping[str, str],
+    history: Sequence[JSONObject],
+    keepalive_events: bool,
+) -> Plan:
+    # A native backend gets the whole conversation as items: it keeps nothing itself.
+    native_body = {k: v for k, v in body.items() if k != "previous_response_id"}
+    if history:
+        native_body["input"] = [*history, *input_items(body)]
+    counting = endpoint == "responses/input_tokens"
+    passthrough: Shape = (
+        MessagesPassthrough() if counting else ResponsesPassthrough(keepalive_events)
+    )
+    plan = Plan(endpoint, native_body, stream, request_id, headers, headers, passthrough)
+    if all(backend.speaks(endpoint) for backend in backends):
+        return plan
+    if counting:
+        chat_body = responses_to_chat(body, history)
+        return replace(plan, chat_body=chat_body, translated=MessagesPassthrough())
+    tools = body.get("tools")
+    custom = [
+        str(t.get("name"))
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and t.get("type") == "custom"
+    ]
+    translated = ResponsesFromChat(
+        response_id="resp_" + uuid.uuid4().hex,
+        model=model,
+        request=body,
+        created_at=int(time.time()),
+        custom_tools=custom,
+        keepalive_events=keepalive_events,
+    )
+    return replace(plan, chat_body=responses_to_chat(body, history), translated=translated)
+
+
+def _counter(backend: Backend, endpoint: Endpoint) -> Opener:
+    """An ``open_response`` stand-in that answers the count ``endpoint`` answers
+    (Anthropic's ``{"input_tokens": n}``, or Responses' with its ``object``) from the
     backend's own count."""
 
     @asynccontextmanager
     async def open_count(request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
         count = await backend.count_tokens(request)
-        yield UpstreamResponse(200, "application/json", _once(json_bytes({"input_tokens": count})))
+        answer: JSONObject = {"input_tokens": count}
+        if endpoint == "responses/input_tokens":
+            answer = {"object": "response.input_tokens", "input_tokens": count}
+        yield UpstreamResponse(200, "application/json", _once(json_bytes(answer)))
 
     return open_count
 

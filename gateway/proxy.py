@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 from hypercorn.typing import (
@@ -30,12 +31,14 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
-from .abc import Endpoint
+from .abc import Endpoint, JSONObject
 from .dialects import dialect_of
 from .dialects.base import Dialect
+from .dialects.responses_request import input_items
 from .errors import (
     BodyTooLarge,
     GatewayError,
+    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     ShuttingDown,
@@ -53,6 +56,7 @@ from .inbound import (
 )
 from .plans import plan_request
 from .relay import Attempt, Exchange, relay
+from .responses import StoredResponse
 from .routing import apply_policy
 from .service import Gateway
 from .teams import Identity, TeamAdmission
@@ -191,6 +195,9 @@ class ProxyApp:
             teams.authorize(identity, route, model)
             if stream and request.endpoint in ("chat/completions", "completions"):
                 body, hide_usage = ask_for_usage(body)
+        team = identity.team if identity is not None else ""
+        responses = request.endpoint in ("responses", "responses/input_tokens")
+        history = await self._history(body, team) if responses else []
         plan = plan_request(
             request.endpoint,
             body,
@@ -201,6 +208,13 @@ class ProxyApp:
             headers={"x-request-id": request.request_id, "traceparent": request.traceparent},
             client_headers=request.headers,
             hide_usage=hide_usage,
+            history=history,
+            keepalive_events=route.settings.keepalive.responses == "event",
+        )
+        keep = (
+            partial(self._keep, team, input_items(body), history)
+            if request.endpoint == "responses" and body.get("store") is not False
+            else None
         )
         if teams is not None and identity is not None:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
@@ -235,6 +249,7 @@ class ProxyApp:
             team=identity.team if identity else "",
             key_id=identity.key_id if identity else "",
             dialect=dialect,
+            keep=keep,
             on_finish=admission.finish if admission else None,
         )
 
@@ -246,6 +261,50 @@ class ProxyApp:
                     admission.finish()
 
         return serve
+
+    async def _history(self, body: JSONObject, team: str) -> list[JSONObject]:
+        """The items of the conversation before this request, when it continues a stored
+        response (``previous_response_id``): that response's history, input and output.
+        Raises :class:`InvalidRequest` for an id the team has no response by."""
+        previous = body.get("previous_response_id")
+        if previous is None:
+            return []
+        if not isinstance(previous, str):
+            raise InvalidRequest(
+                "previous_response_id must be a string", param="previous_response_id"
+            )
+        stored = await self.gateway.responses.get(team, previous)
+        if stored is None:
+            raise InvalidRequest(
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+            )
+        output = stored.response.get("output")
+        items = [o for o in output if isinstance(o, dict)] if isinstance(output, list) else []
+        return [*stored.history, *stored.input_items, *items]
+
+    async def _keep(
+        self,
+        team: str,
+        inputs: list[JSONObject],
+        history: list[JSONObject],
+        response: JSONObject,
+    ) -> None:
+        """Store a whole response (``store`` on): before its end reaches the client, so
+        the client's next turn finds it."""
+        response_id, created = response.get("id"), response.get("created_at")
+        if not isinstance(response_id, str):
+            return  # nothing to find it by
+        await self.gateway.responses.put(
+            StoredResponse(
+                id=response_id,
+                team=team,
+                created_at=created if isinstance(created, int) else int(time.time()),
+                input_items=inputs,
+                history=history,
+                response=response,
+            )
+        )
 
     async def _read_body(self, request: _Request, receive: ASGIReceiveCallable) -> bytes:
         declared = request.headers.get("content-length", "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ def gateway_config(
     server: dict[str, Any] | None = None,
     route: dict[str, Any] | None = None,
     backend: dict[str, Any] | None = None,
+    responses: dict[str, Any] | None = None,
 ) -> GatewayConfig:
     backend = {"type": "openai", "url": upstream_url, **(backend or {})}
     if timeouts:
@@ -41,6 +43,7 @@ def gateway_config(
     return build_config(
         {
             "server": {"bind": "127.0.0.1:0", **(server or {})},
+            **({"responses": responses} if responses else {}),
             "backends": {"fake": backend},
             "routes": {
                 "chat": {
@@ -68,10 +71,12 @@ async def fake(nursery: trio.Nursery) -> FakeOpenAI:
 
 
 @pytest.fixture
-async def start_gateway(nursery: trio.Nursery, fake: FakeOpenAI) -> StartGateway:
-    """Serve a gateway in front of ``fake`` on port 0; keyword args shape its config."""
+async def start_gateway(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path) -> StartGateway:
+    """Serve a gateway in front of ``fake`` on port 0; keyword args shape its config.
+    Stored responses go to a file in the test's own directory."""
 
     async def start(**kwargs: Any) -> RunningGateway:
+        kwargs.setdefault("responses", {"database": str(tmp_path / "responses.sqlite")})
         config = gateway_config(fake.url, **kwargs)
         shutdown = trio.Event()
 

@@ -101,7 +101,7 @@ def test_failure_after_the_commit_is_response_failed() -> None:
     assert doc["type"] == "response.failed" and doc["sequence_number"] == 4
     assert doc["response"]["status"] == "failed"
     assert doc["response"]["error"] == {
-        "code": "upstream_connect_error",
+        "code": "server_error",
         "message": "upstream went away",
     }
 
@@ -123,7 +123,7 @@ def test_dialect_fallback_error_event_and_whole_answers() -> None:
     doc = json.loads(RESPONSES.error_event(UpstreamConnectError("x")).split(b"data: ")[1])
     assert doc == {
         "type": "error",
-        "code": "upstream_connect_error",
+        "code": "server_error",
         "message": "x",
         "param": None,
         "sequence_number": 0,

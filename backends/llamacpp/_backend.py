@@ -51,8 +51,14 @@ class LlamaCppBackend(Backend[LlamaCppSettings]):
     runs itself (``model``)."""
 
     Settings = LlamaCppSettings
-    # llama-server serves Anthropic's Messages and its token count itself (b11434 does).
-    native_endpoints = OPENAI_ENDPOINTS | {"messages", "messages/count_tokens"}
+    # llama-server serves Anthropic's Messages, OpenAI's Responses and their token counts
+    # itself (b11434 does).
+    native_endpoints = OPENAI_ENDPOINTS | {
+        "messages",
+        "messages/count_tokens",
+        "responses",
+        "responses/input_tokens",
+    }
 
     def __init__(self, id: str, settings: LlamaCppSettings) -> None:
         super().__init__(id, settings)

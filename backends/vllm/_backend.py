@@ -46,7 +46,7 @@ class VLLMBackend(Backend[VLLMSettings]):
 
     Settings = VLLMSettings
     # vLLM serves Anthropic's Messages itself; its token count is asked of /tokenize.
-    native_endpoints = OPENAI_ENDPOINTS | {"messages"}
+    native_endpoints = OPENAI_ENDPOINTS | {"messages", "responses"}
 
     def __init__(self, id: str, settings: VLLMSettings) -> None:
         super().__init__(id, settings)

@@ -8,15 +8,20 @@ from ..abc import Endpoint
 from .base import Dialect
 from .chat import CHAT
 from .messages import MESSAGES
+from .responses import RESPONSES
 
-__all__ = ["CHAT", "MESSAGES", "Dialect", "dialect_of", "dialect_of_request"]
+__all__ = ["CHAT", "MESSAGES", "RESPONSES", "Dialect", "dialect_of", "dialect_of_request"]
 
 MESSAGES_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 def dialect_of(endpoint: Endpoint) -> Dialect:
     """The dialect a client of ``endpoint`` speaks."""
-    return MESSAGES if endpoint in ("messages", "messages/count_tokens") else CHAT
+    if endpoint in ("messages", "messages/count_tokens"):
+        return MESSAGES
+    if endpoint in ("responses", "responses/input_tokens"):
+        return RESPONSES
+    return CHAT
 
 
 def dialect_of_request(path: str, has_anthropic_version: bool) -> Dialect:

@@ -13,15 +13,18 @@ and the whole response is kept (:attr:`StreamPipe.result`) for the gateway's sto
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from typing import Any
 
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, UpstreamStatusError, error_json
 from ..sse import SSEEvent, SSEFramer
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
-from .chat import comment_heartbeat
+from .chat import comment_heartbeat, note_usage
+from .responses_answer import ChatToResponsesStream, chat_to_response
 
-__all__ = ["RESPONSES", "ResponsesDialect", "ResponsesPassthrough"]
+__all__ = ["RESPONSES", "ResponsesDialect", "ResponsesFromChat", "ResponsesPassthrough"]
 
 # The events that end a complete Responses stream.
 TERMINAL = frozenset({"response.completed", "response.incomplete"})
@@ -40,8 +43,11 @@ def _event(doc: JSONObject) -> bytes:
 
 
 def error_code(error: GatewayError) -> str:
-    """The ``code`` of a Responses error object for ``error``."""
-    return error.code or ("server_error" if error.status >= 500 else "invalid_request")
+    """The ``code`` of a Responses error object for ``error``, among the codes OpenAI's
+    SDKs know (the detail is in the message)."""
+    if error.status == 429:
+        return "rate_limit_exceeded"
+    return "server_error" if error.status >= 500 else "invalid_prompt"
 
 
 class ResponsesDialect(Dialect):
@@ -226,3 +232,112 @@ class ResponsesPassthrough(Shape):
             self.result = doc
             _note_response_usage(doc, tokens)
         return body
+
+
+class _TranslatedStream(StreamPipe):
+    """Chat chunks in, Responses events out (:class:`ChatToResponsesStream`, which numbers
+    every event it makes, keepalives included); the upstream's comments are dropped."""
+
+    __slots__ = ("_events", "_framer", "_held", "_translator")
+
+    unfinished = "upstream closed the stream before [DONE]"
+
+    def __init__(self, translator: ChatToResponsesStream, keepalive_events: bool) -> None:
+        super().__init__()
+        self._framer = SSEFramer()
+        self._translator = translator
+        self._events = keepalive_events
+        self._held: list[bytes] | None = translator.start()  # until the first output item
+
+    def feed(self, chunk: bytes) -> Fed:
+        events = self._framer.feed(chunk)
+        if not events:
+            return NOTHING
+        out: list[bytes] = []
+        end = False
+        for event in events:
+            text = event.data
+            if text is None:
+                continue
+            if text == "[DONE]":
+                out.extend(self._translator.finish())
+                end = True
+                break
+            if '"usage"' in text:
+                note_usage(text, self.tokens)
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                raise UpstreamProtocolError(
+                    f"upstream sent a chunk that is not JSON: {text[:200]!r}"
+                ) from None
+            if not isinstance(doc, dict):
+                raise UpstreamProtocolError("upstream sent a chunk that is not a JSON object")
+            out.extend(self._translator.feed(doc))
+        if not out:
+            return NOTHING
+        if self._held is not None:
+            out, self._held = [*self._held, *out], None
+        return Fed(b"".join(out), True, end)
+
+    def heartbeat(self) -> bytes | None:
+        if not self._events or self._held is not None:
+            return None
+        return self._translator.keepalive()
+
+    def error_event(self, error: GatewayError) -> bytes | None:
+        if self._held is not None:
+            return None
+        return b"".join(self._translator.failed(error_code(error), error.message))
+
+    @property
+    def result(self) -> JSONObject | None:
+        return self._translator.response
+
+    @property
+    def pending(self) -> bool:
+        return self._framer.pending
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._framer.pending_bytes
+
+
+class ResponsesFromChat(Shape):
+    """A chat answer translated to a Responses answer for a backend that speaks only chat:
+    the public model name, an id of the gateway's, the request's parameters echoed."""
+
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        model: str,
+        request: JSONObject,
+        created_at: int,
+        custom_tools: Collection[str] = (),
+        keepalive_events: bool = False,
+    ) -> None:
+        self._args: dict[str, Any] = {
+            "response_id": response_id,
+            "model": model,
+            "request": request,
+            "created_at": created_at,
+            "custom_tools": tuple(custom_tools),
+        }
+        self.keepalive_events = keepalive_events
+        self.result: JSONObject | None = None
+
+    def stream(self) -> StreamPipe:
+        return _TranslatedStream(ChatToResponsesStream(**self._args), self.keepalive_events)
+
+    def whole(self, body: bytes, tokens: Tokens) -> bytes:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
+        if not isinstance(answer, dict):
+            raise UpstreamProtocolError("upstream answered with JSON that is not an object")
+        if "usage" in answer:
+            note_usage(body, tokens)
+        self.result = chat_to_response(answer, **self._args)
+        return json.dumps(self.result, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,175 @@
+"""``/v1/responses`` on a served gateway, in front of the fake upstream speaking Responses
+itself (passthrough) or chat only (translation): streams and their numbering, heartbeats in
+both modes, stored responses and ``previous_response_id``, errors and failures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.sse import SSEFramer
+from gateway.testing.fake_openai import FakeOpenAI, responses_events
+
+NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
+ASK: dict[str, Any] = {"model": "m", "input": "Hi"}
+MODES = {"native": NATIVE, "translated": {}}
+
+
+def events_of(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in SSEFramer().feed(raw) if e.data is not None]
+
+
+def comments_of(raw: bytes) -> int:
+    return sum(1 for e in SSEFramer().feed(raw) if e.data is None and e.comments)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stream_is_numbered_stored_and_retrievable(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode], keepalive={"interval": 0.2})
+    body = {**ASK, "stream": True, "fake": {"tokens": 3, "prefill": 0.5}}
+    async with gw.client() as client:
+        resp = await client.post("/v1/responses", json=body)
+        events = events_of(resp.content)
+        assert resp.status_code == 200 and comments_of(resp.content) >= 2
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        assert events[0]["type"] == "response.created"
+        assert events[-1]["type"] == "response.completed"
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert text == "tok0 tok1 tok2 "
+        final = events[-1]["response"]
+        stored = await client.get(f"/v1/responses/{final['id']}")
+        items = await client.get(f"/v1/responses/{final['id']}/input_items")
+        deleted = await client.delete(f"/v1/responses/{final['id']}")
+        gone = await client.get(f"/v1/responses/{final['id']}")
+    upstream = fake.requests[-1]
+    if mode == "native":
+        assert upstream.path == "/v1/responses"
+        assert resp.content.replace(b": keepalive\n\n", b"") == b"".join(
+            responses_events(3, model="upstream-m")
+        )
+    else:
+        assert upstream.path == "/v1/chat/completions"
+        assert upstream.body["messages"] == [{"role": "user", "content": "Hi"}]
+        assert final["model"] == "m" and final["id"].startswith("resp_")
+    assert stored.status_code == 200 and stored.json() == final
+    assert items.json()["object"] == "list"
+    assert [i["content"] for i in items.json()["data"]] == [[{"type": "input_text", "text": "Hi"}]]
+    assert deleted.json() == {"id": final["id"], "object": "response", "deleted": True}
+    assert gone.status_code == 404 and gone.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_previous_response_id_sends_the_whole_conversation(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    async with gw.client() as client:
+        first = (await client.post("/v1/responses", json={**ASK, "fake": {"tokens": 2}})).json()
+        second = await client.post(
+            "/v1/responses",
+            json={"model": "m", "input": "And?", "previous_response_id": first["id"]},
+        )
+        third = await client.post(
+            "/v1/responses",
+            json={"model": "m", "input": "More", "previous_response_id": second.json()["id"]},
+        )
+        unknown = await client.post(
+            "/v1/responses", json={**ASK, "previous_response_id": "resp_nope"}
+        )
+        unstored = (await client.post("/v1/responses", json={**ASK, "store": False})).json()
+        missing = await client.get(f"/v1/responses/{unstored['id']}")
+    assert second.status_code == third.status_code == 200
+    upstream = fake.requests[-2].body  # the third turn (the last is the unstored one)
+    if mode == "native":
+        said = [
+            part["text"]
+            for item in upstream["input"]
+            if item.get("type", "message") == "message"
+            for part in item["content"]
+        ]
+        assert "previous_response_id" not in upstream
+    else:
+        said = [m["content"] for m in upstream["messages"]]
+    assert said == ["Hi", "tok0 tok1 ", "And?", "tok0 tok1 tok2 ", "More"]
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "previous_response_id"
+    if mode == "translated":  # (the fake's native answers all have the id resp_fake)
+        assert missing.status_code == 404
+
+
+async def test_keepalive_events_only_after_created_and_numbered(start_gateway) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.2, "responses": "event"})
+    body = {**ASK, "stream": True, "fake": {"tokens": 4, "prefill": 0.5, "gap_at": 3, "gap": 0.6}}
+    async with gw.client() as client:
+        resp = await client.post("/v1/responses", json=body)
+    events = events_of(resp.content)
+    kinds = [e["type"] for e in events]
+    assert comments_of(resp.content) >= 2  # the prefill: nothing of the response is out yet
+    assert kinds.index("keepalive") > kinds.index("response.created")
+    assert kinds.count("keepalive") >= 2
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_mid_stream_failure_is_response_failed(start_gateway, mode: str) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    body = {**ASK, "stream": True, "fake": {"tokens": 8, "fault": "reset_mid_stream"}}
+    async with gw.client() as client:
+        resp = await client.post("/v1/responses", json=body)
+    events = events_of(resp.content)
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "response.failed" and "response.completed" not in kinds
+    assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["error"]["code"] == "server_error"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+async def test_refusals(start_gateway) -> None:
+    gw = await start_gateway()
+    async with gw.client() as client:
+        background = await client.post("/v1/responses", json={**ASK, "background": True})
+        hosted = await client.post("/v1/responses", json={**ASK, "tools": [{"type": "web_search"}]})
+        counted = await client.post("/v1/responses/input_tokens", json=ASK)
+    assert background.status_code == 400 and background.json()["error"]["param"] == "background"
+    assert hosted.status_code == 400 and "web_search" in hosted.json()["error"]["message"]
+    assert counted.status_code == 400 and "cannot count" in counted.json()["error"]["message"]
+
+
+async def test_input_tokens_native(start_gateway) -> None:
+    gw = await start_gateway(backend=NATIVE)
+    async with gw.client() as client:
+        counted = await client.post(
+            "/v1/responses/input_tokens", json={**ASK, "fake": {"input_tokens": 7}}
+        )
+    assert counted.json() == {"object": "response.input_tokens", "input_tokens": 7}
+
+
+async def test_whole_answers(start_gateway) -> None:
+    for backend in (NATIVE, {}):
+        gw = await start_gateway(backend=backend)
+        async with gw.client() as client:
+            resp = await client.post("/v1/responses", json={**ASK, "fake": {"tokens": 2}})
+        answer = resp.json()
+        assert answer["object"] == "response" and answer["status"] == "completed"
+        assert answer["output"][0]["content"][0]["text"] == "tok0 tok1 "
+        assert answer["usage"]["output_tokens"] == 2
+
+
+async def test_ws_upgrade_is_426(start_gateway) -> None:
+    gw = await start_gateway()
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        resp = await client.get(
+            "/v1/responses",
+            headers={
+                "connection": "upgrade",
+                "upgrade": "websocket",
+                "sec-websocket-version": "13",
+                "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+    assert resp.status_code == 426
