@@ -39,10 +39,9 @@ def _usage_database_or_exit(config, what: str) -> None:  # type: ignore[no-untyp
     """With teams on, the usage database must be usable, and without Redis the file of
     stored responses: else one line naming the path on stderr, and exit status 1 (no
     traceback)."""
+    from .responses import ResponsesDatabaseError, check_responses_database
     from .teams import Teams
     from .teams.usage import UsageDatabaseError, check_usage_database
-
-    from .responses import ResponsesDatabaseError, check_responses_database
 
     try:
         if Teams(config).enabled:
