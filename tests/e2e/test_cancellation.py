@@ -14,12 +14,15 @@ from gateway.testing.waiting import wait_until
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 MESSAGES = {**CHAT, "max_tokens": 5000}
 NATIVE = {"native_endpoints": ["chat/completions", "messages"]}
+RESPONSES = {"model": "m", "input": "hi", "stream": True}
 # (path, body, backend table): chat; Messages to a backend that speaks it; Messages to a
 # chat-only backend (translated).
 DIALECTS = {
     "chat": ("/v1/chat/completions", CHAT, {}),
     "messages-native": ("/v1/messages", MESSAGES, NATIVE),
     "messages-translated": ("/v1/messages", MESSAGES, {}),
+    "responses-native": ("/v1/responses", RESPONSES, {"native_endpoints": ["responses"]}),
+    "responses-translated": ("/v1/responses", RESPONSES, {}),
 }
 
 

@@ -41,11 +41,16 @@ def kinds(raw: bytes) -> list[str | None]:
 
 
 async def serve_route(
-    nursery: trio.Nursery, backends: dict[str, dict[str, Any]], route: dict[str, Any]
+    nursery: trio.Nursery,
+    backends: dict[str, dict[str, Any]],
+    route: dict[str, Any],
+    **more: Any,
 ) -> str:
-    """A gateway on port 0 with one route ``pool`` over ``backends`` in priority order."""
+    """A gateway on port 0 with one route ``pool`` over ``backends`` in priority order;
+    ``more``: other tables of its config."""
     config = build_config(
         {
+            **more,
             "server": {"bind": "127.0.0.1:0"},
             "backends": backends,
             "routes": {

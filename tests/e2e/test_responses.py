@@ -5,13 +5,18 @@ both modes, stored responses and ``previous_response_id``, errors and failures."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, responses_events
+
+from .test_failover_limits import start_fakes
+from .test_messages import serve_route
 
 NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
 ASK: dict[str, Any] = {"model": "m", "input": "Hi"}
@@ -173,3 +178,36 @@ async def test_ws_upgrade_is_426(start_gateway) -> None:
             },
         )
     assert resp.status_code == 426
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [("native", "native"), ("native", "translated"), ("translated", "native")],
+)
+async def test_failover_before_output_is_invisible(
+    nursery: trio.Nursery, tmp_path: Path, first: str, second: str
+) -> None:
+    """The first target starts its answer (``response.created``, or chat's role chunk) and
+    then resets: the client sees one response, numbered from 0, from the second."""
+    fakes = await start_fakes(nursery, ["a", "b"])
+    backends = {
+        name: {"type": "openai", "url": fakes[name].url, **MODES[kind]}
+        for name, kind in zip(("a", "b"), (first, second), strict=True)
+    }
+    url = await serve_route(
+        nursery, backends, {"max_attempts": 2}, responses={"database": str(tmp_path / "r.db")}
+    )
+    script = {
+        "tokens": 2,
+        "fault_on_port": {str(fakes["a"].port): "reset_mid_stream"},
+        "reset_at": 1,
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        resp = await client.post(
+            "/v1/responses", json={**ASK, "model": "pool", "stream": True, "fake": script}
+        )
+    assert fakes["a"].requests[-1].sent and len(fakes["b"].requests) == 1
+    events = events_of(resp.content)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("response.created") == 1 and kinds[-1] == "response.completed"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
