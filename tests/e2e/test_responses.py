@@ -5,6 +5,7 @@ both modes, stored responses and ``previous_response_id``, errors and failures."
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,16 @@ import httpx
 import pytest
 import trio
 
+from gateway.config import build_config
+from gateway.server import serve
+from gateway.service import open_gateway
 from gateway.sse import SSEFramer
+from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI, responses_events
 
 from .test_failover_limits import start_fakes
 from .test_messages import serve_route
+from .test_teams import ALPHA, BETA, bearer, raw_config
 
 NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
 ASK: dict[str, Any] = {"model": "m", "input": "Hi"}
@@ -211,3 +217,42 @@ async def test_failover_before_output_is_invisible(
     kinds = [e["type"] for e in events]
     assert kinds.count("response.created") == 1 and kinds[-1] == "response.completed"
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+async def test_stored_responses_are_per_team(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Another team's response id reads as unknown: 404 on GET, input_items and DELETE,
+    400 as a previous_response_id; its own team reads and continues it."""
+    teams = {
+        "alpha": {"keys": [hash_key(ALPHA)]},
+        "beta": {"keys": [hash_key(BETA)]},
+    }
+    raw = raw_config(fake.url, tmp_path, teams)
+    config = build_config({**raw, "responses": {"database": str(tmp_path / "r.db")}}, environ={})
+
+    async def run(task_status: trio.TaskStatus[str]) -> None:
+        async with open_gateway(config) as gw:
+            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+            task_status.started(url)
+            await trio.sleep_forever()
+
+    url: str = await nursery.start(run)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        made = await client.post("/v1/responses", json=ASK, headers=bearer(ALPHA))
+        rid = made.json()["id"]
+        theirs = [
+            await client.get(f"/v1/responses/{rid}", headers=bearer(BETA)),
+            await client.get(f"/v1/responses/{rid}/input_items", headers=bearer(BETA)),
+            await client.delete(f"/v1/responses/{rid}", headers=bearer(BETA)),
+        ]
+        continued = await client.post(
+            "/v1/responses", json={**ASK, "previous_response_id": rid}, headers=bearer(BETA)
+        )
+        own = await client.get(f"/v1/responses/{rid}", headers=bearer(ALPHA))
+        keyless = await client.get(f"/v1/responses/{rid}")
+    assert made.status_code == 200
+    assert [r.status_code for r in theirs] == [404, 404, 404]
+    assert continued.status_code == 400
+    assert own.status_code == 200 and own.json()["id"] == rid
+    assert keyless.status_code == 401
