@@ -256,3 +256,24 @@ async def test_stored_responses_are_per_team(
     assert continued.status_code == 400
     assert own.status_code == 200 and own.json()["id"] == rid
     assert keyless.status_code == 401
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_metrics_count_responses_and_their_tokens(start_gateway, mode: str) -> None:
+    from .test_observability import delta, scrape
+
+    gw = await start_gateway(backend=MODES[mode], keepalive={"interval": 0.2})
+    async with gw.client() as client:
+        before = await scrape(client)
+        body = {**ASK, "stream": True, "fake": {"tokens": 4, "prefill": 0.5}}
+        resp = await client.post("/v1/responses", json=body)
+        await gw.gateway.inflight.wait_empty()
+        after = await scrape(client)
+    ok = {"route": "chat", "backend": "fake", "endpoint": "responses", "status": "200"}
+    assert delta(before, after, "trio_gateway_requests_total", **ok, outcome="completed") == 1
+    beats = comments_of(resp.content)
+    assert beats >= 2
+    assert delta(before, after, "trio_gateway_heartbeats_total", route="chat") == beats
+    tokens = {"route": "chat", "backend": "fake"}
+    assert delta(before, after, "trio_gateway_tokens_total", **tokens, kind="prompt") == 5
+    assert delta(before, after, "trio_gateway_tokens_total", **tokens, kind="completion") == 4
