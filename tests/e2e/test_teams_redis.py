@@ -317,3 +317,53 @@ async def test_keys_new_and_hash_commands() -> None:
     assert is_hash(hashed.stdout.strip())
     empty = await trio.to_thread.run_sync(partial(gateway_cli, "keys", "hash", stdin=""))
     assert empty.returncode == 2
+
+
+async def test_a_replica_reads_and_continues_another_replicas_response(
+    nursery: trio.Nursery, redis_url: str, tmp_path: Path
+) -> None:
+    """Two gateways on one redis-server: a response stored through one is retrieved and
+    continued (previous_response_id) through the other, and deleted there."""
+    from functools import partial
+
+    import httpx
+
+    from gateway.config import build_config
+    from gateway.server import serve
+    from gateway.service import open_gateway
+    from gateway.testing.fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI()
+    await nursery.start(fake.serve)
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": {"fake": {"type": "openai", "url": fake.url}},
+            "routes": {"m": {"backend": "fake"}},
+            "state": {"redis": redis_url, "prefix": "replicas"},
+        },
+        environ={},
+    )
+
+    async def replica(task_status: trio.TaskStatus[str]) -> None:
+        async with open_gateway(config) as gw:
+            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+            task_status.started(url)
+            await trio.sleep_forever()
+
+    one, two = await nursery.start(replica), await nursery.start(replica)
+    async with httpx.AsyncClient(timeout=10) as client:
+        made = await client.post(f"{one}/v1/responses", json={"model": "m", "input": "Hi"})
+        rid = made.json()["id"]
+        read = await client.get(f"{two}/v1/responses/{rid}")
+        continued = await client.post(
+            f"{two}/v1/responses",
+            json={"model": "m", "input": "And?", "previous_response_id": rid},
+        )
+        deleted = await client.delete(f"{two}/v1/responses/{rid}")
+        gone = await client.get(f"{one}/v1/responses/{rid}")
+    assert read.status_code == 200 and read.json() == made.json()
+    assert continued.status_code == 200
+    said = [m["content"] for m in fake.requests[-1].body["messages"]]
+    assert said == ["Hi", "tok0 tok1 tok2 ", "And?"]
+    assert deleted.status_code == 200 and gone.status_code == 404
