@@ -1,0 +1,433 @@
+"""The official ``openai`` Python SDK (``AsyncOpenAI``) on ``/v1/responses`` through the
+gateway, in front of the fake upstream speaking Responses itself (``native``: passthrough)
+or chat only (``translated``).
+
+Every call the SDK offers for Responses that the gateway serves, a three-turn
+``previous_response_id`` chain, a function-call round trip, a Codex CLI request as Codex
+sends it, and the silence the gateway exists for: an upstream that says nothing for longer
+than the client's read timeout, heard through both heartbeat modes (SSE comments, and
+Responses ``keepalive`` events after ``response.created``), beside the same client failing
+straight at the upstream.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import trio
+
+from gateway.testing.fake_openai import FakeOpenAI
+
+from .clients import SDK_ASYNCGEN_WARNINGS
+from .scripts import tokens_text, tool_call_stream
+
+pytestmark = SDK_ASYNCGEN_WARNINGS
+
+NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
+MODES = {"native": NATIVE, "translated": {}}
+CODEX = Path(__file__).resolve().parents[2] / "fixtures" / "codex_request.json"
+
+PREFILL = 1.2  # seconds of upstream silence, each time
+READ_TIMEOUT = 0.8  # the client's read timeout: shorter than any silence
+INTERVAL = 0.2  # the gateway's heartbeat interval
+
+
+def client(base: str, *, read: float = 10.0) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base,
+        api_key="sk-test",
+        max_retries=0,
+        timeout=openai.Timeout(10.0, read=read),
+    )
+
+
+def upstream_for(fake: FakeOpenAI, case: str) -> Any:
+    (request,) = [r for r in fake.requests if (r.body.get("fake") or {}).get("case") == case]
+    return request
+
+
+def said(body: dict[str, Any]) -> list[str]:
+    """The texts of the conversation the upstream got, in order, whichever dialect."""
+    if "messages" in body:
+        return [m["content"] for m in body["messages"] if isinstance(m.get("content"), str)]
+    texts = []
+    for item in body["input"]:
+        if item.get("type", "message") == "message":
+            content = item["content"]
+            texts.extend([content] if isinstance(content, str) else [p["text"] for p in content])
+    return texts
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_create_stream_helper_retrieve_items_delete(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    sdk = client(gw.url + "/v1")
+    try:
+        with trio.fail_after(20):
+            whole = await sdk.responses.create(
+                model="m", input="Hi", extra_body={"fake": {"tokens": 2}}
+            )
+            again = await sdk.responses.retrieve(whole.id)
+            events = []
+            async with await sdk.responses.create(
+                model="m", input="Hi", stream=True, extra_body={"fake": {"tokens": 3}}
+            ) as stream:
+                async for event in stream:
+                    events.append(event)
+            async with sdk.responses.stream(
+                model="m",
+                input=[{"role": "user", "content": "Hello there"}],
+                instructions="Be brief.",
+                extra_body={"fake": {"tokens": 4, "pace": 0.01}},
+            ) as helper:
+                helped = [event.type async for event in helper]
+                final = await helper.get_final_response()
+            stored = await sdk.responses.retrieve(final.id)
+            items = [item async for item in sdk.responses.input_items.list(final.id)]
+            deleted = await sdk.responses.delete(final.id)
+            with pytest.raises(openai.NotFoundError):
+                await sdk.responses.retrieve(final.id)
+    finally:
+        await sdk.close()
+
+    assert whole.status == "completed" and whole.output_text == tokens_text(2)
+    assert again.id == whole.id and again.output_text == tokens_text(2)
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == (
+        tokens_text(3)
+    )
+    assert events[-1].response.output_text == tokens_text(3)
+    assert helped[0] == "response.created" and helped[-1] == "response.completed"
+    assert final.output_text == tokens_text(4) and final.usage and final.usage.output_tokens == 4
+    assert stored.id == final.id and stored.output_text == final.output_text
+    assert [(i.type, i.role) for i in items] == [("message", "user")]
+    assert items[0].content[0].text == "Hello there"
+    assert deleted is None  # the SDK's delete returns nothing on success
+    upstream = fake.requests[-1]
+    if mode == "native":
+        assert upstream.path == "/v1/responses" and upstream.body["model"] == "upstream-m"
+    else:
+        assert upstream.path == "/v1/chat/completions"
+        assert upstream.body["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello there"},
+        ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_three_turn_previous_response_id_chain(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    sdk = client(gw.url + "/v1")
+    try:
+        with trio.fail_after(20):
+            first = await sdk.responses.create(
+                model="m", input="One", extra_body={"fake": {"tokens": 1}}
+            )
+            second = await sdk.responses.create(
+                model="m",
+                input="Two",
+                previous_response_id=first.id,
+                extra_body={"fake": {"tokens": 2}},
+            )
+            async with sdk.responses.stream(
+                model="m",
+                input="Three",
+                previous_response_id=second.id,
+                extra_body={"fake": {"tokens": 3, "case": "third"}},
+            ) as helper:
+                third = await helper.get_final_response()
+    finally:
+        await sdk.close()
+    assert third.output_text == tokens_text(3)
+    upstream = upstream_for(fake, "third").body
+    assert "previous_response_id" not in upstream
+    assert said(upstream) == ["One", tokens_text(1), "Two", tokens_text(2), "Three"]
+
+
+def _responses_sse(docs: list[dict[str, Any]]) -> list[str]:
+    """Named, numbered Responses events as the fake's raw ``chunks``."""
+    out = []
+    for number, doc in enumerate(docs):
+        data = json.dumps({**doc, "sequence_number": number})
+        out.append(f"event: {doc['type']}\ndata: {data}\n\n".encode().decode("latin-1"))
+    return out
+
+
+def function_call_events(call_id: str, name: str, arguments: str) -> list[str]:
+    """A Responses stream whose one output item is a function call, its arguments in
+    pieces, as a server speaking Responses natively streams it."""
+    response = {
+        "id": "resp_tool",
+        "object": "response",
+        "created_at": 0,
+        "model": "upstream-m",
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "status": "in_progress",
+        "output": [],
+    }
+    item = {"type": "function_call", "id": "fc_1", "call_id": call_id, "name": name}
+    at = {"item_id": "fc_1", "output_index": 0}
+    done_item = {**item, "arguments": arguments, "status": "completed"}
+    usage = {
+        "input_tokens": 5,
+        "output_tokens": 7,
+        "total_tokens": 12,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    return _responses_sse(
+        [
+            {"type": "response.created", "response": response},
+            {"type": "response.in_progress", "response": response},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "arguments": "", "status": "in_progress"},
+            },
+            *(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    **at,
+                    "delta": arguments[i : i + 5],
+                }
+                for i in range(0, len(arguments), 5)
+            ),
+            {"type": "response.function_call_arguments.done", **at, "arguments": arguments},
+            {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+            {
+                "type": "response.completed",
+                "response": {
+                    **response,
+                    "status": "completed",
+                    "output": [done_item],
+                    "usage": usage,
+                },
+            },
+        ]
+    )
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_function_call_round_trip(start_gateway, fake: FakeOpenAI, mode: str) -> None:
+    """The model calls a function; the application answers with ``function_call_output``
+    items and ``previous_response_id``; the upstream gets the call and its answer. Translated:
+    a chat stream with two parallel tool calls in odd pieces; native: a Responses stream."""
+    gw = await start_gateway(backend=MODES[mode])
+    if mode == "native":
+        arguments = json.dumps({"city": "Zürich"}, ensure_ascii=False)
+        calls = [("call_n1", "get_weather", arguments)]
+        pieces = function_call_events(*calls[0])
+    else:
+        pieces, _, calls = tool_call_stream()
+    sdk = client(gw.url + "/v1")
+    try:
+        with trio.fail_after(20):
+            async with sdk.responses.stream(
+                model="m",
+                input="Weather and a file?",
+                tools=[WEATHER_TOOL],
+                extra_body={"fake": {"chunks": pieces}},
+            ) as helper:
+                kinds = [event.type async for event in helper]
+                asked = await helper.get_final_response()
+            answer = await sdk.responses.create(
+                model="m",
+                previous_response_id=asked.id,
+                input=[
+                    {"type": "function_call_output", "call_id": call_id, "output": f"out {i}"}
+                    for i, (call_id, _, _) in enumerate(calls)
+                ],
+                tools=[WEATHER_TOOL],
+                extra_body={"fake": {"tokens": 2, "case": "answer"}},
+            )
+    finally:
+        await sdk.close()
+
+    got = [(o.call_id, o.name, o.arguments) for o in asked.output if o.type == "function_call"]
+    assert got == calls
+    assert all(o.id and o.id.startswith("fc_") for o in asked.output)
+    assert "response.function_call_arguments.delta" in kinds
+    assert kinds[-1] == "response.completed"
+    assert answer.output_text == tokens_text(2)
+    upstream = upstream_for(fake, "answer").body
+    if mode == "native":
+        kept = [
+            (i["type"], i.get("call_id"), i.get("arguments") or i.get("output"))
+            for i in upstream["input"]
+            if i.get("type") in ("function_call", "function_call_output")
+        ]
+        assert kept == [
+            ("function_call", "call_n1", arguments),
+            ("function_call_output", "call_n1", "out 0"),
+        ]
+    else:
+        messages = upstream["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+        sent_calls = [
+            (c["id"], c["function"]["name"], c["function"]["arguments"])
+            for c in messages[1]["tool_calls"]
+        ]
+        assert sent_calls == calls
+        assert [(m["tool_call_id"], m["content"]) for m in messages[2:]] == [
+            ("call_a", "out 0"),
+            ("call_b", "out 1"),
+        ]
+
+
+async def _stream_through(
+    base: str,
+    way: str,
+    script: dict[str, Any],
+    results: dict[tuple[str, str], tuple[str, str]],
+    kinds_by: dict[tuple[str, str], list[str]],
+) -> None:
+    """One streamed request per SDK entry point (``create(stream=True)`` and the
+    ``responses.stream`` helper): its outcome in ``results[(way, entry)]``, the types of
+    the events the application got in ``kinds_by[(way, entry)]``."""
+
+    async def one(entry: str) -> None:
+        sdk = client(base, read=READ_TIMEOUT)
+        body = {
+            "model": "m",
+            "input": "Hi",
+            "extra_body": {"fake": {**script, "case": way + entry}},
+        }
+        text, kinds = "", kinds_by[(way, entry)]
+        try:
+            if entry == "create":
+                async with await sdk.responses.create(stream=True, **body) as stream:
+                    async for event in stream:
+                        kinds.append(event.type)
+                        if event.type == "response.output_text.delta":
+                            text += event.delta
+            else:
+                async with sdk.responses.stream(**body) as helper:
+                    async for event in helper:
+                        kinds.append(event.type)
+                    text = (await helper.get_final_response()).output_text
+            results[(way, entry)] = ("ok", text)
+        except openai.APIError as exc:
+            results[(way, entry)] = (type(exc).__name__, text)
+        finally:
+            await sdk.close()
+
+    async with trio.open_nursery() as nursery:
+        for entry in ("create", "helper"):
+            nursery.start_soon(one, entry)
+
+
+@pytest.mark.parametrize("heartbeat", ["comment", "event"])
+async def test_silence_longer_than_the_read_timeout(
+    start_gateway, fake: FakeOpenAI, heartbeat: str
+) -> None:
+    """A prefill of 1.2 s (nothing after the headers) and a 1.2 s gap after the first
+    output text, against a read timeout of 0.8 s: through the gateway, native and
+    translated, every SDK entry point gets the whole answer; straight at the upstream the
+    same client raises ``APITimeoutError``."""
+    keepalive = {"interval": INTERVAL, "responses": heartbeat}
+    gateways = {
+        mode: await start_gateway(backend=backend, keepalive=keepalive)
+        for mode, backend in MODES.items()
+    }
+    # the gap comes before the second text delta: native after created, in_progress, the
+    # item, the part and one delta; translated after the role chunk and one token
+    gap_at = {"native": 5, "translated": 2, "direct": 5}
+    bases = {"direct": fake.url, **{m: g.url + "/v1" for m, g in gateways.items()}}
+    results: dict[tuple[str, str], tuple[str, str]] = {}
+    kinds_by: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for way, base in bases.items():
+                script = {"tokens": 3, "prefill": PREFILL, "gap_at": gap_at[way], "gap": PREFILL}
+                nursery.start_soon(_stream_through, base, way, script, results, kinds_by)
+    assert results == {
+        ("direct", "create"): ("APITimeoutError", ""),
+        ("direct", "helper"): ("APITimeoutError", ""),
+        ("native", "create"): ("ok", tokens_text(3)),
+        ("native", "helper"): ("ok", tokens_text(3)),
+        ("translated", "create"): ("ok", tokens_text(3)),
+        ("translated", "helper"): ("ok", tokens_text(3)),
+    }
+    for mode in MODES:
+        # the fake did keep silent that long
+        request = upstream_for(fake, mode + "helper")
+        assert request.finished_at - request.received_at >= 2 * PREFILL
+        for entry in ("create", "helper"):
+            kinds = kinds_by[(mode, entry)]
+            assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+            # comments never reach the application; keepalive events do, after created
+            # (the gap after the first delta is 1.2 s: several heartbeats)
+            beats = kinds.count("keepalive")
+            assert beats >= 3 if heartbeat == "event" else beats == 0, (mode, entry, kinds)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_codex_request(start_gateway, fake: FakeOpenAI, mode: str) -> None:
+    """The request Codex CLI sends (stateless, the whole history in ``input``, encrypted
+    reasoning items, function and custom tools, ``include``, ``prompt_cache_key``,
+    ``parallel_tool_calls``), streamed as Codex streams it, with a silent prefill."""
+    gw = await start_gateway(backend=MODES[mode], keepalive={"interval": INTERVAL})
+    body = json.loads(CODEX.read_text())
+    body["model"] = "m"
+    del body["stream"]
+    sdk = client(gw.url + "/v1", read=READ_TIMEOUT)
+    try:
+        with trio.fail_after(20):
+            events = []
+            async with await sdk.responses.create(
+                stream=True, **body, extra_body={"fake": {"tokens": 3, "prefill": PREFILL}}
+            ) as stream:
+                async for event in stream:
+                    events.append(event)
+    finally:
+        await sdk.close()
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == tokens_text(3)
+    upstream = fake.requests[-1]
+    if mode == "native":
+        assert upstream.path == "/v1/responses"
+        sent = {k: v for k, v in upstream.body.items() if k != "fake"}
+        assert sent == {**body, "model": "upstream-m", "stream": True}
+    else:
+        assert upstream.path == "/v1/chat/completions"
+        names = [t["function"]["name"] for t in upstream.body["tools"]]
+        assert names == [t["name"] for t in body["tools"]]
+        assert upstream.body["parallel_tool_calls"] is True
+        assert upstream.body["messages"][0]["role"] in ("system", "developer")
+    # store: false kept nothing
+    sdk = client(gw.url + "/v1")
+    try:
+        with pytest.raises(openai.NotFoundError):
+            await sdk.responses.retrieve(events[-1].response.id)
+    finally:
+        await sdk.close()
