@@ -100,3 +100,29 @@ def run_anthropic_node(node_client: tuple[str, Path]) -> RunNode:
         return {r["id"]: r for r in results}
 
     return run
+
+
+@pytest.fixture
+def run_responses_node(node_client: tuple[str, Path]) -> RunNode:
+    """``run_node`` for the ``openai`` package's Responses API: ``await
+    run_responses_node(ops, limit=...)`` runs the ops at once in one Node process through
+    ``tests/node/responses.mjs`` (its header documents the ops and results) and returns their
+    results by id. Fails if Node takes longer than ``limit`` seconds."""
+    node, _ = node_client
+    script = NODE_DIR / "responses.mjs"
+
+    async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
+        with trio.fail_after(limit):
+            done = await trio.run_process(
+                [node, str(script)],
+                stdin=json.dumps({"ops": ops}).encode(),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        stderr = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, f"node exited with {done.returncode}:\n{stderr}"
+        results = json.loads(done.stdout)["results"]
+        return {r["id"]: r for r in results}
+
+    return run
