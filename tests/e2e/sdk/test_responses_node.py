@@ -17,6 +17,8 @@ from gateway.testing.fake_openai import FakeOpenAI
 from .conftest import RunNode
 from .scripts import tokens_text
 
+pytestmark = pytest.mark.node
+
 NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
 MODES = {"native": NATIVE, "translated": {}}
 

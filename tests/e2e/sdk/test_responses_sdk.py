@@ -431,3 +431,128 @@ async def test_a_codex_request(start_gateway, fake: FakeOpenAI, mode: str) -> No
             await sdk.responses.retrieve(events[-1].response.id)
     finally:
         await sdk.close()
+
+
+def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
+    """A chat stream (the fake's raw ``chunks``) calling ``calls`` — (id, name, arguments)
+    — in parallel, the arguments in pieces of 7 characters."""
+    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
+
+    def doc(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        data = json.dumps({**base, "choices": [choice]})
+        return f"data: {data}\n\n".encode().decode("latin-1")
+
+    pieces = [doc({"role": "assistant", "content": None})]
+    for index, (call_id, name, arguments) in enumerate(calls):
+        function = {"name": name, "arguments": ""}
+        pieces.append(
+            doc(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call_id, "type": "function", "function": function}
+                    ]
+                }
+            )
+        )
+        for at in range(0, len(arguments), 7):
+            piece = {"index": index, "function": {"arguments": arguments[at : at + 7]}}
+            pieces.append(doc({"tool_calls": [piece]}))
+    return [*pieces, doc({}, "tool_calls"), "data: [DONE]\n\n"]
+
+
+async def test_a_codex_tool_turn_translated(start_gateway, fake: FakeOpenAI) -> None:
+    """Codex's request through a chat-only backend whose model calls the freeform
+    ``apply_patch`` tool and the ``shell`` function at once: the SDK gets a
+    ``custom_tool_call`` with the patch as its raw input and a ``function_call``; Codex's
+    next request (stateless: the calls and their outputs appended to ``input``) reaches the
+    upstream as the assistant's tool calls and one tool message per call."""
+    gw = await start_gateway()
+    body = json.loads(CODEX.read_text())
+    body["model"] = "m"
+    del body["stream"]
+    patch = "*** Begin Patch\n*** Update File: a.py\n@@\n-x = 1\n+x = 2\n*** End Patch\n"
+    shell = json.dumps({"command": ["pytest", "-q"], "workdir": "/repo"})
+    chunks = chat_tool_calls(
+        [("call_p", "apply_patch", json.dumps({"input": patch})), ("call_s", "shell", shell)]
+    )
+    sdk = client(gw.url + "/v1")
+    try:
+        with trio.fail_after(20):
+            async with await sdk.responses.create(
+                stream=True, **body, extra_body={"fake": {"chunks": chunks}}
+            ) as stream:
+                events = [event async for event in stream]
+            done = events[-1].response
+            outputs = [o.to_dict(mode="json") for o in done.output]
+            follow_up = {
+                **body,
+                "input": [
+                    *body["input"],
+                    *outputs,
+                    {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"},
+                    {"type": "function_call_output", "call_id": "call_s", "output": "1 passed"},
+                ],
+            }
+            async with await sdk.responses.create(
+                stream=True, **follow_up, extra_body={"fake": {"tokens": 2, "case": "next"}}
+            ) as stream:
+                answer = [event async for event in stream][-1].response
+    finally:
+        await sdk.close()
+
+    assert events[-1].type == "response.completed"
+    got = [
+        (o.type, o.call_id, o.name, o.input if o.type == "custom_tool_call" else o.arguments)
+        for o in done.output
+    ]
+    assert got == [
+        ("custom_tool_call", "call_p", "apply_patch", patch),
+        ("function_call", "call_s", "shell", shell),
+    ]
+    assert answer.output_text == tokens_text(2)
+    messages = upstream_for(fake, "next").body["messages"]
+    assistant, *tools = messages[-3:]
+    assert [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in assistant["tool_calls"]
+    ] == [("call_p", "apply_patch", {"input": patch}), ("call_s", "shell", json.loads(shell))]
+    assert [(m["role"], m["tool_call_id"], m["content"]) for m in tools] == [
+        ("tool", "call_p", "Done!"),
+        ("tool", "call_s", "1 passed"),
+    ]
+
+
+async def test_input_items_pages_and_input_tokens(start_gateway) -> None:
+    """The SDK's auto-pager walks ``input_items`` a page at a time (newest first, as
+    OpenAI lists them; ``order="asc"`` oldest first); ``input_tokens.count`` answers from a
+    backend that counts and is a clear 400 from one that cannot."""
+    native = await start_gateway(backend=NATIVE)
+    translated = await start_gateway()
+    sdk = client(native.url + "/v1")
+    other = client(translated.url + "/v1")
+    said = [{"role": "user", "content": f"m{i}"} for i in range(5)]
+    try:
+        with trio.fail_after(20):
+            done = await sdk.responses.create(model="m", input=said)
+            first = await sdk.responses.input_items.list(done.id, limit=2)
+            paged = [
+                i.content[0].text async for i in sdk.responses.input_items.list(done.id, limit=2)
+            ]
+            oldest = [
+                i.content[0].text
+                async for i in sdk.responses.input_items.list(done.id, order="asc")
+            ]
+            counted = await sdk.responses.input_tokens.count(
+                model="m", input="Hi", extra_body={"fake": {"input_tokens": 7}}
+            )
+            with pytest.raises(openai.BadRequestError) as refused:
+                await other.responses.input_tokens.count(model="m", input="Hi")
+    finally:
+        await sdk.close()
+        await other.close()
+    assert [i.content[0].text for i in first.data] == ["m4", "m3"] and first.has_more
+    assert paged == ["m4", "m3", "m2", "m1", "m0"]
+    assert oldest == ["m0", "m1", "m2", "m3", "m4"]
+    assert counted.input_tokens == 7
+    assert "cannot count" in refused.value.message
