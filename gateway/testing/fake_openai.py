@@ -60,6 +60,7 @@ import json
 import socket
 import struct
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import h11
@@ -183,12 +184,14 @@ def messages_events(n: int, *, model: str = "fake", text: str = "tok") -> list[b
     ]
 
 
-def responses_events(n: int, *, model: str = "fake", text: str = "tok") -> list[bytes]:
+def responses_events(
+    n: int, *, model: str = "fake", text: str = "tok", id: str = "resp_fake"
+) -> list[bytes]:
     """An OpenAI Responses stream, one named event per item, numbered from 0:
     ``response.created``, ``response.in_progress``, one message item of one output_text part
     made of ``n`` deltas, its ``.done`` events, ``response.completed``."""
     whole = "".join(f"{text}{i} " for i in range(n))
-    opening = {**_response(model, "", 0), "status": "in_progress", "output": [], "usage": None}
+    opening = {**_response(model, "", 0, id), "status": "in_progress", "output": [], "usage": None}
     item = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "in_progress"}
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
@@ -206,16 +209,16 @@ def responses_events(n: int, *, model: str = "fake", text: str = "tok") -> list[
         {
             "type": "response.output_item.done",
             "output_index": 0,
-            "item": _response(model, whole, n)["output"][0],
+            "item": _response(model, whole, n, id)["output"][0],
         },
-        {"type": "response.completed", "response": _response(model, whole, n)},
+        {"type": "response.completed", "response": _response(model, whole, n, id)},
     ]
     return [_event({**doc, "sequence_number": i}) for i, doc in enumerate(docs)]
 
 
-def _response(model: str, text: str, n: int) -> dict[str, Any]:
+def _response(model: str, text: str, n: int, id: str = "resp_fake") -> dict[str, Any]:
     return {
-        "id": "resp_fake",
+        "id": id,
         "object": "response",
         "created_at": 0,
         "status": "completed",
@@ -347,6 +350,10 @@ class FakeOpenAI:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def _response_id(self) -> str:
+        """A response id of its own for every answer, as a real server gives."""
+        return f"resp_fake{self.port}n{len(self.requests)}"
 
     def queue_stats(self, queue: str) -> tuple[int, int]:
         """(requests holding a slot, requests waiting for one) of ``queue``."""
@@ -549,7 +556,8 @@ class FakeOpenAI:
             if messages:
                 body = json.dumps(_message(str(req.body.get("model")), text, n)).encode()
             elif responses:
-                body = json.dumps(_response(str(req.body.get("model")), text, n)).encode()
+                rid = self._response_id()
+                body = json.dumps(_response(str(req.body.get("model")), text, n, rid)).encode()
             else:
                 body = json.dumps(_completion(req.body, n)).encode()
             await self._send_fixed(
@@ -573,7 +581,8 @@ class FakeOpenAI:
             if messages:
                 events, beat = messages_events, _PING
             elif responses:
-                events, beat = responses_events, b": upstream-ping\n\n"
+                events = partial(responses_events, id=self._response_id())
+                beat = b": upstream-ping\n\n"
             elif "messages" in req.body:
                 events, beat = chat_events, b": upstream-ping\n\n"
             else:

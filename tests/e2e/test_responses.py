@@ -60,9 +60,8 @@ async def test_stream_is_numbered_stored_and_retrievable(
     upstream = fake.requests[-1]
     if mode == "native":
         assert upstream.path == "/v1/responses"
-        assert resp.content.replace(b": keepalive\n\n", b"") == b"".join(
-            responses_events(3, model="upstream-m")
-        )
+        assert resp.content.replace(b": keepalive\n\n", b"") == upstream.sent
+        assert upstream.sent == b"".join(responses_events(3, model="upstream-m", id=final["id"]))
     else:
         assert upstream.path == "/v1/chat/completions"
         assert upstream.body["messages"] == [{"role": "user", "content": "Hi"}]
@@ -109,8 +108,7 @@ async def test_previous_response_id_sends_the_whole_conversation(
     assert said == ["Hi", "tok0 tok1 ", "And?", "tok0 tok1 tok2 ", "More"]
     assert unknown.status_code == 400
     assert unknown.json()["error"]["param"] == "previous_response_id"
-    if mode == "translated":  # (the fake's native answers all have the id resp_fake)
-        assert missing.status_code == 404
+    assert missing.status_code == 404
 
 
 async def test_keepalive_events_only_after_created_and_numbered(start_gateway) -> None:
