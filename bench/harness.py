@@ -9,7 +9,8 @@ Targets, all in front of the same fake upstream (``upstream.py``, its own proces
 
 Scenarios (``--scenarios``, all by default): ``unary`` (1, and 5 from its numbers),
 ``stream`` (2), ``sustain`` (3), ``idle`` (4, trio-gateway only), ``messages`` (6: Anthropic
-Messages beside chat, direct and trio-gateway only; ``messages_scenario.py``).
+Messages beside chat, direct and trio-gateway only; ``messages_scenario.py``), ``responses``
+(7: OpenAI Responses beside chat, the same way).
 
 Pinning: with two or more CPUs the server under test runs on the last CPU, the upstream and
 the load generator on the others (CPU 0). Each scenario is repeated (``--repeats``, in a
@@ -40,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from messages_scenario import run_messages, summarize_messages
+from messages_scenario import DIALECT_SCENARIOS, run_messages, summarize_messages
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -51,7 +52,7 @@ TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
 # Optional references (--targets ...,asgi-floor,quart-floor,httpx-floor): the gateway's stack
 # without the gateway, to tell framework cost from ours (floor_app.py).
 FLOORS = ("asgi-floor", "quart-floor", "httpx-floor")
-SCENARIOS = ("unary", "stream", "sustain", "idle", "messages")
+SCENARIOS = ("unary", "stream", "sustain", "idle", "messages", "responses")
 
 
 def log(message: str) -> None:
@@ -145,6 +146,7 @@ def start_upstream(cpus: set[int], workdir: Path) -> Server:
 
 def write_gateway_config(workdir: Path, upstream_port: int) -> Path:
     text = (BENCH / "gateway.toml").read_text().replace("UPSTREAM_PORT", str(upstream_port))
+    text = text.replace("RESULTS_DIR", str(workdir.resolve()))
     path = workdir / "gateway.toml"
     path.write_text(text)
     return path
@@ -324,7 +326,7 @@ class Plan:
     idle_streams: int
     idle_prefill: float
     idle_repeats: int
-    messages_streams: int  # scenario 6's load: this many streams of sustain_tokens deltas
+    messages_streams: int  # scenarios 6 and 7's load: this many streams of sustain_tokens deltas
 
 
 QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1, 20)
@@ -406,8 +408,10 @@ def run_target(
     if "sustain" in scenarios:
         out["sustain_trials"] = []
         out["sustain_max"] = sustain_search(cpus, server, plan, hint, out["sustain_trials"])
-    if "messages" in scenarios:
-        out["messages"] = run_messages(target, partial(loadgen, cpus, server), plan, repeat, log)
+    for key, dialect in DIALECT_SCENARIOS.items():
+        if key in scenarios:
+            measure = partial(loadgen, cpus, server)
+            out[key] = run_messages(target, measure, plan, repeat, log, dialect)
     return out
 
 
@@ -593,8 +597,9 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
             s["stream_cpu_us"] = median([t.get("server_cpu_us_per_event") for t in passed])
             s["sustain_max"] = median([r["sustain_max"] for r in runs])
             s["sustain_each"] = [r["sustain_max"] for r in runs]
-        if any(r.get("messages") for r in runs):
-            s["messages"] = summarize_messages([r["messages"] for r in runs if r.get("messages")])
+        for key in DIALECT_SCENARIOS:
+            if any(r.get(key) for r in runs):
+                s[key] = summarize_messages([r[key] for r in runs if r.get(key)])
         summary[target] = s
     idle = raw.get("idle") or []
     if idle:
@@ -744,12 +749,16 @@ def main() -> None:
             shutil.copy(workdir / name, latest / name)
         log(f"copied to {latest}")
     elif (
-        not args.quick and scenarios == ("messages",) and {"direct", "trio-gateway"} <= set(targets)
+        not args.quick
+        and len(scenarios) == 1
+        and scenarios[0] in DIALECT_SCENARIOS
+        and {"direct", "trio-gateway"} <= set(targets)
     ):
         latest.mkdir(exist_ok=True)
-        for name, to in (("results.json", "messages.json"), ("results.md", "messages.md")):
+        key = scenarios[0]
+        for name, to in (("results.json", f"{key}.json"), ("results.md", f"{key}.md")):
             shutil.copy(workdir / name, latest / to)
-        log(f"copied to {latest}/messages.{{json,md}}")
+        log(f"copied to {latest}/{key}.{{json,md}}")
     print((workdir / "results.md").read_text())
 
 

@@ -8,8 +8,12 @@ bodies; streamed bodies are split into SSE events (a blank line ends one), and e
 is stamped with the read that completed it.
 
 ``--dialect messages`` posts Anthropic Messages bodies (with ``anthropic-version``) instead
-of chat's; either way a content delta is an event whose text is ``tok<i> ``, ``event: ping``
-counts as a heartbeat like a comment, and ``[DONE]`` or ``message_stop`` ends a stream whole.
+of chat's, ``--dialect responses`` OpenAI Responses bodies (``input``); in every dialect a
+content delta is an event whose text is ``tok<i> `` (of a named event, only
+``content_block_delta`` and ``response.output_text.delta``: Responses' ``.done`` events repeat
+the whole text), ``event: ping`` and ``event: keepalive`` count as heartbeats like a comment,
+``[DONE]``, ``message_stop`` or ``response.completed`` ends a stream whole, and
+``event: error`` or ``response.failed`` is counted as a failure.
 
 Scenarios (``python bench/loadgen.py SCENARIO --help``):
 
@@ -79,7 +83,7 @@ def _request(args: argparse.Namespace, stream: bool, prefill_ms: int = 0) -> byt
 def _per_delta(
     a: dict[str, float] | None, b: dict[str, float] | None, records: list[StreamRecord]
 ) -> dict[str, float | None]:
-    """The server's CPU per content delta the clients got: the same unit in both dialects,
+    """The server's CPU per content delta the clients got: the same unit in every dialect,
     whatever else each stream carries (chat's role and usage chunks, Messages' block and
     message events)."""
     if a is None or b is None:
@@ -433,7 +437,8 @@ def main() -> None:
         "--dialect",
         choices=sorted(BODIES),
         default="chat",
-        help="request body: Chat Completions, or Anthropic Messages (post it to /v1/messages)",
+        help="request body: Chat Completions, Anthropic Messages (post it to /v1/messages) or "
+        "OpenAI Responses (post it to /v1/responses)",
     )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)

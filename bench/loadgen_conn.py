@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 now = time.perf_counter
-# A content delta's text, in either dialect: ``"content":"tok7 "`` or ``"text":"tok7 "``.
+# A content delta's text, in any dialect: ``"content":"tok7 "``, ``"text":"tok7 "`` or
+# ``"delta":"tok7 "``.
 _TOKEN = re.compile(rb'"tok(\d+) ')
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 
@@ -77,7 +78,25 @@ def messages_body(
     }
 
 
-BODIES = {"chat": chat_body, "messages": messages_body}
+def responses_body(
+    stream: bool, n: int = 64, gap_ms: int = 20, prefill_ms: int = 0, model: str = "bench"
+) -> dict[str, Any]:
+    """The OpenAI Responses request of :func:`chat_body`'s shape (``store`` left to its
+    default, on, as the SDKs leave it)."""
+    return {
+        "model": model,
+        "input": f"bench:n={n},gap={gap_ms},prefill={prefill_ms}",
+        "stream": stream,
+    }
+
+
+BODIES = {"chat": chat_body, "messages": messages_body, "responses": responses_body}
+# Named events that carry one content delta; any other named event never counts as one
+# (Responses' ``.done`` events and ``response.completed`` repeat the whole text).
+_DELTA_EVENTS = (b"event: content_block_delta\n", b"event: response.output_text.delta\n")
+_HEARTBEATS = (b":", b"event: ping\n", b"event: keepalive\n")
+_ENDS = (b"event: message_stop\n", b"event: response.completed\n")
+_FAILURES = (b"event: error\n", b"event: response.failed\n")
 
 
 class ResponseDecoder:
@@ -293,22 +312,26 @@ class Conn(asyncio.Protocol):
             if not event:
                 continue
             record.events.append(t)
-            # Heartbeats: chat's SSE comments and Anthropic's ``event: ping``.
-            if event[0:1] == b":" or event.startswith(b"event: ping\n"):
+            # Heartbeats: SSE comments, Anthropic's ``event: ping``, Responses' keepalive.
+            if event.startswith(_HEARTBEATS):
                 record.heartbeats.append(t)
                 continue
             if record.first_event is None:
                 record.first_event = t
-            match = _TOKEN.search(event)
+            named = event.startswith(b"event: ")
+            match = _TOKEN.search(event) if not named or event.startswith(_DELTA_EVENTS) else None
             if match is not None:
                 if int(match.group(1)) != len(record.tokens):
                     record.order_ok = False
                 record.tokens.append(t)
                 tokens_here += 1
-            elif b"[DONE]" in event or event.startswith(b"event: message_stop\n"):
+            elif named:
+                if event.startswith(_ENDS):
+                    record.complete = True
+                elif event.startswith(_FAILURES):
+                    record.errors.append(event[:200].decode(errors="replace"))
+            elif b"[DONE]" in event:
                 record.complete = True
-            elif event.startswith(b"event: error\n"):
-                record.errors.append(event[:200].decode(errors="replace"))
         if tokens_here > 1:
             record.coalesced += tokens_here - 1
 

@@ -1,7 +1,16 @@
-"""Scenario 6: Anthropic Messages streams beside chat streams, on the same server in the same
-run — the measuring (:func:`run_messages`), its medians (:func:`summarize_messages`) and its
-table (:func:`messages_table`). The harness (``harness.py``) calls the first two, the report
-(``report.py``) the last.
+"""Scenarios 6 and 7: Anthropic Messages (6) and OpenAI Responses (7) streams beside chat
+streams, on the same server in the same run — the measuring (:func:`run_messages`), its
+medians (:func:`summarize_messages`) and its table (:func:`messages_table`), each for one
+:class:`DialectScenario` (``MESSAGES`` by default, or ``RESPONSES``). The harness
+(``harness.py``) calls the first two, the report (``report.py``) the last.
+
+Scenario 7 is scenario 6 with ``responses`` for ``messages`` throughout: ``direct`` has
+``chat`` and ``responses`` (the upstream's ``/v1/responses``), ``trio-gateway`` has ``chat``,
+``responses-passthrough`` (route ``bench-native``, whose backend lists ``responses`` too:
+the upstream's events relayed, heartbeats as SSE comments) and ``responses-translated``
+(route ``bench``: chat upstream, Responses events to the client). Responses are stored
+(``store`` left at its default, on, as the SDKs leave it), so its CPU includes the store.
+Scenario 6 as it was described first:
 
 Variants, by target (the others have none and skip the scenario):
 
@@ -44,22 +53,42 @@ class Variant:
 
 
 CHAT = Variant("chat", "/v1/chat/completions", "chat", "bench", "chat")
-VARIANTS: dict[str, tuple[Variant, ...]] = {
-    "direct": (CHAT, Variant("messages", "/v1/messages", "messages", "bench", "Messages")),
-    "trio-gateway": (
-        CHAT,
-        Variant(
-            "messages-passthrough",
-            "/v1/messages",
-            "messages",
-            "bench-native",
-            "Messages passthrough",
-        ),
-        Variant("messages-translated", "/v1/messages", "messages", "bench", "Messages translated"),
-    ),
-}
-# The direct variant each one is compared with: the same dialect as the client speaks.
-DIRECT_OF = {"chat": "chat", "messages-passthrough": "messages", "messages-translated": "messages"}
+
+
+@dataclass(frozen=True, slots=True)
+class DialectScenario:
+    """One dialect beside chat: its key in results, its number and its variants per target."""
+
+    key: str  # the harness's scenario name and the results' key
+    number: int
+    title: str
+    variants: dict[str, tuple[Variant, ...]]
+    # The direct variant each one is compared with: the same dialect as the client speaks.
+    direct_of: dict[str, str]
+
+
+def _beside_chat(key: str, number: int, title: str, path: str, label: str) -> DialectScenario:
+    return DialectScenario(
+        key,
+        number,
+        title,
+        {
+            "direct": (CHAT, Variant(key, path, key, "bench", label)),
+            "trio-gateway": (
+                CHAT,
+                Variant(f"{key}-passthrough", path, key, "bench-native", f"{label} passthrough"),
+                Variant(f"{key}-translated", path, key, "bench", f"{label} translated"),
+            ),
+        },
+        {"chat": "chat", f"{key}-passthrough": key, f"{key}-translated": key},
+    )
+
+
+MESSAGES = _beside_chat("messages", 6, "Messages beside chat", "/v1/messages", "Messages")
+RESPONSES = _beside_chat("responses", 7, "Responses beside chat", "/v1/responses", "Responses")
+DIALECT_SCENARIOS = {s.key: s for s in (MESSAGES, RESPONSES)}
+VARIANTS = MESSAGES.variants
+DIRECT_OF = MESSAGES.direct_of
 
 
 class Measure(Protocol):
@@ -87,11 +116,12 @@ def run_messages(
     plan: PlanLike,
     repeat: int,
     log: Callable[[str], None],
+    scenario: DialectScenario = MESSAGES,
 ) -> dict[str, Any]:
     """One repeat of every variant of ``target`` (``{}`` for a target without variants)."""
-    variants = VARIANTS.get(target, ())
+    variants = scenario.variants.get(target, ())
     if not variants:
-        log(f"  messages: no variants for {target}; skipped")
+        log(f"  {scenario.key}: no variants for {target}; skipped")
         return {}
     order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
     out: dict[str, Any] = {}
@@ -119,7 +149,7 @@ def run_messages(
         )
         out[v.name] = {"stream": stream, "load": load}
         log(
-            f"  messages {target} {v.name}: first content p50 "
+            f"  {scenario.key} {target} {v.name}: first content p50 "
             f"{stream['first_content_ms']['p50']} ms, inter p99 "
             f"{stream['inter_chunk_ms']['p99']} ms, missing {stream['missing']}; "
             f"{plan.messages_streams} streams: {load.get('server_cpu_us_per_delta')} µs/delta, "
@@ -183,29 +213,30 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or not b else f"{a / b:.2f}×"
 
 
-def messages_table(raw: dict[str, Any]) -> str:
-    """Scenario 6's table, or ``""`` when the run had no Messages numbers."""
+def messages_table(raw: dict[str, Any], scenario: DialectScenario = MESSAGES) -> str:
+    """The scenario's table (6's by default), or ``""`` when the run had no numbers for it."""
     s = raw["summary"]
+    key = scenario.key
     columns = [
         (target, v)
-        for target in VARIANTS
-        for v in VARIANTS[target]
-        if v.name in s.get(target, {}).get("messages", {})
+        for target in scenario.variants
+        for v in scenario.variants[target]
+        if v.name in s.get(target, {}).get(key, {})
     ]
     if not columns:
         return ""
     plan = raw["plan"]
-    direct = s.get("direct", {}).get("messages", {})
-    gateway = s.get("trio-gateway", {}).get("messages", {})
+    direct = s.get("direct", {}).get(key, {})
+    gateway = s.get("trio-gateway", {}).get(key, {})
 
     rows: list[list[str]] = []
 
     def row(label: str, fn: Callable[[str, str, dict[str, Any]], str]) -> None:
         """``fn(target, variant, its summary)`` gives each column's cell."""
-        rows.append([label, *(fn(t, v.name, s[t]["messages"][v.name]) for t, v in columns)])
+        rows.append([label, *(fn(t, v.name, s[t][key][v.name]) for t, v in columns)])
 
     def vs_direct(name: str) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = direct.get(DIRECT_OF.get(name, name))
+        found: dict[str, Any] | None = direct.get(scenario.direct_of.get(name, name))
         return found
 
     row("stream c=1: first event p50 / p99 ms", lambda t, n, c: _pair(c["ttft_p50"], c["ttft_p99"]))
@@ -264,7 +295,7 @@ def messages_table(raw: dict[str, Any]) -> str:
     def head(target: str, v: Variant) -> str:
         return f"{'direct' if target == 'direct' else 'trio-gateway'}: {v.label}"
 
-    header = ["scenario 6: Messages beside chat", *(head(t, v) for t, v in columns)]
+    header = [f"scenario {scenario.number}: {scenario.title}", *(head(t, v) for t, v in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"

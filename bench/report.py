@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from messages_scenario import messages_table
+from messages_scenario import DIALECT_SCENARIOS, messages_table
 
 ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
 LABELS = {
@@ -208,10 +208,11 @@ def table(raw: dict[str, Any]) -> str:
     if rows:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-    messages = messages_table(raw)
-    if messages:
-        lines += [""] if rows else []
-        lines.append(messages.rstrip("\n"))
+    for dialect in DIALECT_SCENARIOS.values():
+        extra = messages_table(raw, dialect)
+        if extra:
+            lines += [""] if lines else []
+            lines.append(extra.rstrip("\n"))
     plan = raw["plan"]
     pin = raw["pinning"]
     la = raw["load_average"]

@@ -1,12 +1,13 @@
 """Checks of the benchmark harness itself (not part of the suite CI runs; run with
 ``.venv/bin/python -m pytest bench/test_bench.py -q``): the load generator's HTTP decoder at
 every split point, and the fake upstream and load generator against each other over real
-sockets, including a sustained level that must fail; Anthropic Messages streams and scenario
-6's plumbing."""
+sockets, including a sustained level that must fail; Anthropic Messages and OpenAI Responses
+streams and scenarios 6 and 7's plumbing."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from loadgen_conn import Conn, ResponseDecoder, StreamRecord  # noqa: E402 (bench/ is not a package)
-from messages_scenario import messages_table, run_messages, summarize_messages  # noqa: E402
+from messages_scenario import (  # noqa: E402
+    RESPONSES,
+    messages_table,
+    run_messages,
+    summarize_messages,
+)
 
 PIECES = [b"data: one\n\n", b": keepalive\n\ndata: x", b"\n\n\n"]
 CHUNKED = (
@@ -267,3 +273,124 @@ def test_messages_scenario_measures_and_tables_the_direct_variants(
     assert "| direct: chat | direct: Messages |" in table
     assert run_messages("nginx", measure, plan, 0, seen.append) == {}
     assert seen[-1] == "  messages: no variants for nginx; skipped"
+
+
+def _typed(kind: str, **fields: object) -> bytes:
+    return _named(kind, json.dumps({"type": kind, **fields}, separators=(",", ":")))
+
+
+def _text_delta(i: int) -> bytes:
+    return _typed("response.output_text.delta", delta=f"tok{i} ", sequence_number=4 + i)
+
+
+def test_responses_events_only_text_deltas_count_and_response_completed_ends() -> None:
+    """The ``.done`` events and ``response.completed`` repeat the whole text (``"tok0 …``):
+    they are no deltas; comments and ``keepalive`` events are heartbeats."""
+    whole = "tok0 tok1 "
+    record = _one_stream(
+        [
+            b": keepalive\n\n",
+            _typed("response.created", response={"id": "resp_tok1"}),
+            _typed("keepalive", sequence_number=1),
+            _text_delta(0),
+            _text_delta(1),
+            _typed("response.output_text.done", text=whole),
+            _typed("response.content_part.done", part={"text": whole}),
+            _typed("response.completed", response={"output": [{"text": whole}]}),
+        ]
+    )
+    assert len(record.heartbeats) == 2
+    assert len(record.tokens) == 2
+    assert record.order_ok and record.complete and not record.errors
+
+
+def test_responses_failed_is_counted_and_leaves_the_stream_incomplete() -> None:
+    failed = _typed("response.failed", response={"error": {"code": "server_error"}})
+    record = _one_stream([_text_delta(0), failed])
+    assert not record.complete
+    assert record.errors and "server_error" in record.errors[0]
+
+
+def test_responses_streams_from_the_upstream_arrive_whole_numbered_and_in_order(
+    upstream_port: int,
+) -> None:
+    r = loadgen(
+        upstream_port,
+        "stream",
+        *("--path", "/v1/responses", "--dialect", "responses"),
+        *("--count", "3", "--concurrency", "2", "--tokens", "8", "--gap", "2"),
+    )
+    assert r["errors"] == {}
+    assert r["streams"] == 3
+    assert (r["missing"], r["reordered"], r["incomplete"], r["failed"]) == (0, 0, 0, 0)
+    gaps = r["inter_chunk_ms"]
+    assert isinstance(gaps, dict) and gaps["n"] == 3 * 7
+    # The events themselves: OpenAI's order, sequence numbers from 0, an id per stream.
+    ids = set()
+    for _ in range(2):
+        body = json.dumps({"input": "bench:n=3,gap=1,prefill=0", "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", upstream_port)) as sock:
+            sock.sendall(
+                b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            raw = b""
+            while not raw.endswith(b"0\r\n\r\n"):
+                raw += sock.recv(65536)
+        docs = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+        assert [d["type"] for d in docs] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            *["response.output_text.delta"] * 3,
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        assert [d["sequence_number"] for d in docs] == list(range(11))
+        assert docs[-1]["response"]["output"][0]["content"][0]["text"] == "tok0 tok1 tok2 "
+        assert docs[0]["response"]["id"] == docs[-1]["response"]["id"]
+        ids.add(docs[0]["response"]["id"])
+    assert len(ids) == 2
+
+
+def test_responses_scenario_measures_and_tables_the_direct_variants(
+    upstream: tuple[int, int],
+) -> None:
+    """Scenario 7's plumbing, as scenario 6's above: direct's chat and Responses variants,
+    the medians, the table (the gateway's variants run in ``bench/run --quick``)."""
+    port, pid = upstream
+
+    def measure(scenario: str, *args: str) -> dict[str, object]:
+        return loadgen(port, scenario, *args, "--gap", "2", "--pid", str(pid))
+
+    plan = SimpleNamespace(stream_count=2, stream_tokens=4, sustain_tokens=4, messages_streams=3)
+    seen: list[str] = []
+    runs = [
+        run_messages("direct", measure, plan, repeat, seen.append, RESPONSES) for repeat in (0, 1)
+    ]
+    assert list(runs[0]) == ["chat", "responses"] and list(runs[1]) == ["responses", "chat"]
+    summary = summarize_messages(runs)
+    for name in ("chat", "responses"):
+        assert summary[name]["missing"] == 0
+        assert summary[name]["load_passed"] == 2
+        assert summary[name]["cpu_us_delta"] is not None
+        assert summary[name]["content_p50"] > summary[name]["ttft_p50"]
+    raw = {
+        "summary": {"direct": {"responses": summary}},
+        "plan": {"messages_streams": 3, "sustain_tokens": 4},
+    }
+    table = messages_table(raw, RESPONSES)
+    assert table.startswith(
+        "| scenario 7: Responses beside chat | direct: chat | direct: Responses |"
+    )
+    assert messages_table(raw) == ""  # scenario 6 had no numbers in this run
+    assert [v.name for v in RESPONSES.variants["trio-gateway"]] == [
+        "chat",
+        "responses-passthrough",
+        "responses-translated",
+    ]
+    assert run_messages("nginx", measure, plan, 0, seen.append, RESPONSES) == {}
+    assert seen[-1] == "  responses: no variants for nginx; skipped"

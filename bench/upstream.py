@@ -1,4 +1,5 @@
-"""A fast, deterministic fake OpenAI (and Anthropic Messages) upstream for the benchmarks.
+"""A fast, deterministic fake OpenAI (Chat and Responses) and Anthropic Messages upstream for
+the benchmarks.
 
 Raw HTTP/1.1 on an asyncio ``Protocol`` (uvloop when installed), keep-alive, no framework:
 it must never be what limits a measurement, and its ``direct`` rows show that it is not.
@@ -16,6 +17,13 @@ A request's shape is read from its body, so that every proxy forwards it unchang
   ``message`` object; streaming, ``message_start`` and ``content_block_start`` where chat
   has its role chunk, ``n`` ``text_delta`` events ``tok0 ``, … on the same pacing, and
   ``content_block_stop``, ``message_delta`` and ``message_stop`` where chat ends.
+* ``POST …/responses`` — OpenAI Responses, the same shapes: non-streaming, one small
+  ``response`` object; streaming, ``response.created``, ``response.in_progress``,
+  ``response.output_item.added`` and ``response.content_part.added`` where chat has its role
+  chunk, ``n`` ``response.output_text.delta`` events ``tok0 ``, … on the same pacing, and
+  ``response.output_text.done``, ``response.content_part.done``,
+  ``response.output_item.done`` and ``response.completed`` where chat ends; every event has
+  its ``sequence_number``, from 0.
 
 Times are scheduled on absolute deadlines (``call_at``), so they do not drift.
 
@@ -31,11 +39,14 @@ import os
 import re
 import resource
 import signal
+from collections.abc import Callable
+from functools import lru_cache
 
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
 _PARAMS = re.compile(rb"bench:n=(\d+),gap=(\d+),prefill=(\d+)")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _MESSAGES_PATH = re.compile(rb"POST [^ ?]*/messages[ ?]")
+_RESPONSES_PATH = re.compile(rb"POST [^ ?]*/responses[ ?]")
 
 _COMPLETION = json.dumps(
     {
@@ -94,15 +105,24 @@ _DONE = _sse(b"[DONE]") + b"0\r\n\r\n"
 
 class _Shape:
     """One dialect's pre-encoded answers: the whole response, and the stream's events —
-    ``first`` where chat has its role chunk, ``tokens`` the content, ``last`` the end — each
-    event its own write."""
+    ``first`` where chat has its role chunk, ``tokens`` the content, ``last`` the end (or
+    ``ending(n)``, for a dialect whose end depends on ``n``) — each event its own write."""
 
-    __slots__ = ("first", "last", "tokens", "unary")
+    __slots__ = ("ending", "first", "last", "tokens", "unary")
 
     def __init__(
-        self, unary: bytes, first: list[bytes], tokens: list[bytes], last: list[bytes]
+        self,
+        unary: bytes,
+        first: list[bytes],
+        tokens: list[bytes],
+        last: list[bytes],
+        ending: Callable[[int], list[bytes]] | None = None,
     ) -> None:
         self.unary, self.first, self.tokens, self.last = unary, first, tokens, last
+        self.ending = ending
+
+    def end(self, n: int) -> list[bytes]:
+        return self.last if self.ending is None else self.ending(n)
 
 
 def _named(kind: str, payload: dict[str, object]) -> bytes:
@@ -157,16 +177,185 @@ MESSAGES = _Shape(
         _named("message_stop", {}) + b"0\r\n\r\n",
     ],
 )
+
+
+def _typed(payload: dict[str, object]) -> bytes:
+    """An OpenAI Responses SSE event (``event:`` line, ``data:`` line) as one HTTP chunk."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return _chunk(b"event: " + str(payload["type"]).encode() + b"\ndata: " + data + b"\n\n")
+
+
+_RESP_ITEM = "msg_bench"
+# A response's id, in the events that carry it: replaced in each stream by one of its own of
+# the same length (the gateway stores a passed-through response under its upstream id).
+_RESP_ID = b"resp_000000000000"
+
+
+def _response(status: str, text: str | None, output_tokens: int) -> dict[str, object]:
+    """A ``response`` object: in progress (no output) or completed with ``text``."""
+    output: list[object] = []
+    if text is not None:
+        output = [
+            {
+                "id": _RESP_ITEM,
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+    return {
+        "id": _RESP_ID.decode(),
+        "object": "response",
+        "created_at": 1700000000,
+        "status": status,
+        "model": "bench",
+        "output": output,
+        "usage": None
+        if text is None
+        else {
+            "input_tokens": 5,
+            "output_tokens": output_tokens,
+            "total_tokens": 5 + output_tokens,
+        },
+    }
+
+
+def _part(text: str) -> dict[str, object]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+_RESP_FIRST = [
+    _typed(
+        {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": _response("in_progress", None, 0),
+        }
+    ),
+    _typed(
+        {
+            "type": "response.in_progress",
+            "sequence_number": 1,
+            "response": _response("in_progress", None, 0),
+        }
+    ),
+    _typed(
+        {
+            "type": "response.output_item.added",
+            "sequence_number": 2,
+            "output_index": 0,
+            "item": {
+                "id": _RESP_ITEM,
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            },
+        }
+    ),
+    _typed(
+        {
+            "type": "response.content_part.added",
+            "sequence_number": 3,
+            "item_id": _RESP_ITEM,
+            "output_index": 0,
+            "content_index": 0,
+            "part": _part(""),
+        }
+    ),
+]
+_RESP_TOKENS = [
+    _typed(
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": 4 + i,
+            "item_id": _RESP_ITEM,
+            "output_index": 0,
+            "content_index": 0,
+            "delta": f"tok{i} ",
+            "logprobs": [],
+        }
+    )
+    for i in range(4096)
+]
+
+
+@lru_cache(maxsize=64)
+def _responses_end(n: int) -> list[bytes]:
+    """The events after ``n`` deltas: the whole text in each ``.done``, then the response."""
+    text = "".join(f"tok{i} " for i in range(n))
+    seq = 4 + n
+    item = {
+        "id": _RESP_ITEM,
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [_part(text)],
+    }
+    where = {"item_id": _RESP_ITEM, "output_index": 0, "content_index": 0}
+    return [
+        _typed(
+            {
+                "type": "response.output_text.done",
+                "sequence_number": seq,
+                **where,
+                "text": text,
+                "logprobs": [],
+            }
+        ),
+        _typed(
+            {
+                "type": "response.content_part.done",
+                "sequence_number": seq + 1,
+                **where,
+                "part": _part(text),
+            }
+        ),
+        _typed(
+            {
+                "type": "response.output_item.done",
+                "sequence_number": seq + 2,
+                "output_index": 0,
+                "item": item,
+            }
+        ),
+        _typed(
+            {
+                "type": "response.completed",
+                "sequence_number": seq + 3,
+                "response": _response("completed", text, n),
+            }
+        )
+        + b"0\r\n\r\n",
+    ]
+
+
+RESPONSES = _Shape(
+    _unary(
+        json.dumps(
+            _response("completed", "Hello from the fake upstream.", 6), separators=(",", ":")
+        ).encode()
+    ),
+    _RESP_FIRST,
+    _RESP_TOKENS,
+    [],
+    _responses_end,
+)
+
+
+_responses_served = 0  # streamed Responses, for their ids
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class Upstream(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_loop", "_served", "_timer", "_transport")
+    __slots__ = ("_buf", "_busy", "_id", "_loop", "_served", "_timer", "_transport")
 
     max_requests = 0  # like hypercorn's keep_alive_max_requests; 0: no limit
 
     def __init__(self) -> None:
         self._served = 0
+        self._id = _RESP_ID
         self._buf = bytearray()
         self._busy = False
         self._loop = asyncio.get_running_loop()
@@ -203,7 +392,12 @@ class Upstream(asyncio.Protocol):
                 transport.write(_BAD)
                 transport.close()
                 return
-            shape = MESSAGES if _MESSAGES_PATH.match(head) else CHAT
+            if _MESSAGES_PATH.match(head):
+                shape = MESSAGES
+            elif _RESPONSES_PATH.match(head):
+                shape = RESPONSES
+            else:
+                shape = CHAT
             if _STREAM.search(body):
                 params = _PARAMS.findall(body)
                 n, gap, prefill = (int(v) for v in params[-1]) if params else (64, 20, 0)
@@ -231,13 +425,17 @@ class Upstream(asyncio.Protocol):
         if transport is None:
             return
         if step == 0:
+            if shape is RESPONSES:
+                global _responses_served
+                _responses_served += 1
+                self._id = b"resp_%012d" % _responses_served
             for event in shape.first:
-                transport.write(event)
+                transport.write(event.replace(_RESP_ID, self._id, 1))
         elif step <= n:
             transport.write(shape.tokens[step - 1])
         else:
-            for event in shape.last:
-                transport.write(event)
+            for event in shape.end(n):
+                transport.write(event.replace(_RESP_ID, self._id, 1))
             self._busy = False
             if self._buf:
                 self._serve_buffered()
