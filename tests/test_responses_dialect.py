@@ -132,3 +132,21 @@ def test_dialect_fallback_error_event_and_whole_answers() -> None:
     body = json.dumps(DONE).encode()
     assert shape.whole(body, tokens) == body and shape.result == DONE
     assert tokens == Tokens(prompt=7, completion=2)
+
+
+def test_no_keepalive_events_into_a_stream_that_numbers_nothing() -> None:
+    """llama-server's events carry no sequence_number: a keepalive event could not take a
+    place among them, so comments keep such a stream alive."""
+    unnumbered = [
+        event(
+            {
+                k: v
+                for k, v in json.loads(piece.split(b"data: ")[1]).items()
+                if k != "sequence_number"
+            }
+        )
+        for piece in STREAM
+    ]
+    pipe = ResponsesPassthrough(keepalive_events=True).stream()
+    pipe.feed(b"".join(unnumbered[:3]))
+    assert pipe.heartbeat() is None

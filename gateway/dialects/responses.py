@@ -183,6 +183,8 @@ class _NativeStream(StreamPipe):
     def heartbeat(self) -> bytes | None:
         if not self._events or self._held is not None:
             return None  # comments until response.created is out
+        if self._last < 0:
+            return None  # an upstream that numbers nothing (llama-server): comments
         self._offset += 1
         self._last += 1
         return _event({"type": "keepalive", "sequence_number": self._last})

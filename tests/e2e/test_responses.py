@@ -124,10 +124,13 @@ async def test_keepalive_events_only_after_created_and_numbered(start_gateway) -
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
+@pytest.mark.parametrize("fault", ["reset_mid_stream", "no_done"])
 @pytest.mark.parametrize("mode", MODES)
-async def test_mid_stream_failure_is_response_failed(start_gateway, mode: str) -> None:
+async def test_mid_stream_failure_is_response_failed(start_gateway, mode: str, fault: str) -> None:
+    """A reset, or an upstream that ends before its terminal event (no response.completed,
+    or no [DONE]), ends the client's stream with response.failed."""
     gw = await start_gateway(backend=MODES[mode])
-    body = {**ASK, "stream": True, "fake": {"tokens": 8, "fault": "reset_mid_stream"}}
+    body = {**ASK, "stream": True, "fake": {"tokens": 8, "fault": fault}}
     async with gw.client() as client:
         resp = await client.post("/v1/responses", json=body)
     events = events_of(resp.content)
