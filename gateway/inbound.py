@@ -9,7 +9,7 @@ import uuid
 
 from .abc import Endpoint, JSONObject
 from .dialects.anthropic_request import validate_count_tokens, validate_messages
-from .dialects.responses_request import validate_input_tokens, validate_responses
+from .dialects.responses_validate import validate_input_tokens, validate_responses
 from .errors import InvalidRequest, MalformedJSON, MissingField
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.abc import JSONObject
-from gateway.dialects.responses_request import (
+from gateway.dialects.responses_validate import (
     ITEM_TYPES,
     TOOL_TYPES,
     validate_input_tokens,

@@ -25,6 +25,7 @@ TRIO_FREE = (
     "gateway.dialects.anthropic_answer",
     "gateway.dialects.responses",
     "gateway.dialects.responses_request",
+    "gateway.dialects.responses_validate",
     "gateway.dialects.responses_answer",
     "gateway.plans",
     "gateway.teams.keys",
