@@ -1,11 +1,13 @@
 """What each target of a route is sent, and how its answer reaches the client.
 
 A request in the backend's own dialect goes as it is and its answer comes back unchanged.
-Anthropic ``messages`` to a backend that speaks only chat goes translated to
-``chat/completions`` and its answer is translated back; ``messages/count_tokens`` to such a
-backend becomes a call of its :meth:`~gateway.abc.Backend.count_tokens`. Which it is, is
-decided per target: one route may mix backends that speak Messages and backends that do not,
-and a failover between them is invisible to the client.
+Anthropic ``messages`` and OpenAI ``responses`` to a backend that speaks only chat go
+translated to ``chat/completions`` and the answer is translated back; their token counts
+(``messages/count_tokens``, ``responses/input_tokens``) to such a backend become a call of
+its :meth:`~gateway.abc.Backend.count_tokens`. Which it is, is decided per target: one route
+may mix backends that speak a dialect and backends that do not, and a failover between them
+is invisible to the client. A Responses request that continues a stored one reaches a
+native backend with the whole conversation as its ``input``: no backend keeps it.
 
 No trio here: the plan is data, and the one answer the gateway makes itself (a count) is a
 plain async context manager.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, replace
 from .abc import Backend, Endpoint, JSONObject, UpstreamRequest, UpstreamResponse, json_bytes
 from .config import TargetSettings
 from .dialects.anthropic_request import messages_to_chat
-from .dialects.base import Shape
+from .dialects.base import Shape, Unchanged
 from .dialects.chat import ChatPassthrough
 from .dialects.messages import MessagesFromChat, MessagesPassthrough
 from .dialects.responses import ResponsesFromChat, ResponsesPassthrough
@@ -135,13 +137,15 @@ def plan_request(
         **headers,
         **{name: client_headers[name] for name in ANTHROPIC_HEADERS if name in client_headers},
     }
-    plan = Plan(endpoint, body, stream, request_id, headers, native_headers, MessagesPassthrough())
+    counting = endpoint == "messages/count_tokens"
+    passthrough: Shape = Unchanged() if counting else MessagesPassthrough()
+    plan = Plan(endpoint, body, stream, request_id, headers, native_headers, passthrough)
     if all(backend.speaks(endpoint) for backend in backends):
         return plan
-    if endpoint == "messages/count_tokens":
+    if counting:
         # A count of what the backend's chat template makes of the messages and tools.
         chat_body = messages_to_chat({**body, "max_tokens": 1})
-        return replace(plan, chat_body=chat_body, translated=MessagesPassthrough())
+        return replace(plan, chat_body=chat_body, translated=Unchanged())
     stops = body.get("stop_sequences")
     translated = MessagesFromChat(
         "msg_" + uuid.uuid4().hex[:24],
@@ -168,27 +172,18 @@ def _plan_responses(
     if history:
         native_body["input"] = [*history, *input_items(body)]
     counting = endpoint == "responses/input_tokens"
-    passthrough: Shape = (
-        MessagesPassthrough() if counting else ResponsesPassthrough(keepalive_events)
-    )
+    passthrough: Shape = Unchanged() if counting else ResponsesPassthrough(keepalive_events)
     plan = Plan(endpoint, native_body, stream, request_id, headers, headers, passthrough)
     if all(backend.speaks(endpoint) for backend in backends):
         return plan
     if counting:
         chat_body = responses_to_chat(body, history)
-        return replace(plan, chat_body=chat_body, translated=MessagesPassthrough())
-    tools = body.get("tools")
-    custom = [
-        str(t.get("name"))
-        for t in (tools if isinstance(tools, list) else [])
-        if isinstance(t, dict) and t.get("type") == "custom"
-    ]
+        return replace(plan, chat_body=chat_body, translated=Unchanged())
     translated = ResponsesFromChat(
         response_id="resp_" + uuid.uuid4().hex,
         model=model,
         request=body,
-        created_at=int(time.time()),
-        custom_tools=custom,
+        created_at=int(time.time()),  # (the request's custom tools it reads itself)
         keepalive_events=keepalive_events,
     )
     return replace(plan, chat_body=responses_to_chat(body, history), translated=translated)

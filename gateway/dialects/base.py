@@ -17,7 +17,7 @@ from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError
 
-__all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens"]
+__all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens", "Unchanged"]
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -105,6 +105,17 @@ class Shape(abc.ABC):
         """The client's body for a whole (non-streamed) 2xx answer ``body``; token counts
         it reports go into ``tokens``. Raises :class:`~gateway.errors.UpstreamProtocolError`
         for an answer that cannot be read."""
+
+
+class Unchanged(Shape):
+    """A whole answer passed on as it is, with nothing to read in it: a token count. Counts
+    are never streamed."""
+
+    def stream(self) -> StreamPipe:
+        raise RuntimeError("a token count is never streamed")
+
+    def whole(self, body: bytes, tokens: Tokens) -> bytes:
+        return body
 
 
 class Dialect(abc.ABC):

@@ -220,8 +220,7 @@ class _NativeStream(StreamPipe):
 
 
 class MessagesPassthrough(Shape):
-    """A Messages answer from a backend that speaks Messages: bytes unchanged, usage noted.
-    Also what ``count_tokens`` answers go through."""
+    """A Messages answer from a backend that speaks Messages: bytes unchanged, usage noted."""
 
     def stream(self) -> StreamPipe:
         return _NativeStream()
