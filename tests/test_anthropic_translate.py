@@ -1142,7 +1142,7 @@ def test_text_is_utf8_and_a_lone_surrogate_is_escaped() -> None:
 
 def sdk_final_message(raw: list[bytes]) -> Any:
     """The SDK's own SSE decoder, event types and accumulator over ``raw``."""
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic
     from anthropic._streaming import SSEDecoder
     from anthropic.lib.streaming._messages import accumulate_event
     from pydantic import TypeAdapter
@@ -1197,7 +1197,8 @@ def test_the_sdk_reads_an_empty_stream_and_a_whole_message() -> None:
     raw: list[bytes] = []
     run_stream([], raw=raw)
     assert sdk_final_message(raw).content == []
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic
+
     whole = to_message(
         completion(
             {

@@ -286,10 +286,11 @@ def test_documented_shapes_pass(doc: JSONObject) -> None:
 
 def test_the_block_types_are_anthropics() -> None:
     """The known types are exactly the ones of the SDK's content block params (its API
-    and beta unions), where the SDK is installed."""
-    types = pytest.importorskip("anthropic.types")
-    beta = pytest.importorskip("anthropic.types.beta")
+    and beta unions), the pinned SDK."""
     import typing
+
+    import anthropic.types as types
+    import anthropic.types.beta as beta
 
     def tags(union: Any) -> set[str]:
         """The ``type`` tags of a (possibly annotated, nested) union of block classes."""

@@ -868,8 +868,9 @@ def test_input_items_keep_given_ids_and_assign_others() -> None:
 
 
 def test_input_items_are_items_of_the_sdk() -> None:
-    pydantic = pytest.importorskip("pydantic")
-    responses = pytest.importorskip("openai.types.responses")
+    import openai.types.responses as responses
+    import pydantic
+
     adapter = pydantic.TypeAdapter(responses.ResponseItem)
     doc = json.loads(CODEX.read_text())
     for item in input_items(doc):
@@ -913,7 +914,8 @@ def respond(whole: JSONObject, req: JSONObject | None = None, **fields: Any) -> 
 
 def sdk_response(doc: JSONObject) -> Any:
     """``doc`` validated with the SDK's ``Response`` model (skipped without the SDK)."""
-    responses = pytest.importorskip("openai.types.responses")
+    import openai.types.responses as responses
+
     return responses.Response.model_validate(doc)
 
 
@@ -1304,8 +1306,8 @@ def check(raw: list[bytes], final: JSONObject) -> list[Event]:
 def sdk_accumulated(raw: list[bytes], req: JSONObject) -> Any:
     """``raw`` validated event by event with the SDK's ``ResponseStreamEvent`` and
     accumulated by the SDK's ``ResponseStreamState``; its completed response (or ``None``)."""
-    pydantic = pytest.importorskip("pydantic")
-    responses = pytest.importorskip("openai.types.responses")
+    import openai.types.responses as responses
+    import pydantic
     from openai import omit
     from openai.lib.streaming.responses._responses import ResponseStreamState
 
@@ -1688,8 +1690,9 @@ def test_the_sdks_stream_helper_reads_a_translated_stream() -> None:
     """``client.responses.stream()`` of the ``openai`` SDK, its bytes served by an in-memory
     transport: keepalive events between the others, a function call and text, and
     ``get_final_response()`` equal to the translator's final response."""
-    openai = pytest.importorskip("openai")
-    httpx = pytest.importorskip("httpx")
+    import httpx
+    import openai
+
     tools = [
         {
             "type": "function",
