@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Usage", "parse_usage"]
+__all__ = ["Usage", "parse_usage", "usage_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,9 +20,14 @@ def parse_usage(document: str | bytes) -> Usage | None:
     """The ``usage`` of a JSON document (a whole answer or one SSE chunk), if it has one."""
     try:
         doc = json.loads(document)
-        usage = doc.get("usage")
-    except (ValueError, AttributeError):
+    except ValueError:
         return None
+    return usage_of(doc) if isinstance(doc, dict) else None
+
+
+def usage_of(doc: Mapping[str, object]) -> Usage | None:
+    """The ``usage`` of a parsed answer or chunk, if it has one."""
+    usage = doc.get("usage")
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")

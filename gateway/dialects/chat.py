@@ -4,13 +4,26 @@ fails, SSE comments as heartbeats, and answers passed through as the upstream se
 
 from __future__ import annotations
 
+import json
+from typing import Protocol
+
+from ..abc import JSONObject
 from ..config import KeepaliveSettings
-from ..errors import GatewayError, error_event, error_json
+from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
 from ..sse import SSEFramer
-from ..usage import parse_usage
+from ..usage import parse_usage, usage_of
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 
-__all__ = ["CHAT", "ChatDialect", "ChatPassthrough", "comment_heartbeat", "note_usage"]
+__all__ = [
+    "CHAT",
+    "ChatDialect",
+    "ChatPassthrough",
+    "ChatTranslator",
+    "FromChatStream",
+    "chat_answer",
+    "comment_heartbeat",
+    "note_usage",
+]
 
 
 def comment_heartbeat(policy: KeepaliveSettings) -> bytes:
@@ -37,10 +50,10 @@ class ChatDialect(Dialect):
 CHAT = ChatDialect()
 
 
-def note_usage(document: str | bytes, tokens: Tokens) -> bool:
+def note_usage(document: str | bytes | JSONObject, tokens: Tokens) -> bool:
     """Take token counts from the document's OpenAI ``usage``, if any; true for a usage-only
     chunk (``stream_options.include_usage``'s last)."""
-    usage = parse_usage(document)
+    usage = usage_of(document) if isinstance(document, dict) else parse_usage(document)
     if usage is None:
         return False
     if usage.prompt_tokens is not None:
@@ -106,3 +119,103 @@ class ChatPassthrough(Shape):
         if b'"usage"' in body:
             note_usage(body, tokens)
         return body
+
+
+class ChatTranslator(Protocol):
+    """Turns chat chunks into another dialect's events (whole SSE events as bytes)."""
+
+    def feed(self, chunk: JSONObject) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+
+class FromChatStream(StreamPipe):
+    """A chat stream translated to another dialect: each upstream chunk, parsed, goes to the
+    ``translator``, and ``[DONE]`` to its ``finish``; the upstream's comments are dropped
+    (chat's heartbeats: the gateway sends the client's own). What the translator makes
+    before the answer's first output is held (``held`` starts the hold) and goes out with
+    it, so a failover before it shows the client one answer; :meth:`releases` says when."""
+
+    __slots__ = ("_framer", "_held", "translator")
+
+    unfinished = "upstream closed the stream before [DONE]"
+
+    def __init__(self, translator: ChatTranslator, held: list[bytes]) -> None:
+        super().__init__()
+        self._framer = SSEFramer()
+        self.translator = translator
+        self._held: list[bytes] | None = held
+
+    @property
+    def opened(self) -> bool:
+        """Some of the answer reached the client (nothing is held back any more)."""
+        return self._held is None
+
+    def releases(self, held: list[bytes]) -> bool:
+        """Whether ``held`` (not ending the stream) may go out now: by default, as soon
+        as the translator made anything after what the hold started with."""
+        return True
+
+    def feed(self, chunk: bytes) -> Fed:
+        events = self._framer.feed(chunk)
+        if not events:
+            return NOTHING
+        out: list[bytes] = []
+        end = False
+        for event in events:
+            text = event.data
+            if text is None:
+                continue
+            if text == "[DONE]":
+                out.extend(self.translator.finish())
+                end = True
+                break
+            if '"usage"' in text:
+                note_usage(text, self.tokens)
+            out.extend(self.translator.feed(_chunk(text)))
+        if not out:
+            return NOTHING
+        if self._held is not None:
+            self._held.extend(out)
+            if not end and not self.releases(self._held):
+                return NOTHING
+            out, self._held = self._held, None
+        return Fed(b"".join(out), True, end)
+
+    @property
+    def pending(self) -> bool:
+        return self._framer.pending
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._framer.pending_bytes
+
+
+def chat_answer(body: bytes, tokens: Tokens) -> JSONObject:
+    """A whole chat answer, parsed once for translation, its usage noted. Raises
+    :class:`~gateway.errors.UpstreamProtocolError` for a body that is not a JSON object."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise UpstreamProtocolError("upstream answered with JSON that is not an object")
+    note_usage(answer, tokens)
+    return answer
+
+
+def translated_body(doc: JSONObject) -> bytes:
+    """A translated whole answer as its body: compact JSON, UTF-8."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _chunk(text: str) -> JSONObject:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise UpstreamProtocolError(
+            f"upstream sent a chunk that is not JSON: {text[:200]!r}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise UpstreamProtocolError(f"upstream sent a chunk that is not an object: {text[:200]!r}")
+    return doc

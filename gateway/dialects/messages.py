@@ -16,13 +16,12 @@ from ..errors import (
     GatewayError,
     NoBackendAvailable,
     Overloaded,
-    UpstreamProtocolError,
     UpstreamStatusError,
 )
 from ..sse import SSEFramer
 from .anthropic_answer import ChatToMessagesStream, chat_to_message
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
-from .chat import comment_heartbeat, note_usage
+from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 
 __all__ = ["MESSAGES", "MessagesDialect", "MessagesFromChat", "MessagesPassthrough"]
 
@@ -236,63 +235,14 @@ class MessagesPassthrough(Shape):
         return body
 
 
-class _TranslatedStream(StreamPipe):
-    """Chat chunks in, Messages events out (:class:`ChatToMessagesStream`); the upstream's
-    comments are dropped (they are chat's heartbeats; the gateway sends its own)."""
+class _TranslatedStream(FromChatStream):
+    """Chat chunks in, Messages events out (:class:`ChatToMessagesStream`), with
+    ``message_start`` held until the first content event."""
 
-    __slots__ = ("_framer", "_held", "_translator")
+    __slots__ = ()
 
-    unfinished = "upstream closed the stream before [DONE]"
-
-    def __init__(self, translator: ChatToMessagesStream) -> None:
-        super().__init__()
-        self._framer = SSEFramer()
-        self._translator = translator
-        self._held: list[bytes] | None = []
-
-    def feed(self, chunk: bytes) -> Fed:
-        events = self._framer.feed(chunk)
-        if not events:
-            return NOTHING
-        out: list[bytes] = []
-        end = False
-        for event in events:
-            text = event.data
-            if text is None:
-                continue
-            if text == "[DONE]":
-                out.extend(self._translator.finish())
-                end = True
-                break
-            if '"usage"' in text:
-                note_usage(text, self.tokens)
-            try:
-                doc = json.loads(text)
-            except ValueError:
-                raise UpstreamProtocolError(
-                    f"upstream sent a chunk that is not JSON: {text[:200]!r}"
-                ) from None
-            if not isinstance(doc, dict):
-                raise UpstreamProtocolError(
-                    f"upstream sent a chunk that is not an object: {text[:200]!r}"
-                )
-            out.extend(self._translator.feed(doc))
-        if not out:
-            return NOTHING
-        if self._held is not None:  # message_start waits for the first content event
-            self._held.extend(out)
-            if not end and all(piece.startswith(b"event: message_start\n") for piece in self._held):
-                return NOTHING
-            out, self._held = self._held, None
-        return Fed(b"".join(out), True, end)
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
+    def releases(self, held: list[bytes]) -> bool:
+        return not all(piece.startswith(b"event: message_start\n") for piece in held)
 
 
 class MessagesFromChat(Shape):
@@ -310,19 +260,15 @@ class MessagesFromChat(Shape):
         return _TranslatedStream(
             ChatToMessagesStream(
                 message_id=self.message_id, model=self.model, stop_sequences=self.stop_sequences
-            )
+            ),
+            held=[],
         )
 
     def whole(self, body: bytes, tokens: Tokens) -> bytes:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise UpstreamProtocolError("upstream answered with JSON that is not an object")
-        if "usage" in answer:
-            note_usage(body, tokens)
         message = chat_to_message(
-            answer, message_id=self.message_id, model=self.model, stop_sequences=self.stop_sequences
+            chat_answer(body, tokens),
+            message_id=self.message_id,
+            model=self.model,
+            stop_sequences=self.stop_sequences,
         )
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        return translated_body(message)

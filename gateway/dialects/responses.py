@@ -21,7 +21,7 @@ from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, UpstreamStatusError, error_json
 from ..sse import SSEEvent, SSEFramer
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
-from .chat import comment_heartbeat, note_usage
+from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import ChatToResponsesStream, chat_to_response
 
 __all__ = ["RESPONSES", "ResponsesDialect", "ResponsesFromChat", "ResponsesPassthrough"]
@@ -236,73 +236,32 @@ class ResponsesPassthrough(Shape):
         return body
 
 
-class _TranslatedStream(StreamPipe):
+class _TranslatedStream(FromChatStream):
     """Chat chunks in, Responses events out (:class:`ChatToResponsesStream`, which numbers
-    every event it makes, keepalives included); the upstream's comments are dropped."""
+    every event it makes, keepalives included); ``response.created`` and
+    ``response.in_progress`` held until the first output item."""
 
-    __slots__ = ("_events", "_framer", "_held", "_translator")
+    __slots__ = ("_events",)
 
-    unfinished = "upstream closed the stream before [DONE]"
+    translator: ChatToResponsesStream
 
     def __init__(self, translator: ChatToResponsesStream, keepalive_events: bool) -> None:
-        super().__init__()
-        self._framer = SSEFramer()
-        self._translator = translator
+        super().__init__(translator, held=translator.start())
         self._events = keepalive_events
-        self._held: list[bytes] | None = translator.start()  # until the first output item
-
-    def feed(self, chunk: bytes) -> Fed:
-        events = self._framer.feed(chunk)
-        if not events:
-            return NOTHING
-        out: list[bytes] = []
-        end = False
-        for event in events:
-            text = event.data
-            if text is None:
-                continue
-            if text == "[DONE]":
-                out.extend(self._translator.finish())
-                end = True
-                break
-            if '"usage"' in text:
-                note_usage(text, self.tokens)
-            try:
-                doc = json.loads(text)
-            except ValueError:
-                raise UpstreamProtocolError(
-                    f"upstream sent a chunk that is not JSON: {text[:200]!r}"
-                ) from None
-            if not isinstance(doc, dict):
-                raise UpstreamProtocolError("upstream sent a chunk that is not a JSON object")
-            out.extend(self._translator.feed(doc))
-        if not out:
-            return NOTHING
-        if self._held is not None:
-            out, self._held = [*self._held, *out], None
-        return Fed(b"".join(out), True, end)
 
     def heartbeat(self) -> bytes | None:
-        if not self._events or self._held is not None:
+        if not self._events or not self.opened:
             return None
-        return self._translator.keepalive()
+        return self.translator.keepalive()
 
     def error_event(self, error: GatewayError) -> bytes | None:
-        if self._held is not None:
+        if not self.opened:
             return None
-        return b"".join(self._translator.failed(error_code(error), error.message))
+        return b"".join(self.translator.failed(error_code(error), error.message))
 
     @property
     def result(self) -> JSONObject | None:
-        return self._translator.response
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
+        return self.translator.response
 
 
 class ResponsesFromChat(Shape):
@@ -333,13 +292,5 @@ class ResponsesFromChat(Shape):
         return _TranslatedStream(ChatToResponsesStream(**self._args), self.keepalive_events)
 
     def whole(self, body: bytes, tokens: Tokens) -> bytes:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise UpstreamProtocolError("upstream answered with JSON that is not an object")
-        if "usage" in answer:
-            note_usage(body, tokens)
-        self.result = chat_to_response(answer, **self._args)
-        return json.dumps(self.result, separators=(",", ":"), ensure_ascii=False).encode()
+        self.result = chat_to_response(chat_answer(body, tokens), **self._args)
+        return translated_body(self.result)
