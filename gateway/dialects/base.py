@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError
+from ..sse import SSEFramer
 
 __all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens", "Unchanged"]
 
@@ -47,15 +48,17 @@ NOTHING = Fed()
 
 
 class StreamPipe(abc.ABC):
-    """One attempt's stream: upstream bytes in, whole client events out."""
+    """One attempt's stream: upstream bytes in, whole client events out. Every upstream
+    stream is SSE: ``_framer`` cuts it into whole events for :meth:`feed`."""
 
-    __slots__ = ("tokens",)
+    __slots__ = ("_framer", "tokens")
 
     unfinished = "upstream closed the stream before its end"
     """Why a stream that stops before its end event is a failure, for the client's error."""
 
     def __init__(self) -> None:
         self.tokens = Tokens()
+        self._framer = SSEFramer()
 
     @property
     def result(self) -> JSONObject | None:
@@ -79,14 +82,14 @@ class StreamPipe(abc.ABC):
         :class:`~gateway.errors.UpstreamProtocolError` for what cannot be relayed."""
 
     @property
-    @abc.abstractmethod
     def pending(self) -> bool:
         """An event is begun and not finished (the upstream stopped inside it)."""
+        return self._framer.pending
 
     @property
-    @abc.abstractmethod
     def pending_bytes(self) -> int:
         """Bytes held back while an event is unfinished."""
+        return self._framer.pending_bytes
 
 
 class Shape(abc.ABC):

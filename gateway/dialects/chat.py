@@ -10,7 +10,6 @@ from typing import Protocol
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
-from ..sse import SSEFramer
 from ..usage import parse_usage, usage_of
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 
@@ -67,13 +66,12 @@ class _ChatStream(StreamPipe):
     """The upstream's events unchanged, whole, up to ``[DONE]``; usage-only chunks dropped
     when the gateway asked for them and the client did not."""
 
-    __slots__ = ("_framer", "_hide_usage")
+    __slots__ = ("_hide_usage",)
 
     unfinished = "upstream closed the stream before [DONE]"
 
     def __init__(self, hide_usage: bool) -> None:
         super().__init__()
-        self._framer = SSEFramer()
         self._hide_usage = hide_usage
 
     def feed(self, chunk: bytes) -> Fed:
@@ -94,14 +92,6 @@ class _ChatStream(StreamPipe):
                     break  # nothing after the terminal event is relayed
             out.append(event.raw)
         return Fed(b"".join(out), data, end)
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
 
 
 class ChatPassthrough(Shape):
@@ -136,13 +126,12 @@ class FromChatStream(StreamPipe):
     before the answer's first output is held (``held`` starts the hold) and goes out with
     it, so a failover before it shows the client one answer; :meth:`releases` says when."""
 
-    __slots__ = ("_framer", "_held", "translator")
+    __slots__ = ("_held", "translator")
 
     unfinished = "upstream closed the stream before [DONE]"
 
     def __init__(self, translator: ChatTranslator, held: list[bytes]) -> None:
         super().__init__()
-        self._framer = SSEFramer()
         self.translator = translator
         self._held: list[bytes] | None = held
 
@@ -181,14 +170,6 @@ class FromChatStream(StreamPipe):
                 return NOTHING
             out, self._held = self._held, None
         return Fed(b"".join(out), True, end)
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
 
 
 def chat_answer(body: bytes, tokens: Tokens) -> JSONObject:

@@ -18,7 +18,6 @@ from ..errors import (
     Overloaded,
     UpstreamStatusError,
 )
-from ..sse import SSEFramer
 from .anthropic_answer import ChatToMessagesStream, chat_to_message
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
@@ -162,13 +161,12 @@ class _NativeStream(StreamPipe):
     written with it: a failover before content then shows the client one message, not two
     ``message_start`` events (which the SDKs refuse)."""
 
-    __slots__ = ("_framer", "_held")
+    __slots__ = ("_held",)
 
     unfinished = "upstream closed the stream before message_stop"
 
     def __init__(self) -> None:
         super().__init__()
-        self._framer = SSEFramer()
         self._held: list[bytes] | None = []  # None once content went out
 
     def feed(self, chunk: bytes) -> Fed:
@@ -208,14 +206,6 @@ class _NativeStream(StreamPipe):
             doc = doc.get(inside) if isinstance(doc, dict) else None
         if isinstance(doc, dict):
             _note_anthropic_usage(doc.get("usage"), self.tokens)
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
 
 
 class MessagesPassthrough(Shape):

@@ -19,7 +19,7 @@ from typing import Any
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, UpstreamStatusError, error_json
-from ..sse import SSEEvent, SSEFramer
+from ..sse import SSEEvent
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import ChatToResponsesStream, chat_to_response
@@ -109,13 +109,12 @@ class _NativeStream(StreamPipe):
     (then every later ``sequence_number`` is moved up by their count), up to
     ``response.completed``/``response.incomplete``."""
 
-    __slots__ = ("_events", "_framer", "_held", "_last", "_offset", "_opened", "_result")
+    __slots__ = ("_events", "_held", "_last", "_offset", "_opened", "_result")
 
     unfinished = "upstream closed the stream before response.completed"
 
     def __init__(self, keepalive_events: bool) -> None:
         super().__init__()
-        self._framer = SSEFramer()
         self._events = keepalive_events
         self._held: list[bytes] | None = []  # None once the first output item went out
         self._opened: JSONObject | None = None  # the response of response.created
@@ -205,14 +204,6 @@ class _NativeStream(StreamPipe):
     @property
     def result(self) -> JSONObject | None:
         return self._result
-
-    @property
-    def pending(self) -> bool:
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._framer.pending_bytes
 
 
 class ResponsesPassthrough(Shape):
