@@ -31,6 +31,7 @@ from typing import Literal
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
+from .chat import count, first_choices
 
 __all__ = ["ChatToMessagesStream", "chat_to_message", "new_tool_use_id"]
 
@@ -49,20 +50,14 @@ def new_tool_use_id() -> str:
     return "toolu_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
-def _int(value: JSONValue) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def _counts(usage: JSONValue) -> tuple[int, int, int | None]:
     """``(input_tokens, output_tokens, cache_read_input_tokens)`` in Anthropic's sense for
     chat's ``usage`` object; absent counts are 0, an absent cache count ``None``."""
     doc = usage if isinstance(usage, dict) else {}
-    prompt = _int(doc.get("prompt_tokens")) or 0
+    prompt = count(doc.get("prompt_tokens")) or 0
     details = doc.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return max(prompt - (cached or 0), 0), _int(doc.get("completion_tokens")) or 0, cached
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return max(prompt - (cached or 0), 0), count(doc.get("completion_tokens")) or 0, cached
 
 
 def _usage(input_tokens: int, output_tokens: int, cached: int | None) -> JSONObject:
@@ -365,17 +360,12 @@ class ChatToMessagesStream:
         :class:`UpstreamProtocolError` for a chunk that carries an ``error``."""
         if self._finished:
             raise RuntimeError("feed() after finish()")
-        error = chunk.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else error
-            raise UpstreamProtocolError(f"upstream failed mid-stream: {message}")
+        choices = first_choices(chunk)
         if chunk.get("usage") is not None:
             self._note_usage(chunk["usage"])
         out: list[bytes] = []
-        choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                out += self._choice(choice)
+        for choice in choices:
+            out += self._choice(choice)
         return out
 
     def finish(self) -> list[bytes]:

@@ -21,6 +21,8 @@ __all__ = [
     "FromChatStream",
     "chat_answer",
     "comment_heartbeat",
+    "count",
+    "first_choices",
     "note_usage",
 ]
 
@@ -170,6 +172,29 @@ class FromChatStream(StreamPipe):
                 return NOTHING
             out, self._held = self._held, None
         return Fed(b"".join(out), True, end)
+
+
+def count(value: object) -> int | None:
+    """``value`` when it is a count (an int >= 0, not a bool), else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def first_choices(chunk: JSONObject) -> list[JSONObject]:
+    """The choices of index 0 in a chat chunk, which translation carries (one answer per
+    request). Raises :class:`~gateway.errors.UpstreamProtocolError` for a chunk that is an
+    upstream's error object instead."""
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else error
+        raise UpstreamProtocolError(f"upstream failed mid-stream: {message}")
+    choices = chunk.get("choices")
+    return [
+        choice
+        for choice in (choices if isinstance(choices, list) else [])
+        if isinstance(choice, dict) and choice.get("index", 0) == 0
+    ]
 
 
 def chat_answer(body: bytes, tokens: Tokens) -> JSONObject:

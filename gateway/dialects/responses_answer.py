@@ -39,6 +39,7 @@ from typing import Literal
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
+from .chat import count, first_choices
 from .responses_request import CUSTOM_TOOL_ARGUMENT, custom_tool_names, new_call_id, new_item_id
 
 __all__ = ["ChatToResponsesStream", "chat_to_response", "custom_input"]
@@ -50,23 +51,17 @@ _HEAD_MAX = 256  # arguments that have not opened the wrapper's string by then n
 _SPECIAL = re.compile(r'["\\]')
 
 
-def _int(value: JSONValue) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def _detail(doc: JSONObject, key: str, name: str) -> int:
     details = doc.get(key)
-    return (_int(details.get(name)) if isinstance(details, dict) else None) or 0
+    return (count(details.get(name)) if isinstance(details, dict) else None) or 0
 
 
 def _usage(usage: JSONValue) -> JSONObject | None:
     """Responses' ``usage`` for chat's (``None`` for none)."""
     if not isinstance(usage, dict):
         return None
-    prompt = _int(usage.get("prompt_tokens")) or 0
-    completion = _int(usage.get("completion_tokens")) or 0
+    prompt = count(usage.get("prompt_tokens")) or 0
+    completion = count(usage.get("completion_tokens")) or 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
@@ -509,17 +504,12 @@ class ChatToResponsesStream:
         :class:`UpstreamProtocolError` for a chunk that carries an ``error``."""
         if not self._started or self._ended:
             raise RuntimeError("feed() outside the stream")
-        error = chunk.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else error
-            raise UpstreamProtocolError(f"upstream failed mid-stream: {message}")
+        choices = first_choices(chunk)
         if chunk.get("usage") is not None:
             self._usage = _usage(chunk["usage"])
         out: list[bytes] = []
-        choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                out += self._choice(choice)
+        for choice in choices:
+            out += self._choice(choice)
         return out
 
     def finish(self) -> list[bytes]:
