@@ -28,6 +28,7 @@ TRIO_FREE = (
     "gateway.dialects.responses_validate",
     "gateway.dialects.responses_answer",
     "gateway.plans",
+    "gateway.sqlite_files",
     "gateway.teams.keys",
     "gateway.teams.limits",
     "gateway.teams.settings",

@@ -16,7 +16,6 @@ by a write. All SQLite work happens in a worker thread, one call at a time.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from ..sqlite_files import connect, file_problem, probe
 from .store import (
     ResponsesDatabaseError,
     StoredResponse,
@@ -50,38 +50,13 @@ CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at);
 """
 
 
-def _problem(path: Path) -> str | None:
-    """What stands in the way of creating or writing ``path``, as far as the file system
-    tells (``None``: nothing it can see)."""
-    if path.is_dir():
-        return "it is a directory"
-    parent = path.parent
-    if not parent.exists():
-        return f"directory {parent} does not exist"
-    if not parent.is_dir():
-        return f"{parent} is not a directory"
-    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create it: directory {parent} is not writable"
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return "it is not readable and writable"
-    return None
-
-
 def _error(path: Path, error: Exception | str) -> ResponsesDatabaseError:
-    why = error if isinstance(error, str) else _problem(path) or str(error) or repr(error)
+    why = error if isinstance(error, str) else file_problem(path) or str(error) or repr(error)
     return ResponsesDatabaseError(f"responses.database {path}: cannot open it: {why}")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    uri = f"{path.absolute().as_uri()}?mode=rwc"
-    db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-    try:
-        db.execute("PRAGMA mmap_size = 0")
-        db.executescript(_SCHEMA)
-    except BaseException:
-        db.close()
-        raise
-    return db
+    return connect(path, lambda db: db.executescript(_SCHEMA))
 
 
 def check_responses_database(path: str | Path) -> None:
@@ -89,7 +64,7 @@ def check_responses_database(path: str | Path) -> None:
     file can be made in the directory of a new one, or that an existing one is a SQLite
     database it may write. Raises :class:`ResponsesDatabaseError`. Blocking."""
     path = Path(path)
-    problem = _problem(path)
+    problem = file_problem(path)
     if problem is not None:
         raise _error(path, problem)
     if not path.exists():
@@ -100,13 +75,7 @@ def check_responses_database(path: str | Path) -> None:
             raise _error(path, f"cannot create it in {path.parent}: {error.strerror}") from None
         return
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=5)
-        try:
-            db.execute("PRAGMA schema_version").fetchone()  # reads the header: a database?
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: writable?
-            db.execute("ROLLBACK")
-        finally:
-            db.close()
+        probe(path)
     except sqlite3.Error as error:
         raise _error(path, error) from None
 

@@ -23,7 +23,6 @@ creating anything (``gateway check``).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
 import tempfile
@@ -34,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
+
+from ..sqlite_files import connect, file_problem, probe
 
 __all__ = [
     "UsageDatabaseError",
@@ -142,39 +143,17 @@ class UsageDatabaseError(Exception):
     """The usage database cannot be used; the message is one line that names the path."""
 
 
-def _problem(path: Path) -> str | None:
-    """What stands in the way of creating or writing ``path``, as far as the file system
-    tells (``None``: nothing it can see)."""
-    if path.is_dir():
-        return "it is a directory"
-    parent = path.parent
-    if not parent.exists():
-        return f"directory {parent} does not exist"
-    if not parent.is_dir():
-        return f"{parent} is not a directory"
-    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create it: directory {parent} is not writable"
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return "it is not readable and writable"
-    return None
-
-
 def _failure(path: Path, doing: str, error: Exception) -> UsageDatabaseError:
-    why = _problem(path) or (str(error) or type(error).__name__)
+    why = file_problem(path) or (str(error) or type(error).__name__)
     return UsageDatabaseError(f"usage.database {path}: cannot {doing}: {why}")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    uri = f"{path.absolute().as_uri()}?mode=rwc"
-    db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-    try:
-        db.execute("PRAGMA mmap_size = 0")
+    def setup(db: sqlite3.Connection) -> None:
         if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
             _leave_wal(db, path)
-    except BaseException:
-        db.close()
-        raise
-    return db
+
+    return connect(path, setup)
 
 
 def _leave_wal(db: sqlite3.Connection, path: Path) -> None:
@@ -199,7 +178,7 @@ def check_usage_database(path: str | Path) -> None:
     a file can be made in the directory of a new one, or that an existing one is a SQLite
     database it may write. Raises :class:`UsageDatabaseError`."""
     path = Path(path)
-    problem = _problem(path)
+    problem = file_problem(path)
     if problem is not None:
         raise UsageDatabaseError(f"usage.database {path}: cannot open it: {problem}")
     if not path.exists():
@@ -213,13 +192,7 @@ def check_usage_database(path: str | Path) -> None:
             ) from None
         return
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=5)
-        try:
-            db.execute("PRAGMA schema_version").fetchone()  # reads the header: a database?
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: writable?
-            db.execute("ROLLBACK")
-        finally:
-            db.close()
+        probe(path)
     except sqlite3.Error as error:
         raise _failure(path, "open it", error) from None
 
