@@ -150,3 +150,15 @@ def test_no_keepalive_events_into_a_stream_that_numbers_nothing() -> None:
     pipe = ResponsesPassthrough(keepalive_events=True).stream()
     pipe.feed(b"".join(unnumbered[:3]))
     assert pipe.heartbeat() is None
+
+
+def test_output_events_are_relayed_by_name_unread() -> None:
+    """The passthrough reads only the events it acts on (opening, end, errors): an output
+    event goes on by its ``event:`` name, and a failure after it follows its number."""
+    pipe = ResponsesPassthrough().stream()
+    odd = b"event: response.output_text.delta\ndata: {not json, relayed as sent}\n\n"
+    delta = json.loads(STREAM[3].split(b"data: ")[1])
+    fed = pipe.feed(b"".join(STREAM[:4]) + odd + event({**delta, "sequence_number": 5}))
+    assert odd in fed.out
+    failed = pipe.error_event(UpstreamConnectError("gone"))
+    assert failed is not None and json.loads(failed.split(b"data: ")[1])["sequence_number"] == 6

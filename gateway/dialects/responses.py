@@ -12,6 +12,7 @@ and the whole response is kept (:attr:`StreamPipe.result`) for the gateway's sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Collection
 from typing import Any
@@ -30,6 +31,10 @@ __all__ = ["RESPONSES", "ResponsesDialect", "ResponsesFromChat", "ResponsesPasst
 TERMINAL = frozenset({"response.completed", "response.incomplete"})
 # The events before the first output item: held back until it comes.
 _OPENING = frozenset({"response.created", "response.in_progress", "response.queued"})
+# The events whose data the passthrough reads; the others (the output's deltas and items:
+# nearly every event) are relayed by their ``event:`` name alone, unless keepalive events
+# are on and every sequence number counts.
+_READ = TERMINAL | _OPENING | {"error", "response.failed"}
 
 
 def _event(doc: JSONObject) -> bytes:
@@ -109,7 +114,7 @@ class _NativeStream(StreamPipe):
     (then every later ``sequence_number`` is moved up by their count), up to
     ``response.completed``/``response.incomplete``."""
 
-    __slots__ = ("_events", "_held", "_last", "_offset", "_opened", "_result")
+    __slots__ = ("_events", "_held", "_last", "_offset", "_opened", "_result", "_tail")
 
     unfinished = "upstream closed the stream before response.completed"
 
@@ -121,6 +126,9 @@ class _NativeStream(StreamPipe):
         self._offset = 0  # keepalive events inserted so far
         self._last = -1  # the last sequence number the client has
         self._result: JSONObject | None = None
+        # The last event relayed unread, whose number the client has: read only if a
+        # response.failed must follow it.
+        self._tail: SSEEvent | None = None
 
     def feed(self, chunk: bytes) -> Fed:
         events = self._framer.feed(chunk)
@@ -132,15 +140,20 @@ class _NativeStream(StreamPipe):
             if event.data is None:
                 (self._held if self._held is not None else out).append(event.raw)
                 continue
-            doc = self._parse(event)
-            kind = doc.get("type")
-            if kind == "error" or (kind == "response.failed" and self._held is not None):
-                raise _upstream_error(doc)
-            raw = self._renumbered(event, doc)
+            kind: object = event.event
+            doc: JSONObject | None = None
+            raw = event.raw
+            if kind is None or kind in _READ or self._events:
+                doc = self._parse(event)
+                kind = doc.get("type")
+                if kind == "error" or (kind == "response.failed" and self._held is not None):
+                    raise _upstream_error(doc)
+                raw = self._renumbered(event, doc)
+            self._tail = event if doc is None else None
             if self._held is not None:
                 self._held.append(raw)
                 if kind in _OPENING:
-                    opened = doc.get("response")
+                    opened = doc.get("response") if doc is not None else None
                     if kind == "response.created" and isinstance(opened, dict):
                         self._opened = opened
                     continue
@@ -149,7 +162,7 @@ class _NativeStream(StreamPipe):
             else:
                 out.append(raw)
             if kind in TERMINAL or kind == "response.failed":
-                response = doc.get("response")
+                response = doc.get("response") if doc is not None else None
                 if kind in TERMINAL and isinstance(response, dict):
                     self._result = response
                     _note_response_usage(response, self.tokens)
@@ -191,6 +204,10 @@ class _NativeStream(StreamPipe):
     def error_event(self, error: GatewayError) -> bytes | None:
         if self._held is not None or self._opened is None:
             return None
+        if self._tail is not None:
+            with contextlib.suppress(UpstreamProtocolError):  # unreadable: no number to follow
+                self._renumbered(self._tail, self._parse(self._tail))
+            self._tail = None
         self._last += 1
         failed: JSONObject = {
             **self._opened,
