@@ -47,12 +47,10 @@ def node_client() -> tuple[str, Path]:
     return node, NODE_DIR / "client.mjs"
 
 
-@pytest.fixture
-def run_node(node_client: tuple[str, Path]) -> RunNode:
-    """``await run_node(ops, limit=...)`` runs the ops at once in one Node process and
-    returns their results by id. Fails if Node takes longer than ``limit`` seconds: an SDK
-    that hangs is a failure, not a wait."""
-    node, script = node_client
+def node_runner(node: str, script: Path) -> RunNode:
+    """Run ops at once in one Node process through ``script`` (each driver's header
+    documents its ops and results) and return their results by id. Fails if Node takes
+    longer than ``limit`` seconds: an SDK that hangs is a failure, not a wait."""
 
     async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
         with trio.fail_after(limit):
@@ -69,6 +67,14 @@ def run_node(node_client: tuple[str, Path]) -> RunNode:
         return {r["id"]: r for r in results}
 
     return run
+
+
+@pytest.fixture
+def run_node(node_client: tuple[str, Path]) -> RunNode:
+    """``await run_node(ops, limit=...)``: the official ``openai`` package's chat,
+    completions and models calls, through ``tests/node/client.mjs``."""
+    node, script = node_client
+    return node_runner(node, script)
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -78,51 +84,13 @@ def sdk_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def run_anthropic_node(node_client: tuple[str, Path]) -> RunNode:
-    """``run_node`` for the official ``@anthropic-ai/sdk`` package: ``await
-    run_anthropic_node(ops, limit=...)`` runs the ops at once in one Node process through
-    ``tests/node/anthropic.mjs`` (its header documents the ops and results) and returns their
-    results by id. Fails if Node takes longer than ``limit`` seconds."""
-    node, _ = node_client
-    script = NODE_DIR / "anthropic.mjs"
-
-    async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
-        with trio.fail_after(limit):
-            done = await trio.run_process(
-                [node, str(script)],
-                stdin=json.dumps({"ops": ops}).encode(),
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-        stderr = done.stderr.decode(errors="replace")
-        assert done.returncode == 0, f"node exited with {done.returncode}:\n{stderr}"
-        results = json.loads(done.stdout)["results"]
-        return {r["id"]: r for r in results}
-
-    return run
+    """``run_node`` for the official ``@anthropic-ai/sdk`` package, through
+    ``tests/node/anthropic.mjs``."""
+    return node_runner(node_client[0], NODE_DIR / "anthropic.mjs")
 
 
 @pytest.fixture
 def run_responses_node(node_client: tuple[str, Path]) -> RunNode:
-    """``run_node`` for the ``openai`` package's Responses API: ``await
-    run_responses_node(ops, limit=...)`` runs the ops at once in one Node process through
-    ``tests/node/responses.mjs`` (its header documents the ops and results) and returns their
-    results by id. Fails if Node takes longer than ``limit`` seconds."""
-    node, _ = node_client
-    script = NODE_DIR / "responses.mjs"
-
-    async def run(ops: list[dict[str, Any]], *, limit: float = 30.0) -> dict[str, dict[str, Any]]:
-        with trio.fail_after(limit):
-            done = await trio.run_process(
-                [node, str(script)],
-                stdin=json.dumps({"ops": ops}).encode(),
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-        stderr = done.stderr.decode(errors="replace")
-        assert done.returncode == 0, f"node exited with {done.returncode}:\n{stderr}"
-        results = json.loads(done.stdout)["results"]
-        return {r["id"]: r for r in results}
-
-    return run
+    """``run_node`` for the ``openai`` package's Responses API, through
+    ``tests/node/responses.mjs``."""
+    return node_runner(node_client[0], NODE_DIR / "responses.mjs")
