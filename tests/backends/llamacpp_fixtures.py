@@ -27,8 +27,10 @@ from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp._launch import free_port
 from backends.llamacpp._process import _die_with_parent
 from gateway.config import build_config
+from gateway.inflight import InFlight
 from gateway.server import serve
 from gateway.service import Gateway, open_gateway
+from gateway.testing.waiting import wait_until
 
 from .sse_helpers import event_json, sse_events
 
@@ -210,6 +212,28 @@ async def slot_busy(server: httpx.AsyncClient) -> bool:
     response = await server.get("/slots")
     response.raise_for_status()
     return any(slot["is_processing"] for slot in response.json())
+
+
+async def slot_idle(server: httpx.AsyncClient) -> bool:
+    return not await slot_busy(server)
+
+
+async def slot_task(server: httpx.AsyncClient) -> int:
+    """The id of the last task the one slot of a ``--parallel 1`` server took."""
+    [slot] = (await server.get("/slots")).json()
+    return int(slot["id_task"])
+
+
+async def next_poll(backend: LlamaCppBackend) -> None:
+    """Return once the backend's poller has published a status after this call."""
+    checked = backend.status.checked_at
+    await wait_until((lambda: backend.status.checked_at != checked), within=5)
+
+
+def inflight_entry(gateway: RunningGateway, request_id: str) -> InFlight:
+    """The one in-flight entry of ``request_id``."""
+    [entry] = [e for e in gateway.gateway.inflight if e.request_id == request_id]
+    return entry
 
 
 # --- SSE --------------------------------------------------------------------------------

@@ -4,41 +4,35 @@ bodies byte for byte, llama-server's ``model`` kept), counts with llama-server's
 and covers the wait for the one slot with ``event: ping`` — a queued request that hangs up
 never reaches the server.
 
-The server here is this module's own: the shared ``llama_server``'s
-``--chat-template gemma`` is, with llama-server's default ``--jinja``, read as the Jinja
-source ``gemma`` (every chat prompt renders as the literal text "gemma", so every count is
-the same 3 tokens). ``--no-jinja`` makes it llama.cpp's built-in gemma template, and counts
-then depend on the messages.
+The server is the session's shared ``llama_server`` (``--parallel 1``, llama.cpp's built-in
+gemma template under ``--no-jinja``, so counts depend on the messages). Tests that read its
+slot wait for it to be idle first.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from backends.llamacpp import LlamaCppBackend
-from backends.llamacpp._launch import free_port
-from gateway.inflight import InFlight
 from gateway.testing.waiting import wait_until
 
 from .llamacpp_fixtures import (
     LlamaServer,
     RunningGateway,
-    _wait_healthy_sync,
     backend_settings,
     gateway_doc,
+    inflight_entry,
+    llama_server,  # noqa: F401  (fixture)
     metrics,
+    next_poll,
     open_events,
-    slot_busy,
-    spawn_llama_server,
+    slot_idle,
+    slot_task,
     start_gateway,
-    stop_llama_server,
 )
 
 PING = b'event: ping\ndata: {"type": "ping"}'
@@ -59,35 +53,19 @@ LONG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def messages_server(
-    model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LlamaServer]:
-    """A real llama-server (``--parallel 1``) with llama.cpp's built-in gemma template."""
-    port = free_port("127.0.0.1")
-    log_path = tmp_path_factory.mktemp("llama-server-messages") / "server.log"
-    process = spawn_llama_server(model_path, port, log_path, "--no-jinja")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy_sync(url, process, log_path)
-        yield LlamaServer(url, process.pid)
-    finally:
-        stop_llama_server(process)
-
-
 @pytest.fixture
-async def server(messages_server: LlamaServer):
+async def server(llama_server: LlamaServer):
     """A client straight to llama-server, one connection per request: llama-server closes
     a kept-alive connection just after some streamed answers, and a request httpx sends on
     it in that moment fails with "Server disconnected" (5 of 20 back-to-back streams here).
     The gateway's own pool copes with it (no failure in 60 back-to-back streams)."""
-    async with messages_server.client(headers={"connection": "close"}) as client:
+    async with llama_server.client(headers={"connection": "close"}) as client:
         yield client
 
 
 @pytest.fixture
-async def gateway(nursery: trio.Nursery, messages_server: LlamaServer) -> RunningGateway:
-    settings = backend_settings(url=messages_server.url, poll_interval=0.1, load_interval=0.2)
+async def gateway(nursery: trio.Nursery, llama_server: LlamaServer) -> RunningGateway:
+    settings = backend_settings(url=llama_server.url, poll_interval=0.1, load_interval=0.2)
     gw = await start_gateway(nursery, gateway_doc(settings, interval=INTERVAL))
     # The slot gate knows the server has one slot once /props has been read.
     await wait_until((lambda: gw.backend.server_info is not None), within=10)
@@ -207,25 +185,6 @@ async def test_count_tokens_is_llama_servers_count(gateway, server) -> None:
 # --- the queue gap: pings, and a hang-up that never reaches the server ----------------------
 
 
-def _entry(gateway: RunningGateway, request_id: str) -> InFlight:
-    [entry] = [e for e in gateway.gateway.inflight if e.request_id == request_id]
-    return entry
-
-
-async def _next_poll(backend: LlamaCppBackend) -> None:
-    checked = backend.status.checked_at
-    await wait_until((lambda: backend.status.checked_at != checked), within=5)
-
-
-async def _slot_idle(server: httpx.AsyncClient) -> bool:
-    return not await slot_busy(server)
-
-
-async def _slot_task(server: httpx.AsyncClient) -> int:
-    [slot] = (await server.get("/slots")).json()
-    return int(slot["id_task"])
-
-
 async def test_queued_request_hears_pings_and_its_hang_up_never_reaches_the_server(
     gateway, server
 ) -> None:
@@ -259,7 +218,7 @@ async def test_queued_request_hears_pings_and_its_hang_up_never_reaches_the_serv
         nursery.start_soon(first_request)
         await wait_until((lambda: first_deltas > 0), within=60)
         assert backend.slots.own == 1
-        first_task = await _slot_task(server)
+        first_task = await slot_task(server)
 
         async with (
             gateway.client(timeout=httpx.Timeout(30.0, read=2.0)) as queued_client,
@@ -274,27 +233,27 @@ async def test_queued_request_hears_pings_and_its_hang_up_never_reaches_the_serv
                 beats.append(trio.current_time())
                 if len(beats) == 6:
                     break
-            entry = _entry(gateway, response.headers["request-id"])
+            entry = inflight_entry(gateway, response.headers["request-id"])
             # Held in the backend's slot gate, not in llama-server's queue.
             assert backend.slots.waiting == 1 and backend.slots.own == 1
             assert entry.phase == "connecting" and entry.first_byte_at is None
             # Counted as heartbeats (the count follows the write the client already read).
             await wait_until((lambda: entry.heartbeats >= 6), within=INTERVAL)
             assert (await metrics(server))["llamacpp:requests_deferred"] == 0
-            assert await _slot_task(server) == first_task
+            assert await slot_task(server) == first_task
         # hung up
         await wait_until((lambda: backend.slots.waiting == 0), within=1)
         await wait_until((lambda: entry.outcome is not None), within=1)
         assert entry.outcome == "client_gone" and entry.disconnect_phase == "connecting"
 
         first_scope.cancel()  # the first client hangs up too: the slot frees
-    await wait_until(lambda: _slot_idle(server), within=10)
+    await wait_until(lambda: slot_idle(server), within=10)
     await wait_until((lambda: backend.slots.own == 0), within=1)
     # Two more polls see the slot free: a request still waiting anywhere would be sent now.
     for _ in range(2):
-        await _next_poll(backend)
-    assert await _slot_idle(server)
-    assert await _slot_task(server) == first_task  # no task ran in the slot after the first
+        await next_poll(backend)
+    assert await slot_idle(server)
+    assert await slot_task(server) == first_task  # no task ran in the slot after the first
     after = await metrics(server)
     assert after["llamacpp:requests_deferred"] == 0
     evaluated = sum(

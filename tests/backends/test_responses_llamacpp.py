@@ -10,14 +10,13 @@ llama-server (b11434) numbers none of its Responses events: no ``sequence_number
 ``create(stream=True)`` reads them (its event models are built unchecked, the missing
 numbers ``None``); its ``responses.stream()`` helper does not (see the xfail below).
 
-The server here is this module's own (``--parallel 1``, llama.cpp's built-in gemma template
-under ``--no-jinja``), so that its slot, cache and counters are this module's alone.
+The server is the session's shared ``llama_server`` (``--parallel 1``, llama.cpp's built-in
+gemma template under ``--no-jinja``). Tests that read its slot wait for it to be idle first.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,21 @@ import openai
 import pytest
 import trio
 
-from backends.llamacpp import LlamaCppBackend
-from backends.llamacpp._launch import free_port
-from gateway.inflight import InFlight
 from gateway.testing.waiting import wait_until
 
 from .llamacpp_fixtures import (
     LlamaServer,
     RunningGateway,
-    _wait_healthy_sync,
     backend_settings,
     gateway_doc,
+    inflight_entry,
+    llama_server,  # noqa: F401  (fixture)
     metrics,
+    next_poll,
     open_events,
-    slot_busy,
-    spawn_llama_server,
+    slot_idle,
+    slot_task,
     start_gateway,
-    stop_llama_server,
 )
 
 HEARTBEAT = b": keepalive"
@@ -67,35 +64,19 @@ LONG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def responses_server(
-    model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LlamaServer]:
-    """A real llama-server (``--parallel 1``) with llama.cpp's built-in gemma template."""
-    port = free_port("127.0.0.1")
-    log_path = tmp_path_factory.mktemp("llama-server-responses") / "server.log"
-    process = spawn_llama_server(model_path, port, log_path, "--no-jinja")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy_sync(url, process, log_path)
-        yield LlamaServer(url, process.pid)
-    finally:
-        stop_llama_server(process)
-
-
 @pytest.fixture
-async def server(responses_server: LlamaServer):
+async def server(llama_server: LlamaServer):
     """A client straight to llama-server, one connection per request (llama-server closes a
     kept-alive connection just after some streamed answers; see the Messages tests)."""
-    async with responses_server.client(headers={"connection": "close"}) as client:
+    async with llama_server.client(headers={"connection": "close"}) as client:
         yield client
 
 
 @pytest.fixture
 async def gateway(
-    nursery: trio.Nursery, responses_server: LlamaServer, tmp_path: Path
+    nursery: trio.Nursery, llama_server: LlamaServer, tmp_path: Path
 ) -> RunningGateway:
-    settings = backend_settings(url=responses_server.url, poll_interval=0.1, load_interval=0.2)
+    settings = backend_settings(url=llama_server.url, poll_interval=0.1, load_interval=0.2)
     doc = gateway_doc(settings, interval=INTERVAL)
     doc["responses"] = {"database": str(tmp_path / "responses.sqlite")}
     gw = await start_gateway(nursery, doc)
@@ -382,25 +363,6 @@ async def test_openai_sdk_stream_helper_reads_llama_servers_stream(gateway) -> N
 # --- the queue gap: comments, and a hang-up that never reaches the server -----------------
 
 
-def _entry(gateway: RunningGateway, request_id: str) -> InFlight:
-    [entry] = [e for e in gateway.gateway.inflight if e.request_id == request_id]
-    return entry
-
-
-async def _next_poll(backend: LlamaCppBackend) -> None:
-    checked = backend.status.checked_at
-    await wait_until((lambda: backend.status.checked_at != checked), within=5)
-
-
-async def _slot_idle(server: httpx.AsyncClient) -> bool:
-    return not await slot_busy(server)
-
-
-async def _slot_task(server: httpx.AsyncClient) -> int:
-    [slot] = (await server.get("/slots")).json()
-    return int(slot["id_task"])
-
-
 async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_server(
     gateway, server
 ) -> None:
@@ -431,7 +393,7 @@ async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_s
         nursery.start_soon(first_request)
         await wait_until((lambda: first_deltas > 0), within=60)
         assert backend.slots.own == 1
-        first_task = await _slot_task(server)
+        first_task = await slot_task(server)
 
         async with (
             gateway.client(timeout=httpx.Timeout(30.0, read=2.0)) as queued_client,
@@ -446,27 +408,27 @@ async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_s
                 beats.append(trio.current_time())
                 if len(beats) == 6:
                     break
-            entry = _entry(gateway, response.headers["x-request-id"])
+            entry = inflight_entry(gateway, response.headers["x-request-id"])
             # Held in the backend's slot gate, not in llama-server's queue.
             assert backend.slots.waiting == 1 and backend.slots.own == 1
             assert entry.phase == "connecting" and entry.first_byte_at is None
             # Counted as heartbeats (the count follows the write the client already read).
             await wait_until((lambda: entry.heartbeats >= 6), within=INTERVAL)
             assert (await metrics(server))["llamacpp:requests_deferred"] == 0
-            assert await _slot_task(server) == first_task
+            assert await slot_task(server) == first_task
         # hung up
         await wait_until((lambda: backend.slots.waiting == 0), within=1)
         await wait_until((lambda: entry.outcome is not None), within=1)
         assert entry.outcome == "client_gone" and entry.disconnect_phase == "connecting"
 
         first_scope.cancel()  # the first client hangs up too: the slot frees
-    await wait_until(lambda: _slot_idle(server), within=10)
+    await wait_until(lambda: slot_idle(server), within=10)
     await wait_until((lambda: backend.slots.own == 0), within=1)
     # Two more polls see the slot free: a request still waiting anywhere would be sent now.
     for _ in range(2):
-        await _next_poll(backend)
-    assert await _slot_idle(server)
-    assert await _slot_task(server) == first_task  # no task ran in the slot after the first
+        await next_poll(backend)
+    assert await slot_idle(server)
+    assert await slot_task(server) == first_task  # no task ran in the slot after the first
     after = await metrics(server)
     assert after["llamacpp:requests_deferred"] == 0
     evaluated = sum(
