@@ -61,6 +61,19 @@ class ServerSettings(_Settings):
     body_timeout: float = Field(
         120.0, gt=0, description="a request body not whole after this long gets 408"
     )
+    websockets: bool = Field(
+        True,
+        description="serve OpenAI Responses over WebSocket on GET /v1/responses "
+        "(off: every upgrade gets 426)",
+    )
+    websocket_max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="a larger WebSocket message closes its socket with 1009",
+    )
+    websocket_idle_timeout: float = Field(
+        600.0, gt=0, description="a WebSocket with no response in flight closes after this"
+    )
 
     @field_validator("bind")
     @classmethod

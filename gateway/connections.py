@@ -50,6 +50,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from . import ws_stream
+
 __all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
 
 log = logging.getLogger("gateway.server")
@@ -149,6 +151,7 @@ async def serve_connections(
     On shutdown: stop accepting, close idle connections, give requests in progress
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
     """
+    ws_stream.install()  # WebSocket ping frames for the app (gateway.ws_stream)
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}
     lifespan = Lifespan(asgi, config, state)

@@ -31,6 +31,7 @@ class InFlight:
     model: str = ""
     team: str = ""  # with teams on: the request's team, and its key's fingerprint
     key_id: str = ""
+    connection: str = ""  # the WebSocket it came on ("" over plain HTTP)
     phase: Phase = "connecting"
     heartbeats: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)

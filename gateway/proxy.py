@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -26,40 +25,31 @@ from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
     ASGISendCallable,
-    HTTPScope,
     Scope,
-    WebsocketScope,
 )
 
-from .abc import Endpoint, JSONObject
-from .dialects import dialect_of
-from .dialects.base import Dialect
-from .dialects.responses_request import input_items
+from .abc import JSONObject
+from .client_request import ClientRequest, Serve, SocketTurn
 from .errors import (
     BodyTooLarge,
     GatewayError,
-    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     ShuttingDown,
-    UpgradeRequired,
-    error_head,
-    error_json,
 )
 from .inbound import (
     RELAYED,
     ask_for_usage,
-    endpoint_label,
     parse_json_object,
-    request_ids,
     validate,
 )
 from .plans import plan_request
 from .relay import Attempt, Exchange, relay
-from .responses import StoredResponse
+from .responses.conversation import Conversation
 from .routing import apply_policy
 from .service import Gateway
 from .teams import Identity, TeamAdmission
+from .websocket import ResponsesSockets
 
 log = logging.getLogger("gateway.proxy")
 
@@ -91,48 +81,6 @@ async def _drain(receive: ASGIReceiveCallable) -> None:
                 return
 
 
-class _Request:
-    """One proxied request as the client sent it: headers looked up by lower-case name,
-    the ids the gateway answers with, and the time it arrived."""
-
-    __slots__ = (
-        "dialect",
-        "endpoint",
-        "headers",
-        "identity",
-        "method",
-        "model",
-        "path",
-        "request_id",
-        "route",
-        "started",
-        "traceparent",
-    )
-
-    def __init__(self, scope: HTTPScope, endpoint: Endpoint) -> None:
-        self.started = trio.current_time()
-        self.endpoint = endpoint
-        self.dialect: Dialect = dialect_of(endpoint)
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
-        self.request_id, self.traceparent = request_ids(
-            self.headers.get("x-request-id", ""), self.headers.get("traceparent", "")
-        )
-        self.identity: Identity | None = None
-        self.model: str | None = None
-        self.route = ""
-
-    def id_headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"x-request-id", self.request_id.encode()),
-            (b"traceparent", self.traceparent.encode()),
-            *self.dialect.id_headers(self.request_id),
-        ]
-
-
 class ProxyApp:
     """The gateway's ASGI application: the proxied endpoints here, the rest to ``fallback``."""
 
@@ -141,18 +89,19 @@ class ProxyApp:
         self.fallback = fallback
         self.teams = gateway.auth
         self.max_body = gateway.config.server.max_body_bytes
+        self.sockets = ResponsesSockets(gateway, self.prepare)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "websocket":
-            await self._refuse_upgrade(scope, receive, send)
+            await self.sockets(scope, receive, send)
             return
         endpoint = RELAYED.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
-        request = _Request(scope, endpoint)
+        request = ClientRequest.of(scope, endpoint)
         try:
             if request.method != "POST":
                 raise MethodNotAllowed(
@@ -170,17 +119,23 @@ class ProxyApp:
             return
         await serve(send, receive)
 
-    async def _admit(
-        self, request: _Request, receive: ASGIReceiveCallable
-    ) -> Callable[[ASGISendCallable, ASGIReceiveCallable], Awaitable[None]]:
+    async def _admit(self, request: ClientRequest, receive: ASGIReceiveCallable) -> Serve:
         """Everything before the relay: who asks, for what, and whether it may run now.
         Returns the relay to run; raises the error to answer with."""
-        gateway, teams = self.gateway, self.teams
-        if teams is not None:
-            request.identity = teams.authenticate(request.headers)
-        if gateway.draining:
+        if self.teams is not None:
+            request.identity = self.teams.authenticate(request.headers)
+        if self.gateway.draining:
             raise ShuttingDown("the gateway is shutting down")
         body = parse_json_object(await self._read_body(request, receive))
+        return await self.prepare(request, body)
+
+    async def prepare(
+        self, request: ClientRequest, body: JSONObject, socket: SocketTurn | None = None
+    ) -> Serve:
+        """Route, authorize, plan and admit one request whose caller is known (``request.
+        identity``) and whose body is read; returns the relay to run, or raises the error
+        to answer with."""
+        gateway, teams = self.gateway, self.teams
         model, stream = validate(body, request.endpoint)
         request.model = model
         route = gateway.router.resolve(model)
@@ -196,8 +151,12 @@ class ProxyApp:
             if stream and request.endpoint in ("chat/completions", "completions"):
                 body, hide_usage = ask_for_usage(body)
         team = identity.team if identity is not None else ""
+        conversation = Conversation(gateway.responses, team, socket.last if socket else None)
         responses = request.endpoint in ("responses", "responses/input_tokens")
-        history = await self._history(body, team) if responses else []
+        history = await conversation.history(body) if responses else []
+        keepalive = route.settings.keepalive
+        if socket is not None:  # the socket pings; the relay writes no heartbeat
+            keepalive = keepalive.model_copy(update={"interval": 0.0})
         plan = plan_request(
             request.endpoint,
             body,
@@ -209,13 +168,9 @@ class ProxyApp:
             client_headers=request.headers,
             hide_usage=hide_usage,
             history=history,
-            keepalive_events=route.settings.keepalive.responses == "event",
+            keepalive_events=keepalive.responses == "event" and socket is None,
         )
-        keep = (
-            partial(self._keep, team, input_items(body), history)
-            if request.endpoint == "responses" and body.get("store") is not False
-            else None
-        )
+        keep = conversation.keeper(body, history) if request.endpoint == "responses" else None
         if teams is not None and identity is not None:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
 
@@ -238,7 +193,7 @@ class ProxyApp:
             request_id=request.request_id,
             stream=stream,
             route=route.name,
-            keepalive=route.settings.keepalive,
+            keepalive=keepalive,
             inflight=gateway.inflight,
             max_attempts=route.settings.max_attempts,
             failover_deadline=route.settings.failover_deadline,
@@ -250,7 +205,11 @@ class ProxyApp:
             key_id=identity.key_id if identity else "",
             dialect=dialect,
             keep=keep,
+            on_begin=partial(socket.on_begin, interval=route.settings.keepalive.interval)
+            if socket
+            else None,
             on_finish=admission.finish if admission else None,
+            connection=socket.connection_id if socket else "",
         )
 
         async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable) -> None:
@@ -262,51 +221,7 @@ class ProxyApp:
 
         return serve
 
-    async def _history(self, body: JSONObject, team: str) -> list[JSONObject]:
-        """The items of the conversation before this request, when it continues a stored
-        response (``previous_response_id``): that response's history, input and output.
-        Raises :class:`InvalidRequest` for an id the team has no response by."""
-        previous = body.get("previous_response_id")
-        if previous is None:
-            return []
-        if not isinstance(previous, str):
-            raise InvalidRequest(
-                "previous_response_id must be a string", param="previous_response_id"
-            )
-        stored = await self.gateway.responses.get(team, previous)
-        if stored is None:
-            raise InvalidRequest(
-                f"Previous response with id '{previous}' not found.",
-                param="previous_response_id",
-            )
-        output = stored.response.get("output")
-        items = [o for o in output if isinstance(o, dict)] if isinstance(output, list) else []
-        return [*stored.history, *stored.input_items, *items]
-
-    async def _keep(
-        self,
-        team: str,
-        inputs: list[JSONObject],
-        history: list[JSONObject],
-        response: JSONObject,
-    ) -> None:
-        """Store a whole response (``store`` on): before its end reaches the client, so
-        the client's next turn finds it."""
-        response_id, created = response.get("id"), response.get("created_at")
-        if not isinstance(response_id, str):
-            return  # nothing to find it by
-        await self.gateway.responses.put(
-            StoredResponse(
-                id=response_id,
-                team=team,
-                created_at=created if isinstance(created, int) else int(time.time()),
-                input_items=inputs,
-                history=history,
-                response=response,
-            )
-        )
-
-    async def _read_body(self, request: _Request, receive: ASGIReceiveCallable) -> bytes:
+    async def _read_body(self, request: ClientRequest, receive: ASGIReceiveCallable) -> bytes:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
             await _drain(receive)
@@ -327,59 +242,8 @@ class ProxyApp:
             if not message["more_body"]:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _refuse_upgrade(
-        self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        """Answer a WebSocket handshake, on any path, with ``426`` and an OpenAI error body,
-        through ASGI's WebSocket Denial Response extension (hypercorn has it). Without that
-        extension an app can only close, which servers answer with ``403``."""
-        started = trio.current_time()
-        if (await receive())["type"] != "websocket.connect":
-            return  # gone before the handshake was even handed over
-        headers = {name.lower(): value for name, value in scope["headers"]}
-        request_id, traceparent = request_ids(
-            headers.get(b"x-request-id", b"").decode("latin-1"),
-            headers.get(b"traceparent", b"").decode("latin-1"),
-        )
-        path = scope["path"]
-        error = UpgradeRequired(
-            f"The gateway does not serve WebSocket connections (GET {path}); "
-            "send the request over plain HTTP",
-            http_version=scope["http_version"],
-        )
-        if "websocket.http.response" not in (scope.get("extensions") or {}):
-            await send({"type": "websocket.close", "code": 1000, "reason": None})
-            status = 403
-        else:
-            body = error_json(error)
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": error.status,
-                    "headers": [
-                        *error_head(error, body),
-                        (b"x-request-id", request_id.encode()),
-                        (b"traceparent", traceparent.encode()),
-                    ],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-            status = error.status
-        self.gateway.telemetry.on_answered(
-            route="",
-            endpoint=endpoint_label(path),
-            status=status,
-            fields={
-                "request_id": request_id,
-                "method": "GET",
-                "path": path,
-                "model": None,
-                "duration_ms": round((trio.current_time() - started) * 1000, 3),
-            },
-        )
-
     async def _answer_error(
-        self, request: _Request, send: ASGISendCallable, error: GatewayError
+        self, request: ClientRequest, send: ASGISendCallable, error: GatewayError
     ) -> None:
         dialect = request.dialect
         body = dialect.error_json(error)

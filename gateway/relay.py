@@ -115,7 +115,10 @@ class Exchange:
     keep: Callable[[JSONObject], Awaitable[None]] | None = None
     """Called with the whole answer before its end reaches the client, for dialects that
     keep answers (stored Responses): a client that asks for it next finds it."""
+    on_begin: Callable[[InFlight], None] | None = None
+    """Called with the relay's entry as it begins (a WebSocket counts its pings there)."""
     on_finish: Callable[[InFlight], None] | None = None
+    connection: str = ""  # the WebSocket it came on, for the access log
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -151,8 +154,11 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
         model=exchange.model,
         team=exchange.team,
         key_id=exchange.key_id,
+        connection=exchange.connection,
     )
     exchange.inflight.add(entry)
+    if exchange.on_begin is not None:
+        exchange.on_begin(entry)
     telemetry = exchange.telemetry
     if telemetry is not None:
         telemetry.on_start(entry)

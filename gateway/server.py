@@ -27,7 +27,9 @@ log = logging.getLogger("gateway.server")
 _ABORT_GRACE = 5.0
 
 
-def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
+def hypercorn_config(
+    bind: str, graceful_timeout: float, websocket_max_message_bytes: int = 16 * 1024 * 1024
+) -> HypercornConfig:
     host, port = parse_bind(bind)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -41,6 +43,7 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     # client that sends nothing while it listens.
     config.read_timeout = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.websocket_max_message_size = websocket_max_message_bytes
     return config
 
 
@@ -54,6 +57,7 @@ def connection_timers(server: ServerSettings) -> ConnectionTimers:
 async def drain(gateway: Gateway) -> None:
     """Fail readiness, give in-flight requests the grace period, then abort the rest."""
     gateway.draining = True
+    gateway.drain_started.set()
     grace = gateway.config.server.graceful_timeout
     log.info("draining %d in-flight request(s), up to %g s", len(gateway.inflight), grace)
     with trio.move_on_after(grace):
@@ -87,7 +91,11 @@ async def serve(
     then drain. Reports the bound addresses (``http://host:port``) through ``task_status``.
     """
     config = gateway.config
-    hconfig = hypercorn_config(bind or config.server.bind, config.server.graceful_timeout)
+    hconfig = hypercorn_config(
+        bind or config.server.bind,
+        config.server.graceful_timeout,
+        config.server.websocket_max_message_bytes,
+    )
     timeouts = BodyTimeouts(idle=config.server.body_idle_timeout, total=config.server.body_timeout)
     app = RequestGuard(create_app(gateway), timeouts, gateway.telemetry)
     stop = trio.Event()

@@ -84,6 +84,8 @@ class Gateway:
     telemetry: Telemetry = field(default_factory=Telemetry)
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
     draining: bool = False
+    drain_started: trio.Event = field(default_factory=trio.Event)
+    """Set with ``draining``: what WebSockets wait on to stop taking new responses."""
     _turns: dict[str, int] = field(default_factory=dict)
 
     @property

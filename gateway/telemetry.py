@@ -246,6 +246,7 @@ def _entry_fields(entry: InFlight) -> dict[str, Any]:
         "completion_tokens": entry.completion_tokens,
         # With teams: who sent it, by key fingerprint (never the key).
         **({"team": entry.team, "key_id": entry.key_id} if entry.team else {}),
+        **({"connection": entry.connection} if entry.connection else {}),
     }
 
 

@@ -70,3 +70,45 @@ class UpstreamClock:
 
 def _after(now: float, seconds: float | None) -> float:
     return math.inf if seconds is None else now + seconds
+
+
+class PingClock:
+    """A WebSocket's silence and its pings. A ping is due once ``interval`` seconds passed
+    with nothing sent to the client (frames or pings); a ping is answered by any pong, and
+    one that has no answer within ``2 * interval`` means the client is gone. ``interval``
+    may change between pings (each response on a socket has its route's); ``0`` sends none.
+    """
+
+    __slots__ = ("interval", "last_write", "unanswered_since")
+
+    def __init__(self, interval: float, now: float) -> None:
+        self.interval = interval
+        self.last_write = now
+        self.unanswered_since: float | None = None  # when the oldest unanswered ping went
+
+    def note_write(self, now: float) -> None:
+        self.last_write = now
+
+    def note_ping(self, now: float) -> None:
+        self.last_write = now
+        if self.unanswered_since is None:
+            self.unanswered_since = now
+
+    def note_pong(self) -> None:
+        self.unanswered_since = None
+
+    @property
+    def due_at(self) -> float:
+        """When the next ping is due (``inf``: none, the interval is 0)."""
+        return self.last_write + self.interval if self.interval > 0 else math.inf
+
+    @property
+    def gone_at(self) -> float:
+        """When the client counts as gone, unless a pong comes first (``inf``: no ping
+        is waiting for one)."""
+        if self.unanswered_since is None or self.interval <= 0:
+            return math.inf
+        return self.unanswered_since + 2 * self.interval
+
+    def next_at(self) -> float:
+        return min(self.due_at, self.gone_at)

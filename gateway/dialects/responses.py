@@ -19,13 +19,27 @@ from typing import Any
 
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
-from ..errors import GatewayError, UpstreamProtocolError, UpstreamStatusError, error_json
+from ..errors import (
+    GatewayError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    error_body,
+    error_json,
+)
 from ..sse import SSEEvent
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import ChatToResponsesStream, chat_to_response
 
-__all__ = ["RESPONSES", "ResponsesDialect", "ResponsesFromChat", "ResponsesPassthrough"]
+__all__ = [
+    "RESPONSES",
+    "RESPONSES_SOCKET",
+    "ResponsesDialect",
+    "ResponsesFromChat",
+    "ResponsesPassthrough",
+    "ResponsesSocketDialect",
+    "socket_error",
+]
 
 # The events that end a complete Responses stream.
 TERMINAL = frozenset({"response.completed", "response.incomplete"})
@@ -81,6 +95,24 @@ class ResponsesDialect(Dialect):
 
 
 RESPONSES = ResponsesDialect()
+
+
+class ResponsesSocketDialect(ResponsesDialect):
+    """Responses on a WebSocket (:mod:`gateway.websocket`): the same events, one per text
+    frame; an error before ``response.created`` is the socket's ``error`` event, which
+    carries the HTTP status it stands for (``{"type": "error", "status", "error": {...}}``,
+    as the official SDKs' WebSocket event models read it)."""
+
+    def error_event(self, error: GatewayError) -> bytes:
+        return _event(socket_error(error))
+
+
+def socket_error(error: GatewayError) -> JSONObject:
+    """The WebSocket ``error`` event for ``error``: its OpenAI error object and status."""
+    return {"type": "error", "status": error.status, "error": dict(error_body(error)["error"])}
+
+
+RESPONSES_SOCKET = ResponsesSocketDialect()
 
 
 def _note_response_usage(response: object, tokens: Tokens) -> None:

@@ -172,21 +172,6 @@ async def test_whole_answers(start_gateway) -> None:
         assert answer["usage"]["output_tokens"] == 2
 
 
-async def test_ws_upgrade_is_426(start_gateway) -> None:
-    gw = await start_gateway()
-    async with httpx.AsyncClient(base_url=gw.url) as client:
-        resp = await client.get(
-            "/v1/responses",
-            headers={
-                "connection": "upgrade",
-                "upgrade": "websocket",
-                "sec-websocket-version": "13",
-                "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-            },
-        )
-    assert resp.status_code == 426
-
-
 @pytest.mark.parametrize(
     "first,second",
     [("native", "native"), ("native", "translated"), ("translated", "native")],

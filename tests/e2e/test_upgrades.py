@@ -1,6 +1,8 @@
-"""Upgrade requests the gateway does not serve: a WebSocket handshake, on any path, is
-answered ``426 Upgrade Required`` at once with an OpenAI error body (coding agents fall back
-to plain HTTP on exactly that status), and the gateway goes on serving everyone else.
+"""Upgrade requests the gateway does not serve: a WebSocket handshake on any path but
+``/v1/responses`` (and there too with ``[server] websockets = false``) is answered ``426
+Upgrade Required`` at once with an OpenAI error body (coding agents fall back to plain HTTP
+on exactly that status), and the gateway goes on serving everyone else. The WebSocket the
+gateway does serve is tested in ``test_responses_websocket.py``.
 
 Raw sockets throughout: the handshake and the answer's framing are what is under test."""
 
@@ -16,7 +18,7 @@ from tests.conftest import RunningGateway
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
-PATHS = ["/v1/responses", "/v1/chat/completions", "/v1/completions", "/nonexistent", "/"]
+PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/messages", "/nonexistent", "/"]
 
 
 def handshake(path: str, host: str, extra: bytes = b"") -> bytes:
@@ -62,9 +64,13 @@ async def exchange(
     return status, headers, body
 
 
-@pytest.mark.parametrize("path", PATHS)
-async def test_websocket_upgrade_is_426_with_an_openai_error(start_gateway, fake, path) -> None:
-    gw = await start_gateway()
+@pytest.mark.parametrize(
+    ("path", "websockets"), [*((path, True) for path in PATHS), ("/v1/responses", False)]
+)
+async def test_websocket_upgrade_is_426_with_an_openai_error(
+    start_gateway, fake, path, websockets
+) -> None:
+    gw = await start_gateway(server={"websockets": websockets})
     host = gw.url.removeprefix("http://")
     with trio.fail_after(5):  # "at once": no waiting on anything
         status, headers, body = await exchange(gw, handshake(path, host))
@@ -133,11 +139,11 @@ async def test_upgrade_is_counted_and_logged(start_gateway, caplog) -> None:
     gw = await start_gateway()
     host = gw.url.removeprefix("http://")
     caplog.set_level("INFO", logger="gateway.access")
-    await exchange(gw, handshake("/v1/responses", host, b"x-request-id: ws-upgrade-1\r\n"))
+    await exchange(gw, handshake("/v1/completions", host, b"x-request-id: ws-upgrade-1\r\n"))
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
     [line] = [x for x in lines if x.get("request_id") == "ws-upgrade-1"]
     assert line["status"] == 426 and line["outcome"] == "rejected"
-    assert line["path"] == "/v1/responses" and line["method"] == "GET"
+    assert line["path"] == "/v1/completions" and line["method"] == "GET"
     async with httpx.AsyncClient(base_url=gw.url) as client:
         metrics = (await client.get("/metrics")).text
     assert 'status="426"' in metrics

@@ -1,0 +1,449 @@
+"""OpenAI Responses over WebSocket: ``GET /v1/responses`` upgraded, as Codex and the
+official SDKs' ``responses.connect()`` speak it.
+
+One socket, many turns. The client sends ``{"type": "response.create", ...}`` text frames
+carrying a Responses request's fields (no ``stream``); each is one request through the
+same path as ``POST /v1/responses`` with ``stream: true`` — authorized, limited, routed,
+planned, admitted and relayed on its own (:meth:`gateway.proxy.ProxyApp.prepare`), with
+the same events, one JSON text frame each. Turns run one at a time, in arrival order; an
+error is an ``error`` event (``{"type": "error", "status", "error": {...}}``) and the
+socket stays open for the next turn. A turn may continue the socket's last response by
+its id without the store, ``store: false`` included.
+
+The socket's nursery holds three tasks for its lifetime:
+
+- the **reader**: every message from the client — turns to the queue, pongs to the
+  :class:`~gateway.timers.PingClock`, a close (or a ping left unanswered) ends the socket;
+- the **pinger**: a ping frame whenever the client heard nothing for the interval (the
+  running turn's route's; between turns the last one's) — queued, connecting, prefill,
+  gaps alike — and no pong within two intervals counts as a disconnect;
+- the **turns**, in the nursery's body: each relayed by :func:`gateway.relay.relay`,
+  whose HTTP response :class:`_TurnSend` sends as frames (whole SSE events in, their
+  ``data`` out). When the socket ends, the running turn's relay sees its client gone and
+  closes the upstream.
+
+Ends: the client closes; no pong (1011); idle with no turn for ``websocket_idle_timeout``
+(1000); shutdown — no new turns, the running one finishes within the grace period, queued
+ones get an error each, then 1001.
+
+Handshakes the gateway does not take are refused before the upgrade, with an OpenAI error
+body: an unknown key 401, a draining gateway 503, any other path (or ``[server]
+websockets = false``) 426, which coding agents read as "use HTTP".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from typing import cast
+
+import trio
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    WebsocketScope,
+)
+
+from .abc import JSONObject
+from .client_request import ClientRequest, Prepare, SocketTurn, headers_of
+from .config import KeepaliveSettings
+from .dialects.responses import RESPONSES_SOCKET, socket_error
+from .errors import (
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    ShuttingDown,
+    UpgradeRequired,
+    error_head,
+    error_json,
+)
+from .inbound import endpoint_label, request_ids
+from .inflight import InFlight
+from .responses.conversation import LastResponse
+from .service import Gateway
+from .sse import SSEFramer
+from .teams import Identity
+from .telemetry import write_access_log
+from .timers import PingClock
+from .ws_stream import PING, PING_EXTENSION, PONG
+
+log = logging.getLogger("gateway.websocket")
+
+RESPONSES_PATH = "/v1/responses"
+# Turns a client may send ahead of the one running; more are refused with an error event.
+MAX_QUEUED = 16
+# Pings between turns, before the socket's first turn has named a route.
+FIRST_INTERVAL = KeepaliveSettings().interval
+
+
+class ResponsesSockets:
+    """The gateway's WebSocket endpoint: hands each handshake to a :class:`_Socket`, or
+    refuses it."""
+
+    def __init__(self, gateway: Gateway, prepare: Prepare) -> None:
+        self.gateway = gateway
+        self.prepare = prepare
+        self.teams = gateway.auth
+
+    async def __call__(
+        self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        started = trio.current_time()
+        if (await receive())["type"] != "websocket.connect":
+            return  # gone before the handshake was handed over
+        path = scope["path"]
+        headers = headers_of(scope)
+        identity: Identity | None = None
+        try:
+            if path != RESPONSES_PATH or not self.gateway.config.server.websockets:
+                raise UpgradeRequired(
+                    f"The gateway does not serve WebSocket connections (GET {path}); "
+                    "send the request over plain HTTP",
+                    http_version=scope["http_version"],
+                )
+            if self.teams is not None:
+                identity = self.teams.authenticate(headers)
+            if self.gateway.draining:
+                raise ShuttingDown("the gateway is shutting down")
+        except GatewayError as error:
+            await self._deny(scope, headers, send, error, started)
+            return
+        socket = _Socket(self, scope, receive, send, headers, identity)
+        await socket.run()
+
+    async def _deny(
+        self,
+        scope: WebsocketScope,
+        headers: dict[str, str],
+        send: ASGISendCallable,
+        error: GatewayError,
+        started: float,
+    ) -> None:
+        """Answer the handshake with ``error``'s status and OpenAI error body, through
+        ASGI's WebSocket Denial Response extension (hypercorn has it). Without that
+        extension an app can only close, which servers answer with ``403``."""
+        request_id, traceparent = request_ids(
+            headers.get("x-request-id", ""), headers.get("traceparent", "")
+        )
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1000, "reason": None})
+            status = 403
+        else:
+            body = error_json(error)
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": error.status,
+                    "headers": [
+                        *error_head(error, body),
+                        (b"x-request-id", request_id.encode()),
+                        (b"traceparent", traceparent.encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+            status = error.status
+        path = scope["path"]
+        self.gateway.telemetry.on_answered(
+            route="",
+            endpoint=endpoint_label(path),
+            status=status,
+            fields={
+                "request_id": request_id,
+                "method": "GET",
+                "path": path,
+                "model": None,
+                "duration_ms": round((trio.current_time() - started) * 1000, 3),
+            },
+        )
+
+
+class _Socket:
+    """One accepted WebSocket (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: ResponsesSockets,
+        scope: WebsocketScope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        headers: dict[str, str],
+        identity: Identity | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.gateway = endpoint.gateway
+        self.path = scope["path"]
+        self.headers = headers
+        self.identity = identity
+        self.id = "ws_" + uuid.uuid4().hex
+        self.started = trio.current_time()
+        self.last = LastResponse()
+        self.clock = PingClock(FIRST_INTERVAL, self.started)
+        self.pings = PING_EXTENSION in (scope.get("extensions") or {})
+        self.gone = False  # the client closed, or stopped answering pings
+        self.turns = 0
+        self.close_code, self.close_reason = 1000, ""
+        self._receive = receive
+        self._send = send
+        self._lock = trio.Lock()
+        self._queue_in, self._queue = trio.open_memory_channel[str | None](math.inf)
+        self._queued = 0
+        self._entry: InFlight | None = None  # the running turn's
+        self._ping_wait = trio.CancelScope()
+        self._scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        await self._send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read)
+                    nursery.start_soon(self._ping)
+                    nursery.start_soon(self._stop_on_drain)
+                    await self._serve_turns()
+                    nursery.cancel_scope.cancel()
+            if not self.gone:
+                with trio.CancelScope(shield=True):
+                    await self._send(
+                        {
+                            "type": "websocket.close",
+                            "code": self.close_code,
+                            "reason": self.close_reason,
+                        }
+                    )
+        finally:
+            write_access_log(
+                {
+                    "connection": self.id,
+                    "method": "GET",
+                    "path": self.path,
+                    "status": 101,
+                    "turns": self.turns,
+                    "close": "client" if self.gone else self.close_code,
+                    "reason": self.close_reason or None,
+                    "duration_ms": round((trio.current_time() - self.started) * 1000, 3),
+                    **Identity.log_fields_of(self.identity),
+                }
+            )
+
+    # -- the turns --------------------------------------------------------------------
+
+    async def _serve_turns(self) -> None:
+        idle = self.gateway.config.server.websocket_idle_timeout
+        while True:
+            with trio.move_on_after(idle):
+                text = await self._queue.receive()
+                self._queued -= 1
+                if text is None:  # shutdown: the turns queued before it are refused
+                    self._close(1001, "server shutting down")
+                    return
+                await self._turn(text)
+                continue
+            self._close(1000, f"idle for {idle:g} s")
+            return
+
+    async def _turn(self, text: str) -> None:
+        request = ClientRequest("responses", "GET", self.path, self.headers, RESPONSES_SOCKET)
+        request.identity = self.identity
+        self.turns += 1
+        try:
+            body = create_body(text)
+            if self.gateway.draining:
+                raise ShuttingDown("the gateway is shutting down")
+            serve = await self.endpoint.prepare(
+                request, body, SocketTurn(self.id, self.last, self._begin)
+            )
+        except GatewayError as error:
+            await self._answer_error(request, error)
+            return
+        except Exception:
+            log.exception("unhandled error on a WebSocket turn (%s)", self.id)
+            await self._answer_error(request, GatewayError("internal error in the gateway"))
+            return
+        try:
+            await serve(cast(ASGISendCallable, _TurnSend(self)), self._wait_gone)
+        finally:
+            self._entry = None
+
+    def _begin(self, entry: InFlight, *, interval: float) -> None:
+        self._entry = entry
+        self.clock.interval = interval
+        self._ping_wait.deadline = self.clock.next_at()
+
+    async def _wait_gone(self) -> ASGIReceiveEvent:
+        """The running turn's ``receive``, which its relay waits on for a disconnect: the
+        socket's end cancels the turn instead (:meth:`_lose`)."""
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def _answer_error(self, request: ClientRequest, error: GatewayError) -> None:
+        try:
+            await self.send_frame(json.dumps(socket_error(error)))
+        except trio.BrokenResourceError:
+            return
+        finally:
+            self.gateway.telemetry.on_answered(
+                route=request.route,
+                endpoint="responses",
+                status=error.status,
+                fields={
+                    "request_id": request.request_id,
+                    "connection": self.id,
+                    "method": "GET",
+                    "path": self.path,
+                    "model": request.model,
+                    "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
+                    **Identity.log_fields_of(self.identity),
+                },
+            )
+
+    # -- the client side --------------------------------------------------------------
+
+    async def send_frame(self, text: str) -> None:
+        """Send one text frame; raises :class:`trio.BrokenResourceError` once the client
+        is gone (hypercorn drops writes to a closed socket without a word)."""
+        await self._locked_send({"type": "websocket.send", "text": text})
+
+    async def _locked_send(self, message: dict[str, object]) -> None:
+        try:
+            self._lock.acquire_nowait()  # no trip through the scheduler when nobody holds it
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
+            if self.gone:
+                raise trio.BrokenResourceError("the client is gone")
+            await self._send(message)  # type: ignore[arg-type]
+            self.clock.note_write(trio.current_time())
+        finally:
+            self._lock.release()
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if not isinstance(text, str):
+                    data = message.get("bytes")
+                    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+                if self._queued >= MAX_QUEUED:
+                    error = Overloaded(
+                        f"More than {MAX_QUEUED} turns are waiting on this socket; "
+                        "wait for a response before sending more"
+                    )
+                    request = ClientRequest("responses", "GET", self.path, self.headers)
+                    await self._answer_error(request, error)
+                    continue
+                self._queued += 1
+                self._queue_in.send_nowait(text)
+            elif kind == PONG:
+                self.clock.note_pong()
+                self._ping_wait.deadline = self.clock.next_at()
+            elif kind == "websocket.disconnect":
+                self._lose()
+                return
+
+    async def _ping(self) -> None:
+        if not self.pings:
+            return  # not served by the gateway's own connections: no ping frames to send
+        while True:
+            with trio.CancelScope(deadline=self.clock.next_at()) as wait:
+                self._ping_wait = wait
+                await trio.sleep_forever()
+            now = trio.current_time()
+            if now >= self.clock.gone_at:
+                log.info("WebSocket %s answered no ping for %g s", self.id, 2 * self.clock.interval)
+                self._lose(1011, "keepalive ping timeout")
+                return
+            if now >= self.clock.due_at:
+                try:
+                    await self._locked_send({"type": PING, "data": b""})
+                except trio.BrokenResourceError:
+                    return
+                self.clock.note_ping(now)
+                if self._entry is not None:
+                    self._entry.heartbeat()
+
+    async def _stop_on_drain(self) -> None:
+        await self.gateway.drain_started.wait()
+        self._queued += 1
+        self._queue_in.send_nowait(None)
+
+    def _lose(self, code: int | None = None, reason: str = "") -> None:
+        """The client is gone: every task ends, and the running turn's relay, which hears
+        a disconnect, closes its upstream. With a ``code`` (a ping unanswered), the socket
+        is still closed with it, in case the client is only slow."""
+        if code is None:
+            self.gone = True
+        else:
+            self._close(code, reason)
+        self._scope.cancel()
+
+    def _close(self, code: int, reason: str) -> None:
+        self.close_code, self.close_reason = code, reason
+
+
+class _TurnSend:
+    """The ASGI ``send`` of one turn's relay: its HTTP response as WebSocket frames. A
+    ``200`` is a stream of whole SSE events (the relay writes nothing else): each event's
+    ``data`` is one text frame; SSE comments (upstream ones) have no frame. Any other
+    status is an error answer, sent as the socket's ``error`` event with that status."""
+
+    __slots__ = ("_error", "_framer", "_headers", "_socket", "_status")
+
+    def __init__(self, socket: _Socket) -> None:
+        self._socket = socket
+        self._framer = SSEFramer()
+        self._status = 200
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._error = b""
+
+    async def __call__(self, message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            self._status = message["status"]  # type: ignore[assignment]
+            self._headers = message["headers"]  # type: ignore[assignment]
+            return
+        body: bytes = message.get("body", b"")  # type: ignore[assignment]
+        if self._status == 200:
+            for event in self._framer.feed(body):
+                if event.data is not None:
+                    await self._socket.send_frame(event.data)
+            return
+        self._error += body
+        if not message.get("more_body", False):
+            await self._socket.send_frame(json.dumps(_error_event(self._status, self._error)))
+
+
+def _error_event(status: int, body: bytes) -> dict[str, object]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        error = {"type": "server_error", "code": None, "param": None, "message": "error"}
+    return {"type": "error", "status": status, "error": error}
+
+
+def create_body(text: str) -> JSONObject:
+    """The Responses request body of a ``response.create`` message: its fields but
+    ``type``, streamed (the socket carries events). Raises :class:`InvalidRequest` for
+    anything else."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise InvalidRequest("The message is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("A message must be a JSON object with a `type`")
+    kind = doc.get("type")
+    if kind != "response.create":
+        raise InvalidRequest(
+            f"Unsupported message type {kind!r}: this endpoint takes `response.create`",
+            param="type",
+        )
+    body = {name: value for name, value in doc.items() if name != "type"}
+    body["stream"] = True
+    return body
