@@ -234,16 +234,29 @@ class _Socket:
     async def _serve_turns(self) -> None:
         idle = self.gateway.config.server.websocket_idle_timeout
         while True:
-            with trio.move_on_after(idle):
+            with trio.move_on_after(idle) as wait:  # the wait between turns, not the turns
                 text = await self._queue.receive()
-                self._queued -= 1
-                if text is None:  # shutdown: the turns queued before it are refused
-                    self._close(1001, "server shutting down")
-                    return
+            if wait.cancelled_caught:
+                self._close(1000, f"idle for {idle:g} s")
+                return
+            self._queued -= 1
+            if text is None:  # shutdown
+                await self._refuse_the_rest()
+                self._close(1001, "server shutting down")
+                return
+            await self._turn(text)
+
+    async def _refuse_the_rest(self) -> None:
+        """Shutdown: every turn that arrived and did not start gets its error event (the
+        gateway is draining, so each is refused), so that none goes unanswered."""
+        while True:
+            try:
+                text = self._queue.receive_nowait()
+            except trio.WouldBlock:
+                return
+            self._queued -= 1
+            if text is not None:
                 await self._turn(text)
-                continue
-            self._close(1000, f"idle for {idle:g} s")
-            return
 
     async def _turn(self, text: str) -> None:
         request = ClientRequest("responses", "GET", self.path, self.headers, RESPONSES_SOCKET)
@@ -414,10 +427,14 @@ class _TurnSend:
             return
         self._error += body
         if not message.get("more_body", False):
-            await self._socket.send_frame(json.dumps(_error_event(self._status, self._error)))
+            error = _error_event(self._status, self._headers, self._error)
+            await self._socket.send_frame(json.dumps(error))
 
 
-def _error_event(status: int, body: bytes) -> dict[str, object]:
+def _error_event(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, object]:
+    """The socket's ``error`` event for an HTTP error answer: its status, its OpenAI error
+    object, and the headers that tell a client when to come back (``retry-after``, the
+    rate-limit ones) in the error's ``headers``, where the SDKs' event models read them."""
     try:
         doc = json.loads(body)
     except ValueError:
@@ -425,7 +442,16 @@ def _error_event(status: int, body: bytes) -> dict[str, object]:
     error = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(error, dict):
         error = {"type": "server_error", "code": None, "param": None, "message": "error"}
-    return {"type": "error", "status": status, "error": error}
+    kept = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in headers
+        if name == b"retry-after" or name.startswith((b"x-ratelimit-", b"anthropic-ratelimit-"))
+    }
+    return {
+        "type": "error",
+        "status": status,
+        "error": {**error, **({"headers": kept} if kept else {})},
+    }
 
 
 def create_body(text: str) -> JSONObject:

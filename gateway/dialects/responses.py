@@ -109,7 +109,11 @@ class ResponsesSocketDialect(ResponsesDialect):
 
 def socket_error(error: GatewayError) -> JSONObject:
     """The WebSocket ``error`` event for ``error``: its OpenAI error object and status."""
-    return {"type": "error", "status": error.status, "error": dict(error_body(error)["error"])}
+    body: JSONObject = dict(error_body(error)["error"])
+    retry = error.headers().get("Retry-After")
+    if retry is not None:
+        body["headers"] = {"retry-after": retry}
+    return {"type": "error", "status": error.status, "error": body}
 
 
 RESPONSES_SOCKET = ResponsesSocketDialect()

@@ -75,6 +75,16 @@ class WSClient:
         await stream.send_all(
             connection.send(Request(host=parts.netloc, target=path, extra_headers=extra))
         )
+        try:
+            return await cls._handshake(stream, connection, answer_pings)
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    @classmethod
+    async def _handshake(
+        cls, stream: trio.SocketStream, connection: WSConnection, answer_pings: bool
+    ) -> WSClient:
         status, answer_headers, body = 0, {}, b""
         while True:
             data = await stream.receive_some(65536)
@@ -139,6 +149,7 @@ class WSClient:
         data = await self.stream.receive_some(65536)
         if not data:
             self._closed = self._closed or Closed(1006, "")
+            await self.stream.aclose()
             return
         self.connection.receive_data(data)
         for event in self.connection.events():
@@ -156,6 +167,8 @@ class WSClient:
                 self._closed = Closed(event.code, event.reason or "")
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.stream.send_all(self.connection.send(event.response()))
+                await self.stream.aclose()  # the server's close ends the socket
+                return
 
     async def close(self, code: int = 1000) -> None:
         """Close the socket: a close frame, then the connection."""

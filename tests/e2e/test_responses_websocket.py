@@ -6,16 +6,26 @@ The fake upstream speaks Responses itself (passthrough) or chat only (translatio
 
 from __future__ import annotations
 
+import json
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypercorn.protocol import h11 as hypercorn_h11
 
+from gateway.config import build_config
+from gateway.server import serve
+from gateway.service import open_gateway
+from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI
-from gateway.testing.ws_client import WSClient
-from gateway.ws_stream import GatewayWSStream
+from gateway.testing.waiting import wait_until
+from gateway.testing.ws_client import Rejected, WSClient
+from gateway.ws_stream import GatewayWSStream, install
 
 from .test_responses import MODES, events_of
+from .test_teams import ALPHA, bearer, raw_config
 
 CREATE: dict[str, Any] = {"type": "response.create", "model": "m", "input": "Hi"}
 
@@ -25,10 +35,8 @@ def text_of(events: list[dict[str, Any]]) -> str:
 
 
 def test_hypercorn_builds_the_gateways_websocket_stream() -> None:
-    """The ping extension rides on hypercorn internals (gateway.ws_stream): serving once
-    installed it, and the pinned hypercorn still builds its stream by that name."""
-    from gateway.ws_stream import install
-
+    """The ping extension rides on hypercorn internals (gateway.ws_stream): serving
+    installs it, and the pinned hypercorn still builds its stream by that name."""
     install()
     assert hypercorn_h11.WSStream is GatewayWSStream
 
@@ -100,3 +108,206 @@ async def test_store_false_turns_chain_on_the_socket_without_the_store(
     assert len(sent[2]["input"]) == 5  # three of the chain, the new one, and the output
     async with gw.client() as client:  # store: false kept nothing in the store
         assert (await client.get(f"/v1/responses/{first['id']}")).status_code == 404
+
+
+async def test_pings_fill_a_silent_prefill_at_the_routes_interval(
+    start_gateway, fake: FakeOpenAI, caplog
+) -> None:
+    caplog.set_level("INFO", logger="gateway.access")
+    gw = await start_gateway(keepalive={"interval": 0.1})
+    ws = await WSClient.connect(gw.url)
+    sent_at = trio.current_time()
+    await ws.send_json({**CREATE, "fake": {"prefill": 0.6, "tokens": 1}})
+    events = await ws.events_until_end()
+    done_at = trio.current_time()
+    await ws.close()
+    assert events[-1]["type"] == "response.completed"
+    pings = [t for t in ws.pings if sent_at < t < done_at]
+    # The silence was 0.6 s: a ping after every 0.1 s of it (the first 0.1 s after the
+    # turn was sent), none sooner than the interval after the last.
+    assert len(pings) >= 4, pings
+    gaps = [b - a for a, b in zip([sent_at, *pings], pings, strict=False)]
+    assert all(gap >= 0.095 for gap in gaps), gaps
+
+    # The pings are the turn's heartbeats: counted on its route, in its access-log line.
+    def access_log() -> list[dict[str, Any]]:
+        return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+
+    # The socket's own line is written once it has seen the close.
+    await wait_until(lambda: any(line.get("status") == 101 for line in access_log()), within=5)
+    [turn] = [line for line in access_log() if line.get("endpoint") == "responses"]
+    [socket] = [line for line in access_log() if line.get("status") == 101]
+    assert turn["heartbeats"] >= 4 and turn["stream"] is True
+    assert turn["connection"] == socket["connection"] and socket["connection"].startswith("ws_")
+    assert socket["turns"] == 1 and socket["close"] == "client"
+    async with gw.client() as client:
+        metrics = (await client.get("/metrics")).text
+    [beats] = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('trio_gateway_heartbeats_total{route="chat"}')
+    ]
+    assert float(beats.split()[-1]) >= 4
+
+
+async def test_a_client_that_answers_no_ping_is_gone_and_its_upstream_closed(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.1})
+    ws = await WSClient.connect(gw.url, answer_pings=False)
+    await ws.send_json({**CREATE, "fake": {"prefill": 30}})
+    with trio.fail_after(5):
+        closed = await ws.wait_closed()  # reading, so the pings are seen (and not answered)
+        [upstream] = fake.connections
+        await upstream.closed_event.wait()
+    assert upstream.closed_at is not None
+    # Gone two intervals after the first unanswered ping; the upstream closed within a
+    # second of that.
+    assert upstream.closed_at - ws.pings[0] < 0.2 + 1.0
+    assert (closed.code, closed.reason) == (1011, "keepalive ping timeout")
+    await wait_until(lambda: len(gw.gateway.inflight) == 0, within=5)
+
+
+@pytest.mark.parametrize("how", ["close-frame", "dropped"])
+async def test_a_client_that_leaves_mid_response_closes_the_upstream(
+    start_gateway, fake: FakeOpenAI, how: str
+) -> None:
+    gw = await start_gateway(keepalive={"interval": 0.1})
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "fake": {"tokens": 1000, "pace": 0.01}})
+    while (await ws.receive_json())["type"] != "response.output_text.delta":
+        pass
+    await (ws.close() if how == "close-frame" else ws.abort())
+    left_at = trio.current_time()
+    upstream = fake.connections[-1]
+    with trio.fail_after(5):
+        await upstream.closed_event.wait()
+    assert upstream.closed_at is not None and upstream.closed_at - left_at < 1.0
+    await wait_until(lambda: len(gw.gateway.inflight) == 0, within=5)
+
+
+async def test_an_oversized_message_closes_the_socket_with_1009_and_a_reason(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(server={"websocket_max_message_bytes": 1000})
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "input": "x" * 1000})
+    with trio.fail_after(5):
+        closed = await ws.wait_closed()
+    assert closed.code == 1009
+    assert closed.reason == "message larger than the gateway's limit of 1000 bytes"
+    assert not fake.requests
+    # A message within the limit, on a new socket, is served.
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "fake": {"tokens": 1}})
+    assert (await ws.events_until_end())[-1]["type"] == "response.completed"
+    await ws.close()
+
+
+async def test_bad_messages_get_error_events_and_the_socket_serves_on(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway()
+    ws = await WSClient.connect(gw.url)
+    await ws.send_text("{not json")
+    await ws.send_json(["response.create"])
+    await ws.send_json({"type": "response.cancel"})
+    await ws.send_json({**CREATE, "model": "no-such-model"})
+    await ws.send_json({**CREATE, "input": 42})
+    await ws.send_json({**CREATE, "fake": {"status": 500}})  # the upstream fails
+    await ws.send_json({**CREATE, "fake": {"tokens": 2}})
+    errors = [await ws.receive_json() for _ in range(6)]
+    good = await ws.events_until_end()
+    await ws.close()
+    assert [e["type"] for e in errors] == ["error"] * 6
+    assert [e["status"] for e in errors] == [400, 400, 400, 404, 400, 500]
+    assert "not valid JSON" in errors[0]["error"]["message"]
+    assert (
+        errors[2]["error"]["param"] == "type" and "response.cancel" in errors[2]["error"]["message"]
+    )
+    assert errors[3]["error"]["code"] == "model_not_found"
+    assert errors[4]["error"]["param"] == "input"
+    assert all({"type", "message", "code", "param"} <= set(e["error"]) for e in errors)
+    assert text_of(good) == "tok0 tok1 "
+    assert len(fake.requests) == 2  # only the last two reached the upstream
+
+
+async def test_the_idle_timeout_closes_only_a_socket_with_no_turn_in_flight(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(server={"websocket_idle_timeout": 0.3})
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "fake": {"prefill": 0.6, "tokens": 1}})  # longer than 0.3
+    assert (await ws.events_until_end())[-1]["type"] == "response.completed"
+    finished_at = trio.current_time()
+    with trio.fail_after(5):
+        closed = await ws.wait_closed()
+    assert (closed.code, closed.reason) == (1000, "idle for 0.3 s")
+    assert trio.current_time() - finished_at >= 0.29
+
+
+async def test_shutdown_finishes_the_running_turn_refuses_new_ones_then_closes_1001(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(server={"graceful_timeout": 10})
+    busy = await WSClient.connect(gw.url)
+    idle = await WSClient.connect(gw.url)
+    await busy.send_json({**CREATE, "fake": {"prefill": 0.5, "tokens": 2}})
+    await wait_until(lambda: len(fake.requests) == 1, within=5)
+    gw.shutdown.set()
+    await wait_until(lambda: gw.gateway.draining, within=5)
+    await busy.send_json({**CREATE, "fake": {"tokens": 1}})  # after the drain began
+    with trio.fail_after(5):
+        idle_closed = await idle.wait_closed()
+        running = await busy.events_until_end()
+        [refused] = await busy.events_until_end()
+        busy_closed = await busy.wait_closed()
+    assert (idle_closed.code, idle_closed.reason) == (1001, "server shutting down")
+    assert running[-1]["type"] == "response.completed" and text_of(running) == "tok0 tok1 "
+    assert refused["status"] == 503 and refused["error"]["code"] == "shutting_down"
+    assert busy_closed.code == 1001
+    assert len(fake.requests) == 1
+
+
+async def test_keys_are_checked_before_the_upgrade(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    teams = {
+        "alpha": {
+            "keys": [hash_key(ALPHA)],
+            "models": ["m"],
+            "limits": {"concurrent_streams": 1},
+        }
+    }
+    config = build_config(raw_config(fake.url, tmp_path, teams), environ={})
+
+    async def run(task_status: trio.TaskStatus[str]) -> None:
+        async with open_gateway(config) as gw:
+            binds = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
+            task_status.started(binds[0])
+            await trio.sleep_forever()
+
+    url = await nursery.start(run)
+    for headers in ([], [("authorization", "Bearer sk-unknown")]):
+        with pytest.raises(Rejected) as refused:
+            await WSClient.connect(url, headers=headers)
+        assert refused.value.status == 401
+        error = json.loads(refused.value.body)["error"]
+        assert error["type"] == "invalid_request_error" and "API key" in error["message"]
+    assert not fake.requests
+    # Both ways of giving a key; the team's limits hold per response, across sockets.
+    first = await WSClient.connect(url, headers=list(bearer(ALPHA).items()))
+    second = await WSClient.connect(url, headers=[("x-api-key", ALPHA)])
+    await first.send_json({**CREATE, "fake": {"prefill": 0.5, "tokens": 1}})
+    await wait_until(lambda: len(fake.requests) == 1, within=5)
+    await second.send_json({**CREATE, "fake": {"tokens": 1}})
+    [limited] = await second.events_until_end()
+    assert limited["status"] == 429 and "retry-after" in limited["error"].get("headers", {})
+    assert (await first.events_until_end())[-1]["type"] == "response.completed"
+    await second.send_json({**CREATE, "model": "secret-model"})  # not the team's
+    [denied] = await second.events_until_end()
+    await second.send_json({**CREATE, "fake": {"tokens": 1}})
+    assert (await second.events_until_end())[-1]["type"] == "response.completed"
+    assert denied["status"] in (403, 404)
+    await first.close()
+    await second.close()
