@@ -24,6 +24,8 @@ from gateway.testing.waiting import wait_until
 from gateway.testing.ws_client import Rejected, WSClient
 from gateway.ws_stream import GatewayWSStream, install
 
+from .test_failover_limits import start_fakes
+from .test_messages import serve_route
 from .test_responses import MODES, events_of
 from .test_teams import ALPHA, bearer, raw_config
 
@@ -311,3 +313,46 @@ async def test_keys_are_checked_before_the_upgrade(
     assert denied["status"] in (403, 404)
     await first.close()
     await second.close()
+
+
+@pytest.mark.parametrize(("first", "second"), [("native", "translated"), ("translated", "native")])
+async def test_failover_before_the_first_output_event_is_invisible_on_the_socket(
+    nursery: trio.Nursery, tmp_path: Path, first: str, second: str
+) -> None:
+    fakes = await start_fakes(nursery, ["a", "b"])
+    backends = {
+        name: {"type": "openai", "url": fakes[name].url, **MODES[kind]}
+        for name, kind in zip(("a", "b"), (first, second), strict=True)
+    }
+    url = await serve_route(
+        nursery, backends, {"max_attempts": 2}, responses={"database": str(tmp_path / "r.db")}
+    )
+    script = {"tokens": 2, "fault_on_port": {str(fakes["a"].port): "reset_mid_stream"}}
+    # The headers the official SDKs send on the handshake are taken as they come.
+    ws = await WSClient.connect(
+        url, headers=[("openai-beta", "responses_websockets=2026-02-06"), ("user-agent", "t")]
+    )
+    await ws.send_json({**CREATE, "model": "pool", "fake": {**script, "reset_at": 1}})
+    events = await ws.events_until_end()
+    await ws.close()
+    assert fakes["a"].requests[-1].sent and len(fakes["b"].requests) == 1
+    kinds = [e["type"] for e in events]
+    assert kinds.count("response.created") == 1 and kinds[-1] == "response.completed"
+    assert text_of(events) == "tok0 tok1 "
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_upstream_failing_mid_response_is_response_failed_then_the_next_turn_runs(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "fake": {"tokens": 4, "fault": "reset_mid_stream"}})
+    failed = await ws.events_until_end()
+    await ws.send_json({**CREATE, "fake": {"tokens": 1}})
+    good = await ws.events_until_end()
+    await ws.close()
+    assert failed[0]["type"] == "response.created"
+    assert failed[-1]["type"] == "response.failed"
+    assert failed[-1]["response"]["error"]["code"] == "server_error"
+    assert good[-1]["type"] == "response.completed"
