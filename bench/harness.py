@@ -10,7 +10,8 @@ Targets, all in front of the same fake upstream (``upstream.py``, its own proces
 Scenarios (``--scenarios``, all by default): ``unary`` (1, and 5 from its numbers),
 ``stream`` (2), ``sustain`` (3), ``idle`` (4, trio-gateway only), ``messages`` (6: Anthropic
 Messages beside chat, direct and trio-gateway only; ``messages_scenario.py``), ``responses``
-(7: OpenAI Responses beside chat, the same way).
+(7: OpenAI Responses beside chat, the same way), ``websocket`` (8: Responses turns over one
+WebSocket beside SSE, direct's SSE as the baseline; ``ws_scenario.py``).
 
 Pinning: with two or more CPUs the server under test runs on the last CPU, the upstream and
 the load generator on the others (CPU 0). Each scenario is repeated (``--repeats``, in a
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from messages_scenario import DIALECT_SCENARIOS, run_messages, summarize_messages
+from ws_scenario import run_websocket, summarize_websocket
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -52,7 +54,9 @@ TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
 # Optional references (--targets ...,asgi-floor,quart-floor,httpx-floor): the gateway's stack
 # without the gateway, to tell framework cost from ours (floor_app.py).
 FLOORS = ("asgi-floor", "quart-floor", "httpx-floor")
-SCENARIOS = ("unary", "stream", "sustain", "idle", "messages", "responses")
+SCENARIOS = ("unary", "stream", "sustain", "idle", "messages", "responses", "websocket")
+# Scenarios run alone on direct and trio-gateway whose results go to bench/latest/KEY.*
+SINGLE_LATEST = (*DIALECT_SCENARIOS, "websocket")
 
 
 def log(message: str) -> None:
@@ -156,22 +160,23 @@ def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = 
     config = write_gateway_config(workdir, upstream_port)
     port = free_port()
     log_path = workdir / f"gateway{tag}.log"
-    proc = subprocess.Popen(
-        [
-            str(GATEWAY_VENV / "bin" / "gateway"),
-            "serve",
-            "--config",
-            str(config),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=log_path.open("wb"),
-        preexec_fn=_preexec(cpus),
-    )
+    with log_path.open("wb") as log_file:  # the child has its own copy
+        proc = subprocess.Popen(
+            [
+                str(GATEWAY_VENV / "bin" / "gateway"),
+                "serve",
+                "--config",
+                str(config),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            preexec_fn=_preexec(cpus),
+        )
     _wait_http(port, "/healthz", proc, 60)
     return Server("trio-gateway", port, proc, proc.pid, log_path=log_path)
 
@@ -326,10 +331,12 @@ class Plan:
     idle_streams: int
     idle_prefill: float
     idle_repeats: int
-    messages_streams: int  # scenarios 6 and 7's load: this many streams of sustain_tokens deltas
+    messages_streams: int  # scenarios 6, 7 and 8's load: this many streams of sustain_tokens deltas
+    ws_turns: int = 20  # scenario 8: turns of stream_tokens deltas, one after another
+    ws_load_turns: int = 4  # scenario 8's load: turns per connection, one after another
 
 
-QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1, 20)
+QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1, 20, ws_turns=3, ws_load_turns=2)
 # Scenario 4 runs 1,000 streams, not the issue's 10,000: on this two-core machine the gateway
 # cannot open 2,000 streams within a 40 s prefill (see bench/README.md); --idle-streams
 # 10000 asks for the full size.
@@ -412,6 +419,8 @@ def run_target(
         if key in scenarios:
             measure = partial(loadgen, cpus, server)
             out[key] = run_messages(target, measure, plan, repeat, log, dialect)
+    if "websocket" in scenarios:
+        out["websocket"] = run_websocket(target, partial(loadgen, cpus, server), plan, repeat, log)
     return out
 
 
@@ -600,6 +609,10 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
         for key in DIALECT_SCENARIOS:
             if any(r.get(key) for r in runs):
                 s[key] = summarize_messages([r[key] for r in runs if r.get(key)])
+        if any(r.get("websocket") for r in runs):
+            s["websocket"] = summarize_websocket(
+                [r["websocket"] for r in runs if r.get("websocket")]
+            )
         summary[target] = s
     idle = raw.get("idle") or []
     if idle:
@@ -751,7 +764,7 @@ def main() -> None:
     elif (
         not args.quick
         and len(scenarios) == 1
-        and scenarios[0] in DIALECT_SCENARIOS
+        and scenarios[0] in SINGLE_LATEST
         and {"direct", "trio-gateway"} <= set(targets)
     ):
         latest.mkdir(exist_ok=True)

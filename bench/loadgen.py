@@ -27,6 +27,12 @@ Scenarios (``python bench/loadgen.py SCENARIO --help``):
 * ``idle`` — ``streams`` concurrent streams in a silent prefill, with the server
   heartbeating: heartbeat lateness, and the server's RSS and CPU (``--pid``) before, while
   all are open, and at the end.
+* ``turns`` — Responses turns (``--dialect responses``): ``connections`` connections
+  started over ``ramp`` seconds, each running ``turns`` streamed turns one after another,
+  over ``--transport sse`` (a ``POST`` per turn on one keep-alive connection) or ``ws``
+  (one WebSocket: a ``response.create`` frame per turn, ``loadgen_ws.py``; ``--deflate``
+  offers permessage-deflate). Turn latency (request sent → the terminal event), the rest of
+  ``stream``'s numbers, the longest silence, and the server's CPU per event and per delta.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from loadgen_conn import BODIES, Conn, Pool, StreamRecord, build_request, summary_ms
+from loadgen_conn import BODIES, Conn, Pool, PoolConn, StreamRecord, build_request, summary_ms
+from loadgen_ws import WSConn, create_message
 from upstream import install_uvloop, raise_nofile
 
 now = time.perf_counter
@@ -401,6 +408,113 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
+    """``connections`` connections started evenly over ``ramp`` seconds, each running
+    ``turns`` streamed turns back to back, over SSE or one WebSocket each."""
+    records: list[StreamRecord] = []
+    handshakes: list[float] = []
+    extensions: set[str] = set()
+    body = BODIES[args.dialect](True, args.tokens, args.gap, 0, args.model)
+    request = build_request(args.host, args.port, args.path, body, args.key, args.dialect)
+    message = create_message(body)
+
+    def make(closed: Callable[[PoolConn, str | None], None]) -> PoolConn:
+        left = args.turns
+        if args.transport == "sse":
+
+            def next_request() -> tuple[bytes, bool] | None:
+                nonlocal left
+                if left <= 0:
+                    return None
+                left -= 1
+                return request, True
+
+            return Conn(next_request, _never_unary, records.append, closed)
+
+        def next_turn() -> str | None:
+            nonlocal left
+            if left <= 0:
+                return None
+            left -= 1
+            return message
+
+        def handshake(seconds: float) -> None:
+            handshakes.append(seconds)
+            extensions.update(conn.extensions)
+
+        conn = WSConn(
+            args.host,
+            args.port,
+            args.path,
+            args.key,
+            args.deflate,
+            next_turn,
+            records.append,
+            handshake,
+            closed,
+        )
+        return conn
+
+    before = _proc_sample(args.pid) if args.pid else None
+    pool = Pool(args.host, args.port, opening=256)
+    start = now()
+    opens = []
+    for i in range(args.connections):
+        delay = start + args.ramp * i / args.connections - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        opens.append(asyncio.ensure_future(pool.open(make)))
+    await asyncio.gather(*opens)
+    turn_s = (args.tokens + 8) * args.gap / 1000
+    finished = await pool.wait_closed(args.ramp + args.turns * turn_s * 2 + 30)
+    after = _proc_sample(args.pid) if args.pid else None
+    turn_times = [r.ended - r.sent for r in records if r.ended is not None and not r.errors]
+    silences = [
+        max((b - a for a, b in itertools.pairwise([r.sent, *r.events])), default=float("inf"))
+        for r in records
+    ]
+    result = _stream_result(records, args.tokens)
+    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
+    result.update(_per_delta(before, after, records))
+    worst = max(silences, default=float("inf"))
+    expected = args.connections * args.turns
+    result.update(
+        scenario="turns",
+        transport=args.transport,
+        deflate=args.deflate,
+        extensions=sorted(extensions),
+        connections=args.connections,
+        turns_each=args.turns,
+        turns=len(records),
+        tokens=args.tokens,
+        gap_ms=args.gap,
+        turn_ms=summary_ms(turn_times),
+        handshake_ms=summary_ms(handshakes),
+        events=sum(len(r.events) for r in records),
+        max_silence_ms=round(worst * 1000, 2) if silences else None,
+        never_started=expected - len(records),
+        # turns that did not come whole: broken, incomplete, out of order or never sent
+        broken=expected
+        - sum(
+            1
+            for r in records
+            if r.complete and not r.errors and r.order_ok and len(r.tokens) == args.tokens
+        ),
+        errors=pool.errors,
+        finished=finished,
+    )
+    result["passed"] = bool(
+        finished
+        and len(records) == expected
+        and result["failed"] == 0
+        and result["missing"] == 0
+        and result["reordered"] == 0
+        and result["incomplete"] == 0
+        and worst * 1000 <= args.max_gap
+    )
+    return result
+
+
 def _idle_conn(
     cls: type[Conn],
     nxt: Callable[[], tuple[bytes, bool] | None],
@@ -427,7 +541,7 @@ def _slope_kib(points: list[tuple[int, float]]) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark load generator")
-    parser.add_argument("scenario", choices=["unary", "stream", "sustain", "idle"])
+    parser.add_argument("scenario", choices=["unary", "stream", "sustain", "idle", "turns"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/v1/chat/completions")
@@ -453,12 +567,22 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, s")
     parser.add_argument("--opening", type=int, default=64, help="connects in flight at once")
     parser.add_argument("--pid", type=int, default=0, help="server process to sample")
+    parser.add_argument("--transport", choices=["sse", "ws"], default="sse", help="turns: how")
+    parser.add_argument("--connections", type=int, default=1, help="turns: connections")
+    parser.add_argument("--turns", type=int, default=10, help="turns: per connection")
+    parser.add_argument(
+        "--deflate", action="store_true", help="turns over ws: offer permessage-deflate"
+    )
     args = parser.parse_args()
     raise_nofile()
     loop_name = install_uvloop()
-    runner = {"unary": run_unary, "stream": run_stream, "sustain": run_sustain, "idle": run_idle}[
-        args.scenario
-    ]
+    runner = {
+        "unary": run_unary,
+        "stream": run_stream,
+        "sustain": run_sustain,
+        "idle": run_idle,
+        "turns": run_turns,
+    }[args.scenario]
     result = asyncio.run(runner(args))
     result["loop"] = loop_name
     sys.stdout.write(json.dumps(result) + "\n")

@@ -200,6 +200,7 @@ class StreamRecord:
     __slots__ = (
         "coalesced",
         "complete",
+        "ended",
         "errors",
         "events",
         "first_event",
@@ -220,10 +221,18 @@ class StreamRecord:
         self.coalesced = 0
         self.order_ok = True
         self.complete = False
+        self.ended: float | None = None  # the read with the terminal event (a whole stream's)
         self.errors: list[str] = []
 
 
-class Conn(asyncio.Protocol):
+class PoolConn(asyncio.Protocol):
+    """What a :class:`Pool` opens: a protocol that reports its close to the pool, and that
+    the pool may hand a ``reopen`` (an HTTP :class:`Conn` or ``loadgen_ws.WSConn``)."""
+
+    reopen: Callable[[], None] | None = None
+
+
+class Conn(PoolConn):
     """One keep-alive connection running a closed loop of requests.
 
     ``next_request()`` returns the bytes of the next request, or ``None`` to stop.
@@ -328,10 +337,12 @@ class Conn(asyncio.Protocol):
             elif named:
                 if event.startswith(_ENDS):
                     record.complete = True
+                    record.ended = t
                 elif event.startswith(_FAILURES):
                     record.errors.append(event[:200].decode(errors="replace"))
             elif b"[DONE]" in event:
                 record.complete = True
+                record.ended = t
         if tokens_here > 1:
             record.coalesced += tokens_here - 1
 
@@ -350,6 +361,10 @@ class Conn(asyncio.Protocol):
         self._on_close(self, None if self._ended else self._error)
 
 
+# Builds one connection, given the pool's close callback.
+Make = Callable[[Callable[[PoolConn, str | None], None]], PoolConn]
+
+
 class Pool:
     """Opens connections (at most ``opening`` at once) and waits for all to close."""
 
@@ -362,7 +377,7 @@ class Pool:
         self._gate = asyncio.Semaphore(opening)
         self._connecting: set[asyncio.Future[bool]] = set()
 
-    def _closed(self, conn: Conn, error: str | None) -> None:
+    def _closed(self, conn: PoolConn, error: str | None) -> None:
         if error is not None:
             key = error[:120]
             self.errors[key] = self.errors.get(key, 0) + 1
@@ -370,22 +385,22 @@ class Pool:
         if self._open == 0:
             self._all_closed.set()
 
-    async def open(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
+    async def open(self, make: Make) -> bool:
         self._open += 1
         self._all_closed.clear()
         return await self._connect(make)
 
-    def _reopen(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> None:
+    def _reopen(self, make: Make) -> None:
         self._open += 1  # now, before the old connection's close is counted
         self.reconnects += 1
         task = asyncio.ensure_future(self._connect(make))
         self._connecting.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect(self, make: Callable[[Callable[[Conn, str | None], None]], Conn]) -> bool:
+    async def _connect(self, make: Make) -> bool:
         loop = asyncio.get_running_loop()
 
-        def build() -> Conn:
+        def build() -> PoolConn:
             conn = make(self._closed)
             conn.reopen = lambda: self._reopen(make)
             return conn

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from messages_scenario import DIALECT_SCENARIOS, messages_table
+from ws_scenario import websocket_table
 
 ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
 LABELS = {
@@ -208,8 +209,8 @@ def table(raw: dict[str, Any]) -> str:
     if rows:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-    for dialect in DIALECT_SCENARIOS.values():
-        extra = messages_table(raw, dialect)
+    extras = [messages_table(raw, dialect) for dialect in DIALECT_SCENARIOS.values()]
+    for extra in [*extras, websocket_table(raw)]:
         if extra:
             lines += [""] if lines else []
             lines.append(extra.rstrip("\n"))

@@ -2,11 +2,13 @@
 ``.venv/bin/python -m pytest bench/test_bench.py -q``): the load generator's HTTP decoder at
 every split point, and the fake upstream and load generator against each other over real
 sockets, including a sustained level that must fail; Anthropic Messages and OpenAI Responses
-streams and scenarios 6 and 7's plumbing."""
+streams and scenarios 6 and 7's plumbing; the WebSocket client and scenario 8 through the
+bench gateway (``.venv``'s ``gateway``, as ``bench/run`` starts it)."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -394,3 +396,157 @@ def test_responses_scenario_measures_and_tables_the_direct_variants(
     ]
     assert run_messages("nginx", measure, plan, 0, seen.append, RESPONSES) == {}
     assert seen[-1] == "  responses: no variants for nginx; skipped"
+
+
+class _ServerSide:
+    """A transport for a :class:`WSConn` fed by hand: what it writes goes to a wsproto
+    server connection, the test's stand-in for the gateway."""
+
+    def __init__(self) -> None:
+        from wsproto import ConnectionType, WSConnection
+
+        self.server = WSConnection(ConnectionType.SERVER)
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.server.receive_data(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def test_websocket_turns_are_recorded_like_sse_streams() -> None:
+    """One socket, two turns: every text frame an event, only text deltas count (in order,
+    two in one read are one coalesced), a ping is answered and is a heartbeat,
+    ``response.completed`` ends a turn and sends the next, an ``error`` event ends one as
+    broken, and after the last turn the socket sends its close."""
+    import asyncio
+
+    from loadgen_ws import WSConn, create_message
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
+
+    def frame(kind: str, **fields: object) -> bytes:
+        text = json.dumps({"type": kind, **fields}, separators=(",", ":"))
+        return transport.server.send(TextMessage(data=text))
+
+    async def run() -> None:
+        turns = iter([create_message({"model": "m", "input": "hi", "stream": True})] * 2)
+        conn = WSConn(
+            "127.0.0.1",
+            1,
+            "/v1/responses",
+            "sk-x",
+            False,
+            lambda: next(turns, None),
+            records.append,
+            handshakes.append,
+            lambda c, e: closes.append(e),
+        )
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        (request,) = transport.server.events()
+        assert isinstance(request, Request) and request.target == "/v1/responses"
+        assert (b"authorization", b"Bearer sk-x") in list(request.extra_headers)
+        conn.data_received(transport.server.send(AcceptConnection()))
+        (first,) = transport.server.events()
+        assert isinstance(first, TextMessage)
+        assert json.loads(first.data) == {"type": "response.create", "model": "m", "input": "hi"}
+        conn.data_received(frame("response.created", response={"id": "resp_tok1"}))
+        delta = "response.output_text.delta"
+        conn.data_received(frame(delta, delta="tok0 ") + frame(delta, delta="tok1 "))
+        conn.data_received(transport.server.send(Ping(payload=b"p")))
+        conn.data_received(frame("response.output_text.done", text="tok0 tok1 "))
+        assert not records
+        conn.data_received(frame("response.completed", response={"text": "tok0 tok1 "}))
+        pong, second = transport.server.events()
+        assert isinstance(pong, Pong) and isinstance(second, TextMessage)
+        conn.data_received(frame(delta, delta="tok0 "))
+        conn.data_received(frame("error", status=500, error={"type": "server_error"}))
+        (close,) = transport.server.events()
+        assert isinstance(close, CloseConnection) and close.code == 1000
+        conn.data_received(transport.server.send(close.response()))
+        assert transport.closed
+        conn.connection_lost(None)
+
+    records: list[StreamRecord] = []
+    handshakes: list[float] = []
+    closes: list[str | None] = []
+    transport = _ServerSide()
+    asyncio.run(run())
+    whole, broken = records
+    assert len(handshakes) == 1 and closes == [None]
+    assert whole.complete and not whole.errors and whole.order_ok
+    assert len(whole.tokens) == 2 and whole.coalesced == 1
+    assert len(whole.events) == 6 and len(whole.heartbeats) == 1
+    assert whole.first_event is not None and whole.ended is not None
+    assert whole.sent < whole.first_event < whole.ended
+    assert not broken.complete and broken.errors and "server_error" in broken.errors[0]
+
+
+def test_websocket_scenario_through_the_gateway(upstream: tuple[int, int], tmp_path: Path) -> None:
+    """Scenario 8 end to end, small: the bench gateway in front of the fake upstream, each
+    of its variants (SSE, WebSocket, WebSocket with permessage-deflate) and direct's SSE,
+    the medians and the table."""
+    import harness
+    from ws_scenario import run_websocket, summarize_websocket, websocket_table
+
+    port, pid = upstream
+    cpus = os.sched_getaffinity(0)
+    gateway = harness.start_gateway(cpus, tmp_path, port)
+    direct = harness.Server("upstream", port, gateway.proc, pid)
+    plan = SimpleNamespace(
+        stream_tokens=4, sustain_tokens=4, messages_streams=3, ws_turns=3, ws_load_turns=2
+    )
+    seen: list[str] = []
+    try:
+        runs = {
+            name: [
+                run_websocket(
+                    name,
+                    lambda scenario, *a, server=server: harness.loadgen(
+                        cpus, server, scenario, *a, "--gap", "2", timeout=60
+                    ),
+                    plan,
+                    repeat,
+                    seen.append,
+                )
+                for repeat in (0, 1)
+            ]
+            for name, server in (("direct", direct), ("trio-gateway", gateway))
+        }
+    finally:
+        gateway.stop()
+    assert list(runs["trio-gateway"][1]) == ["ws", "ws-deflate", "sse"]
+    summary = {name: {"websocket": summarize_websocket(r)} for name, r in runs.items()}
+    for name, variants in (("direct", ["sse"]), ("trio-gateway", ["sse", "ws", "ws-deflate"])):
+        assert list(summary[name]["websocket"]) == variants
+        for variant in variants:
+            s = summary[name]["websocket"][variant]
+            assert (s["turns"], s["missing"], s["broken"], s["load_broken"]) == (6, 0, 0, 0), s
+            assert s["load_passed"] == 2
+            assert s["cpu_us_event"] is not None and s["load_cpu_us_event"] is not None
+            assert s["ttft_p50"] < s["content_p50"] < s["turn_p50"]
+    gateway_ws = summary["trio-gateway"]["websocket"]
+    assert gateway_ws["ws"]["extensions"] == [] and gateway_ws["ws"]["handshake_p50"] > 0
+    assert gateway_ws["ws-deflate"]["extensions"] == ["permessage-deflate"]
+    table = websocket_table(
+        {
+            "summary": summary,
+            "plan": {
+                "stream_tokens": 4,
+                "sustain_tokens": 4,
+                "messages_streams": 3,
+                "ws_turns": 3,
+                "ws_load_turns": 2,
+            },
+        }
+    )
+    assert table.startswith(
+        "| scenario 8: Responses over WebSocket beside SSE | direct: SSE | trio-gateway: SSE "
+        "| trio-gateway: WebSocket | trio-gateway: WebSocket + permessage-deflate |"
+    )
+    assert "(permessage-deflate)" in table
+    assert run_websocket("nginx", lambda *a: {}, plan, 0, seen.append) == {}
+    assert seen[-1] == "  websocket: no variants for nginx; skipped"
