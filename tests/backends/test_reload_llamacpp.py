@@ -1,0 +1,268 @@
+"""Config reload (SIGHUP) on a gateway that manages a real llama-server: the server restarts
+only when its own settings changed. A reload that changes only routes keeps the backend
+object and its process; one that changes the backend's settings starts a new llama-server,
+lets a stream in flight on the old one finish whole, and stops the old one only then.
+
+The signal is real: the test process sends itself SIGHUP, which the served gateway takes
+(as in ``tests/e2e/test_reload.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from backends.llamacpp import LlamaCppBackend
+from gateway.config import load_config
+from gateway.server import serve
+from gateway.service import Gateway, Upstream, open_gateway
+from gateway.testing.waiting import wait_until
+
+from .llamacpp_fixtures import (
+    SERVER_ARGS,
+    Streamed,
+    delta_text,
+    model_path,  # noqa: F401  (fixture)
+    open_events,
+    open_stream,
+    read_stream,
+)
+from .sse_helpers import event_json
+
+pytestmark = pytest.mark.llamacpp
+
+COMPLETION = {"model": "gemma", "prompt": "1, 2, 3,", "max_tokens": 4, "temperature": 0}
+# Long enough to still run when the reload is over: a fixed length (no early end of text).
+STREAM = {**COMPLETION, "max_tokens": 24, "ignore_eos": True, "cache_prompt": False}
+
+
+def config_text(model: Path, *extra_args: str, routes: str = "") -> str:
+    """Backend ``l`` (a managed llama-server for ``model``, :data:`SERVER_ARGS` plus
+    ``extra_args``) behind route ``gemma``; ``routes`` goes into route ``gemma``'s table
+    (more tables may follow)."""
+    return f"""
+[server]
+bind = "127.0.0.1:0"
+[backends.l]
+type = "llamacpp"
+model = {json.dumps(str(model))}
+args = {json.dumps([*SERVER_ARGS, *extra_args])}
+poll_interval = 0.05
+[routes.gemma]
+backend = "l"
+{routes}
+"""
+
+
+@dataclass
+class Served:
+    url: str
+    gateway: Gateway
+    path: Path
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=120, trust_env=False)
+
+    def upstream(self) -> Upstream:
+        return self.gateway.upstreams["l"]
+
+    def backend(self) -> LlamaCppBackend:
+        backend = self.upstream().backend
+        assert isinstance(backend, LlamaCppBackend)
+        return backend
+
+    def reloads(self) -> float:
+        return float(self.gateway.telemetry.config_reloads.labels("ok")._value.get())
+
+    async def reload(self, text: str) -> None:
+        """Write ``text`` as the config file, send SIGHUP, wait for the reload to apply."""
+        before = self.reloads()
+        self.path.write_text(text)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_until(lambda: self.reloads() > before, within=30)
+
+
+Start = Callable[[str], Awaitable[Served]]
+
+
+@pytest.fixture
+async def start(nursery: trio.Nursery, tmp_path: Path) -> Start:
+    async def start(text: str) -> Served:
+        path = tmp_path / "gateway.toml"
+        path.write_text(text)
+        config = load_config(path)
+
+        async def run(task_status: trio.TaskStatus[Served]) -> None:
+            async with open_gateway(config) as gw:
+                binds = await nursery.start(
+                    partial(serve, gw, shutdown=trio.Event(), config_path=path)
+                )
+                task_status.started(Served(binds[0], gw, path))
+                await trio.sleep_forever()
+
+        served: Served = await nursery.start(run)
+        return served
+
+    return start
+
+
+async def ready(backend: LlamaCppBackend) -> LlamaCppBackend:
+    await wait_until(lambda: backend.status.health == "ready", within=120)
+    return backend
+
+
+async def complete(client: httpx.AsyncClient, model: str = "gemma") -> dict[str, Any]:
+    response = await client.post("/v1/completions", json={**COMPLETION, "model": model})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    assert answer["usage"]["completion_tokens"] > 0
+    return answer
+
+
+def server(backend: LlamaCppBackend) -> httpx.AsyncClient:
+    """A client of the backend's llama-server itself (not through the gateway)."""
+    assert backend.url is not None
+    return httpx.AsyncClient(base_url=backend.url, timeout=10, trust_env=False)
+
+
+async def last_task(direct: httpx.AsyncClient) -> int:
+    """The id of the last task the one slot of llama-server took (-1: none yet)."""
+    [slot] = (await direct.get("/slots")).json()
+    return int(slot.get("id_task", -1))
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (present and not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def test_a_reload_that_changes_only_routes_keeps_the_backend_and_its_llama_server(
+    start: Start, model_path: Path
+) -> None:
+    gw = await start(config_text(model_path))
+    upstream = gw.upstream()
+    backend = await ready(gw.backend())
+    supervisor = backend.supervisor
+    assert supervisor is not None and supervisor.process is not None
+    process = supervisor.process
+    async with gw.client() as client, server(backend) as direct:
+        await complete(client)
+        task = await last_task(direct)
+
+        await gw.reload(
+            config_text(
+                model_path,
+                routes='aliases = ["g"]\n[routes.other]\nbackend = "l"',
+            )
+        )
+
+        assert [(r.name, r.settings.aliases) for r in gw.gateway.config.routes] == [
+            ("gemma", ("g",)),
+            ("other", ()),
+        ]
+        # The same upstream, backend and process: not restarted, not even stopped a moment.
+        assert gw.upstream() is upstream and gw.backend() is backend
+        assert backend.supervisor is supervisor and supervisor.process is process
+        assert supervisor.starts == 1 and not process.exited.is_set() and running(process.pid)
+        assert backend.status.health == "ready"
+        # The new names answer at once, from that same llama-server.
+        await complete(client, "g")
+        await complete(client, "other")
+        assert await last_task(direct) > task
+    assert supervisor.starts == 1 and supervisor.process is process and running(process.pid)
+
+
+async def test_a_changed_backend_gets_a_new_llama_server_and_the_old_one_ends_after_its_stream(
+    nursery: trio.Nursery, start: Start, model_path: Path
+) -> None:
+    gw = await start(config_text(model_path))
+    old_upstream = gw.upstream()
+    old = await ready(gw.backend())
+    assert old.supervisor is not None and old.supervisor.process is not None
+    old_process = old.supervisor.process
+    async with gw.client() as client:
+        expected = await read_whole_stream(client)  # the same stream with no reload
+
+    exit_seen: list[tuple[float, int]] = []  # (when, the old upstream's users then)
+
+    async def note_exit() -> None:
+        await old_process.exited.wait()
+        exit_seen.append((trio.current_time(), old_upstream.users))
+
+    nursery.start_soon(note_exit)
+
+    seen: list[bytes] = []
+    pieces: list[str] = []
+    alive_then: list[bool] = []  # per piece: whether the old server was running then
+    usage = None
+    async with (
+        gw.client() as client,
+        open_events(client, "/v1/completions", STREAM) as (response, events),
+    ):
+        assert response.status_code == 200
+        async for event in events:
+            seen.append(event)
+            chunk = event_json(event)
+            if chunk is None:
+                continue
+            assert "error" not in chunk, chunk
+            usage = chunk.get("usage") or usage
+            if piece := delta_text(chunk):
+                pieces.append(piece)
+                alive_then.append(not old_process.exited.is_set())
+            if len(pieces) == 1 and gw.upstream() is old_upstream:
+                # The stream is under way: its backend now gets another --ctx-size.
+                await gw.reload(config_text(model_path, "--ctx-size", "2048"))
+                # Swapped in already, while the stream still holds the old one.
+                assert gw.upstream() is not old_upstream and old_upstream.users == 1
+                assert not old_process.exited.is_set() and running(old_process.pid)
+    done_at = trio.current_time()
+
+    # The reload came during the stream, and the stream finished whole: as the same
+    # stream with no reload, every piece from the old server, still running then.
+    assert gw.upstream() is not old_upstream
+    assert seen[-1] == b"data: [DONE]", seen[-3:]
+    assert "".join(pieces) == expected.text and len(pieces) == len(expected.pieces) == 24
+    assert usage == expected.usage and usage is not None
+    assert all(alive_then), alive_then
+    # Once the stream was over, the old server was stopped: not before.
+    with trio.fail_after(30):
+        await old_process.exited.wait()
+    await wait_until(lambda: bool(exit_seen))
+    [(exited_at, users_then)] = exit_seen
+    assert users_then == 0 and exited_at >= done_at - 0.05
+    assert not running(old_process.pid)
+
+    # A new backend with its own llama-server (the new --ctx-size) serves what comes next,
+    # once it has loaded the model (until then the route has no ready backend: 503).
+    new = await ready(gw.backend())
+    assert new is not old and new.settings.args[-2:] == ("--ctx-size", "2048")
+    assert new.supervisor is not None and new.supervisor.process is not None
+    new_process = new.supervisor.process
+    assert new_process.pid != old_process.pid and new.url != old.url
+    async with gw.client() as client, server(new) as direct:
+        props = (await direct.get("/props")).json()
+        assert props["default_generation_settings"]["n_ctx"] == 2048
+        task = await last_task(direct)
+        await complete(client)
+        assert await last_task(direct) > task
+    assert new.supervisor.starts == 1 and running(new_process.pid)
+
+
+async def read_whole_stream(client: httpx.AsyncClient) -> Streamed:
+    async with open_stream(client, "/v1/completions", STREAM) as response:
+        assert response.status_code == 200
+        return await read_stream(response)
