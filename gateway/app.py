@@ -31,7 +31,7 @@ from .errors import (
 from .inbound import endpoint_label, request_ids
 from .proxy import ProxyApp
 from .service import Gateway
-from .teams import Identity, Teams
+from .teams import Identity
 from .views import admin, models, probes, responses, status_page
 
 log = logging.getLogger("gateway.app")
@@ -49,8 +49,8 @@ def create_app(gateway: Gateway) -> ProxyApp:
     )
     teams = gateway.auth
     app.before_request(_assign_ids)
-    if teams is not None:
-        app.before_request(_authenticator(teams))
+    if teams is not None:  # on or off for the process's life; its keys may be reloaded
+        app.before_request(_authenticator(gateway))
     app.after_request(_access_logger(gateway))
     _answer_errors(app)
     app.register_blueprint(probes.blueprint(gateway))
@@ -71,11 +71,15 @@ async def _assign_ids() -> None:
     )
 
 
-def _authenticator(teams: Teams) -> Callable[[], Awaitable[None]]:
+def _authenticator(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     async def authenticate() -> None:
         """Every API path needs a team's key; the status page and /admin the admin key.
         Health and metrics stay open for probes and scrapers. Raises
-        :class:`~gateway.errors.AuthenticationError` (401)."""
+        :class:`~gateway.errors.AuthenticationError` (401). The keys are the config's in
+        force now."""
+        teams = gateway.auth
+        if teams is None:
+            return
         path = request.path
         if path.startswith("/v1/") or path == "/v1":
             g.identity = teams.authenticate(request.headers)

@@ -95,7 +95,9 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve_gateway, config, bind=bind))
+            binds = await nursery.start(
+                partial(serve_gateway, config, bind=bind, config_path=config_path)
+            )
             for address in binds:
                 logging.getLogger("gateway").info("serving on %s", address)
 
@@ -107,6 +109,38 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
         click.echo(f"cannot start: {group.exceptions[0]}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The running gateway's pid file (default: where `gateway serve` with this "
+    "config writes it).",
+)
+def reload(config_path: Path, pid_file: Path | None) -> None:
+    """Reload a running gateway's config without a restart: check the file, then send
+    SIGHUP to the gateway serving it. Streams in flight finish on the config they began
+    with; the gateway's log and its trio_gateway_config_reloads_total tell the outcome."""
+    import os
+    import signal
+
+    from .pidfile import pid_path, read_pid
+
+    config = _load_or_exit(config_path)
+    path = pid_file if pid_file is not None else pid_path(config, config_path)
+    try:
+        pid = read_pid(path)
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as error:
+        click.echo(
+            f"no running gateway for {config_path} (pid file {path}: "
+            f"{getattr(error, 'strerror', None) or error})",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"sent SIGHUP to the gateway (pid {pid}) serving {config_path}")
 
 
 @main.command()

@@ -8,6 +8,7 @@ a variable that is not set is an error too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -73,6 +74,11 @@ class ServerSettings(_Settings):
     )
     websocket_idle_timeout: float = Field(
         600.0, gt=0, description="a WebSocket with no response in flight closes after this"
+    )
+    pid_file: str | None = Field(
+        None,
+        description="where `gateway serve` writes its pid, for `gateway reload` (default: "
+        "a file in the temp directory named after the config file's path)",
     )
 
     @field_validator("bind")
@@ -323,16 +329,42 @@ def build_config(
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    return read_config(path, environ=environ)[0]
+
+
+def read_config(
+    path: str | Path,
+    *,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[GatewayConfig, str]:
+    """Read and validate a config file: the config, and the sha256 of the file (its first
+    16 hex digits, what ``trio_gateway_config_info`` shows). Raises :class:`ConfigError`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8: {error}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return build_config(raw, environ=environ)
+    return build_config(raw, registry=registry, environ=environ), _digest(data)
+
+
+def file_digest(path: str | Path) -> str:
+    """The digest :func:`read_config` gives the file now ("unreadable" if it cannot be read)."""
+    try:
+        return _digest(Path(path).read_bytes())
+    except OSError:
+        return "unreadable"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _names(registry: Registry) -> str:

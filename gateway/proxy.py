@@ -87,7 +87,6 @@ class ProxyApp:
     def __init__(self, gateway: Gateway, fallback: ASGIFramework) -> None:
         self.gateway = gateway
         self.fallback = fallback
-        self.teams = gateway.auth
         self.max_body = gateway.config.server.max_body_bytes
         self.sockets = ResponsesSockets(gateway, self.prepare)
 
@@ -122,8 +121,9 @@ class ProxyApp:
     async def _admit(self, request: ClientRequest, receive: ASGIReceiveCallable) -> Serve:
         """Everything before the relay: who asks, for what, and whether it may run now.
         Returns the relay to run; raises the error to answer with."""
-        if self.teams is not None:
-            request.identity = self.teams.authenticate(request.headers)
+        teams = self.gateway.auth
+        if teams is not None:
+            request.identity = teams.authenticate(request.headers)
         if self.gateway.draining:
             raise ShuttingDown("the gateway is shutting down")
         body = parse_json_object(await self._read_body(request, receive))
@@ -134,11 +134,15 @@ class ProxyApp:
     ) -> Serve:
         """Route, authorize, plan and admit one request whose caller is known (``request.
         identity``) and whose body is read; returns the relay to run, or raises the error
-        to answer with."""
-        gateway, teams = self.gateway, self.teams
+        to answer with.
+
+        What it reads of the config (route, backends, teams) it reads once, at once: a
+        config reload meanwhile changes nothing for this request, to its end."""
+        gateway, teams = self.gateway, self.gateway.auth
+        router, upstreams = gateway.router, gateway.upstreams
         model, stream = validate(body, request.endpoint)
         request.model = model
-        route = gateway.router.resolve(model)
+        route = router.resolve(model)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         request.route = route.name
@@ -160,7 +164,7 @@ class ProxyApp:
         plan = plan_request(
             request.endpoint,
             body,
-            [gateway.upstreams[t.backend].backend for t in route.settings.all_targets],
+            [upstreams[t.backend].backend for t in route.settings.all_targets],
             model=model,
             stream=stream,
             request_id=request.request_id,
@@ -176,7 +180,7 @@ class ProxyApp:
 
         def pick_attempts() -> list[Attempt]:
             attempts = []
-            for upstream, target in gateway.pick_targets(route):
+            for upstream, target in gateway.pick_targets(route, upstreams):
                 planned = plan.for_target(upstream.backend, target)
                 attempts.append(
                     Attempt(
@@ -212,12 +216,20 @@ class ProxyApp:
             connection=socket.connection_id if socket else "",
         )
 
+        # Until it ends, the request holds its route's backends: a reload that replaced or
+        # removed one stops it only once no request may still reach it.
+        held = {upstreams[t.backend] for t in route.settings.all_targets}
+        for upstream in held:
+            upstream.hold()
+
         async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable) -> None:
             try:
                 await relay(send, exchange, receive)
             finally:  # the relay never ran (client gone first): free the slot anyway
                 if admission is not None:
                     admission.finish()
+                for upstream in held:
+                    upstream.release()
 
         return serve
 

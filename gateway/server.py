@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import signal
 from functools import partial
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 
 from .app import create_app
-from .config import GatewayConfig, ServerSettings, parse_bind
+from .config import GatewayConfig, ServerSettings, file_digest, parse_bind
 from .connections import ConnectionTimers, serve_connections
 from .errors import ShuttingDown
 from .guard import BodyTimeouts, RequestGuard
+from .pidfile import pid_path, remove_pid, write_pid
+from .reload import reload_config
 from .service import Gateway, open_gateway
 
 log = logging.getLogger("gateway.server")
@@ -72,11 +75,18 @@ async def serve_gateway(
     *,
     bind: str | None = None,
     shutdown: trio.Event | None = None,
+    config_path: Path | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Start the backends, then :func:`serve` until shutdown; stop the backends after."""
     async with open_gateway(config) as gateway:
-        await serve(gateway, bind=bind, shutdown=shutdown, task_status=task_status)
+        await serve(
+            gateway,
+            bind=bind,
+            shutdown=shutdown,
+            config_path=config_path,
+            task_status=task_status,
+        )
     log.info("stopped")
 
 
@@ -85,10 +95,15 @@ async def serve(
     *,
     bind: str | None = None,
     shutdown: trio.Event | None = None,
+    config_path: Path | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``gateway`` until ``shutdown`` is set (or SIGTERM/SIGINT when it is ``None``),
     then drain. Reports the bound addresses (``http://host:port``) through ``task_status``.
+
+    With ``config_path`` (the file ``gateway.config`` came from), SIGHUP reloads it
+    (:mod:`gateway.reload`), and the process's pid is written where ``gateway reload``
+    looks for it (:mod:`gateway.pidfile`).
     """
     config = gateway.config
     hconfig = hypercorn_config(
@@ -114,6 +129,12 @@ async def serve(
             stop.set()
 
         nursery.start_soon(wait_for_stop)
+        pid_file: Path | None = None
+        reloading = trio.CancelScope()
+        if config_path is not None:
+            gateway.telemetry.on_config(file_digest(config_path))
+            reloading = await nursery.start(_reload_on_sighup, gateway, config_path, nursery)
+            pid_file = pid_path(config, config_path)
         binds = await nursery.start(
             partial(
                 serve_connections,
@@ -123,4 +144,27 @@ async def serve(
                 shutdown_trigger=stop.wait,
             )
         )
-        task_status.started(binds)
+        try:
+            if pid_file is not None:
+                write_pid(pid_file)
+            task_status.started(binds)
+            await stop.wait()
+        finally:
+            reloading.cancel()  # no reload once shutdown began
+            if pid_file is not None:
+                remove_pid(pid_file)
+
+
+async def _reload_on_sighup(
+    gateway: Gateway,
+    config_path: Path,
+    nursery: trio.Nursery,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reload the config on every SIGHUP, one reload at a time, until the scope it
+    reports is cancelled."""
+    with trio.CancelScope() as scope, trio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started(scope)
+        async for _ in signals:
+            log.info("received SIGHUP, reloading %s", config_path)
+            await reload_config(gateway, config_path, nursery)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .abc import Backend
+from .abc import Backend, BackendSettings
 from .admission import BackendSlots
+from .backend_hosts import BackendHosts, open_backend_hosts
 from .balancer import Breaker, Candidate, order_targets, upstream_load
 from .config import GatewayConfig, Route, TargetSettings
 from .errors import ConfigError
@@ -33,15 +34,41 @@ log = logging.getLogger("gateway")
 
 @dataclass(eq=False)
 class Upstream:
-    """A backend plus what the gateway tracks about it."""
+    """A backend plus what the gateway tracks about it. ``users``: the requests that may
+    still reach it (a config reload waits for none before it stops a backend it replaced
+    or removed)."""
 
     backend: Backend
     slots: BackendSlots
     breaker: Breaker
+    users: int = 0
+    _unused: trio.Event = field(default_factory=trio.Event)
+
+    @classmethod
+    def of(cls, backend: Backend) -> Upstream:
+        return cls(
+            backend,
+            BackendSlots(backend.id, backend.settings.admission),
+            Breaker(backend.settings.ejection),
+        )
 
     @property
     def id(self) -> str:
         return self.backend.id
+
+    def hold(self) -> None:
+        self.users += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self._unused.set()
+            self._unused = trio.Event()
+
+    async def wait_unused(self) -> None:
+        """Return once no request holds this upstream."""
+        while self.users:
+            await self._unused.wait()
 
     def available(self, now: float) -> bool:
         """Ready by its own health and not ejected by the gateway's."""
@@ -83,6 +110,8 @@ class Gateway:
     inflight: InFlightTable = field(default_factory=InFlightTable)
     telemetry: Telemetry = field(default_factory=Telemetry)
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
+    registry: Registry | None = None  # the backend types a reload may build
+    hosts: BackendHosts | None = None  # where a reload starts and stops backends
     draining: bool = False
     drain_started: trio.Event = field(default_factory=trio.Event)
     """Set with ``draining``: what WebSockets wait on to stop taking new responses."""
@@ -102,28 +131,33 @@ class Gateway:
         now = trio.current_time()
         return [upstream.gauges(now) for upstream in self.upstreams.values()]
 
-    def pick_targets(self, route: Route) -> list[tuple[Upstream, TargetSettings]]:
+    def pick_targets(
+        self, route: Route, upstreams: Mapping[str, Upstream] | None = None
+    ) -> list[tuple[Upstream, TargetSettings]]:
         """The targets to try for one request on ``route``, in order, by the route's
-        strategy and each backend's state now. Advances the route's round-robin turn."""
+        strategy and each backend's state now. Advances the route's round-robin turn.
+        ``upstreams``: the backends the request started with (default: today's)."""
+        upstreams = self.upstreams if upstreams is None else upstreams
         targets = route.settings.all_targets
         turn = self._turns.get(route.name, 0)
         self._turns[route.name] = turn + 1
         now = trio.current_time()
         candidates = [
-            self.upstreams[t.backend].candidate(i, t.weight, now) for i, t in enumerate(targets)
+            upstreams[t.backend].candidate(i, t.weight, now) for i, t in enumerate(targets)
         ]
         order = order_targets(route.settings.strategy, candidates, turn=turn, draw=random.random())
-        return [(self.upstreams[targets[i].backend], targets[i]) for i in order]
+        return [(upstreams[targets[i].backend], targets[i]) for i in order]
 
 
 def build_backends(config: GatewayConfig, registry: Registry) -> dict[str, Backend]:
-    backends: dict[str, Backend] = {}
-    for backend_id, settings in config.backends.items():
-        backend_type = registry.get(settings.type)
-        if backend_type is None:  # build_config checked this; a registry swap could not
-            raise ConfigError(f"backends.{backend_id}.type: unknown type {settings.type!r}")
-        backends[backend_id] = backend_type.cls(backend_id, settings)
-    return backends
+    return {id: build_backend(id, settings, registry) for id, settings in config.backends.items()}
+
+
+def build_backend(backend_id: str, settings: BackendSettings, registry: Registry) -> Backend:
+    backend_type = registry.get(settings.type)
+    if backend_type is None:  # build_config checked this; a registry swap could not
+        raise ConfigError(f"backends.{backend_id}.type: unknown type {settings.type!r}")
+    return backend_type.cls(backend_id, settings)
 
 
 @asynccontextmanager
@@ -136,16 +170,19 @@ async def open_gateway(
     async with AsyncExitStack() as stack:
         # First: a database path that cannot be used fails before any backend starts.
         responses = await stack.enter_async_context(open_response_store(config))
+        hosts = await stack.enter_async_context(open_backend_hosts())
         for backend in backends.values():
-            await stack.enter_async_context(backend.running())
-            log.info("backend %s (%s) started", backend.id, backend.settings.type)
-        upstreams = {
-            b.id: Upstream(
-                b, BackendSlots(b.id, b.settings.admission), Breaker(b.settings.ejection)
-            )
-            for b in backends.values()
-        }
+            await hosts.start(backend)
+        upstreams = {b.id: Upstream.of(b) for b in backends.values()}
         teams = await stack.enter_async_context(open_teams(config))
-        gateway = Gateway(config, upstreams, Router(config.routes), responses, teams=teams)
+        gateway = Gateway(
+            config,
+            upstreams,
+            Router(config.routes),
+            responses,
+            teams=teams,
+            registry=registry,
+            hosts=hosts,
+        )
         gateway.telemetry.attach(gateway.gauges)
         yield gateway

@@ -134,6 +134,28 @@ class Telemetry:
             registry=r,
         )
 
+        self.config_reloads = Counter(
+            "trio_gateway_config_reloads",
+            "Config reloads (SIGHUP): applied (result=ok) or refused (result=rejected, "
+            "the running config kept).",
+            ["result"],
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "trio_gateway_config_info",
+            "The config in force: 1 for the sha256 (first 16 hex digits) of its file.",
+            ["hash"],
+            registry=r,
+        )
+
+    def on_config(self, digest: str) -> None:
+        """The config whose file hashes to ``digest`` is now in force."""
+        self.config_info.clear()
+        self.config_info.labels(digest).set(1)
+
+    def on_reload(self, ok: bool) -> None:
+        self.config_reloads.labels("ok" if ok else "rejected").inc()
+
     def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         key = (metric, values)
         child = self._children.get(key)

@@ -86,7 +86,6 @@ class ResponsesSockets:
     def __init__(self, gateway: Gateway, prepare: Prepare) -> None:
         self.gateway = gateway
         self.prepare = prepare
-        self.teams = gateway.auth
 
     async def __call__(
         self, scope: WebsocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -104,8 +103,9 @@ class ResponsesSockets:
                     "send the request over plain HTTP",
                     http_version=scope["http_version"],
                 )
-            if self.teams is not None:
-                identity = self.teams.authenticate(headers)
+            teams = self.gateway.auth
+            if teams is not None:
+                identity = teams.authenticate(headers)
             if self.gateway.draining:
                 raise ShuttingDown("the gateway is shutting down")
         except GatewayError as error:
@@ -260,9 +260,11 @@ class _Socket:
 
     async def _turn(self, text: str) -> None:
         request = ClientRequest("responses", "GET", self.path, self.headers, RESPONSES_SOCKET)
-        request.identity = self.identity
         self.turns += 1
         try:
+            # The key again, each turn: one a config reload removed is refused from then on.
+            teams = self.gateway.auth
+            request.identity = teams.authenticate(self.headers) if teams is not None else None
             body = create_body(text)
             if self.gateway.draining:
                 raise ShuttingDown("the gateway is shutting down")

@@ -137,6 +137,12 @@ class Teams:
         self._keys = KeyRing((h, name) for name, t in config.teams.items() for h in t.keys)
         self._admins = KeyRing((h, "admin") for h in auth.admin_keys)
 
+    def reloaded(self, config: GatewayConfig) -> Teams:
+        """These teams with ``config``'s teams, keys, limits and admin keys, and the same
+        state, usage recorder and Redis: a team that is still there keeps its counters.
+        (Turning auth on or off needs a restart: the caller keeps ``enabled`` as it was.)"""
+        return Teams(config, state=self.state, recorder=self.recorder, shared=self.shared)
+
     def authenticate(self, headers: HeaderLookup) -> Identity:
         """The team of the request's key. Raises :class:`AuthenticationError` (401)."""
         credential = credential_from_headers(headers)
@@ -163,10 +169,15 @@ class Teams:
         return found[1]
 
     def may_use(self, team: str, route: Route) -> bool:
-        return self._teams[team].may_use(route)
+        known = self._teams.get(team)
+        return known is not None and known.may_use(route)
 
     def authorize(self, identity: Identity, route: Route, model: str) -> None:
-        """Raises :class:`PermissionDenied` (403) if the team may not use ``route``."""
+        """Raises :class:`PermissionDenied` (403) if the team may not use ``route``, and
+        :class:`AuthenticationError` if its team is gone (a config reload removed it
+        after the key was checked)."""
+        if identity.team not in self._teams:
+            raise AuthenticationError(_BAD_KEY)
         if not self.may_use(identity.team, route):
             raise PermissionDenied(
                 f"Team {identity.team} does not have access to the model `{model}`.",

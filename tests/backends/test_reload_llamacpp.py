@@ -208,6 +208,13 @@ async def test_a_changed_backend_gets_a_new_llama_server_and_the_old_one_ends_af
     pieces: list[str] = []
     alive_then: list[bool] = []  # per piece: whether the old server was running then
     usage = None
+    reloaded = trio.Event()
+
+    async def reload() -> None:
+        # The stream's backend now gets another --ctx-size.
+        await gw.reload(config_text(model_path, "--ctx-size", "2048"))
+        reloaded.set()
+
     async with (
         gw.client() as client,
         open_events(client, "/v1/completions", STREAM) as (response, events),
@@ -223,22 +230,27 @@ async def test_a_changed_backend_gets_a_new_llama_server_and_the_old_one_ends_af
             if piece := delta_text(chunk):
                 pieces.append(piece)
                 alive_then.append(not old_process.exited.is_set())
-            if len(pieces) == 1 and gw.upstream() is old_upstream:
-                # The stream is under way: its backend now gets another --ctx-size.
-                await gw.reload(config_text(model_path, "--ctx-size", "2048"))
-                # Swapped in already, while the stream still holds the old one.
-                assert gw.upstream() is not old_upstream and old_upstream.users == 1
-                assert not old_process.exited.is_set() and running(old_process.pid)
+                if len(pieces) == 1:
+                    nursery.start_soon(reload)
     done_at = trio.current_time()
+    # Until the new server has loaded its model the swap waits, and the old server
+    # serves the route: no gap without a ready backend.
+    served_during = 0
+    async with gw.client() as client:
+        while not reloaded.is_set():
+            assert gw.upstream() is old_upstream
+            await complete(client)
+            served_during += 1
+    assert served_during >= 1  # the model load outlasts a 4-token completion
 
-    # The reload came during the stream, and the stream finished whole: as the same
-    # stream with no reload, every piece from the old server, still running then.
+    # The stream finished whole: as the same stream with no reload, every piece from the
+    # old server, still running then.
     assert gw.upstream() is not old_upstream
     assert seen[-1] == b"data: [DONE]", seen[-3:]
     assert "".join(pieces) == expected.text and len(pieces) == len(expected.pieces) == 24
     assert usage == expected.usage and usage is not None
     assert all(alive_then), alive_then
-    # Once the stream was over, the old server was stopped: not before.
+    # Once the stream was over and the swap done, the old server was stopped: not before.
     with trio.fail_after(30):
         await old_process.exited.wait()
     await wait_until(lambda: bool(exit_seen))
@@ -246,9 +258,10 @@ async def test_a_changed_backend_gets_a_new_llama_server_and_the_old_one_ends_af
     assert users_then == 0 and exited_at >= done_at - 0.05
     assert not running(old_process.pid)
 
-    # A new backend with its own llama-server (the new --ctx-size) serves what comes next,
-    # once it has loaded the model (until then the route has no ready backend: 503).
-    new = await ready(gw.backend())
+    # A new backend with its own llama-server (the new --ctx-size) serves what comes next:
+    # ready at once, since the swap waited for it.
+    new = gw.backend()
+    assert new.status.ready
     assert new is not old and new.settings.args[-2:] == ("--ctx-size", "2048")
     assert new.supervisor is not None and new.supervisor.process is not None
     new_process = new.supervisor.process
