@@ -23,6 +23,7 @@ from gateway.service import Gateway, open_gateway
 from gateway.teams.keys import hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
+from gateway.testing.ws_client import WSClient
 
 from .test_failover_limits import start_fakes
 from .test_shutdown import free_port, serving
@@ -330,3 +331,21 @@ async def test_gateway_reload_signals_the_gateway_serving_the_file(
         check=False,
     )
     assert missing.returncode != 0
+
+
+async def test_a_key_removed_by_a_reload_is_refused_on_an_open_websocket_next_turn(
+    start: Start, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    gw = await start(
+        config_text(fake.url, teams=team("alpha", ALPHA) + team("beta", BETA), tmp_path=tmp_path)
+    )
+    ws = await WSClient.connect(gw.url, headers=[("authorization", f"Bearer {ALPHA}")])
+    create = {"type": "response.create", "model": "m", "input": "Hi", "fake": {"tokens": 1}}
+    await ws.send_json(create)
+    assert (await ws.events_until_end())[-1]["type"] == "response.completed"
+    await gw.reload(config_text(fake.url, teams=team("beta", BETA), tmp_path=tmp_path))
+    await ws.send_json(create)
+    [refused] = await ws.events_until_end()
+    await ws.close()
+    assert refused["type"] == "error" and refused["status"] == 401
+    assert len(fake.requests) == 1
