@@ -48,6 +48,12 @@ class ServerSettings(_Settings):
 
     bind: str = "127.0.0.1:8080"
     graceful_timeout: float = Field(60.0, ge=0)
+    shutdown_delay: float = Field(
+        0.0,
+        ge=0,
+        description="after SIGTERM, seconds /readyz answers 503 while requests are still "
+        "served, before the drain begins (so load balancers stop sending first)",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     status_page: bool = Field(True, description="serve the live status page at GET /")
     keep_alive_timeout: float = Field(

@@ -1,8 +1,10 @@
 """Serving: hypercorn's trio worker, signals, and a graceful drain.
 
-On SIGTERM or SIGINT the gateway fails readiness and stops accepting connections; in-flight
-requests get ``server.graceful_timeout`` seconds to finish, then every one still running is
-ended with an error event (or a 503 if its headers were not sent yet).
+On SIGTERM or SIGINT the gateway fails readiness; after ``server.shutdown_delay`` seconds
+(0 by default) in which it still serves, so that load balancers that poll readiness stop
+sending first, it stops accepting connections. In-flight requests get
+``server.graceful_timeout`` seconds to finish, then every one still running is ended with
+an error event (or a 503 if its headers were not sent yet).
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ async def serve(
                     async for signum in signals:
                         log.info("received %s, shutting down", signal.Signals(signum).name)
                         break
+            gateway.stopping = True  # readiness fails from now on
+            delay = config.server.shutdown_delay
+            if delay:
+                log.info("not ready; serving %g s more before the drain", delay)
+                await trio.sleep(delay)
             nursery.start_soon(drain, gateway)
             stop.set()
 

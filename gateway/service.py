@@ -112,6 +112,7 @@ class Gateway:
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
     registry: Registry | None = None  # the backend types a reload may build
     hosts: BackendHosts | None = None  # where a reload starts and stops backends
+    stopping: bool = False  # SIGTERM came: not ready, though serving until the drain
     draining: bool = False
     drain_started: trio.Event = field(default_factory=trio.Event)
     """Set with ``draining``: what WebSockets wait on to stop taking new responses."""

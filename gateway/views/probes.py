@@ -34,8 +34,9 @@ def blueprint(gateway: Gateway) -> Blueprint:
             backend.id: {"health": backend.status.health, "detail": backend.status.detail}
             for backend in gateway.backends.values()
         }
-        ready = not gateway.draining and all(routes.values())
-        status = "draining" if gateway.draining else "ready" if ready else "not_ready"
+        stopping = gateway.stopping or gateway.draining
+        ready = not stopping and all(routes.values())
+        status = "draining" if stopping else "ready" if ready else "not_ready"
         return json_response(
             {"status": status, "routes": routes, "backends": backends},
             status=200 if ready else 503,

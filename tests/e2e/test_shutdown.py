@@ -135,3 +135,21 @@ interval = 0.2
     assert proc.stderr is not None
     log = (await proc.stderr.receive_some(1 << 20)).decode()
     assert "received SIGTERM" in log
+
+
+async def test_shutdown_delay_fails_readiness_while_still_serving(start_gateway) -> None:
+    """Between the signal and the drain, for `shutdown_delay`: /readyz says 503 (a load
+    balancer polling it stops sending), and requests are still served; then the drain
+    begins and the listener closes."""
+    gw = await start_gateway(server={"shutdown_delay": 0.5})
+    async with gw.client() as client:
+        assert (await client.get("/readyz")).status_code == 200
+        gw.shutdown.set()
+        await wait_until(lambda: gw.gateway.stopping)
+        ready = await client.get("/readyz")
+        served = await client.post("/v1/chat/completions", json=CHAT)
+        assert not gw.gateway.draining  # the delay has not run out meanwhile
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert served.status_code == 200
+    await wait_until(lambda: gw.gateway.draining, within=5)
+    await wait_until(lambda: refused(gw.url), interval=0.05)
