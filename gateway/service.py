@@ -27,6 +27,7 @@ from .responses import ResponseStore, open_response_store
 from .routing import Router
 from .teams import Teams, open_teams
 from .telemetry import Telemetry, UpstreamGauges
+from .tracing import Tracing, open_tracing
 
 log = logging.getLogger("gateway")
 
@@ -83,6 +84,7 @@ class Gateway:
     inflight: InFlightTable = field(default_factory=InFlightTable)
     telemetry: Telemetry = field(default_factory=Telemetry)
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
+    tracing: Tracing | None = None  # None: tracing off
     draining: bool = False
     drain_started: trio.Event = field(default_factory=trio.Event)
     """Set with ``draining``: what WebSockets wait on to stop taking new responses."""
@@ -148,4 +150,7 @@ async def open_gateway(
         teams = await stack.enter_async_context(open_teams(config))
         gateway = Gateway(config, upstreams, Router(config.routes), responses, teams=teams)
         gateway.telemetry.attach(gateway.gauges)
+        gateway.tracing = await stack.enter_async_context(
+            open_tracing(config.tracing, gateway.telemetry.registry)
+        )
         yield gateway
