@@ -410,3 +410,27 @@ async def test_with_tracing_off_there_is_no_tracer_and_the_traceparent_goes_on(
     assert resp.headers["traceparent"] == TRACEPARENT
     assert fake.requests[0].headers["traceparent"] == TRACEPARENT
     assert "stream_options" not in fake.requests[0].body  # no usage asked for
+
+
+async def test_unsampled_traces_record_nothing_and_still_carry_context_upstream(
+    serve_traced: ServeTraced, fake: FakeOpenAI, collector: OTLPCollector
+) -> None:
+    url, gw = await serve_traced({"fake": fake.url}, tracing_table(collector.url, sample_ratio=0))
+    unsampled = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+    async with httpx.AsyncClient(base_url=url) as client:
+        declined = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": unsampled}
+        )
+        new = await client.post("/v1/chat/completions", json=CHAT)  # ratio 0: not sampled
+        asked = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": TRACEPARENT}
+        )
+    assert {r.status_code for r in (declined, new, asked)} == {200}
+    await settle(gw)
+    # The client's sampled flag is followed either way; only the sampled trace is sent.
+    assert {s.trace_id for s in collector.spans} == {CLIENT_TRACE}
+    assert len(collector.spans) == 2
+    sent = fake.requests[0].headers["traceparent"]
+    assert sent.startswith(f"00-{CLIENT_TRACE}-") and sent.endswith("-00")
+    assert sent != unsampled and declined.headers["traceparent"] not in (sent, unsampled)
+    assert fake.requests[1].headers["traceparent"].endswith("-00")
