@@ -21,12 +21,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .abc import BackendSettings
+from .abc import BackendSettings, http_base_url
 from .errors import ConfigError
 from .registry import Registry, load_registry
 from .teams.settings import (
@@ -201,6 +202,73 @@ class ResponsesSettings(_Settings):
         return Path(usage.database).parent / "gateway-responses.sqlite"
 
 
+class TracingSettings(_Settings):
+    """``[tracing]``: OpenTelemetry traces, exported over OTLP/HTTP off the request path
+    (:mod:`gateway.tracing`). Off while ``otlp_endpoint`` is unset; :func:`build_config`
+    takes it from ``OTEL_EXPORTER_OTLP_ENDPOINT`` and ``service_name`` from
+    ``OTEL_SERVICE_NAME`` where the file gives none. Header values are secrets: write them
+    as env references."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="the collector's OTLP/HTTP base URL, e.g. http://collector:4318 "
+        "(spans go to its /v1/traces)",
+    )
+    service_name: str = Field(
+        "", description="the spans' service.name; default: OTEL_SERVICE_NAME, else trio-gateway"
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of new traces recorded; a client's traceparent decides for its own",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='sent with every export, e.g. authorization = { env = "OTLP_AUTH" }',
+    )
+    schedule_delay: float = Field(5.0, gt=0, description="seconds between two exports")
+    max_queue_size: int = Field(
+        2048, ge=1, description="ended spans waiting for export; past it they are dropped"
+    )
+    max_export_batch_size: int = Field(512, ge=1, description="spans in one export request")
+    export_timeout: float = Field(
+        10.0, gt=0, description="seconds one export may take, its retries included"
+    )
+    shutdown_timeout: float = Field(
+        5.0, ge=0, description="seconds the gateway waits on exit for its last spans to go out"
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_base_url(value)
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> TracingSettings:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("`max_export_batch_size` must not exceed `max_queue_size`")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.otlp_endpoint is not None
+
+    def with_environment(self, environ: Mapping[str, str]) -> TracingSettings:
+        """These settings, with the standard OpenTelemetry variables filling in what the
+        file leaves unset. Raises :class:`ConfigError` for an endpoint that is no URL."""
+        update: dict[str, str] = {}
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        if self.otlp_endpoint is None and endpoint:
+            try:
+                update["otlp_endpoint"] = http_base_url(endpoint)
+            except ValueError as error:
+                raise ConfigError(f"OTEL_EXPORTER_OTLP_ENDPOINT: {error}") from None
+        if not self.service_name:
+            update["service_name"] = environ.get("OTEL_SERVICE_NAME", "").strip() or "trio-gateway"
+        return self.model_copy(update=update)
+
+
 class _FileSettings(_Settings):
     server: ServerSettings = ServerSettings()
     backends: dict[str, dict[str, Any]] = {}
@@ -210,6 +278,7 @@ class _FileSettings(_Settings):
     state: StateSettings = StateSettings()
     usage: UsageSettings = UsageSettings()
     responses: ResponsesSettings = ResponsesSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +302,7 @@ class GatewayConfig:
     state: StateSettings = field(default_factory=StateSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -280,8 +350,9 @@ def build_config(
 ) -> GatewayConfig:
     """Validate a parsed TOML document. Raises :class:`ConfigError`."""
     registry = registry if registry is not None else load_registry()
+    environ = os.environ if environ is None else environ
     check_key_entries(raw)
-    doc = resolve_env(dict(raw), (), os.environ if environ is None else environ)
+    doc = resolve_env(dict(raw), (), environ)
     try:
         file = _FileSettings.model_validate(doc)
     except ValidationError as error:
@@ -331,6 +402,7 @@ def build_config(
         file.state,
         file.usage,
         file.responses,
+        file.tracing.with_environment(environ),
     )
 
 

@@ -48,6 +48,7 @@ class InFlight:
     bytes_out: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    response_model: str | None = None  # as the upstream's answer named it
     attempts: tuple[str, ...] = ()
     ended_at: float | None = None
 

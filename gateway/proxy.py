@@ -150,10 +150,16 @@ class ProxyApp:
         identity = request.identity
         admission: TeamAdmission | None = None
         hide_usage = False
+        tracing = gateway.tracing
         if teams is not None and identity is not None:
             teams.authorize(identity, route, model)
-            if stream and request.endpoint in ("chat/completions", "completions"):
-                body, hide_usage = ask_for_usage(body)
+        # Teams count a stream's tokens, and spans carry them: ask for its usage.
+        if (
+            stream
+            and (tracing is not None or (teams is not None and identity is not None))
+            and request.endpoint in ("chat/completions", "completions")
+        ):
+            body, hide_usage = ask_for_usage(body)
         team = identity.team if identity is not None else ""
         conversation = Conversation(gateway.responses, team, socket.last if socket else None)
         responses = request.endpoint in ("responses", "responses/input_tokens")
@@ -189,6 +195,12 @@ class ProxyApp:
                 )
             return attempts
 
+        trace = None
+        if tracing is not None:  # the client is answered with the request's own span
+            trace = tracing.start_request(
+                request, stream=stream, connection=socket.connection_id if socket else ""
+            )
+            request.traceparent = trace.traceparent
         dialect = request.dialect
         limits = dialect.limit_headers(admission.headers, time.time()) if admission else {}
         limit_headers = [(k.encode(), v.encode()) for k, v in limits.items()]
@@ -214,6 +226,7 @@ class ProxyApp:
             else None,
             on_finish=admission.finish if admission else None,
             connection=socket.connection_id if socket else "",
+            trace=trace,
         )
 
         # Until it ends, the request holds its route's backends: a reload that replaced or

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -55,6 +55,7 @@ from .inflight import InFlight, InFlightTable, Outcome
 from .service import Upstream
 from .telemetry import Telemetry
 from .timers import HeartbeatClock, UpstreamClock
+from .tracing import RequestTrace
 from .writer import (
     ClientGone,
     Headers,
@@ -119,6 +120,7 @@ class Exchange:
     """Called with the relay's entry as it begins (a WebSocket counts its pings there)."""
     on_finish: Callable[[InFlight], None] | None = None
     connection: str = ""  # the WebSocket it came on, for the access log
+    trace: RequestTrace | None = None  # with tracing on: the request's span
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -226,6 +228,8 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
         exchange.inflight.discard(entry)
         if telemetry is not None:
             telemetry.on_finish(entry)
+        if exchange.trace is not None:
+            exchange.trace.finish(entry)
         if exchange.on_finish is not None:
             exchange.on_finish(entry)
 
@@ -281,11 +285,17 @@ async def _attempts(
         else float("inf")
     )
     error: GatewayError | None = None
-    for number, attempt in enumerate(attempts[: exchange.max_attempts]):
+    trace = exchange.trace
+    planned = attempts[: exchange.max_attempts]
+    for number, attempt in enumerate(planned):
         if number and trio.current_time() >= deadline:
             break
         upstream = attempt.upstream
         entry.backend = upstream.id
+        span = None
+        if trace is not None:  # the upstream gets the attempt's span as its traceparent
+            span = trace.attempt(upstream.backend, attempt.request, number + 1, entry)
+            attempt = replace(attempt, request=span.request)
         breaker = upstream.breaker
         breaker.on_attempt(trio.current_time())
         logged = len(exchange.log)
@@ -294,8 +304,12 @@ async def _attempts(
             await _attempt(attempt, exchange, writer, entry)
             breaker.on_success()
             settled = True
+            if span is not None:
+                span.answered(writer.status)
         except GatewayError as exc:
             error = exc
+            if span is not None:
+                span.failed(exc)
             # One attempt, one entry: one that failed after its headers went out was noted
             # "ok" for them (the client's attempts header says so); how it ended replaces it.
             del exchange.log[logged:]
@@ -312,6 +326,8 @@ async def _attempts(
                 return exc
             if exchange.telemetry is not None:
                 exchange.telemetry.on_failover(entry, upstream.id)
+            if span is not None and number + 1 < len(planned) and trio.current_time() < deadline:
+                span.failed_over(_outcome(exc))  # (the next attempt starts at once)
             log.info(
                 "attempt %d on %s failed (%s), trying the next target",
                 number + 1,
@@ -324,6 +340,8 @@ async def _attempts(
             # or a bug: no verdict on the backend, but a half-open trial is over.
             if not settled:
                 breaker.on_no_verdict()
+            if span is not None:
+                span.end(entry)
         return None
     return error
 
@@ -536,11 +554,13 @@ async def _relay_unary(
 
 
 def _take_tokens(entry: InFlight, tokens: Tokens) -> None:
-    """Note the token counts an attempt's answer reported."""
+    """Note the token counts (and the model) an attempt's answer reported."""
     if tokens.prompt is not None:
         entry.prompt_tokens = tokens.prompt
     if tokens.completion is not None:
         entry.completion_tokens = tokens.completion
+    if tokens.model is not None:
+        entry.response_model = tokens.model
 
 
 def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlight) -> None:

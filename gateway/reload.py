@@ -16,8 +16,9 @@ the ones started are stopped again; a removed or replaced one is stopped after t
 once no request may still reach it.
 
 Some settings cannot change in a running process: the sections in :data:`RESTART_ONLY`
-(the listener, the state store, the databases) and turning auth on or off. A reload that
-changes them applies the rest, logs what was left as it was, and keeps those as they were.
+(the listener, the state store, the databases, the tracer) and turning auth on or off. A
+reload that changes them applies the rest, logs what was left as it was, and keeps those
+as they were.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .teams import Teams
 
 log = logging.getLogger("gateway.reload")
 
-RESTART_ONLY = ("server", "state", "usage", "responses")
+RESTART_ONLY = ("server", "state", "usage", "responses", "tracing")
 # How long a backend that replaces a ready one may take to be ready (a model to load).
 READY_TIMEOUT = 600.0
 _READY_POLL = 0.05

@@ -28,6 +28,7 @@ from .responses import ResponseStore, open_response_store
 from .routing import Router
 from .teams import Teams, open_teams
 from .telemetry import Telemetry, UpstreamGauges
+from .tracing import Tracing, open_tracing
 
 log = logging.getLogger("gateway")
 
@@ -112,6 +113,7 @@ class Gateway:
     teams: Teams | None = None  # None: auth off (open_gateway always sets it)
     registry: Registry | None = None  # the backend types a reload may build
     hosts: BackendHosts | None = None  # where a reload starts and stops backends
+    tracing: Tracing | None = None  # None: tracing off
     stopping: bool = False  # SIGTERM came: not ready, though serving until the drain
     draining: bool = False
     drain_started: trio.Event = field(default_factory=trio.Event)
@@ -186,4 +188,7 @@ async def open_gateway(
             hosts=hosts,
         )
         gateway.telemetry.attach(gateway.gauges)
+        gateway.tracing = await stack.enter_async_context(
+            open_tracing(config.tracing, gateway.telemetry.registry)
+        )
         yield gateway

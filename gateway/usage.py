@@ -14,6 +14,7 @@ class Usage:
     prompt_tokens: int | None
     completion_tokens: int | None
     only: bool  # a usage-only chunk (``stream_options.include_usage``'s last): no choices
+    model: str | None = None  # the model the document names
 
 
 def parse_usage(document: str | bytes) -> Usage | None:
@@ -31,10 +32,12 @@ def usage_of(doc: Mapping[str, object]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    model = doc.get("model")
     return Usage(
         prompt_tokens=prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
         completion_tokens=(
             completion if isinstance(completion, int) and not isinstance(completion, bool) else None
         ),
         only=not doc.get("choices"),
+        model=model if isinstance(model, str) and model else None,
     )

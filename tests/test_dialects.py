@@ -163,7 +163,7 @@ def test_native_messages_stream_holds_everything_before_content() -> None:
     # ...and then every byte passes unchanged, in order, ending at message_stop.
     assert b"".join(f.out for f in fed) == b"".join(NATIVE)
     assert [f.end for f in fed] == [False] * 6 + [True]
-    assert pipe.tokens == Tokens(prompt=25, completion=7)
+    assert pipe.tokens == Tokens(prompt=25, completion=7, model="m")  # message_start's
 
 
 def test_native_messages_stream_at_every_split_point() -> None:
@@ -212,7 +212,7 @@ def test_chat_passthrough_hides_the_usage_chunk_it_asked_for() -> None:
     assert b"".join(f.out for f in feed_all(shown, events)) == b"".join(events)
     out = b"".join(f.out for f in feed_all(hidden, events))
     assert out == b"".join(e for e in events if b'"choices":[]' not in e)
-    assert hidden.tokens == Tokens(prompt=5, completion=2)
+    assert hidden.tokens == Tokens(prompt=5, completion=2, model="fake")
 
 
 def test_translated_stream_holds_message_start_and_ends_at_done() -> None:
@@ -225,7 +225,7 @@ def test_translated_stream_holds_message_start_and_ends_at_done() -> None:
     assert kinds[0] == b"message_start" and kinds[-2:] == [b"message_delta", b"message_stop"]
     assert fed[-1].end and not any(f.end for f in fed[:-1])
     assert b'"model":"public-model"' in out and b'"id":"msg_x"' in out
-    assert pipe.tokens == Tokens(prompt=5, completion=3)
+    assert pipe.tokens == Tokens(prompt=5, completion=3, model="fake")  # the upstream's
 
 
 def test_translated_stream_refuses_what_is_not_json() -> None:

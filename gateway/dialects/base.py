@@ -25,10 +25,18 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 @dataclass(slots=True)
 class Tokens:
-    """Token counts read from an answer so far (``None``: not reported)."""
+    """Token counts read from an answer so far, and the model the upstream named in it
+    (``None``: not reported)."""
 
     prompt: int | None = None
     completion: int | None = None
+    model: str | None = None
+
+    def note_model(self, document: JSONObject) -> None:
+        """Take the ``model`` a parsed answer (or chunk, or Responses ``response``) names."""
+        model = document.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,8 +52,9 @@ CHAT = ChatDialect()
 
 
 def note_usage(document: str | bytes | JSONObject, tokens: Tokens) -> bool:
-    """Take token counts from the document's OpenAI ``usage``, if any; true for a usage-only
-    chunk (``stream_options.include_usage``'s last)."""
+    """Take token counts (and the model named beside them) from the document's OpenAI
+    ``usage``, if any; true for a usage-only chunk (``stream_options.include_usage``'s
+    last)."""
     usage = usage_of(document) if isinstance(document, dict) else parse_usage(document)
     if usage is None:
         return False
@@ -61,6 +62,8 @@ def note_usage(document: str | bytes | JSONObject, tokens: Tokens) -> bool:
         tokens.prompt = usage.prompt_tokens
     if usage.completion_tokens is not None:
         tokens.completion = usage.completion_tokens
+    if usage.model is not None:
+        tokens.model = usage.model
     return usage.only
 
 

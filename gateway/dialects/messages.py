@@ -206,6 +206,7 @@ class _NativeStream(StreamPipe):
             doc = doc.get(inside) if isinstance(doc, dict) else None
         if isinstance(doc, dict):
             _note_anthropic_usage(doc.get("usage"), self.tokens)
+            self.tokens.note_model(doc)  # message_start's message names it
 
 
 class MessagesPassthrough(Shape):
@@ -222,6 +223,7 @@ class MessagesPassthrough(Shape):
                 return body
             if isinstance(doc, dict):
                 _note_anthropic_usage(doc.get("usage"), tokens)
+                tokens.note_model(doc)
         return body
 
 

@@ -120,6 +120,8 @@ RESPONSES_SOCKET = ResponsesSocketDialect()
 
 
 def _note_response_usage(response: object, tokens: Tokens) -> None:
+    if isinstance(response, dict):
+        tokens.note_model(response)
     usage = response.get("usage") if isinstance(response, dict) else None
     if not isinstance(usage, dict):
         return
