@@ -30,6 +30,7 @@ from .llamacpp_fixtures import (
     metrics,
     next_poll,
     open_events,
+    server,  # noqa: F401  (fixture)
     slot_idle,
     slot_task,
     start_gateway,
@@ -51,16 +52,6 @@ LONG: dict[str, Any] = {
     "temperature": 0,
     "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
 }
-
-
-@pytest.fixture
-async def server(llama_server: LlamaServer):
-    """A client straight to llama-server, one connection per request: llama-server closes
-    a kept-alive connection just after some streamed answers, and a request httpx sends on
-    it in that moment fails with "Server disconnected" (5 of 20 back-to-back streams here).
-    The gateway's own pool copes with it (no failure in 60 back-to-back streams)."""
-    async with llama_server.client(headers={"connection": "close"}) as client:
-        yield client
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from .llamacpp_fixtures import (
     metrics,
     next_poll,
     open_events,
+    server,  # noqa: F401  (fixture)
     slot_idle,
     slot_task,
     start_gateway,
@@ -62,14 +63,6 @@ LONG: dict[str, Any] = {
     "ignore_eos": True,
     "temperature": 0,
 }
-
-
-@pytest.fixture
-async def server(llama_server: LlamaServer):
-    """A client straight to llama-server, one connection per request (llama-server closes a
-    kept-alive connection just after some streamed answers; see the Messages tests)."""
-    async with llama_server.client(headers={"connection": "close"}) as client:
-        yield client
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ it idle.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from gateway.testing.waiting import wait_until
@@ -24,60 +22,26 @@ from gateway.testing.ws_client import WSClient
 from gateway.websocket import FIRST_INTERVAL
 
 from .llamacpp_fixtures import (
-    LlamaServer,
-    RunningGateway,
-    backend_settings,
-    gateway_doc,
     llama_server,  # noqa: F401  (fixture)
     metrics,
     open_events,
+    server,  # noqa: F401  (fixture)
     slot_idle,
     slot_task,
-    start_gateway,
 )
 
-INTERVAL = 0.3  # the route's heartbeat interval: the socket's ping interval during a turn
-MAX_OUTPUT = 4
-# cache_prompt off (no Responses field: passed on to llama-server as it is): every request
-# starts from an empty cache, so a direct and a relayed request are the same computation.
-ASK: dict[str, Any] = {
-    "model": "gemma",
-    "input": "Name three colours of the rainbow.",
-    "max_output_tokens": MAX_OUTPUT,
-    "temperature": 0,
-    "cache_prompt": False,
-}
-# Long enough to hold the only slot for the whole test (cut short by its client).
-LONG: dict[str, Any] = {
-    "model": "gemma",
-    "input": "Write a very long story about a lighthouse.",
-    "max_output_tokens": 3000,
-    "ignore_eos": True,
-    "temperature": 0,
-}
+# The HTTP tests' requests and gateway: INTERVAL, the route's heartbeat interval, is the
+# socket's ping interval during a turn.
+from .test_responses_llamacpp import (
+    ASK,
+    INTERVAL,
+    LONG,
+    MAX_OUTPUT,
+    _run_dependent,
+    gateway,  # noqa: F401  (fixture)
+)
+
 ENDS = ("response.completed", "response.incomplete", "response.failed", "error")
-
-
-@pytest.fixture
-async def server(llama_server: LlamaServer):
-    """A client straight to llama-server, one connection per request (llama-server closes a
-    kept-alive connection just after some streamed answers)."""
-    async with llama_server.client(headers={"connection": "close"}) as client:
-        yield client
-
-
-@pytest.fixture
-async def gateway(
-    nursery: trio.Nursery, llama_server: LlamaServer, tmp_path: Path
-) -> RunningGateway:
-    settings = backend_settings(url=llama_server.url, poll_interval=0.1, load_interval=0.2)
-    doc = gateway_doc(settings, interval=INTERVAL)
-    doc["responses"] = {"database": str(tmp_path / "responses.sqlite")}
-    gw = await start_gateway(nursery, doc)
-    # The slot gate knows the server has one slot once /props has been read.
-    await wait_until((lambda: gw.backend.server_info is not None), within=10)
-    assert gw.backend.slots.total == 1
-    return gw
 
 
 async def _frames(ws: WSClient) -> list[str]:
@@ -111,15 +75,6 @@ def _ids(events: list[dict[str, Any]]) -> tuple[str, str]:
     created = next(e for e in events if e["type"] == "response.created")
     added = next(e for e in events if e["type"] == "response.output_item.added")
     return str(created["response"]["id"]), str(added["item"]["id"])
-
-
-def _run_dependent(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` without what differs from run to run of the same computation: the clock
-    (``created_at``, ``completed_at``) and llama-server's ``timings``."""
-    out = {k: v for k, v in doc.items() if k not in ("created_at", "completed_at", "timings")}
-    if isinstance(out.get("response"), dict):
-        out["response"] = _run_dependent(out["response"])
-    return out
 
 
 def _same_run(relayed: str, direct: str, ids: dict[str, str]) -> bool:
