@@ -4,16 +4,12 @@ object and its process; one that changes the backend's settings starts a new lla
 lets a stream in flight on the old one finish whole, and stops the old one only then.
 
 The signal is real: the test process sends itself SIGHUP, which the served gateway takes
-(as in ``tests/e2e/test_reload.py``)."""
+(``tests/reload_harness.py``, as in ``tests/e2e/test_reload.py``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +18,9 @@ import pytest
 import trio
 
 from backends.llamacpp import LlamaCppBackend
-from gateway.config import load_config
-from gateway.server import serve
-from gateway.service import Gateway, Upstream, open_gateway
+from gateway.service import Upstream
 from gateway.testing.waiting import wait_until
+from tests.reload_harness import Served, starter
 
 from .llamacpp_fixtures import (
     SERVER_ARGS,
@@ -63,14 +58,13 @@ backend = "l"
 """
 
 
-@dataclass
-class Served:
-    url: str
-    gateway: Gateway
-    path: Path
+class LlamaServed(Served):
+    """A served gateway whose backend ``l`` manages a llama-server: its clients wait long
+    and skip proxies, a reload (a llama-server started) may take 30 s."""
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=120, trust_env=False)
+    CLIENT_TIMEOUT = 120
+    CLIENT_TRUST_ENV = False
+    RELOAD_WITHIN = 30
 
     def upstream(self) -> Upstream:
         return self.gateway.upstreams["l"]
@@ -80,39 +74,13 @@ class Served:
         assert isinstance(backend, LlamaCppBackend)
         return backend
 
-    def reloads(self) -> float:
-        return float(self.gateway.telemetry.config_reloads.labels("ok")._value.get())
 
-    async def reload(self, text: str) -> None:
-        """Write ``text`` as the config file, send SIGHUP, wait for the reload to apply."""
-        before = self.reloads()
-        self.path.write_text(text)
-        os.kill(os.getpid(), signal.SIGHUP)
-        await wait_until(lambda: self.reloads() > before, within=30)
-
-
-Start = Callable[[str], Awaitable[Served]]
+Start = Callable[[str], Awaitable[LlamaServed]]
 
 
 @pytest.fixture
 async def start(nursery: trio.Nursery, tmp_path: Path) -> Start:
-    async def start(text: str) -> Served:
-        path = tmp_path / "gateway.toml"
-        path.write_text(text)
-        config = load_config(path)
-
-        async def run(task_status: trio.TaskStatus[Served]) -> None:
-            async with open_gateway(config) as gw:
-                binds = await nursery.start(
-                    partial(serve, gw, shutdown=trio.Event(), config_path=path)
-                )
-                task_status.started(Served(binds[0], gw, path))
-                await trio.sleep_forever()
-
-        served: Served = await nursery.start(run)
-        return served
-
-    return start
+    return starter(nursery, tmp_path, LlamaServed)
 
 
 async def ready(backend: LlamaCppBackend) -> LlamaCppBackend:

@@ -5,25 +5,20 @@ process sends itself SIGHUP, which the served gateway's receiver takes."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from gateway.config import load_config
-from gateway.server import serve
-from gateway.service import Gateway, open_gateway
 from gateway.teams.keys import hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from gateway.testing.ws_client import WSClient
+from tests.reload_harness import Served, starter
 
 from .test_failover_limits import start_fakes
 from .test_shutdown import free_port, serving
@@ -64,50 +59,12 @@ backend = "fake"
 """
 
 
-@dataclass
-class Served:
-    url: str
-    gateway: Gateway
-    path: Path
-
-    def client(self, key: str | None = None) -> httpx.AsyncClient:
-        headers = {"authorization": f"Bearer {key}"} if key else None
-        return httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers)
-
-    def reloads(self, result: str) -> float:
-        metric = self.gateway.telemetry.config_reloads.labels(result)
-        return float(metric._value.get())
-
-    async def reload(self, text: str, *, result: str = "ok") -> None:
-        """Write ``text`` as the config file, send SIGHUP, and wait for the reload to end
-        with ``result``."""
-        before = self.reloads(result)
-        self.path.write_text(text)
-        os.kill(os.getpid(), signal.SIGHUP)
-        await wait_until(lambda: self.reloads(result) > before, within=10)
-
-
 Start = Callable[[str], Awaitable[Served]]
 
 
 @pytest.fixture
 async def start(nursery: trio.Nursery, tmp_path: Path) -> Start:
-    async def start(text: str) -> Served:
-        path = tmp_path / "gateway.toml"
-        path.write_text(text)
-        config = load_config(path)
-
-        async def run(task_status: trio.TaskStatus[Served]) -> None:
-            async with open_gateway(config) as gw:
-                binds = await nursery.start(
-                    partial(serve, gw, shutdown=trio.Event(), config_path=path)
-                )
-                task_status.started(Served(binds[0], gw, path))
-                await trio.sleep_forever()
-
-        return await nursery.start(run)
-
-    return start
+    return starter(nursery, tmp_path, Served)
 
 
 def team(name: str, key: str, models: str = '["*"]', limits: str = "") -> str:
