@@ -233,6 +233,36 @@ WEATHER_TOOL = {
     },
     "strict": True,
 }
+# The arguments of the one call in the native function-call script.
+NATIVE_ARGUMENTS = json.dumps({"city": "Zürich"}, ensure_ascii=False)
+
+
+def function_call_script(mode: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The fake's ``chunks`` for a turn in which the model calls functions, and the calls
+    as (id, name, arguments). Native: a Responses stream with one call; translated: a chat
+    stream with two parallel calls in odd pieces."""
+    if mode == "native":
+        calls = [("call_n1", "get_weather", NATIVE_ARGUMENTS)]
+        return function_call_events(*calls[0]), calls
+    pieces, _, calls = tool_call_stream()
+    return pieces, calls
+
+
+def function_call_items(body: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The function calls and their outputs in a Responses request's ``input``, as (type,
+    call id, arguments or output)."""
+    return [
+        (i["type"], i.get("call_id"), i.get("arguments") or i.get("output"))
+        for i in body["input"]
+        if i.get("type") in ("function_call", "function_call_output")
+    ]
+
+
+def tool_calls_sent(message: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The tool calls of a chat request's assistant ``message``, as (id, name, arguments)."""
+    return [
+        (c["id"], c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -241,12 +271,7 @@ async def test_function_call_round_trip(start_gateway, fake: FakeOpenAI, mode: s
     items and ``previous_response_id``; the upstream gets the call and its answer. Translated:
     a chat stream with two parallel tool calls in odd pieces; native: a Responses stream."""
     gw = await start_gateway(backend=MODES[mode])
-    if mode == "native":
-        arguments = json.dumps({"city": "Zürich"}, ensure_ascii=False)
-        calls = [("call_n1", "get_weather", arguments)]
-        pieces = function_call_events(*calls[0])
-    else:
-        pieces, _, calls = tool_call_stream()
+    pieces, calls = function_call_script(mode)
     sdk = client(gw.url + "/v1")
     try:
         with trio.fail_after(20):
@@ -279,23 +304,14 @@ async def test_function_call_round_trip(start_gateway, fake: FakeOpenAI, mode: s
     assert answer.output_text == tokens_text(2)
     upstream = upstream_for(fake, "answer").body
     if mode == "native":
-        kept = [
-            (i["type"], i.get("call_id"), i.get("arguments") or i.get("output"))
-            for i in upstream["input"]
-            if i.get("type") in ("function_call", "function_call_output")
-        ]
-        assert kept == [
-            ("function_call", "call_n1", arguments),
+        assert function_call_items(upstream) == [
+            ("function_call", "call_n1", NATIVE_ARGUMENTS),
             ("function_call_output", "call_n1", "out 0"),
         ]
     else:
         messages = upstream["messages"]
         assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
-        sent_calls = [
-            (c["id"], c["function"]["name"], c["function"]["arguments"])
-            for c in messages[1]["tool_calls"]
-        ]
-        assert sent_calls == calls
+        assert tool_calls_sent(messages[1]) == calls
         assert [(m["tool_call_id"], m["content"]) for m in messages[2:]] == [
             ("call_a", "out 0"),
             ("call_b", "out 1"),

@@ -20,7 +20,6 @@ method for any client event, which sends unknown keys as given.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +37,15 @@ from openai.types.responses.responses_server_event import (
 
 from gateway.testing.fake_openai import FakeOpenAI
 
-from .scripts import tokens_text, tool_call_stream
-from .test_responses_sdk import MODES, WEATHER_TOOL, function_call_events
+from .scripts import tokens_text
+from .test_responses_sdk import (
+    MODES,
+    NATIVE_ARGUMENTS,
+    WEATHER_TOOL,
+    function_call_items,
+    function_call_script,
+    tool_calls_sent,
+)
 from .test_responses_sdk import said as said_in
 
 Answers = list[list[ResponsesServerEvent]]
@@ -186,12 +192,7 @@ async def test_function_call_round_trip_on_one_socket(
     a chat stream with two parallel calls in odd pieces); the application answers on the
     same socket with ``function_call_output`` items and ``previous_response_id``."""
     gw = await start_gateway(backend=MODES[mode])
-    if mode == "native":
-        arguments = json.dumps({"city": "Zürich"}, ensure_ascii=False)
-        calls = [("call_n1", "get_weather", arguments)]
-        pieces = function_call_events(*calls[0])
-    else:
-        pieces, _, calls = tool_call_stream()
+    pieces, calls = function_call_script(mode)
 
     # function_call_events' usage predates a field the SDK's models now require
     # (input_tokens_details.cache_write_tokens); passthrough relays it as scripted.
@@ -237,13 +238,8 @@ async def test_function_call_round_trip_on_one_socket(
     assert "previous_response_id" not in second
     if mode == "native":
         assert first["tools"] == [WEATHER_TOOL]
-        kept = [
-            (i["type"], i.get("call_id"), i.get("arguments") or i.get("output"))
-            for i in second["input"]
-            if i.get("type") in ("function_call", "function_call_output")
-        ]
-        assert kept == [
-            ("function_call", "call_n1", arguments),
+        assert function_call_items(second) == [
+            ("function_call", "call_n1", NATIVE_ARGUMENTS),
             ("function_call_output", "call_n1", "out get_weather"),
         ]
         assert said(second) == ["Weather and a file?"]
@@ -252,11 +248,7 @@ async def test_function_call_round_trip_on_one_socket(
         messages = second["messages"]
         assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
         assert messages[0]["content"] == "Weather and a file?"
-        sent_calls = [
-            (c["id"], c["function"]["name"], c["function"]["arguments"])
-            for c in messages[1]["tool_calls"]
-        ]
-        assert sent_calls == calls
+        assert tool_calls_sent(messages[1]) == calls
         assert [(m["tool_call_id"], m["content"]) for m in messages[2:]] == [
             ("call_a", "out get_weather"),
             ("call_b", "out read_file"),
