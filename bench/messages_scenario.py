@@ -40,7 +40,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,18 @@ VARIANTS = MESSAGES.variants
 DIRECT_OF = MESSAGES.direct_of
 
 
+class Column(Protocol):
+    """A variant as a table column reads it (:class:`Variant`, ``ws_scenario.Transport``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+
+
+V = TypeVar("V", bound=Column)
+
+
 class Measure(Protocol):
     """Runs one load generator scenario against the target; returns its JSON result."""
 
@@ -123,9 +135,8 @@ def run_messages(
     if not variants:
         log(f"  {scenario.key}: no variants for {target}; skipped")
         return {}
-    order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
     out: dict[str, Any] = {}
-    for v in order:
+    for v in _rotation(variants, repeat):
         how = ("--path", v.path, "--dialect", v.dialect, "--model", v.model)
         if repeat == 0:  # first use of a path: imports, pools, the translator's first run
             measure("stream", *how, "--count", "2", "--tokens", "4")
@@ -156,6 +167,15 @@ def run_messages(
             f"{'pass' if load['passed'] else 'FAIL'}"
         )
     return out
+
+
+# _rotation, _median, _f, _pair, _minus, _ratio, _columns and _markdown (and Measure and
+# Column above) serve ws_scenario (scenario 8) too; _f serves report.py.
+
+
+def _rotation(variants: tuple[V, ...], repeat: int) -> tuple[V, ...]:
+    """The variants in repeat ``repeat``'s order: each repeat starts one later."""
+    return variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -213,16 +233,34 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or not b else f"{a / b:.2f}×"
 
 
+def _columns(
+    summary: dict[str, Any], key: str, variants: dict[str, tuple[V, ...]]
+) -> list[tuple[str, V]]:
+    """A table's columns: each (target, variant) with numbers under ``key`` in ``summary``,
+    in ``variants``' order."""
+    return [
+        (target, v)
+        for target in variants
+        for v in variants[target]
+        if v.name in summary.get(target, {}).get(key, {})
+    ]
+
+
+def _markdown(title: str, columns: Sequence[tuple[str, Column]], rows: list[list[str]]) -> str:
+    """A scenario's table in Markdown: a head of ``title`` and each column's target and
+    variant, then ``rows`` (a label and a cell per column each)."""
+    heads = (f"{'direct' if t == 'direct' else 'trio-gateway'}: {v.label}" for t, v in columns)
+    header = [title, *heads]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def messages_table(raw: dict[str, Any], scenario: DialectScenario = MESSAGES) -> str:
     """The scenario's table (6's by default), or ``""`` when the run had no numbers for it."""
     s = raw["summary"]
     key = scenario.key
-    columns = [
-        (target, v)
-        for target in scenario.variants
-        for v in scenario.variants[target]
-        if v.name in s.get(target, {}).get(key, {})
-    ]
+    columns = _columns(s, key, scenario.variants)
     if not columns:
         return ""
     plan = raw["plan"]
@@ -291,11 +329,4 @@ def messages_table(raw: dict[str, Any], scenario: DialectScenario = MESSAGES) ->
         "   runs with every delta, in order, no gap > 200 ms (max silence, ms)",
         lambda t, n, c: f"{c['load_passed']} of {c['load_runs']} ({_f(c['load_max_silence'], 1)})",
     )
-
-    def head(target: str, v: Variant) -> str:
-        return f"{'direct' if target == 'direct' else 'trio-gateway'}: {v.label}"
-
-    header = [f"scenario {scenario.number}: {scenario.title}", *(head(t, v) for t, v in columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return _markdown(f"scenario {scenario.number}: {scenario.title}", columns, rows)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from messages_scenario import DIALECT_SCENARIOS, messages_table
+from messages_scenario import DIALECT_SCENARIOS, _f, messages_table
 from ws_scenario import websocket_table
 
 ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
@@ -32,14 +32,6 @@ COLORS = {
     "quart-floor": "#9467bd",
     "httpx-floor": "#8c564b",
 }
-
-
-def _f(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
 
 
 def _added(value: float | None, base: float | None) -> float | None:

@@ -35,10 +35,22 @@ A turn's events are the same in both transports — an SSE event or a text frame
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# Scenarios 6 and 7's measuring and table helpers, the same here.
+from messages_scenario import (
+    Measure,
+    _columns,
+    _f,
+    _markdown,
+    _median,
+    _minus,
+    _pair,
+    _ratio,
+    _rotation,
+)
 
 KEY = "websocket"
 NUMBER = 8
@@ -66,12 +78,6 @@ VARIANTS: dict[str, tuple[Transport, ...]] = {
 }
 
 
-class Measure(Protocol):
-    """Runs one load generator scenario against the target; returns its JSON result."""
-
-    def __call__(self, scenario: str, *args: str) -> dict[str, Any]: ...
-
-
 class PlanLike(Protocol):
     """The harness's ``Plan``, as far as this scenario reads it."""
 
@@ -95,9 +101,8 @@ def run_websocket(
     if not variants:
         log(f"  {KEY}: no variants for {target}; skipped")
         return {}
-    order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
     out: dict[str, Any] = {}
-    for v in order:
+    for v in _rotation(variants, repeat):
         how = ["--path", PATH, "--dialect", "responses", "--model", v.model]
         how += ["--transport", v.transport, *(["--deflate"] if v.deflate else [])]
         if repeat == 0:  # first use of a path: imports, pools, the first socket
@@ -127,11 +132,6 @@ def run_websocket(
             f"{'pass' if load['passed'] else 'FAIL'}"
         )
     return out
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 4) if present else None
 
 
 def _broken(r: dict[str, Any]) -> int:
@@ -183,38 +183,10 @@ def summarize_websocket(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
-
-
-def _pair(a: float | None, b: float | None, sign: bool = False) -> str:
-    def one(v: float | None) -> str:
-        return ("+" if sign and v is not None and v >= 0 else "") + _f(v)
-
-    return f"{one(a)} / {one(b)}".replace("+-", "−")
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "—" if a is None or not b else f"{a / b:.2f}×"
-
-
 def websocket_table(raw: dict[str, Any]) -> str:
     """Scenario 8's table, or ``""`` when the run had no numbers for it."""
     s = raw["summary"]
-    columns = [
-        (target, v)
-        for target in VARIANTS
-        for v in VARIANTS[target]
-        if v.name in s.get(target, {}).get(KEY, {})
-    ]
+    columns = _columns(s, KEY, VARIANTS)
     if not columns:
         return ""
     plan = raw["plan"]
@@ -225,6 +197,14 @@ def websocket_table(raw: dict[str, Any]) -> str:
     def row(label: str, fn: Callable[[str, dict[str, Any]], str]) -> None:
         """``fn(target, the variant's summary)`` gives each column's cell."""
         rows.append([label, *(fn(t, s[t][KEY][v.name]) for t, v in columns)])
+
+    def quantiles(key: str) -> Callable[[str, dict[str, Any]], str]:
+        """The column's ``key`` p50 / p99."""
+        return lambda t, c: _pair(c[f"{key}_p50"], c[f"{key}_p99"])
+
+    def whole(key: str) -> Callable[[str, dict[str, Any]], str]:
+        """The column's ``key``, to the unit."""
+        return lambda t, c: _f(c[key], 0)
 
     def added(key: str) -> Callable[[str, dict[str, Any]], str]:
         def cell(t: str, c: dict[str, Any]) -> str:
@@ -250,43 +230,31 @@ def websocket_table(raw: dict[str, Any]) -> str:
         f"one connection, {plan.get('ws_turns', '?')} turns × {plan['stream_tokens']} deltas "
         "@ 20 ms one after another"
     )
-    row(
-        f"{one}: turn latency p50 / p99 ms (request sent → response.completed)",
-        lambda t, c: _pair(c["turn_p50"], c["turn_p99"]),
-    )
+    row(f"{one}: turn latency p50 / p99 ms (request sent → response.completed)", quantiles("turn"))
     row("   added turn latency vs direct SSE p50 / p99 ms", added("turn"))
-    row("   first event p50 / p99 ms", lambda t, c: _pair(c["ttft_p50"], c["ttft_p99"]))
+    row("   first event p50 / p99 ms", quantiles("ttft"))
     row(
         "   first content delta p50 / p99 ms (upstream: 20 ms after its first event)",
-        lambda t, c: _pair(c["content_p50"], c["content_p99"]),
+        quantiles("content"),
     )
     row("   added first content delta vs direct SSE p50 / p99 ms", added("content"))
-    row(
-        "   inter-delta p50 / p99 ms (upstream: 20 ms)",
-        lambda t, c: _pair(c["inter_p50"], c["inter_p99"]),
-    )
+    row("   inter-delta p50 / p99 ms (upstream: 20 ms)", quantiles("inter"))
     row(
         "   deltas coalesced into one read / deltas (missing; turns broken)",
         lambda t, c: f"{c['coalesced']} / {c['deltas']} ({c['missing']}; {c['broken']})",
     )
-    row("   server CPU per event, µs", lambda t, c: _f(c["cpu_us_event"], 0))
-    row("   server CPU per content delta, µs", lambda t, c: _f(c["cpu_us_delta"], 0))
+    row("   server CPU per event, µs", whole("cpu_us_event"))
+    row("   server CPU per content delta, µs", whole("cpu_us_delta"))
     row("   CPU per event ÷ the gateway's SSE", versus_sse("cpu_us_event"))
     load = (
         f"{plan['messages_streams']} connections × {plan.get('ws_load_turns', '?')} turns × "
         f"{plan['sustain_tokens']} deltas @ 20 ms, started over 1 s"
     )
-    row(
-        f"{load}: server CPU per event the client got, µs",
-        lambda t, c: _f(c["load_cpu_us_event"], 0),
-    )
-    row("   server CPU per content delta, µs", lambda t, c: _f(c["load_cpu_us_delta"], 0))
-    row("   server CPU, % of one core", lambda t, c: _f(c["load_cpu_pct"], 0))
+    row(f"{load}: server CPU per event the client got, µs", whole("load_cpu_us_event"))
+    row("   server CPU per content delta, µs", whole("load_cpu_us_delta"))
+    row("   server CPU, % of one core", whole("load_cpu_pct"))
     row("   CPU per event ÷ the gateway's SSE", versus_sse("load_cpu_us_event"))
-    row(
-        "   turn latency p50 / p99 ms",
-        lambda t, c: _pair(c["load_turn_p50"], c["load_turn_p99"]),
-    )
+    row("   turn latency p50 / p99 ms", quantiles("load_turn"))
     row(
         "   runs with every turn whole, in order, no gap > 200 ms (max silence ms; turns broken)",
         lambda t, c: (
@@ -302,11 +270,4 @@ def websocket_table(raw: dict[str, Any]) -> str:
             else f"{_f(c['handshake_p50'])} ({', '.join(c['extensions']) or 'none'})"
         ),
     )
-
-    def head(target: str, v: Transport) -> str:
-        return f"{'direct' if target == 'direct' else 'trio-gateway'}: {v.label}"
-
-    header = [f"scenario {NUMBER}: {TITLE}", *(head(t, v) for t, v in columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return _markdown(f"scenario {NUMBER}: {TITLE}", columns, rows)
