@@ -46,13 +46,23 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-from loadgen_conn import BODIES, Conn, Pool, PoolConn, StreamRecord, build_request, summary_ms
+from loadgen_conn import (
+    BODIES,
+    Conn,
+    Make,
+    Pool,
+    PoolConn,
+    StreamRecord,
+    build_request,
+    summary_ms,
+)
 from loadgen_ws import WSConn, create_message
 from upstream import install_uvloop, raise_nofile
 
 now = time.perf_counter
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- scenarios
@@ -101,6 +111,58 @@ def _per_delta(
         if deltas
         else None
     }
+
+
+def _times(n: int, item: T) -> Callable[[], T | None]:
+    """A ``next_request``/``next_turn``: ``item`` on each of the first ``n`` calls, then
+    ``None``."""
+    left = n
+
+    def nxt() -> T | None:
+        nonlocal left
+        if left <= 0:
+            return None
+        left -= 1
+        return item
+
+    return nxt
+
+
+async def _open_over(pool: Pool, count: int, ramp: float, make: Callable[[], Make]) -> None:
+    """Open ``count`` connections (each ``make()``'s) started evenly over ``ramp`` seconds;
+    return once every one has connected or failed to."""
+    start = now()
+    opens = []
+    for i in range(count):
+        delay = start + ramp * i / count - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        opens.append(asyncio.ensure_future(pool.open(make())))
+    await asyncio.gather(*opens)
+
+
+def _longest_silence(record: StreamRecord) -> float:
+    """The longest wait of a stream: from its request to its first event, or between two
+    events (infinite: none came)."""
+    marks = [record.sent, *record.events]
+    return max((b - a for a, b in itertools.pairwise(marks)), default=float("inf"))
+
+
+def _passed(
+    result: dict[str, Any], finished: bool, all_there: bool, worst: float, max_gap: float
+) -> bool:
+    """Whether a load run passed: it finished in time with ``all_there`` (every stream it
+    meant to run), none failed, missed a delta, reordered or broke off, and no silence
+    (``worst``, s) was over ``max_gap`` ms."""
+    return bool(
+        finished
+        and all_there
+        and result["failed"] == 0
+        and result["missing"] == 0
+        and result["reordered"] == 0
+        and result["incomplete"] == 0
+        and worst * 1000 <= max_gap
+    )
 
 
 async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,6 +220,20 @@ def _never(_: StreamRecord) -> None:
     raise AssertionError("no streams in this scenario")
 
 
+def _measured(
+    records: list[StreamRecord],
+    expected_tokens: int,
+    before: dict[str, float] | None,
+    after: dict[str, float] | None,
+) -> dict[str, Any]:
+    """:func:`_stream_result`, and the server's CPU between ``before`` and ``after`` per
+    event and per content delta."""
+    result = _stream_result(records, expected_tokens)
+    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
+    result.update(_per_delta(before, after, records))
+    return result
+
+
 def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[str, Any]:
     ttft: list[float] = []
     first_content: list[float] = []
@@ -191,14 +267,7 @@ def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[st
 async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     request = _request(args, True)
     records: list[StreamRecord] = []
-    remaining = args.count
-
-    def next_request() -> tuple[bytes, bool] | None:
-        nonlocal remaining
-        if remaining <= 0:
-            return None
-        remaining -= 1
-        return request, True
+    next_request = _times(args.count, (request, True))
 
     before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port)
@@ -210,9 +279,7 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
     finished = await pool.wait_closed(timeout)
     after = _proc_sample(args.pid) if args.pid else None
-    result = _stream_result(records, args.tokens)
-    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
-    result.update(_per_delta(before, after, records))
+    result = _measured(records, args.tokens, before, after)
     result.update(
         scenario="stream",
         concurrency=args.concurrency,
@@ -233,39 +300,16 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     request = _request(args, True)
     records: list[StreamRecord] = []
 
-    def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
-        sent = False
-
-        def next_request() -> tuple[bytes, bool] | None:
-            nonlocal sent
-            if sent:
-                return None
-            sent = True
-            return request, True
-
-        return next_request
+    def make() -> Make:
+        return partial(_idle_conn, Conn, _times(1, (request, True)), records)
 
     before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port, opening=256)
-    start = now()
-    opens = []
-    for i in range(args.streams):
-        delay = start + args.ramp * i / args.streams - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        opens.append(
-            asyncio.ensure_future(pool.open(partial(_idle_conn, Conn, one_shot(), records)))
-        )
-    await asyncio.gather(*opens)
+    await _open_over(pool, args.streams, args.ramp, make)
     finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
     after = _proc_sample(args.pid) if args.pid else None
-    silences: list[float] = []
-    for r in records:
-        marks = [r.sent, *r.events]
-        silences.append(max((b - a for a, b in itertools.pairwise(marks)), default=float("inf")))
-    result = _stream_result(records, args.tokens)
-    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
-    result.update(_per_delta(before, after, records))
+    silences = [_longest_silence(r) for r in records]
+    result = _measured(records, args.tokens, before, after)
     worst = max(silences, default=float("inf"))
     lost = args.streams - len(records)
     result.update(
@@ -279,15 +323,7 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
         errors=pool.errors,
         finished=finished,
     )
-    result["passed"] = bool(
-        finished
-        and lost == 0
-        and result["failed"] == 0
-        and result["missing"] == 0
-        and result["reordered"] == 0
-        and result["incomplete"] == 0
-        and worst * 1000 <= args.max_gap
-    )
+    result["passed"] = _passed(result, finished, lost == 0, worst, args.max_gap)
     return result
 
 
@@ -319,23 +355,13 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             if self._record is not None and self._record is not before:
                 live.append(self._record)
 
-    def one_shot() -> Callable[[], tuple[bytes, bool] | None]:
-        sent = False
-
-        def next_request() -> tuple[bytes, bool] | None:
-            nonlocal sent
-            if sent:
-                return None
-            sent = True
-            return request, True
-
-        return next_request
-
     base = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port, opening=args.opening)
     start = now()
     opens = [
-        asyncio.ensure_future(pool.open(partial(_idle_conn, IdleConn, one_shot(), records)))
+        asyncio.ensure_future(
+            pool.open(partial(_idle_conn, IdleConn, _times(1, (request, True)), records))
+        )
         for _ in range(args.streams)
     ]
     await asyncio.gather(*opens)
@@ -419,24 +445,8 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
     message = create_message(body)
 
     def make(closed: Callable[[PoolConn, str | None], None]) -> PoolConn:
-        left = args.turns
         if args.transport == "sse":
-
-            def next_request() -> tuple[bytes, bool] | None:
-                nonlocal left
-                if left <= 0:
-                    return None
-                left -= 1
-                return request, True
-
-            return Conn(next_request, _never_unary, records.append, closed)
-
-        def next_turn() -> str | None:
-            nonlocal left
-            if left <= 0:
-                return None
-            left -= 1
-            return message
+            return Conn(_times(args.turns, (request, True)), _never_unary, records.append, closed)
 
         def handshake(seconds: float) -> None:
             handshakes.append(seconds)
@@ -448,7 +458,7 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
             args.path,
             args.key,
             args.deflate,
-            next_turn,
+            _times(args.turns, message),
             records.append,
             handshake,
             closed,
@@ -457,25 +467,13 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
 
     before = _proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port, opening=256)
-    start = now()
-    opens = []
-    for i in range(args.connections):
-        delay = start + args.ramp * i / args.connections - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        opens.append(asyncio.ensure_future(pool.open(make)))
-    await asyncio.gather(*opens)
+    await _open_over(pool, args.connections, args.ramp, lambda: make)
     turn_s = (args.tokens + 8) * args.gap / 1000
     finished = await pool.wait_closed(args.ramp + args.turns * turn_s * 2 + 30)
     after = _proc_sample(args.pid) if args.pid else None
     turn_times = [r.ended - r.sent for r in records if r.ended is not None and not r.errors]
-    silences = [
-        max((b - a for a, b in itertools.pairwise([r.sent, *r.events])), default=float("inf"))
-        for r in records
-    ]
-    result = _stream_result(records, args.tokens)
-    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
-    result.update(_per_delta(before, after, records))
+    silences = [_longest_silence(r) for r in records]
+    result = _measured(records, args.tokens, before, after)
     worst = max(silences, default=float("inf"))
     expected = args.connections * args.turns
     result.update(
@@ -503,15 +501,7 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
         errors=pool.errors,
         finished=finished,
     )
-    result["passed"] = bool(
-        finished
-        and len(records) == expected
-        and result["failed"] == 0
-        and result["missing"] == 0
-        and result["reordered"] == 0
-        and result["incomplete"] == 0
-        and worst * 1000 <= args.max_gap
-    )
+    result["passed"] = _passed(result, finished, len(records) == expected, worst, args.max_gap)
     return result
 
 
