@@ -227,9 +227,25 @@ class StreamRecord:
 
 class PoolConn(asyncio.Protocol):
     """What a :class:`Pool` opens: a protocol that reports its close to the pool, and that
-    the pool may hand a ``reopen`` (an HTTP :class:`Conn` or ``loadgen_ws.WSConn``)."""
+    the pool may hand a ``reopen`` (an HTTP :class:`Conn` or ``loadgen_ws.WSConn``). Each
+    sets ``_transport`` once connected, ``_ended`` once its work is done, and ``_error``
+    to why it failed."""
 
     reopen: Callable[[], None] | None = None
+    _transport: asyncio.Transport | None
+    _error: str | None
+    _ended: bool
+
+    def _fail(self, reason: str) -> None:
+        self._error = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _note_loss(self, exc: Exception | None) -> None:
+        """Why the connection was lost (in ``connection_lost``), unless its work was done
+        or it failed already."""
+        if not self._ended and self._error is None:
+            self._error = f"connection lost: {exc!r}" if exc else "connection closed by peer"
 
 
 class Conn(PoolConn):
@@ -346,14 +362,8 @@ class Conn(PoolConn):
         if tokens_here > 1:
             record.coalesced += tokens_here - 1
 
-    def _fail(self, reason: str) -> None:
-        self._error = reason
-        if self._transport is not None:
-            self._transport.abort()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._ended and self._error is None:
-            self._error = f"connection lost: {exc!r}" if exc else "connection closed by peer"
+        self._note_loss(exc)
         if self._record is not None and not self._ended:
             self._record.errors.append(self._error or "lost")
             self._on_stream(self._record)

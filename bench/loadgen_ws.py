@@ -187,14 +187,8 @@ class WSConn(PoolConn):
         self._read_tokens = 0
         self._write(self._ws.send(TextMessage(data=text)))
 
-    def _fail(self, reason: str) -> None:
-        self._error = reason
-        if self._transport is not None:
-            self._transport.abort()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._ended and self._error is None:
-            self._error = f"connection lost: {exc!r}" if exc else "connection closed by peer"
+        self._note_loss(exc)
         if self._record is not None:
             self._record.errors.append(self._error or "lost")
             self._on_stream(self._record)
