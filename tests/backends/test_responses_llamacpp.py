@@ -17,6 +17,7 @@ gemma template under ``--no-jinja``). Tests that read its slot wait for it to be
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,40 @@ async def gateway(
     await wait_until((lambda: gw.backend.server_info is not None), within=10)
     assert gw.backend.slots.total == 1
     return gw
+
+
+@dataclass
+class LongStream:
+    """:data:`LONG` streaming through the gateway in the one slot."""
+
+    scope: trio.CancelScope  # cancelled: its client hangs up
+    deltas: int = 0  # content deltas its client got so far
+    task: int = -1  # the id of its task in the slot
+
+
+async def hold_the_slot(
+    nursery: trio.Nursery,
+    client: httpx.AsyncClient,
+    gateway: RunningGateway,
+    server: httpx.AsyncClient,
+) -> LongStream:
+    """Start :data:`LONG` through ``client`` (the gateway's) in ``nursery``; return once its
+    first content delta came, the slot the backend's own."""
+    first = LongStream(trio.CancelScope())
+
+    async def first_request() -> None:
+        with first.scope:
+            async with open_events(client, "/v1/responses", LONG) as (response, events):
+                assert response.status_code == 200
+                async for event in events:
+                    if event.startswith(b"event: response.output_text.delta"):
+                        first.deltas += 1
+
+    nursery.start_soon(first_request)
+    await wait_until((lambda: first.deltas > 0), within=60)
+    assert gateway.backend.slots.own == 1
+    first.task = await slot_task(server)
+    return first
 
 
 def _parse(event: bytes) -> dict[str, Any]:
@@ -371,22 +406,7 @@ async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_s
     long_prompt = count.json()["input_tokens"]
     before = await metrics(server)
     async with gateway.client() as client, trio.open_nursery() as nursery:
-        first_scope = trio.CancelScope()
-        first_deltas = 0
-
-        async def first_request() -> None:
-            nonlocal first_deltas
-            with first_scope:
-                async with open_events(client, "/v1/responses", LONG) as (response, events):
-                    assert response.status_code == 200
-                    async for event in events:
-                        if event.startswith(b"event: response.output_text.delta"):
-                            first_deltas += 1
-
-        nursery.start_soon(first_request)
-        await wait_until((lambda: first_deltas > 0), within=60)
-        assert backend.slots.own == 1
-        first_task = await slot_task(server)
+        first = await hold_the_slot(nursery, client, gateway, server)
 
         async with (
             gateway.client(timeout=httpx.Timeout(30.0, read=2.0)) as queued_client,
@@ -408,20 +428,20 @@ async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_s
             # Counted as heartbeats (the count follows the write the client already read).
             await wait_until((lambda: entry.heartbeats >= 6), within=INTERVAL)
             assert (await metrics(server))["llamacpp:requests_deferred"] == 0
-            assert await slot_task(server) == first_task
+            assert await slot_task(server) == first.task
         # hung up
         await wait_until((lambda: backend.slots.waiting == 0), within=1)
         await wait_until((lambda: entry.outcome is not None), within=1)
         assert entry.outcome == "client_gone" and entry.disconnect_phase == "connecting"
 
-        first_scope.cancel()  # the first client hangs up too: the slot frees
+        first.scope.cancel()  # the first client hangs up too: the slot frees
     await wait_until(lambda: slot_idle(server), within=10)
     await wait_until((lambda: backend.slots.own == 0), within=1)
     # Two more polls see the slot free: a request still waiting anywhere would be sent now.
     for _ in range(2):
         await next_poll(backend)
     assert await slot_idle(server)
-    assert await slot_task(server) == first_task  # no task ran in the slot after the first
+    assert await slot_task(server) == first.task  # no task ran in the slot after the first
     after = await metrics(server)
     assert after["llamacpp:requests_deferred"] == 0
     evaluated = sum(
@@ -431,6 +451,6 @@ async def test_queued_request_hears_comments_and_its_hang_up_never_reaches_the_s
     assert evaluated == long_prompt
     gaps = [b - a for a, b in zip([started, *beats], beats, strict=False)]
     print(
-        f"\nqueued behind {first_deltas} deltas: 6 comments, gaps {min(gaps):.3f}-{max(gaps):.3f} s"
+        f"\nqueued behind {first.deltas} deltas: 6 comments, gaps {min(gaps):.3f}-{max(gaps):.3f} s"
     )
     assert all(g < INTERVAL + 1.0 for g in gaps[1:]), gaps

@@ -35,10 +35,10 @@ from .llamacpp_fixtures import (
 from .test_responses_llamacpp import (
     ASK,
     INTERVAL,
-    LONG,
     MAX_OUTPUT,
     _run_dependent,
     gateway,  # noqa: F401  (fixture)
+    hold_the_slot,
 )
 
 ENDS = ("response.completed", "response.incomplete", "response.failed", "error")
@@ -208,22 +208,7 @@ async def test_a_turn_waiting_for_the_slot_hears_pings_at_the_routes_interval(
     backend = gateway.backend
     queued = {**ASK, "input": "A different question about owls."}
     async with gateway.client() as client, trio.open_nursery() as nursery:
-        first_scope = trio.CancelScope()
-        first_deltas = 0
-
-        async def first_request() -> None:
-            nonlocal first_deltas
-            with first_scope:
-                async with open_events(client, "/v1/responses", LONG) as (response, events):
-                    assert response.status_code == 200
-                    async for event in events:
-                        if event.startswith(b"event: response.output_text.delta"):
-                            first_deltas += 1
-
-        nursery.start_soon(first_request)
-        await wait_until((lambda: first_deltas > 0), within=60)
-        assert backend.slots.own == 1
-        first_task = await slot_task(server)
+        first = await hold_the_slot(nursery, client, gateway, server)
 
         ws = await WSClient.connect(gateway.url)
         received: list[dict[str, Any]] = []
@@ -244,10 +229,10 @@ async def test_a_turn_waiting_for_the_slot_hears_pings_at_the_routes_interval(
         assert entry.phase == "connecting" and entry.first_byte_at is None
         assert entry.heartbeats >= 6  # the pings are the turn's heartbeats
         assert (await metrics(server))["llamacpp:requests_deferred"] == 0
-        assert await slot_task(server) == first_task
+        assert await slot_task(server) == first.task
         pings = list(ws.pings)
 
-        first_scope.cancel()  # the long stream's client hangs up: the slot frees
+        first.scope.cancel()  # the long stream's client hangs up: the slot frees
         with trio.fail_after(60):
             await done.wait()
     await ws.close()
@@ -258,7 +243,7 @@ async def test_a_turn_waiting_for_the_slot_hears_pings_at_the_routes_interval(
     final = received[-1]["response"]
     assert final["usage"]["input_tokens"] == await _input_tokens(server, queued["input"])
     await wait_until(lambda: slot_idle(server), within=10)
-    assert await slot_task(server) != first_task  # the queued turn ran in the slot
+    assert await slot_task(server) != first.task  # the queued turn ran in the slot
     gaps = [b - a for a, b in zip([sent_at, *pings], pings, strict=False)]
     print(f"\n{len(pings)} pings while queued, gaps {min(gaps):.3f}-{max(gaps):.3f} s")
     # A ping after every INTERVAL of silence: none sooner, none much later.
