@@ -356,3 +356,25 @@ async def test_an_upstream_failing_mid_response_is_response_failed_then_the_next
     assert failed[-1]["type"] == "response.failed"
     assert failed[-1]["response"]["error"]["code"] == "server_error"
     assert good[-1]["type"] == "response.completed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_stored_turn_is_found_over_http_and_continued_there(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "fake": {"tokens": 2}})
+    response = (await ws.events_until_end())[-1]["response"]
+    await ws.close()
+    async with gw.client() as client:
+        stored = await client.get(f"/v1/responses/{response['id']}")
+        continued = await client.post(
+            "/v1/responses",
+            json={"model": "m", "input": "More", "previous_response_id": response["id"]},
+        )
+    assert stored.status_code == 200 and stored.json() == response
+    assert continued.status_code == 200
+    sent = fake.requests[-1].body
+    history = sent["input"] if mode == "native" else sent["messages"]
+    assert len(history) == 3  # the socket's turn, its answer, and the new input
