@@ -94,6 +94,10 @@ class SocketTurn:
     connection_id: str
     last: LastResponse
     on_begin: OnBegin
+    generate: bool = True
+    """``False``: a warm-up (``generate: false``): the turn is checked, routed, authorized
+    and answered with a completed response with no output, which the next turn may continue
+    (with its input); no backend is asked."""
 
 
 class Prepare(Protocol):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -30,6 +31,8 @@ from hypercorn.typing import (
 
 from .abc import JSONObject
 from .client_request import ClientRequest, Serve, SocketTurn
+from .dialects.responses import warm_up_stream
+from .dialects.responses_answer import warm_up_response
 from .errors import (
     BodyTooLarge,
     GatewayError,
@@ -181,6 +184,8 @@ class ProxyApp:
             keepalive_events=keepalive.responses == "event" and socket is None,
         )
         keep = conversation.keeper(body, history) if request.endpoint == "responses" else None
+        if socket is not None and not socket.generate:
+            return partial(self._warm_up, request, body, keep, socket.connection_id)
         if teams is not None and identity is not None:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
 
@@ -245,6 +250,46 @@ class ProxyApp:
                     upstream.release()
 
         return serve
+
+    async def _warm_up(
+        self,
+        request: ClientRequest,
+        body: JSONObject,
+        keep: Callable[[JSONObject], Awaitable[None]] | None,
+        connection: str,
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable,
+    ) -> None:
+        """Answer a WebSocket warm-up (:attr:`SocketTurn.generate` false) with its two
+        events, the response kept (and stored, unless ``store: false``) as any other."""
+        del receive  # nothing to wait for: the answer is made here
+        response = warm_up_response(
+            body,
+            response_id="resp_" + uuid.uuid4().hex,
+            model=request.model or "",
+            created_at=int(time.time()),
+        )
+        if keep is not None:
+            await keep(response)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send(
+            {"type": "http.response.body", "body": warm_up_stream(response), "more_body": False}
+        )
+        self.gateway.telemetry.on_answered(
+            route=request.route,
+            endpoint=request.endpoint,
+            status=200,
+            fields={
+                "request_id": request.request_id,
+                "connection": connection,
+                "method": request.method,
+                "path": request.path,
+                "model": request.model,
+                "warm_up": True,
+                "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
+                **Identity.log_fields_of(request.identity),
+            },
+        )
 
     async def _read_body(self, request: ClientRequest, receive: ASGIReceiveCallable) -> bytes:
         declared = request.headers.get("content-length", "")

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from typing import cast
 
 import trio
@@ -265,21 +266,23 @@ class _Socket:
             # The key again, each turn: one a config reload removed is refused from then on.
             teams = self.gateway.auth
             request.identity = teams.authenticate(self.headers) if teams is not None else None
-            body = create_body(text)
+            body, envelope = create_body(text)
             if self.gateway.draining:
                 raise ShuttingDown("the gateway is shutting down")
             serve = await self.endpoint.prepare(
-                request, body, SocketTurn(self.id, self.last, self._begin)
+                request, body, SocketTurn(self.id, self.last, self._begin, envelope.generate)
             )
         except GatewayError as error:
-            await self._answer_error(request, error)
+            await self._answer_error(request, error, _stream_id_of(text))
             return
         except Exception:
             log.exception("unhandled error on a WebSocket turn (%s)", self.id)
-            await self._answer_error(request, GatewayError("internal error in the gateway"))
+            internal = GatewayError("internal error in the gateway")
+            await self._answer_error(request, internal, _stream_id_of(text))
             return
         try:
-            await serve(cast(ASGISendCallable, _TurnSend(self)), self._wait_gone)
+            send = _TurnSend(self, envelope.stream_id)
+            await serve(cast(ASGISendCallable, send), self._wait_gone)
         finally:
             self._entry = None
 
@@ -294,9 +297,14 @@ class _Socket:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def _answer_error(self, request: ClientRequest, error: GatewayError) -> None:
+    async def _answer_error(
+        self, request: ClientRequest, error: GatewayError, stream_id: str | None = None
+    ) -> None:
+        event = socket_error(error)
+        if stream_id is not None:
+            event["stream_id"] = stream_id
         try:
-            await self.send_frame(json.dumps(socket_error(error)))
+            await self.send_frame(json.dumps(event))
         except trio.BrokenResourceError:
             return
         finally:
@@ -407,10 +415,11 @@ class _TurnSend:
     ``data`` is one text frame; SSE comments (upstream ones) have no frame. Any other
     status is an error answer, sent as the socket's ``error`` event with that status."""
 
-    __slots__ = ("_error", "_framer", "_headers", "_socket", "_status")
+    __slots__ = ("_error", "_framer", "_headers", "_socket", "_status", "_stream_id")
 
-    def __init__(self, socket: _Socket) -> None:
+    def __init__(self, socket: _Socket, stream_id: str | None = None) -> None:
         self._socket = socket
+        self._stream_id = stream_id
         self._framer = SSEFramer()
         self._status = 200
         self._headers: list[tuple[bytes, bytes]] = []
@@ -425,12 +434,37 @@ class _TurnSend:
         if self._status == 200:
             for event in self._framer.feed(body):
                 if event.data is not None:
-                    await self._socket.send_frame(event.data)
+                    await self._socket.send_frame(self._laned(event.data))
             return
         self._error += body
         if not message.get("more_body", False):
             error = _error_event(self._status, self._headers, self._error)
+            if self._stream_id is not None:
+                error["stream_id"] = self._stream_id
             await self._socket.send_frame(json.dumps(error))
+
+    def _laned(self, data: str) -> str:
+        """``data`` with the turn's ``stream_id``, when it has one (an event's JSON object
+        is read and written again only then)."""
+        if self._stream_id is None:
+            return data
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return data
+        if not isinstance(doc, dict):
+            return data
+        return json.dumps({**doc, "stream_id": self._stream_id}, ensure_ascii=False)
+
+
+def _stream_id_of(text: str) -> str | None:
+    """The ``stream_id`` of a message that could not be taken, if one can be read."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    stream_id = doc.get("stream_id") if isinstance(doc, dict) else None
+    return stream_id if isinstance(stream_id, str) else None
 
 
 def _error_event(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, object]:
@@ -456,10 +490,20 @@ def _error_event(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -
     }
 
 
-def create_body(text: str) -> JSONObject:
-    """The Responses request body of a ``response.create`` message: its fields but
-    ``type``, streamed (the socket carries events). Raises :class:`InvalidRequest` for
-    anything else."""
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What a ``response.create`` carries for the socket, not for the request body:
+    ``stream_id`` (a lane the client names; every event of the turn carries it back) and
+    ``generate`` (``false``: a warm-up, answered without a backend)."""
+
+    stream_id: str | None = None
+    generate: bool = True
+
+
+def create_body(text: str) -> tuple[JSONObject, Envelope]:
+    """The Responses request body of a ``response.create`` message — its fields but
+    ``type`` and the envelope's, streamed (the socket carries events) — and its envelope.
+    Raises :class:`InvalidRequest` for anything else."""
     try:
         doc = json.loads(text)
     except ValueError:
@@ -472,6 +516,13 @@ def create_body(text: str) -> JSONObject:
             f"Unsupported message type {kind!r}: this endpoint takes `response.create`",
             param="type",
         )
-    body = {name: value for name, value in doc.items() if name != "type"}
+    stream_id, generate = doc.get("stream_id"), doc.get("generate", True)
+    if stream_id is not None and not isinstance(stream_id, str):
+        raise InvalidRequest("stream_id must be a string", param="stream_id")
+    if not isinstance(generate, bool):
+        raise InvalidRequest("generate must be a boolean", param="generate")
+    body = {n: v for n, v in doc.items() if n not in ("type", "stream_id", "generate")}
+    if body.get("background") is False:
+        del body["background"]  # true stays, for the validator to refuse
     body["stream"] = True
-    return body
+    return body, Envelope(stream_id, generate)

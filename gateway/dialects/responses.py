@@ -39,6 +39,7 @@ __all__ = [
     "ResponsesPassthrough",
     "ResponsesSocketDialect",
     "socket_error",
+    "warm_up_stream",
 ]
 
 # The events that end a complete Responses stream.
@@ -105,6 +106,15 @@ class ResponsesSocketDialect(ResponsesDialect):
 
     def error_event(self, error: GatewayError) -> bytes:
         return _event(socket_error(error))
+
+
+def warm_up_stream(response: JSONObject) -> bytes:
+    """A warm-up's events (``generate: false`` on a WebSocket): ``response.created`` and
+    ``response.completed`` for ``response``, a completed response with no output."""
+    created = {**response, "status": "in_progress"}
+    return _event({"type": "response.created", "response": created, "sequence_number": 0}) + (
+        _event({"type": "response.completed", "response": response, "sequence_number": 1})
+    )
 
 
 def socket_error(error: GatewayError) -> JSONObject:

@@ -89,6 +89,21 @@ def _given(request: JSONObject, key: str, kinds: tuple[type, ...], default: JSON
     return value if isinstance(value, kinds) else default
 
 
+def warm_up_response(
+    request: JSONObject, *, response_id: str, model: str, created_at: int
+) -> JSONObject:
+    """The answer to a WebSocket ``response.create`` with ``generate: false``: a completed
+    response with no output, which the next turn may continue."""
+    return _response(
+        request,
+        response_id=response_id,
+        model=model,
+        created_at=created_at,
+        status="completed",
+        output=[],
+    )
+
+
 def _response(
     request: JSONObject,
     *,

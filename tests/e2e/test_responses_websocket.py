@@ -378,3 +378,56 @@ async def test_a_stored_turn_is_found_over_http_and_continued_there(
     sent = fake.requests[-1].body
     history = sent["input"] if mode == "native" else sent["messages"]
     assert len(history) == 3  # the socket's turn, its answer, and the new input
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_envelope_stays_on_the_socket_stream_id_comes_back_on_every_event(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    gw = await start_gateway(backend=MODES[mode])
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "stream_id": "lane-7", "fake": {"tokens": 2}})
+    events = await ws.events_until_end()
+    await ws.send_json({**CREATE, "model": "nope", "stream_id": "lane-8"})
+    [error] = await ws.events_until_end()
+    await ws.send_json({**CREATE, "background": True})
+    [background] = await ws.events_until_end()
+    await ws.close()
+    assert {e["stream_id"] for e in events} == {"lane-7"} and text_of(events) == "tok0 tok1 "
+    assert error["stream_id"] == "lane-8" and error["status"] == 404
+    assert background["status"] == 400 and background["error"]["param"] == "background"
+    [sent] = fake.requests  # what the upstream got carries nothing of the envelope
+    assert "stream_id" not in sent.body and "generate" not in sent.body
+
+
+async def test_a_warm_up_answers_without_a_backend_and_the_next_turn_continues_it(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    gw = await start_gateway(backend=MODES["native"])
+    ws = await WSClient.connect(gw.url)
+    await ws.send_json({**CREATE, "input": "Context", "generate": False, "store": False})
+    warm = await ws.events_until_end()
+    await ws.send_json(
+        {
+            **CREATE,
+            "input": "Go",
+            "previous_response_id": warm[-1]["response"]["id"],
+            "store": False,
+        }
+    )
+    turn = await ws.events_until_end()
+    await ws.send_json({**CREATE, "model": "nope", "generate": False})
+    [refused] = await ws.events_until_end()
+    await ws.close()
+    assert [e["type"] for e in warm] == ["response.created", "response.completed"]
+    assert [e["sequence_number"] for e in warm] == [0, 1]
+    response = warm[-1]["response"]
+    assert response["status"] == "completed" and response["output"] == []
+    assert response["id"].startswith("resp_") and response["model"] == "m"
+    assert turn[-1]["type"] == "response.completed"
+    [sent] = fake.requests  # the warm-up reached no backend; the turn has its input
+    assert [i["content"] for i in sent.body["input"]] == [
+        [{"type": "input_text", "text": "Context"}],
+        [{"type": "input_text", "text": "Go"}],
+    ]
+    assert refused["status"] == 404  # a warm-up is checked and routed as any turn
