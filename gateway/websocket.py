@@ -18,7 +18,7 @@ The socket's nursery holds three tasks for its lifetime:
   running turn's route's; between turns the last one's) — queued, connecting, prefill,
   gaps alike — and no pong within two intervals counts as a disconnect;
 - the **turns**, in the nursery's body: each relayed by :func:`gateway.relay.relay`,
-  whose HTTP response :class:`_TurnSend` sends as frames (whole SSE events in, their
+  whose HTTP response :class:`~gateway.ws_turns.TurnSend` sends as frames (whole SSE events in, their
   ``data`` out). When the socket ends, the running turn's relay sees its client gone and
   closes the upstream.
 
@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass
 from typing import cast
 
 import trio
@@ -48,13 +47,11 @@ from hypercorn.typing import (
     WebsocketScope,
 )
 
-from .abc import JSONObject
 from .client_request import ClientRequest, Prepare, SocketTurn, headers_of
 from .config import KeepaliveSettings
 from .dialects.responses import RESPONSES_SOCKET, socket_error
 from .errors import (
     GatewayError,
-    InvalidRequest,
     Overloaded,
     ShuttingDown,
     UpgradeRequired,
@@ -65,11 +62,11 @@ from .inbound import endpoint_label, request_ids
 from .inflight import InFlight
 from .responses.conversation import LastResponse
 from .service import Gateway
-from .sse import SSEFramer
 from .teams import Identity
 from .telemetry import write_access_log
 from .timers import PingClock
 from .ws_stream import PING, PING_EXTENSION, PONG
+from .ws_turns import TurnSend, create_body, stream_id_of
 
 log = logging.getLogger("gateway.websocket")
 
@@ -273,15 +270,15 @@ class _Socket:
                 request, body, SocketTurn(self.id, self.last, self._begin, envelope.generate)
             )
         except GatewayError as error:
-            await self._answer_error(request, error, _stream_id_of(text))
+            await self._answer_error(request, error, stream_id_of(text))
             return
         except Exception:
             log.exception("unhandled error on a WebSocket turn (%s)", self.id)
             internal = GatewayError("internal error in the gateway")
-            await self._answer_error(request, internal, _stream_id_of(text))
+            await self._answer_error(request, internal, stream_id_of(text))
             return
         try:
-            send = _TurnSend(self, envelope.stream_id)
+            send = TurnSend(self.send_frame, envelope.stream_id)
             await serve(cast(ASGISendCallable, send), self._wait_gone)
         finally:
             self._entry = None
@@ -407,122 +404,3 @@ class _Socket:
 
     def _close(self, code: int, reason: str) -> None:
         self.close_code, self.close_reason = code, reason
-
-
-class _TurnSend:
-    """The ASGI ``send`` of one turn's relay: its HTTP response as WebSocket frames. A
-    ``200`` is a stream of whole SSE events (the relay writes nothing else): each event's
-    ``data`` is one text frame; SSE comments (upstream ones) have no frame. Any other
-    status is an error answer, sent as the socket's ``error`` event with that status."""
-
-    __slots__ = ("_error", "_framer", "_headers", "_socket", "_status", "_stream_id")
-
-    def __init__(self, socket: _Socket, stream_id: str | None = None) -> None:
-        self._socket = socket
-        self._stream_id = stream_id
-        self._framer = SSEFramer()
-        self._status = 200
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._error = b""
-
-    async def __call__(self, message: dict[str, object]) -> None:
-        if message["type"] == "http.response.start":
-            self._status = message["status"]  # type: ignore[assignment]
-            self._headers = message["headers"]  # type: ignore[assignment]
-            return
-        body: bytes = message.get("body", b"")  # type: ignore[assignment]
-        if self._status == 200:
-            for event in self._framer.feed(body):
-                if event.data is not None:
-                    await self._socket.send_frame(self._laned(event.data))
-            return
-        self._error += body
-        if not message.get("more_body", False):
-            error = _error_event(self._status, self._headers, self._error)
-            if self._stream_id is not None:
-                error["stream_id"] = self._stream_id
-            await self._socket.send_frame(json.dumps(error))
-
-    def _laned(self, data: str) -> str:
-        """``data`` with the turn's ``stream_id``, when it has one (an event's JSON object
-        is read and written again only then)."""
-        if self._stream_id is None:
-            return data
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return data
-        if not isinstance(doc, dict):
-            return data
-        return json.dumps({**doc, "stream_id": self._stream_id}, ensure_ascii=False)
-
-
-def _stream_id_of(text: str) -> str | None:
-    """The ``stream_id`` of a message that could not be taken, if one can be read."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    stream_id = doc.get("stream_id") if isinstance(doc, dict) else None
-    return stream_id if isinstance(stream_id, str) else None
-
-
-def _error_event(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, object]:
-    """The socket's ``error`` event for an HTTP error answer: its status, its OpenAI error
-    object, and the headers that tell a client when to come back (``retry-after``, the
-    rate-limit ones) in the error's ``headers``, where the SDKs' event models read them."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(error, dict):
-        error = {"type": "server_error", "code": None, "param": None, "message": "error"}
-    kept = {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in headers
-        if name == b"retry-after" or name.startswith((b"x-ratelimit-", b"anthropic-ratelimit-"))
-    }
-    return {
-        "type": "error",
-        "status": status,
-        "error": {**error, **({"headers": kept} if kept else {})},
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What a ``response.create`` carries for the socket, not for the request body:
-    ``stream_id`` (a lane the client names; every event of the turn carries it back) and
-    ``generate`` (``false``: a warm-up, answered without a backend)."""
-
-    stream_id: str | None = None
-    generate: bool = True
-
-
-def create_body(text: str) -> tuple[JSONObject, Envelope]:
-    """The Responses request body of a ``response.create`` message — its fields but
-    ``type`` and the envelope's, streamed (the socket carries events) — and its envelope.
-    Raises :class:`InvalidRequest` for anything else."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise InvalidRequest("The message is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("A message must be a JSON object with a `type`")
-    kind = doc.get("type")
-    if kind != "response.create":
-        raise InvalidRequest(
-            f"Unsupported message type {kind!r}: this endpoint takes `response.create`",
-            param="type",
-        )
-    stream_id, generate = doc.get("stream_id"), doc.get("generate", True)
-    if stream_id is not None and not isinstance(stream_id, str):
-        raise InvalidRequest("stream_id must be a string", param="stream_id")
-    if not isinstance(generate, bool):
-        raise InvalidRequest("generate must be a boolean", param="generate")
-    body = {n: v for n, v in doc.items() if n not in ("type", "stream_id", "generate")}
-    if body.get("background") is False:
-        del body["background"]  # true stays, for the validator to refuse
-    body["stream"] = True
-    return body, Envelope(stream_id, generate)
