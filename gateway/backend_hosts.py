@@ -50,6 +50,11 @@ class BackendHosts:
             async with host.backend.running():
                 task_status.started()
                 await host.stop.wait()
+        except Exception:
+            if not host.stop.is_set():
+                raise  # failing to start, or while serving: as when the gateway held it
+            # Failing on the way out (a reload stopping it) must not end the gateway.
+            log.exception("backend %s failed while stopping", host.backend.id)
         finally:
             host.stopped.set()
 
