@@ -4,7 +4,6 @@ trio), so every rule here is a plain function with a plain test."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 
@@ -49,22 +48,8 @@ def endpoint_label(path: str) -> str:
 def request_ids(given_id: str, given_traceparent: str) -> tuple[str, str]:
     """The request id and W3C traceparent the gateway answers with (and sends upstream): the
     client's own when they are sane, else new ones."""
-    if given_id and REQUEST_ID.fullmatch(given_id):
-        return given_id, traceparent(given_traceparent, given_id)
-    if given_traceparent and _TRACEPARENT.fullmatch(given_traceparent):
-        return uuid.uuid4().hex, given_traceparent
-    # The usual case (a client that sends neither): both minted from one read of the OS's
-    # randomness, the trace id being the request id, as traceparent() would make them.
-    request_id, span_id = _minted_ids()
-    return request_id, f"00-{request_id}-{span_id}-01"
-
-
-def _minted_ids() -> tuple[str, str]:
-    """A version-4 UUID's hex (what ``uuid.uuid4().hex`` gives) and 16 random hex digits."""
-    random = int.from_bytes(os.urandom(24))
-    span_id = random & 0xFFFF_FFFF_FFFF_FFFF or 1  # an all-zero span id is invalid
-    value = (random >> 64) & ~(0xC000 << 48 | 0xF000 << 64) | (0x8000 << 48 | 0x4000 << 64)
-    return f"{value:032x}", f"{span_id:016x}"
+    request_id = given_id if REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
+    return request_id, traceparent(given_traceparent, request_id)
 
 
 def traceparent(given: str, request_id: str) -> str:
