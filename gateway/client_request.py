@@ -18,8 +18,9 @@ from .inflight import InFlight
 from .responses.conversation import LastResponse
 from .teams import Identity
 
-Serve = Callable[[ASGISendCallable, ASGIReceiveCallable], Awaitable[None]]
-"""A prepared request's relay: run it with the ASGI ``send`` and ``receive`` to use."""
+Serve = Callable[[ASGISendCallable, ASGIReceiveCallable | None], Awaitable[None]]
+"""A prepared request's relay: run it with the ASGI ``send`` to answer on, and the
+``receive`` that tells of the client's disconnect (``None``: the caller cancels it)."""
 
 
 class ClientRequest:

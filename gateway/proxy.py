@@ -167,6 +167,9 @@ class ProxyApp:
         conversation = Conversation(gateway.responses, team, socket.last if socket else None)
         responses = request.endpoint in ("responses", "responses/input_tokens")
         history = await conversation.history(body) if responses else []
+        keep = conversation.keeper(body, history) if request.endpoint == "responses" else None
+        if socket is not None and not socket.generate:
+            return partial(self._warm_up, request, body, keep, socket.connection_id)
         keepalive = route.settings.keepalive
         if socket is not None:  # the socket pings; the relay writes no heartbeat
             keepalive = keepalive.model_copy(update={"interval": 0.0})
@@ -183,9 +186,6 @@ class ProxyApp:
             history=history,
             keepalive_events=keepalive.responses == "event" and socket is None,
         )
-        keep = conversation.keeper(body, history) if request.endpoint == "responses" else None
-        if socket is not None and not socket.generate:
-            return partial(self._warm_up, request, body, keep, socket.connection_id)
         if teams is not None and identity is not None:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
 
@@ -240,7 +240,7 @@ class ProxyApp:
         for upstream in held:
             upstream.hold()
 
-        async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable) -> None:
+        async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable | None) -> None:
             try:
                 await relay(send, exchange, receive)
             finally:  # the relay never ran (client gone first): free the slot anyway
@@ -258,7 +258,7 @@ class ProxyApp:
         keep: Callable[[JSONObject], Awaitable[None]] | None,
         connection: str,
         send: ASGISendCallable,
-        receive: ASGIReceiveCallable,
+        receive: ASGIReceiveCallable | None,
     ) -> None:
         """Answer a WebSocket warm-up (:attr:`SocketTurn.generate` false) with its two
         events, the response kept (and stored, unless ``store: false``) as any other."""

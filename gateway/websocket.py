@@ -42,7 +42,6 @@ from typing import cast
 import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
-    ASGIReceiveEvent,
     ASGISendCallable,
     WebsocketScope,
 )
@@ -188,7 +187,6 @@ class _Socket:
         self._send = send
         self._lock = trio.Lock()
         self._queue_in, self._queue = trio.open_memory_channel[str | None](math.inf)
-        self._queued = 0
         self._entry: InFlight | None = None  # the running turn's
         self._ping_wait = trio.CancelScope()
         self._scope = trio.CancelScope()
@@ -237,7 +235,6 @@ class _Socket:
             if wait.cancelled_caught:
                 self._close(1000, f"idle for {idle:g} s")
                 return
-            self._queued -= 1
             if text is None:  # shutdown
                 await self._refuse_the_rest()
                 self._close(1001, "server shutting down")
@@ -252,7 +249,6 @@ class _Socket:
                 text = self._queue.receive_nowait()
             except trio.WouldBlock:
                 return
-            self._queued -= 1
             if text is not None:
                 await self._turn(text)
 
@@ -279,7 +275,8 @@ class _Socket:
             return
         try:
             send = TurnSend(self.send_frame, envelope.stream_id)
-            await serve(cast(ASGISendCallable, send), self._wait_gone)
+            # No receive: the socket's end cancels the turn (_lose), closing its upstream.
+            await serve(cast(ASGISendCallable, send), None)
         finally:
             self._entry = None
 
@@ -287,12 +284,6 @@ class _Socket:
         self._entry = entry
         self.clock.interval = interval
         self._ping_wait.deadline = self.clock.next_at()
-
-    async def _wait_gone(self) -> ASGIReceiveEvent:
-        """The running turn's ``receive``, which its relay waits on for a disconnect: the
-        socket's end cancels the turn instead (:meth:`_lose`)."""
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
 
     async def _answer_error(
         self, request: ClientRequest, error: GatewayError, stream_id: str | None = None
@@ -307,13 +298,13 @@ class _Socket:
         finally:
             self.gateway.telemetry.on_answered(
                 route=request.route,
-                endpoint="responses",
+                endpoint=request.endpoint,
                 status=error.status,
                 fields={
                     "request_id": request.request_id,
                     "connection": self.id,
-                    "method": "GET",
-                    "path": self.path,
+                    "method": request.method,
+                    "path": request.path,
                     "model": request.model,
                     "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
                     **Identity.log_fields_of(self.identity),
@@ -349,7 +340,7 @@ class _Socket:
                 if not isinstance(text, str):
                     data = message.get("bytes")
                     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
-                if self._queued >= MAX_QUEUED:
+                if self._queue.statistics().current_buffer_used >= MAX_QUEUED:
                     error = Overloaded(
                         f"More than {MAX_QUEUED} turns are waiting on this socket; "
                         "wait for a response before sending more"
@@ -357,7 +348,6 @@ class _Socket:
                     request = ClientRequest("responses", "GET", self.path, self.headers)
                     await self._answer_error(request, error)
                     continue
-                self._queued += 1
                 self._queue_in.send_nowait(text)
             elif kind == PONG:
                 self.clock.note_pong()
@@ -389,13 +379,12 @@ class _Socket:
 
     async def _stop_on_drain(self) -> None:
         await self.gateway.drain_started.wait()
-        self._queued += 1
         self._queue_in.send_nowait(None)
 
     def _lose(self, code: int | None = None, reason: str = "") -> None:
-        """The client is gone: every task ends, and the running turn's relay, which hears
-        a disconnect, closes its upstream. With a ``code`` (a ping unanswered), the socket
-        is still closed with it, in case the client is only slow."""
+        """The client is gone: every task ends, the running turn's relay among them, and
+        leaving its backend's context closes the upstream. With a ``code`` (a ping
+        unanswered), the socket is still closed with it, in case the client is only slow."""
         if code is None:
             self.gone = True
         else:
