@@ -40,11 +40,11 @@ def _usage_database_or_exit(config, what: str) -> None:  # type: ignore[no-untyp
     stored responses: else one line naming the path on stderr, and exit status 1 (no
     traceback)."""
     from .responses import ResponsesDatabaseError, check_responses_database
-    from .teams import Teams
+    from .teams import auth_enabled
     from .teams.usage import UsageDatabaseError, check_usage_database
 
     try:
-        if Teams(config).enabled:
+        if auth_enabled(config):
             check_usage_database(config.usage.database)
         if config.state.redis is None:
             check_responses_database(config.responses.database_path(config.usage))

@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .registry import load_registry
 from .routing import Router
 from .service import Gateway, Upstream, build_backend
-from .teams import Teams
+from .teams import auth_enabled
 
 log = logging.getLogger("gateway.reload")
 
@@ -52,7 +52,7 @@ class ReloadError(Exception):
 def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """The sections of ``new`` that differ from ``old`` but need a restart to apply."""
     changed = [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
-    if Teams(old).enabled != Teams(new).enabled:
+    if auth_enabled(old) != auth_enabled(new):
         changed += ["auth", "teams"]  # auth on or off: the usage database, the state
     return changed
 

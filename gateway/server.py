@@ -32,14 +32,13 @@ log = logging.getLogger("gateway.server")
 _ABORT_GRACE = 5.0
 
 
-def hypercorn_config(
-    bind: str, graceful_timeout: float, websocket_max_message_bytes: int = 16 * 1024 * 1024
-) -> HypercornConfig:
+def hypercorn_config(bind: str, server: ServerSettings) -> HypercornConfig:
+    """hypercorn's settings for the gateway's ``server`` ones, listening on ``bind``."""
     host, port = parse_bind(bind)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     # The gateway drains streams itself; hypercorn must not cut them earlier.
-    config.graceful_timeout = graceful_timeout + _ABORT_GRACE
+    config.graceful_timeout = server.graceful_timeout + _ABORT_GRACE
     config.accesslog = None
     # Room for bursts of new connections (hypercorn's default backlog is 100).
     config.backlog = 2048
@@ -48,7 +47,8 @@ def hypercorn_config(
     # client that sends nothing while it listens.
     config.read_timeout = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.websocket_max_message_size = websocket_max_message_bytes
+    # A larger WebSocket message closes its socket with 1009 (gateway.ws_stream).
+    config.websocket_max_message_size = server.websocket_max_message_bytes
     return config
 
 
@@ -108,11 +108,7 @@ async def serve(
     looks for it (:mod:`gateway.pidfile`).
     """
     config = gateway.config
-    hconfig = hypercorn_config(
-        bind or config.server.bind,
-        config.server.graceful_timeout,
-        config.server.websocket_max_message_bytes,
-    )
+    hconfig = hypercorn_config(bind or config.server.bind, config.server)
     timeouts = BodyTimeouts(idle=config.server.body_idle_timeout, total=config.server.body_timeout)
     app = RequestGuard(create_app(gateway), timeouts, gateway.telemetry)
     stop = trio.Event()

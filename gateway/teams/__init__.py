@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .service import Identity, TeamAdmission, Teams, open_teams
+    from .service import Identity, TeamAdmission, Teams, auth_enabled, open_teams
 
-__all__ = ["Identity", "TeamAdmission", "Teams", "open_teams"]
+__all__ = ["Identity", "TeamAdmission", "Teams", "auth_enabled", "open_teams"]
 
 
 def __getattr__(name: str) -> object:

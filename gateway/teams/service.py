@@ -106,6 +106,11 @@ class TeamAdmission:
             )
 
 
+def auth_enabled(config: GatewayConfig) -> bool:
+    """Whether ``config`` turns auth on: as ``[auth] enabled`` says, else when it has teams."""
+    return bool(config.teams) if config.auth.enabled is None else config.auth.enabled
+
+
 class Teams:
     """Auth, access, limits and usage. With ``enabled`` false, everyone is let in."""
 
@@ -118,7 +123,7 @@ class Teams:
         shared: RedisState | None = None,
     ) -> None:
         auth = config.auth
-        self.enabled = bool(config.teams) if auth.enabled is None else auth.enabled
+        self.enabled = auth_enabled(config)
         self.state: StateBackend = state if state is not None else LocalState()
         self.recorder = recorder
         self.shared = shared  # usage shared by every process (Redis), when configured
