@@ -60,6 +60,21 @@ def gateway_config(
     )
 
 
+async def serve_config(nursery: trio.Nursery, config: GatewayConfig) -> RunningGateway:
+    """Serve ``config`` in ``nursery`` until the test ends (or its ``shutdown`` is set);
+    returns once the gateway listens."""
+    shutdown = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[RunningGateway]) -> None:
+        async with open_gateway(config) as gw:
+            binds = await nursery.start(partial(serve, gw, shutdown=shutdown))
+            task_status.started(RunningGateway(binds[0], gw, shutdown))
+            await trio.sleep_forever()
+
+    served: RunningGateway = await nursery.start(run)
+    return served
+
+
 StartGateway = Callable[..., Awaitable[RunningGateway]]
 
 
@@ -77,15 +92,6 @@ async def start_gateway(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path)
 
     async def start(**kwargs: Any) -> RunningGateway:
         kwargs.setdefault("responses", {"database": str(tmp_path / "responses.sqlite")})
-        config = gateway_config(fake.url, **kwargs)
-        shutdown = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[RunningGateway]) -> None:
-            async with open_gateway(config) as gw:
-                binds = await nursery.start(partial(serve, gw, shutdown=shutdown))
-                task_status.started(RunningGateway(binds[0], gw, shutdown))
-                await trio.sleep_forever()
-
-        return await nursery.start(run)
+        return await serve_config(nursery, gateway_config(fake.url, **kwargs))
 
     return start

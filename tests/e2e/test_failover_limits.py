@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from functools import partial
 from typing import Any
 
 import httpx
@@ -18,10 +17,10 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import Gateway, open_gateway
+from gateway.service import Gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI
+from tests.conftest import serve_config
 
 CHAT = {"model": "pool", "messages": [{"role": "user", "content": "hi"}]}
 STATUSES = {"a": 500, "b": 503, "c": 502}  # what each fake answers
@@ -61,14 +60,8 @@ async def serve_pool(
         environ={},
     )
 
-    async def run(task_status: trio.TaskStatus[tuple[str, Gateway]]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started((url, gw))
-            await trio.sleep_forever()
-
-    served: tuple[str, Gateway] = await nursery.start(run)
-    return served
+    served = await serve_config(nursery, config)
+    return served.url, served.gateway
 
 
 def script(fakes: dict[str, FakeOpenAI], **extra: Any) -> dict[str, Any]:

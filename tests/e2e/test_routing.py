@@ -11,11 +11,11 @@ import trio
 
 from gateway.abc import BackendStatus
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import Gateway, open_gateway
+from gateway.service import Gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, chat_events
 from gateway.testing.waiting import wait_until
+from tests.conftest import serve_config
 
 CHAT = {"model": "pool", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -46,13 +46,8 @@ async def serve_pool(
         environ={},
     )
 
-    async def run(task_status: trio.TaskStatus[tuple[str, Gateway]]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started((url, gw))
-            await trio.sleep_forever()
-
-    return await nursery.start(run)
+    served = await serve_config(nursery, config)
+    return served.url, served.gateway
 
 
 async def start_fake(nursery: trio.Nursery, port: int = 0) -> tuple[FakeOpenAI, trio.CancelScope]:

@@ -6,7 +6,6 @@ and real fake upstreams. Spans are exported from the SDK's own thread; a test fl
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,13 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import Gateway, open_gateway
+from gateway.service import Gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.serving import unused_port
 from gateway.testing.ws_client import WSClient
 from gateway.tracing import Tracing
+from tests.conftest import serve_config
 from tests.fakes.otlp_collector import CLIENT, SERVER, CollectedSpan, OTLPCollector
 
 from .test_failover_limits import start_fakes
@@ -81,14 +80,8 @@ def serve_traced(nursery: trio.Nursery, tmp_path: Path) -> ServeTraced:
             environ=environ or {},
         )
 
-        async def run(task_status: trio.TaskStatus[tuple[str, Gateway]]) -> None:
-            async with open_gateway(config) as gw:
-                [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-                task_status.started((url, gw))
-                await trio.sleep_forever()
-
-        served: tuple[str, Gateway] = await nursery.start(run)
-        return served
+        served = await serve_config(nursery, config)
+        return served.url, served.gateway
 
     return start
 

@@ -19,12 +19,12 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import Gateway, open_gateway
+from gateway.service import Gateway
 from gateway.sse import SSEFramer
 from gateway.teams.keys import hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI, messages_events
 from gateway.testing.waiting import wait_until
+from tests.conftest import serve_config
 
 from .clients import SDK_ASYNCGEN_WARNINGS, _AsyncTapTransport
 
@@ -140,14 +140,8 @@ async def serve_with_teams(
         environ={},
     )
 
-    async def run(task_status: trio.TaskStatus[tuple[str, Gateway]]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started((url, gw))
-            await trio.sleep_forever()
-
-    served: tuple[str, Gateway] = await nursery.start(run)
-    return served
+    served = await serve_config(nursery, config)
+    return served.url, served.gateway
 
 
 # --- errors, each as its SDK class ----------------------------------------------------------
