@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from typing import Any
 
 import httpx
@@ -14,11 +13,10 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import open_gateway
 from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, messages_events
 from gateway.testing.waiting import wait_until
+from tests.conftest import serve_config
 
 from .test_failover_limits import start_fakes
 
@@ -63,15 +61,7 @@ async def serve_route(
         },
         environ={},
     )
-
-    async def run(task_status: trio.TaskStatus[str]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started(url)
-            await trio.sleep_forever()
-
-    url: str = await nursery.start(run)
-    return url
+    return (await serve_config(nursery, config)).url
 
 
 async def post(

@@ -5,7 +5,6 @@ both modes, stored responses and ``previous_response_id``, errors and failures."
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,10 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import open_gateway
 from gateway.sse import SSEFramer
 from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI, responses_events
+from tests.conftest import serve_config
 
 from .test_failover_limits import start_fakes
 from .test_messages import serve_route
@@ -172,15 +170,12 @@ async def test_whole_answers(start_gateway) -> None:
         assert answer["usage"]["output_tokens"] == 2
 
 
-@pytest.mark.parametrize(
-    "first,second",
-    [("native", "native"), ("native", "translated"), ("translated", "native")],
-)
-async def test_failover_before_output_is_invisible(
+async def serve_failover_pair(
     nursery: trio.Nursery, tmp_path: Path, first: str, second: str
-) -> None:
-    """The first target starts its answer (``response.created``, or chat's role chunk) and
-    then resets: the client sees one response, numbered from 0, from the second."""
+) -> tuple[dict[str, FakeOpenAI], str, dict[str, Any]]:
+    """Fakes ``a`` and ``b`` in modes ``first`` and ``second`` (keys of MODES), a gateway
+    (its url) with route ``pool`` over them, two attempts, and the fake script of two
+    tokens under which ``a`` resets after its first event, so that ``b`` answers."""
     fakes = await start_fakes(nursery, ["a", "b"])
     backends = {
         name: {"type": "openai", "url": fakes[name].url, **MODES[kind]}
@@ -194,6 +189,19 @@ async def test_failover_before_output_is_invisible(
         "fault_on_port": {str(fakes["a"].port): "reset_mid_stream"},
         "reset_at": 1,
     }
+    return fakes, url, script
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [("native", "native"), ("native", "translated"), ("translated", "native")],
+)
+async def test_failover_before_output_is_invisible(
+    nursery: trio.Nursery, tmp_path: Path, first: str, second: str
+) -> None:
+    """The first target starts its answer (``response.created``, or chat's role chunk) and
+    then resets: the client sees one response, numbered from 0, from the second."""
+    fakes, url, script = await serve_failover_pair(nursery, tmp_path, first, second)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         resp = await client.post(
             "/v1/responses", json={**ASK, "model": "pool", "stream": True, "fake": script}
@@ -216,14 +224,7 @@ async def test_stored_responses_are_per_team(
     }
     raw = raw_config(fake.url, tmp_path, teams)
     config = build_config({**raw, "responses": {"database": str(tmp_path / "r.db")}}, environ={})
-
-    async def run(task_status: trio.TaskStatus[str]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started(url)
-            await trio.sleep_forever()
-
-    url: str = await nursery.start(run)
+    url = (await serve_config(nursery, config)).url
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         made = await client.post("/v1/responses", json=ASK, headers=bearer(ALPHA))
         rid = made.json()["id"]

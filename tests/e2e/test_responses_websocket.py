@@ -7,7 +7,6 @@ The fake upstream speaks Responses itself (passthrough) or chat only (translatio
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,25 @@ import trio
 from hypercorn.protocol import h11 as hypercorn_h11
 
 from gateway.config import build_config
-from gateway.server import serve
-from gateway.service import open_gateway
 from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from gateway.testing.ws_client import Rejected, WSClient
 from gateway.ws_stream import GatewayWSStream, install
+from tests.conftest import RunningGateway, StartGateway, serve_config
 
-from .test_failover_limits import start_fakes
-from .test_messages import serve_route
-from .test_responses import MODES, events_of
+from .test_responses import MODES, events_of, serve_failover_pair
 from .test_teams import ALPHA, bearer, raw_config
 
 CREATE: dict[str, Any] = {"type": "response.create", "model": "m", "input": "Hi"}
+
+
+async def serve_and_connect(
+    start_gateway: StartGateway, **config: Any
+) -> tuple[RunningGateway, WSClient]:
+    """A gateway from ``start_gateway(**config)``, and a socket open on it."""
+    gw = await start_gateway(**config)
+    return gw, await WSClient.connect(gw.url)
 
 
 def text_of(events: list[dict[str, Any]]) -> str:
@@ -47,8 +51,7 @@ def test_hypercorn_builds_the_gateways_websocket_stream() -> None:
 async def test_turns_on_one_socket_are_answered_in_order_with_the_sse_events(
     start_gateway, fake: FakeOpenAI, mode: str
 ) -> None:
-    gw = await start_gateway(backend=MODES[mode])
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, backend=MODES[mode])
     # Three turns sent at once: run one at a time, in arrival order.
     for n in (1, 2, 3):
         await ws.send_json({**CREATE, "fake": {"tokens": n}})
@@ -75,8 +78,7 @@ async def test_turns_on_one_socket_are_answered_in_order_with_the_sse_events(
 async def test_store_false_turns_chain_on_the_socket_without_the_store(
     start_gateway, fake: FakeOpenAI
 ) -> None:
-    gw = await start_gateway(backend=MODES["native"])
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, backend=MODES["native"])
     await ws.send_json({**CREATE, "store": False, "fake": {"tokens": 1}})
     first = (await ws.events_until_end())[-1]["response"]
     await ws.send_json(
@@ -116,8 +118,7 @@ async def test_pings_fill_a_silent_prefill_at_the_routes_interval(
     start_gateway, fake: FakeOpenAI, caplog
 ) -> None:
     caplog.set_level("INFO", logger="gateway.access")
-    gw = await start_gateway(keepalive={"interval": 0.1})
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, keepalive={"interval": 0.1})
     sent_at = trio.current_time()
     await ws.send_json({**CREATE, "fake": {"prefill": 0.6, "tokens": 1}})
     events = await ws.events_until_end()
@@ -174,8 +175,7 @@ async def test_a_client_that_answers_no_ping_is_gone_and_its_upstream_closed(
 async def test_a_client_that_leaves_mid_response_closes_the_upstream(
     start_gateway, fake: FakeOpenAI, how: str
 ) -> None:
-    gw = await start_gateway(keepalive={"interval": 0.1})
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, keepalive={"interval": 0.1})
     await ws.send_json({**CREATE, "fake": {"tokens": 1000, "pace": 0.01}})
     while (await ws.receive_json())["type"] != "response.output_text.delta":
         pass
@@ -191,8 +191,7 @@ async def test_a_client_that_leaves_mid_response_closes_the_upstream(
 async def test_an_oversized_message_closes_the_socket_with_1009_and_a_reason(
     start_gateway, fake: FakeOpenAI
 ) -> None:
-    gw = await start_gateway(server={"websocket_max_message_bytes": 1000})
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, server={"websocket_max_message_bytes": 1000})
     await ws.send_json({**CREATE, "input": "x" * 1000})
     with trio.fail_after(5):
         closed = await ws.wait_closed()
@@ -209,8 +208,7 @@ async def test_an_oversized_message_closes_the_socket_with_1009_and_a_reason(
 async def test_bad_messages_get_error_events_and_the_socket_serves_on(
     start_gateway, fake: FakeOpenAI
 ) -> None:
-    gw = await start_gateway()
-    ws = await WSClient.connect(gw.url)
+    _, ws = await serve_and_connect(start_gateway)
     await ws.send_text("{not json")
     await ws.send_json(["response.create"])
     await ws.send_json({"type": "response.cancel"})
@@ -237,8 +235,7 @@ async def test_bad_messages_get_error_events_and_the_socket_serves_on(
 async def test_the_idle_timeout_closes_only_a_socket_with_no_turn_in_flight(
     start_gateway, fake: FakeOpenAI
 ) -> None:
-    gw = await start_gateway(server={"websocket_idle_timeout": 0.3})
-    ws = await WSClient.connect(gw.url)
+    _, ws = await serve_and_connect(start_gateway, server={"websocket_idle_timeout": 0.3})
     await ws.send_json({**CREATE, "fake": {"prefill": 0.6, "tokens": 1}})  # longer than 0.3
     assert (await ws.events_until_end())[-1]["type"] == "response.completed"
     finished_at = trio.current_time()
@@ -282,14 +279,7 @@ async def test_keys_are_checked_before_the_upgrade(
         }
     }
     config = build_config(raw_config(fake.url, tmp_path, teams), environ={})
-
-    async def run(task_status: trio.TaskStatus[str]) -> None:
-        async with open_gateway(config) as gw:
-            binds = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started(binds[0])
-            await trio.sleep_forever()
-
-    url = await nursery.start(run)
+    url = (await serve_config(nursery, config)).url
     for headers in ([], [("authorization", "Bearer sk-unknown")]):
         with pytest.raises(Rejected) as refused:
             await WSClient.connect(url, headers=headers)
@@ -319,20 +309,12 @@ async def test_keys_are_checked_before_the_upgrade(
 async def test_failover_before_the_first_output_event_is_invisible_on_the_socket(
     nursery: trio.Nursery, tmp_path: Path, first: str, second: str
 ) -> None:
-    fakes = await start_fakes(nursery, ["a", "b"])
-    backends = {
-        name: {"type": "openai", "url": fakes[name].url, **MODES[kind]}
-        for name, kind in zip(("a", "b"), (first, second), strict=True)
-    }
-    url = await serve_route(
-        nursery, backends, {"max_attempts": 2}, responses={"database": str(tmp_path / "r.db")}
-    )
-    script = {"tokens": 2, "fault_on_port": {str(fakes["a"].port): "reset_mid_stream"}}
+    fakes, url, script = await serve_failover_pair(nursery, tmp_path, first, second)
     # The headers the official SDKs send on the handshake are taken as they come.
     ws = await WSClient.connect(
         url, headers=[("openai-beta", "responses_websockets=2026-02-06"), ("user-agent", "t")]
     )
-    await ws.send_json({**CREATE, "model": "pool", "fake": {**script, "reset_at": 1}})
+    await ws.send_json({**CREATE, "model": "pool", "fake": script})
     events = await ws.events_until_end()
     await ws.close()
     assert fakes["a"].requests[-1].sent and len(fakes["b"].requests) == 1
@@ -345,8 +327,7 @@ async def test_failover_before_the_first_output_event_is_invisible_on_the_socket
 async def test_an_upstream_failing_mid_response_is_response_failed_then_the_next_turn_runs(
     start_gateway, fake: FakeOpenAI, mode: str
 ) -> None:
-    gw = await start_gateway(backend=MODES[mode])
-    ws = await WSClient.connect(gw.url)
+    _, ws = await serve_and_connect(start_gateway, backend=MODES[mode])
     await ws.send_json({**CREATE, "fake": {"tokens": 4, "fault": "reset_mid_stream"}})
     failed = await ws.events_until_end()
     await ws.send_json({**CREATE, "fake": {"tokens": 1}})
@@ -362,8 +343,7 @@ async def test_an_upstream_failing_mid_response_is_response_failed_then_the_next
 async def test_a_stored_turn_is_found_over_http_and_continued_there(
     start_gateway, fake: FakeOpenAI, mode: str
 ) -> None:
-    gw = await start_gateway(backend=MODES[mode])
-    ws = await WSClient.connect(gw.url)
+    gw, ws = await serve_and_connect(start_gateway, backend=MODES[mode])
     await ws.send_json({**CREATE, "fake": {"tokens": 2}})
     response = (await ws.events_until_end())[-1]["response"]
     await ws.close()
@@ -384,8 +364,7 @@ async def test_a_stored_turn_is_found_over_http_and_continued_there(
 async def test_the_envelope_stays_on_the_socket_stream_id_comes_back_on_every_event(
     start_gateway, fake: FakeOpenAI, mode: str
 ) -> None:
-    gw = await start_gateway(backend=MODES[mode])
-    ws = await WSClient.connect(gw.url)
+    _, ws = await serve_and_connect(start_gateway, backend=MODES[mode])
     await ws.send_json({**CREATE, "stream_id": "lane-7", "fake": {"tokens": 2}})
     events = await ws.events_until_end()
     await ws.send_json({**CREATE, "model": "nope", "stream_id": "lane-8"})
@@ -403,8 +382,7 @@ async def test_the_envelope_stays_on_the_socket_stream_id_comes_back_on_every_ev
 async def test_a_warm_up_answers_without_a_backend_and_the_next_turn_continues_it(
     start_gateway, fake: FakeOpenAI
 ) -> None:
-    gw = await start_gateway(backend=MODES["native"])
-    ws = await WSClient.connect(gw.url)
+    _, ws = await serve_and_connect(start_gateway, backend=MODES["native"])
     await ws.send_json({**CREATE, "input": "Context", "generate": False, "store": False})
     warm = await ws.events_until_end()
     await ws.send_json(

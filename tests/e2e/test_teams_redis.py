@@ -25,6 +25,7 @@ from gateway.teams.limits import Limits
 from gateway.teams.redis_state import open_redis_state
 from gateway.teams.resp import RedisClient
 from gateway.testing.fake_openai import FakeOpenAI
+from tests.conftest import serve_config
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -324,13 +325,9 @@ async def test_a_replica_reads_and_continues_another_replicas_response(
 ) -> None:
     """Two gateways on one redis-server: a response stored through one is retrieved and
     continued (previous_response_id) through the other, and deleted there."""
-    from functools import partial
-
     import httpx
 
     from gateway.config import build_config
-    from gateway.server import serve
-    from gateway.service import open_gateway
     from gateway.testing.fake_openai import FakeOpenAI
 
     fake = FakeOpenAI()
@@ -344,14 +341,8 @@ async def test_a_replica_reads_and_continues_another_replicas_response(
         },
         environ={},
     )
-
-    async def replica(task_status: trio.TaskStatus[str]) -> None:
-        async with open_gateway(config) as gw:
-            [url] = await nursery.start(partial(serve, gw, shutdown=trio.Event()))
-            task_status.started(url)
-            await trio.sleep_forever()
-
-    one, two = await nursery.start(replica), await nursery.start(replica)
+    one = (await serve_config(nursery, config)).url
+    two = (await serve_config(nursery, config)).url
     async with httpx.AsyncClient(timeout=10) as client:
         made = await client.post(f"{one}/v1/responses", json={"model": "m", "input": "Hi"})
         rid = made.json()["id"]
