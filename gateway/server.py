@@ -61,7 +61,6 @@ def connection_timers(server: ServerSettings) -> ConnectionTimers:
 
 async def drain(gateway: Gateway) -> None:
     """Fail readiness, give in-flight requests the grace period, then abort the rest."""
-    gateway.draining = True
     gateway.drain_started.set()
     grace = gateway.config.server.graceful_timeout
     log.info("draining %d in-flight request(s), up to %g s", len(gateway.inflight), grace)

@@ -115,10 +115,15 @@ class Gateway:
     hosts: BackendHosts | None = None  # where a reload starts and stops backends
     tracing: Tracing | None = None  # None: tracing off
     stopping: bool = False  # SIGTERM came: not ready, though serving until the drain
-    draining: bool = False
     drain_started: trio.Event = field(default_factory=trio.Event)
-    """Set with ``draining``: what WebSockets wait on to stop taking new responses."""
+    """Set when the drain begins (:attr:`draining`): what WebSockets wait on to stop taking
+    new responses."""
     _turns: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: new requests are refused, those in flight finish."""
+        return self.drain_started.is_set()
 
     @property
     def auth(self) -> Teams | None:
@@ -135,12 +140,12 @@ class Gateway:
         return [upstream.gauges(now) for upstream in self.upstreams.values()]
 
     def pick_targets(
-        self, route: Route, upstreams: Mapping[str, Upstream] | None = None
+        self, route: Route, upstreams: Mapping[str, Upstream]
     ) -> list[tuple[Upstream, TargetSettings]]:
         """The targets to try for one request on ``route``, in order, by the route's
         strategy and each backend's state now. Advances the route's round-robin turn.
-        ``upstreams``: the backends the request started with (default: today's)."""
-        upstreams = self.upstreams if upstreams is None else upstreams
+        ``upstreams``: the backends the request started with (a reload may have
+        replaced :attr:`upstreams` since)."""
         targets = route.settings.all_targets
         turn = self._turns.get(route.name, 0)
         self._turns[route.name] = turn + 1
