@@ -166,6 +166,38 @@ def _same_run(relayed: bytes, direct: bytes, ids: dict[str, str]) -> bool:
     )
 
 
+def _assert_same_run(relayed: list[bytes], direct: list[bytes]) -> tuple[str, str]:
+    """``relayed`` and ``direct`` are two real runs of one computation, event for event the
+    same but for their ids and what :func:`_same_run` allows; returns ``relayed``'s ids
+    (:func:`_ids`)."""
+    relayed_ids, direct_ids = _ids(relayed), _ids(direct)
+    assert relayed_ids[0] != direct_ids[0]  # two real requests, not one answer replayed
+    assert len(relayed) == len(direct)
+    ids = dict(zip(relayed_ids, direct_ids, strict=True))
+    assert [
+        i for i, (r, d) in enumerate(zip(relayed, direct, strict=True)) if not _same_run(r, d, ids)
+    ] == []
+    return relayed_ids
+
+
+def _assert_one_text_message(names: list[str]) -> None:
+    """``names``, the types of a stream's events, are llama-server's for one text message:
+    its opening four events, text deltas only, its closing four."""
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ], names
+    assert names[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ], names
+    assert set(names[4:-4]) == {"response.output_text.delta"}, names
+
+
 def _text(events: list[bytes]) -> str:
     parsed = [_parse(e) for e in events]
     return "".join(e["delta"] for e in parsed if e["type"] == "response.output_text.delta")
@@ -184,29 +216,9 @@ async def test_stream_is_llama_servers_own_events(gateway, server) -> None:
     async with gateway.client() as client:
         relayed, _ = await _events(client, ASK)
 
-    relayed_ids, direct_ids = _ids(relayed), _ids(direct)
-    assert relayed_ids[0] != direct_ids[0]  # two real requests, not one answer replayed
-    assert len(relayed) == len(direct)
-    ids = dict(zip(relayed_ids, direct_ids, strict=True))
-    assert [
-        i for i, (r, d) in enumerate(zip(relayed, direct, strict=True)) if not _same_run(r, d, ids)
-    ] == []
-
+    _assert_same_run(relayed, direct)
     parsed = [_parse(e) for e in relayed]
-    names = [e["type"] for e in parsed]
-    assert names[:4] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-    ], names
-    assert names[-4:] == [
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ], names
-    assert set(names[4:-4]) == {"response.output_text.delta"}, names
+    _assert_one_text_message([e["type"] for e in parsed])
     assert all("sequence_number" not in e for e in parsed)
     final = parsed[-1]["response"]
     props = (await server.get("/props")).json()

@@ -36,7 +36,9 @@ from .test_responses_llamacpp import (
     ASK,
     INTERVAL,
     MAX_OUTPUT,
-    _run_dependent,
+    _assert_one_text_message,
+    _assert_same_run,
+    _parse,
     gateway,  # noqa: F401  (fixture)
     hold_the_slot,
 )
@@ -53,36 +55,22 @@ async def _frames(ws: WSClient) -> list[str]:
             return frames
 
 
-async def _sse_data(client: httpx.AsyncClient, body: dict[str, Any]) -> list[str]:
-    """The ``data`` of each event of a streamed ``POST /v1/responses`` (comments left out),
-    checking that each event's name is its ``type``."""
-    out: list[str] = []
+async def _sse_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list[bytes]:
+    """The events of a streamed ``POST /v1/responses``, raw (comments left out), each
+    checked to be named by its ``type`` (:func:`_parse`)."""
+    out: list[bytes] = []
     async with open_events(client, "/v1/responses", body) as (response, events):
         assert response.status_code == 200, await response.aread()
         async for event in events:
-            if event.startswith(b":"):
-                continue
-            name, data = event.split(b"\n", 1)
-            assert name.startswith(b"event: ") and data.startswith(b"data: "), event
-            text = data[len(b"data: ") :].decode()
-            assert json.loads(text)["type"] == name[len(b"event: ") :].decode(), event
-            out.append(text)
+            if not event.startswith(b":"):
+                _parse(event)
+                out.append(event)
     return out
 
 
-def _ids(events: list[dict[str, Any]]) -> tuple[str, str]:
-    """The response's and its message's id."""
-    created = next(e for e in events if e["type"] == "response.created")
-    added = next(e for e in events if e["type"] == "response.output_item.added")
-    return str(created["response"]["id"]), str(added["item"]["id"])
-
-
-def _same_run(relayed: str, direct: str, ids: dict[str, str]) -> bool:
-    for mine, theirs in ids.items():
-        relayed = relayed.replace(mine, theirs)
-    return relayed == direct or _run_dependent(json.loads(relayed)) == _run_dependent(
-        json.loads(direct)
-    )
+def _as_event(frame: str) -> bytes:
+    """A text frame as the SSE event that carries the same ``data`` over HTTP."""
+    return f"event: {json.loads(frame)['type']}\ndata: {frame}".encode()
 
 
 def _text(events: list[dict[str, Any]]) -> str:
@@ -104,39 +92,19 @@ async def test_a_turn_is_llama_servers_own_events(gateway, server) -> None:
     event is added or numbered (llama-server sends no ``sequence_number``), its ``model``
     (the GGUF's, not the route's name) is kept, and ``POST /v1/responses`` with
     ``stream: true`` through the gateway streams the same event types."""
-    direct = await _sse_data(server, {**ASK, "stream": True})
+    direct = await _sse_events(server, {**ASK, "stream": True})
     ws = await WSClient.connect(gateway.url)
     await ws.send_json({"type": "response.create", **ASK})
-    frames = await _frames(ws)
+    frames = [_as_event(frame) for frame in await _frames(ws)]
     await ws.close()
     async with gateway.client() as client:
-        over_http = await _sse_data(client, {**ASK, "stream": True})
+        over_http = await _sse_events(client, {**ASK, "stream": True})
 
-    relayed = [json.loads(f) for f in frames]
-    theirs = [json.loads(d) for d in direct]
-    relayed_ids, direct_ids = _ids(relayed), _ids(theirs)
-    assert relayed_ids[0] != direct_ids[0]  # two real requests, not one answer replayed
-    assert len(frames) == len(direct)
-    ids = dict(zip(relayed_ids, direct_ids, strict=True))
-    assert [
-        i for i, (r, d) in enumerate(zip(frames, direct, strict=True)) if not _same_run(r, d, ids)
-    ] == []
-
+    relayed_ids = _assert_same_run(frames, direct)
+    relayed = [_parse(f) for f in frames]
     kinds = [e["type"] for e in relayed]
-    assert kinds == [json.loads(d)["type"] for d in over_http]
-    assert kinds[:4] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-    ], kinds
-    assert kinds[-4:] == [
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ], kinds
-    assert set(kinds[4:-4]) == {"response.output_text.delta"}, kinds
+    assert kinds == [_parse(d)["type"] for d in over_http]
+    _assert_one_text_message(kinds)
     assert all("sequence_number" not in e for e in relayed)
     final = relayed[-1]["response"]
     assert final["id"] == relayed_ids[0] and final["status"] == "completed"
