@@ -27,6 +27,8 @@
 import { Agent } from 'undici';
 import OpenAI from 'openai';
 
+import { runOps } from './ops.mjs';
+
 // Node's own fetch, watched: the SDK turns a fetch that fails with a timeout into its own
 // APIConnectionTimeoutError and drops the cause, so the cause is kept here. With `tap`, the
 // body is teed and one branch recorded; the SDK reads the other branch.
@@ -125,10 +127,4 @@ async function run(op) {
   return out;
 }
 
-let input = '';
-for await (const piece of process.stdin) input += piece;
-const { ops } = JSON.parse(input);
-const results = await Promise.all(ops.map(run));
-process.stdout.write(JSON.stringify({ results }) + '\n');
-// Agents with open keep-alive sockets would hold the process for their idle timeout.
-process.exit(0);
+await runOps(run);

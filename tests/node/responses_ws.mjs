@@ -35,6 +35,8 @@
 import OpenAI from 'openai';
 import { ResponsesWS } from 'openai/resources/responses/ws';
 
+import { runOps } from './ops.mjs';
+
 const ENDS = new Set(['response.completed', 'response.failed', 'response.incomplete']);
 
 function describe(error) {
@@ -107,9 +109,4 @@ async function run(op) {
   return out;
 }
 
-let input = '';
-for await (const piece of process.stdin) input += piece;
-const { ops } = JSON.parse(input);
-const results = await Promise.all(ops.map(run));
-process.stdout.write(JSON.stringify({ results }) + '\n');
-process.exit(0);
+await runOps(run);
