@@ -109,17 +109,22 @@ class Measure(Protocol):
     def __call__(self, scenario: str, *args: str) -> dict[str, Any]: ...
 
 
-class PlanLike(Protocol):
-    """The harness's ``Plan``, as far as this scenario reads it."""
+class LoadPlan(Protocol):
+    """The harness's ``Plan``, as far as this scenario and scenario 8 both read it."""
 
-    @property
-    def stream_count(self) -> int: ...
     @property
     def stream_tokens(self) -> int: ...
     @property
     def sustain_tokens(self) -> int: ...
     @property
     def messages_streams(self) -> int: ...
+
+
+class PlanLike(LoadPlan, Protocol):
+    """The harness's ``Plan``, as far as this scenario reads it."""
+
+    @property
+    def stream_count(self) -> int: ...
 
 
 def run_messages(
@@ -131,12 +136,8 @@ def run_messages(
     scenario: DialectScenario = MESSAGES,
 ) -> dict[str, Any]:
     """One repeat of every variant of ``target`` (``{}`` for a target without variants)."""
-    variants = scenario.variants.get(target, ())
-    if not variants:
-        log(f"  {scenario.key}: no variants for {target}; skipped")
-        return {}
     out: dict[str, Any] = {}
-    for v in _rotation(variants, repeat):
+    for v in _this_repeat(scenario.variants, scenario.key, target, repeat, log):
         how = ("--path", v.path, "--dialect", v.dialect, "--model", v.model)
         if repeat == 0:  # first use of a path: imports, pools, the translator's first run
             measure("stream", *how, "--count", "2", "--tokens", "4")
@@ -169,13 +170,46 @@ def run_messages(
     return out
 
 
-# _rotation, _median, _f, _pair, _minus, _ratio, _columns and _markdown (and Measure and
-# Column above) serve ws_scenario (scenario 8) too; _f serves report.py.
+# _this_repeat, _rotation, _per_variant, _median, _f, _pair, _minus, _ratio, _columns and
+# _markdown (and Measure, LoadPlan and Column above) serve ws_scenario (scenario 8) too; _f
+# serves report.py.
+
+
+def _this_repeat(
+    variants: dict[str, tuple[V, ...]],
+    key: str,
+    target: str,
+    repeat: int,
+    log: Callable[[str], None],
+) -> tuple[V, ...]:
+    """``target``'s variants in repeat ``repeat``'s order (:func:`_rotation`); none for a
+    target without variants, logged as skipped under ``key``."""
+    found = variants.get(target, ())
+    if not found:
+        log(f"  {key}: no variants for {target}; skipped")
+        return ()
+    return _rotation(found, repeat)
 
 
 def _rotation(variants: tuple[V, ...], repeat: int) -> tuple[V, ...]:
     """The variants in repeat ``repeat``'s order: each repeat starts one later."""
     return variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+
+
+def _per_variant(
+    runs: Sequence[dict[str, Any]], first: str
+) -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Each variant of the first repeat with its ``first`` and its ``load`` results, from
+    every repeat that ran it."""
+    names = [name for run in runs[:1] for name in run]
+    return [
+        (
+            name,
+            [run[name][first] for run in runs if name in run],
+            [run[name]["load"] for run in runs if name in run],
+        )
+        for name in names
+    ]
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -185,11 +219,8 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 def summarize_messages(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeats, per variant."""
-    names = [name for run in runs[:1] for name in run]
     summary: dict[str, Any] = {}
-    for name in names:
-        streams = [run[name]["stream"] for run in runs if name in run]
-        loads = [run[name]["load"] for run in runs if name in run]
+    for name, streams, loads in _per_variant(runs, "stream"):
         summary[name] = {
             "ttft_p50": _median([r["ttft_ms"]["p50"] for r in streams]),
             "ttft_p99": _median([r["ttft_ms"]["p99"] for r in streams]),

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 # Scenarios 6 and 7's measuring and table helpers, the same here.
 from messages_scenario import (
+    LoadPlan,
     Measure,
     _columns,
     _f,
@@ -48,8 +49,9 @@ from messages_scenario import (
     _median,
     _minus,
     _pair,
+    _per_variant,
     _ratio,
-    _rotation,
+    _this_repeat,
 )
 
 KEY = "websocket"
@@ -78,15 +80,9 @@ VARIANTS: dict[str, tuple[Transport, ...]] = {
 }
 
 
-class PlanLike(Protocol):
+class PlanLike(LoadPlan, Protocol):
     """The harness's ``Plan``, as far as this scenario reads it."""
 
-    @property
-    def stream_tokens(self) -> int: ...
-    @property
-    def sustain_tokens(self) -> int: ...
-    @property
-    def messages_streams(self) -> int: ...
     @property
     def ws_turns(self) -> int: ...
     @property
@@ -97,12 +93,8 @@ def run_websocket(
     target: str, measure: Measure, plan: PlanLike, repeat: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """One repeat of every variant of ``target`` (``{}`` for a target without variants)."""
-    variants = VARIANTS.get(target, ())
-    if not variants:
-        log(f"  {KEY}: no variants for {target}; skipped")
-        return {}
     out: dict[str, Any] = {}
-    for v in _rotation(variants, repeat):
+    for v in _this_repeat(VARIANTS, KEY, target, repeat, log):
         how = ["--path", PATH, "--dialect", "responses", "--model", v.model]
         how += ["--transport", v.transport, *(["--deflate"] if v.deflate else [])]
         if repeat == 0:  # first use of a path: imports, pools, the first socket
@@ -143,11 +135,8 @@ def _broken(r: dict[str, Any]) -> int:
 
 def summarize_websocket(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeats, per variant."""
-    names = [name for run in runs[:1] for name in run]
     summary: dict[str, Any] = {}
-    for name in names:
-        c1s = [run[name]["c1"] for run in runs if name in run]
-        loads = [run[name]["load"] for run in runs if name in run]
+    for name, c1s, loads in _per_variant(runs, "c1"):
 
         def med(rs: list[dict[str, Any]], key: str, q: str) -> float | None:
             return _median([(r.get(key) or {}).get(q) for r in rs])
