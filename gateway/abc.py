@@ -47,7 +47,13 @@ the ``gateway`` package is internal):
   reach it translated to ``chat/completions`` otherwise, and a token count asks
   :meth:`Backend.count_tokens`, which refuses with :class:`CannotCountTokens` unless the
   backend can count exactly.
-* Types: :data:`Endpoint`, :data:`OPENAI_ENDPOINTS`, :data:`JSONObject`, :data:`JSONValue`, :class:`BackendStatus`
+* Worker processes (``[server] workers`` above 1): by default every worker runs its own
+  instance of a backend (its own pools). A backend that owns something one machine should
+  run once — a child process, a model in memory — says so with :attr:`Backend.placement`:
+  ``"parent"`` backends run once in the parent process, and the workers reach them through
+  :meth:`Backend.address` and :meth:`Backend.reached_at`; ``"single"`` ones refuse to start
+  with several workers.
+* Types: :data:`Endpoint`, :data:`Placement`, :data:`OPENAI_ENDPOINTS`, :data:`JSONObject`, :data:`JSONValue`, :class:`BackendStatus`
   and :data:`Health`.
 """
 
@@ -95,6 +101,7 @@ __all__ = [
     "JSONObject",
     "JSONValue",
     "Overloaded",
+    "Placement",
     "SettingsT",
     "ShuttingDown",
     "Timeouts",
@@ -241,6 +248,11 @@ class UpstreamResponse:
 
 Health = Literal["ready", "loading", "down", "unknown"]
 
+Placement = Literal["worker", "parent", "single"]
+"""Where a backend runs when the gateway has several worker processes: ``"worker"``, one
+instance in each; ``"parent"``, one in the parent process that the workers reach;
+``"single"``, nowhere — the gateway refuses to start with more than one worker."""
+
 
 @dataclass(frozen=True, slots=True)
 class BackendStatus:
@@ -303,6 +315,25 @@ class Backend(abc.ABC, Generic[SettingsT]):
     async def running(self) -> AsyncIterator[None]:
         """Hold the backend's resources for the gateway's lifetime. The default holds none."""
         yield
+
+    @classmethod
+    def placement(cls, settings: BackendSettings) -> Placement:
+        """Where a backend with ``settings`` runs when ``[server] workers`` is above 1 (see
+        :data:`Placement`). The default, ``"worker"``, suits anything that holds only
+        connections; a backend that starts a server process returns ``"parent"``, one that
+        holds a model in its own memory ``"single"``."""
+        return "worker"
+
+    def address(self) -> str:
+        """For a ``"parent"`` backend, once :meth:`running` has been entered: where the
+        workers reach it (passed to :meth:`reached_at` in each worker)."""
+        raise NotImplementedError(f"{type(self).__name__} runs in each worker")
+
+    @classmethod
+    def reached_at(cls, settings: BackendSettings, address: str) -> BackendSettings:
+        """For a ``"parent"`` backend: the settings by which a worker's instance reaches the
+        one the parent runs at ``address`` (it starts nothing of its own)."""
+        raise NotImplementedError(f"{cls.__name__} runs in each worker")
 
     def speaks(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` reaches this backend as it is (not translated)."""

@@ -5,12 +5,28 @@ is :class:`gateway.teams.TeamAdmission`."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import trio
 
 from .abc import AdmissionSettings
 from .errors import Overloaded
+
+
+class Slots(Protocol):
+    """A backend's slots as requests and the balancer see them: these, in one process, or
+    :class:`gateway.worker_link.SharedSlots`, the machine's in the parent's keeping."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def hold(
+        self, on_wait: Callable[[], None] | None = None
+    ) -> AbstractAsyncContextManager[None]: ...
 
 
 class BackendSlots:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import trio
 
-from .config import load_config
+from .config import GatewayConfig, load_config
 from .errors import ConfigError
 from .logs import LogFormat, configure_logging
 from .registry import load_registry, settings_fields
@@ -93,13 +93,18 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             raise click.BadParameter(str(error), param_hint="--bind") from None
     _usage_database_or_exit(config, "cannot start")
 
+    workers = config.server.worker_count
+    if workers > 1:
+        log_args = ["--log-level", log_level, "--log-format", log_format]
+        _supervise(config, config_path, bind, workers, log_args)
+        return
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 partial(serve_gateway, config, bind=bind, config_path=config_path)
             )
-            for address in binds:
-                logging.getLogger("gateway").info("serving on %s", address)
+            _log_serving(binds)
 
     from .responses import ResponsesDatabaseError
     from .teams.usage import UsageDatabaseError
@@ -109,6 +114,76 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
         click.echo(f"cannot start: {group.exceptions[0]}", err=True)
         sys.exit(1)
+
+
+def _log_serving(binds: list[str]) -> None:
+    for address in binds:
+        logging.getLogger("gateway").info("serving on %s", address)
+
+
+def _supervise(
+    config: GatewayConfig, config_path: Path, bind: str | None, workers: int, log_args: list[str]
+) -> None:
+    """Run ``workers`` worker processes under this one (:mod:`gateway.supervisor`)."""
+    from .supervisor import WorkerFailed, supervise
+
+    registry = load_registry()
+    run = partial(
+        supervise,
+        config,
+        config_path,
+        registry=registry,
+        workers=workers,
+        bind=bind,
+        log_args=log_args,
+        on_serving=_log_serving,
+    )
+    try:
+        trio.run(run)
+    except* ConfigError as group:
+        error = group.exceptions[0]
+        assert isinstance(error, ConfigError)
+        click.echo(f"config error in {config_path}:\n{error.message}", err=True)
+        sys.exit(2)
+    except* WorkerFailed as group:
+        click.echo(f"cannot start: {group.exceptions[0]}", err=True)
+        sys.exit(1)
+
+
+@main.command(hidden=True)
+@config_option
+@click.option("--id", "worker", type=int, required=True)
+@click.option("--listen-fd", "listen_fds", type=int, multiple=True, required=True)
+@click.option("--control-fd", type=int, required=True)
+@click.option("--parent-backend", "parent_backends", multiple=True, help="ID=ADDRESS")
+@click.option("--log-level", default="info")
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+def worker(
+    config_path: Path,
+    worker: int,
+    listen_fds: tuple[int, ...],
+    control_fd: int,
+    parent_backends: tuple[str, ...],
+    log_level: str,
+    log_format: LogFormat,
+) -> None:
+    """One worker process of `gateway serve` with [server] workers above 1 (started by
+    the parent; not for use by hand)."""
+    from .worker import run_worker
+
+    configure_logging(log_level, log_format)
+    addresses = dict(entry.split("=", 1) for entry in parent_backends)
+    trio.run(
+        partial(
+            run_worker,
+            config_path,
+            worker=worker,
+            listen_fds=list(listen_fds),
+            control_fd=control_fd,
+            addresses=addresses,
+            registry=load_registry(),
+        )
+    )
 
 
 @main.command()

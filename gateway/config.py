@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,11 @@ class ServerSettings(_Settings):
     """How the gateway listens, and how long it waits on a client that is sending."""
 
     bind: str = "127.0.0.1:8080"
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description='worker processes sharing the listening socket, or "auto" (one per usable '
+        "CPU); above 1, a parent process supervises them and keeps limits machine-wide",
+    )
     graceful_timeout: float = Field(60.0, ge=0)
     shutdown_delay: float = Field(
         0.0,
@@ -87,6 +92,17 @@ class ServerSettings(_Settings):
         description="where `gateway serve` writes its pid, for `gateway reload` (default: "
         "a file in the temp directory named after the config file's path)",
     )
+
+    @property
+    def worker_count(self) -> int:
+        """:attr:`workers` as a number ("auto": the CPUs this process may run on)."""
+        if self.workers == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        return self.workers
 
     @field_validator("bind")
     @classmethod

@@ -34,6 +34,7 @@ pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they ch
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -143,10 +144,12 @@ async def serve_connections(
     timers: ConnectionTimers,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``config.bind`` until ``shutdown_trigger()`` returns; reports the
-    bound addresses (``http://host:port``) through ``task_status``.
+    """Serve ``app`` on ``config.bind`` (or on ``sockets``, listening already: a worker's
+    share of its parent's) until ``shutdown_trigger()`` returns; reports the bound
+    addresses (``http://host:port``) through ``task_status``.
 
     On shutdown: stop accepting, close idle connections, give requests in progress
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
@@ -169,7 +172,9 @@ async def serve_connections(
         async with trio.open_nursery() as connections:
             listeners: list[trio.SocketListener] = []
             binds: list[str] = []
-            for sock in config.create_sockets().insecure_sockets:
+            if sockets is None:
+                sockets = config.create_sockets().insecure_sockets
+            for sock in sockets:
                 sock.listen(config.backlog)
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
@@ -185,6 +190,11 @@ async def serve_connections(
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
             finally:
+                # Refuse new connections at once (a worker's copy of a shared socket would
+                # otherwise queue them until the process exits).
+                for listener in listeners:
+                    with trio.CancelScope(shield=True):
+                        await listener.aclose()
                 # Idle connections close now, busy ones after their answer; all by the deadline.
                 await context.terminated.set()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

@@ -64,6 +64,8 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
     registry = gateway.registry if gateway.registry is not None else load_registry()
     try:
         new, digest = read_config(path, registry=registry)
+        if gateway.adapt is not None:
+            new = gateway.adapt(new)
     except ConfigError as error:
         log.error("config reload refused, the running config is kept: %s", error.message)
         gateway.telemetry.on_reload(False)
@@ -109,7 +111,7 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
             await hosts.stop(backend)
         gateway.telemetry.on_reload(False)
         return False
-    made = {backend.id: Upstream.of(backend) for backend in started}
+    made = {backend.id: Upstream.of(backend, gateway.link) for backend in started}
     upstreams = {id: unchanged.get(id) or made[id] for id in new.backends}
     retired = [u for id, u in current.items() if upstreams.get(id) is not u]
 

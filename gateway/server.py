@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from functools import partial
 from pathlib import Path
 
@@ -97,14 +98,16 @@ async def serve(
     bind: str | None = None,
     shutdown: trio.Event | None = None,
     config_path: Path | None = None,
+    sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``gateway`` until ``shutdown`` is set (or SIGTERM/SIGINT when it is ``None``),
     then drain. Reports the bound addresses (``http://host:port``) through ``task_status``.
 
     With ``config_path`` (the file ``gateway.config`` came from), SIGHUP reloads it
-    (:mod:`gateway.reload`), and the process's pid is written where ``gateway reload``
-    looks for it (:mod:`gateway.pidfile`).
+    (:mod:`gateway.reload`), and — unless this is a worker process, on ``sockets`` its
+    parent listens on — the process's pid is written where ``gateway reload`` looks for
+    it (:mod:`gateway.pidfile`).
     """
     config = gateway.config
     hconfig = hypercorn_config(bind or config.server.bind, config.server)
@@ -136,7 +139,8 @@ async def serve(
         if config_path is not None:
             gateway.telemetry.on_config(file_digest(config_path))
             reloading = await nursery.start(_reload_on_sighup, gateway, config_path, nursery)
-            pid_file = pid_path(config, config_path)
+            if sockets is None:
+                pid_file = pid_path(config, config_path)
         binds = await nursery.start(
             partial(
                 serve_connections,
@@ -144,6 +148,7 @@ async def serve(
                 hconfig,
                 connection_timers(config.server),
                 shutdown_trigger=stop.wait,
+                sockets=sockets,
             )
         )
         try:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
 from .abc import Backend, BackendSettings
-from .admission import BackendSlots
+from .admission import BackendSlots, Slots
 from .backend_hosts import BackendHosts, open_backend_hosts
 from .balancer import Breaker, Candidate, order_targets, upstream_load
 from .config import GatewayConfig, Route, TargetSettings
@@ -29,6 +29,7 @@ from .routing import Router
 from .teams import Teams, open_teams
 from .telemetry import Telemetry, UpstreamGauges
 from .tracing import Tracing, open_tracing
+from .worker_link import ParentLink, ParentState, SharedSlots
 
 log = logging.getLogger("gateway")
 
@@ -40,18 +41,22 @@ class Upstream:
     or removed)."""
 
     backend: Backend
-    slots: BackendSlots
+    slots: Slots
     breaker: Breaker
     users: int = 0
     _unused: trio.Event = field(default_factory=trio.Event)
 
     @classmethod
-    def of(cls, backend: Backend) -> Upstream:
-        return cls(
-            backend,
-            BackendSlots(backend.id, backend.settings.admission),
-            Breaker(backend.settings.ejection),
+    def of(cls, backend: Backend, link: ParentLink | None = None) -> Upstream:
+        """``backend``'s upstream; with ``link`` (a worker process), its slots are the
+        machine's."""
+        admission = backend.settings.admission
+        slots: Slots = (
+            BackendSlots(backend.id, admission)
+            if link is None
+            else SharedSlots(link, backend.id, admission)
         )
+        return cls(backend, slots, Breaker(backend.settings.ejection))
 
     @property
     def id(self) -> str:
@@ -114,6 +119,10 @@ class Gateway:
     registry: Registry | None = None  # the backend types a reload may build
     hosts: BackendHosts | None = None  # where a reload starts and stops backends
     tracing: Tracing | None = None  # None: tracing off
+    link: ParentLink | None = None  # a worker process's line to its parent
+    adapt: Callable[[GatewayConfig], GatewayConfig] | None = None
+    """What a reloaded config goes through before it is used (a worker's: its parent's
+    backends reached where the parent runs them); may raise :class:`ConfigError`."""
     stopping: bool = False  # SIGTERM came: not ready, though serving until the drain
     drain_started: trio.Event = field(default_factory=trio.Event)
     """Set when the drain begins (:attr:`draining`): what WebSockets wait on to stop taking
@@ -170,9 +179,10 @@ def build_backend(backend_id: str, settings: BackendSettings, registry: Registry
 
 @asynccontextmanager
 async def open_gateway(
-    config: GatewayConfig, registry: Registry | None = None
+    config: GatewayConfig, registry: Registry | None = None, link: ParentLink | None = None
 ) -> AsyncIterator[Gateway]:
-    """Start every backend (pools, processes, models) and stop them all on exit."""
+    """Start every backend (pools, processes, models) and stop them all on exit. ``link``:
+    this is a worker process, whose limits and slots its parent keeps for the machine."""
     registry = registry if registry is not None else load_registry()
     backends = build_backends(config, registry)
     async with AsyncExitStack() as stack:
@@ -181,8 +191,9 @@ async def open_gateway(
         hosts = await stack.enter_async_context(open_backend_hosts())
         for backend in backends.values():
             await hosts.start(backend)
-        upstreams = {b.id: Upstream.of(b) for b in backends.values()}
-        teams = await stack.enter_async_context(open_teams(config))
+        upstreams = {b.id: Upstream.of(b, link) for b in backends.values()}
+        local = ParentState(link) if link is not None else None
+        teams = await stack.enter_async_context(open_teams(config, local=local))
         gateway = Gateway(
             config,
             upstreams,
@@ -191,6 +202,7 @@ async def open_gateway(
             teams=teams,
             registry=registry,
             hosts=hosts,
+            link=link,
         )
         gateway.telemetry.attach(gateway.gauges)
         gateway.tracing = await stack.enter_async_context(

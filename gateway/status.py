@@ -25,7 +25,14 @@ from .writer import ClientGone, Headers, ResponseWriter, heartbeat, sse_headers
 if TYPE_CHECKING:
     from .service import Gateway
 
-__all__ = ["FEED_KEEPALIVE", "page_html", "serve_feed", "snapshot"]
+__all__ = [
+    "FEED_KEEPALIVE",
+    "machine_snapshot",
+    "page_html",
+    "serve_feed",
+    "snapshot",
+    "streams_of",
+]
 
 FEED_KEEPALIVE = KeepaliveSettings(interval=5.0, comment="keepalive")
 _FEED_BEAT = comment_heartbeat(FEED_KEEPALIVE)
@@ -80,6 +87,29 @@ def snapshot(gateway: Gateway, now: float) -> dict[str, Any]:
     }
 
 
+def streams_of(gateway: Gateway) -> list[dict[str, Any]]:
+    """This process's streams as the page shows them (what a worker reports)."""
+    now = trio.current_time()
+    return [_stream(entry, now) for entry in gateway.inflight]
+
+
+async def machine_snapshot(gateway: Gateway) -> dict[str, Any]:
+    """:func:`snapshot`; in a worker process, with every worker's streams (each with its
+    ``worker``)."""
+    now = trio.current_time()
+    view = snapshot(gateway, now)
+    link = gateway.link
+    if link is not None and not link.lost.is_set():
+        streams = [
+            {**stream, "worker": report["worker"]}
+            for report in await link.collect("streams")
+            for stream in report["body"] or ()
+        ]
+        streams.sort(key=lambda s: (-s["age_s"], s["request_id"]))
+        view.update(streams=streams, in_flight=len(streams))
+    return view
+
+
 def _stream(entry: InFlight, now: float) -> dict[str, Any]:
     return {
         "request_id": entry.request_id,
@@ -118,7 +148,7 @@ async def _send_changes(writer: ResponseWriter, gateway: Gateway) -> None:
     last = b""
     try:
         while not gateway.draining:
-            event = json.dumps(snapshot(gateway, trio.current_time())).encode()
+            event = json.dumps(await machine_snapshot(gateway)).encode()
             if event != last:
                 await writer.write(b"data: " + event + b"\n\n")
                 last = event

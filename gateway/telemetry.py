@@ -272,10 +272,18 @@ def _entry_fields(entry: InFlight) -> dict[str, Any]:
     }
 
 
+PROCESS_FIELDS: dict[str, Any] = {}
+"""Fields every access-log line of this process carries (a worker's ``worker`` id)."""
+
+
 def write_access_log(fields: Mapping[str, Any]) -> None:
     """One JSON line per request. Carries no headers and no body: nothing secret."""
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(json.dumps({"ts": round(time.time(), 3), **fields}, separators=(",", ":")))
+        access_log.info(
+            json.dumps(
+                {"ts": round(time.time(), 3), **PROCESS_FIELDS, **fields}, separators=(",", ":")
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,10 @@ import trio
 from gateway.abc import (
     OPENAI_ENDPOINTS,
     Backend,
+    BackendSettings,
     BackendStatus,
     Overloaded,
+    Placement,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStatusError,
@@ -75,6 +77,21 @@ class LlamaCppBackend(Backend[LlamaCppSettings]):
         self._next_load_read = -math.inf
         if settings.managed:
             self.status = BackendStatus(health="loading", detail="llama-server not started yet")
+
+    @classmethod
+    def placement(cls, settings: BackendSettings) -> Placement:
+        """A managed server runs once per machine, in the parent; a remote one is reached
+        from every worker."""
+        return "parent" if isinstance(settings, LlamaCppSettings) and settings.managed else "worker"
+
+    def address(self) -> str:
+        assert self.url is not None, "running"
+        return self.url
+
+    @classmethod
+    def reached_at(cls, settings: BackendSettings, address: str) -> BackendSettings:
+        """Remote mode, at the server the parent runs."""
+        return settings.model_copy(update={"url": address, "model": None})
 
     def _publish(self, status: BackendStatus) -> None:
         if status.health != "ready":

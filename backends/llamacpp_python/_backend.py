@@ -38,10 +38,12 @@ import trio
 
 from gateway.abc import (
     Backend,
+    BackendSettings,
     BackendStatus,
     ConfigError,
     GatewayError,
     InvalidRequest,
+    Placement,
     ShuttingDown,
     UpstreamConnectError,
     UpstreamRequest,
@@ -68,6 +70,12 @@ class LlamaCppPythonBackend(Backend[LlamaCppPythonSettings]):
     """Serves chat and text completions (or embeddings) from an in-process model."""
 
     Settings = LlamaCppPythonSettings
+
+    @classmethod
+    def placement(cls, settings: BackendSettings) -> Placement:
+        """The model lives in this process's memory: one copy per worker would multiply the
+        memory and the compute it contends for, so several workers are refused."""
+        return "single"
 
     def __init__(self, id: str, settings: LlamaCppPythonSettings) -> None:
         super().__init__(id, settings)

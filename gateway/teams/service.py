@@ -240,9 +240,12 @@ def _rate_limited(team: _Team, decision: Decision) -> RateLimited:
 
 
 @asynccontextmanager
-async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
+async def open_teams(
+    config: GatewayConfig, *, local: StateBackend | None = None
+) -> AsyncIterator[Teams]:
     """Open what the teams need (usage database, Redis) for the gateway's lifetime; with
-    auth off, nothing — and a loud warning."""
+    auth off, nothing — and a loud warning. ``local``: where the windows live without
+    Redis (default: this process; a worker's are its parent's)."""
     probe = Teams(config)
     if not probe.enabled:
         log.warning(
@@ -254,7 +257,7 @@ async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
         return
     async with AsyncExitStack() as stack:
         recorder = await stack.enter_async_context(open_usage_recorder(config.usage.database))
-        state: StateBackend = LocalState()
+        state: StateBackend = local if local is not None else LocalState()
         shared: RedisState | None = None
         if config.state.redis is not None:
             state = shared = await stack.enter_async_context(
@@ -269,6 +272,10 @@ async def open_teams(config: GatewayConfig) -> AsyncIterator[Teams]:
             "auth on: %d team(s), usage in %s, limits %s",
             len(config.teams),
             config.usage.database,
-            "in redis" if config.state.redis else "per process",
+            "in redis"
+            if config.state.redis
+            else "per process"
+            if local is None
+            else "for the machine (parent process)",
         )
         yield Teams(config, state=state, recorder=recorder, shared=shared)

@@ -7,6 +7,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
+from ..metrics_merge import merge_expositions
 from ..service import Gateway
 from . import json_response
 
@@ -44,6 +45,14 @@ def blueprint(gateway: Gateway) -> Blueprint:
 
     @probes.get("/metrics")
     async def metrics() -> Response:
-        return Response(gateway.telemetry.scrape(), content_type=CONTENT_TYPE_LATEST)
+        """This process's metrics; in a worker, every worker's, merged."""
+        link = gateway.link
+        if link is None or link.lost.is_set():
+            return Response(gateway.telemetry.scrape(), content_type=CONTENT_TYPE_LATEST)
+        reports = await link.collect("metrics")
+        body = merge_expositions(
+            (str(r["worker"]), r["body"]) for r in reports if r["body"] is not None
+        )
+        return Response(body, content_type=CONTENT_TYPE_LATEST)
 
     return probes

@@ -1,0 +1,284 @@
+"""The parent process of ``[server] workers`` above 1.
+
+It opens the listening sockets and passes them to N worker processes (``gateway worker``,
+:mod:`gateway.worker`), so the kernel spreads connections over them; keeps what the
+workers share (:class:`~gateway.machine.Machine`: limits, slots, queues); runs the
+backends that must exist once per machine (placement ``"parent"``: a managed llama-server)
+and tells the workers where they are; and supervises:
+
+- A worker that dies is started again after a back-off (:data:`RESTART_DELAY`, doubling
+  up to :data:`RESTART_DELAY_MAX`, back to the start once one has run
+  :data:`STABLE_AFTER` seconds), logged and counted (``trio_gateway_worker_restarts_total``).
+  One that dies before it ever served ends the gateway: that is a start-up error (its log
+  says which), and restarting it would only repeat it.
+- SIGTERM or SIGINT: the parent closes its copy of the listening sockets and forwards
+  SIGTERM; each worker fails readiness, serves ``shutdown_delay`` more seconds, drains
+  within ``graceful_timeout`` and exits. A worker still running well after that is
+  killed, then the parent's backends stop: no process is left behind.
+- SIGHUP is forwarded: every worker reloads the config. The backends the parent runs are
+  kept as they started (a change to them takes a restart; a reload adding one is refused).
+
+Workers run in sessions of their own, so a terminal's Ctrl-C reaches the parent only, and
+each one shuts down by itself if the parent is gone (its line to the parent closes).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from hypercorn.utils import repr_socket_addr
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from .backend_hosts import open_backend_hosts
+from .config import GatewayConfig
+from .control import Channel
+from .errors import ConfigError
+from .machine import Machine
+from .pidfile import pid_path, remove_pid, write_pid
+from .registry import Registry
+from .server import hypercorn_config
+from .service import build_backend
+
+__all__ = ["WorkerFailed", "check_placements", "supervise"]
+
+log = logging.getLogger("gateway.workers")
+
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 30.0
+# Past the drain (shutdown_delay + graceful_timeout), how long a worker may take to exit.
+_EXIT_GRACE = 15.0
+
+
+class WorkerFailed(Exception):
+    """A worker exited before it ever served."""
+
+
+def check_placements(config: GatewayConfig, registry: Registry, workers: int) -> None:
+    """Refuse backends that cannot run under ``workers`` processes (placement
+    ``"single"``), with what to do instead."""
+    if workers <= 1:
+        return
+    for id, settings in config.backends.items():
+        backend_type = registry.get(settings.type)
+        if backend_type is not None and backend_type.cls.placement(settings) == "single":
+            raise ConfigError(
+                f"backends.{id}: a {settings.type} backend holds its model in the gateway's "
+                f"own process and cannot be shared by {workers} workers; set "
+                "[server] workers = 1, or serve the model with a llama.cpp backend "
+                '(`type = "llamacpp"` with `model`: one llama-server for every worker)'
+            )
+
+
+@dataclass
+class _Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.restarts = Counter(
+            "trio_gateway_worker_restarts",
+            "Worker processes started again after they died.",
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "trio_gateway_workers", "Worker processes running.", registry=self.registry
+        )
+
+
+@dataclass
+class _Parent:
+    config: GatewayConfig
+    config_path: Path
+    listen_fds: list[int]
+    addresses: dict[str, str]
+    log_args: list[str]
+    machine: Machine
+    metrics: _Metrics
+    stopping: trio.Event = field(default_factory=trio.Event)
+    processes: dict[int, trio.Process] = field(default_factory=dict)
+    served: set[int] = field(default_factory=set)  # workers that were ever ready
+
+    def argv(self, worker: int, control_fd: int) -> list[str]:
+        argv = [sys.executable, "-m", "gateway", "worker", "--config", str(self.config_path)]
+        argv += ["--id", str(worker), "--control-fd", str(control_fd), *self.log_args]
+        for fd in self.listen_fds:
+            argv += ["--listen-fd", str(fd)]
+        for id, address in self.addresses.items():
+            argv += ["--parent-backend", f"{id}={address}"]
+        return argv
+
+    async def keep(self, worker: int) -> None:
+        """Run worker ``worker``, and again each time it dies, until the gateway stops."""
+        delay = RESTART_DELAY
+        while True:
+            began = trio.current_time()
+            code = await self.run_once(worker)
+            if self.stopping.is_set():
+                return
+            if worker not in self.served:
+                raise WorkerFailed(f"worker {worker} exited ({_describe(code)}) before it served")
+            self.metrics.restarts.inc()
+            if trio.current_time() - began >= STABLE_AFTER:
+                delay = RESTART_DELAY
+            log.error(
+                "worker %d exited (%s); starting it again in %g s", worker, _describe(code), delay
+            )
+            with trio.move_on_after(delay):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+            delay = min(delay * 2, RESTART_DELAY_MAX)
+
+    async def run_once(self, worker: int) -> int:
+        """Start worker ``worker``, serve its line, and return its exit status."""
+        ours, theirs = socket.socketpair()
+        with ours:
+            try:
+                process = await trio.lowlevel.open_process(
+                    self.argv(worker, theirs.fileno()),
+                    pass_fds=(*self.listen_fds, theirs.fileno()),
+                    start_new_session=True,
+                )
+            finally:
+                theirs.close()
+            self.processes[worker] = process
+            self.metrics.running.inc()
+            log.info("worker %d started (pid %d)", worker, process.pid)
+            channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.machine.serve, worker, channel)
+                    nursery.start_soon(self._kill_late, process)
+                    code = await process.wait()
+                    nursery.cancel_scope.cancel()
+                return code
+            finally:
+                self.metrics.running.dec()
+                del self.processes[worker]
+                if process.returncode is None:  # the parent is failing: leave no orphan
+                    process.kill()
+
+    async def _kill_late(self, process: trio.Process) -> None:
+        """Kill ``process`` if it still runs well after the drain should have ended."""
+        await self.stopping.wait()
+        server = self.config.server
+        await trio.sleep(server.shutdown_delay + server.graceful_timeout + _EXIT_GRACE)
+        log.error("worker pid %d did not exit after the drain; killing it", process.pid)
+        process.kill()
+
+    def signal_all(self, signum: int) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(signum)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+async def supervise(
+    config: GatewayConfig,
+    config_path: Path,
+    *,
+    registry: Registry,
+    workers: int,
+    bind: str | None = None,
+    log_args: list[str] | None = None,
+    on_serving: Callable[[list[str]], None] | None = None,
+) -> None:
+    """Run ``workers`` worker processes on ``config`` until SIGTERM or SIGINT, as the
+    module says; ``on_serving`` gets the bound addresses once every worker is ready."""
+    check_placements(config, registry, workers)
+    hconfig = hypercorn_config(bind or config.server.bind, config.server)
+    sockets = hconfig.create_sockets().insecure_sockets
+    binds = []
+    for sock in sockets:
+        sock.listen(hconfig.backlog)
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    metrics = _Metrics()
+    all_ready = trio.Event()
+
+    def on_ready(worker: int) -> None:
+        parent.served.add(worker)
+        log.info("worker %d ready", worker)
+        if len(parent.served) == workers:
+            all_ready.set()
+
+    machine = Machine({"metrics": lambda: generate_latest(metrics.registry).decode()}, on_ready)
+    async with open_backend_hosts() as hosts:
+        addresses = {}
+        for id, settings in config.backends.items():
+            backend_type = registry.get(settings.type)
+            if backend_type is not None and backend_type.cls.placement(settings) == "parent":
+                backend = build_backend(id, settings, registry)
+                await hosts.start(backend)
+                addresses[id] = backend.address()
+                log.info("backend %s runs once for every worker, at %s", id, addresses[id])
+        parent = _Parent(
+            config,
+            config_path,
+            [sock.fileno() for sock in sockets],
+            addresses,
+            log_args or [],
+            machine,
+            metrics,
+        )
+        pid_file = pid_path(config, config_path)
+        write_pid(pid_file)
+        try:
+            await _run(parent, sockets, workers, binds, all_ready, on_serving)
+        finally:
+            remove_pid(pid_file)
+            for sock in sockets:
+                sock.close()
+    log.info("stopped")
+
+
+async def _run(
+    parent: _Parent,
+    sockets: list[socket.socket],
+    workers: int,
+    binds: list[str],
+    all_ready: trio.Event,
+    on_serving: Callable[[list[str]], None] | None,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(parent.machine.broadcast_loads)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as keepers:
+                for worker in range(workers):
+                    keepers.start_soon(parent.keep, worker)
+
+                waiting = trio.CancelScope()
+
+                async def report_ready() -> None:
+                    with waiting:
+                        await all_ready.wait()
+                        log.info("%d workers serving", workers)
+                        if on_serving is not None:
+                            on_serving(binds)
+
+                keepers.start_soon(report_ready)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        log.info("received SIGHUP; every worker reloads the config")
+                        parent.signal_all(signal.SIGHUP)
+                        continue
+                    log.info("received %s; every worker drains, then exits", name)
+                    parent.stopping.set()
+                    waiting.cancel()
+                    for sock in sockets:  # the workers' copies serve until their drain
+                        sock.close()
+                    parent.signal_all(signal.SIGTERM)
+                    break
+        nursery.cancel_scope.cancel()

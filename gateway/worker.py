@@ -1,0 +1,117 @@
+"""One worker process of ``[server] workers`` (started by :mod:`gateway.supervisor`,
+through the hidden ``gateway worker`` command).
+
+It serves on the listening sockets its parent opened and passed down, with the team
+limits and backend slots its parent keeps for the machine (:mod:`gateway.worker_link`);
+the backends the parent runs once per machine (a managed llama-server) it reaches at the
+addresses the parent passed. It drains and exits on SIGTERM or SIGINT (the parent
+forwards them), reloads on SIGHUP, and shuts down by itself when the parent is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from .config import GatewayConfig, read_config
+from .control import Channel
+from .errors import ConfigError
+from .registry import Registry
+from .server import serve
+from .service import open_gateway
+from .status import streams_of
+from .telemetry import PROCESS_FIELDS
+from .worker_link import ParentLink
+
+__all__ = ["reach_parent_backends", "run_worker"]
+
+log = logging.getLogger("gateway.workers")
+
+
+def reach_parent_backends(
+    config: GatewayConfig, registry: Registry, addresses: Mapping[str, str]
+) -> GatewayConfig:
+    """``config`` with each backend the parent runs (placement ``"parent"``) reached at its
+    address in ``addresses``. Raises :class:`ConfigError` for one the parent does not run
+    (added by a reload: it would start once per worker)."""
+    backends = dict(config.backends)
+    for id, settings in config.backends.items():
+        backend_type = registry.get(settings.type)
+        if backend_type is None or backend_type.cls.placement(settings) != "parent":
+            continue
+        address = addresses.get(id)
+        if address is None:
+            raise ConfigError(
+                f"backends.{id}: with several workers, a {settings.type} backend that runs "
+                "its own server is started once, by the parent, at start-up; restart the "
+                "gateway to add one"
+            )
+        backends[id] = backend_type.cls.reached_at(settings, address)
+    return dataclasses.replace(config, backends=backends)
+
+
+async def run_worker(
+    config_path: Path,
+    *,
+    worker: int,
+    listen_fds: list[int],
+    control_fd: int,
+    addresses: Mapping[str, str],
+    registry: Registry,
+) -> None:
+    """Serve as worker ``worker`` until told to stop, or the parent is gone."""
+    PROCESS_FIELDS["worker"] = worker
+    sockets = [socket.socket(fileno=fd) for fd in listen_fds]
+    control = socket.socket(fileno=control_fd)
+    link = ParentLink(Channel(trio.SocketStream(trio.socket.from_stdlib_socket(control))), worker)
+
+    def adapt(config: GatewayConfig) -> GatewayConfig:
+        return reach_parent_backends(config, registry, addresses)
+
+    config, _ = read_config(config_path, registry=registry)
+    config = adapt(config)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        nursery.start_soon(_stop_on_signal, shutdown, link)
+        async with open_gateway(config, registry, link) as gateway:
+            gateway.adapt = adapt
+            link.reporters["metrics"] = lambda: gateway.telemetry.scrape().decode()
+            link.reporters["streams"] = lambda: streams_of(gateway)
+            async with trio.open_nursery() as serving:
+                await serving.start(
+                    lambda task_status: serve(
+                        gateway,
+                        shutdown=shutdown,
+                        config_path=config_path,
+                        sockets=sockets,
+                        task_status=task_status,
+                    )
+                )
+                link.send({"op": "ready"})
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(shutdown: trio.Event, link: ParentLink) -> None:
+    """Set ``shutdown`` on SIGTERM or SIGINT, or when the parent is gone; runs until
+    cancelled (a second signal is not the default handler's to take)."""
+
+    async def parent_gone() -> None:
+        await link.lost.wait()
+        if not shutdown.is_set():
+            log.warning("the parent process is gone; shutting down")
+            shutdown.set()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(parent_gone)
+            async for signum in signals:
+                if not shutdown.is_set():
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    shutdown.set()
