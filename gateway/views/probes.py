@@ -17,8 +17,11 @@ def blueprint(gateway: Gateway) -> Blueprint:
 
     @probes.get("/healthz")
     async def healthz() -> Response:
-        """Alive: 200 with the number of requests in flight, whatever the backends do."""
-        return json_response({"status": "ok", "in_flight": len(gateway.inflight)})
+        """Alive: 200 with the number of requests in flight, whatever the backends do (and,
+        in a worker process, which worker answered)."""
+        return json_response(
+            {"status": "ok", "in_flight": len(gateway.inflight), **_worker(gateway)}
+        )
 
     @probes.get("/readyz")
     async def readyz() -> Response:
@@ -39,7 +42,7 @@ def blueprint(gateway: Gateway) -> Blueprint:
         ready = not stopping and all(routes.values())
         status = "draining" if stopping else "ready" if ready else "not_ready"
         return json_response(
-            {"status": status, "routes": routes, "backends": backends},
+            {"status": status, "routes": routes, "backends": backends, **_worker(gateway)},
             status=200 if ready else 503,
         )
 
@@ -56,3 +59,9 @@ def blueprint(gateway: Gateway) -> Blueprint:
         return Response(body, content_type=CONTENT_TYPE_LATEST)
 
     return probes
+
+
+def _worker(gateway: Gateway) -> dict[str, int]:
+    """The worker that answered, when this is a worker process: its probes describe it
+    alone."""
+    return {"worker": gateway.link.worker} if gateway.link is not None else {}

@@ -10,11 +10,9 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import pytest
 import trio
 
 from gateway.testing.waiting import wait_until
+from tests.gateway_process import GatewayProcess, children, group_members, process_gone
+from tests.gateway_process import run_gateway_command as run_gateway
 
 from .llamacpp_fixtures import (
     gateway_doc,
@@ -40,29 +40,6 @@ CHAT = {
     "temperature": 0,
 }
 SERVER_LOG = "gateway.backends.llamacpp.server"
-
-
-def _process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs: absent, or a zombie nobody reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
 
 
 async def _chat(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -125,7 +102,7 @@ async def test_managed_server_serves_and_comes_back_after_kill_9(
     assert restarted_after >= 1.0  # restart_delay
     await wait_until((lambda: backend.status.health == "ready"), within=120)
     assert supervisor.process.pid != first_pid
-    assert _process_gone(first_pid)
+    assert process_gone(first_pid)
     async with gateway.client() as client:
         await _chat(client)
     exits = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
@@ -231,67 +208,29 @@ async def test_a_start_that_never_becomes_healthy_is_killed_and_retried(
     await wait_until((lambda: len(started()) >= 2), within=20)
     first = started()[0]
     # The hung first start and the child it forked are gone, reaped.
-    await wait_until((lambda: all(_process_gone(p) for p in first)), within=5)
+    await wait_until((lambda: all(process_gone(p) for p in first)), within=5)
     assert gateway.backend.status.health != "ready"
 
 
 # --- the gateway as a command -------------------------------------------------------------
 
 
-_SERVING = re.compile(r"serving on (http://\S+)")
 _READY = re.compile(r"llama-server pid (\d+) is ready")
-
-
-@dataclass
-class GatewayProcess:
-    process: trio.Process
-    output: bytearray = field(default_factory=bytearray)
-
-    @property
-    def log(self) -> str:
-        return self.output.decode(errors="replace")
-
-    async def wait_for_line(self, pattern: re.Pattern[str], within: float) -> re.Match[str]:
-        await wait_until(lambda: pattern.search(self.log) is not None, within=within)
-        match = pattern.search(self.log)
-        assert match is not None
-        return match
 
 
 @asynccontextmanager
 async def run_gateway_command(
-    tmp_path: Path, backend: dict[str, Any]
+    tmp_path: Path, backend: dict[str, Any], *, workers: int = 1
 ) -> AsyncIterator[GatewayProcess]:
-    """``python -m gateway serve`` with one managed backend ``l`` behind route ``gemma``;
-    its log is collected in the background."""
-    lines = ["[server]", 'bind = "127.0.0.1:0"', "", "[backends.l]"]
+    """``python -m gateway serve`` with one managed backend ``l`` behind route ``gemma``
+    (and ``workers`` worker processes); its log is collected in the background."""
+    lines = ["[server]", 'bind = "127.0.0.1:0"', f"workers = {workers}", "", "[backends.l]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in backend.items()]
     lines += ["", "[routes.gemma]", 'backend = "l"']
     config = tmp_path / "gateway.toml"
     config.write_text("\n".join(lines) + "\n")
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    running = GatewayProcess(process)
-    stderr = process.stderr
-    assert stderr is not None
-
-    async def collect() -> None:
-        async for chunk in stderr:
-            running.output.extend(chunk)
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect)
-            yield running
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+    async with run_gateway(config) as running:
+        yield running
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -305,19 +244,59 @@ async def test_no_llama_server_outlives_the_gateway(
     server_pid = None
     async with run_gateway_command(tmp_path, managed_settings(model_path)) as gateway:
         try:
-            url = (await gateway.wait_for_line(_SERVING, within=60))[1]
+            url = await gateway.url(within=60)
             server_pid = int((await gateway.wait_for_line(_READY, within=120))[1])
-            assert _group_members(server_pid) == [server_pid]
+            assert group_members(server_pid) == [server_pid]
             async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
                 await _chat(client)
             gateway.process.send_signal(signum)
             with trio.fail_after(60):
                 code = await gateway.process.wait()
             assert code == (0 if signum == signal.SIGTERM else -signal.SIGKILL), gateway.log
-            await wait_until((lambda: _process_gone(server_pid)), within=10)
-            assert _group_members(server_pid) == []
+            await wait_until((lambda: process_gone(server_pid)), within=10)
+            assert group_members(server_pid) == []
         finally:
-            if server_pid is not None and not _process_gone(server_pid):
+            if server_pid is not None and not process_gone(server_pid):
                 os.kill(server_pid, signal.SIGKILL)  # do not leak it into other tests
     if signum == signal.SIGTERM:
         assert "[l] " in gateway.log  # llama-server's lines, tagged with the backend id
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def test_workers_share_one_managed_server(tmp_path: Path, model_path: Path) -> None:
+    """With workers = 2 the parent runs llama-server once, both workers answer through
+    it, and SIGTERM leaves no process: not a worker, not the server."""
+    async with run_gateway_command(tmp_path, managed_settings(model_path), workers=2) as gateway:
+        url = await gateway.url(within=120)
+        server_pid = int((await gateway.wait_for_line(_READY, within=120))[1])
+        parent = gateway.process.pid
+        workers = [pid for pid in children(parent) if _command_name(pid) != "llama-server"]
+        servers = [pid for pid in children(parent) if _command_name(pid) == "llama-server"]
+        assert servers == [server_pid] and len(workers) == 2
+        assert all(children(worker) == [] for worker in workers)  # no server of their own
+        answered_by = set()
+        for _ in range(40):
+            # A new connection each time: the kernel hands it to either worker.
+            async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
+
+                async def ready(client: httpx.AsyncClient = client) -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await wait_until(ready, within=30)  # this worker's poller has seen it ready
+                answered_by.add((await client.get("/healthz")).json()["worker"])
+                await _chat(client)
+            if answered_by == {0, 1}:
+                break
+        assert answered_by == {0, 1}
+        assert _command_name(server_pid) == "llama-server"  # still the one it started
+        gateway.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            assert await gateway.process.wait() == 0, gateway.log
+        for pid in [server_pid, *workers]:
+            await wait_until(partial(process_gone, pid), within=10)
