@@ -214,15 +214,25 @@ class Machine:
         own = self.reporters.get(what)
         if own is not None:
             reports.append({"worker": "parent", "body": own()})
-        waits: list[tuple[int, trio.MemoryReceiveChannel[Any]]] = []
-        for other in list(self._peers.values()):
-            self._asks += 1
-            send, receive = trio.open_memory_channel[Any](1)
-            other.reports[self._asks] = send
-            other.channel.send({"op": "report", "n": self._asks, "what": what})
-            waits.append((other.worker, receive))
+        asked: list[tuple[_Peer, int]] = []
+        bodies: dict[int, Any] = {}
+
+        async def wait(worker: int, receive: trio.MemoryReceiveChannel[Any]) -> None:
+            with contextlib.suppress(trio.EndOfChannel):  # that worker went away
+                bodies[worker] = await receive.receive()
+
+        # All at once: one stuck worker must not cost the replies of those asked after it.
         with trio.move_on_after(COLLECT_TIMEOUT):
-            for worker, receive in waits:
-                with contextlib.suppress(trio.EndOfChannel):  # that worker went away
-                    reports.append({"worker": worker, "body": await receive.receive()})
+            async with trio.open_nursery() as nursery:
+                for other in list(self._peers.values()):
+                    self._asks += 1
+                    send, receive = trio.open_memory_channel[Any](1)
+                    other.reports[self._asks] = send
+                    other.channel.send({"op": "report", "n": self._asks, "what": what})
+                    asked.append((other, self._asks))
+                    nursery.start_soon(wait, other.worker, receive)
+        for other, n in asked:
+            other.reports.pop(n, None)  # a late reply finds nobody waiting
+            if other.worker in bodies:
+                reports.append({"worker": other.worker, "body": bodies[other.worker]})
         peer.channel.send({"n": m["n"], "reports": reports})
