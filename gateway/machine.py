@@ -14,7 +14,8 @@ worker's request; replies carry it back):
   metrics, their streams) and answers with all the replies.
 - ``ready``: the worker is listening.
 - The parent sends ``load`` (each backend's machine-wide in-flight and queued counts)
-  whenever it changed, at most every :data:`LOAD_INTERVAL`, for ``least_busy``.
+  when a worker connects, and whenever they changed, at most every
+  :data:`LOAD_INTERVAL`, for ``least_busy``.
 
 A worker that dies gives back everything it held: its slots at once, its open streams'
 places in their teams' windows.
@@ -99,6 +100,9 @@ class Machine:
         what it held."""
         peer = _Peer(worker, channel)
         self._peers[worker] = peer
+        # A worker started late (a restart) learns the loads as they stand.
+        loads = {b: [slots.in_flight, slots.queued] for b, (_, slots) in self._slots.items()}
+        channel.send({"op": "load", "loads": loads})
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run_writer)

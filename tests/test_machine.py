@@ -293,6 +293,18 @@ async def test_holds_without_a_limit_wait_for_no_reply_but_count_as_in_flight(
     assert loads(a, b) == [(0, 0), (0, 0)]
 
 
+async def test_a_worker_that_connects_late_learns_the_loads_as_they_stand(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    """A restarted worker must not see an idle backend until its load next changes."""
+    a = (await connect(0)).link
+    unlimited = limited(None)
+    async with SharedSlots(a, BACKEND, unlimited).hold(), SharedSlots(a, BACKEND, unlimited).hold():
+        await settle()
+        late = (await connect(1)).link
+        assert SharedSlots(late, BACKEND, unlimited).in_flight == 2
+
+
 # --- team limits, shared ----------------------------------------------------------------
 
 
