@@ -9,6 +9,7 @@ a variable that is not set is an error too.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -95,14 +96,8 @@ class ServerSettings(_Settings):
 
     @property
     def worker_count(self) -> int:
-        """:attr:`workers` as a number ("auto": the CPUs this process may run on)."""
-        if self.workers == "auto":
-            return (
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1)
-            )
-        return self.workers
+        """:attr:`workers` as a number ("auto": :func:`usable_cpus`)."""
+        return usable_cpus() if self.workers == "auto" else self.workers
 
     @field_validator("bind")
     @classmethod
@@ -319,6 +314,20 @@ class GatewayConfig:
     usage: UsageSettings = field(default_factory=UsageSettings)
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: those it may run on, at most its cgroup's CPU limit
+    rounded up (a container's ``limits.cpu``; cgroup v2's ``cpu.max``, "max" for none)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def parse_bind(value: str) -> tuple[str, int]:

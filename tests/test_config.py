@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pydantic
 import pytest
 
-from gateway.config import build_config, load_config
+from gateway.config import ServerSettings, build_config, load_config, usable_cpus
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,3 +114,20 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("100000000 100000", None)],
+)
+def test_auto_workers_are_the_usable_cpus_within_the_cgroup_limit(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    """ "auto": one worker per CPU the process may run on, but no more than its container's
+    CPU limit rounded up (cgroup v2 ``cpu.max``; "max", or a file that is not there: none)."""
+    affinity = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max + "\n")
+    assert usable_cpus(path) == (affinity if expected is None else min(expected, affinity))
+    assert usable_cpus(tmp_path / "absent") == affinity
+    assert ServerSettings(workers=3).worker_count == 3
