@@ -11,7 +11,9 @@ Scenarios (``--scenarios``, all by default): ``unary`` (1, and 5 from its number
 ``stream`` (2), ``sustain`` (3), ``idle`` (4, trio-gateway only), ``messages`` (6: Anthropic
 Messages beside chat, direct and trio-gateway only; ``messages_scenario.py``), ``responses``
 (7: OpenAI Responses beside chat, the same way), ``websocket`` (8: Responses turns over one
-WebSocket beside SSE, direct's SSE as the baseline; ``ws_scenario.py``).
+WebSocket beside SSE, direct's SSE as the baseline; ``ws_scenario.py``), ``workers`` (9:
+``[server] workers`` 1 against 2, trio-gateway only, its own unpinned gateways;
+``workers_scenario.py``).
 
 Pinning: with two or more CPUs the server under test runs on the last CPU, the upstream and
 the load generator on the others (CPU 0). Each scenario is repeated (``--repeats``, in a
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from messages_scenario import DIALECT_SCENARIOS, run_messages, summarize_messages
+from workers_scenario import run_workers, summarize_workers
 from ws_scenario import run_websocket, summarize_websocket
 
 BENCH = Path(__file__).resolve().parent
@@ -54,9 +57,22 @@ TARGETS = ("direct", "trio-gateway", "nginx", "litellm")
 # Optional references (--targets ...,asgi-floor,quart-floor,httpx-floor): the gateway's stack
 # without the gateway, to tell framework cost from ours (floor_app.py).
 FLOORS = ("asgi-floor", "quart-floor", "httpx-floor")
-SCENARIOS = ("unary", "stream", "sustain", "idle", "messages", "responses", "websocket")
+SCENARIOS = (
+    "unary",
+    "stream",
+    "sustain",
+    "idle",
+    "messages",
+    "responses",
+    "websocket",
+    "workers",
+)
+# Scenarios run by run_target on each target (the others start gateways of their own).
+PER_TARGET = ("unary", "stream", "sustain", *DIALECT_SCENARIOS, "websocket")
 # Scenarios run alone on direct and trio-gateway whose results go to bench/latest/KEY.*
 SINGLE_LATEST = (*DIALECT_SCENARIOS, "websocket")
+# ... and those run alone on trio-gateway.
+GATEWAY_LATEST = ("workers",)
 
 
 def log(message: str) -> None:
@@ -92,8 +108,9 @@ class Server:
     name: str
     port: int
     proc: subprocess.Popen[bytes]
-    pid: int  # the process that serves (nginx: its worker)
+    pid: int  # the process that serves (nginx: its worker; a gateway's parent with workers)
     key: str = ""
+    workers: tuple[int, ...] = ()  # a gateway's worker processes: their CPU counts with pid's
     log_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,16 +165,66 @@ def start_upstream(cpus: set[int], workdir: Path) -> Server:
     return Server("upstream", int(line.split()[1]), proc, proc.pid, log_path=log_path)
 
 
-def write_gateway_config(workdir: Path, upstream_port: int) -> Path:
-    text = (BENCH / "gateway.toml").read_text().replace("UPSTREAM_PORT", str(upstream_port))
+def write_gateway_config(
+    workdir: Path, upstream_port: int, tag: str = "", workers: int = 1, extra: str = ""
+) -> Path:
+    """``bench/gateway.toml`` for this run as ``gateway{tag}.toml``: with the upstream's
+    port, this run's folder for ``RESULTS_DIR``, ``[server] workers`` when not 1, and the
+    tables in ``extra`` appended."""
+    text = (BENCH / "gateway.toml").read_text()
+    if workers != 1:
+        if "\n[server]\n" not in text:
+            raise RuntimeError("bench/gateway.toml has no [server] table to set workers in")
+        text = text.replace("\n[server]\n", f"\n[server]\nworkers = {workers}\n", 1)
+    text = (text + extra).replace("UPSTREAM_PORT", str(upstream_port))
     text = text.replace("RESULTS_DIR", str(workdir.resolve()))
-    path = workdir / "gateway.toml"
+    path = workdir / f"gateway{tag}.toml"
     path.write_text(text)
     return path
 
 
-def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = "") -> Server:
-    config = write_gateway_config(workdir, upstream_port)
+def _wait_workers(port: int, proc: subprocess.Popen[bytes], workers: int, timeout: float) -> None:
+    """Until every worker of a gateway with ``workers`` processes serves: each reports its
+    metrics to the parent once its gateway is open (the merged ``/metrics`` labels each
+    one's gauges ``worker="i"``), just before it starts accepting on the parent's socket."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway on port {port} exited with {proc.returncode}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/metrics")
+            body = conn.getresponse().read().decode()
+            conn.close()
+            if all(f'worker="{i}"' in body for i in range(workers)):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway on port {port}: not every worker ready after {timeout} s")
+
+
+def _children(pid: int) -> tuple[int, ...]:
+    """The processes ``pid`` started (any of its threads), in pid order."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(x) for x in (task / "children").read_text().split()]
+    return tuple(sorted(found))
+
+
+def start_gateway(
+    cpus: set[int],
+    workdir: Path,
+    upstream_port: int,
+    tag: str = "",
+    *,
+    workers: int = 1,
+    extra: str = "",
+    key: str = "",
+) -> Server:
+    """``gateway serve`` on the bench config (see :func:`write_gateway_config`), ready;
+    with ``workers`` above 1 the ``Server``'s pid is the parent's and ``workers`` its
+    worker processes. ``key``: what the load generator sends as the bearer token."""
+    config = write_gateway_config(workdir, upstream_port, tag, workers, extra)
     port = free_port()
     log_path = workdir / f"gateway{tag}.log"
     with log_path.open("wb") as log_file:  # the child has its own copy
@@ -178,7 +245,13 @@ def start_gateway(cpus: set[int], workdir: Path, upstream_port: int, tag: str = 
             preexec_fn=_preexec(cpus),
         )
     _wait_http(port, "/healthz", proc, 60)
-    return Server("trio-gateway", port, proc, proc.pid, log_path=log_path)
+    pids: tuple[int, ...] = ()
+    if workers > 1:
+        _wait_workers(port, proc, workers, 60)
+        pids = _children(proc.pid)
+        if len(pids) != workers:
+            raise RuntimeError(f"gateway pid {proc.pid}: {len(pids)} workers, not {workers}")
+    return Server("trio-gateway", port, proc, proc.pid, key=key, log_path=log_path, workers=pids)
 
 
 def start_floor(mode: str, cpus: set[int], workdir: Path, upstream_port: int) -> Server:
@@ -271,6 +344,8 @@ def loadgen(
         cmd += ["--key", server.key]
     if "--pid" not in args:
         cmd += ["--pid", str(server.pid)]
+        for pid in server.workers:
+            cmd += ["--also-pid", str(pid)]
     if server.name == "upstream" and "--path" not in args:
         cmd += ["--path", "/v1/chat/completions"]
     try:
@@ -334,9 +409,30 @@ class Plan:
     messages_streams: int  # scenarios 6, 7 and 8's load: this many streams of sustain_tokens deltas
     ws_turns: int = 20  # scenario 8: turns of stream_tokens deltas, one after another
     ws_load_turns: int = 4  # scenario 8's load: turns per connection, one after another
+    workers_rate: float = 200.0  # scenario 9: the fixed rate, requests/s (non-saturating)
+    workers_rate_duration: float = 5.0  # s at that rate, after 1 s of warm-up
+    workers_levels: tuple[int, ...] = (16, 64)  # scenario 9's closed-loop concurrencies
+    workers_budget_s: float = 420.0  # scenario 9 starts no repeat that would not fit
 
 
-QUICK = Plan(1, (1, 16, 64), 1.0, 3, 16, 16, 20, 200, 200, 6.0, 1, 20, ws_turns=3, ws_load_turns=2)
+QUICK = Plan(
+    1,
+    (1, 16, 64),
+    1.0,
+    3,
+    16,
+    16,
+    20,
+    200,
+    200,
+    6.0,
+    1,
+    20,
+    ws_turns=3,
+    ws_load_turns=2,
+    workers_rate_duration=1.0,
+    workers_levels=(16,),
+)
 # Scenario 4 runs 1,000 streams, not the issue's 10,000: on this two-core machine the gateway
 # cannot open 2,000 streams within a 40 s prefill (see bench/README.md); --idle-streams
 # 10000 asks for the full size.
@@ -614,6 +710,8 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
                 [r["websocket"] for r in runs if r.get("websocket")]
             )
         summary[target] = s
+    if raw.get("workers"):
+        summary["workers"] = summarize_workers(raw["workers"])
     idle = raw.get("idle") or []
     if idle:
         summary["idle"] = {
@@ -705,12 +803,13 @@ def main() -> None:
             "quart-floor": partial(start_floor, "quart"),
             "httpx-floor": partial(start_floor, "httpx"),
         }
+        per_target = any(x in PER_TARGET for x in scenarios)
         for name in targets:
-            if name in starters:
+            if name in starters and per_target:
                 log(f"starting {name}")
                 servers[name] = starters[name](server_cpus, workdir, upstream.port)
         hints: dict[str, int | None] = {t: None for t in targets}
-        for repeat in range(plan.repeats):
+        for repeat in range(plan.repeats if per_target else 0):
             order = targets[repeat % len(targets) :] + targets[: repeat % len(targets)]
             for name in order:
                 log(f"repeat {repeat + 1}/{plan.repeats}: {name} (load {load_average()})")
@@ -722,7 +821,7 @@ def main() -> None:
                 raw["runs"][name].append(result)
                 (workdir / "partial.json").write_text(json.dumps(raw))
         for name in targets:
-            if name != "direct":
+            if name in servers and name != "direct":
                 servers[name].stop()
         if "trio-gateway" in targets and "idle" in scenarios:
             raw["idle"] = []
@@ -744,6 +843,25 @@ def main() -> None:
                 )
                 raw["idle"].append(r)
                 time.sleep(2.0)
+        if "trio-gateway" in targets and "workers" in scenarios:
+            every_cpu = server_cpus | load_cpus
+            log(
+                f"workers: gateways with 1 and 2 workers on CPU {sorted(every_cpu)}, "
+                f"{plan.repeats} repeats (load {load_average()})"
+            )
+
+            def start_for_workers(*, pinned: bool, **how: Any) -> Server:
+                cpus = server_cpus if pinned else every_cpu
+                return start_gateway(cpus, workdir, upstream.port, **how)
+
+            raw["workers"] = run_workers(
+                plan,
+                start_for_workers,
+                partial(loadgen, load_cpus),
+                lambda server, hint, trials: sustain_search(load_cpus, server, plan, hint, trials),
+                log,
+            )
+            raw["workers"]["gateway_cpus"] = sorted(every_cpu)
     finally:
         for server in servers.values():
             server.stop()
@@ -764,8 +882,10 @@ def main() -> None:
     elif (
         not args.quick
         and len(scenarios) == 1
-        and scenarios[0] in SINGLE_LATEST
-        and {"direct", "trio-gateway"} <= set(targets)
+        and (
+            (scenarios[0] in SINGLE_LATEST and {"direct", "trio-gateway"} <= set(targets))
+            or (scenarios[0] in GATEWAY_LATEST and "trio-gateway" in targets)
+        )
     ):
         latest.mkdir(exist_ok=True)
         key = scenarios[0]

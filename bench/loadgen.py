@@ -13,12 +13,16 @@ content delta is an event whose text is ``tok<i> `` (of a named event, only
 ``content_block_delta`` and ``response.output_text.delta``: Responses' ``.done`` events repeat
 the whole text), ``event: ping`` and ``event: keepalive`` count as heartbeats like a comment,
 ``[DONE]``, ``message_stop`` or ``response.completed`` ends a stream whole, and
-``event: error`` or ``response.failed`` is counted as a failure.
+``event: error`` or ``response.failed`` is counted as a failure. The server's CPU is
+``--pid``'s utime+stime, summed with each ``--also-pid``'s (a gateway's worker processes;
+kept per process too, as ``server_cpu_s_each``); beside it, the whole machine's busy time
+(``machine_busy_pct``, % of one core: what else ran, the load generator included).
 
 Scenarios (``python bench/loadgen.py SCENARIO --help``):
 
 * ``unary`` — ``concurrency`` connections, each sending requests back to back for
-  ``duration`` seconds after ``warmup``: latency p50/p99, requests/s.
+  ``duration`` seconds after ``warmup`` (or, with ``--rate``, each taking the next slot of
+  a fixed schedule shared by all): latency p50/p99, requests/s.
 * ``stream`` — ``count`` streams, ``concurrency`` at a time: time to first event and to
   first content delta, gaps between content deltas, deltas that arrived in one read with the previous one (coalesced),
   missing or reordered deltas.
@@ -72,24 +76,58 @@ def _proc_sample(pid: int) -> dict[str, float]:
     """The server's RSS (bytes; its own, not its children's) and CPU seconds so far."""
     with open(f"/proc/{pid}/status") as f:
         rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": _cpu_seconds(pid)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's utime + stime so far, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": cpu}
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """Every CPU's busy time so far (``/proc/stat``: all but idle and iowait), in seconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_sample(args: argparse.Namespace) -> dict[str, Any] | None:
+    """:func:`_proc_sample` of ``--pid`` (``None`` without one), its CPU summed with each
+    ``--also-pid``'s (a gateway's workers) and kept per process under ``each``, and the
+    whole machine's busy time (``machine``: every process, this one and others' too)."""
+    if not args.pid:
+        return None
+    sample: dict[str, Any] = _proc_sample(args.pid)
+    sample["machine"] = _machine_busy()
+    if args.also_pid:
+        sample["each"] = [sample["cpu"], *(_cpu_seconds(pid) for pid in args.also_pid)]
+        sample["cpu"] = sum(sample["each"])
+    return sample
 
 
 def _cpu(
-    a: dict[str, float] | None, b: dict[str, float] | None, units: int, unit: str
-) -> dict[str, float | None]:
+    a: dict[str, Any] | None, b: dict[str, Any] | None, units: int, unit: str
+) -> dict[str, Any]:
     """The server's CPU between two samples: share of one core, and per unit of work."""
     if a is None or b is None:
         return {}
     seconds = b["cpu"] - a["cpu"]
-    return {
+    out: dict[str, Any] = {
         "server_cpu_pct": round(100 * seconds / max(b["t"] - a["t"], 1e-9), 1),
         f"server_cpu_us_per_{unit}": round(1e6 * seconds / units, 1) if units else None,
     }
+    if "machine" in a and "machine" in b:
+        out["machine_busy_pct"] = round(
+            100 * (b["machine"] - a["machine"]) / max(b["t"] - a["t"], 1e-9), 1
+        )
+    if "each" in a and "each" in b:  # --pid, then each --also-pid
+        out["server_cpu_s_each"] = [
+            round(y - x, 3) for x, y in zip(a["each"], b["each"], strict=True)
+        ]
+    return out
 
 
 def _request(args: argparse.Namespace, stream: bool, prefill_ms: int = 0) -> bytes:
@@ -181,28 +219,37 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
             latencies.append(latency)
             statuses[status] = statuses.get(status, 0) + 1
 
-    samples: list[dict[str, float]] = []
-    if args.pid:
-        loop = asyncio.get_running_loop()
-        loop.call_at(loop.time() + args.warmup, lambda: samples.append(_proc_sample(args.pid)))
-        loop.call_at(
-            loop.time() + args.warmup + args.duration,
-            lambda: samples.append(_proc_sample(args.pid)),
-        )
+    samples: list[dict[str, Any]] = []
+
+    def sample() -> None:
+        taken = _server_sample(args)
+        if taken is not None:
+            samples.append(taken)
+
+    loop = asyncio.get_running_loop()
+    loop.call_at(loop.time() + args.warmup, sample)
+    loop.call_at(loop.time() + args.warmup + args.duration, sample)
     pool = Pool(args.host, args.port, opening=min(args.concurrency, 64))
+    slots = itertools.count()
+
+    def due() -> float:
+        return started + next(slots) / args.rate
 
     def make(closed: Callable[[Conn, str | None], None]) -> Conn:
+        if args.rate:
+            return _PacedConn(due, next_request, on_unary, _never, closed)
         return Conn(next_request, on_unary, _never, closed)
 
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     finished = await pool.wait_closed(args.warmup + args.duration + 30)
-    if args.pid and len(samples) == 1:  # the loop ended a moment before the timer
-        samples.append(_proc_sample(args.pid))
+    if len(samples) == 1:  # the loop ended a moment before the timer
+        sample()
     cpu = _cpu(samples[0], samples[1], len(latencies), "request") if len(samples) >= 2 else {}
     ok = statuses.get(200, 0)
     return {
         "scenario": "unary",
         "concurrency": args.concurrency,
+        "rate": args.rate or None,
         "duration_s": args.duration,
         "requests": len(latencies),
         "ok": ok,
@@ -214,6 +261,27 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
         "finished": finished,
         **cpu,
     }
+
+
+class _PacedConn(Conn):
+    """A :class:`Conn` that sends each request no sooner than the next slot of a schedule
+    every connection shares (``due()`` takes a slot and gives its time): ``--rate``'s
+    fixed rate, as long as the server keeps up (a late slot is sent at once)."""
+
+    def __init__(self, due: Callable[[], float], *args: Any) -> None:
+        super().__init__(*args)
+        self._due = due
+
+    def _send_next(self) -> None:
+        wait = self._due() - now()
+        if wait <= 0:
+            super()._send_next()
+        else:
+            asyncio.get_running_loop().call_later(wait, self._send_due)
+
+    def _send_due(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            super()._send_next()
 
 
 def _never(_: StreamRecord) -> None:
@@ -269,7 +337,7 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     records: list[StreamRecord] = []
     next_request = _times(args.count, (request, True))
 
-    before = _proc_sample(args.pid) if args.pid else None
+    before = _server_sample(args)
     pool = Pool(args.host, args.port)
 
     def make(closed: Callable[[Conn, str | None], None]) -> Conn:
@@ -278,7 +346,7 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
     finished = await pool.wait_closed(timeout)
-    after = _proc_sample(args.pid) if args.pid else None
+    after = _server_sample(args)
     result = _measured(records, args.tokens, before, after)
     result.update(
         scenario="stream",
@@ -303,11 +371,11 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     def make() -> Make:
         return partial(_idle_conn, Conn, _times(1, (request, True)), records)
 
-    before = _proc_sample(args.pid) if args.pid else None
+    before = _server_sample(args)
     pool = Pool(args.host, args.port, opening=256)
     await _open_over(pool, args.streams, args.ramp, make)
     finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
-    after = _proc_sample(args.pid) if args.pid else None
+    after = _server_sample(args)
     silences = [_longest_silence(r) for r in records]
     result = _measured(records, args.tokens, before, after)
     worst = max(silences, default=float("inf"))
@@ -465,12 +533,12 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
         )
         return conn
 
-    before = _proc_sample(args.pid) if args.pid else None
+    before = _server_sample(args)
     pool = Pool(args.host, args.port, opening=256)
     await _open_over(pool, args.connections, args.ramp, lambda: make)
     turn_s = (args.tokens + 8) * args.gap / 1000
     finished = await pool.wait_closed(args.ramp + args.turns * turn_s * 2 + 30)
-    after = _proc_sample(args.pid) if args.pid else None
+    after = _server_sample(args)
     turn_times = [r.ended - r.sent for r in records if r.ended is not None and not r.errors]
     silences = [_longest_silence(r) for r in records]
     result = _measured(records, args.tokens, before, after)
@@ -557,6 +625,20 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, s")
     parser.add_argument("--opening", type=int, default=64, help="connects in flight at once")
     parser.add_argument("--pid", type=int, default=0, help="server process to sample")
+    parser.add_argument(
+        "--also-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="a process whose CPU counts with --pid's (a gateway's workers); repeatable",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="unary: requests/s over all connections, on a fixed schedule (default: each "
+        "connection sends the next request as soon as the last is answered)",
+    )
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse", help="turns: how")
     parser.add_argument("--connections", type=int, default=1, help="turns: connections")
     parser.add_argument("--turns", type=int, default=10, help="turns: per connection")

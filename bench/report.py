@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from messages_scenario import DIALECT_SCENARIOS, _f, messages_table
+from workers_scenario import workers_table
 from ws_scenario import websocket_table
 
 ORDER = ("direct", "trio-gateway", "nginx", "litellm", "asgi-floor", "quart-floor", "httpx-floor")
@@ -202,7 +203,7 @@ def table(raw: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
     extras = [messages_table(raw, dialect) for dialect in DIALECT_SCENARIOS.values()]
-    for extra in [*extras, websocket_table(raw)]:
+    for extra in [*extras, websocket_table(raw), workers_table(raw)]:
         if extra:
             lines += [""] if lines else []
             lines.append(extra.rstrip("\n"))
@@ -212,6 +213,7 @@ def table(raw: dict[str, Any]) -> str:
     idle_repeats = f" ({plan['idle_repeats']} for scenario 4)" if "idle" in s else ""
     loads = [r["load_average"][0] for runs in raw["runs"].values() for r in runs]
     between = f"; 1-minute load {min(loads)}–{max(loads)} between repeats" if loads else ""
+    unpinned = " (scenario 9's gateways: not pinned)" if "workers" in s else ""
     notes = [
         "",
         (
@@ -223,8 +225,9 @@ def table(raw: dict[str, Any]) -> str:
         (
             f"Medians of {plan['repeats']} interleaved repeats{idle_repeats}; 'added' = "
             f"target's median − direct's median. Server under test "
-            f"pinned to CPU {pin['server_under_test']}, fake upstream and load generator to "
-            f"CPU {pin['upstream_and_loadgen']} ({pin['cpus']} CPUs). Load average at start "
+            f"pinned to CPU {pin['server_under_test']}{unpinned}, fake upstream and load "
+            f"generator to CPU {pin['upstream_and_loadgen']} ({pin['cpus']} CPUs). Load "
+            "average at start "
             f"{la['start']}, at end {la.get('end')}{between}. Started {raw['started']}."
         ),
         f"Command: `{raw['command']}`.",

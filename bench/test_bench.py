@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,6 +159,50 @@ def test_a_sustained_level_fails_when_silence_exceeds_the_limit(upstream_port: i
     )
     assert failing["passed"] is False
     assert failing["missing"] == 0
+
+
+def test_unary_at_a_fixed_rate_keeps_to_it_and_sums_the_cpu_of_every_pid(
+    upstream: tuple[int, int],
+) -> None:
+    """``--rate``: 4 connections share one schedule of 100 requests/s (closed, a loop would
+    send thousands); ``--also-pid``: the CPU of each process, and their sum."""
+    port, pid = upstream
+    r = loadgen(
+        port,
+        "unary",
+        "--concurrency",
+        "4",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--pid",
+        str(pid),
+        "--also-pid",
+        str(os.getpid()),
+    )
+    assert r["errors"] == {} and r["rate"] == 100
+    assert isinstance(r["requests"], int) and 95 <= r["requests"] <= 105
+    each = r["server_cpu_s_each"]
+    assert isinstance(each, list) and len(each) == 2
+    assert r["server_cpu_us_per_request"] == pytest.approx(1e6 * sum(each) / r["requests"], abs=60)
+    # the whole machine was busy at least while this pair of processes was
+    assert isinstance(r["machine_busy_pct"], float)
+    assert r["server_cpu_pct"] - 5 <= r["machine_busy_pct"] <= 100 * (os.cpu_count() or 1) + 5
+
+
+def test_a_closed_loop_has_no_rate() -> None:
+    """Without ``--rate`` nothing is paced (and without ``--also-pid`` nothing is split)."""
+    import loadgen as lg
+
+    args = SimpleNamespace(pid=0, also_pid=[])
+    assert lg._server_sample(args) is None
+    args = SimpleNamespace(pid=os.getpid(), also_pid=[])
+    sample = lg._server_sample(args)
+    assert sample is not None and "each" not in sample
+    assert "server_cpu_s_each" not in lg._cpu(sample, sample, 1, "request")
 
 
 class _Transport:
@@ -550,3 +595,63 @@ def test_websocket_scenario_through_the_gateway(upstream: tuple[int, int], tmp_p
     assert "(permessage-deflate)" in table
     assert run_websocket("nginx", lambda *a: {}, plan, 0, seen.append) == {}
     assert seen[-1] == "  websocket: no variants for nginx; skipped"
+
+
+def test_workers_scenario_through_the_gateway(upstream: tuple[int, int], tmp_path: Path) -> None:
+    """Scenario 9 end to end, small: every variant started with its workers and its team,
+    each measured (the team's key accepted: every request 200), the parent and each worker
+    sampled, the medians, the ratios and both tables."""
+    import harness
+    from workers_scenario import VARIANTS, run_workers, summarize_workers, workers_table
+
+    port, _ = upstream
+    cpus = os.sched_getaffinity(0)
+    plan = SimpleNamespace(
+        repeats=1,
+        workers_rate=50.0,
+        workers_rate_duration=0.5,
+        workers_levels=(4,),
+        unary_duration=0.5,
+        workers_budget_s=120.0,
+    )
+    started: list[harness.Server] = []
+    seen: list[str] = []
+
+    def start(*, pinned: bool, **how: object) -> harness.Server:
+        server = harness.start_gateway(cpus, tmp_path, port, **how)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    def search(server: object, hint: int | None, trials: list[dict[str, object]]) -> int:
+        return 7 if len(started) == 1 else 14
+
+    raw = run_workers(plan, start, partial(harness.loadgen, cpus), search, seen.append)
+    assert [len(s.workers) for s in started] == [0, 2, 0, 2, 0]
+    assert all(s.proc.poll() is not None for s in started)  # each stopped after its turn
+    assert (tmp_path / "gateway-usage-w2-team-1.sqlite").exists()
+    (run,) = raw["runs"]
+    assert list(run) == [v.name for v in VARIANTS]
+    assert "rate" not in run["w1-pinned"] and "sustain_max" not in run["w1-pinned"]
+    assert "saturation" not in run["w1-team"] and "sustain_max" not in run["w2-team"]
+    for v in VARIANTS[:4]:
+        rate = run[v.name]["rate"]
+        assert rate["errors"] == {} and rate["requests"] > 0, rate
+        assert rate["statuses"] == {"200": rate["requests"]}
+        assert len(run[v.name]["pids"]) == (1 if v.workers == 1 else 1 + v.workers)
+        assert ("server_cpu_s_each" in rate) == (v.workers > 1)
+    assert len(run["w2"]["rate"]["server_cpu_s_each"]) == 3
+    summary = summarize_workers(raw)
+    assert summary["scaling"]["sustain"] == 2.0
+    assert summary["scaling"]["rps_pinned"] is not None
+    assert summary["w2"]["saturation"]["4"]["not_ok"] == 0
+    assert (
+        summary["w2_cost"]["ratio"] is not None and summary["w2-team_cost"]["extra_us"] is not None
+    )
+    table = workers_table(
+        {"summary": {"workers": summary}, "workers": raw, "pinning": {"upstream_and_loadgen": [0]}}
+    )
+    assert table.startswith(
+        "| scenario 9a: what a second worker buys | workers = 1 | workers = 2 | 2 ÷ 1 (each repeat) "
+        "| workers = 1 pinned to the last CPU (as scenario 1) | 2 ÷ 1 pinned (each repeat) |"
+    )
+    assert "| scenario 9b: 50 requests/s over 8 connections | workers = 1 | workers = 2 |" in table
