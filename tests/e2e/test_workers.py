@@ -314,3 +314,17 @@ async def test_a_bad_worker_count_is_a_config_error(tmp_path: Path, workers: str
     )
     assert result.returncode == 2
     assert "server.workers" in (result.stdout + result.stderr).decode()
+
+
+async def test_workers_exit_by_themselves_when_the_parent_is_killed(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A parent killed with SIGKILL cannot tell anyone: each worker sees its line to the
+    parent close, drains, and exits."""
+    async with _serving(_config(tmp_path, fake)) as (gateway, _):
+        workers = _worker_pids(gateway)
+        gateway.process.kill()
+        await gateway.process.wait()
+        for pid in workers.values():
+            await wait_until(partial(process_gone, pid), within=15)
+    assert gateway.log.count("the parent process is gone; shutting down") == 2
