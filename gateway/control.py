@@ -16,9 +16,14 @@ from typing import Any
 
 import trio
 
-__all__ = ["Channel", "Message"]
+__all__ = ["LOAD_INTERVAL", "Channel", "Message"]
 
 Message = dict[str, Any]
+
+LOAD_INTERVAL = 0.1
+"""Seconds between reports of load, at most: a worker's in-flight counts to the parent, the
+machine's loads to the workers. Each report wakes every process that gets it, so this
+bounds what an idle machine spends on keeping ``least_busy`` current."""
 
 _MAX_LINE = 64 * 1024 * 1024  # a metrics scrape of every series fits many times over
 _RECEIVE = 256 * 1024

@@ -8,14 +8,16 @@ worker's request; replies carry it back):
 - ``admit`` (team, limits, id, stream) → the :class:`~gateway.teams.limits.Decision`;
   ``finish`` (team, id, stream, tokens) frees the stream and counts the tokens.
 - ``hold`` (backend, admission) → ``queued`` (when it must wait), then ``granted`` or
-  ``refused``; ``release`` gives the slot back (or leaves the queue). A ``quiet`` hold (a
-  backend without ``max_concurrency``) is only counted, and answered never.
+  ``refused``; ``release`` gives the slot back (or leaves the queue). For a backend
+  without ``max_concurrency`` a worker sends no ``hold``: it reports its ``counts`` of
+  such requests in flight, at most every :data:`~gateway.control.LOAD_INTERVAL`, and the
+  parent adds them up.
 - ``collect`` (what) → ``reports``: the parent asks every worker to ``report`` it (their
   metrics, their streams) and answers with all the replies.
 - ``ready``: the worker is listening.
 - The parent sends ``load`` (each backend's machine-wide in-flight and queued counts)
   when a worker connects, and whenever they changed, at most every
-  :data:`LOAD_INTERVAL`, for ``least_busy``.
+  :data:`~gateway.control.LOAD_INTERVAL`, for ``least_busy``.
 
 A worker that dies gives back everything it held: its slots at once, its open streams'
 places in their teams' windows.
@@ -32,26 +34,26 @@ import trio
 
 from .abc import AdmissionSettings
 from .admission import BackendSlots
-from .control import Channel, Message
+from .control import LOAD_INTERVAL, Channel, Message
 from .errors import Overloaded
 from .teams.limits import Limits, LocalWindows
 
-__all__ = ["COLLECT_TIMEOUT", "LOAD_INTERVAL", "Machine"]
+__all__ = ["COLLECT_TIMEOUT", "Machine"]
 
 log = logging.getLogger("gateway.workers")
 
-LOAD_INTERVAL = 0.01  # seconds between load broadcasts, at most
 COLLECT_TIMEOUT = 2.0  # seconds a worker has to report
 
 
 class _Peer:
-    __slots__ = ("channel", "holds", "reports", "streams", "worker")
+    __slots__ = ("channel", "counts", "holds", "reports", "streams", "worker")
 
     def __init__(self, worker: int, channel: Channel) -> None:
         self.worker = worker
         self.channel = channel
         self.streams: dict[str, str] = {}  # open stream tickets: id -> team
         self.holds: dict[int, trio.CancelScope] = {}
+        self.counts: dict[str, int] = {}  # its requests in flight to unlimited backends
         self.reports: dict[int, trio.MemorySendChannel[Any]] = {}
 
 
@@ -85,15 +87,20 @@ class Machine:
             await self._change.wait()
             self._change = trio.Event()
             changed, self._changed = self._changed, set()
-            loads = {}
-            for backend in changed:
-                entry = self._slots.get(backend)
-                if entry is not None:
-                    loads[backend] = [entry[1].in_flight, entry[1].queued]
-            message = {"op": "load", "loads": loads}
+            message = {"op": "load", "loads": self._loads(changed)}
             for peer in self._peers.values():
                 peer.channel.send(message)
             await trio.sleep(LOAD_INTERVAL)
+
+    def _loads(self, backends: set[str]) -> dict[str, list[int]]:
+        """Each backend's machine-wide ``[in_flight, queued]``."""
+        loads = {}
+        for backend in backends:
+            entry = self._slots.get(backend)
+            in_flight, queued = (entry[1].in_flight, entry[1].queued) if entry else (0, 0)
+            in_flight += sum(peer.counts.get(backend, 0) for peer in self._peers.values())
+            loads[backend] = [in_flight, queued]
+        return loads
 
     async def serve(self, worker: int, channel: Channel) -> None:
         """Answer worker ``worker`` until its end of the channel closes, then give back
@@ -101,8 +108,8 @@ class Machine:
         peer = _Peer(worker, channel)
         self._peers[worker] = peer
         # A worker started late (a restart) learns the loads as they stand.
-        loads = {b: [slots.in_flight, slots.queued] for b, (_, slots) in self._slots.items()}
-        channel.send({"op": "load", "loads": loads})
+        backends = set(self._slots).union(*(p.counts for p in self._peers.values()))
+        channel.send({"op": "load", "loads": self._loads(backends)})
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run_writer)
@@ -114,6 +121,8 @@ class Machine:
                 del self._peers[worker]
             for team in peer.streams.values():
                 self.windows.release_stream(team)
+            for backend in peer.counts:
+                self._changed_load(backend)
             for reply in peer.reports.values():
                 reply.close()
 
@@ -126,6 +135,10 @@ class Machine:
             if m["stream"] and peer.streams.pop(m["id"], None) is not None:
                 self.windows.release_stream(team)
             self.windows.add_tokens(team, m["tokens"], trio.current_time())
+        elif op == "counts":
+            for backend in set(peer.counts).union(m["counts"]):
+                self._changed_load(backend)
+            peer.counts = m["counts"]
         elif op == "hold":
             # The scope exists before the task: a release that comes first cancels it.
             hold = peer.holds[m["n"]] = trio.CancelScope()
@@ -182,7 +195,7 @@ class Machine:
         self._change.set()
 
     async def _hold(self, peer: _Peer, m: Message, scope: trio.CancelScope) -> None:
-        n, backend, quiet = m["n"], m["backend"], m.get("quiet", False)
+        n, backend = m["n"], m["backend"]
         slots = self._slots_for(backend, m["admission"])
         send = peer.channel.send
 
@@ -194,8 +207,7 @@ class Machine:
             try:
                 async with slots.hold(on_wait=queued):
                     self._changed_load(backend)
-                    if not quiet:
-                        send({"n": n, "granted": True})
+                    send({"n": n, "granted": True})
                     await trio.sleep_forever()
             except Overloaded as refused:
                 send(

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from .abc import AdmissionSettings
-from .control import Channel, Message
+from .control import LOAD_INTERVAL, Channel, Message
 from .errors import Overloaded, ShuttingDown
 from .teams.limits import Decision, Limits
 from .teams.state import Ticket
@@ -40,6 +40,8 @@ class ParentLink:
         """Each backend's machine-wide (in-flight, queued), as the parent last said."""
         self.reporters: dict[str, Callable[[], Any]] = {}
         self.lost = trio.Event()
+        self._counts: dict[str, int] = {}  # in flight to backends without a limit
+        self._counted = trio.Event()
         self._replies: dict[int, trio.MemorySendChannel[Message]] = {}
         self._next = 0
 
@@ -48,6 +50,7 @@ class ParentLink:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.channel.run_writer)
+                nursery.start_soon(self._report_counts)
                 async for m in self.channel:
                     self._handle(m)
                 nursery.cancel_scope.cancel()
@@ -70,6 +73,19 @@ class ParentLink:
             reporter = self.reporters.get(m["what"])
             body = reporter() if reporter is not None else None
             self.channel.send({"op": "reported", "n": m["n"], "body": body})
+
+    def count(self, backend: str, change: int) -> None:
+        """Count a request to ``backend`` (one without ``max_concurrency``) in or out;
+        the parent hears the counts at most every :data:`LOAD_INTERVAL`."""
+        self._counts[backend] = self._counts.get(backend, 0) + change
+        self._counted.set()
+
+    async def _report_counts(self) -> None:
+        while True:
+            await self._counted.wait()
+            self._counted = trio.Event()
+            self.channel.send({"op": "counts", "counts": dict(self._counts)})
+            await trio.sleep(LOAD_INTERVAL)
 
     def send(self, message: Message) -> None:
         """Send a message that needs no reply."""
@@ -152,7 +168,8 @@ class ParentState:
 
 class SharedSlots:
     """A backend's slots and queue, kept by the parent for the whole machine; its counts
-    are the machine's."""
+    are the machine's (as of the parent's last report). Without ``max_concurrency`` there is
+    nothing to wait for: a request is only counted, with no message of its own."""
 
     __slots__ = ("_admission", "_link", "_quiet", "backend_id")
 
@@ -176,14 +193,6 @@ class SharedSlots:
     def queued(self) -> int:
         return self._link.loads.get(self.backend_id, (0, 0))[1]
 
-    def _hold_message(self) -> Message:
-        return {
-            "op": "hold",
-            "backend": self.backend_id,
-            "admission": self._admission,
-            "quiet": self._quiet,
-        }
-
     @asynccontextmanager
     async def hold(self, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
         """As :meth:`gateway.admission.BackendSlots.hold`, with the parent's slots."""
@@ -191,13 +200,14 @@ class SharedSlots:
         if self._quiet:
             if link.lost.is_set():
                 raise _parent_gone()
-            n = link.number(self._hold_message())
+            link.count(self.backend_id, 1)
             try:
                 yield
             finally:
-                link.send({"op": "release", "n": n})
+                link.count(self.backend_id, -1)
             return
-        async with link.exchange(self._hold_message()) as (n, replies):
+        hold = {"op": "hold", "backend": self.backend_id, "admission": self._admission}
+        async with link.exchange(hold) as (n, replies):
             try:
                 await _granted(replies, on_wait)
                 yield
