@@ -155,6 +155,8 @@ def _supervise(
 @click.option("--id", "worker", type=int, required=True)
 @click.option("--listen-fd", "listen_fds", type=int, multiple=True, required=True)
 @click.option("--control-fd", type=int, required=True)
+@click.option("--shares-fd", type=int, required=True)
+@click.option("--workers", type=int, required=True)
 @click.option("--parent-backend", "parent_backends", multiple=True, help="ID=ADDRESS")
 @click.option("--log-level", default="info")
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
@@ -163,6 +165,8 @@ def worker(
     worker: int,
     listen_fds: tuple[int, ...],
     control_fd: int,
+    shares_fd: int,
+    workers: int,
     parent_backends: tuple[str, ...],
     log_level: str,
     log_format: LogFormat,
@@ -180,6 +184,8 @@ def worker(
             worker=worker,
             listen_fds=list(listen_fds),
             control_fd=control_fd,
+            shares_fd=shares_fd,
+            workers=workers,
             addresses=addresses,
             registry=load_registry(),
         )

@@ -33,11 +33,11 @@ pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they ch
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import h11
@@ -52,10 +52,13 @@ from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from . import ws_stream
+from .accept_share import ACCEPT_PAUSE, ConnectionShares
 
 __all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
 
 log = logging.getLogger("gateway.server")
+
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,49 @@ class GatewayConnection(TCPServer):
         self._reading.cancel()
 
 
+async def _accept(
+    listener: socket.socket,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+    shares: ConnectionShares | None,
+) -> None:
+    """Accept connections on ``listener`` and serve each in ``nursery`` (trio's
+    ``serve_listeners``, with :mod:`gateway.accept_share`'s spreading when ``shares`` are
+    given: a worker ahead of another in open connections leaves it the next one for a
+    moment)."""
+    while True:
+        await trio.lowlevel.wait_readable(listener)
+        if shares is not None and shares.ahead():
+            await trio.sleep(ACCEPT_PAUSE)
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            continue  # another worker took it
+        except OSError as error:  # as serve_listeners: out of descriptors or memory
+            if error.errno not in _ACCEPT_RESOURCE_ERRORS:
+                raise
+            log.error("accept failed (%s); pausing 0.1 s", error)
+            await trio.sleep(0.1)
+            continue
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        nursery.start_soon(_counted, handler, stream, shares)
+
+
+async def _counted(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    stream: trio.SocketStream,
+    shares: ConnectionShares | None,
+) -> None:
+    if shares is None:
+        await handler(stream)
+        return
+    shares.opened()
+    try:
+        await handler(stream)
+    finally:
+        shares.closed()
+
+
 async def serve_connections(
     app: ASGIFramework,
     config: HypercornConfig,
@@ -145,11 +191,13 @@ async def serve_connections(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     sockets: list[socket.socket] | None = None,
+    shares: ConnectionShares | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``config.bind`` (or on ``sockets``, listening already: a worker's
-    share of its parent's) until ``shutdown_trigger()`` returns; reports the bound
-    addresses (``http://host:port``) through ``task_status``.
+    share of its parent's, with ``shares`` of the connections) until
+    ``shutdown_trigger()`` returns; reports the bound addresses (``http://host:port``)
+    through ``task_status``.
 
     On shutdown: stop accepting, close idle connections, give requests in progress
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
@@ -170,31 +218,29 @@ async def serve_connections(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
-            listeners: list[trio.SocketListener] = []
+            listeners: list[socket.socket] = []
             binds: list[str] = []
             if sockets is None:
                 sockets = config.create_sockets().insecure_sockets
             for sock in sockets:
                 sock.listen(config.backlog)
-                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                sock.setblocking(False)
+                listeners.append(sock)
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             log.info("listening on %s", ", ".join(binds))
             task_status.started(binds)
             try:
                 async with trio.open_nursery() as accepting:
-                    accepting.start_soon(
-                        partial(
-                            trio.serve_listeners, connection, listeners, handler_nursery=connections
-                        )
-                    )
+                    for listener in listeners:
+                        accepting.start_soon(_accept, listener, connection, connections, shares)
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
             finally:
                 # Refuse new connections at once (a worker's copy of a shared socket would
                 # otherwise queue them until the process exits).
                 for listener in listeners:
-                    with trio.CancelScope(shield=True):
-                        await listener.aclose()
+                    trio.lowlevel.notify_closing(listener)
+                    listener.close()
                 # Idle connections close now, busy ones after their answer; all by the deadline.
                 await context.terminated.set()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

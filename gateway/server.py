@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from .accept_share import ConnectionShares
 from .app import create_app
 from .config import GatewayConfig, ServerSettings, file_digest, parse_bind
 from .connections import ConnectionTimers, serve_connections
@@ -99,6 +100,7 @@ async def serve(
     shutdown: trio.Event | None = None,
     config_path: Path | None = None,
     sockets: list[socket.socket] | None = None,
+    shares: ConnectionShares | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``gateway`` until ``shutdown`` is set (or SIGTERM/SIGINT when it is ``None``),
@@ -149,6 +151,7 @@ async def serve(
                 connection_timers(config.server),
                 shutdown_trigger=stop.wait,
                 sockets=sockets,
+                shares=shares,
             )
         )
         try:

@@ -1,7 +1,7 @@
 """The parent process of ``[server] workers`` above 1.
 
 It opens the listening sockets and passes them to N worker processes (``gateway worker``,
-:mod:`gateway.worker`), so the kernel spreads connections over them; keeps what the
+:mod:`gateway.worker`), which take turns accepting (:mod:`gateway.accept_share`); keeps what the
 workers share (:class:`~gateway.machine.Machine`: limits, slots, queues); runs the
 backends that must exist once per machine (placement ``"parent"``: a managed llama-server)
 and tells the workers where they are; and supervises:
@@ -25,6 +25,7 @@ each one shuts down by itself if the parent is gone (its line to the parent clos
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -36,6 +37,7 @@ import trio
 from hypercorn.utils import repr_socket_addr
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .accept_share import create_shares
 from .backend_hosts import open_backend_hosts
 from .config import GatewayConfig
 from .control import Channel
@@ -97,6 +99,8 @@ class _Parent:
     config: GatewayConfig
     config_path: Path
     listen_fds: list[int]
+    shares_fd: int
+    workers: int
     addresses: dict[str, str]
     log_args: list[str]
     machine: Machine
@@ -108,6 +112,7 @@ class _Parent:
     def argv(self, worker: int, control_fd: int) -> list[str]:
         argv = [sys.executable, "-m", "gateway", "worker", "--config", str(self.config_path)]
         argv += ["--id", str(worker), "--control-fd", str(control_fd), *self.log_args]
+        argv += ["--shares-fd", str(self.shares_fd), "--workers", str(self.workers)]
         for fd in self.listen_fds:
             argv += ["--listen-fd", str(fd)]
         for id, address in self.addresses.items():
@@ -143,7 +148,7 @@ class _Parent:
             try:
                 process = await trio.lowlevel.open_process(
                     self.argv(worker, theirs.fileno()),
-                    pass_fds=(*self.listen_fds, theirs.fileno()),
+                    pass_fds=(*self.listen_fds, self.shares_fd, theirs.fileno()),
                     start_new_session=True,
                 )
             finally:
@@ -223,10 +228,13 @@ async def supervise(
                 await hosts.start(backend)
                 addresses[id] = backend.address()
                 log.info("backend %s runs once for every worker, at %s", id, addresses[id])
+        shares_fd = create_shares(workers)
         parent = _Parent(
             config,
             config_path,
             [sock.fileno() for sock in sockets],
+            shares_fd,
+            workers,
             addresses,
             log_args or [],
             machine,
@@ -238,6 +246,7 @@ async def supervise(
             await _run(parent, sockets, workers, binds, all_ready, on_serving)
         finally:
             remove_pid(pid_file)
+            os.close(shares_fd)
             for sock in sockets:
                 sock.close()
     log.info("stopped")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from .accept_share import ConnectionShares
 from .config import GatewayConfig, read_config
 from .control import Channel
 from .errors import ConfigError
@@ -62,11 +63,14 @@ async def run_worker(
     worker: int,
     listen_fds: list[int],
     control_fd: int,
+    shares_fd: int,
+    workers: int,
     addresses: Mapping[str, str],
     registry: Registry,
 ) -> None:
-    """Serve as worker ``worker`` until told to stop, or the parent is gone."""
+    """Serve as worker ``worker`` of ``workers`` until told to stop, or the parent is gone."""
     PROCESS_FIELDS["worker"] = worker
+    shares = ConnectionShares(shares_fd, worker, workers)
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     control = socket.socket(fileno=control_fd)
     link = ParentLink(Channel(trio.SocketStream(trio.socket.from_stdlib_socket(control))), worker)
@@ -91,6 +95,7 @@ async def run_worker(
                         shutdown=shutdown,
                         config_path=config_path,
                         sockets=sockets,
+                        shares=shares,
                         task_status=task_status,
                     )
                 )

@@ -131,6 +131,32 @@ async def test_both_workers_serve_and_one_scrape_counts_every_request(
     assert len(fake.requests) == 30
 
 
+async def test_connections_opened_at_once_are_spread_over_the_workers(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """8 connections at once, 3 times: each worker takes at least 2 of each 8. (Without the
+    shared counts the worker that was running took 7 or all 8 most times.)"""
+    async with _serving(_config(tmp_path, fake)) as (_, url):
+        for _ in range(3):
+            workers: list[int] = []
+            async with AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(
+                        httpx.AsyncClient(base_url=url, timeout=10, trust_env=False)
+                    )
+                    for _ in range(8)
+                ]
+
+                async with trio.open_nursery() as nursery:
+                    for client in clients:
+                        nursery.start_soon(_which_worker, client, workers)
+            assert min(workers.count(0), workers.count(1)) >= 2, workers
+
+
+async def _which_worker(client: httpx.AsyncClient, into: list[int]) -> None:
+    into.append((await client.get("/healthz")).json()["worker"])
+
+
 async def test_a_backend_limit_holds_for_the_machine_in_arrival_order(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
