@@ -76,7 +76,7 @@ def main() -> None:
 )
 def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFormat) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain gracefully."""
-    from .server import serve_gateway
+    from .server import serve_gateway, tune_gc
 
     configure_logging(log_level, log_format)
     for broken in load_registry().broken:
@@ -104,6 +104,7 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             binds = await nursery.start(
                 partial(serve_gateway, config, bind=bind, config_path=config_path)
             )
+            tune_gc()
             _log_serving(binds)
 
     from .responses import ResponsesDatabaseError

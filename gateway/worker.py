@@ -24,7 +24,7 @@ from .config import GatewayConfig, read_config
 from .control import Channel
 from .errors import ConfigError
 from .registry import Registry
-from .server import serve
+from .server import serve, tune_gc
 from .service import open_gateway
 from .status import streams_of
 from .telemetry import PROCESS_FIELDS
@@ -99,6 +99,7 @@ async def run_worker(
                         task_status=task_status,
                     )
                 )
+                tune_gc()
                 link.send({"op": "ready"})
         nursery.cancel_scope.cancel()
 
