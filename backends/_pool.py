@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -136,31 +135,16 @@ class ConnectionPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    @asynccontextmanager
-    async def open_response(
+    def open_response(
         self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> AsyncIterator[Response]:
+    ) -> _OpenResponse:
         """Send one request on a pooled connection and yield its response once the head is
-        in. Leaving the block hands the connection back when the body was read to the end,
-        and closes it otherwise. Raises :class:`~gateway.abc.UpstreamError` subclasses:
-        ``UpstreamConnectError``, ``UpstreamTimeout`` (connect only), and
-        ``UpstreamProtocolError`` for a broken exchange, here or while the body is read."""
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await self._slots.acquire()
-        try:
-            connection = self._checkout() or await self._connect()
-            try:
-                response = await self._exchange(connection, method, path, headers, body)
-                try:
-                    yield response
-                finally:
-                    await response.body.aclose()  # never inside an await: no checkpoint
-            finally:
-                self._checkin(connection)
-        finally:
-            self._slots.release()
+        in (an async context manager). Leaving the block hands the connection back when the
+        body was read to the end, and closes it otherwise. Raises
+        :class:`~gateway.abc.UpstreamError` subclasses: ``UpstreamConnectError``,
+        ``UpstreamTimeout`` (connect only), and ``UpstreamProtocolError`` for a broken
+        exchange, here or while the body is read."""
+        return _OpenResponse(self, method, path, headers, body)
 
     def _checkout(self) -> _Connection | None:
         now = trio.current_time()
@@ -267,6 +251,75 @@ class ConnectionPool:
             raise UpstreamProtocolError(
                 f"{self.name}: upstream connection lost while sending: {_reason(send_failed)}"
             ) from send_failed
+
+
+class _OpenResponse:
+    """:meth:`ConnectionPool.open_response`'s context manager. A class rather than an
+    ``@asynccontextmanager``: one lives as long as its response, which for a stream in a
+    long prefill is minutes, and a generator-based one also keeps a suspended generator
+    frame, an instance dict and trio's weak reference to the generator (≈ 0.7 KiB per
+    open stream, measured with tracemalloc)."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_method",
+        "_path",
+        "_pool",
+        "_request_headers",
+        "_response",
+    )
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        method: bytes,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        self._pool = pool
+        self._method = method
+        self._path = path
+        self._request_headers = headers
+        self._body = body
+        self._connection: _Connection | None = None
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        pool = self._pool
+        slots = pool._slots
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            connection = pool._checkout() or await pool._connect()
+            try:
+                response = await pool._exchange(
+                    connection, self._method, self._path, self._request_headers, self._body
+                )
+            except BaseException:
+                pool._checkin(connection)
+                raise
+        except BaseException:
+            slots.release()
+            raise
+        self._connection, self._response = connection, response
+        del self._request_headers, self._body  # sent: nothing to keep them for
+        return response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        connection, response = self._connection, self._response
+        assert connection is not None and response is not None
+        self._connection = self._response = None
+        try:
+            try:
+                await response.body.aclose()  # never inside an await: no checkpoint
+            finally:
+                self._pool._checkin(connection)
+        finally:
+            self._pool._slots.release()
 
 
 async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Literal
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -101,24 +101,57 @@ class OpenAIBackend(Backend[OpenAISettings]):
             headers.append((b"accept", b"text/event-stream"))
         return headers
 
-    @asynccontextmanager
-    async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
-        if self._pool is None:
-            raise RuntimeError(f"backend {self.id} is not running")
+    def open_response(self, request: UpstreamRequest) -> _OpenResponse:
+        return _OpenResponse(self, request)
+
+
+class _OpenResponse:
+    """:meth:`OpenAIBackend.open_response`'s context manager: the request goes out and its
+    status is checked on entry (a non-2xx status raises :class:`UpstreamStatusError`);
+    leaving closes the pool's exchange. A class rather than an ``@asynccontextmanager``:
+    one lives as long as its response — minutes for a stream in a long prefill — and a
+    generator-based one keeps a suspended frame (with the encoded request body), an
+    instance dict and trio's weak reference to the generator (≈ 0.8 KiB per open stream,
+    measured with tracemalloc)."""
+
+    __slots__ = ("_backend", "_exchange", "_request")
+
+    def __init__(self, backend: OpenAIBackend, request: UpstreamRequest) -> None:
+        self._backend = backend
+        self._request = request
+        self._exchange: AbstractAsyncContextManager[Response] | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        backend, request = self._backend, self._request
+        pool = backend._pool
+        if pool is None:
+            raise RuntimeError(f"backend {backend.id} is not running")
         body = json.dumps(
             request.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
-        async with self._pool.open_response(
-            b"POST", "/" + request.endpoint, self._headers(request), body
-        ) as response:
+        exchange = pool.open_response(
+            b"POST", "/" + request.endpoint, backend._headers(request), body
+        )
+        del body  # the pool holds it only until it is sent
+        response = await exchange.__aenter__()
+        try:
             if response.status >= 300:
                 error_body = await _read_capped(response)
                 raise UpstreamStatusError.from_body(response.status, error_body)
-            yield UpstreamResponse(
-                status=response.status,
-                content_type=response.header(b"content-type"),
-                body=response.body,
-            )
+        except BaseException as exc:
+            await exchange.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._exchange = exchange
+        return UpstreamResponse(
+            status=response.status,
+            content_type=response.header(b"content-type"),
+            body=response.body,
+        )
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        exchange, self._exchange = self._exchange, None
+        assert exchange is not None
+        await exchange.__aexit__(*exc_info)
 
 
 async def _read_capped(response: Response) -> bytes:
