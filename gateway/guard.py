@@ -21,6 +21,7 @@ after its last byte), so a long answer is never cut by them.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import trio
@@ -68,8 +69,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        names = {name.lower() for name, _ in scope["headers"]}
-        if b"content-length" in names and b"transfer-encoding" in names:
+        if _both_lengths(scope):
             started = trio.current_time()
             if await _drain(receive):
                 error = AmbiguousFraming(
@@ -79,6 +79,14 @@ class RequestGuard:
             return
         exchange = _GuardedExchange(scope, receive, send, self.timeouts, self.telemetry)
         await self.app(scope, exchange.receive, exchange.send)
+
+
+def _both_lengths(scope: HTTPScope) -> bool:
+    """Whether the request gives both ``Content-Length`` and ``Transfer-Encoding``. (A
+    function of its own: the header names' set is gone before the app runs, rather than
+    kept in the guard's frame for as long as the request lasts.)"""
+    names = {name.lower() for name, _ in scope["headers"]}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 # What is read and dropped of a refused body before the answer goes out, at most.
@@ -111,6 +119,18 @@ class _GuardedExchange:
     """One request's ``receive`` and ``send`` with the body timers between them and the
     app. ASGI apps call ``receive`` from one task at a time; so does this."""
 
+    __slots__ = (
+        "_receive",
+        "_send",
+        "answer_started",
+        "body_read",
+        "scope",
+        "started",
+        "telemetry",
+        "timed_out",
+        "timeouts",
+    )
+
     def __init__(
         self,
         scope: HTTPScope,
@@ -129,11 +149,17 @@ class _GuardedExchange:
         self.answer_started = False
         self.timed_out = False
 
-    async def receive(self) -> ASGIReceiveEvent:
+    def receive(self) -> Awaitable[ASGIReceiveEvent]:
+        # Not a coroutine function: once the body is read, the server's own receive is
+        # awaited directly, so no frame of the guard's stays in a task blocked in it (the
+        # relay's disconnect watcher blocks there for the whole response).
+        if self.body_read and not self.timed_out:
+            return self._receive()
+        return self._receive_body()
+
+    async def _receive_body(self) -> ASGIReceiveEvent:
         if self.timed_out:
             return _DISCONNECT
-        if self.body_read:
-            return await self._receive()
         # The idle clock starts with each wait, not at the last byte: time the app spent
         # elsewhere between two reads is not the client's.
         deadline = min(trio.current_time() + self.timeouts.idle, self.started + self.timeouts.total)
