@@ -44,7 +44,9 @@ class ResponseWriter:
     def __init__(self, send: object, clock: HeartbeatClock | None) -> None:
         self._send = send
         self._lock = trio.Lock()
-        self._started_event = trio.Event()
+        # Made only for a waiter (a heartbeat without early headers): most responses
+        # never need one, and it would last as long as the response.
+        self._started_event: trio.Event | None = None
         self._last = b""
         self.clock = clock
         self.started = False
@@ -80,7 +82,8 @@ class ResponseWriter:
         )
         self.status = status
         self.started = True
-        self._started_event.set()
+        if self._started_event is not None:
+            self._started_event.set()
 
     async def start(self, status: int, headers: Headers) -> bool:
         """Send the status and headers unless they are out already (the heartbeat may have
@@ -121,6 +124,10 @@ class ResponseWriter:
             self._lock.release()
 
     async def wait_started(self) -> None:
+        if self._started_event is None:
+            self._started_event = trio.Event()
+            if self.started:
+                self._started_event.set()
         await self._started_event.wait()
 
     async def write_if_silent(
