@@ -236,7 +236,7 @@ class ProxyApp:
 
         # Until it ends, the request holds its route's backends: a reload that replaced or
         # removed one stops it only once no request may still reach it.
-        held = {upstreams[t.backend] for t in route.settings.all_targets}
+        held = tuple({upstreams[t.backend] for t in route.settings.all_targets})
         for upstream in held:
             upstream.hold()
 
