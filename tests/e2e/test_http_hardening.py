@@ -14,6 +14,7 @@ Timeouts are configured in fractions of a second, so nothing waits real tens of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -397,12 +398,19 @@ async def test_keep_alive_timer_runs_after_a_quart_answer(start_gateway) -> None
 
 def server_sockets(port: int) -> int:
     """The gateway's accepted sockets on ``port`` that are not yet released (any state but
-    LISTEN and TIME_WAIT)."""
+    LISTEN and TIME_WAIT). Only this process's (the gateway is served in it): another
+    process's client socket can have the same local port, an ephemeral one to elsewhere."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                ours.add(target[len("socket:[") : -1])
     count = 0
     for line in PROC_TCP.read_text().splitlines()[1:]:
         fields = line.split()
         local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] not in ("0A", "06"):
+        if local_port == port and fields[3] not in ("0A", "06") and fields[9] in ours:
             count += 1
     return count
 
