@@ -166,17 +166,17 @@ async def _accept(
             await trio.sleep(0.1)
             continue
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        nursery.start_soon(_counted, handler, stream, shares)
+        if shares is None:
+            nursery.start_soon(handler, stream)
+        else:
+            nursery.start_soon(_counted, handler, stream, shares)
 
 
 async def _counted(
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     stream: trio.SocketStream,
-    shares: ConnectionShares | None,
+    shares: ConnectionShares,
 ) -> None:
-    if shares is None:
-        await handler(stream)
-        return
     shares.opened()
     try:
         await handler(stream)
