@@ -13,7 +13,7 @@ import trio
 from .config import GatewayConfig, load_config
 from .errors import ConfigError
 from .logs import LogFormat, configure_logging
-from .registry import load_registry, settings_fields
+from .registry import Registry, load_registry, settings_fields
 
 DEFAULT_CONFIG = "gateway.toml"
 
@@ -79,7 +79,8 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     from .server import serve_gateway, tune_gc
 
     configure_logging(log_level, log_format)
-    for broken in load_registry().broken:
+    registry = load_registry()
+    for broken in registry.broken:
         logging.getLogger("gateway").warning(
             "backend plugin %s (%s) not loaded: %s", broken.name, broken.distribution, broken.reason
         )
@@ -96,7 +97,7 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     workers = config.server.worker_count
     if workers > 1:
         log_args = ["--log-level", log_level, "--log-format", log_format]
-        _supervise(config, config_path, bind, workers, log_args)
+        _supervise(config, config_path, bind, workers, registry, log_args)
         return
 
     async def run() -> None:
@@ -123,12 +124,16 @@ def _log_serving(binds: list[str]) -> None:
 
 
 def _supervise(
-    config: GatewayConfig, config_path: Path, bind: str | None, workers: int, log_args: list[str]
+    config: GatewayConfig,
+    config_path: Path,
+    bind: str | None,
+    workers: int,
+    registry: Registry,
+    log_args: list[str],
 ) -> None:
     """Run ``workers`` worker processes under this one (:mod:`gateway.supervisor`)."""
     from .supervisor import WorkerFailed, supervise
 
-    registry = load_registry()
     run = partial(
         supervise,
         config,

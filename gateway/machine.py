@@ -75,11 +75,6 @@ class Machine:
         self._change = trio.Event()
         self._asks = 0
 
-    @property
-    def workers(self) -> list[int]:
-        """The workers connected now."""
-        return sorted(self._peers)
-
     async def broadcast_loads(self) -> None:
         """Send changed loads to every worker, at most every :data:`LOAD_INTERVAL`; runs
         for the parent's lifetime."""

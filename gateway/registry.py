@@ -11,14 +11,14 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 import pydantic
 from pydantic.fields import FieldInfo
 
-from .abc import Backend, BackendSettings
+from .abc import Backend, BackendSettings, Placement
 
 ENTRY_POINT_GROUP = "trio_gateway.backends"
 _OWN_DISTRIBUTION = "trio-gateway"
@@ -62,6 +62,16 @@ class Registry:
 
     def get(self, name: str) -> BackendType | None:
         return self.types.get(name)
+
+    def placed(
+        self, backends: Mapping[str, BackendSettings], placement: Placement
+    ) -> Iterator[tuple[str, BackendSettings, type[Backend]]]:
+        """The backends of ``backends`` (a config's, by id) whose class puts them at
+        ``placement`` when there are several workers, with their class."""
+        for id, settings in backends.items():
+            backend_type = self.types.get(settings.type)
+            if backend_type is not None and backend_type.cls.placement(settings) == placement:
+                yield id, settings, backend_type.cls
 
 
 def _problem(obj: object, value: str) -> str | None:

@@ -76,8 +76,7 @@ def snapshot(gateway: Gateway, now: float) -> dict[str, Any]:
                 "cache_usage": status.cache_usage,
             }
         )
-    streams = [_stream(entry, now) for entry in gateway.inflight]
-    streams.sort(key=lambda s: (-s["age_s"], s["request_id"]))
+    streams = _oldest_first([_stream(entry, now) for entry in gateway.inflight])
     return {
         "draining": gateway.draining,
         "in_flight": len(streams),
@@ -100,14 +99,19 @@ async def machine_snapshot(gateway: Gateway) -> dict[str, Any]:
     view = snapshot(gateway, now)
     link = gateway.link
     if link is not None and not link.lost.is_set():
-        streams = [
-            {**stream, "worker": report["worker"]}
-            for report in await link.collect("streams")
-            for stream in report["body"] or ()
-        ]
-        streams.sort(key=lambda s: (-s["age_s"], s["request_id"]))
+        streams = _oldest_first(
+            [
+                {**stream, "worker": report["worker"]}
+                for report in await link.collect("streams")
+                for stream in report["body"] or ()
+            ]
+        )
         view.update(streams=streams, in_flight=len(streams))
     return view
+
+
+def _oldest_first(streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(streams, key=lambda s: (-s["age_s"], s["request_id"]))
 
 
 def _stream(entry: InFlight, now: float) -> dict[str, Any]:

@@ -68,15 +68,13 @@ def check_placements(config: GatewayConfig, registry: Registry, workers: int) ->
     ``"single"``), with what to do instead."""
     if workers <= 1:
         return
-    for id, settings in config.backends.items():
-        backend_type = registry.get(settings.type)
-        if backend_type is not None and backend_type.cls.placement(settings) == "single":
-            raise ConfigError(
-                f"backends.{id}: a {settings.type} backend holds its model in the gateway's "
-                f"own process and cannot be shared by {workers} workers; set "
-                "[server] workers = 1, or serve the model with a llama.cpp backend "
-                '(`type = "llamacpp"` with `model`: one llama-server for every worker)'
-            )
+    for id, settings, _ in registry.placed(config.backends, "single"):
+        raise ConfigError(
+            f"backends.{id}: a {settings.type} backend holds its model in the gateway's "
+            f"own process and cannot be shared by {workers} workers; set "
+            "[server] workers = 1, or serve the model with a llama.cpp backend "
+            '(`type = "llamacpp"` with `model`: one llama-server for every worker)'
+        )
 
 
 @dataclass
@@ -221,13 +219,11 @@ async def supervise(
     machine = Machine({"metrics": lambda: generate_latest(metrics.registry).decode()}, on_ready)
     async with open_backend_hosts() as hosts:
         addresses = {}
-        for id, settings in config.backends.items():
-            backend_type = registry.get(settings.type)
-            if backend_type is not None and backend_type.cls.placement(settings) == "parent":
-                backend = build_backend(id, settings, registry)
-                await hosts.start(backend)
-                addresses[id] = backend.address()
-                log.info("backend %s runs once for every worker, at %s", id, addresses[id])
+        for id, settings, _ in registry.placed(config.backends, "parent"):
+            backend = build_backend(id, settings, registry)
+            await hosts.start(backend)
+            addresses[id] = backend.address()
+            log.info("backend %s runs once for every worker, at %s", id, addresses[id])
         shares_fd = create_shares(workers)
         parent = _Parent(
             config,

@@ -42,10 +42,7 @@ def reach_parent_backends(
     address in ``addresses``. Raises :class:`ConfigError` for one the parent does not run
     (added by a reload: it would start once per worker)."""
     backends = dict(config.backends)
-    for id, settings in config.backends.items():
-        backend_type = registry.get(settings.type)
-        if backend_type is None or backend_type.cls.placement(settings) != "parent":
-            continue
+    for id, settings, cls in registry.placed(config.backends, "parent"):
         address = addresses.get(id)
         if address is None:
             raise ConfigError(
@@ -53,7 +50,7 @@ def reach_parent_backends(
                 "its own server is started once, by the parent, at start-up; restart the "
                 "gateway to add one"
             )
-        backends[id] = backend_type.cls.reached_at(settings, address)
+        backends[id] = cls.reached_at(settings, address)
     return dataclasses.replace(config, backends=backends)
 
 
