@@ -44,7 +44,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from messages_scenario import DIALECT_SCENARIOS, run_messages, summarize_messages
+from messages_scenario import (
+    DIALECT_SCENARIOS,
+    run_messages,
+    summarize_messages,
+    unary_closed_loop,
+)
 from workers_scenario import run_workers, summarize_workers
 from ws_scenario import run_websocket, summarize_websocket
 
@@ -523,17 +528,7 @@ def run_target(
 def run_unary_levels(cpus: set[int], server: Server, plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in plan.unary_levels:
-        r = loadgen(
-            cpus,
-            server,
-            "unary",
-            "--concurrency",
-            str(c),
-            "--duration",
-            str(plan.unary_duration),
-            "--warmup",
-            "1.0",
-        )
+        r = loadgen(cpus, server, *unary_closed_loop(c, plan.unary_duration))
         out[str(c)] = r
         log(
             f"  unary {server.name} c={c}: p50 {r['latency_ms']['p50']} p99 "

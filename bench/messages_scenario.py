@@ -191,6 +191,12 @@ def _this_repeat(
     return _rotation(found, repeat)
 
 
+def unary_closed_loop(c: int, duration: float) -> list[str]:
+    """loadgen's arguments for scenario 1's closed loop at ``c`` connections (also scenario
+    9's saturation)."""
+    return ["unary", "--concurrency", str(c), "--duration", str(duration), "--warmup", "1.0"]
+
+
 def _rotation(variants: tuple[V, ...], repeat: int) -> tuple[V, ...]:
     """The variants in repeat ``repeat``'s order: each repeat starts one later."""
     return variants[repeat % len(variants) :] + variants[: repeat % len(variants)]

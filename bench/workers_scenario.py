@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from messages_scenario import _f, _median, _minus, _pair, _rotation
+from messages_scenario import _f, _median, _minus, _pair, _rotation, unary_closed_loop
 
 KEY = "workers"
 NUMBER = 9
@@ -252,13 +252,7 @@ def _measure_variant(
             r = out["saturation"][str(c)] = _with_loadgen_cpu(
                 measure,
                 server,
-                "unary",
-                "--concurrency",
-                str(c),
-                "--duration",
-                str(plan.unary_duration),
-                "--warmup",
-                "1.0",
+                *unary_closed_loop(c, plan.unary_duration),
                 timeout=plan.unary_duration + 60,
             )
             log(
