@@ -267,13 +267,17 @@ async def test_gateway_answers_promptly_while_redis_stalls(
         assert statuses == [200] * 32  # admitted though the limit is 1 a minute
         first = max(took)
         assert first < timeout + 0.5, took
-        assert shared is not None and shared.failed_calls == 32
+        # Each admission got no answer or, once the circuit opened (after 3), was skipped:
+        # how many were already waiting on redis by then depends on the machine's speed.
+        assert shared is not None and shared.failed_calls >= 3
+        assert shared.failed_calls + shared.skipped_calls >= 32
+        failed, skipped = shared.failed_calls, shared.skipped_calls
         seen = (redis.accepted, len(redis.commands))
         await wave(32)
         assert statuses == [200] * 64
         # The circuit is open: no request waits on redis, none reaches it.
         assert sorted(took)[16] < timeout, took
-        assert shared.skipped_calls >= 32 and shared.failed_calls == 32
+        assert shared.skipped_calls >= skipped + 32 and shared.failed_calls == failed
         assert (redis.accepted, len(redis.commands)) == seen
         shutdown.set()
     lines = outage_lines(caplog)
