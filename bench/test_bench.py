@@ -7,6 +7,7 @@ bench gateway (``.venv``'s ``gateway``, as ``bench/run`` starts it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -113,6 +115,63 @@ def test_unary_carries_on_after_connection_close(upstream_port: int) -> None:
     assert r["errors"] == {}
     assert isinstance(r["requests"], int) and r["requests"] > 14
     assert isinstance(r["reconnects"], int) and r["reconnects"] >= r["requests"] // 7 - 2
+
+
+class _EarlyTimers:
+    """An event loop's clock and timers, fired by hand half a millisecond early, as uvloop's
+    (whole milliseconds) may fire them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any, tuple[Any, ...]]] = []
+        self.scheduled = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, at: float, callback: Any, *args: Any) -> SimpleNamespace:
+        self.scheduled += 1
+        self.timers.append((at, callback, args))
+        return SimpleNamespace(cancel=lambda: None)
+
+    def fire_next(self) -> None:
+        at, callback, args = self.timers.pop(0)
+        self.now = at - 0.0005
+        callback(*args)
+
+
+def test_upstream_writes_an_event_whose_timer_fired_a_little_early() -> None:
+    """One timer per paced event, even when timers fire early: rescheduling instead spun
+    uvloop's loop through tens of thousands of timers per stream."""
+    import upstream
+
+    written: list[bytes] = []
+    body = b'{"stream": true, "content": "bench:n=5,gap=20,prefill=0"}'
+    request = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+    async def make() -> Any:
+        return upstream.Upstream()
+
+    server = asyncio.run(make())
+    loop = _EarlyTimers()
+    server._loop = loop
+    server.connection_made(SimpleNamespace(write=written.append))
+    server.data_received(request)
+    for _ in range(100):  # bounded: without the slack each early timer is rescheduled
+        if not loop.timers:
+            break
+        loop.fire_next()
+    assert not loop.timers
+    assert loop.scheduled == 6  # tokens 1..5 and the end; the first event went out at once
+    text = b"".join(written)
+    assert (
+        all(b"tok%d " % i in text for i in range(5))
+        and b"data: [DONE]" in text
+        and text.endswith(b"0\r\n\r\n")
+    )
 
 
 def test_streams_arrive_whole_and_in_order(upstream_port: int) -> None:

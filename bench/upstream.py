@@ -25,7 +25,10 @@ A request's shape is read from its body, so that every proxy forwards it unchang
   ``response.output_item.done`` and ``response.completed`` where chat ends; every event has
   its ``sequence_number``, from 0.
 
-Times are scheduled on absolute deadlines (``call_at``), so they do not drift.
+Times are scheduled on absolute deadlines (``call_at``), so they do not drift. uvloop's
+timers count whole milliseconds and may fire up to one early; an event whose timer fired is
+written then (:data:`TIMER_SLACK`), not rescheduled — rescheduling spun the loop: 68,690
+timer calls for 101 events, most of a core at 180 paced streams.
 
 Run: ``python bench/upstream.py --port 0`` prints ``LISTENING <port>`` on stdout.
 """
@@ -348,6 +351,9 @@ _responses_served = 0  # streamed Responses, for their ids
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+TIMER_SLACK = 0.001  # seconds a timer may fire early (uvloop's resolution) and count as due
+
+
 class Upstream(asyncio.Protocol):
     __slots__ = ("_buf", "_busy", "_id", "_loop", "_served", "_timer", "_transport")
 
@@ -417,7 +423,7 @@ class Upstream(asyncio.Protocol):
     def _stream(self, shape: _Shape, step: int, n: int, gap: float, at: float) -> None:
         """Write event ``step`` at ``at`` (now or later), then schedule the next one."""
         now = self._loop.time()
-        if at > now:
+        if at > now + TIMER_SLACK:
             self._timer = self._loop.call_at(at, self._stream, shape, step, n, gap, at)
             return
         self._timer = None
