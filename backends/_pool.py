@@ -289,7 +289,7 @@ class _OpenResponse:
     async def __aenter__(self) -> Response:
         pool = self._pool
         slots = pool._slots
-        try:
+        try:  # gateway.locks.acquire, written out: backends import only the plugin API
             slots.acquire_nowait()
         except trio.WouldBlock:
             await slots.acquire()

@@ -21,14 +21,19 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
   ``http.disconnect`` — which hypercorn delivers from inside that very send — so the close
   (or the timer) was cancelled half done and the connection stayed open, without a
   timer, until the client left. Here both run shielded from the caller's cancellation.
+- **Writes.** hypercorn takes the connection's send lock with trio's ``acquire``, a pass
+  through the scheduler even when the lock is free, and writes h11's empty end of a
+  ``content-length`` body (another pass). Here the lock is taken at once when free and
+  nothing is written for nothing: a streamed event costs one scheduler pass, not two.
 - **A reader left parked.** A reader holding the bytes after a request waits to be let
   parse them; when the connection closes instead, it waited forever. Here closing the
   connection cancels its reader.
 
 :func:`serve_connections` is hypercorn's trio ``serve`` for what the gateway uses (plain
 TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
-(``_read_data``, ``_idle_timeout``, ``_close``, ``idle_task``), which is why hypercorn is
-pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they change.
+(``_read_data``, ``_idle_timeout``, ``_close``, ``idle_task``, ``send_lock``), which is why
+hypercorn is pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they
+change.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from . import ws_stream
 from .accept_share import ACCEPT_PAUSE, ConnectionShares
+from .locks import acquire
 
 __all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
 
@@ -82,6 +88,9 @@ class GatewayConnection(TCPServer):
         self._reading = trio.CancelScope()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            await self._write(event.data)
+            return
         if isinstance(event, Updated):
             # Arming or stopping the idle timer is bounded work the caller's
             # cancellation must not leave half done (a kept-alive connection with no timer).
@@ -89,6 +98,22 @@ class GatewayConnection(TCPServer):
                 await super().protocol_send(event)
             return
         await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        """hypercorn's write, with two passes through the scheduler fewer per response: the
+        send lock is taken at once when it is free, and an empty write (h11's end of a body
+        with a ``content-length``) is not made. A streamed event is then one pass (the
+        socket write), where it was two."""
+        if not data:
+            return
+        await acquire(self.send_lock)
+        try:
+            with trio.CancelScope(shield=True):  # as hypercorn: a write is never cut in half
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(ClosedEvent())
+        finally:
+            self.send_lock.release()
 
     async def _read_data(self) -> None:
         with self._reading:

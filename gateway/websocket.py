@@ -59,6 +59,7 @@ from .errors import (
 )
 from .inbound import endpoint_label, request_ids
 from .inflight import InFlight
+from .locks import acquire
 from .responses.conversation import LastResponse
 from .service import Gateway
 from .teams import Identity
@@ -319,10 +320,7 @@ class _Socket:
         await self._locked_send({"type": "websocket.send", "text": text})
 
     async def _locked_send(self, message: dict[str, object]) -> None:
-        try:
-            self._lock.acquire_nowait()  # no trip through the scheduler when nobody holds it
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        await acquire(self._lock)
         try:
             if self.gone:
                 raise trio.BrokenResourceError("the client is gone")

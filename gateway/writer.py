@@ -8,6 +8,7 @@ import trio
 
 from .dialects.base import StreamPipe
 from .inflight import InFlight
+from .locks import acquire
 from .timers import HeartbeatClock
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -58,12 +59,6 @@ class ResponseWriter:
         self.status: int | None = None
         self.bytes_sent = 0
 
-    async def _acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-
     async def _asgi(self, message: dict[str, object]) -> None:
         body = message.get("body")
         if isinstance(body, bytes):
@@ -88,7 +83,7 @@ class ResponseWriter:
     async def start(self, status: int, headers: Headers) -> bool:
         """Send the status and headers unless they are out already (the heartbeat may have
         committed them a moment ago). Returns whether this call sent them."""
-        await self._acquire()
+        await acquire(self._lock)
         try:
             if self.started:
                 return False
@@ -100,7 +95,7 @@ class ResponseWriter:
     async def write(self, data: bytes) -> None:
         if not data:
             return
-        await self._acquire()
+        await acquire(self._lock)
         try:
             await self._asgi({"type": "http.response.body", "body": data, "more_body": True})
         finally:
@@ -114,7 +109,7 @@ class ResponseWriter:
     async def end(self) -> None:
         """Send what :meth:`write_last` kept and end the response; once only (a later call
         does nothing), and no write of any kind follows it."""
-        await self._acquire()
+        await acquire(self._lock)
         try:
             if self.finished:
                 return
@@ -138,7 +133,7 @@ class ResponseWriter:
         ``data`` is called under the lock, right before the write: a heartbeat that numbers
         itself in the stream (Responses' ``keepalive`` events) gets its place there."""
         assert self.clock is not None
-        await self._acquire()
+        await acquire(self._lock)
         try:
             if self.finished or self._last or not self.clock.is_due(trio.current_time()):
                 return False
