@@ -80,9 +80,10 @@ class ConnectionTimers:
 class GatewayConnection(TCPServer):
     """One client connection (see the module docstring for what differs from hypercorn's)."""
 
-    def __init__(self, timers: ConnectionTimers, *args: Any) -> None:
+    def __init__(self, timers: ConnectionTimers, raw: socket.socket, *args: Any) -> None:
         super().__init__(*args)
         self.timers = timers
+        self._raw = raw  # the stream's own socket, for writes that need not wait
         self._heads_awaited = 0
         self._head_wait: trio.CancelScope | None = None
         self._reading = trio.CancelScope()
@@ -100,20 +101,33 @@ class GatewayConnection(TCPServer):
         await super().protocol_send(event)
 
     async def _write(self, data: bytes) -> None:
-        """hypercorn's write, with two passes through the scheduler fewer per response: the
-        send lock is taken at once when it is free, and an empty write (h11's end of a body
-        with a ``content-length``) is not made. A streamed event is then one pass (the
-        socket write), where it was two."""
+        """hypercorn's write, without its passes through the scheduler when nothing has to
+        wait: the send lock is taken at once when it is free, what the socket takes at
+        once is written there and then, and an empty write (h11's end of a body with a
+        ``content-length``) is not made. Only a rest the socket's buffer cannot take yet
+        is waited for, as ``send_all`` does."""
         if not data:
             return
         await acquire(self.send_lock)
         try:
-            with trio.CancelScope(shield=True):  # as hypercorn: a write is never cut in half
-                await self.stream.send_all(data)
+            sent = self._write_now(data)
+            if sent < len(data):
+                with trio.CancelScope(shield=True):  # as hypercorn: a write is never cut in half
+                    await self.stream.send_all(memoryview(data)[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(ClosedEvent())
         finally:
             self.send_lock.release()
+
+    def _write_now(self, data: bytes) -> int:
+        """How much of ``data`` the socket took without waiting (none if its buffer is
+        full). Raises ``trio.BrokenResourceError`` when the connection is closed or broken."""
+        try:
+            return self._raw.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:  # EPIPE, ECONNRESET; EBADF once the socket is closed
+            raise trio.BrokenResourceError(f"client connection: {exc}") from exc
 
     async def _read_data(self) -> None:
         with self._reading:
@@ -168,7 +182,7 @@ class GatewayConnection(TCPServer):
 
 async def _accept(
     listener: socket.socket,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    handler: Callable[[trio.SocketStream, socket.socket], Awaitable[None]],
     nursery: trio.Nursery,
     shares: ConnectionShares | None,
 ) -> None:
@@ -192,19 +206,20 @@ async def _accept(
             continue
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         if shares is None:
-            nursery.start_soon(handler, stream)
+            nursery.start_soon(handler, stream, sock)
         else:
-            nursery.start_soon(_counted, handler, stream, shares)
+            nursery.start_soon(_counted, handler, stream, sock, shares)
 
 
 async def _counted(
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    handler: Callable[[trio.SocketStream, socket.socket], Awaitable[None]],
     stream: trio.SocketStream,
+    raw: socket.socket,
     shares: ConnectionShares,
 ) -> None:
     shares.opened()
     try:
-        await handler(stream)
+        await handler(stream, raw)
     finally:
         shares.closed()
 
@@ -233,9 +248,9 @@ async def serve_connections(
     lifespan = Lifespan(asgi, config, state)
     context = WorkerContext(None)
 
-    async def connection(stream: trio.SocketStream) -> None:
+    async def connection(stream: trio.SocketStream, raw: socket.socket) -> None:
         server = GatewayConnection(
-            timers, asgi, config, context, ConnectionState(state.copy()), stream
+            timers, raw, asgi, config, context, ConnectionState(state.copy()), stream
         )
         await server.run()
 

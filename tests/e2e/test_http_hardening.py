@@ -8,6 +8,7 @@ framing, the timing and the end of the connection are what is under test.
   own, longer ``keep_alive_timeout``.
 - ``Connection: close`` (and HTTP/1.0) closes the connection on every path, Quart's too.
 - Connections the clients closed are released at once, not after the keep-alive time.
+- A client whose window is full gets every byte of a large answer once it reads.
 
 Timeouts are configured in fractions of a second, so nothing waits real tens of seconds.
 """
@@ -472,3 +473,49 @@ async def test_refusals_on_messages_paths_are_in_anthropic_shape(
         },
     }
     assert fake.requests == []
+
+
+async def small_window_connection(gw: RunningGateway) -> trio.SocketStream:
+    """A connection whose receive buffer is a few KiB (set before the connect, so the
+    window the gateway sees stays small)."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    return trio.SocketStream(sock)
+
+
+async def test_a_client_that_reads_late_gets_every_byte(start_gateway, fake: FakeOpenAI) -> None:
+    """A 5 MB answer to a client with a few KiB of window that reads nothing until the
+    upstream has answered: the gateway writes what the socket takes at once and waits for
+    the rest (a write that dropped the rest failed this). Then a stream of 5,000 events on
+    the same connection arrives whole and in order, and the connection keeps serving."""
+    gw = await start_gateway()
+    stream = await small_window_connection(gw)
+    async with stream:
+        big = json.dumps({**CHAT, "fake": {"tokens": 600_000}}).encode()
+        await stream.send_all(chat_request(body=big))
+        await wait_until(lambda: len(fake.requests) == 1)
+        answer = await read_answer(stream)
+        assert answer.status == 200 and len(answer.body) > 5_000_000
+        text = json.loads(answer.body)["choices"][0]["message"]["content"]
+        assert text.split() == [f"tok{i}" for i in range(600_000)]
+
+        streamed = json.dumps({**CHAT, "stream": True, "fake": {"tokens": 5_000}}).encode()
+        await stream.send_all(chat_request(body=streamed))
+        await wait_until(lambda: len(fake.requests) == 2)
+        raw = bytearray()
+        with trio.fail_after(30):
+            while not raw.endswith(b"\r\n0\r\n\r\n"):
+                chunk = await stream.receive_some(65536)
+                assert chunk, "closed inside the stream"
+                raw += chunk
+        body = bytes(raw).partition(b"\r\n\r\n")[2]
+        deltas = [e for e in body.split(b"\n\n") if b'"content":"tok' in e]
+        assert len(deltas) == 5_000 and b"data: [DONE]" in body
+        assert [int(d.split(b'"content":"tok')[1].split(b" ")[0]) for d in deltas] == list(
+            range(5_000)
+        )
+
+        await stream.send_all(chat_request())
+        assert (await read_answer(stream)).status == 200
