@@ -22,6 +22,7 @@ the upstream sees the request end.
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -72,6 +73,19 @@ class _Connection:
         if socket is None:  # TLS: look at the transport under it
             socket = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
         return socket is not None and socket.is_readable()
+
+    def write_now(self, data: bytes) -> int:
+        """How much of ``data`` the socket took without waiting: a request is written
+        there and then, with no pass through trio's scheduler, when the socket's buffer
+        has room (always, but for large bodies). None of it on TLS (the caller sends it
+        all); raises ``OSError`` when the connection is broken."""
+        socket = getattr(self.stream, "socket", None)
+        if socket is None:
+            return 0
+        try:
+            return os.write(socket.fileno(), data)
+        except BlockingIOError:
+            return 0
 
     async def next_event(self) -> object:
         while True:
@@ -231,7 +245,9 @@ class ConnectionPool:
         data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         send_failed: BaseException | None = None
         try:
-            await connection.stream.send_all(data)
+            sent = connection.write_now(data)
+            if sent < len(data):
+                await connection.stream.send_all(memoryview(data)[sent:])
         except (trio.BrokenResourceError, OSError) as exc:
             # An upstream may answer and stop reading before the body is all in (a 413 for
             # a large prompt, say): its answer is still worth reading.

@@ -13,14 +13,16 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, W
 from .abc import Endpoint, JSONObject
 from .dialects import dialect_of
 from .dialects.base import Dialect
+from .http_stream import Disconnect
 from .inbound import request_ids
 from .inflight import InFlight
 from .responses.conversation import LastResponse
 from .teams import Identity
 
-Serve = Callable[[ASGISendCallable, ASGIReceiveCallable | None], Awaitable[None]]
-"""A prepared request's relay: run it with the ASGI ``send`` to answer on, and the
-``receive`` that tells of the client's disconnect (``None``: the caller cancels it)."""
+Serve = Callable[[ASGISendCallable, Disconnect | ASGIReceiveCallable | None], Awaitable[None]]
+"""A prepared request's relay: run it with the ASGI ``send`` to answer on, and what tells
+of the client's disconnect: the server's :class:`~gateway.http_stream.Disconnect`, or the
+request's ``receive`` (``None``: the caller cancels it)."""
 
 
 class ClientRequest:

@@ -20,7 +20,11 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
   ``send``. quart-trio cancels its request's tasks as soon as ``receive()`` returns
   ``http.disconnect`` — which hypercorn delivers from inside that very send — so the close
   (or the timer) was cancelled half done and the connection stayed open, without a
-  timer, until the client left. Here both run shielded from the caller's cancellation.
+  timer, until the client left. Here the close runs shielded from the caller's
+  cancellation, and arming the timer is an assignment that cannot be cut short.
+- **One timer task.** hypercorn's idle timer is a lock, a started task and a cancelled one
+  for every request: five passes through trio's scheduler. Here one task lives as long as
+  the connection and a request moves its deadline (:class:`_IdleTimer`).
 - **Writes.** hypercorn takes the connection's send lock with trio's ``acquire``, a pass
   through the scheduler even when the lock is free, and writes h11's empty end of a
   ``content-length`` body (another pass). Here the lock is taken at once when free and
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,11 +57,11 @@ from hypercorn.events import Closed as ClosedEvent
 from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from . import ws_stream
+from . import http_stream, ws_stream
 from .accept_share import ACCEPT_PAUSE, ConnectionShares
 from .locks import acquire
 
@@ -84,21 +89,21 @@ class GatewayConnection(TCPServer):
         super().__init__(*args)
         self.timers = timers
         self._raw = raw  # the stream's own socket, for writes that need not wait
-        self._heads_awaited = 0
-        self._head_wait: trio.CancelScope | None = None
         self._reading = trio.CancelScope()
+        self._idle = _IdleTimer(self)
+        self.idle_task = self._idle  # hypercorn's name for it, which starts it
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
             await self._write(event.data)
-            return
-        if isinstance(event, Updated):
-            # Arming or stopping the idle timer is bounded work the caller's
-            # cancellation must not leave half done (a kept-alive connection with no timer).
-            with trio.CancelScope(shield=True):
-                await super().protocol_send(event)
-            return
-        await super().protocol_send(event)
+        elif isinstance(event, Updated):
+            # Plain assignments: nothing a caller's cancellation could leave half done.
+            if event.idle:
+                self._idle.arm()
+            else:
+                self._idle.disarm()
+        else:
+            await super().protocol_send(event)
 
     async def _write(self, data: bytes) -> None:
         """hypercorn's write, without its passes through the scheduler when nothing has to
@@ -136,40 +141,23 @@ class GatewayConnection(TCPServer):
                     data = await self.stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
-                head_wait = self._head_wait
-                if data and head_wait is not None:
-                    # The next request has begun: its head now has `header` seconds.
-                    head_wait.deadline = min(
-                        head_wait.deadline, trio.current_time() + self.timers.header
-                    )
+                if data:
+                    self._idle.head_begun()
                 await self.protocol.handle(RawData(bytes(data)))
                 if not data:
                     break
         # Nothing more can arrive. Without this the connection's task (and its socket) would
         # wait out the idle timer after an idle client closed.
-        await self.idle_task.stop()
+        self._idle.end()
         await self.protocol.handle(ClosedEvent())
 
     async def _idle_timeout(self) -> None:
-        first = self._heads_awaited == 0
-        self._heads_awaited += 1
-        wait = self.timers.header if first or self._next_head_begun() else self.timers.keep_alive
-        with trio.CancelScope(deadline=trio.current_time() + wait) as scope:
-            self._head_wait = scope
-            try:
-                await self.context.terminated.wait()
-            finally:
-                # A restart starts the next wait before this one sees its cancellation.
-                if self._head_wait is scope:
-                    self._head_wait = None
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
-
-    def _next_head_begun(self) -> bool:
-        """Whether bytes of the next request arrived before this wait began (pipelined, or
-        sent while the last answer was being finished): h11 holds them unparsed."""
-        connection = getattr(self.protocol.protocol, "connection", None)
-        return isinstance(connection, h11.Connection) and bool(connection.trailing_data[0])
+        """The connection's idle timer, from its accept to its end: closes the connection
+        when an armed wait runs out, or at shutdown while it is idle."""
+        with self._idle.life:
+            await self._idle.until_due()
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
 
     async def _close(self) -> None:
         """Close the socket (whoever asks, cancelled or not; twice is harmless) and stop
@@ -178,6 +166,86 @@ class GatewayConnection(TCPServer):
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
         self._reading.cancel()
+
+
+class _IdleTimer(TrioSingleTask):
+    """hypercorn's idle task (a ``TrioSingleTask``: a lock, a started task and a cancelled
+    one for every request) as one task for the connection's life whose deadline moves.
+    Arming and disarming it are assignments: no pass through the scheduler.
+
+    Armed (no request in progress), the wait is ``header`` for a connection's first head
+    or a next head that began already, else ``keep_alive``; the next request's first byte
+    cuts it to ``header`` from then. It runs out, or the gateway shuts down while it is
+    armed, and :meth:`run` returns: the connection is to close."""
+
+    def __init__(self, connection: GatewayConnection) -> None:
+        super().__init__()
+        self._connection = connection
+        self._armed = False
+        self._heads_awaited = 0
+        self._deadline = math.inf
+        self._wait: trio.CancelScope | None = None  # the wait in progress
+        self._rearmed: trio.Event | None = None  # set when armed after a shutdown began
+        self.life = trio.CancelScope()  # the timer task's, cancelled when the connection ends
+
+    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        """hypercorn's call when the connection starts: the timer's task, armed."""
+        task_group.spawn(action)
+        self.arm()
+
+    async def stop(self) -> None:
+        self.disarm()
+
+    def arm(self) -> None:
+        connection = self._connection
+        first = self._heads_awaited == 0
+        self._heads_awaited += 1
+        timers = connection.timers
+        wait = timers.header if first or self._next_head_begun() else timers.keep_alive
+        self._armed = True
+        self._move(trio.current_time() + wait)
+        if self._rearmed is not None:
+            self._rearmed.set()
+
+    def _next_head_begun(self) -> bool:
+        """Whether bytes of the next request arrived before this wait began (pipelined, or
+        sent while the last answer was being finished): h11 holds them unparsed."""
+        h11_connection = getattr(self._connection.protocol.protocol, "connection", None)
+        return isinstance(h11_connection, h11.Connection) and bool(h11_connection.trailing_data[0])
+
+    def disarm(self) -> None:
+        self._armed = False
+        self._move(math.inf)
+
+    def head_begun(self) -> None:
+        """Bytes arrived: if they begin the next request, its head now has ``header`` s."""
+        if self._armed:
+            self._move(min(self._deadline, trio.current_time() + self._connection.timers.header))
+
+    def end(self) -> None:
+        """The connection is ending: stop the timer's task."""
+        self.life.cancel()
+
+    def _move(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._wait is not None:
+            self._wait.deadline = deadline
+
+    async def until_due(self) -> None:
+        """Return when the connection is to close: an armed wait ran out, or a shutdown
+        found the connection idle (or, during a request, once the request has ended)."""
+        terminated = self._connection.context.terminated
+        while True:
+            with trio.CancelScope(deadline=self._deadline) as self._wait:
+                await terminated.wait()
+            self._wait = None
+            if self._armed:
+                return
+            if terminated.is_set():
+                self._rearmed = trio.Event()
+                await self._rearmed.wait()
+                return
+            # It ran out just as a request began: wait again, disarmed.
 
 
 async def _accept(
@@ -242,6 +310,7 @@ async def serve_connections(
     On shutdown: stop accepting, close idle connections, give requests in progress
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
     """
+    http_stream.install()  # the client's disconnect told at once (gateway.http_stream)
     ws_stream.install()  # WebSocket ping frames for the app (gateway.ws_stream)
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}

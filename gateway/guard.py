@@ -37,6 +37,7 @@ from hypercorn.typing import (
 
 from .dialects import dialect_of_request
 from .errors import AmbiguousFraming, GatewayError, RequestTimeout
+from .http_stream import receive_now
 from .inbound import endpoint_label, request_ids
 from .telemetry import Telemetry
 
@@ -160,16 +161,22 @@ class _GuardedExchange:
     async def _receive_body(self) -> ASGIReceiveEvent:
         if self.timed_out:
             return _DISCONNECT
+        message = receive_now(self._receive)  # a part already there: no timer, no wait
+        if message is not None:
+            return self._received(message)
         # The idle clock starts with each wait, not at the last byte: time the app spent
         # elsewhere between two reads is not the client's.
         deadline = min(trio.current_time() + self.timeouts.idle, self.started + self.timeouts.total)
         with trio.move_on_at(deadline):
-            message = await self._receive()  # a memory channel's: cancelling loses nothing
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                self.body_read = True
-            return message
+            # A memory channel's: cancelling loses nothing.
+            return self._received(await self._receive())
         await self._time_out()
         return _DISCONNECT
+
+    def _received(self, message: ASGIReceiveEvent) -> ASGIReceiveEvent:
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_read = True
+        return message
 
     async def send(self, message: ASGISendEvent) -> None:
         if self.timed_out:

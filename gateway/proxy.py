@@ -8,9 +8,10 @@ status page, ``/admin``) goes on to the Quart app it wraps. In the profile of a 
 request inside a Quart view, Quart, werkzeug and quart-trio took ≈ 10 % of the CPU samples
 and two more trio tasks (``bench/README.md``).
 
-The relay runs in the request's own task; once the body is read, the request's
-``receive`` goes to the relay, whose nursery holds the task that waits for the client to
-go away (:func:`gateway.relay.relay`).
+The relay runs in the request's own task; once the body is read, what tells of the
+client going away goes to the relay: the gateway's server's
+:class:`~gateway.http_stream.Disconnect`, or under another server the request's
+``receive``, in which a task beside the relay then waits (:func:`gateway.relay.relay`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .errors import (
     ModelNotFound,
     ShuttingDown,
 )
+from .http_stream import DISCONNECT_EXTENSION, Disconnect
 from .inbound import (
     RELAYED,
     ask_for_usage,
@@ -119,7 +121,9 @@ class ProxyApp:
             log.exception("unhandled error on %s %s", request.method, request.path)
             await self._answer_error(request, send, GatewayError("internal error in the gateway"))
             return
-        await serve(send, receive)
+        extension = (scope.get("extensions") or {}).get(DISCONNECT_EXTENSION) or {}
+        disconnect: Disconnect | None = extension.get("disconnect")
+        await serve(send, disconnect or receive)
 
     async def _admit(self, request: ClientRequest, receive: ASGIReceiveCallable) -> Serve:
         """Everything before the relay: who asks, for what, and whether it may run now.
@@ -240,9 +244,11 @@ class ProxyApp:
         for upstream in held:
             upstream.hold()
 
-        async def serve(send: ASGISendCallable, receive: ASGIReceiveCallable | None) -> None:
+        async def serve(
+            send: ASGISendCallable, gone: Disconnect | ASGIReceiveCallable | None
+        ) -> None:
             try:
-                await relay(send, exchange, receive)
+                await relay(send, exchange, gone)
             finally:  # the relay never ran (client gone first): free the slot anyway
                 if admission is not None:
                     admission.finish()
@@ -258,11 +264,11 @@ class ProxyApp:
         keep: Callable[[JSONObject], Awaitable[None]] | None,
         connection: str,
         send: ASGISendCallable,
-        receive: ASGIReceiveCallable | None,
+        gone: Disconnect | ASGIReceiveCallable | None,
     ) -> None:
         """Answer a WebSocket warm-up (:attr:`SocketTurn.generate` false) with its two
         events, the response kept (and stored, unless ``store: false``) as any other."""
-        del receive  # nothing to wait for: the answer is made here
+        del gone  # nothing to wait for: the answer is made here
         response = warm_up_response(
             body,
             response_id="resp_" + uuid.uuid4().hex,

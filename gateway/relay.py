@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import trio
 
@@ -51,6 +52,7 @@ from .errors import (
     UpstreamResponseTooLarge,
     UpstreamTimeout,
 )
+from .http_stream import Disconnect
 from .inflight import InFlight, InFlightTable, Outcome
 from .service import Upstream
 from .telemetry import Telemetry
@@ -129,13 +131,14 @@ class Exchange:
         return [*self.extra_headers, *attempts]
 
 
-async def relay(send: object, exchange: Exchange, receive: object = None) -> None:
+async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
     """Serve one proxied request on ``send`` (an ASGI send callable).
 
-    With ``receive`` (the request's ASGI receive callable, its body already read), a task
-    beside the relay waits for ``http.disconnect`` and then cancels the exchange, which
-    closes the upstream request: hypercorn tells a pending ``receive()`` that the client
-    went away, and nothing else (hypercorn issue #210).
+    ``gone`` tells when the client goes away, which cancels the exchange and so closes the
+    upstream request: a :class:`~gateway.http_stream.Disconnect` (the gateway's own server
+    calls back at once), or the request's ASGI receive callable, its body already read
+    (another server's: a task beside the relay waits in it for ``http.disconnect``, all
+    ASGI offers — hypercorn issue #210), or ``None`` (the caller cancels the relay).
 
     Never raises for upstream or client trouble: the client gets a status, an error body
     or an error event. Cancellation from outside propagates and closes the upstream
@@ -165,31 +168,36 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
     if telemetry is not None:
         telemetry.on_start(entry)
     error: GatewayError | None = None
+    disconnect = gone if isinstance(gone, Disconnect) else None
+    receive = gone if disconnect is None else None
     try:
-        if keepalive_on or receive is not None:
-            async with trio.open_nursery() as nursery:
-                if receive is not None:
-                    nursery.start_soon(_cancel_on_disconnect, receive, writer, nursery.cancel_scope)
-                if keepalive_on:
-                    early = not stream or policy.early_headers
-                    commit = (
-                        (
-                            lambda: (
-                                sse_headers(exchange.headers())
-                                if stream
-                                else json_headers(exchange.headers())
+        with trio.CancelScope() as cut:  # cancelled when the client goes
+            if disconnect is not None:
+                disconnect.on(partial(_client_gone, writer, cut))
+            if keepalive_on or receive is not None:
+                async with trio.open_nursery() as nursery:
+                    if receive is not None:
+                        nursery.start_soon(_cancel_on_disconnect, receive, writer, cut)
+                    if keepalive_on:
+                        early = not stream or policy.early_headers
+                        commit = (
+                            (
+                                lambda: (
+                                    sse_headers(exchange.headers())
+                                    if stream
+                                    else json_headers(exchange.headers())
+                                )
                             )
+                            if early
+                            else None
                         )
-                        if early
-                        else None
-                    )
-                    nursery.start_soon(
-                        heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
-                    )
+                        nursery.start_soon(
+                            heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
+                        )
+                    error = await _run(exchange, writer, entry)
+                    nursery.cancel_scope.cancel()
+            else:
                 error = await _run(exchange, writer, entry)
-                nursery.cancel_scope.cancel()
-        else:
-            error = await _run(exchange, writer, entry)
         if writer.gone:
             raise ClientGone
         phase_at_end = entry.phase
@@ -217,6 +225,8 @@ async def relay(send: object, exchange: Exchange, receive: object = None) -> Non
     except ClientGone:
         log.info("client gone during %s (request %s)", entry.phase, entry.request_id)
     finally:
+        if disconnect is not None:
+            disconnect.off()
         # No outcome yet: the client went away (a refused write, or cancellation).
         if entry.outcome is None:
             entry.outcome = "client_gone"
@@ -239,6 +249,10 @@ async def _cancel_on_disconnect(
 ) -> None:
     while (await receive())["type"] != "http.disconnect":  # type: ignore[operator]
         pass
+    _client_gone(writer, scope)
+
+
+def _client_gone(writer: ResponseWriter, scope: trio.CancelScope) -> None:
     if writer.finished:
         return  # the server reporting the end of a whole response, not a client gone
     writer.gone = True

@@ -36,6 +36,7 @@ from gateway.balancer import Breaker, order_targets
 from gateway.config import KeepaliveSettings
 from gateway.dialects.chat import ChatPassthrough
 from gateway.errors import GatewayError
+from gateway.http_stream import Disconnect
 from gateway.inflight import InFlight, InFlightTable
 from gateway.relay import END_GRACE, Attempt, Exchange, relay
 from gateway.service import Upstream
@@ -231,24 +232,39 @@ def make_exchange(
 async def run(
     *backends: ScriptedBackend,
     disconnect_after: float | None = None,
+    told_by: str = "receive",
     upstreams: list[Upstream] | None = None,
     refuse: bytes | None = None,
     **options: Any,
 ) -> Run:
     """Relay one request over ``backends`` (in priority order) and record what happened.
-    ``disconnect_after``: the client hangs up that many seconds in."""
+    ``disconnect_after``: the client hangs up that many seconds in, told to the relay by
+    ``told_by``: ``"receive"`` (an ASGI receive callable that then returns
+    ``http.disconnect``, as under any server) or ``"disconnect"`` (the gateway's server's
+    :class:`Disconnect`, fired then)."""
     upstreams = upstreams if upstreams is not None else upstreams_of(*backends)
     exchange, finished = make_exchange(upstreams, **options)
     client = Client(exchange.inflight, trio.current_time(), refuse=refuse)
-    receive = None
-    if disconnect_after is not None:
+    gone: object = None
+    async with trio.open_nursery() as nursery:
+        if disconnect_after is not None and told_by == "receive":
 
-        async def receive() -> dict[str, Any]:
-            await trio.sleep(disconnect_after)
-            return {"type": "http.disconnect"}
+            async def receive() -> dict[str, Any]:
+                await trio.sleep(disconnect_after)
+                return {"type": "http.disconnect"}
 
-    with trio.fail_after(LIMIT):
-        await relay(client.send, exchange, receive)
+            gone = receive
+        elif disconnect_after is not None:
+            disconnect = gone = Disconnect()
+
+            async def hang_up() -> None:
+                await trio.sleep(disconnect_after)
+                disconnect.fire()
+
+            nursery.start_soon(hang_up)
+        with trio.fail_after(LIMIT):
+            await relay(client.send, exchange, gone)
+        nursery.cancel_scope.cancel()
     [record] = finished
     assert len(exchange.inflight) == 0
     return Run(client, exchange, record, upstreams)
@@ -668,6 +684,8 @@ async def test_streamed_request_answered_with_json_is_a_protocol_error(
 # --- client gone ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("told_by", ["receive", "disconnect"])
+@pytest.mark.parametrize("interval", [0.75, 0])
 @pytest.mark.parametrize(
     "before,body,phase",
     [
@@ -677,25 +695,33 @@ async def test_streamed_request_answered_with_json_is_a_protocol_error(
     ],
 )
 async def test_client_disconnect_closes_the_upstream_at_once(
-    autojump_clock: MockClock, before: list[Step], body: list[Step], phase: str
+    autojump_clock: MockClock,
+    before: list[Step],
+    body: list[Step],
+    phase: str,
+    interval: float,
+    told_by: str,
 ) -> None:
+    """With heartbeats or without (no task beside the relay but the disconnect's own,
+    with ``receive``, or none at all, with the server's :class:`Disconnect`)."""
     backend = ScriptedBackend("b", before=before, body=body)
-    result = await run(backend, interval=0.75, disconnect_after=2.0)
+    result = await run(backend, interval=interval, disconnect_after=2.0, told_by=told_by)
     assert backend.closed_at is not None and backend.closed_at - result.client.t0 == 2.0
     assert result.record.outcome == "client_gone"
     assert result.record.disconnect_phase == phase
     assert result.client.ended_at is None  # nothing more was written to a gone client
 
 
+@pytest.mark.parametrize("told_by", ["receive", "disconnect"])
 async def test_client_disconnect_while_queued_never_reaches_the_upstream(
-    autojump_clock: MockClock,
+    autojump_clock: MockClock, told_by: str
 ) -> None:
     backend = ScriptedBackend(
         "b", body=[chunk("a"), DONE], admission=AdmissionSettings(max_concurrency=1)
     )
     [upstream] = upstreams_of(backend)
     async with upstream.slots.hold():
-        result = await run(backend, upstreams=[upstream], disconnect_after=2.0)
+        result = await run(backend, upstreams=[upstream], disconnect_after=2.0, told_by=told_by)
     assert backend.requests == []
     assert upstream.slots.queued == 0
     assert result.record.disconnect_phase == "queued"

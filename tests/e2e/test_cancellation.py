@@ -108,3 +108,26 @@ async def test_pool_returns_to_baseline_after_1000_cancelled_requests(
     async with gw.client() as client:  # and the pool still works
         resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
         assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("script", [{"headers_delay": 30}, {"prefill": 30}])
+async def test_disconnect_without_heartbeats_closes_a_whole_answers_upstream(
+    start_gateway, fake: FakeOpenAI, script: dict
+) -> None:
+    """No heartbeats (interval 0) and a whole answer: the relay runs with no task beside
+    it, and the client leaving still closes the upstream at once — told by the server
+    (:class:`gateway.http_stream.Disconnect`), not by a task waiting in ``receive()``."""
+    gw = await start_gateway(keepalive={"interval": 0})
+    client = httpx.AsyncClient(base_url=gw.url, timeout=30)
+    with trio.move_on_after(0.3):
+        await client.post("/v1/chat/completions", json={**CHAT, "stream": False, "fake": script})
+        raise AssertionError("answered while the upstream was still silent")
+    await client.aclose()
+    hung_up_at = trio.current_time()
+    upstream = fake.connections[-1]
+    with trio.fail_after(2):
+        await upstream.closed_event.wait()
+    assert upstream.closed_at is not None
+    assert upstream.closed_at - hung_up_at < 0.1, f"{upstream.closed_at - hung_up_at:.3f}s"
+    with trio.fail_after(2):
+        await gw.gateway.inflight.wait_empty()
