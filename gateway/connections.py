@@ -14,7 +14,7 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
   has them from the accept.
 - **Closed clients held.** When the client closes an idle connection the reader stops,
   but the connection's task still waits for the idle timer: the socket sits in CLOSE_WAIT
-  for up to the keep-alive time. Here the end of reading stops the idle timer.
+  for up to the keep-alive time. Here the idle timer is part of reading, and ends with it.
 - **Closing cancelled by the app.** The protocol closes a ``Connection: close``
   connection, or arms the idle timer of a kept-alive one, from inside the app's last
   ``send``. quart-trio cancels its request's tasks as soon as ``receive()`` returns
@@ -22,9 +22,9 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
   (or the timer) was cancelled half done and the connection stayed open, without a
   timer, until the client left. Here the close runs shielded from the caller's
   cancellation, and arming the timer is an assignment that cannot be cut short.
-- **One timer task.** hypercorn's idle timer is a lock, a started task and a cancelled one
-  for every request: five passes through trio's scheduler. Here one task lives as long as
-  the connection and a request moves its deadline (:class:`_IdleTimer`).
+- **No timer task.** hypercorn's idle timer is a lock, a started task and a cancelled one
+  for every request: five passes through trio's scheduler. Here it is a deadline on the
+  reader's wait for bytes, which a request moves (:class:`_IdleTimer`).
 - **Writes.** hypercorn takes the connection's send lock with trio's ``acquire``, a pass
   through the scheduler even when the lock is free, and writes h11's empty end of a
   ``content-length`` body (another pass). Here the lock is taken at once when free and
@@ -35,7 +35,7 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
 
 :func:`serve_connections` is hypercorn's trio ``serve`` for what the gateway uses (plain
 TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
-(``_read_data``, ``_idle_timeout``, ``_close``, ``idle_task``, ``send_lock``), which is why
+(``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``, ``send_lock``), which is why
 hypercorn is pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they
 change.
 """
@@ -57,7 +57,7 @@ from hypercorn.events import Closed as ClosedEvent
 from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
@@ -91,7 +91,7 @@ class GatewayConnection(TCPServer):
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
         self._idle = _IdleTimer(self)
-        self.idle_task = self._idle  # hypercorn's name for it, which starts it
+        self.idle_task = self._idle  # type: ignore[assignment]  # hypercorn's name: arms it
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
@@ -135,29 +135,34 @@ class GatewayConnection(TCPServer):
             raise trio.BrokenResourceError(f"client connection: {exc}") from exc
 
     async def _read_data(self) -> None:
+        idle = self._idle
         with self._reading:
             while True:
+                wait = idle.wait()
                 try:
-                    data = await self.stream.receive_some(MAX_RECV)
+                    with wait:
+                        data = await self.stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
+                finally:
+                    idle.waiting = None
+                if wait.cancelled_caught:
+                    if idle.armed:  # idle for its time, or idle at shutdown: close
+                        with trio.CancelScope(shield=True):
+                            await self._initiate_server_close()
+                        break
+                    continue  # disarmed as it ran out: a request began
                 if data:
-                    self._idle.head_begun()
+                    idle.head_begun()
                 await self.protocol.handle(RawData(bytes(data)))
                 if not data:
                     break
-        # Nothing more can arrive. Without this the connection's task (and its socket) would
-        # wait out the idle timer after an idle client closed.
-        self._idle.end()
         await self.protocol.handle(ClosedEvent())
 
-    async def _idle_timeout(self) -> None:
-        """The connection's idle timer, from its accept to its end: closes the connection
-        when an armed wait runs out, or at shutdown while it is idle."""
-        with self._idle.life:
-            await self._idle.until_due()
-            with trio.CancelScope(shield=True):
-                await self._initiate_server_close()
+    def close_if_idle(self) -> None:
+        """At shutdown: close now if no request is in progress (else after its answer,
+        as the protocol does once the server is terminated)."""
+        self._idle.shut_down()
 
     async def _close(self) -> None:
         """Close the socket (whoever asks, cancelled or not; twice is harmless) and stop
@@ -168,84 +173,71 @@ class GatewayConnection(TCPServer):
         self._reading.cancel()
 
 
-class _IdleTimer(TrioSingleTask):
-    """hypercorn's idle task (a ``TrioSingleTask``: a lock, a started task and a cancelled
-    one for every request) as one task for the connection's life whose deadline moves.
-    Arming and disarming it are assignments: no pass through the scheduler.
+class _IdleTimer:
+    """hypercorn's idle task (a lock, a started task and a cancelled one for every
+    request) as a deadline on the connection's wait for bytes, which the reader already
+    makes: no task of its own, and arming and disarming it are assignments.
 
     Armed (no request in progress), the wait is ``header`` for a connection's first head
     or a next head that began already, else ``keep_alive``; the next request's first byte
-    cuts it to ``header`` from then. It runs out, or the gateway shuts down while it is
-    armed, and :meth:`run` returns: the connection is to close."""
+    cuts it to ``header`` from then. When it runs out, or the gateway shuts down while it
+    is armed, the reader closes the connection."""
+
+    __slots__ = ("_connection", "_heads_awaited", "armed", "deadline", "waiting")
 
     def __init__(self, connection: GatewayConnection) -> None:
-        super().__init__()
         self._connection = connection
-        self._armed = False
         self._heads_awaited = 0
-        self._deadline = math.inf
-        self._wait: trio.CancelScope | None = None  # the wait in progress
-        self._rearmed: trio.Event | None = None  # set when armed after a shutdown began
-        self.life = trio.CancelScope()  # the timer task's, cancelled when the connection ends
+        self.armed = False
+        self.deadline = math.inf
+        self.waiting: trio.CancelScope | None = None  # the reader's wait in progress
 
-    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        """hypercorn's call when the connection starts: the timer's task, armed."""
-        task_group.spawn(action)
+    async def restart(self, task_group: object, action: object) -> None:
+        """hypercorn's call as the connection starts: armed for the first head."""
         self.arm()
 
     async def stop(self) -> None:
         self.disarm()
 
+    def wait(self) -> trio.CancelScope:
+        """The scope of the reader's next wait for bytes, ending at the deadline."""
+        self.waiting = trio.CancelScope(deadline=self.deadline)
+        return self.waiting
+
     def arm(self) -> None:
-        connection = self._connection
+        timers = self._connection.timers
         first = self._heads_awaited == 0
         self._heads_awaited += 1
-        timers = connection.timers
         wait = timers.header if first or self._next_head_begun() else timers.keep_alive
-        self._armed = True
-        self._move(trio.current_time() + wait)
-        if self._rearmed is not None:
-            self._rearmed.set()
+        self.armed = True
+        if self._connection.context.terminated.is_set():
+            self._move(-math.inf)  # idle at shutdown: close
+        else:
+            self._move(trio.current_time() + wait)
+
+    def disarm(self) -> None:
+        self.armed = False
+        self._move(math.inf)
+
+    def head_begun(self) -> None:
+        """Bytes arrived: if they begin the next request, its head now has ``header`` s."""
+        if self.armed:
+            self._move(min(self.deadline, trio.current_time() + self._connection.timers.header))
+
+    def shut_down(self) -> None:
+        if self.armed:
+            self._move(-math.inf)
+
+    def _move(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.waiting is not None:
+            self.waiting.deadline = deadline
 
     def _next_head_begun(self) -> bool:
         """Whether bytes of the next request arrived before this wait began (pipelined, or
         sent while the last answer was being finished): h11 holds them unparsed."""
         h11_connection = getattr(self._connection.protocol.protocol, "connection", None)
         return isinstance(h11_connection, h11.Connection) and bool(h11_connection.trailing_data[0])
-
-    def disarm(self) -> None:
-        self._armed = False
-        self._move(math.inf)
-
-    def head_begun(self) -> None:
-        """Bytes arrived: if they begin the next request, its head now has ``header`` s."""
-        if self._armed:
-            self._move(min(self._deadline, trio.current_time() + self._connection.timers.header))
-
-    def end(self) -> None:
-        """The connection is ending: stop the timer's task."""
-        self.life.cancel()
-
-    def _move(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._wait is not None:
-            self._wait.deadline = deadline
-
-    async def until_due(self) -> None:
-        """Return when the connection is to close: an armed wait ran out, or a shutdown
-        found the connection idle (or, during a request, once the request has ended)."""
-        terminated = self._connection.context.terminated
-        while True:
-            with trio.CancelScope(deadline=self._deadline) as self._wait:
-                await terminated.wait()
-            self._wait = None
-            if self._armed:
-                return
-            if terminated.is_set():
-                self._rearmed = trio.Event()
-                await self._rearmed.wait()
-                return
-            # It ran out just as a request began: wait again, disarmed.
 
 
 async def _accept(
@@ -317,11 +309,17 @@ async def serve_connections(
     lifespan = Lifespan(asgi, config, state)
     context = WorkerContext(None)
 
+    live: set[GatewayConnection] = set()
+
     async def connection(stream: trio.SocketStream, raw: socket.socket) -> None:
         server = GatewayConnection(
             timers, raw, asgi, config, context, ConnectionState(state.copy()), stream
         )
-        await server.run()
+        live.add(server)
+        try:
+            await server.run()
+        finally:
+            live.discard(server)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -352,6 +350,8 @@ async def serve_connections(
                     listener.close()
                 # Idle connections close now, busy ones after their answer; all by the deadline.
                 await context.terminated.set()
+                for server in list(live):
+                    server.close_if_idle()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

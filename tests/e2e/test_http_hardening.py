@@ -394,6 +394,27 @@ async def test_keep_alive_timer_runs_after_a_quart_answer(start_gateway) -> None
             assert buffered + await closed_by_server(stream, within=3) == b""
 
 
+async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answer(
+    start_gateway,
+) -> None:
+    """At shutdown a kept-alive connection with no request in progress is closed at once
+    (not after its keep-alive time); one whose answer is still streaming gets the whole
+    answer, then is closed; and a connection's first head still has its header time."""
+    gw = await start_gateway(server={"graceful_timeout": 10, "keep_alive_timeout": 60})
+    idle, busy = await connect(gw), await connect(gw)
+    async with idle, busy:
+        await idle.send_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+        assert (await read_answer(idle)).status == 200
+        body = json.dumps({**CHAT, "stream": True, "fake": {"tokens": 10, "pace": 0.1}})
+        await busy.send_all(chat_request(body=body.encode()))
+        await wait_until(lambda: len(gw.gateway.inflight) == 1)
+        gw.shutdown.set()
+        assert await closed_by_server(idle, within=0.5) == b""
+        streamed = await closed_by_server(busy, within=5)  # then closed, by the server
+        assert streamed.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in streamed
+        assert streamed.endswith(b"0\r\n\r\n")  # the chunked body ended whole
+
+
 # -- 6. closed clients released at once ----------------------------------------------------
 
 
