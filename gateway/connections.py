@@ -90,7 +90,8 @@ class GatewayConnection(TCPServer):
         self.timers = timers
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
-        self._idle = _IdleTimer(self)
+        self._closed = False
+        self._idle = _IdleTimer(self, self._reading)
         self.idle_task = self._idle  # type: ignore[assignment]  # hypercorn's name: arms it
 
     async def protocol_send(self, event: Event) -> None:
@@ -135,29 +136,39 @@ class GatewayConnection(TCPServer):
             raise trio.BrokenResourceError(f"client connection: {exc}") from exc
 
     async def _read_data(self) -> None:
-        idle = self._idle
-        with self._reading:
+        with self._reading:  # its deadline is the idle timer's
             while True:
-                wait = idle.wait()
                 try:
-                    with wait:
-                        data = await self.stream.receive_some(MAX_RECV)
+                    data = await self._receive()
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
-                finally:
-                    idle.waiting = None
-                if wait.cancelled_caught:
-                    if idle.armed:  # idle for its time, or idle at shutdown: close
-                        with trio.CancelScope(shield=True):
-                            await self._initiate_server_close()
-                        break
-                    continue  # disarmed as it ran out: a request began
                 if data:
-                    idle.head_begun()
-                await self.protocol.handle(RawData(bytes(data)))
+                    self._idle.head_begun()
+                await self.protocol.handle(RawData(data))
                 if not data:
                     break
+        if self._reading.cancelled_caught and not self._closed:
+            # Idle for its time, or idle at shutdown (not closed by the protocol).
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
         await self.protocol.handle(ClosedEvent())
+
+    async def _receive(self) -> bytes:
+        """The client's next bytes (``b""`` at its end): read at once when the socket has
+        some, else once it has — waiting on the socket itself, not through trio's stream
+        and socket wrappers (their frames are held by every idle connection). The reader
+        yields when it waits, and when the app's queue is full."""
+        raw = self._raw
+        while True:
+            try:
+                return raw.recv(MAX_RECV)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if raw.fileno() == -1:  # closed by this side
+                    raise trio.ClosedResourceError from exc
+                raise trio.BrokenResourceError(f"client connection: {exc}") from exc
+            await trio.lowlevel.wait_readable(raw)
 
     def close_if_idle(self) -> None:
         """At shutdown: close now if no request is in progress (else after its answer,
@@ -168,6 +179,7 @@ class GatewayConnection(TCPServer):
         """Close the socket (whoever asks, cancelled or not; twice is harmless) and stop
         the reader. No ``send_eof`` first, as hypercorn does: it is the same FIN, and its
         checkpoint let the app's concurrent ``send_all`` fail with ``BusyResourceError``."""
+        self._closed = True
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
         self._reading.cancel()
@@ -175,22 +187,21 @@ class GatewayConnection(TCPServer):
 
 class _IdleTimer:
     """hypercorn's idle task (a lock, a started task and a cancelled one for every
-    request) as a deadline on the connection's wait for bytes, which the reader already
-    makes: no task of its own, and arming and disarming it are assignments.
+    request) as the deadline of the scope the connection's reader runs in: no task of its
+    own, and arming and disarming it are assignments.
 
     Armed (no request in progress), the wait is ``header`` for a connection's first head
     or a next head that began already, else ``keep_alive``; the next request's first byte
     cuts it to ``header`` from then. When it runs out, or the gateway shuts down while it
-    is armed, the reader closes the connection."""
+    is armed, the reader stops and closes the connection."""
 
-    __slots__ = ("_connection", "_heads_awaited", "armed", "deadline", "waiting")
+    __slots__ = ("_connection", "_heads_awaited", "_reading", "armed")
 
-    def __init__(self, connection: GatewayConnection) -> None:
+    def __init__(self, connection: GatewayConnection, reading: trio.CancelScope) -> None:
         self._connection = connection
+        self._reading = reading
         self._heads_awaited = 0
         self.armed = False
-        self.deadline = math.inf
-        self.waiting: trio.CancelScope | None = None  # the reader's wait in progress
 
     async def restart(self, task_group: object, action: object) -> None:
         """hypercorn's call as the connection starts: armed for the first head."""
@@ -199,11 +210,6 @@ class _IdleTimer:
     async def stop(self) -> None:
         self.disarm()
 
-    def wait(self) -> trio.CancelScope:
-        """The scope of the reader's next wait for bytes, ending at the deadline."""
-        self.waiting = trio.CancelScope(deadline=self.deadline)
-        return self.waiting
-
     def arm(self) -> None:
         timers = self._connection.timers
         first = self._heads_awaited == 0
@@ -211,27 +217,23 @@ class _IdleTimer:
         wait = timers.header if first or self._next_head_begun() else timers.keep_alive
         self.armed = True
         if self._connection.context.terminated.is_set():
-            self._move(-math.inf)  # idle at shutdown: close
+            self._reading.deadline = -math.inf  # idle at shutdown: close
         else:
-            self._move(trio.current_time() + wait)
+            self._reading.deadline = trio.current_time() + wait
 
     def disarm(self) -> None:
         self.armed = False
-        self._move(math.inf)
+        self._reading.deadline = math.inf
 
     def head_begun(self) -> None:
         """Bytes arrived: if they begin the next request, its head now has ``header`` s."""
         if self.armed:
-            self._move(min(self.deadline, trio.current_time() + self._connection.timers.header))
+            header = trio.current_time() + self._connection.timers.header
+            self._reading.deadline = min(self._reading.deadline, header)
 
     def shut_down(self) -> None:
         if self.armed:
-            self._move(-math.inf)
-
-    def _move(self, deadline: float) -> None:
-        self.deadline = deadline
-        if self.waiting is not None:
-            self.waiting.deadline = deadline
+            self._reading.deadline = -math.inf
 
     def _next_head_begun(self) -> bool:
         """Whether bytes of the next request arrived before this wait began (pipelined, or

@@ -171,33 +171,32 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
     disconnect = gone if isinstance(gone, Disconnect) else None
     receive = gone if disconnect is None else None
     try:
-        with trio.CancelScope() as cut:  # cancelled when the client goes
-            if disconnect is not None:
-                disconnect.on(partial(_client_gone, writer, cut))
-            if keepalive_on or receive is not None:
-                async with trio.open_nursery() as nursery:
-                    if receive is not None:
-                        nursery.start_soon(_cancel_on_disconnect, receive, writer, cut)
-                    if keepalive_on:
-                        early = not stream or policy.early_headers
-                        commit = (
-                            (
-                                lambda: (
-                                    sse_headers(exchange.headers())
-                                    if stream
-                                    else json_headers(exchange.headers())
-                                )
+        if disconnect is not None:
+            disconnect.on(partial(_client_gone, writer, entry.scope))
+        if keepalive_on or receive is not None:
+            async with trio.open_nursery() as nursery:
+                if receive is not None:
+                    nursery.start_soon(_cancel_on_disconnect, receive, writer, entry.scope)
+                if keepalive_on:
+                    early = not stream or policy.early_headers
+                    commit = (
+                        (
+                            lambda: (
+                                sse_headers(exchange.headers())
+                                if stream
+                                else json_headers(exchange.headers())
                             )
-                            if early
-                            else None
                         )
-                        nursery.start_soon(
-                            heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
-                        )
-                    error = await _run(exchange, writer, entry)
-                    nursery.cancel_scope.cancel()
-            else:
+                        if early
+                        else None
+                    )
+                    nursery.start_soon(
+                        heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
+                    )
                 error = await _run(exchange, writer, entry)
+                nursery.cancel_scope.cancel()
+        else:
+            error = await _run(exchange, writer, entry)
         if writer.gone:
             raise ClientGone
         phase_at_end = entry.phase
