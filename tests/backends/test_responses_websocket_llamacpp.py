@@ -73,6 +73,14 @@ def _as_event(frame: str) -> bytes:
     return f"event: {json.loads(frame)['type']}\ndata: {frame}".encode()
 
 
+def _completed(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The response of a turn that ended in ``response.completed`` (else the assertion
+    shows how it ended: an ``error`` event says why)."""
+    assert events[-1]["type"] == "response.completed", events[-1]
+    response: dict[str, Any] = events[-1]["response"]
+    return response
+
+
 def _text(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
 
@@ -132,20 +140,21 @@ async def test_store_false_turns_chained_on_the_socket_reach_llama_server_whole(
     third_input = [{"role": "user", "content": "Which is your favourite?"}]
     turn = {"type": "response.create", **ASK, "store": False}
     ws = await WSClient.connect(gateway.url)
-    await ws.send_json({**turn, "input": first_input})
-    first_events = await ws.events_until_end()
-    first = first_events[-1]["response"]
-    await ws.send_json({**turn, "input": second_input, "previous_response_id": first["id"]})
-    second_events = await ws.events_until_end()
-    second = second_events[-1]["response"]
-    await ws.send_json({**turn, "input": third_input, "previous_response_id": second["id"]})
-    third_events = await ws.events_until_end()
-    third = third_events[-1]["response"]
-    await ws.close()
+    try:  # closed whatever happens: a socket left open fails a later test as a warning
+        await ws.send_json({**turn, "input": first_input})
+        first_events = await ws.events_until_end()
+        first = _completed(first_events)
+        await ws.send_json({**turn, "input": second_input, "previous_response_id": first["id"]})
+        second_events = await ws.events_until_end()
+        second = _completed(second_events)
+        await ws.send_json({**turn, "input": third_input, "previous_response_id": second["id"]})
+        third_events = await ws.events_until_end()
+        third = _completed(third_events)
+    finally:
+        await ws.close()
 
     for events in (first_events, second_events, third_events):
         assert events[0]["type"] == "response.created"
-        assert events[-1]["type"] == "response.completed", events[-1]
         assert _text(events) != ""
     assert len({first["id"], second["id"], third["id"]}) == 3
     two_turns = [*first_input, *first["output"], *second_input]
