@@ -152,8 +152,8 @@ class _GuardedExchange:
 
     def receive(self) -> Awaitable[ASGIReceiveEvent]:
         # Not a coroutine function: once the body is read, the server's own receive is
-        # awaited directly, so no frame of the guard's stays in a task blocked in it (the
-        # relay's disconnect watcher blocks there for the whole response).
+        # awaited directly, so no frame of the guard's stays in a task blocked in it (under
+        # another server, the relay's disconnect watcher blocks there for the whole response).
         if self.body_read and not self.timed_out:
             return self._receive()
         return self._receive_body()

@@ -1,8 +1,8 @@
 """The relay: one request tried on a route's targets and copied to one client, with a
 heartbeat beside it.
 
-For every proxied request the handler runs :func:`relay` in the request's own task. It opens
-one nursery holding the heartbeat task and the disconnect watcher; the relay runs in the
+For every proxied request the handler runs :func:`relay` in the request's own task. With
+heartbeats on it opens one nursery holding the heartbeat task; the relay runs in the
 nursery's body. Relay and heartbeat write through one :class:`~gateway.writer.ResponseWriter`,
 whose lock makes every write whole: the relay writes only complete SSE events (the framer
 holds partial ones back), so a heartbeat always lands between two events.
@@ -12,9 +12,10 @@ new attempt starts after ``failover_deadline``. A failure may move on to the nex
 while no upstream data event has reached the client — heartbeats and upstream comments do
 not count — so tokens are never duplicated or reordered.
 
-Cancellation: a task in the same nursery waits for the client's disconnect and cancels
-the exchange; leaving the backend's ``open_response`` context (or the admission queue)
-then closes the upstream request. Shutdown aborts an exchange through its
+Cancellation: the gateway's server tells the relay at once when the client goes
+(:class:`~gateway.http_stream.Disconnect`; under another ASGI server a task in the nursery
+waits in ``receive()`` for it), which cancels the exchange; leaving the backend's
+``open_response`` context (or the admission queue) then closes the upstream request. Shutdown aborts an exchange through its
 :class:`~gateway.inflight.InFlight` entry instead, and the client is told why.
 
 The end: the upstream's terminal event (``[DONE]``) goes to the client together with the
