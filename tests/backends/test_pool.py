@@ -379,3 +379,41 @@ async def test_an_answer_sent_before_the_body_was_read_is_still_read() -> None:
             assert b"".join([chunk async for chunk in response.body]) == b'{"error":"too large"}'
         assert pool.open == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_reading_a_body_already_there_lets_other_tasks_run_between_reads() -> None:
+    """The pool reads from the socket itself; a read that found bytes without waiting
+    still passes through trio's scheduler, so an upstream faster than the relay cannot
+    keep every other task (heartbeats, other streams) waiting until its body ends: the
+    reading task is scheduled again at least once per read (each piece of the body but the
+    first, which came with the head)."""
+    size = 256 * 1024  # four of the pool's reads; all of it in the socket before reading
+
+    async def big(stream: trio.SocketStream, conn: h11.Connection, _: IncomingRequest) -> bool:
+        head = h11.Response(status_code=200, headers=[("content-length", str(size))])
+        await stream.send_all(
+            conn.send(head) + conn.send(h11.Data(data=b"x" * size)) + conn.send(h11.EndOfMessage())
+        )
+        return True
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self, task: trio.lowlevel.Task) -> None:
+            self.task, self.steps = task, 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.steps += task is self.task
+
+    async with serve(big) as server:
+        pool = pool_for(server)
+        async with pool.open_response(b"POST", "/x", [], b"{}") as response:
+            await trio.sleep(0.2)  # the whole body arrives in the socket's buffer
+            steps = Steps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            try:
+                pieces = [piece async for piece in response.body]
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        pool.close()
+    assert sum(map(len, pieces)) == size
+    assert len(pieces) >= 3
+    assert steps.steps >= len(pieces) - 1, (steps.steps, len(pieces))
