@@ -154,21 +154,27 @@ class GatewayConnection(TCPServer):
         await self.protocol.handle(ClosedEvent())
 
     async def _receive(self) -> bytes:
-        """The client's next bytes (``b""`` at its end): read at once when the socket has
-        some, else once it has — waiting on the socket itself, not through trio's stream
-        and socket wrappers (their frames are held by every idle connection). The reader
-        yields when it waits, and when the app's queue is full."""
+        """The client's next bytes (``b""`` at its end), waited for on the socket itself,
+        not through trio's stream and socket wrappers (their frames are held by every idle
+        connection). A read that found bytes without waiting still passes through the
+        scheduler, as trio's does: a client that never stops sending cannot keep the
+        other connections waiting."""
         raw = self._raw
+        waited = False
         while True:
             try:
-                return raw.recv(MAX_RECV)
+                data = raw.recv(MAX_RECV)
             except BlockingIOError:
-                pass
+                await trio.lowlevel.wait_readable(raw)
+                waited = True
+                continue
             except OSError as exc:
                 if raw.fileno() == -1:  # closed by this side
                     raise trio.ClosedResourceError from exc
                 raise trio.BrokenResourceError(f"client connection: {exc}") from exc
-            await trio.lowlevel.wait_readable(raw)
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return data
 
     def close_if_idle(self) -> None:
         """At shutdown: close now if no request is in progress (else after its answer,
