@@ -23,12 +23,14 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
   timer, until the client left. Here the close runs shielded from the caller's
   cancellation, and arming the timer is an assignment that cannot be cut short.
 - **No timer task.** hypercorn's idle timer is a lock, a started task and a cancelled one
-  for every request: five passes through trio's scheduler. Here it is a deadline on the
-  reader's wait for bytes, which a request moves (:class:`_IdleTimer`).
+  for every request: five passes through trio's scheduler. Here it is the deadline of the
+  scope the reader runs in, which a request moves (:class:`_IdleTimer`); at shutdown the
+  idle connections are closed at once.
 - **Writes.** hypercorn takes the connection's send lock with trio's ``acquire``, a pass
   through the scheduler even when the lock is free, and writes h11's empty end of a
   ``content-length`` body (another pass). Here the lock is taken at once when free and
   nothing is written for nothing: a streamed event costs one scheduler pass, not two.
+  Reads wait on the socket itself, without trio's stream and socket wrappers.
 - **A reader left parked.** A reader holding the bytes after a request waits to be let
   parse them; when the connection closes instead, it waited forever. Here closing the
   connection cancels its reader.
@@ -212,9 +214,6 @@ class _IdleTimer:
     async def restart(self, task_group: object, action: object) -> None:
         """hypercorn's call as the connection starts: armed for the first head."""
         self.arm()
-
-    async def stop(self) -> None:
-        self.disarm()
 
     def arm(self) -> None:
         timers = self._connection.timers

@@ -19,7 +19,7 @@ gateway serves, :class:`GatewayHTTPStream` adds:
 :func:`install` makes hypercorn's HTTP/1.1 and HTTP/2 protocols build this stream (as
 :func:`gateway.ws_stream.install` does for WebSockets). It relies on hypercorn internals
 (``app_put``, the channel behind the app's ``receive``), which is why hypercorn is pinned;
-``tests/e2e/test_http_hardening.py`` fails if they change.
+``tests/test_http_stream.py`` and ``tests/e2e/test_cancellation.py`` fail if they change.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ not count — so tokens are never duplicated or reordered.
 Cancellation: the gateway's server tells the relay at once when the client goes
 (:class:`~gateway.http_stream.Disconnect`; under another ASGI server a task in the nursery
 waits in ``receive()`` for it), which cancels the exchange; leaving the backend's
-``open_response`` context (or the admission queue) then closes the upstream request. Shutdown aborts an exchange through its
-:class:`~gateway.inflight.InFlight` entry instead, and the client is told why.
+``open_response`` context (or the admission queue) then closes the upstream request.
+Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
+instead, and the client is told why.
 
 The end: the upstream's terminal event (``[DONE]``) goes to the client together with the
 end of the response, at once, whatever the upstream does next; nothing after it is
