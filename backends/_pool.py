@@ -54,10 +54,13 @@ class Response:
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "name", "stream")
+    __slots__ = ("h11", "idle_since", "name", "plain", "stream")
 
     def __init__(self, stream: trio.abc.Stream, name: str) -> None:
         self.stream = stream
+        # The socket itself when nothing is layered on it (not TLS): read and written
+        # directly, without trio's wrappers.
+        self.plain: trio.socket.SocketType | None = getattr(stream, "socket", None)
         self.name = name
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
@@ -69,7 +72,7 @@ class _Connection:
     def closed_by_peer(self) -> bool:
         """An idle connection with something to read has been closed (or spoken on out of
         turn) by the upstream: either way it cannot carry a request."""
-        socket = getattr(self.stream, "socket", None)
+        socket = self.plain
         if socket is None:  # TLS: look at the transport under it
             socket = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
         return socket is not None and socket.is_readable()
@@ -79,11 +82,10 @@ class _Connection:
         there and then, with no pass through trio's scheduler, when the socket's buffer
         has room (always, but for large bodies). None of it on TLS (the caller sends it
         all); raises ``OSError`` when the connection is broken."""
-        socket = getattr(self.stream, "socket", None)
-        if socket is None:
+        if self.plain is None:
             return 0
         try:
-            return os.write(socket.fileno(), data)
+            return os.write(self.plain.fileno(), data)
         except BlockingIOError:
             return 0
 
@@ -110,7 +112,7 @@ class _Connection:
         trio's stream and socket wrappers would add three frames to every relay waiting on
         a silent upstream (a long prefill). A read that found bytes without waiting still
         passes through the scheduler, as trio's does, so a fast upstream starves no one."""
-        socket = getattr(self.stream, "socket", None)
+        socket = self.plain
         if socket is None:  # TLS
             return bytes(await self.stream.receive_some(_READ_SIZE))
         waited = False

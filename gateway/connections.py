@@ -92,7 +92,6 @@ class GatewayConnection(TCPServer):
         self.timers = timers
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
-        self._closed = False
         self._idle = _IdleTimer(self, self._reading)
         self.idle_task = self._idle  # type: ignore[assignment]  # hypercorn's name: arms it
 
@@ -149,8 +148,8 @@ class GatewayConnection(TCPServer):
                 await self.protocol.handle(RawData(data))
                 if not data:
                     break
-        if self._reading.cancelled_caught and not self._closed:
-            # Idle for its time, or idle at shutdown (not closed by the protocol).
+        if self._reading.cancelled_caught and self._raw.fileno() != -1:
+            # Idle for its time, or idle at shutdown (not closed already by _close).
             with trio.CancelScope(shield=True):
                 await self._initiate_server_close()
         await self.protocol.handle(ClosedEvent())
@@ -187,7 +186,6 @@ class GatewayConnection(TCPServer):
         """Close the socket (whoever asks, cancelled or not; twice is harmless) and stop
         the reader. No ``send_eof`` first, as hypercorn does: it is the same FIN, and its
         checkpoint let the app's concurrent ``send_all`` fail with ``BusyResourceError``."""
-        self._closed = True
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
         self._reading.cancel()

@@ -10,6 +10,7 @@ import trio
 
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
+from tests.conftest import RunningGateway
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 MESSAGES = {**CHAT, "max_tokens": 5000}
@@ -24,6 +25,22 @@ DIALECTS = {
     "responses-native": ("/v1/responses", RESPONSES, {"native_endpoints": ["responses"]}),
     "responses-translated": ("/v1/responses", RESPONSES, {}),
 }
+
+
+async def hang_up_and_see_the_upstream_closed(
+    client: httpx.AsyncClient, fake: FakeOpenAI, gw: RunningGateway, label: str
+) -> None:
+    """Close ``client``'s socket; the last upstream connection must close within 100 ms
+    of it and the gateway end the request."""
+    await client.aclose()
+    hung_up_at = trio.current_time()
+    upstream = fake.connections[-1]
+    with trio.fail_after(2):
+        await upstream.closed_event.wait()
+    assert upstream.closed_at is not None
+    assert upstream.closed_at - hung_up_at < 0.1, f"{label}: {upstream.closed_at - hung_up_at:.3f}s"
+    with trio.fail_after(2):
+        await gw.gateway.inflight.wait_empty()
 
 
 async def wait_for_request(fake: FakeOpenAI, n: int) -> None:
@@ -60,15 +77,7 @@ async def test_disconnect_closes_upstream_within_100ms(
                 async for _ in resp.aiter_raw():
                     pass
     assert not scope.cancelled_caught
-    await client.aclose()  # the client's socket is closed here
-    hung_up_at = trio.current_time()
-    upstream = fake.connections[-1]
-    with trio.fail_after(2):
-        await upstream.closed_event.wait()
-    assert upstream.closed_at is not None
-    assert upstream.closed_at - hung_up_at < 0.1, f"{phase}: {upstream.closed_at - hung_up_at:.3f}s"
-    with trio.fail_after(2):
-        await gw.gateway.inflight.wait_empty()
+    await hang_up_and_see_the_upstream_closed(client, fake, gw, phase)
 
 
 async def test_pool_returns_to_baseline_after_1000_cancelled_requests(
@@ -122,12 +131,4 @@ async def test_disconnect_without_heartbeats_closes_a_whole_answers_upstream(
     with trio.move_on_after(0.3):
         await client.post("/v1/chat/completions", json={**CHAT, "stream": False, "fake": script})
         raise AssertionError("answered while the upstream was still silent")
-    await client.aclose()
-    hung_up_at = trio.current_time()
-    upstream = fake.connections[-1]
-    with trio.fail_after(2):
-        await upstream.closed_event.wait()
-    assert upstream.closed_at is not None
-    assert upstream.closed_at - hung_up_at < 0.1, f"{upstream.closed_at - hung_up_at:.3f}s"
-    with trio.fail_after(2):
-        await gw.gateway.inflight.wait_empty()
+    await hang_up_and_see_the_upstream_closed(client, fake, gw, str(script))
