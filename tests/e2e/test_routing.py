@@ -254,14 +254,21 @@ async def test_queue_limits_concurrency_in_fifo_order(nursery: trio.Nursery) -> 
         assert raw.endswith(b"data: [DONE]\n\n")
         results[i] = (r.status_code, beats)
 
+    def arrived() -> int:
+        """Requests waiting in the gateway's queue or already at the upstream: never one
+        counted twice, and none lost once served (on a slow machine the first requests
+        can finish before the last are sent; in_flight + queued then stays short)."""
+        upstream = sum(1 for r in fake.requests if "tag" in r.body.get("fake", {}))
+        return slots.queued + upstream
+
     limits = httpx.Limits(max_connections=20)
     async with httpx.AsyncClient(base_url=url, timeout=20, limits=limits) as client:
         async with trio.open_nursery() as inner:
             for i in range(10):
                 inner.start_soon(one, i, client)
-                # Arrival order is the test's: request i holds the slot or waits in the
-                # queue before request i + 1 is sent.
-                await wait_until(lambda n=i + 1: slots.in_flight + slots.queued >= n)
+                # Arrival order is the test's: request i reaches the upstream or waits in
+                # the queue before request i + 1 is sent.
+                await wait_until(lambda n=i + 1: arrived() >= n)
         overflow = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     arrivals = sorted(fake.requests, key=lambda r: r.received_at)
     order = [r.body["fake"]["tag"] for r in arrivals if "tag" in r.body.get("fake", {})]
