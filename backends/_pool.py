@@ -1,9 +1,10 @@
-"""The relays' HTTP/1.1 client: h11 on trio streams, one pool of connections per backend.
+"""The relays' HTTP/1.1 client: llhttp (:mod:`backends._http1`) on trio streams, one pool
+of connections per backend.
 
 Why not httpx on this path (httpx still does the health probes): the upstream request is
 the relay's hot path, and ``bench/client_cost.py`` (one small POST at a time on loopback)
-measures httpx at several times the CPU of h11 on a trio stream, with httpcore alone in
-between. httpcore's pool also scans every connection it holds on each request and each
+measures httpx at several times the CPU of this pool, with httpcore alone in between
+(and :mod:`backends._http1` says why not h11 either). httpcore's pool also scans every connection it holds on each request and each
 release (encode/httpcore#1035, still open): O(n) work per request at thousands of
 concurrent streams, where this pool does O(1).
 
@@ -28,10 +29,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import h11
 import trio
 
 from gateway.abc import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
+from ._http1 import END, Head, HTTPError, ResponseParser, request_head
 
 # One read from the upstream socket.
 _READ_SIZE = 65536
@@ -54,7 +56,7 @@ class Response:
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "name", "plain", "stream")
+    __slots__ = ("idle_since", "name", "parser", "plain", "sent", "stream")
 
     def __init__(self, stream: trio.abc.Stream, name: str) -> None:
         self.stream = stream
@@ -62,12 +64,13 @@ class _Connection:
         # directly, without trio's wrappers.
         self.plain: trio.socket.SocketType | None = getattr(stream, "socket", None)
         self.name = name
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.parser = ResponseParser()
+        self.sent = False  # the last request went out whole
         self.idle_since = 0.0
 
     def reusable(self) -> bool:
         """True when both sides finished the last exchange and may start another."""
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return self.sent and self.parser.reusable
 
     def closed_by_peer(self) -> bool:
         """An idle connection with something to read has been closed (or spoken on out of
@@ -89,15 +92,13 @@ class _Connection:
         except BlockingIOError:
             return 0
 
-    async def next_event(self) -> object:
+    async def next_event(self) -> Head | bytes | object:
+        """The response's :class:`~backends._http1.Head`, then its body's pieces, then
+        :data:`~backends._http1.END`."""
+        parser = self.parser
         while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamProtocolError(
-                    f"{self.name}: upstream broke the HTTP exchange: {exc}"
-                ) from exc
-            if event is not h11.NEED_DATA:
+            event = parser.next_event()
+            if event is not None:
                 return event
             try:
                 data = await self._receive()
@@ -105,7 +106,15 @@ class _Connection:
                 raise UpstreamProtocolError(
                     f"{self.name}: upstream connection lost: {_reason(exc)}"
                 ) from exc
-            self.h11.receive_data(data)
+            try:
+                if data:
+                    parser.feed(data)
+                else:
+                    parser.eof()
+            except HTTPError as exc:
+                raise UpstreamProtocolError(
+                    f"{self.name}: upstream broke the HTTP exchange: {exc}"
+                ) from exc
 
     async def _receive(self) -> bytes:
         """The upstream's next bytes. On a plain socket, waited for on the socket itself:
@@ -197,7 +206,7 @@ class ConnectionPool:
     def _checkin(self, connection: _Connection) -> None:
         # After close() nobody would ever take it off the stack, or close it.
         if not self._closed and connection.reusable() and len(self._idle) < self.max_keepalive:
-            connection.h11.start_next_cycle()
+            connection.parser.start_next()
             connection.idle_since = trio.current_time()
             self._idle.append(connection)
         else:
@@ -254,35 +263,28 @@ class ConnectionPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> Response:
-        conn = connection.h11
-        request = h11.Request(
-            method=method,
-            target=(self.base_path + path).encode(),
-            headers=[
-                (b"host", self.host_header),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        )
-        data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        try:
+            head = request_head(
+                method, (self.base_path + path).encode(), self.host_header, len(body), headers
+            )
+        except HTTPError as exc:
+            raise UpstreamProtocolError(f"{self.name}: {exc}") from None
+        data = head + body
+        connection.sent = False
         send_failed: BaseException | None = None
         try:
             sent = connection.write_now(data)
             if sent < len(data):
                 await connection.stream.send_all(memoryview(data)[sent:])
+            connection.sent = True
         except (trio.BrokenResourceError, OSError) as exc:
             # An upstream may answer and stop reading before the body is all in (a 413 for
             # a large prompt, say): its answer is still worth reading.
             send_failed = exc
         try:
-            while True:
-                event = await connection.next_event()
-                if isinstance(event, h11.Response):
-                    return Response(event.status_code, list(event.headers), _body(connection))
-                if not isinstance(event, h11.InformationalResponse):
-                    raise UpstreamProtocolError(
-                        f"{self.name}: upstream answered with {type(event).__name__}"
-                    )
+            event = await connection.next_event()
+            assert isinstance(event, Head)  # the parser's first event is always the head
+            return Response(event.status, event.headers, _body(connection))
         except UpstreamProtocolError:
             if send_failed is None:
                 raise
@@ -363,14 +365,10 @@ class _OpenResponse:
 async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
     while True:
         event = await connection.next_event()
-        if isinstance(event, h11.Data):
-            yield bytes(event.data)
-        elif isinstance(event, h11.EndOfMessage):
+        if event is END:
             return
-        else:
-            raise UpstreamProtocolError(
-                f"{connection.name}: upstream sent {type(event).__name__} inside a body"
-            )
+        assert isinstance(event, bytes)
+        yield event
 
 
 def _reason(exc: BaseException) -> str:
