@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
 import httpx
+import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from gateway.abc import (
@@ -126,9 +127,7 @@ class _OpenResponse:
         pool = backend._pool
         if pool is None:
             raise RuntimeError(f"backend {backend.id} is not running")
-        body = json.dumps(
-            request.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
+        body = _encode(request.body)
         exchange = pool.open_response(
             b"POST", "/" + request.endpoint, backend._headers(request), body
         )
@@ -166,3 +165,15 @@ async def _read_capped(response: Response) -> bytes:
     except UpstreamError:
         pass  # the status is what matters; a broken error body still reports it
     return b"".join(parts)[:_MAX_ERROR_BODY]
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON: by orjson (≈ 0.1 µs for a small chat body,
+    against ≈ 4 µs for the stdlib), else — an integer past 64 bits, a key that is not a
+    string — by the stdlib, which refuses NaN and a lone surrogate as before. (orjson would
+    write NaN as null; bodies come from :func:`gateway.inbound.parse_json_object`, which
+    refuses NaN, and from the dialects' translations, which write none.)"""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import orjson
+
 __all__ = ["Usage", "parse_usage", "usage_of"]
 
 
@@ -18,11 +20,17 @@ class Usage:
 
 
 def parse_usage(document: str | bytes) -> Usage | None:
-    """The ``usage`` of a JSON document (a whole answer or one SSE chunk), if it has one."""
+    """The ``usage`` of a JSON document (a whole answer or one SSE chunk), if it has one.
+    Read by orjson (≈ 1 µs for an answer, against ≈ 5 µs for the stdlib: this runs on every
+    answer and every streamed chunk); what orjson refuses and the stdlib reads (a lone
+    surrogate escape, NaN) is given to the stdlib."""
     try:
-        doc = json.loads(document)
-    except ValueError:
-        return None
+        doc = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(document)
+        except ValueError:
+            return None
     return usage_of(doc) if isinstance(doc, dict) else None
 
 

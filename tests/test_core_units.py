@@ -179,3 +179,7 @@ def test_parse_usage() -> None:
     assert parse_usage('{"choices": []}') is None
     assert parse_usage("[DONE]") is None
     assert parse_usage("[1, 2]") is None
+    # What orjson refuses and the stdlib reads still gives its usage.
+    surrogate = '{"choices": [{"text": "\\ud800"}], "usage": {"prompt_tokens": 4}}'
+    assert parse_usage(surrogate) == Usage(4, None, only=False)
+    assert parse_usage('{"x": NaN, "usage": {"completion_tokens": 5}}') == Usage(None, 5, True)

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.errors import InvalidRequest, MalformedJSON, MissingField
 from gateway.inbound import (
+    _TRACEPARENT,
     REQUEST_ID,
     ask_for_usage,
     endpoint_label,
@@ -77,6 +78,8 @@ def test_request_ids_keep_sane_ones_and_mint_the_rest() -> None:
     minted, trace = request_ids("bad id", "garbage")
     assert re.fullmatch(r"[0-9a-f]{32}", minted)
     assert trace.split("-")[1] == minted  # the trace id is the minted request id
+    assert _TRACEPARENT.fullmatch(trace)  # valid as W3C: a span id, no all-zero ids
+    assert len({request_ids("", "")[0] for _ in range(100)}) == 100
 
 
 def test_request_id_pattern_and_labels_are_bounded() -> None:

@@ -171,3 +171,16 @@ def test_a_response_cut_short_by_eof_is_refused(pieces: tuple[bytes, ...], messa
         parser.feed(piece)
     with pytest.raises(HTTPError, match=message):
         parser.eof()
+
+
+def test_request_bodies_are_compact_utf8_json_and_what_orjson_refuses_goes_to_the_stdlib() -> None:
+    from backends.openai import _encode
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "héllo ☃"}], "t": 0.5}
+    assert (
+        _encode(body)
+        == '{"model":"m","messages":[{"role":"user","content":"héllo ☃"}],"t":0.5}'.encode()
+    )
+    assert _encode({"seed": 2**70}) == b'{"seed":1180591620717411303424}'  # past 64 bits
+    with pytest.raises(ValueError):  # the stdlib's refusal, as before orjson
+        _encode({"t": float("nan"), "big": 2**70})
