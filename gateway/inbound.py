@@ -95,13 +95,20 @@ def _finite(text: str) -> float:
     return value
 
 
+# json.loads with these hooks builds a decoder per call; this one is built once. Bytes are
+# decoded as json.loads decodes them (UTF-8, -16 or -32 by their first bytes).
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+_PASS = "surrogatepass"
+
+
 def parse_json_object(raw: str | bytes) -> JSONObject:
     """The request body as a JSON object that can be sent on unchanged. Raises
     :class:`MalformedJSON` for anything that is not JSON, or that is JSON no upstream could
     be sent (numbers out of range, NaN, lone UTF-16 surrogates, nesting past
     :data:`MAX_DEPTH`), and :class:`InvalidRequest` for JSON that is not an object."""
     try:
-        body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+        decoded = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), _PASS)
+        body = _DECODER.decode(decoded)
     except RecursionError:
         raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
