@@ -63,7 +63,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from . import http_stream, ws_stream
+from . import app_queue, http_stream, ws_stream
 from .accept_share import ACCEPT_PAUSE, ConnectionShares
 from .locks import acquire
 
@@ -308,6 +308,7 @@ async def serve_connections(
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
     """
     http_stream.install()  # the client's disconnect told at once (gateway.http_stream)
+    app_queue.install()  # each request's messages for its app in a small queue
     ws_stream.install()  # WebSocket ping frames for the app (gateway.ws_stream)
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}

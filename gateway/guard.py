@@ -35,9 +35,9 @@ from hypercorn.typing import (
     Scope,
 )
 
+from .app_queue import receive_now
 from .dialects import dialect_of_request
 from .errors import AmbiguousFraming, GatewayError, RequestTimeout
-from .http_stream import receive_now
 from .inbound import endpoint_label, request_ids
 from .telemetry import Telemetry
 

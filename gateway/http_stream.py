@@ -1,41 +1,32 @@
-"""The client's disconnect told at once, and request bodies handed over without waiting:
-hypercorn's HTTP stream with one extension.
+"""The client's disconnect told at once: hypercorn's HTTP stream with one extension.
 
 ASGI tells an app that its client went away only through ``receive()``: an app that must
 stop when the client leaves keeps a task blocked there for the whole response — a task
-started, woken and cancelled for every request. And hypercorn hands each part of a body
-over a memory channel with ``send()``, and the app takes it with ``receive()``: each a
-pass through trio's scheduler even when the part is already there. For the connections the
-gateway serves, :class:`GatewayHTTPStream` adds:
-
-- ``scope["extensions"]["gateway.http.disconnect"]["disconnect"]`` (an extension's value
-  is a dict, by ASGI's convention): a :class:`Disconnect` that calls
-  the one callback set on it when the request's stream closes — the client went away, or
-  the answer ended — from the task that saw it, before ``http.disconnect`` is queued;
-- messages for the app (the parts of a body, ``http.disconnect``) queued without a pass
-  through the scheduler when the queue has room; :func:`receive_now` takes one that is
-  there already.
+started, woken and cancelled for every request. For the connections the gateway serves,
+:class:`GatewayHTTPStream` adds ``scope["extensions"]["gateway.http.disconnect"]
+["disconnect"]`` (an extension's value is a dict, by ASGI's convention): a
+:class:`Disconnect` that calls the one callback set on it when the request's stream
+closes — the client went away, or the answer ended — from the task that saw it, before
+``http.disconnect`` is queued. (The parts of a body reach the app without a pass through
+the scheduler through :mod:`gateway.app_queue`.)
 
 :func:`install` makes hypercorn's HTTP/1.1 and HTTP/2 protocols build this stream (as
-:func:`gateway.ws_stream.install` does for WebSockets). It relies on hypercorn internals
-(``app_put``, the channel behind the app's ``receive``), which is why hypercorn is pinned;
-``tests/test_http_stream.py`` and ``tests/e2e/test_cancellation.py`` fail if they change.
+:func:`gateway.ws_stream.install` does for WebSockets). It relies on hypercorn internals,
+which is why hypercorn is pinned; ``tests/test_http_stream.py`` and
+``tests/e2e/test_cancellation.py`` fail if they change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
-import trio
 from hypercorn.protocol.events import Request, StreamClosed
 from hypercorn.protocol.http_stream import HTTPStream
-from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent
 
-__all__ = ["DISCONNECT_EXTENSION", "Disconnect", "GatewayHTTPStream", "install", "receive_now"]
+__all__ = ["DISCONNECT_EXTENSION", "Disconnect", "GatewayHTTPStream", "install"]
 
 DISCONNECT_EXTENSION = "gateway.http.disconnect"
 
@@ -66,7 +57,7 @@ class Disconnect:
 
 
 class GatewayHTTPStream(HTTPStream):
-    """hypercorn's HTTP stream, with :class:`Disconnect` and bodies queued at once."""
+    """hypercorn's HTTP stream, with :class:`Disconnect`."""
 
     disconnect: Disconnect | None = None
 
@@ -78,30 +69,6 @@ class GatewayHTTPStream(HTTPStream):
             # The app was started, with this very scope dict, and not yet run.
             self.disconnect = Disconnect()
             self.scope["extensions"][DISCONNECT_EXTENSION] = {"disconnect": self.disconnect}
-            channel = getattr(self.app_put, "__self__", None)
-            if isinstance(channel, trio.MemorySendChannel):
-                self.app_put = partial(_put, channel)
-
-
-async def _put(channel: trio.MemorySendChannel[ASGIReceiveEvent], message: Any) -> None:
-    """Queue ``message`` for the app: at once when the queue has room, else when it has."""
-    try:
-        channel.send_nowait(message)
-    except trio.WouldBlock:
-        await channel.send(message)
-
-
-def receive_now(receive: ASGIReceiveCallable) -> ASGIReceiveEvent | None:
-    """The next message of ``receive`` if it is queued already (hypercorn's receive is a
-    memory channel's), else ``None``: then await ``receive()``."""
-    channel = getattr(receive, "__self__", None)
-    if isinstance(channel, trio.MemoryReceiveChannel):
-        try:
-            message: ASGIReceiveEvent = channel.receive_nowait()
-        except trio.WouldBlock:
-            return None
-        return message
-    return None
 
 
 def install() -> None:

@@ -1,15 +1,12 @@
-"""gateway.http_stream: hypercorn builds the gateway's HTTP stream, a request's stream
-closing is told to its callback at once, and queued messages are taken without a wait."""
+"""gateway.http_stream: hypercorn builds the gateway's HTTP stream, and a request's stream
+closing is told to its callback at once."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import hypercorn.protocol.h2 as hypercorn_h2
 import hypercorn.protocol.h11 as hypercorn_h11
-import trio
 
-from gateway.http_stream import Disconnect, GatewayHTTPStream, install, receive_now
+from gateway.http_stream import Disconnect, GatewayHTTPStream, install
 
 
 def test_hypercorn_builds_the_gateways_http_stream() -> None:
@@ -38,18 +35,3 @@ def test_a_callback_taken_off_is_not_called() -> None:
     disconnect.off()
     disconnect.fire()
     assert calls == [] and disconnect.closed
-
-
-async def test_receive_now_takes_what_is_queued_and_nothing_else() -> None:
-    send, receive = trio.open_memory_channel[dict[str, Any]](4)
-    assert receive_now(receive.receive) is None  # empty: the caller awaits receive()
-    await send.send({"type": "http.request", "body": b"a", "more_body": True})
-    send.send_nowait({"type": "http.request", "body": b"", "more_body": False})
-    assert receive_now(receive.receive) == {"type": "http.request", "body": b"a", "more_body": True}
-    assert receive_now(receive.receive) == {"type": "http.request", "body": b"", "more_body": False}
-    assert receive_now(receive.receive) is None
-
-    async def another_servers_receive() -> dict[str, Any]:
-        return {"type": "http.disconnect"}
-
-    assert receive_now(another_servers_receive) is None  # not a channel: awaited instead

@@ -1,0 +1,111 @@
+"""gateway.app_queue: each request's messages for its app, in order, bounded, in a queue
+far smaller than the memory channel hypercorn would make."""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any
+
+import hypercorn.trio.tcp_server
+import pytest
+import trio
+import trio.testing
+
+from gateway.app_queue import AppQueue, GatewayTaskGroup, install, receive_now
+
+
+def part(body: bytes, more: bool = True) -> Any:
+    return {"type": "http.request", "body": body, "more_body": more}
+
+
+def test_hypercorn_spawns_apps_with_the_gateways_task_group() -> None:
+    """The queue rides on hypercorn internals: serving installs it, and the pinned
+    hypercorn still makes each connection's task group by that name."""
+    install()
+    assert hypercorn.trio.tcp_server.TaskGroup is GatewayTaskGroup
+
+
+async def test_messages_come_out_in_order_and_sends_with_room_do_not_wait() -> None:
+    queue = AppQueue(3)
+    with trio.testing.assert_no_checkpoints():
+        await queue.send(part(b"a"))
+        queue.send_nowait(part(b"b"))
+        await queue.send(part(b"", more=False))
+    with pytest.raises(trio.WouldBlock):
+        queue.send_nowait({"type": "http.disconnect"})
+    assert [receive_now(queue.receive), await queue.receive()] == [part(b"a"), part(b"b")]
+    assert queue.receive_nowait() == part(b"", more=False)
+    with pytest.raises(trio.WouldBlock):
+        queue.receive_nowait()
+    assert receive_now(queue.receive) is None  # empty: the caller awaits receive()
+
+
+async def test_receive_is_a_checkpoint_even_with_a_message_there() -> None:
+    queue = AppQueue(1)
+    queue.send_nowait(part(b"a"))
+    with trio.testing.assert_checkpoints():
+        await queue.receive()
+
+
+async def test_a_full_queue_holds_the_sender_until_the_app_takes_one() -> None:
+    queue = AppQueue(1)
+    sent: list[bytes] = []
+
+    async def reader() -> None:  # the connection's reader: its sends wait for room
+        for body in (b"a", b"b", b"c"):
+            await queue.send(part(body))
+            sent.append(body)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [b"a"] and len(queue) == 1  # b waits
+        assert (await queue.receive())["body"] == b"a"
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [b"a", b"b"]
+        assert [(await queue.receive())["body"] for _ in range(2)] == [b"b", b"c"]
+    assert sent == [b"a", b"b", b"c"]
+
+
+async def test_a_waiting_app_is_woken_by_the_next_message_and_can_be_cancelled() -> None:
+    queue = AppQueue(2)
+    got: list[Any] = []
+
+    async def app() -> None:
+        got.append(await queue.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        queue.send_nowait({"type": "http.disconnect"})
+    assert got == [{"type": "http.disconnect"}]
+
+    with trio.move_on_after(0.01) as scope:  # cancelled while parked: nothing is lost
+        await queue.receive()
+    assert scope.cancelled_caught
+    queue.send_nowait(part(b"x"))
+    assert await queue.receive() == part(b"x")
+
+
+async def test_another_servers_receive_is_awaited_instead() -> None:
+    async def receive() -> Any:
+        return {"type": "http.disconnect"}
+
+    assert receive_now(receive) is None
+
+
+def test_a_queue_nobody_waited_on_is_a_fraction_of_a_memory_channel() -> None:
+    def size(make: Any) -> float:
+        tracemalloc.start()
+        try:
+            kept = [make() for _ in range(200)]
+            total = sum(s.size for s in tracemalloc.take_snapshot().statistics("filename"))
+        finally:
+            tracemalloc.stop()
+        assert len(kept) == 200
+        return total / 200
+
+    queue = size(lambda: AppQueue(10))
+    channel = size(lambda: trio.open_memory_channel[Any](10))
+    assert queue * 5 < channel, (queue, channel)
