@@ -97,7 +97,7 @@ class ResponseParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = True
         self._head_bytes = 0
-        self._framed = False  # content-length or chunked: the body does not end at EOF
+        self._framed = False  # a length, or chunked: the body does not end at EOF
         self.complete = False  # the final response was read to its end
         self.keep_alive = False
         self.extra = False  # bytes came after the response: the connection is unusable
@@ -156,10 +156,12 @@ class ResponseParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
-            name = name.lower()
-            if name == b"content-length" or name == b"transfer-encoding":
+            name, value = name.lower(), value.strip(b" \t")
+            if name == b"content-length" or (
+                name == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
                 self._framed = True
-            self._headers.append((name, value.strip(b" \t")))
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.complete:  # a response after ours, unasked for (see on_message_begin)

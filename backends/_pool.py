@@ -4,9 +4,9 @@ of connections per backend.
 Why not httpx on this path (httpx still does the health probes): the upstream request is
 the relay's hot path, and ``bench/client_cost.py`` (one small POST at a time on loopback)
 measures httpx at several times the CPU of this pool, with httpcore alone in between
-(and :mod:`backends._http1` says why not h11 either). httpcore's pool also scans every connection it holds on each request and each
-release (encode/httpcore#1035, still open): O(n) work per request at thousands of
-concurrent streams, where this pool does O(1).
+(:mod:`backends._http1` says why not h11 either). httpcore's pool also scans every
+connection it holds on each request and each release (encode/httpcore#1035, still open):
+O(n) work per request at thousands of concurrent streams, where this pool does O(1).
 
 Idle connections wait on a stack: the most recently used is reused first (the one least
 likely to have been closed by the upstream meanwhile); one idle longer than

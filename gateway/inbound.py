@@ -14,7 +14,7 @@ from .errors import InvalidRequest, MalformedJSON, MissingField
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_TRACE_ID = re.compile(r"(?!0{32})[0-9a-f]{32}")  # a request id that can be a trace id
 # The relayed endpoints: path → the endpoint the backends are asked for.
 RELAYED: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat/completions",
@@ -64,8 +64,8 @@ def traceparent(given: str, request_id: str) -> str:
 
 def _random_hex(size: int) -> str:
     """``size`` random bytes in hex, never all zeros (which W3C trace ids and span ids may
-    not be). ``os.urandom`` alone: ``uuid.uuid4`` costs ≈ 5 times as much, for a version field
-    nobody reads."""
+    not be). ``os.urandom`` alone: ``uuid.uuid4`` costs ≈ 5 times as much, for a version
+    field nobody reads."""
     while True:
         value = os.urandom(size)
         if value.count(0) < size:

@@ -71,6 +71,8 @@ def test_traceparent_kept_when_valid_else_minted() -> None:
     minted = traceparent("00-" + "0" * 32 + "-b7ad6b7169203331-01", "f" * 32)
     assert minted.startswith("00-" + "f" * 32 + "-") and minted != VALID_TP
     assert len(traceparent("garbage", "not-hex").split("-")[1]) == 32
+    # A request id of 32 zeros is a fine request id but no trace id (W3C forbids it).
+    assert _TRACEPARENT.fullmatch(traceparent("garbage", "0" * 32))
 
 
 def test_request_ids_keep_sane_ones_and_mint_the_rest() -> None:

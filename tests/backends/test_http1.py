@@ -103,6 +103,9 @@ def test_a_body_that_only_eof_ends() -> None:
     parser, got = read(b"HTTP/1.1 200 OK\r\n\r\nsome", b" body", eof=True)
     assert got == [Head(200, []), b"some", b" body", END]
     assert not parser.reusable  # the connection is closed
+    # A transfer coding other than chunked, last, also leaves the end to EOF (RFC 9112 6.3).
+    parser, got = read(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz", eof=True)
+    assert got == [Head(200, [(b"transfer-encoding", b"gzip")]), b"zz", END]
 
 
 @pytest.mark.parametrize(
