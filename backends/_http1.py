@@ -107,6 +107,12 @@ class ResponseParser:
         """The response was read to its end and the connection may carry another."""
         return self.complete and self.keep_alive and not self.extra and not self._events
 
+    def close(self) -> None:
+        """Let go of llhttp's parser (the connection is closed). It holds this object's
+        callbacks, bound methods, so the two make a cycle that only the cyclic collector
+        frees: ≈ 1.3 KiB per connection left until it runs. Nothing may be fed after."""
+        del self._parser
+
     def start_next(self) -> None:
         self._headers = []
         self._in_head = True

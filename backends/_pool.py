@@ -214,6 +214,7 @@ class ConnectionPool:
 
     def _discard(self, connection: _Connection) -> None:
         self.open -= 1
+        connection.parser.close()
         # Closing a plain socket is immediate; a TLS stream skips its goodbye.
         stream = connection.stream
         if isinstance(stream, trio.SocketStream):
