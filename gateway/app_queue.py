@@ -12,7 +12,8 @@ nobody waits, as for every relayed request: the gateway takes a request's body w
 
 :func:`install` makes hypercorn's connections spawn their apps with it. It relies on
 hypercorn internals (``TaskGroup._nursery``, ``task_group._handle``), which is why
-hypercorn is pinned; ``tests/test_app_queue.py`` fails if they change.
+hypercorn is pinned; ``tests/test_app_queue.py`` (which serves an app through it) fails
+if they change.
 """
 
 from __future__ import annotations

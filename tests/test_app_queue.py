@@ -109,3 +109,64 @@ def test_a_queue_nobody_waited_on_is_a_fraction_of_a_memory_channel() -> None:
     queue = size(lambda: AppQueue(10))
     channel = size(lambda: trio.open_memory_channel[Any](10))
     assert queue * 5 < channel, (queue, channel)
+
+
+async def test_a_served_app_reads_its_body_from_an_app_queue() -> None:
+    """Through the gateway's own server: the app's receive is an AppQueue's, and a body
+    sent in pieces slower than the app reads arrives whole and in order."""
+    from functools import partial
+
+    from hypercorn.config import Config as HypercornConfig
+
+    from gateway.connections import ConnectionTimers, serve_connections
+
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(getattr(receive, "__self__", None))
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        length = str(len(body)).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(
+                serve_connections,
+                app,
+                config,
+                ConnectionTimers(keep_alive=5, header=5),
+                shutdown_trigger=stop.wait,
+            )
+        )
+        port = int(binds[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        parts = [b"a" * 10, b"b" * 20_000, b"c" * 5]
+        await stream.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in parts:
+            await stream.send_all(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await trio.testing.wait_all_tasks_blocked()  # each piece read on its own
+        await stream.send_all(b"0\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while not answer.endswith(b"c" * 5):
+                answer += await stream.receive_some(65536)
+        await stream.aclose()
+        stop.set()
+    assert answer.split(b"\r\n\r\n", 1)[1].endswith(b"".join(parts))
+    assert [type(queue) for queue in seen] == [AppQueue]
