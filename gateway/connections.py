@@ -37,9 +37,9 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
 
 :func:`serve_connections` is hypercorn's trio ``serve`` for what the gateway uses (plain
 TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
-(``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``, ``send_lock``), which is why
-hypercorn is pinned to a minor version; ``tests/e2e/test_http_hardening.py`` fails if they
-change.
+(``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``, ``send_lock``),
+which is why hypercorn is pinned to a minor version; ``tests/e2e/test_http_hardening.py``
+fails if they change.
 """
 
 from __future__ import annotations

@@ -98,7 +98,10 @@ def _finite(text: str) -> float:
 # json.loads with these hooks builds a decoder per call; this one is built once. Bytes are
 # decoded as json.loads decodes them (UTF-8, -16 or -32 by their first bytes).
 _DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
-_PASS = "surrogatepass"
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
 
 
 def parse_json_object(raw: str | bytes) -> JSONObject:
@@ -107,7 +110,7 @@ def parse_json_object(raw: str | bytes) -> JSONObject:
     be sent (numbers out of range, NaN, lone UTF-16 surrogates, nesting past
     :data:`MAX_DEPTH`), and :class:`InvalidRequest` for JSON that is not an object."""
     try:
-        decoded = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), _PASS)
+        decoded = raw if isinstance(raw, str) else _decode(raw)
         body = _DECODER.decode(decoded)
     except RecursionError:
         raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels") from None

@@ -180,18 +180,9 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
                 if receive is not None:
                     nursery.start_soon(_cancel_on_disconnect, receive, writer, entry.scope)
                 if keepalive_on:
+                    head = sse_headers if stream else json_headers
                     early = not stream or policy.early_headers
-                    commit = (
-                        (
-                            lambda: (
-                                sse_headers(exchange.headers())
-                                if stream
-                                else json_headers(exchange.headers())
-                            )
-                        )
-                        if early
-                        else None
-                    )
+                    commit = (lambda: head(exchange.headers())) if early else None
                     nursery.start_soon(
                         heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
                     )

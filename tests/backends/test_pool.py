@@ -387,7 +387,7 @@ async def test_reading_a_body_already_there_lets_other_tasks_run_between_reads()
     keep every other task (heartbeats, other streams) waiting until its body ends: the
     reading task is scheduled again at least once per read (each piece of the body but the
     first, which came with the head)."""
-    size = 256 * 1024  # four of the pool's reads; all of it in the socket before reading
+    size = 256 * 1024  # four of the pool's reads; all the sockets hold, before reading
 
     async def big(stream: trio.SocketStream, conn: h11.Connection, _: IncomingRequest) -> bool:
         head = h11.Response(status_code=200, headers=[("content-length", str(size))])
@@ -406,7 +406,9 @@ async def test_reading_a_body_already_there_lets_other_tasks_run_between_reads()
     async with serve(big) as server:
         pool = pool_for(server)
         async with pool.open_response(b"POST", "/x", [], b"{}") as response:
-            await trio.sleep(0.2)  # the whole body arrives in the socket's buffer
+            # The server wrote all it could (loopback delivers within the send): the
+            # body, or as much as the sockets' buffers take, waits to be read.
+            await trio.testing.wait_all_tasks_blocked()
             steps = Steps(trio.lowlevel.current_task())
             trio.lowlevel.add_instrument(steps)
             try:
