@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import ssl
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -45,7 +44,7 @@ class Response:
 
     status: int
     headers: list[tuple[bytes, bytes]]
-    body: AsyncGenerator[bytes, None]
+    body: Body
 
     def header(self, name: bytes) -> str:
         """The value of header ``name`` (lower case), or ``""``."""
@@ -94,14 +93,35 @@ class _Connection:
 
     async def next_event(self) -> Head | bytes | object:
         """The response's :class:`~backends._http1.Head`, then its body's pieces, then
-        :data:`~backends._http1.END`."""
-        parser = self.parser
+        :data:`~backends._http1.END`.
+
+        On a plain socket the upstream's bytes are waited for on the socket itself, here:
+        trio's stream and socket wrappers, or a helper of its own, would each add frames
+        that every relay waiting on a silent upstream (a long prefill) holds. A read that
+        found bytes without waiting still passes through the scheduler, as trio's does, so
+        a fast upstream starves no one."""
+        parser, socket = self.parser, self.plain
+        waited = False
         while True:
             event = parser.next_event()
             if event is not None:
                 return event
             try:
-                data = await self._receive()
+                if socket is None:  # TLS
+                    data = bytes(await self.stream.receive_some(_READ_SIZE))
+                else:
+                    try:
+                        data = os.read(socket.fileno(), _READ_SIZE)
+                    except BlockingIOError:
+                        # Waited for outside this clause, which would hold the error.
+                        data = None
+                    if data is None:
+                        await trio.lowlevel.wait_readable(socket)
+                        waited = True
+                        continue
+                    if not waited:
+                        await trio.lowlevel.checkpoint()
+                    waited = False
             except (trio.BrokenResourceError, OSError) as exc:
                 raise UpstreamProtocolError(
                     f"{self.name}: upstream connection lost: {_reason(exc)}"
@@ -115,26 +135,6 @@ class _Connection:
                 raise UpstreamProtocolError(
                     f"{self.name}: upstream broke the HTTP exchange: {exc}"
                 ) from exc
-
-    async def _receive(self) -> bytes:
-        """The upstream's next bytes. On a plain socket, waited for on the socket itself:
-        trio's stream and socket wrappers would add three frames to every relay waiting on
-        a silent upstream (a long prefill). A read that found bytes without waiting still
-        passes through the scheduler, as trio's does, so a fast upstream starves no one."""
-        socket = self.plain
-        if socket is None:  # TLS
-            return bytes(await self.stream.receive_some(_READ_SIZE))
-        waited = False
-        while True:
-            try:
-                data = os.read(socket.fileno(), _READ_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(socket)
-                waited = True
-                continue
-            if not waited:
-                await trio.lowlevel.checkpoint()
-            return data
 
 
 class ConnectionPool:
@@ -285,7 +285,7 @@ class ConnectionPool:
         try:
             event = await connection.next_event()
             assert isinstance(event, Head)  # the parser's first event is always the head
-            return Response(event.status, event.headers, _body(connection))
+            return Response(event.status, event.headers, Body(connection))
         except UpstreamProtocolError:
             if send_failed is None:
                 raise
@@ -363,13 +363,33 @@ class _OpenResponse:
             self._pool._slots.release()
 
 
-async def _body(connection: _Connection) -> AsyncGenerator[bytes, None]:
-    while True:
-        event = await connection.next_event()
+class Body:
+    """A response's body pieces. An iterator class, not an async generator: a relay
+    waiting on a silent upstream would hold the generator's frame, and trio's registry
+    entry for finalizing it, for as long as it waits."""
+
+    __slots__ = ("_connection", "_done")
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._done = False
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._connection.next_event()
         if event is END:
-            return
+            self._done = True
+            raise StopAsyncIteration
         assert isinstance(event, bytes)
-        yield event
+        return event
+
+    async def aclose(self) -> None:
+        """Stop: the rest is not read (the connection is not reused unless it was)."""
+        self._done = True
 
 
 def _reason(exc: BaseException) -> str:

@@ -166,16 +166,17 @@ class GatewayConnection(TCPServer):
             try:
                 data = raw.recv(MAX_RECV)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(raw)
-                waited = True
-                continue
+                pass  # waited for below: inside this clause the error would be held
             except OSError as exc:
                 if raw.fileno() == -1:  # closed by this side
                     raise trio.ClosedResourceError from exc
                 raise trio.BrokenResourceError(f"client connection: {exc}") from exc
-            if not waited:
-                await trio.lowlevel.checkpoint()
-            return data
+            else:
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                return data
+            await trio.lowlevel.wait_readable(raw)
+            waited = True
 
     def close_if_idle(self) -> None:
         """At shutdown: close now if no request is in progress (else after its answer,

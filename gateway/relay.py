@@ -266,10 +266,40 @@ def _outcome_of(error: GatewayError | None) -> Outcome:
 
 
 async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> GatewayError | None:
-    """Run the attempts; return the error to report, if any."""
+    """Try the attempts; return the error to report, if any. (One function, not a runner
+    around a loop: its frame is held by every relay waiting on its upstream.)"""
     try:
         with entry.scope:
-            return await _attempts(exchange, writer, entry)
+            # Picked here, not in the handler: between the pick and the first attempt taking
+            # its backend slot there is no checkpoint, so concurrent requests see each
+            # other's load.
+            attempts = exchange.pick_attempts()
+            if not attempts:
+                return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
+            deadline = (
+                entry.started_at + exchange.failover_deadline
+                if exchange.failover_deadline is not None
+                else math.inf
+            )
+            planned = attempts[: exchange.max_attempts]
+            error: GatewayError | None = None
+            for number, attempt in enumerate(planned):
+                if number and trio.current_time() >= deadline:
+                    break
+                record = _AttemptRecord(attempt, number, exchange, entry)
+                try:
+                    await _attempt(record.attempt, exchange, writer, entry)
+                    record.answered(writer.status)
+                except GatewayError as exc:
+                    error = exc
+                    last = number + 1 == len(planned) or trio.current_time() >= deadline
+                    if not record.failed(exc, writer.data_sent, last):
+                        return exc
+                    continue
+                finally:
+                    record.end()
+                return None
+            return error
     except Exception as exc:
         error = _as_gateway_error(exc, entry)
         # Nobody to tell, or nothing to: the client is gone, or has its whole response.
@@ -277,79 +307,71 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
     return None if writer.finished else entry.abort_error
 
 
-async def _attempts(
-    exchange: Exchange, writer: ResponseWriter, entry: InFlight
-) -> GatewayError | None:
-    # Picked here, not in the handler: between the pick and the first attempt taking its
-    # backend slot there is no checkpoint, so concurrent requests see each other's load.
-    attempts = exchange.pick_attempts()
-    if not attempts:
-        return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
-    deadline = (
-        entry.started_at + exchange.failover_deadline
-        if exchange.failover_deadline is not None
-        else float("inf")
-    )
-    error: GatewayError | None = None
-    trace = exchange.trace
-    planned = attempts[: exchange.max_attempts]
-    for number, attempt in enumerate(planned):
-        if number and trio.current_time() >= deadline:
-            break
+class _AttemptRecord:
+    """What one attempt leaves behind: its backend's breaker settled, its span (with
+    tracing on), its entry in the exchange's attempts log."""
+
+    __slots__ = ("attempt", "entry", "exchange", "logged", "number", "settled", "span")
+
+    def __init__(self, attempt: Attempt, number: int, exchange: Exchange, entry: InFlight) -> None:
         upstream = attempt.upstream
         entry.backend = upstream.id
-        span = None
-        if trace is not None:  # the upstream gets the attempt's span as its traceparent
-            span = trace.attempt(upstream.backend, attempt.request, number + 1, entry)
-            attempt = replace(attempt, request=span.request)
-        breaker = upstream.breaker
-        breaker.on_attempt(trio.current_time())
-        logged = len(exchange.log)
-        settled = False  # every attempt settles the breaker, however it ends
-        try:
-            await _attempt(attempt, exchange, writer, entry)
-            breaker.on_success()
-            settled = True
-            if span is not None:
-                span.answered(writer.status)
-        except GatewayError as exc:
-            error = exc
-            if span is not None:
-                span.failed(exc)
-            # One attempt, one entry: one that failed after its headers went out was noted
-            # "ok" for them (the client's attempts header says so); how it ended replaces it.
-            del exchange.log[logged:]
-            exchange.log.append(f"{upstream.id}={_outcome(exc)}")
-            if counts_against_backend(exc):
-                settled = True
-                if breaker.on_failure(trio.current_time(), client=entry.key_id):
-                    log.warning(
-                        "backend %s ejected after %d failures", upstream.id, breaker.failures
-                    )
-                    if exchange.telemetry is not None:
-                        exchange.telemetry.on_ejection(upstream.id)
-            if writer.data_sent or not is_retryable(exc):
-                return exc
-            if exchange.telemetry is not None:
-                exchange.telemetry.on_failover(entry, upstream.id)
-            if span is not None and number + 1 < len(planned) and trio.current_time() < deadline:
-                span.failed_over(_outcome(exc))  # (the next attempt starts at once)
-            log.info(
-                "attempt %d on %s failed (%s), trying the next target",
-                number + 1,
-                upstream.id,
-                exc.message,
-            )
-            continue
-        finally:
-            # The client left (cancellation), the upstream was busy or refused the request,
-            # or a bug: no verdict on the backend, but a half-open trial is over.
-            if not settled:
-                breaker.on_no_verdict()
-            if span is not None:
-                span.end(entry)
-        return None
-    return error
+        self.span = None
+        if exchange.trace is not None:  # the upstream gets the attempt's span as its traceparent
+            self.span = exchange.trace.attempt(upstream.backend, attempt.request, number + 1, entry)
+            attempt = replace(attempt, request=self.span.request)
+        self.attempt, self.number, self.exchange, self.entry = attempt, number, exchange, entry
+        upstream.breaker.on_attempt(trio.current_time())
+        self.logged = len(exchange.log)
+        self.settled = False  # every attempt settles the breaker, however it ends
+
+    def answered(self, status: int | None) -> None:
+        self.attempt.upstream.breaker.on_success()
+        self.settled = True
+        if self.span is not None:
+            self.span.answered(status)
+
+    def failed(self, exc: GatewayError, data_sent: bool, last: bool) -> bool:
+        """Note the failure; whether the next target may be tried."""
+        upstream, exchange, telemetry = (
+            self.attempt.upstream,
+            self.exchange,
+            self.exchange.telemetry,
+        )
+        if self.span is not None:
+            self.span.failed(exc)
+        # One attempt, one entry: one that failed after its headers went out was noted "ok"
+        # for them (the client's attempts header says so); how it ended replaces it.
+        del exchange.log[self.logged :]
+        exchange.log.append(f"{upstream.id}={_outcome(exc)}")
+        if counts_against_backend(exc):
+            self.settled = True
+            breaker = upstream.breaker
+            if breaker.on_failure(trio.current_time(), client=self.entry.key_id):
+                log.warning("backend %s ejected after %d failures", upstream.id, breaker.failures)
+                if telemetry is not None:
+                    telemetry.on_ejection(upstream.id)
+        if data_sent or not is_retryable(exc):
+            return False
+        if telemetry is not None:
+            telemetry.on_failover(self.entry, upstream.id)
+        if self.span is not None and not last:
+            self.span.failed_over(_outcome(exc))  # (the next attempt starts at once)
+        log.info(
+            "attempt %d on %s failed (%s), trying the next target",
+            self.number + 1,
+            upstream.id,
+            exc.message,
+        )
+        return True
+
+    def end(self) -> None:
+        # The client left (cancellation), the upstream was busy or refused the request, or
+        # a bug: no verdict on the backend, but a half-open trial is over.
+        if not self.settled:
+            self.attempt.upstream.breaker.on_no_verdict()
+        if self.span is not None:
+            self.span.end(self.entry)
 
 
 def _outcome(error: GatewayError) -> str:
@@ -366,32 +388,37 @@ async def _attempt(
         entry.phase = "queued"
         queued_at = trio.current_time()
 
-    if not attempt.admitted:
-        await _attempt_upstream(attempt, exchange, writer, entry)
-        return
+    hold = attempt.upstream.slots.hold(on_wait=queued) if attempt.admitted else _UNADMITTED
     try:
-        async with attempt.upstream.slots.hold(on_wait=queued):
+        async with hold:
             if queued_at is not None:
                 entry.queue_seconds += trio.current_time() - queued_at
                 queued_at = None
-            await _attempt_upstream(attempt, exchange, writer, entry)
+            entry.phase = "connecting"
+            started = trio.current_time()
+            try:
+                if exchange.stream:
+                    await _relay_stream(attempt, exchange, writer, entry)
+                else:
+                    await _relay_unary(attempt, exchange, writer, entry)
+            finally:
+                entry.upstream_seconds += trio.current_time() - started
     finally:
         if queued_at is not None:  # left the queue without a slot
             entry.queue_seconds += trio.current_time() - queued_at
 
 
-async def _attempt_upstream(
-    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
-) -> None:
-    entry.phase = "connecting"
-    started = trio.current_time()
-    try:
-        if exchange.stream:
-            await _relay_stream(attempt, exchange, writer, entry)
-        else:
-            await _relay_unary(attempt, exchange, writer, entry)
-    finally:
-        entry.upstream_seconds += trio.current_time() - started
+class _Unadmitted:
+    """The hold of an attempt that takes no backend slot."""
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+_UNADMITTED = _Unadmitted()
 
 
 def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
