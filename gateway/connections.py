@@ -48,9 +48,9 @@ import errno
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 import trio
@@ -60,8 +60,15 @@ from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ConnectionState,
+    LifespanState,
+    Scope,
+)
+from hypercorn.utils import repr_socket_addr
 
 from . import app_queue, http_stream, ws_stream
 from .accept_share import ACCEPT_PAUSE, ConnectionShares
@@ -290,6 +297,28 @@ async def _counted(
         shares.closed()
 
 
+class _AppCall:
+    """hypercorn's ASGI app wrapper without its frame: the app's call is returned for
+    hypercorn to await, not awaited in a frame of the wrapper's that every request holds
+    for as long as it lasts. (Sync apps are not served: the gateway's app is ASGI.)"""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIFramework) -> None:
+        self.app = app
+
+    def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sync_spawn: object,
+        call_soon: object,
+    ) -> Coroutine[Any, Any, None]:
+        # hypercorn's type says coroutine; every ASGI app here is an async function's.
+        return cast("Coroutine[Any, Any, None]", self.app(scope, receive, send))
+
+
 async def serve_connections(
     app: ASGIFramework,
     config: HypercornConfig,
@@ -311,7 +340,7 @@ async def serve_connections(
     http_stream.install()  # the client's disconnect told at once (gateway.http_stream)
     app_queue.install()  # each request's messages for its app in a small queue
     ws_stream.install()  # WebSocket ping frames for the app (gateway.ws_stream)
-    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    asgi = _AppCall(app)
     state: LifespanState = {}
     lifespan = Lifespan(asgi, config, state)
     context = WorkerContext(None)

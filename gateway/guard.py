@@ -64,22 +64,27 @@ class RequestGuard:
         self.timeouts = timeouts
         self.telemetry = telemetry
 
-    async def __call__(
+    def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
+    ) -> Awaitable[None]:
+        """The app's own call, guarded — returned, not awaited here: no frame of the
+        guard's is held for as long as the request lasts (minutes, for a stream)."""
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if _both_lengths(scope):
-            started = trio.current_time()
-            if await _drain(receive):
-                error = AmbiguousFraming(
-                    "The request gives both Content-Length and Transfer-Encoding; send one"
-                )
-                await _answer(scope, send, error, self.telemetry, started)
-            return
+            return self._refuse_ambiguous(scope, receive, send)
         exchange = _GuardedExchange(scope, receive, send, self.timeouts, self.telemetry)
-        await self.app(scope, exchange.receive, exchange.send)
+        return self.app(scope, exchange.receive, exchange.send)
+
+    async def _refuse_ambiguous(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        started = trio.current_time()
+        if await _drain(receive):
+            error = AmbiguousFraming(
+                "The request gives both Content-Length and Transfer-Encoding; send one"
+            )
+            await _answer(scope, send, error, self.telemetry, started)
 
 
 def _both_lengths(scope: HTTPScope) -> bool:

@@ -48,6 +48,7 @@ from .inbound import (
     parse_json_object,
     validate,
 )
+from .inflight import InFlight
 from .plans import plan_request
 from .relay import Attempt, Exchange, relay
 from .responses.conversation import Conversation
@@ -213,6 +214,16 @@ class ProxyApp:
         dialect = request.dialect
         limits = dialect.limit_headers(admission.headers, time.time()) if admission else {}
         limit_headers = [(k.encode(), v.encode()) for k, v in limits.items()]
+        # Until it ends, the request holds its route's backends: a reload that replaced or
+        # removed one stops it only once no request may still reach it.
+        held = tuple({upstreams[t.backend] for t in route.settings.all_targets})
+
+        def finish(entry: InFlight) -> None:
+            if admission is not None:
+                admission.finish(entry)
+            for upstream in held:
+                upstream.release()
+
         exchange = Exchange(
             pick_attempts=pick_attempts,
             request_id=request.request_id,
@@ -233,27 +244,20 @@ class ProxyApp:
             on_begin=partial(socket.on_begin, interval=route.settings.keepalive.interval)
             if socket
             else None,
-            on_finish=admission.finish if admission else None,
+            on_finish=finish,
             connection=socket.connection_id if socket else "",
             trace=trace,
         )
 
-        # Until it ends, the request holds its route's backends: a reload that replaced or
-        # removed one stops it only once no request may still reach it.
-        held = tuple({upstreams[t.backend] for t in route.settings.all_targets})
         for upstream in held:
             upstream.hold()
 
-        async def serve(
+        def serve(
             send: ASGISendCallable, gone: Disconnect | ASGIReceiveCallable | None
-        ) -> None:
-            try:
-                await relay(send, exchange, gone)
-            finally:  # the relay never ran (client gone first): free the slot anyway
-                if admission is not None:
-                    admission.finish()
-                for upstream in held:
-                    upstream.release()
+        ) -> Awaitable[None]:
+            # The relay's own call, returned: no frame of this function's is held for as
+            # long as it runs. However it ends, it ends with ``finish``.
+            return relay(send, exchange, gone)
 
         return serve
 

@@ -123,6 +123,8 @@ class Exchange:
     on_begin: Callable[[InFlight], None] | None = None
     """Called with the relay's entry as it begins (a WebSocket counts its pings there)."""
     on_finish: Callable[[InFlight], None] | None = None
+    """Called last, once, however the relay ends: the handler frees what the request held
+    (its team admission, its route's backends)."""
     connection: str = ""  # the WebSocket it came on, for the access log
     trace: RequestTrace | None = None  # with tracing on: the request's span
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
@@ -163,16 +165,16 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
         key_id=exchange.key_id,
         connection=exchange.connection,
     )
-    exchange.inflight.add(entry)
-    if exchange.on_begin is not None:
-        exchange.on_begin(entry)
     telemetry = exchange.telemetry
-    if telemetry is not None:
-        telemetry.on_start(entry)
     error: GatewayError | None = None
     disconnect = gone if isinstance(gone, Disconnect) else None
     receive = gone if disconnect is None else None
-    try:
+    try:  # whatever happens from here on, the entry is finished (and on_finish called)
+        exchange.inflight.add(entry)
+        if exchange.on_begin is not None:
+            exchange.on_begin(entry)
+        if telemetry is not None:
+            telemetry.on_start(entry)
         if disconnect is not None:
             disconnect.on(partial(_client_gone, writer, entry.scope))
         if keepalive_on or receive is not None:
