@@ -176,11 +176,16 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
         if telemetry is not None:
             telemetry.on_start(entry)
         if disconnect is not None:
-            disconnect.on(partial(_client_gone, writer, entry.scope))
+            disconnect.on(partial(_client_gone, writer, entry))
+        ran = False
         if keepalive_on or receive is not None:
             async with trio.open_nursery() as nursery:
+                # The nursery's scope is the entry's: cancelling the exchange (the client
+                # gone, shutdown) ends the tasks beside it too. One scope, not two, held
+                # by every stream for as long as it lasts.
+                entry.scope = nursery.cancel_scope
                 if receive is not None:
-                    nursery.start_soon(_cancel_on_disconnect, receive, writer, entry.scope)
+                    nursery.start_soon(_cancel_on_disconnect, receive, writer, entry)
                 if keepalive_on:
                     head = sse_headers if stream else json_headers
                     early = not stream or policy.early_headers
@@ -189,9 +194,14 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
                         heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
                     )
                 error = await _run(exchange, writer, entry)
-                nursery.cancel_scope.cancel()
+                ran = True
+                nursery.cancel_scope.cancel()  # the tasks beside it end with it
         else:
-            error = await _run(exchange, writer, entry)
+            with entry.scope:
+                error = await _run(exchange, writer, entry)
+                ran = True
+        if not ran:  # cancelled through the entry: aborted, or the client is gone
+            error = None if writer.finished else entry.abort_error
         if writer.gone:
             raise ClientGone
         phase_at_end = entry.phase
@@ -238,19 +248,17 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
             exchange.on_finish(entry)
 
 
-async def _cancel_on_disconnect(
-    receive: object, writer: ResponseWriter, scope: trio.CancelScope
-) -> None:
+async def _cancel_on_disconnect(receive: object, writer: ResponseWriter, entry: InFlight) -> None:
     while (await receive())["type"] != "http.disconnect":  # type: ignore[operator]
         pass
-    _client_gone(writer, scope)
+    _client_gone(writer, entry)
 
 
-def _client_gone(writer: ResponseWriter, scope: trio.CancelScope) -> None:
+def _client_gone(writer: ResponseWriter, entry: InFlight) -> None:
     if writer.finished:
         return  # the server reporting the end of a whole response, not a client gone
     writer.gone = True
-    scope.cancel()
+    entry.scope.cancel()
 
 
 def _outcome_of(error: GatewayError | None) -> Outcome:
@@ -268,45 +276,44 @@ def _outcome_of(error: GatewayError | None) -> Outcome:
 
 
 async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> GatewayError | None:
-    """Try the attempts; return the error to report, if any. (One function, not a runner
-    around a loop: its frame is held by every relay waiting on its upstream.)"""
+    """Try the attempts, in the entry's scope (the caller's); return the error to report,
+    if any. (One function, not a runner around a loop: its frame is held by every relay
+    waiting on its upstream.)"""
     try:
-        with entry.scope:
-            # Picked here, not in the handler: between the pick and the first attempt taking
-            # its backend slot there is no checkpoint, so concurrent requests see each
-            # other's load.
-            attempts = exchange.pick_attempts()
-            if not attempts:
-                return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
-            deadline = (
-                entry.started_at + exchange.failover_deadline
-                if exchange.failover_deadline is not None
-                else math.inf
-            )
-            planned = attempts[: exchange.max_attempts]
-            error: GatewayError | None = None
-            for number, attempt in enumerate(planned):
-                if number and trio.current_time() >= deadline:
-                    break
-                record = _AttemptRecord(attempt, number, exchange, entry)
-                try:
-                    await _attempt(record.attempt, exchange, writer, entry)
-                    record.answered(writer.status)
-                except GatewayError as exc:
-                    error = exc
-                    last = number + 1 == len(planned) or trio.current_time() >= deadline
-                    if not record.failed(exc, writer.data_sent, last):
-                        return exc
-                    continue
-                finally:
-                    record.end()
-                return None
-            return error
+        # Picked here, not in the handler: between the pick and the first attempt taking
+        # its backend slot there is no checkpoint, so concurrent requests see each
+        # other's load.
+        attempts = exchange.pick_attempts()
+        if not attempts:
+            return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
+        deadline = (
+            entry.started_at + exchange.failover_deadline
+            if exchange.failover_deadline is not None
+            else math.inf
+        )
+        planned = attempts[: exchange.max_attempts]
+        error: GatewayError | None = None
+        for number, attempt in enumerate(planned):
+            if number and trio.current_time() >= deadline:
+                break
+            record = _AttemptRecord(attempt, number, exchange, entry)
+            try:
+                await _attempt(record.attempt, exchange, writer, entry)
+                record.answered(writer.status)
+            except GatewayError as exc:
+                error = exc
+                last = number + 1 == len(planned) or trio.current_time() >= deadline
+                if not record.failed(exc, writer.data_sent, last):
+                    return exc
+                continue
+            finally:
+                record.end()
+            return None
+        return error
     except Exception as exc:
         error = _as_gateway_error(exc, entry)
         # Nobody to tell, or nothing to: the client is gone, or has its whole response.
         return None if writer.gone or writer.finished else error
-    return None if writer.finished else entry.abort_error
 
 
 class _AttemptRecord:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from . import alarm
 from .dialects.base import StreamPipe
 from .inflight import InFlight
 from .locks import acquire
@@ -167,7 +168,7 @@ async def heartbeat(
     if commit is None:
         await writer.wait_started()
     while not writer.finished:  # after the end there is nothing to keep alive
-        await trio.sleep_until(clock.due_at)
+        await alarm.sleep_until(clock.due_at)
         try:
             written = await writer.write_if_silent(data, commit)
         except ClientGone:
