@@ -129,6 +129,7 @@ class _Connection:
             try:
                 if data:
                     parser.feed(data)
+                    data = None  # not held while the next bytes are awaited
                 else:
                     parser.eof()
             except HTTPError as exc:

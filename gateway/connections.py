@@ -155,6 +155,7 @@ class GatewayConnection(TCPServer):
                 await self.protocol.handle(RawData(data))
                 if not data:
                     break
+                del data  # not held while the next bytes are awaited
         if self._reading.cancelled_caught and self._raw.fileno() != -1:
             # Idle for its time, or idle at shutdown (not closed already by _close).
             with trio.CancelScope(shield=True):
