@@ -10,10 +10,10 @@ a list, and a parking lot made only when one of them has to wait (≈ 0.2 KiB in
 nobody waits, as for every relayed request: the gateway takes a request's body with
 :func:`receive_now` and hears of the client leaving from :mod:`gateway.http_stream`).
 
-:func:`install` makes hypercorn's connections spawn their apps with it. It relies on
-hypercorn internals (``TaskGroup._nursery``, ``task_group._handle``), which is why
-hypercorn is pinned; ``tests/test_app_queue.py`` (which serves an app through it) fails
-if they change.
+:class:`ConnectionTasks` spawns the apps of the gateway's connections with it. It relies
+on hypercorn internals (its ``TaskGroup`` interface, ``task_group._handle`` and its last
+``send(None)``), which is why hypercorn is pinned; ``tests/test_app_queue.py`` (which
+serves apps through it) fails if they change.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.typing import AppWrapper, ASGIReceiveCallable, ASGIReceiveEvent, ASGISendEvent
 
-__all__ = ["AppQueue", "GatewayTaskGroup", "install", "receive_now"]
+__all__ = ["AppQueue", "ConnectionTasks", "receive_now"]
 
 
 class AppQueue:
@@ -87,8 +86,23 @@ class AppQueue:
             self._lot.unpark_all()
 
 
-class GatewayTaskGroup(TaskGroup):
-    """hypercorn's task group for a connection, spawning each app with an :class:`AppQueue`."""
+class ConnectionTasks(TaskGroup):
+    """What hypercorn's protocol spawns for one connection — its apps, each with an
+    :class:`AppQueue`, and h2's and WebSocket's helpers — run in the server's ``nursery``,
+    not in a nursery of the connection's own: that one (its cancel scope and status, their
+    sets) is ≈ 1 KiB held by every open connection. Leaving the ``async with`` waits for
+    them to end, as leaving a nursery does, so they still end before their connection;
+    the server's graceful deadline cancels them with it.
+
+    Unlike a nursery's, an error leaving the ``async with`` does not cancel them: the
+    connection closes next, which tells them (``http.disconnect``) — and an error there
+    ends the whole server anyway, as it would through a nursery."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        super().__init__()
+        self._server_nursery = nursery
+        self._running = 0
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made for the wait at the end
 
     async def spawn_app(
         self,
@@ -98,18 +112,71 @@ class GatewayTaskGroup(TaskGroup):
         send: Callable[[ASGISendEvent | None], Awaitable[None]],
     ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
         queue = AppQueue(config.max_app_queue_size)
-        assert self._nursery is not None
-        self._nursery.start_soon(
+        self._running += 1
+        self._server_nursery.start_soon(
             _handle,
             app,
             config,
             scope,
             queue.receive,
-            send,
+            _LastSend(send, self),
             trio.to_thread.run_sync,
             trio.from_thread.run,
         )
         return queue.send
+
+    def spawn(self, func: Callable[..., Awaitable[object]], *args: Any) -> None:
+        self._running += 1
+        self._server_nursery.start_soon(self._counted, func, args)
+
+    async def _counted(self, func: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> None:
+        try:
+            await func(*args)
+        finally:
+            self.ended()
+
+    def ended(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._lot is not None:
+            self._lot.unpark_all()
+
+    async def __aenter__(self) -> ConnectionTasks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[0] is not None:
+            return
+        while self._running:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
+            await self._lot.park()
+
+
+class _LastSend:
+    """An app's send, which counts the app ended once hypercorn's last call of it
+    (``None``, from the ``finally`` of its ``_handle``; twice after an app error) is over
+    — without a frame of its own around the app for as long as it runs."""
+
+    __slots__ = ("_send", "_tasks")
+
+    def __init__(
+        self, send: Callable[[ASGISendEvent | None], Awaitable[None]], tasks: ConnectionTasks
+    ) -> None:
+        self._send = send
+        self._tasks: ConnectionTasks | None = tasks
+
+    def __call__(self, message: ASGISendEvent | None) -> Awaitable[None]:
+        tasks = self._tasks
+        if message is None and tasks is not None:
+            self._tasks = None
+            return self._last(tasks)
+        return self._send(message)
+
+    async def _last(self, tasks: ConnectionTasks) -> None:
+        try:
+            await self._send(None)
+        finally:
+            tasks.ended()
 
 
 def receive_now(receive: ASGIReceiveCallable) -> ASGIReceiveEvent | None:
@@ -122,8 +189,3 @@ def receive_now(receive: ASGIReceiveCallable) -> ASGIReceiveEvent | None:
         except trio.WouldBlock:
             return None
     return None
-
-
-def install() -> None:
-    """Make hypercorn's connections spawn their apps with :class:`GatewayTaskGroup`."""
-    hypercorn.trio.tcp_server.TaskGroup = GatewayTaskGroup  # type: ignore[attr-defined]

@@ -57,6 +57,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed as ClosedEvent
 from hypercorn.events import Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -68,10 +69,11 @@ from hypercorn.typing import (
     LifespanState,
     Scope,
 )
-from hypercorn.utils import repr_socket_addr
+from hypercorn.utils import parse_socket_addr, repr_socket_addr
 
-from . import app_queue, http_stream, ws_stream
+from . import http_stream, ws_stream
 from .accept_share import ACCEPT_PAUSE, ConnectionShares
+from .app_queue import ConnectionTasks
 from .locks import acquire
 
 __all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
@@ -94,13 +96,45 @@ class ConnectionTimers:
 class GatewayConnection(TCPServer):
     """One client connection (see the module docstring for what differs from hypercorn's)."""
 
-    def __init__(self, timers: ConnectionTimers, raw: socket.socket, *args: Any) -> None:
+    def __init__(
+        self, timers: ConnectionTimers, raw: socket.socket, tasks: trio.Nursery, *args: Any
+    ) -> None:
         super().__init__(*args)
         self.timers = timers
+        self._tasks = tasks  # where its apps run (ConnectionTasks)
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
         self._idle = _IdleTimer(self, self._reading)
         self.idle_task = self._idle  # type: ignore[assignment]  # hypercorn's name: arms it
+
+    async def run(self) -> None:
+        """hypercorn's, for a plain TCP connection, with what its protocol spawns in the
+        server's nursery (:class:`~gateway.app_queue.ConnectionTasks`)."""
+        sock = self._raw
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with ConnectionTasks(self._tasks) as tasks:
+                self._task_group = tasks
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    tasks,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                )
+                await self.protocol.initiate()
+                self._idle.arm()
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
@@ -339,7 +373,6 @@ async def serve_connections(
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
     """
     http_stream.install()  # the client's disconnect told at once (gateway.http_stream)
-    app_queue.install()  # each request's messages for its app in a small queue
     ws_stream.install()  # WebSocket ping frames for the app (gateway.ws_stream)
     asgi = _AppCall(app)
     state: LifespanState = {}
@@ -350,7 +383,7 @@ async def serve_connections(
 
     async def connection(stream: trio.SocketStream, raw: socket.socket) -> None:
         server = GatewayConnection(
-            timers, raw, asgi, config, context, ConnectionState(state.copy()), stream
+            timers, raw, connections, asgi, config, context, ConnectionState(state.copy()), stream
         )
         live.add(server)
         try:

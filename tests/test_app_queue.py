@@ -6,23 +6,67 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
-import hypercorn.trio.tcp_server
 import pytest
 import trio
 import trio.testing
+from hypercorn.config import Config
+from trio.testing import MockClock
 
-from gateway.app_queue import AppQueue, GatewayTaskGroup, install, receive_now
+from gateway.app_queue import AppQueue, ConnectionTasks, receive_now
 
 
 def part(body: bytes, more: bool = True) -> Any:
     return {"type": "http.request", "body": body, "more_body": more}
 
 
-def test_hypercorn_spawns_apps_with_the_gateways_task_group() -> None:
-    """The queue rides on hypercorn internals: serving installs it, and the pinned
-    hypercorn still makes each connection's task group by that name."""
-    install()
-    assert hypercorn.trio.tcp_server.TaskGroup is GatewayTaskGroup
+async def test_a_connection_waits_for_its_apps_and_helpers(autojump_clock: MockClock) -> None:
+    """Its apps run in the server's nursery; leaving the connection's tasks waits for each
+    to end — an app once its last send (hypercorn's ``send(None)``) is over — as leaving
+    a nursery of its own would."""
+    events: list[tuple[str, float]] = []
+    start = trio.current_time()
+
+    def note(what: str) -> None:
+        events.append((what, trio.current_time() - start))
+
+    async def send(message: Any) -> None:
+        if message is None:
+            await trio.sleep(1)  # hypercorn ending the stream: still part of the app
+            note("last send")
+
+    async def app(scope: Any, receive: Any, send: Any, *_: Any) -> None:
+        await trio.sleep(2)
+        note("app")
+
+    async def helper(seconds: float) -> None:
+        await trio.sleep(seconds)
+        note("helper")
+
+    async with trio.open_nursery() as server:
+        async with ConnectionTasks(server) as tasks:
+            await tasks.spawn_app(app, Config(), {"type": "http"}, send)
+            tasks.spawn(helper, 5)
+        note("connection")
+        async with ConnectionTasks(server):  # nothing spawned: leaves at once
+            pass
+        note("empty")
+    assert events == [("app", 2), ("last send", 3), ("helper", 5), ("connection", 5), ("empty", 5)]
+
+
+async def test_a_connection_leaving_with_an_error_does_not_wait(autojump_clock: MockClock) -> None:
+    async def app(*_: Any) -> None:
+        await trio.sleep(10)
+
+    async def send(message: Any) -> None:
+        pass
+
+    async with trio.open_nursery() as server:
+        with pytest.raises(OSError):
+            async with ConnectionTasks(server) as tasks:
+                await tasks.spawn_app(app, Config(), {"type": "http"}, send)
+                raise OSError("connection reset")
+        assert trio.current_time() == 0  # the app runs on, to be told of the close
+        server.cancel_scope.cancel()
 
 
 async def test_messages_come_out_in_order_and_sends_with_room_do_not_wait() -> None:
