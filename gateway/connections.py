@@ -34,12 +34,18 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
 - **A reader left parked.** A reader holding the bytes after a request waits to be let
   parse them; when the connection closes instead, it waited forever. Here closing the
   connection cancels its reader.
+- **No nursery of its own.** What the protocol spawns for a connection (its apps; h2's
+  and WebSocket's helpers) runs in the server's nursery, and the connection waits for it
+  before it ends (:class:`~gateway.app_queue.ConnectionTasks`): a nursery, its cancel
+  scope and their sets are ≈ 1 KiB that every open connection held. hypercorn's ASGI
+  wrapper is not used either: its frame, awaiting the app, was held by every request
+  for as long as it lasted; here the app's call is handed to hypercorn as it is.
 
 :func:`serve_connections` is hypercorn's trio ``serve`` for what the gateway uses (plain
 TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
-(``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``, ``send_lock``),
-which is why hypercorn is pinned to a minor version; ``tests/e2e/test_http_hardening.py``
-fails if they change.
+(``run``, ``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``,
+``send_lock``, ``ProtocolWrapper``'s arguments), which is why hypercorn is pinned to a
+minor version; ``tests/e2e/test_http_hardening.py`` fails if they change.
 """
 
 from __future__ import annotations
@@ -105,7 +111,8 @@ class GatewayConnection(TCPServer):
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
         self._idle = _IdleTimer(self, self._reading)
-        self.idle_task = self._idle  # type: ignore[assignment]  # hypercorn's name: arms it
+        # hypercorn's idle task (a lock, a task slot) is not used here: not kept either.
+        self.idle_task = self._idle  # type: ignore[assignment]
 
     async def run(self) -> None:
         """hypercorn's, for a plain TCP connection, with what its protocol spawns in the
@@ -251,10 +258,6 @@ class _IdleTimer:
         self._reading = reading
         self._heads_awaited = 0
         self.armed = False
-
-    async def restart(self, task_group: object, action: object) -> None:
-        """hypercorn's call as the connection starts: armed for the first head."""
-        self.arm()
 
     def arm(self) -> None:
         timers = self._connection.timers

@@ -19,8 +19,9 @@ Outcome = Literal[
 @dataclass(eq=False, slots=True)
 class InFlight:
     """One relayed request, and the record of how it went (for metrics, the access log and
-    the status page). ``scope`` wraps its upstream exchange; :meth:`abort` cancels it and
-    leaves ``abort_error`` for the relay to report to the client. Times are trio's clock."""
+    the status page). ``scope`` wraps its exchange (the relay makes it its nursery's, so
+    that the tasks beside the exchange end with it); :meth:`abort` cancels it and leaves
+    ``abort_error`` for the relay to report to the client. Times are trio's clock."""
 
     request_id: str
     route: str

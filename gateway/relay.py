@@ -342,11 +342,8 @@ class _AttemptRecord:
 
     def failed(self, exc: GatewayError, data_sent: bool, last: bool) -> bool:
         """Note the failure; whether the next target may be tried."""
-        upstream, exchange, telemetry = (
-            self.attempt.upstream,
-            self.exchange,
-            self.exchange.telemetry,
-        )
+        upstream, exchange = self.attempt.upstream, self.exchange
+        telemetry = exchange.telemetry
         if self.span is not None:
             self.span.failed(exc)
         # One attempt, one entry: one that failed after its headers went out was noted "ok"
