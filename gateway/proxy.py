@@ -41,6 +41,7 @@ from .errors import (
     ModelNotFound,
     ShuttingDown,
 )
+from .exchange import Attempt, Exchange
 from .http_stream import DISCONNECT_EXTENSION, Disconnect
 from .inbound import (
     RELAYED,
@@ -50,7 +51,7 @@ from .inbound import (
 )
 from .inflight import InFlight
 from .plans import plan_request
-from .relay import Attempt, Exchange, relay
+from .relay import relay
 from .responses.conversation import Conversation
 from .routing import apply_policy
 from .service import Gateway

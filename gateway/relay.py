@@ -12,19 +12,15 @@ new attempt starts after ``failover_deadline``. A failure may move on to the nex
 while no upstream data event has reached the client — heartbeats and upstream comments do
 not count — so tokens are never duplicated or reordered.
 
+How one attempt's answer is copied to the client, and how its end is read:
+:mod:`gateway.answer`.
+
 Cancellation: the gateway's server tells the relay at once when the client goes
 (:class:`~gateway.http_stream.Disconnect`; under another ASGI server a task in the nursery
 waits in ``receive()`` for it), which cancels the exchange; leaving the backend's
 ``open_response`` context (or the admission queue) then closes the upstream request.
 Shutdown aborts an exchange through its :class:`~gateway.inflight.InFlight` entry
 instead, and the client is told why.
-
-The end: the upstream's terminal event (``[DONE]``) goes to the client together with the
-end of the response, at once, whatever the upstream does next; nothing after it is
-relayed, no heartbeat or error event follows it. Only then does the relay read what is
-left of the upstream's body (normally just the end of its chunked encoding), for at most
-:data:`END_GRACE` seconds: a body read to its end lets the connection go back to the
-backend's pool, and an upstream that holds its connection open past that has it closed.
 """
 
 from __future__ import annotations
@@ -32,37 +28,28 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 
 import trio
 
-from .abc import JSONObject, UpstreamRequest, UpstreamResponse
+from .answer import relay_stream, relay_unary
 from .balancer import counts_against_backend, is_retryable
-from .config import KeepaliveSettings
-from .dialects.base import Dialect, Shape, Tokens
-from .dialects.chat import CHAT, ChatPassthrough
 from .errors import (
     GatewayError,
     NoBackendAvailable,
     Overloaded,
     ShuttingDown,
     UpstreamError,
-    UpstreamProtocolError,
-    UpstreamResponseTooLarge,
     UpstreamTimeout,
 )
+from .exchange import Attempt, Exchange
 from .http_stream import Disconnect
-from .inflight import InFlight, InFlightTable, Outcome
-from .service import Upstream
-from .telemetry import Telemetry
-from .timers import HeartbeatClock, UpstreamClock
-from .tracing import RequestTrace
+from .inflight import InFlight, Outcome
+from .timers import HeartbeatClock
 from .writer import (
     ClientGone,
-    Headers,
     ResponseWriter,
     heartbeat,
     json_headers,
@@ -70,69 +57,6 @@ from .writer import (
 )
 
 log = logging.getLogger("gateway.relay")
-
-# An upstream that sends this much without ending an event is not speaking SSE.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
-
-ATTEMPTS_HEADER = b"x-gateway-attempts"
-
-# Seconds an upstream gets, once its terminal event is relayed and the client's response has
-# ended, to end its body so that its connection can be reused. Upstreams write that end
-# right after the terminal event, so it is normally there at once; the wait holds no client.
-END_GRACE = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One target to try: the request its backend gets, and how its answer reaches the
-    client (passed through, or translated to the client's dialect). ``open`` stands in for
-    the backend's ``open_response`` where the gateway makes the answer from another call
-    (a token count from :meth:`~gateway.abc.Backend.count_tokens`). ``admitted``: the
-    attempt takes one of the backend's slots (waiting in its queue for one); a token count
-    does not — it generates nothing, and a client asks for one before it sends its turn."""
-
-    upstream: Upstream
-    request: UpstreamRequest
-    shape: Shape = field(default_factory=ChatPassthrough)
-    open: Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]] | None = None
-    admitted: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """Everything the relay needs for one request, decided by the handler."""
-
-    pick_attempts: Callable[[], Sequence[Attempt]]
-    request_id: str
-    stream: bool
-    route: str
-    keepalive: KeepaliveSettings
-    inflight: InFlightTable
-    endpoint: str = ""
-    model: str = ""  # as the client asked
-    max_attempts: int = 1
-    failover_deadline: float | None = None
-    extra_headers: Headers = ()
-    telemetry: Telemetry | None = None
-    team: str = ""
-    key_id: str = ""
-    dialect: Dialect = CHAT
-    keep: Callable[[JSONObject], Awaitable[None]] | None = None
-    """Called with the whole answer before its end reaches the client, for dialects that
-    keep answers (stored Responses): a client that asks for it next finds it."""
-    on_begin: Callable[[InFlight], None] | None = None
-    """Called with the relay's entry as it begins (a WebSocket counts its pings there)."""
-    on_finish: Callable[[InFlight], None] | None = None
-    """Called last, once, however the relay ends: the handler frees what the request held
-    (its team admission, its route's backends)."""
-    connection: str = ""  # the WebSocket it came on, for the access log
-    trace: RequestTrace | None = None  # with tracing on: the request's span
-    log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """Headers for the client, with the attempts made so far."""
-        attempts = [(ATTEMPTS_HEADER, ", ".join(self.log).encode())] if self.log else []
-        return [*self.extra_headers, *attempts]
 
 
 async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
@@ -404,9 +328,9 @@ async def _attempt(
             started = trio.current_time()
             try:
                 if exchange.stream:
-                    await _relay_stream(attempt, exchange, writer, entry)
+                    await relay_stream(attempt, exchange, writer, entry)
                 else:
-                    await _relay_unary(attempt, exchange, writer, entry)
+                    await relay_unary(attempt, exchange, writer, entry)
             finally:
                 entry.upstream_seconds += trio.current_time() - started
     finally:
@@ -469,14 +393,6 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
     writer.write_last(body)
 
 
-def _timeout_error(clock: UpstreamClock) -> UpstreamTimeout:
-    name = clock.expired()
-    return UpstreamTimeout(
-        f"upstream timed out: no {'byte' if name != 'total' else 'completion'} within the "
-        f"{name} limit of {clock.limit(name):g} s"
-    )
-
-
 def _heartbeat(writer: ResponseWriter, exchange: Exchange, stream: bool) -> Callable[[], bytes]:
     """What a heartbeat writes: for a stream, the relayed stream's own heartbeat when it
     has one now, else the dialect's; for a whole answer, JSON whitespace."""
@@ -490,129 +406,3 @@ def _heartbeat(writer: ResponseWriter, exchange: Exchange, stream: bool) -> Call
         return own if own is not None else default
 
     return beat
-
-
-def _open(attempt: Attempt) -> AbstractAsyncContextManager[UpstreamResponse]:
-    if attempt.open is not None:
-        return attempt.open(attempt.request)
-    return attempt.upstream.backend.open_response(attempt.request)
-
-
-async def _relay_stream(
-    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
-) -> None:
-    backend = attempt.upstream.backend
-    clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
-    pipe = attempt.shape.stream()
-    try:
-        with trio.CancelScope(deadline=clock.deadline) as timer:
-            async with _open(attempt) as response:
-                _check_content_type(response, "text/event-stream")
-                writer.pipe = pipe
-                entry.phase = "prefill"
-                exchange.log.append(f"{attempt.upstream.id}=ok")
-                await writer.start(200, sse_headers(exchange.headers()))
-                async for chunk in response.body:
-                    _heard_upstream(clock, timer, entry)
-                    fed = pipe.feed(chunk)
-                    if fed.data and not writer.data_sent:
-                        writer.data_sent = True
-                        entry.phase = "streaming"
-                        entry.first_token_at = trio.current_time()
-                    if fed.end:
-                        # The terminal event and the end of the response, as one message.
-                        entry.phase = "finishing"
-                        if exchange.keep is not None and pipe.result is not None:
-                            await exchange.keep(pipe.result)
-                        writer.write_last(fed.out)
-                        await writer.end()
-                        timer.deadline = math.inf  # upstream timers guard a relay that is over
-                        await _read_to_end(response.body)
-                        return
-                    if fed.out:
-                        await writer.write(fed.out)
-                    if pipe.pending_bytes > MAX_EVENT_BYTES:
-                        raise UpstreamProtocolError(
-                            f"upstream sent {pipe.pending_bytes} bytes without ending an SSE event"
-                        )
-    finally:
-        _take_tokens(entry, pipe.tokens)
-    if timer.cancelled_caught:
-        raise _timeout_error(clock)
-    if pipe.pending:
-        raise UpstreamProtocolError("upstream closed the stream in the middle of an event")
-    raise UpstreamProtocolError(pipe.unfinished)
-
-
-async def _read_to_end(body: AsyncIterator[bytes]) -> None:
-    """Read and drop what the upstream sends after its terminal event, until its body ends
-    or :data:`END_GRACE` is over. The client's response has ended already; an upstream
-    error now costs only the connection, which the backend then closes."""
-    with trio.move_on_after(END_GRACE):
-        try:
-            async for _ in body:
-                pass
-        except UpstreamError:
-            pass
-
-
-async def _relay_unary(
-    attempt: Attempt, exchange: Exchange, writer: ResponseWriter, entry: InFlight
-) -> None:
-    backend = attempt.upstream.backend
-    clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
-    parts: list[bytes] = []
-    size, cap = 0, backend.settings.max_response_bytes
-    with trio.CancelScope(deadline=clock.deadline) as timer:
-        async with _open(attempt) as response:
-            entry.phase = "prefill"
-            async for chunk in response.body:
-                _heard_upstream(clock, timer, entry)
-                size += len(chunk)
-                if size > cap:  # leaving the context closes the upstream request
-                    raise UpstreamResponseTooLarge(
-                        f"backend {backend.id} answered with more than {cap} bytes "
-                        f"(its max_response_bytes); ask for less, or stream"
-                    )
-                parts.append(chunk)
-            status, content_type = response.status, response.content_type
-    if timer.cancelled_caught:
-        raise _timeout_error(clock)
-    tokens = Tokens()
-    body = attempt.shape.whole(b"".join(parts), tokens)
-    _take_tokens(entry, tokens)
-    if exchange.keep is not None and attempt.shape.result is not None:
-        await exchange.keep(attempt.shape.result)
-    writer.data_sent = True
-    exchange.log.append(f"{attempt.upstream.id}=ok")
-    headers = json_headers(exchange.headers(), content_type)
-    if await writer.start(status, [*headers, (b"content-length", str(len(body)).encode())]):
-        writer.write_last(body)
-    else:  # heartbeats committed the headers: whitespace went out ahead of the body
-        await writer.write(body)
-
-
-def _take_tokens(entry: InFlight, tokens: Tokens) -> None:
-    """Note the token counts (and the model) an attempt's answer reported."""
-    if tokens.prompt is not None:
-        entry.prompt_tokens = tokens.prompt
-    if tokens.completion is not None:
-        entry.completion_tokens = tokens.completion
-    if tokens.model is not None:
-        entry.response_model = tokens.model
-
-
-def _heard_upstream(clock: UpstreamClock, timer: trio.CancelScope, entry: InFlight) -> None:
-    """Upstream bytes arrived: restart the idle timer, note the first byte."""
-    now = trio.current_time()
-    clock.note_bytes(now)
-    timer.deadline = clock.deadline
-    if entry.first_byte_at is None:
-        entry.first_byte_at = now
-
-
-def _check_content_type(response: UpstreamResponse, expected: str) -> None:
-    if not response.content_type.lower().startswith(expected):
-        raise UpstreamProtocolError(
-            f"upstream answered a streaming request with {response.content_type!r}, not {expected}"
-        )

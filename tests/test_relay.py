@@ -14,8 +14,9 @@ from gateway.admission import BackendSlots
 from gateway.balancer import Breaker
 from gateway.config import KeepaliveSettings
 from gateway.errors import UpstreamTimeout
+from gateway.exchange import Attempt, Exchange
 from gateway.inflight import InFlightTable
-from gateway.relay import Attempt, Exchange, relay
+from gateway.relay import relay
 from gateway.service import Upstream
 from gateway.testing.fake_openai import FakeOpenAI
 

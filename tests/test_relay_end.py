@@ -12,8 +12,9 @@ import trio
 from trio.testing import MockClock
 
 from gateway.abc import Timeouts, UpstreamProtocolError
+from gateway.answer import END_GRACE
 from gateway.errors import ShuttingDown
-from gateway.relay import END_GRACE, relay
+from gateway.relay import relay
 
 from .test_relay_states import (
     DONE,
