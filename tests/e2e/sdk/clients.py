@@ -15,13 +15,16 @@ except ImportError:  # pragma: no cover
     import httpx as sdk_http  # type: ignore[no-redef]
 
 # openai's AsyncStream stops at [DONE] without closing its inner async generators
-# (AsyncStream.__stream__ leaves _iter_events suspended). asyncio finalizes them silently;
-# trio finalizes them too, but warns. It happens against any server, the fake included.
-# Test modules ignore exactly that warning: ``pytestmark = SDK_ASYNCGEN_WARNINGS``. (The
-# gateway's own upstream client is httpx: with httpx2 under the SDK, its leaks still fail.)
+# (AsyncStream.__stream__ leaves _iter_events suspended), and anthropic's — the same
+# generated code — leaves them so when an error event makes it raise mid-stream. asyncio
+# finalizes them silently; trio finalizes them too, but warns, whenever the garbage
+# collector gets to them (so a test failed on it only now and then). It happens against
+# any server, the fake included. Test modules ignore exactly that warning: ``pytestmark =
+# SDK_ASYNCGEN_WARNINGS``. (The gateway's own async generators are not matched: their
+# leaks still fail.)
 _CORE = sdk_http.__name__.replace("httpx", "httpcore")
 SDK_ASYNCGEN_WARNINGS = pytest.mark.filterwarnings(
-    rf"ignore:Async generator '(openai|{sdk_http.__name__}|{_CORE})\.:ResourceWarning"
+    rf"ignore:Async generator '(openai|anthropic|{sdk_http.__name__}|{_CORE})\.:ResourceWarning"
 )
 
 
