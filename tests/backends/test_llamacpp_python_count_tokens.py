@@ -222,17 +222,20 @@ async def test_a_count_does_not_wait_for_a_generation(start_local: StartLocal) -
         gw.client() as client,
         client.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
+        # The count is made with the events' reader still open: closed, it would leave the
+        # HTTP client's own readers to the garbage collector, whose finalizing one closes
+        # the connection — and the gateway then stops the generation, whenever that is.
         async with aclosing(sse_events(response)) as events:
             async for event in events:
                 if (chunk := event_json(event)) is not None and chunk["choices"][0]["delta"].get(
                     "content"
                 ):
                     break
-        job = engine.current
-        assert job is not None
-        with trio.fail_after(10):
-            count = await gw.backend.count_tokens(_chat(CHATS[2]))
-        assert engine.current is job and job.finished_at is None  # still generating
+            job = engine.current
+            assert job is not None
+            with trio.fail_after(10):
+                count = await gw.backend.count_tokens(_chat(CHATS[2]))
+            assert engine.current is job and job.finished_at is None  # still generating
     assert count == await _reported(gw, CHATS[2], stream=False)
 
 
