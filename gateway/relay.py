@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 
@@ -318,7 +319,7 @@ async def _attempt(
         entry.phase = "queued"
         queued_at = trio.current_time()
 
-    hold = attempt.upstream.slots.hold(on_wait=queued) if attempt.admitted else _UNADMITTED
+    hold = attempt.upstream.slots.hold(on_wait=queued) if attempt.admitted else nullcontext()
     try:
         async with hold:
             if queued_at is not None:
@@ -336,19 +337,6 @@ async def _attempt(
     finally:
         if queued_at is not None:  # left the queue without a slot
             entry.queue_seconds += trio.current_time() - queued_at
-
-
-class _Unadmitted:
-    """The hold of an attempt that takes no backend slot."""
-
-    async def __aenter__(self) -> None:
-        pass
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        pass
-
-
-_UNADMITTED = _Unadmitted()
 
 
 def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
