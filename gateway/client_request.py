@@ -16,7 +16,7 @@ from .dialects.base import Dialect
 from .http_stream import Disconnect
 from .inbound import request_ids
 from .inflight import InFlight
-from .responses.conversation import LastResponse
+from .responses.conversation import SocketLane
 from .teams import Identity
 
 Serve = Callable[[ASGISendCallable, Disconnect | ASGIReceiveCallable | None], Awaitable[None]]
@@ -89,13 +89,13 @@ class OnBegin(Protocol):
 @dataclass(frozen=True, slots=True)
 class SocketTurn:
     """What differs for a response asked for on a WebSocket (:mod:`gateway.websocket`):
-    the socket's id for the access log, its last response (which the next turn may
-    continue without the store), and a hook that gets the relay's entry when it begins,
+    the socket's id for the access log, the turn's lane of the socket's memory (what it may
+    continue without the store, where its answer is remembered), and a hook that gets the relay's entry when it begins,
     with its route's heartbeat interval: heartbeats are the socket's ping frames, at that
     interval, counted on the entry; the relay writes none."""
 
     connection_id: str
-    last: LastResponse
+    lane: SocketLane
     on_begin: OnBegin
     generate: bool = True
     """``False``: a warm-up (``generate: false``): the turn is checked, routed, authorized

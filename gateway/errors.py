@@ -85,6 +85,14 @@ class CannotCountTokens(InvalidRequest):
     code = "count_tokens_unsupported"
 
 
+class PreviousResponseNotFound(InvalidRequest):
+    """A Responses request continues (``previous_response_id``) a response that cannot be
+    found: OpenAI's own code for it, on which clients (Codex, the SDKs' WebSocket helpers)
+    resend the whole conversation instead."""
+
+    code = "previous_response_not_found"
+
+
 class AmbiguousFraming(InvalidRequest):
     """The request names its body's length twice (``Content-Length`` and
     ``Transfer-Encoding``): RFC 9112 §6.1 says reject it and close, since whatever follows

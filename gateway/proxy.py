@@ -170,7 +170,7 @@ class ProxyApp:
         ):
             body, hide_usage = ask_for_usage(body)
         team = identity.team if identity is not None else ""
-        conversation = Conversation(gateway.responses, team, socket.last if socket else None)
+        conversation = Conversation(gateway.responses, team, socket.lane if socket else None)
         responses = request.endpoint in ("responses", "responses/input_tokens")
         history = await conversation.history(body) if responses else []
         keep = conversation.keeper(body, history) if request.endpoint == "responses" else None

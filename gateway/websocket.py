@@ -7,8 +7,8 @@ same path as ``POST /v1/responses`` with ``stream: true`` — authorized, limite
 planned, admitted and relayed on its own (:meth:`gateway.proxy.ProxyApp.prepare`), with
 the same events, one JSON text frame each. Turns run one at a time, in arrival order; an
 error is an ``error`` event (``{"type": "error", "status", "error": {...}}``) and the
-socket stays open for the next turn. A turn may continue the socket's last response by
-its id without the store, ``store: false`` included.
+socket stays open for the next turn. A turn may continue the last response of any of the
+socket's lanes (``stream_id``) by its id without the store, ``store: false`` included.
 
 The socket's nursery holds three tasks for its lifetime:
 
@@ -60,7 +60,7 @@ from .errors import (
 from .inbound import endpoint_label, request_ids
 from .inflight import InFlight
 from .locks import acquire
-from .responses.conversation import LastResponse
+from .responses.conversation import SocketResponses
 from .service import Gateway
 from .teams import Identity
 from .telemetry import write_access_log
@@ -178,7 +178,7 @@ class _Socket:
         self.identity = identity
         self.id = "ws_" + uuid.uuid4().hex
         self.started = trio.current_time()
-        self.last = LastResponse()
+        self.responses = SocketResponses()
         self.clock = PingClock(FIRST_INTERVAL, self.started)
         self.pings = PING_EXTENSION in (scope.get("extensions") or {})
         self.gone = False  # the client closed, or stopped answering pings
@@ -263,9 +263,9 @@ class _Socket:
             body, envelope = create_body(text)
             if self.gateway.draining:
                 raise ShuttingDown("the gateway is shutting down")
-            serve = await self.endpoint.prepare(
-                request, body, SocketTurn(self.id, self.last, self._begin, envelope.generate)
-            )
+            lane = self.responses.lane(envelope.stream_id)
+            turn = SocketTurn(self.id, lane, self._begin, envelope.generate)
+            serve = await self.endpoint.prepare(request, body, turn)
         except GatewayError as error:
             await self._answer_error(request, error, stream_id_of(text))
             return
@@ -344,7 +344,7 @@ class _Socket:
                         "wait for a response before sending more"
                     )
                     request = ClientRequest("responses", "GET", self.path, self.headers)
-                    await self._answer_error(request, error)
+                    await self._answer_error(request, error, stream_id_of(text))
                     continue
                 self._queue_in.send_nowait(text)
             elif kind == PONG:

@@ -23,6 +23,8 @@ from gateway.dialects.anthropic_request import (
     messages_to_chat,
     validate_messages,
 )
+from gateway.dialects.base import Tokens
+from gateway.dialects.messages import MessagesFromChat
 from gateway.errors import InvalidRequest, UpstreamProtocolError
 
 PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
@@ -1135,6 +1137,17 @@ def test_text_is_utf8_and_a_lone_surrogate_is_escaped() -> None:
     events = stream.feed(chunk({"content": "half \ud83d"}))
     assert events[-1].endswith(b'"text":"half \\ud83d"}}\n\n')
     assert json.loads(events[-1].split(b"data: ")[1])["delta"]["text"] == "half \ud83d"
+
+
+def test_a_whole_answer_with_a_lone_surrogate_is_escaped() -> None:
+    # An answer cut inside a surrogate pair, as an upstream escapes it, cannot be UTF-8.
+    answer = (
+        b'{"id":"c","object":"chat.completion","model":"up","choices":[{"index":0,'
+        b'"message":{"role":"assistant","content":"cut \\ud83d"},"finish_reason":"length"}]}'
+    )
+    body = MessagesFromChat("msg_1", "m").whole(answer, Tokens())
+    assert b'"text":"cut \\ud83d"' in body
+    assert json.loads(body)["content"] == [{"type": "text", "text": "cut \ud83d"}]
 
 
 # --- the anthropic SDK reads what the gateway writes --------------------------------------

@@ -93,7 +93,7 @@ def feed_all(pipe: StreamPipe, pieces: list[bytes]) -> list[Fed]:
         (Overloaded("full"), 503, 529, "overloaded_error"),
         (NoBackendAvailable("down"), 503, 529, "overloaded_error"),
         (UpstreamConnectError("refused"), 502, 502, "api_error"),
-        (UpstreamTimeout("slow"), 504, 504, "api_error"),
+        (UpstreamTimeout("slow"), 504, 504, "timeout_error"),
         (UpstreamStatusError(400, "upstream says no"), 400, 400, "invalid_request_error"),
         (UpstreamStatusError(529, "busy", type="overloaded_error"), 529, 529, "overloaded_error"),
         (UpstreamStatusError(422, "odd"), 422, 422, "invalid_request_error"),

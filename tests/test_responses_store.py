@@ -145,6 +145,16 @@ async def test_put_get_delete(tmp_path: Path) -> None:
         assert (s.failed_puts, s.oversized_puts) == (0, 0)
 
 
+async def test_a_lone_surrogate_is_stored_and_read_back(tmp_path: Path) -> None:
+    # A model's answer cut inside a surrogate pair (as an upstream escapes it) cannot be
+    # UTF-8: the record is written with ASCII escapes, and reads back the same.
+    async with open_sqlite_response_store(tmp_path / "r.sqlite", ttl=DAY, max_bytes=1 << 20) as s:
+        cut = stored(text="half \ud83d")
+        assert await s.put(cut) is True
+        assert await s.get("alpha", "resp_1") == cut
+        assert (s.failed_puts, s.oversized_puts) == (0, 0)
+
+
 async def test_another_teams_id_is_not_found(tmp_path: Path) -> None:
     async with open_sqlite_response_store(tmp_path / "r.sqlite", ttl=DAY, max_bytes=1 << 20) as s:
         await s.put(stored(team="alpha", text="alpha's"))

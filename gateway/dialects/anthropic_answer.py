@@ -31,6 +31,7 @@ from typing import Literal
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
+from .base import utf8_json
 from .chat import count, first_choices
 
 __all__ = ["ChatToMessagesStream", "chat_to_message", "new_tool_use_id"]
@@ -174,16 +175,9 @@ def chat_to_message(
 
 
 def _event(doc: JSONObject) -> bytes:
-    """One SSE event of Anthropic's: its ``type`` as the event name, ``doc`` as compact JSON.
-
-    UTF-8 as Anthropic writes it; a string holding a lone surrogate (a detokenizer's split
-    character) cannot be UTF-8, and is written with ASCII escapes instead."""
-    head = f"event: {doc['type']}\ndata: ".encode()
-    try:
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        data = json.dumps(doc, separators=(",", ":")).encode()
-    return head + data + b"\n\n"
+    """One SSE event of Anthropic's: its ``type`` as the event name, ``doc`` as compact JSON
+    (:func:`~gateway.dialects.base.utf8_json`)."""
+    return f"event: {doc['type']}\ndata: ".encode() + utf8_json(doc) + b"\n\n"
 
 
 _Kind = Literal["thinking", "text", "tool_use"]

@@ -10,6 +10,7 @@ response ends with it, nothing after it is relayed). Sans-I/O: no trio, no socke
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,9 +19,20 @@ from ..config import KeepaliveSettings
 from ..errors import GatewayError
 from ..sse import SSEFramer
 
-__all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens", "Unchanged"]
+__all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens", "Unchanged", "utf8_json"]
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+def utf8_json(doc: object) -> bytes:
+    """``doc`` as compact JSON in UTF-8, as the APIs write their answers. A string holding a
+    lone surrogate (a detokenizer's cut character, relayed as the upstream escaped it)
+    cannot be UTF-8: such a document is written with ASCII escapes instead, which every
+    JSON reader takes."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 @dataclass(slots=True)

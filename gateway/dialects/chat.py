@@ -11,7 +11,7 @@ from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
 from ..usage import parse_usage, usage_of
-from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
 
 __all__ = [
     "CHAT",
@@ -214,8 +214,8 @@ def chat_answer(body: bytes, tokens: Tokens) -> JSONObject:
 
 
 def translated_body(doc: JSONObject) -> bytes:
-    """A translated whole answer as its body: compact JSON, UTF-8."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    """A translated whole answer as its body (:func:`~gateway.dialects.base.utf8_json`)."""
+    return utf8_json(doc)
 
 
 def _chunk(text: str) -> JSONObject:

@@ -38,10 +38,11 @@ _TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
-ERROR_TYPES = frozenset(_TYPES.values()) | {"timeout_error"}
-_STATUS_OF_TYPE = {kind: status for status, kind in _TYPES.items()} | {"timeout_error": 504}
+ERROR_TYPES = frozenset(_TYPES.values())
+_STATUS_OF_TYPE = {kind: status for status, kind in _TYPES.items()}
 
 # OpenAI's rate-limit header → Anthropic's.
 _LIMIT_NAMES = {

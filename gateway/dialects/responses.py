@@ -27,7 +27,7 @@ from ..errors import (
     error_json,
 )
 from ..sse import SSEEvent
-from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import ChatToResponsesStream, chat_to_response
 
@@ -53,13 +53,7 @@ _READ = TERMINAL | _OPENING | {"error", "response.failed"}
 
 
 def _event(doc: JSONObject) -> bytes:
-    return (
-        b"event: "
-        + str(doc["type"]).encode()
-        + b"\ndata: "
-        + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        + b"\n\n"
-    )
+    return b"event: " + str(doc["type"]).encode() + b"\ndata: " + utf8_json(doc) + b"\n\n"
 
 
 def error_code(error: GatewayError) -> str:

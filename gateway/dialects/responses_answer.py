@@ -39,6 +39,7 @@ from typing import Literal
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
+from .base import utf8_json
 from .chat import count, first_choices
 from .responses_request import CUSTOM_TOOL_ARGUMENT, custom_tool_names, new_call_id, new_item_id
 
@@ -381,14 +382,9 @@ def chat_to_response(
 
 
 def _encode(doc: JSONObject) -> bytes:
-    """One SSE event: ``doc['type']`` as the event name, ``doc`` as compact JSON (UTF-8; a
-    string holding a lone surrogate cannot be UTF-8, and is written with ASCII escapes)."""
-    head = f"event: {doc['type']}\ndata: ".encode()
-    try:
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        data = json.dumps(doc, separators=(",", ":")).encode()
-    return head + data + b"\n\n"
+    """One SSE event: ``doc['type']`` as the event name, ``doc`` as compact JSON
+    (:func:`~gateway.dialects.base.utf8_json`)."""
+    return f"event: {doc['type']}\ndata: ".encode() + utf8_json(doc) + b"\n\n"
 
 
 _Kind = Literal["reasoning", "message", "function_call", "custom_tool_call"]

@@ -1,9 +1,10 @@
 """Where a Responses request's earlier turns come from, and where its answer goes.
 
 Over HTTP: ``previous_response_id`` names a response the team stored, and an answer is
-stored unless the request says ``store: false``. On a WebSocket the socket also keeps its
-last response in memory (:class:`LastResponse`): the next turn may continue it without
-the store, ``store: false`` included, as the official API allows on one connection.
+stored unless the request says ``store: false``. On a WebSocket the socket also keeps the
+last response of each of its lanes in memory (:class:`SocketResponses`): a later turn may
+continue one without the store, ``store: false`` included, as the official API allows on
+one connection — the same lane's next turn, or another lane's (a fork).
 """
 
 from __future__ import annotations
@@ -14,28 +15,66 @@ from dataclasses import dataclass
 
 from ..abc import JSONObject
 from ..dialects.responses_request import input_items
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, PreviousResponseNotFound
 from .store import ResponseStore, StoredResponse
 
+MAX_LANES = 16
+"""Lanes whose last response a socket keeps; past it, the lane whose last response is the
+oldest is forgotten (the official SDKs' WebSocket helpers open 8 lanes by default)."""
 
-@dataclass(slots=True)
-class LastResponse:
-    """A WebSocket's last response: its id, and the conversation up to and including it."""
 
-    id: str = ""
-    items: tuple[JSONObject, ...] = ()
+class SocketResponses:
+    """What a WebSocket remembers: for each lane (a turn's ``stream_id``; ``None`` is the
+    default lane) its last response's id and the conversation up to and including it. A
+    lane's next response replaces its last; a turn on any lane may continue any lane's
+    last response (a fork reads another lane's)."""
+
+    __slots__ = ("_lanes",)
+
+    def __init__(self) -> None:
+        self._lanes: dict[str | None, tuple[str, tuple[JSONObject, ...]]] = {}
+
+    def lane(self, stream_id: str | None) -> SocketLane:
+        return SocketLane(self, stream_id)
+
+    def find(self, response_id: str) -> tuple[JSONObject, ...] | None:
+        """The conversation up to the response ``response_id``, if it is a lane's last."""
+        for kept_id, items in self._lanes.values():
+            if kept_id == response_id:
+                return items
+        return None
+
+    def keep(self, stream_id: str | None, response_id: str, items: tuple[JSONObject, ...]) -> None:
+        self._lanes.pop(stream_id, None)  # to the end: the most recent
+        self._lanes[stream_id] = (response_id, items)
+        if len(self._lanes) > MAX_LANES:
+            del self._lanes[next(iter(self._lanes))]
+
+
+@dataclass(frozen=True, slots=True)
+class SocketLane:
+    """One turn's view of its socket's memory: what it may continue, where its answer goes."""
+
+    responses: SocketResponses
+    stream_id: str | None
+
+    def find(self, response_id: str) -> tuple[JSONObject, ...] | None:
+        return self.responses.find(response_id)
+
+    def keep(self, response_id: str, items: tuple[JSONObject, ...]) -> None:
+        self.responses.keep(self.stream_id, response_id, items)
 
 
 class Conversation:
     """One Responses request's view of its team's stored responses (and of its socket's
-    last response, on a WebSocket)."""
+    lanes, on a WebSocket)."""
 
-    __slots__ = ("last", "store", "team")
+    __slots__ = ("lane", "store", "team")
 
-    def __init__(self, store: ResponseStore, team: str, last: LastResponse | None = None) -> None:
+    def __init__(self, store: ResponseStore, team: str, lane: SocketLane | None = None) -> None:
         self.store = store
         self.team = team
-        self.last = last
+        self.lane = lane
 
     async def history(self, body: JSONObject) -> list[JSONObject]:
         """The items of the conversation before this request, when it continues an
@@ -48,11 +87,12 @@ class Conversation:
             raise InvalidRequest(
                 "previous_response_id must be a string", param="previous_response_id"
             )
-        if self.last is not None and self.last.id == previous:
-            return list(self.last.items)
+        kept = self.lane.find(previous) if self.lane is not None else None
+        if kept is not None:
+            return list(kept)
         stored = await self.store.get(self.team, previous)
         if stored is None:
-            raise InvalidRequest(
+            raise PreviousResponseNotFound(
                 f"Previous response with id '{previous}' not found.",
                 param="previous_response_id",
             )
@@ -62,9 +102,9 @@ class Conversation:
         self, body: JSONObject, history: list[JSONObject]
     ) -> Callable[[JSONObject], Awaitable[None]] | None:
         """What to do with the whole answer before its end reaches the client: store it
-        (unless ``store: false``), and on a socket remember it as the last response."""
+        (unless ``store: false``), and on a socket remember it as its lane's last."""
         store = body.get("store") is not False
-        if not store and self.last is None:
+        if not store and self.lane is None:
             return None
         inputs = input_items(body)
 
@@ -72,9 +112,8 @@ class Conversation:
             response_id, created = response.get("id"), response.get("created_at")
             if not isinstance(response_id, str):
                 return  # nothing to find it by
-            if self.last is not None:
-                self.last.id = response_id
-                self.last.items = (*history, *inputs, *_output(response))
+            if self.lane is not None:
+                self.lane.keep(response_id, (*history, *inputs, *_output(response)))
             if store:
                 await self.store.put(
                     StoredResponse(

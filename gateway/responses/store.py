@@ -27,6 +27,7 @@ from typing import Protocol
 import trio
 
 from ..abc import JSONObject
+from ..dialects.base import utf8_json
 from ..errors import GatewayError
 
 __all__ = [
@@ -107,7 +108,7 @@ def encode(stored: StoredResponse, expires_at: float) -> bytes:
         "history": stored.history,
         "response": stored.response,
     }
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return utf8_json(doc)
 
 
 def decode(data: bytes) -> tuple[StoredResponse, float]:

@@ -106,6 +106,7 @@ async def test_previous_response_id_sends_the_whole_conversation(
     assert said == ["Hi", "tok0 tok1 ", "And?", "tok0 tok1 tok2 ", "More"]
     assert unknown.status_code == 400
     assert unknown.json()["error"]["param"] == "previous_response_id"
+    assert unknown.json()["error"]["code"] == "previous_response_not_found"
     assert missing.status_code == 404
 
 

@@ -19,6 +19,7 @@ from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from gateway.testing.ws_client import Rejected, WSClient
+from gateway.websocket import MAX_QUEUED
 from gateway.ws_stream import GatewayWSStream, install
 from tests.conftest import RunningGateway, StartGateway, serve_config
 
@@ -108,6 +109,7 @@ async def test_store_false_turns_chain_on_the_socket_without_the_store(
     assert "previous_response_id" not in sent[1]
     assert error["type"] == "error" and error["status"] == 400
     assert error["error"]["param"] == "previous_response_id"
+    assert error["error"]["code"] == "previous_response_not_found"
     assert third[-1]["type"] == "response.completed"
     assert len(sent[2]["input"]) == 5  # three of the chain, the new one, and the output
     async with gw.client() as client:  # store: false kept nothing in the store
@@ -377,6 +379,64 @@ async def test_the_envelope_stays_on_the_socket_stream_id_comes_back_on_every_ev
     assert background["status"] == 400 and background["error"]["param"] == "background"
     [sent] = fake.requests  # what the upstream got carries nothing of the envelope
     assert "stream_id" not in sent.body and "generate" not in sent.body
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_each_lane_keeps_its_last_response_and_a_fork_reads_another_lanes(
+    start_gateway, fake: FakeOpenAI, mode: str
+) -> None:
+    """As the official SDKs' WebSocket helpers use lanes: each lane continues its own last
+    response, another lane may fork from it, all without the store (``store: false``)."""
+    _, ws = await serve_and_connect(start_gateway, backend=MODES[mode])
+
+    async def turn(lane: str | None, previous: str | None, said: str) -> dict[str, Any]:
+        create = {**CREATE, "input": said, "store": False, "fake": {"tokens": 1}}
+        if lane is not None:
+            create["stream_id"] = lane
+        if previous is not None:
+            create["previous_response_id"] = previous
+        await ws.send_json(create)
+        events: list[dict[str, Any]] = await ws.events_until_end()
+        return events[-1]
+
+    a1 = (await turn("a", None, "A1"))["response"]["id"]
+    b1 = (await turn("b", None, "B1"))["response"]["id"]
+    a2 = await turn("a", a1, "A2")  # lane b's turn came between
+    fork = await turn("c", b1, "C1")  # forks lane b's last
+    b2 = await turn("b", b1, "B2")  # lane b goes on from the same response
+    stale = await turn(None, a1, "A1 again")  # no lane's last any more: a2 replaced it
+    await ws.close()
+    assert [e["type"] for e in (a2, fork, b2)] == ["response.completed"] * 3
+    assert stale["type"] == "error" and stale["status"] == 400
+    assert stale["error"]["code"] == "previous_response_not_found"
+
+    def said(n: int) -> list[str]:
+        body = fake.requests[n].body
+        if mode == "native":
+            return [i["content"][0]["text"] for i in body["input"] if i.get("role") == "user"]
+        return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+    assert said(2) == ["A1", "A2"]
+    assert said(3) == ["B1", "C1"]
+    assert said(4) == ["B1", "B2"]
+    assert len(fake.requests) == 5
+
+
+async def test_turns_past_the_queue_are_refused_on_their_own_lane(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    _, ws = await serve_and_connect(start_gateway)
+    await ws.send_json({**CREATE, "fake": {"prefill": 0.5, "tokens": 1}})  # runs
+    for _ in range(MAX_QUEUED + 2):  # 16 wait; two more find the queue full
+        await ws.send_json({**CREATE, "stream_id": "busy", "fake": {"tokens": 1}})
+    refused = [await ws.receive_json() for _ in range(2)]
+    answers = [await ws.events_until_end() for _ in range(MAX_QUEUED + 1)]
+    await ws.close()
+    for error in refused:
+        assert error["type"] == "error" and error["status"] == 503
+        assert error["stream_id"] == "busy" and error["error"]["code"] == "overloaded"
+    assert all(events[-1]["type"] == "response.completed" for events in answers)
+    assert len(fake.requests) == MAX_QUEUED + 1
 
 
 async def test_a_warm_up_answers_without_a_backend_and_the_next_turn_continues_it(
