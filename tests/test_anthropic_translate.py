@@ -1021,6 +1021,29 @@ def test_tool_calls_without_an_index_are_told_apart_by_id() -> None:
     ]
 
 
+def test_parallel_tool_calls_that_all_say_index_0_are_told_apart_by_id() -> None:
+    # As Ollama and SGLang stream parallel calls: every one at index 0, each its own id; a
+    # call's later pieces repeat its id, or carry none.
+    events = run_stream(
+        [
+            chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f"}}]}),
+            chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"arguments": "{}"}}]}),
+            chunk({"tool_calls": [{"index": 0, "id": "c2", "function": {"name": "g"}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":1}'}}]}),
+        ]
+    )
+    starts = [e[1]["content_block"] for e in events if e[0] == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("c1", "f"), ("c2", "g")]
+    assert names(events)[1:7] == [
+        "start 0 tool_use",
+        "delta 0 input_json_delta",
+        "stop 0",
+        "start 1 tool_use",
+        "delta 1 input_json_delta",
+        "stop 1",
+    ]
+
+
 def test_one_chunk_with_two_tool_calls() -> None:
     events = run_stream(
         [

@@ -1530,6 +1530,23 @@ def test_calls_without_an_index_are_told_apart_by_id() -> None:
     ]
 
 
+def test_parallel_calls_that_all_say_index_0_are_told_apart_by_id() -> None:
+    # As Ollama and SGLang stream parallel calls: every one at index 0, each its own id; a
+    # call's later pieces repeat its id, or carry none.
+    chunks = [
+        chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f"}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "c2", "function": {"name": "g"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":1}'}}]}),
+    ]
+    raw, stream = run_stream(chunks)
+    check(raw, stream.response)
+    assert [(i["call_id"], i["name"], i["arguments"]) for i in stream.response["output"]] == [
+        ("c1", "f", "{}"),
+        ("c2", "g", '{"a":1}'),
+    ]
+
+
 def test_one_chunk_with_two_calls_and_the_legacy_function_call() -> None:
     two = chunk(
         {

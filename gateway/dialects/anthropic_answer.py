@@ -213,6 +213,7 @@ class ChatToMessagesStream:
         self._blocks = 0  # blocks opened so far; the open one is self._blocks - 1
         self._open: _Kind | None = None
         self._tool_key: JSONValue = None  # the upstream's index (or id) of the open tool call
+        self._tool_id = ""  # the id the upstream gave the open tool call, if it did
         self._pending_tool: tuple[str, list[str]] | None = None  # id and pieces, no name yet
         self._has_tools = False
         self._finish_reason: JSONValue = None
@@ -243,6 +244,7 @@ class ChatToMessagesStream:
             raise UpstreamProtocolError("upstream sent a tool call without a name")
         self._open = None
         self._tool_key = None
+        self._tool_id = ""
         return [_event({"type": "content_block_stop", "index": self._blocks - 1})]
 
     def _next_block(self, kind: _Kind) -> list[bytes]:
@@ -282,23 +284,31 @@ class ChatToMessagesStream:
 
     def _tool_call(self, call: JSONObject) -> list[bytes]:
         given = call.get("id")
+        given_id = given if isinstance(given, str) and given else ""
         key = call.get("index")
         if not isinstance(key, int):  # no index: a new id is a new call
-            key = given if isinstance(given, str) and given else self._tool_key
+            key = given_id or self._tool_key
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
         out: list[bytes] = []
-        if self._open != "tool_use" or key != self._tool_key:
+        if (
+            self._open != "tool_use"
+            or key != self._tool_key
+            # Some servers (Ollama, SGLang) give every parallel call index 0: another id.
+            or (given_id and self._tool_id and given_id != self._tool_id)
+        ):
             out = self._next_block("tool_use")  # started once its name is known
             self._tool_key = key
-            self._pending_tool = (given if isinstance(given, str) and given else "", [])
+            self._tool_id = given_id
+            self._pending_tool = (given_id, [])
         name = function.get("name")
         arguments = function.get("arguments")
         piece = arguments if isinstance(arguments, str) else ""
         if self._pending_tool is None:
             return out + ([self._arguments(piece)] if piece else [])
-        if isinstance(given, str) and given:
-            self._pending_tool = (given, self._pending_tool[1])
+        if given_id:
+            self._tool_id = given_id
+            self._pending_tool = (given_id, self._pending_tool[1])
         if piece:
             self._pending_tool[1].append(piece)
         if isinstance(name, str) and name:

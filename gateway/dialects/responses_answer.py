@@ -670,6 +670,8 @@ class ChatToResponsesStream:
             item is None
             or item.kind not in ("function_call", "custom_tool_call")
             or key != item.key
+            # Some servers (Ollama, SGLang) give every parallel call index 0: another id.
+            or (given_id and item.call_id and given_id != item.call_id)
         ):
             out, item = self._next("function_call")  # its kind is known with its name
             item.key = key
