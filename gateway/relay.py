@@ -373,7 +373,9 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
             return
         pipe = writer.pipe
         event = pipe.error_event(error) if pipe is not None else None
-        await writer.write(event if event is not None else dialect.error_event(error))
+        if event is None:
+            event = dialect.error_event(error, exchange.model)
+        await writer.write(event)
         return
     body = dialect.error_json(error)
     head = dialect.error_head(error, body, time.time())

@@ -157,8 +157,9 @@ class Dialect(abc.ABC):
         """The body of a whole error answer."""
 
     @abc.abstractmethod
-    def error_event(self, error: GatewayError) -> bytes:
-        """The SSE event that ends a stream whose headers were sent, with ``error``."""
+    def error_event(self, error: GatewayError, model: str = "") -> bytes:
+        """The SSE event that ends a stream whose headers were sent, with ``error``, when no
+        attempt's stream has a say (none began); ``model``: the one the client asked for."""
 
     @abc.abstractmethod
     def heartbeat(self, policy: KeepaliveSettings) -> bytes:

@@ -41,7 +41,7 @@ class ChatDialect(Dialect):
     def error_json(self, error: GatewayError) -> bytes:
         return error_json(error)
 
-    def error_event(self, error: GatewayError) -> bytes:
+    def error_event(self, error: GatewayError, model: str = "") -> bytes:
         return error_event(error)
 
     def heartbeat(self, policy: KeepaliveSettings) -> bytes:
@@ -144,6 +144,11 @@ class FromChatStream(StreamPipe):
     def opened(self) -> bool:
         """Some of the answer reached the client (nothing is held back any more)."""
         return self._held is None
+
+    def release_held(self) -> bytes:
+        """What is held back, taken out of the hold (all of it, once)."""
+        held, self._held = self._held or [], None
+        return b"".join(held)
 
     def releases(self, held: list[bytes]) -> bool:
         """Whether ``held`` (not ending the stream) may go out now: by default, as soon

@@ -95,7 +95,7 @@ class MessagesDialect(Dialect):
     def error_json(self, error: GatewayError) -> bytes:
         return json.dumps(self.error_document(error)).encode()
 
-    def error_event(self, error: GatewayError) -> bytes:
+    def error_event(self, error: GatewayError, model: str = "") -> bytes:
         return b"event: error\ndata: " + self.error_json(error) + b"\n\n"
 
     def heartbeat(self, policy: KeepaliveSettings) -> bytes:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -57,8 +59,11 @@ def _event(doc: JSONObject) -> bytes:
 
 
 def error_code(error: GatewayError) -> str:
-    """The ``code`` of a Responses error object for ``error``, among the codes OpenAI's
-    SDKs know (the detail is in the message)."""
+    """The ``code`` of a Responses error object for ``error``: the upstream's own when it
+    gave one (``context_length_exceeded``: clients act on it), else one of the codes
+    OpenAI's SDKs know (the detail is in the message)."""
+    if isinstance(error, UpstreamStatusError) and error.code:
+        return error.code
     if error.status == 429:
         return "rate_limit_exceeded"
     return "server_error" if error.status >= 500 else "invalid_prompt"
@@ -73,16 +78,28 @@ class ResponsesDialect(Dialect):
     def error_json(self, error: GatewayError) -> bytes:
         return error_json(error)
 
-    def error_event(self, error: GatewayError) -> bytes:
-        # Nothing of the response is out (no response.created): the stream's own error event.
-        return _event(
-            {
-                "type": "error",
-                "code": error_code(error),
-                "message": error.message,
-                "param": error.param,
-                "sequence_number": 0,
-            }
+    def error_event(self, error: GatewayError, model: str = "") -> bytes:
+        # Nothing of the response is out, nor known (queued, connecting, or the upstream
+        # failed first): a response of the gateway's is created and failed, since the SDKs'
+        # stream helpers take nothing before response.created.
+        response: JSONObject = {
+            "id": "resp_" + secrets.token_hex(16),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "model": model,
+            "output": [],
+            "error": None,
+            "incomplete_details": None,
+        }
+        return _event({"type": "response.created", "response": response, "sequence_number": 0}) + (
+            _event(
+                {
+                    "type": "response.failed",
+                    "response": _failed(response, error),
+                    "sequence_number": 1,
+                }
+            )
         )
 
     def heartbeat(self, policy: KeepaliveSettings) -> bytes:
@@ -98,8 +115,17 @@ class ResponsesSocketDialect(ResponsesDialect):
     carries the HTTP status it stands for (``{"type": "error", "status", "error": {...}}``,
     as the official SDKs' WebSocket event models read it)."""
 
-    def error_event(self, error: GatewayError) -> bytes:
+    def error_event(self, error: GatewayError, model: str = "") -> bytes:
         return _event(socket_error(error))
+
+
+def _failed(response: JSONObject, error: GatewayError) -> JSONObject:
+    """``response`` failed with ``error``."""
+    return {
+        **response,
+        "status": "failed",
+        "error": {"code": error_code(error), "message": error.message},
+    }
 
 
 def warm_up_stream(response: JSONObject) -> bytes:
@@ -244,19 +270,30 @@ class _NativeStream(StreamPipe):
         return _event({"type": "keepalive", "sequence_number": self._last})
 
     def error_event(self, error: GatewayError) -> bytes | None:
-        if self._held is not None or self._opened is None:
-            return None
+        if self._opened is None:
+            if self._held is not None:
+                return None  # nothing out, nothing known: the dialect's own
+            # Output went out without a response.created: no response to fail.
+            self._last += 1
+            return _event(
+                {
+                    "type": "error",
+                    "code": error_code(error),
+                    "message": error.message,
+                    "param": error.param,
+                    "sequence_number": self._last,
+                }
+            )
+        # What was held back goes out first (response.created, the upstream's own), then
+        # its failure.
+        held, self._held = self._held or [], None
         if self._tail is not None:
             with contextlib.suppress(UpstreamProtocolError):  # unreadable: no number to follow
                 self._renumbered(self._tail, self._parse(self._tail))
             self._tail = None
         self._last += 1
-        failed: JSONObject = {
-            **self._opened,
-            "status": "failed",
-            "error": {"code": error_code(error), "message": error.message},
-        }
-        return _event(
+        failed = _failed(self._opened, error)
+        return b"".join(held) + _event(
             {"type": "response.failed", "response": failed, "sequence_number": self._last}
         )
 
@@ -305,9 +342,10 @@ class _TranslatedStream(FromChatStream):
         return self.translator.keepalive()
 
     def error_event(self, error: GatewayError) -> bytes | None:
-        if not self.opened:
-            return None
-        return b"".join(self.translator.failed(error_code(error), error.message))
+        # What was held back (response.created, response.in_progress) goes out first.
+        return self.release_held() + b"".join(
+            self.translator.failed(error_code(error), error.message)
+        )
 
     @property
     def result(self) -> JSONObject | None:

@@ -123,6 +123,70 @@ async def test_keepalive_events_only_after_created_and_numbered(start_gateway) -
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
+def _sse(doc: dict[str, Any]) -> str:
+    return f"event: {doc['type']}\ndata: {json.dumps(doc)}\n\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_failure_before_any_output_is_a_created_then_failed_response(
+    start_gateway, mode: str
+) -> None:
+    """The headers are out (committed early) and the upstream fails before the response's
+    first output: the client gets response.created — the SDKs' stream helpers take nothing
+    before it — and then response.failed, with the upstream's own error code."""
+    gw = await start_gateway(backend=MODES[mode], keepalive={"interval": 0.2})
+    if mode == "native":
+        opened = {"id": "resp_up", "object": "response", "status": "in_progress", "output": []}
+        chunks = [
+            _sse({"type": "response.created", "response": opened, "sequence_number": 0}),
+            _sse({"type": "response.in_progress", "response": opened, "sequence_number": 1}),
+            _sse(
+                {
+                    "type": "response.failed",
+                    "response": {
+                        **opened,
+                        "status": "failed",
+                        "error": {"code": "context_length_exceeded", "message": "too long"},
+                    },
+                    "sequence_number": 2,
+                }
+            ),
+        ]
+    else:
+        chunks = ['data: {"error": {"message": "too long"}}\n\n']
+    body = {**ASK, "stream": True, "fake": {"prefill": 0.5, "chunks": chunks}}
+    async with gw.client() as client:
+        resp = await client.post("/v1/responses", json=body)
+    events = events_of(resp.content)
+    assert resp.status_code == 200 and comments_of(resp.content) >= 1  # committed early
+    kinds = [e["type"] for e in events]
+    assert kinds == ["response.created", "response.in_progress", "response.failed"]
+    assert [e["sequence_number"] for e in events] == [0, 1, 2]
+    failed = events[-1]["response"]
+    assert failed["id"] == events[0]["response"]["id"] and failed["status"] == "failed"
+    code = "context_length_exceeded" if mode == "native" else "server_error"
+    assert failed["error"]["code"] == code and "too long" in failed["error"]["message"]
+
+
+async def test_a_failure_before_any_upstream_answer_is_a_created_then_failed_response(
+    start_gateway,
+) -> None:
+    """No attempt got an answer (the upstream's 503 came after the headers were committed):
+    a response of the gateway's, for the model asked, is created and failed."""
+    gw = await start_gateway(keepalive={"interval": 0.2})
+    body = {**ASK, "stream": True, "fake": {"headers_delay": 0.5, "status": 503}}
+    async with gw.client() as client:
+        resp = await client.post("/v1/responses", json=body)
+    events = events_of(resp.content)
+    assert resp.status_code == 200
+    assert [e["type"] for e in events] == ["response.created", "response.failed"]
+    assert [e["sequence_number"] for e in events] == [0, 1]
+    created, failed = events[0]["response"], events[1]["response"]
+    assert created["model"] == failed["model"] == "m" and created["id"] == failed["id"]
+    assert created["id"].startswith("resp_")
+    assert failed["error"]["code"] == "fake_error"  # the upstream's own code, kept
+
+
 @pytest.mark.parametrize("fault", ["reset_mid_stream", "no_done"])
 @pytest.mark.parametrize("mode", MODES)
 async def test_mid_stream_failure_is_response_failed(start_gateway, mode: str, fault: str) -> None:

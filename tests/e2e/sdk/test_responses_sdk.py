@@ -360,6 +360,36 @@ async def _stream_through(
             nursery.start_soon(one, entry)
 
 
+@pytest.mark.parametrize("script", ["no_answer", "fails_first"])
+async def test_a_stream_that_fails_before_any_output_is_a_failed_response(
+    start_gateway, script: str
+) -> None:
+    """The headers are out (committed by a heartbeat) when the stream fails, before any
+    output: the SDK sees a response created and failed — its stream helper too, which takes
+    nothing before ``response.created`` — not an error it cannot place."""
+    fake = (
+        {"headers_delay": 0.5, "status": 503}
+        if script == "no_answer"
+        else {"prefill": 0.5, "chunks": ['data: {"error": {"message": "too long"}}\n\n']}
+    )
+    gw = await start_gateway(keepalive={"interval": INTERVAL})
+    sdk = client(gw.url + "/v1")
+    stream = await sdk.responses.create(
+        model="m", input="Hi", stream=True, extra_body={"fake": fake}
+    )
+    seen = [event.type async for event in stream]
+    helper_seen: list[str] = []
+    async with sdk.responses.stream(model="m", input="Hi", extra_body={"fake": fake}) as helper:
+        async for event in helper:
+            helper_seen.append(event.type)
+            if event.type == "response.failed":
+                assert event.response.status == "failed"
+                assert event.response.error is not None and event.response.model == "m"
+    await sdk.close()
+    assert seen[0] == helper_seen[0] == "response.created"
+    assert seen[-1] == helper_seen[-1] == "response.failed"
+
+
 @pytest.mark.parametrize("heartbeat", ["comment", "event"])
 async def test_silence_longer_than_the_read_timeout(
     start_gateway, fake: FakeOpenAI, heartbeat: str
