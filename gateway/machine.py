@@ -13,7 +13,11 @@ worker's request; replies carry it back):
   such requests in flight, at most every :data:`~gateway.control.LOAD_INTERVAL`, and the
   parent adds them up.
 - ``collect`` (what) → ``reports``: the parent asks every worker to ``report`` it (their
-  metrics, their streams) and answers with all the replies.
+  metrics, their streams) and answers with all the replies. For ``metrics`` it keeps each
+  worker's last report: one that does not answer in time is counted as it last reported,
+  and the counters of those that are gone stay in every later scrape as one more report,
+  ``worker="retired"`` (:func:`~gateway.metrics_merge.add_cumulative`), so the merged
+  counters never go down.
 - ``ready``: the worker is listening.
 - The parent sends ``load`` (each backend's machine-wide in-flight and queued counts)
   when a worker connects, and whenever they changed, at most every
@@ -21,6 +25,15 @@ worker's request; replies carry it back):
 
 A worker that dies gives back everything it held: its slots at once, its open streams'
 places in their teams' windows.
+
+Holds join their backend's queue in the order the parent reads them: it reads the next
+message only once the hold before has its slot, its place in the queue or its refusal.
+
+A hold carries its worker's admission settings, and workers may disagree for a while: a
+reload reaches them one by one, a restarted worker may read a file edited since the others
+loaded it. The parent keeps slots for each settings value a hold brings, and drops them once
+nobody holds or waits for them: requests under the same settings share one limit and queue,
+and while workers disagree the backend takes at most the sum of their limits.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from .abc import AdmissionSettings
 from .admission import BackendSlots
 from .control import LOAD_INTERVAL, Channel, Message
 from .errors import Overloaded
+from .metrics_merge import add_cumulative
 from .teams.limits import Limits, LocalWindows
 
 __all__ = ["COLLECT_TIMEOUT", "Machine"]
@@ -44,9 +58,11 @@ log = logging.getLogger("gateway.workers")
 
 COLLECT_TIMEOUT = 2.0  # seconds a worker has to report
 
+_METRICS = "metrics"  # the collect whose last reports the parent keeps
+
 
 class _Peer:
-    __slots__ = ("channel", "counts", "holds", "reports", "streams", "worker")
+    __slots__ = ("channel", "counts", "holds", "metrics", "reports", "streams", "worker")
 
     def __init__(self, worker: int, channel: Channel) -> None:
         self.worker = worker
@@ -54,7 +70,8 @@ class _Peer:
         self.streams: dict[str, str] = {}  # open stream tickets: id -> team
         self.holds: dict[int, trio.CancelScope] = {}
         self.counts: dict[str, int] = {}  # its requests in flight to unlimited backends
-        self.reports: dict[int, trio.MemorySendChannel[Any]] = {}
+        self.reports: dict[int, tuple[str, trio.MemorySendChannel[Any]]] = {}  # n -> what
+        self.metrics: str | None = None  # its last metrics report
 
 
 class Machine:
@@ -69,11 +86,12 @@ class Machine:
         self.windows = LocalWindows()
         self.reporters = reporters or {}
         self.on_ready = on_ready
-        self._slots: dict[str, tuple[list[Any], BackendSlots]] = {}
+        self._slots: dict[str, dict[tuple[Any, ...], BackendSlots]] = {}  # by settings
         self._peers: dict[int, _Peer] = {}
         self._changed: set[str] = set()
         self._change = trio.Event()
         self._asks = 0
+        self._retired = ""  # the counters of the workers that are gone, as they last said
 
     async def broadcast_loads(self) -> None:
         """Send changed loads to every worker, at most every :data:`LOAD_INTERVAL`; runs
@@ -91,8 +109,9 @@ class Machine:
         """Each backend's machine-wide ``[in_flight, queued]``."""
         loads = {}
         for backend in backends:
-            entry = self._slots.get(backend)
-            in_flight, queued = (entry[1].in_flight, entry[1].queued) if entry else (0, 0)
+            kept = self._slots.get(backend, {}).values()
+            in_flight = sum(slots.in_flight for slots in kept)
+            queued = sum(slots.queued for slots in kept)
             in_flight += sum(peer.counts.get(backend, 0) for peer in self._peers.values())
             loads[backend] = [in_flight, queued]
         return loads
@@ -109,7 +128,7 @@ class Machine:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run_writer)
                 async for message in channel:
-                    self._handle(peer, message, nursery)
+                    await self._handle(peer, message, nursery)
                 nursery.cancel_scope.cancel()  # the holds, the writer
         finally:
             if self._peers.get(worker) is peer:
@@ -118,10 +137,14 @@ class Machine:
                 self.windows.release_stream(team)
             for backend in peer.counts:
                 self._changed_load(backend)
-            for reply in peer.reports.values():
+            # Before its collects are told it is gone (below): each then counts it once,
+            # in the retired total.
+            if peer.metrics is not None:
+                self._retired = add_cumulative(self._retired, peer.metrics)
+            for _, reply in peer.reports.values():
                 reply.close()
 
-    def _handle(self, peer: _Peer, m: Message, nursery: trio.Nursery) -> None:
+    async def _handle(self, peer: _Peer, m: Message, nursery: trio.Nursery) -> None:
         op = m["op"]
         if op == "admit":
             self._admit(peer, m)
@@ -135,9 +158,10 @@ class Machine:
                 self._changed_load(backend)
             peer.counts = m["counts"]
         elif op == "hold":
-            # The scope exists before the task: a release that comes first cancels it.
+            # Tasks started together run in no set order: the next message waits until
+            # this hold has taken its place, so those read at once join in arrival order.
             hold = peer.holds[m["n"]] = trio.CancelScope()
-            nursery.start_soon(self._hold, peer, m, hold)
+            await nursery.start(self._hold, peer, m, hold)
         elif op == "release":
             held = peer.holds.pop(m["n"], None)
             if held is not None:
@@ -148,8 +172,11 @@ class Machine:
         elif op == "collect":
             nursery.start_soon(self._collect, peer, m)
         elif op == "reported":
-            reply = peer.reports.pop(m["n"], None)
-            if reply is not None:
+            asked = peer.reports.pop(m["n"], None)
+            if asked is not None:
+                what, reply = asked
+                if what == _METRICS:  # here, not in _collect: in the order they were made
+                    peer.metrics = m["body"]
                 reply.send_nowait(m["body"])
         else:
             log.warning("worker %d sent an unknown message: %r", peer.worker, op)
@@ -171,10 +198,11 @@ class Machine:
         )
 
     def _slots_for(self, backend: str, admission: list[Any]) -> BackendSlots:
-        """The backend's slots; new ones when a reload changed its admission settings (the
-        requests holding the old ones finish under them)."""
-        entry = self._slots.get(backend)
-        if entry is None or entry[0] != admission:
+        """The backend's slots under ``admission``, as the module says; :meth:`_drop_idle`
+        once done with them."""
+        kept = self._slots.setdefault(backend, {})
+        slots = kept.get(key := tuple(admission))
+        if slots is None:
             max_concurrency, max_queue, queue_timeout, status = admission
             settings = AdmissionSettings(
                 max_concurrency=max_concurrency,
@@ -182,27 +210,57 @@ class Machine:
                 queue_timeout=queue_timeout,
                 queue_full_status=status,
             )
-            entry = self._slots[backend] = (admission, BackendSlots(backend, settings))
-        return entry[1]
+            slots = kept[key] = BackendSlots(backend, settings)
+        return slots
+
+    def _drop_idle(self, backend: str, admission: list[Any]) -> None:
+        """Forget the backend's slots under ``admission`` if nobody holds or waits for them:
+        new ones, for the next hold under those settings, are the same."""
+        kept = self._slots.get(backend, {})
+        slots = kept.get(key := tuple(admission))
+        if slots is not None and slots.in_flight == slots.queued == 0:
+            del kept[key]
+            if not kept:
+                del self._slots[backend]
 
     def _changed_load(self, backend: str) -> None:
         self._changed.add(backend)
         self._change.set()
 
-    async def _hold(self, peer: _Peer, m: Message, scope: trio.CancelScope) -> None:
+    async def _hold(
+        self,
+        peer: _Peer,
+        m: Message,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold a slot for ``m`` until ``scope`` is cancelled (its release). Started once it
+        has its slot, its place in the queue or its refusal."""
         n, backend = m["n"], m["backend"]
         slots = self._slots_for(backend, m["admission"])
         send = peer.channel.send
+        placed = False
+
+        def place() -> None:
+            nonlocal placed
+            if not placed:
+                placed = True
+                task_status.started()
 
         def queued() -> None:
             send({"n": n, "queued": True})
             self._changed_load(backend)
+            # BackendSlots parks the waiter with no checkpoint after this call: it is in
+            # line before the reader runs again.
+            place()
 
         with scope:
             try:
                 async with slots.hold(on_wait=queued):
                     self._changed_load(backend)
                     send({"n": n, "granted": True})
+                    place()
                     await trio.sleep_forever()
             except Overloaded as refused:
                 send(
@@ -215,22 +273,26 @@ class Machine:
                 )
             finally:
                 self._changed_load(backend)
+                self._drop_idle(backend, m["admission"])
         peer.holds.pop(n, None)
+        place()  # refused, or cancelled with its worker before it had a place
 
     async def _collect(self, peer: _Peer, m: Message) -> None:
         """Ask every worker for a report of ``m["what"]``; answer with the replies that
-        came within :data:`COLLECT_TIMEOUT` (a stuck worker does not stall the scrape)."""
+        came within :data:`COLLECT_TIMEOUT` (a stuck worker does not stall the scrape).
+        Metrics as the module says: a worker still connected but late counts with its last
+        report, and the workers that are gone with the retired total."""
         what = m["what"]
         reports: list[dict[str, Any]] = []
         own = self.reporters.get(what)
         if own is not None:
             reports.append({"worker": "parent", "body": own()})
         asked: list[tuple[_Peer, int]] = []
-        bodies: dict[int, Any] = {}
+        bodies: dict[_Peer, Any] = {}
 
-        async def wait(worker: int, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        async def wait(other: _Peer, receive: trio.MemoryReceiveChannel[Any]) -> None:
             with contextlib.suppress(trio.EndOfChannel):  # that worker went away
-                bodies[worker] = await receive.receive()
+                bodies[other] = await receive.receive()
 
         # All at once: one stuck worker must not cost the replies of those asked after it.
         with trio.move_on_after(COLLECT_TIMEOUT):
@@ -238,12 +300,17 @@ class Machine:
                 for other in list(self._peers.values()):
                     self._asks += 1
                     send, receive = trio.open_memory_channel[Any](1)
-                    other.reports[self._asks] = send
+                    other.reports[self._asks] = what, send
                     other.channel.send({"op": "report", "n": self._asks, "what": what})
                     asked.append((other, self._asks))
-                    nursery.start_soon(wait, other.worker, receive)
+                    nursery.start_soon(wait, other, receive)
         for other, n in asked:
             other.reports.pop(n, None)  # a late reply finds nobody waiting
-            if other.worker in bodies:
-                reports.append({"worker": other.worker, "body": bodies[other.worker]})
+            if other in bodies:
+                reports.append({"worker": other.worker, "body": bodies[other]})
+            elif what == _METRICS and other.metrics and self._peers.get(other.worker) is other:
+                # Late, it counts as it last reported; gone, it is in the retired total.
+                reports.append({"worker": other.worker, "body": other.metrics})
+        if what == _METRICS and self._retired:
+            reports.append({"worker": "retired", "body": self._retired})
         peer.channel.send({"n": m["n"], "reports": reports})

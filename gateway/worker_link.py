@@ -138,31 +138,38 @@ class ParentState:
     async def admit(
         self, team: str, limits: Limits, *, id: str, stream: bool
     ) -> tuple[Decision, Ticket | None]:
-        reply = await self._link.ask(
-            {
-                "op": "admit",
-                "team": team,
-                "limits": [
-                    limits.requests_per_minute,
-                    limits.tokens_per_minute,
-                    limits.concurrent_streams,
-                ],
-                "id": id,
-                "stream": stream,
-            }
-        )
+        """As :meth:`gateway.teams.state.StateBackend.admit`. Cancelled (or failing) before
+        the parent's reply, it holds nothing: a stream the parent admitted meanwhile is
+        finished at once, with no tokens."""
+        message = {
+            "op": "admit",
+            "team": team,
+            "limits": [
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                limits.concurrent_streams,
+            ],
+            "id": id,
+            "stream": stream,
+        }
+        reply: Message | None = None
+        try:
+            reply = await self._link.ask(message)
+        finally:
+            if reply is None and stream:
+                # The parent reads this after the admit (one ordered line), and ignores it
+                # for a stream it refused. Dropped when the line is gone, but then the
+                # parent gives back all this worker held anyway.
+                self._finish(team, id, stream, 0)
         decision = Decision(reply["exceeded"], reply["retry_after"], reply["headers"])
         return decision, Ticket(self, team, id, stream) if decision.allowed else None
 
     def finish(self, ticket: Ticket, tokens: int) -> None:
+        self._finish(ticket.team, ticket.id, ticket.stream, tokens)
+
+    def _finish(self, team: str, id: str, stream: bool, tokens: int) -> None:
         self._link.send(
-            {
-                "op": "finish",
-                "team": ticket.team,
-                "id": ticket.id,
-                "stream": ticket.stream,
-                "tokens": tokens,
-            }
+            {"op": "finish", "team": team, "id": id, "stream": stream, "tokens": tokens}
         )
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 import pytest
 import trio
 import trio.testing
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from trio.testing import MockClock
 
 from gateway.abc import AdmissionSettings
 from gateway.control import Channel, Message
 from gateway.errors import Overloaded, ShuttingDown
 from gateway.machine import COLLECT_TIMEOUT, Machine
+from gateway.metrics_merge import merge_expositions
 from gateway.teams.limits import Decision, Limits
 from gateway.teams.state import LocalState, Ticket
 from gateway.worker_link import ParentLink, ParentState, SharedSlots
@@ -120,6 +123,49 @@ class Requests:
 def answer(body: object) -> Callable[[], object]:
     """A reporter that answers ``body``."""
     return lambda: body
+
+
+class Metrics:
+    """One worker's registry, and its ``metrics`` report as prometheus_client writes it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests", "Requests answered.", registry=self.registry)
+        self.first_byte = Histogram(
+            "gateway_first_byte_seconds",
+            "Time to the first byte.",
+            buckets=(0.1, 1.0),
+            registry=self.registry,
+        )
+        self.streams = Gauge("gateway_streams_active", "Streams open now.", registry=self.registry)
+
+    def report(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(link: ParentLink) -> Series:
+    """``/metrics`` as a worker answers it (gateway.views.probes): every sample's value
+    by (name, labels)."""
+    reports = await link.collect("metrics")
+    text = merge_expositions((str(r["worker"]), r["body"]) for r in reports if r["body"])
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def went_down(before: Series, after: Series) -> Series:
+    """The cumulative series (counters, histograms) of ``before`` lower in ``after``."""
+    cumulative = ("_total", "_bucket", "_count", "_sum")
+    return {
+        key: after.get(key, 0.0)
+        for key, value in before.items()
+        if key[0].endswith(cumulative) and after.get(key, 0.0) < value
+    }
 
 
 def loads(*links: ParentLink) -> list[tuple[int, int]]:
@@ -232,6 +278,34 @@ async def test_six_requests_at_once_never_hold_more_than_two_slots(
     assert all(in_flight <= 2 for in_flight, _ in seen)
 
 
+async def test_workers_that_disagree_on_admission_settings_keep_a_limit_for_each(
+    autojump_clock: MockClock, nursery: trio.Nursery, connect: Connect
+) -> None:
+    """A reload reaches the workers one by one; a restarted worker may read a file the
+    others have not reloaded. Holds under either settings must not start the slots over."""
+    a, b = (await connect(0)).link, (await connect(1)).link
+    slots = [
+        SharedSlots(a, BACKEND, limited(1, queue_timeout=30)),
+        SharedSlots(b, BACKEND, limited(1, queue_timeout=60)),
+    ]
+    requests = Requests(nursery)
+    for i in range(6):  # alternately under each
+        await requests.start(i, slots[i % 2])
+
+    assert requests.granted == [0, 1]  # one under each settings, at most
+    assert requests.waited == [2, 3, 4, 5]
+    assert loads(a, b) == [(2, 4), (2, 4)]  # the backend's, whatever the settings
+    for ends, next_in_line in [(1, 3), (0, 2), (3, 5), (2, 4)]:
+        requests.finish(ends)
+        await settle()
+        assert requests.granted[-1] == next_in_line
+    requests.finish(4)
+    requests.finish(5)
+    await settle()
+    assert requests.peak == 2
+    assert loads(a, b) == [(0, 0), (0, 0)]
+
+
 async def test_a_request_cancelled_in_the_queue_leaves_it_and_never_holds_a_slot(
     autojump_clock: MockClock, nursery: trio.Nursery, connect: Connect
 ) -> None:
@@ -262,14 +336,54 @@ async def test_a_release_read_before_its_hold_ran_still_frees_the_slot(
         "admission": [1, 100, None, 429],
     }
     n = link.number(hold)
-    # Sent before the writer runs, so in the same write as the hold: the parent reads the
-    # release before the task that takes the slot has started.
+    # Sent before the writer runs, so in the same read for the parent as the hold.
     link.send({"op": "release", "n": n})
     await settle()
     assert loads(link) == [(0, 0)]
     async with link.exchange(hold) as (n, replies):
         assert await replies.receive() == {"n": n, "granted": True}  # not "queued"
         link.send({"op": "release", "n": n})
+
+
+def said(replies: trio.MemoryReceiveChannel[Message]) -> list[str]:
+    """What the parent has answered a hold since last asked: granted, queued, refused."""
+    kinds = []
+    while True:
+        try:
+            reply = replies.receive_nowait()
+        except trio.WouldBlock:
+            return kinds
+        kinds.extend(kind for kind in ("granted", "queued", "refused") if kind in reply)
+
+
+async def test_holds_read_at_once_join_the_queue_in_arrival_order(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    """trio runs the tasks started in one step in either order (reversed half the time):
+    over twenty rounds, an order that holds only by chance fails."""
+    link = (await connect(0)).link
+    hold: Message = {"op": "hold", "backend": BACKEND, "admission": [1, 2, None, 429]}
+    for _ in range(20):
+        async with AsyncExitStack() as exchanges:
+            with trio.testing.assert_no_checkpoints():  # so all five go in one write
+                holds = [await exchanges.enter_async_context(link.exchange(hold)) for _ in range(5)]
+            await settle()
+            assert [said(replies) for _, replies in holds] == [
+                ["granted"],
+                ["queued"],
+                ["queued"],
+                ["refused"],  # max_queue refuses the last to come, not the first
+                ["refused"],
+            ]
+            for i in range(2):  # the slot goes down the queue in arrival order
+                link.send({"op": "release", "n": holds[i][0]})
+                await settle()
+                assert [said(replies) for _, replies in holds] == [
+                    ["granted"] if j == i + 1 else [] for j in range(5)
+                ]
+            link.send({"op": "release", "n": holds[2][0]})
+            await settle()
+            assert loads(link) == [(0, 0)]
 
 
 async def test_holds_without_a_limit_wait_for_no_reply_but_count_as_in_flight(
@@ -427,6 +541,34 @@ async def test_finished_tokens_count_against_tokens_per_minute_on_every_worker(
     assert decisions[3].retry_after == pytest.approx(58)
 
 
+async def test_a_stream_admission_cancelled_before_its_reply_gives_its_place_back(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    """The parent counts the stream when it reads the admit; a caller cancelled meanwhile
+    (a WebSocket turn whose socket closed) gets no ticket to finish it with."""
+    a, b = (await connect(0)).link, (await connect(1)).link
+    streams = Limits(concurrent_streams=1)
+    with trio.CancelScope() as cancelled:
+        cancelled.cancel()  # the admit is sent, then the wait for its reply is cancelled
+        await ParentState(a).admit(TEAM, streams, id="s1", stream=True)
+    assert cancelled.cancelled_caught
+    await settle()
+    decision, ticket = await ParentState(b).admit(TEAM, streams, id="s2", stream=True)
+    assert decision.allowed and ticket is not None
+
+    # One the parent refused gives back nothing: s2's place stays taken.
+    with trio.CancelScope() as cancelled:
+        cancelled.cancel()
+        await ParentState(a).admit(TEAM, streams, id="s3", stream=True)
+    await settle()
+    decision, _ = await ParentState(b).admit(TEAM, streams, id="s4", stream=True)
+    assert decision.exceeded == "concurrent_streams"
+    ticket.release(0)
+    await settle()
+    decision, _ = await ParentState(a).admit(TEAM, streams, id="s5", stream=True)
+    assert decision.allowed
+
+
 async def test_a_worker_that_goes_away_gives_back_its_slots_and_its_streams(
     autojump_clock: MockClock, nursery: trio.Nursery, connect: Connect
 ) -> None:
@@ -460,16 +602,16 @@ async def test_collect_gathers_every_worker_and_the_parent(
 ) -> None:
     machine.reporters["metrics"] = answer("parent's metrics")
     links = [(await connect(worker)).link for worker in range(3)]
-    for link in links:
-        link.reporters["metrics"] = answer(f"worker {link.worker}'s metrics")
+    metrics = [Metrics() for _ in links]
+    for link, its in zip(links, metrics, strict=True):
+        its.requests.inc(link.worker)
+        link.reporters["metrics"] = its.report
         link.reporters["streams"] = answer([{"id": f"chatcmpl-{link.worker}"}])
 
     start = trio.current_time()
     assert await links[1].collect("metrics") == [
         {"worker": "parent", "body": "parent's metrics"},
-        {"worker": 0, "body": "worker 0's metrics"},
-        {"worker": 1, "body": "worker 1's metrics"},
-        {"worker": 2, "body": "worker 2's metrics"},
+        *({"worker": w, "body": metrics[w].report()} for w in range(3)),
     ]
     assert await links[2].collect("streams") == [  # the parent reports no streams
         {"worker": w, "body": [{"id": f"chatcmpl-{w}"}]} for w in range(3)
@@ -484,16 +626,12 @@ async def test_collect_leaves_out_a_worker_that_does_not_answer(
     await connect(0, running=False)  # connected, asked first, never reads
     links = [(await connect(worker)).link for worker in (1, 2)]
     for link in links:
-        link.reporters["metrics"] = answer(f"worker {link.worker}'s metrics")
+        link.reporters["metrics"] = Metrics().report
 
     start = trio.current_time()
     reports = await links[0].collect("metrics")
     assert trio.current_time() - start == pytest.approx(COLLECT_TIMEOUT)
-    assert reports == [
-        {"worker": "parent", "body": "parent's metrics"},
-        {"worker": 1, "body": "worker 1's metrics"},
-        {"worker": 2, "body": "worker 2's metrics"},
-    ]
+    assert [report["worker"] for report in reports] == ["parent", 1, 2]
 
 
 async def test_collect_leaves_out_a_worker_that_goes_away_without_waiting_for_it(
@@ -501,7 +639,7 @@ async def test_collect_leaves_out_a_worker_that_goes_away_without_waiting_for_it
 ) -> None:
     silent = await connect(0, running=False)
     link = (await connect(1)).link
-    link.reporters["metrics"] = answer("worker 1's metrics")
+    link.reporters["metrics"] = answer("# worker 1's metrics\n")
     reports: list[list[dict[str, object]]] = []
 
     async def collect() -> None:
@@ -512,8 +650,74 @@ async def test_collect_leaves_out_a_worker_that_goes_away_without_waiting_for_it
     await trio.testing.wait_all_tasks_blocked()
     await silent.leave()
     await settle()
-    assert reports == [[{"worker": 1, "body": "worker 1's metrics"}]]
+    assert reports == [[{"worker": 1, "body": "# worker 1's metrics\n"}]]
     assert trio.current_time() - start < COLLECT_TIMEOUT
+
+
+async def test_merged_counters_never_go_down_when_a_worker_dies_or_restarts(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    """Prometheus reads a counter that goes down as a reset (a spike in rate()): a worker
+    that is gone still counts as it last reported; its gauges no longer say anything."""
+    dying, living = await connect(0), (await connect(1)).link
+    old, other = Metrics(), Metrics()
+    dying.link.reporters["metrics"] = old.report
+    living.reporters["metrics"] = other.report
+    old.requests.inc(3)
+    old.first_byte.observe(0.05)
+    old.streams.set(2)
+    other.requests.inc(5)
+    other.first_byte.observe(0.5)
+    other.streams.set(1)
+    requests = ("gateway_requests_total", frozenset())
+    fast = ("gateway_first_byte_seconds_bucket", frozenset({("le", "0.1")}))
+    streams = {w: ("gateway_streams_active", frozenset({("worker", w)})) for w in "01"}
+
+    before = await scrape(living)
+    assert (before[requests], before[fast], before[streams["0"]]) == (8, 1, 2)
+    await dying.leave()
+    await settle()
+    after = await scrape(living)
+    assert went_down(before, after) == {}
+    assert (after[requests], after[fast], after[streams["1"]]) == (8, 1, 1)
+    assert streams["0"] not in after
+
+    # Restarted under the same number, it counts from 0 again.
+    reborn, new = (await connect(0)).link, Metrics()
+    reborn.reporters["metrics"] = new.report
+    new.requests.inc()
+    again = await scrape(reborn)
+    assert went_down(after, again) == {}
+    assert (again[requests], again[fast], again[streams["0"]]) == (9, 1, 0)
+
+
+async def test_a_worker_late_for_a_scrape_counts_as_it_last_reported(
+    autojump_clock: MockClock, nursery: trio.Nursery, connect: Connect
+) -> None:
+    late = await connect(0, running=False)
+    reading = trio.CancelScope()
+
+    async def run() -> None:
+        with reading:
+            await late.link.run()
+
+    nursery.start_soon(run)
+    link = (await connect(1)).link
+    slow, other = Metrics(), Metrics()
+    late.link.reporters["metrics"] = slow.report
+    link.reporters["metrics"] = other.report
+    slow.requests.inc(3)
+    slow.streams.set(2)
+    other.requests.inc(5)
+    before = await scrape(link)
+
+    reading.cancel()  # still connected, but answers no more
+    slow.requests.inc(4)  # never reported
+    start = trio.current_time()
+    after = await scrape(link)
+    assert trio.current_time() - start == pytest.approx(COLLECT_TIMEOUT)
+    assert after == before
+    assert after[("gateway_requests_total", frozenset())] == 8
 
 
 # --- the parent going away --------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics_merge import merge_expositions
+from gateway.metrics_merge import add_cumulative, merge_expositions
 
 WORKER_0 = """\
 # HELP gateway_requests_total Requests answered.
@@ -138,3 +138,21 @@ def test_one_worker_alone_comes_back_as_it_was_but_for_its_gauges_label() -> Non
             expected[(sample.name, frozenset({**sample.labels, **extra}.items()))] = sample.value
     assert merged(("0", WORKER_0))[1] == expected
     assert merge_expositions([]) == b""
+
+
+def test_a_retired_total_keeps_counters_and_histograms_but_no_gauges() -> None:
+    """What the workers that are gone still add to every scrape (gateway.machine)."""
+    live = merged(("0", WORKER_0), ("1", WORKER_1))[1]
+    gauges = "gateway_streams_active"
+
+    # Worker 0 gone: its counts still add to worker 1's, its gauge is no more.
+    retired = add_cumulative("", WORKER_0)
+    _, series = merged(("retired", retired), ("1", WORKER_1))
+    assert series == {
+        k: v for k, v in live.items() if k != (gauges, labels(route="chat", worker="0"))
+    }
+
+    # Both gone: the sum of their counters, histograms whole, and nothing else.
+    types, series = merged(("retired", add_cumulative(retired, WORKER_1)))
+    assert types == {"gateway_requests": "counter", "gateway_first_byte_seconds": "histogram"}
+    assert series == {k: v for k, v in live.items() if k[0] != gauges}
