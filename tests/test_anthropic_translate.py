@@ -531,9 +531,30 @@ REFUSED = [
     # Anthropic service features with an effect.
     (request(mcp_servers=[{"type": "url", "url": "https://m", "name": "m"}]), "mcp_servers"),
     (request(container="container_1"), "container"),
-    (request(context_management={"edits": []}), "context_management"),
+    (request(context_management={"strategy": "x"}), "context_management"),
+    (
+        request(
+            context_management={
+                "edits": [{"type": "clear_thinking_20251015"}, {"type": "compact_20260112"}]
+            }
+        ),
+        "context_management.edits.1",
+    ),
     (request(output_config={"format": {"type": "text"}}), "output_config.format"),
 ]
+
+
+def test_context_edits_that_only_clear_are_dropped() -> None:
+    # As Claude Code sends them: the backend reads the whole conversation instead.
+    edits = {
+        "edits": [
+            {"type": "clear_thinking_20251015", "keep": "all"},
+            {"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 1}},
+        ]
+    }
+    chat = messages_to_chat(request(context_management=edits))
+    assert "context_management" not in chat
+    assert chat == messages_to_chat(request())
 
 
 @pytest.mark.parametrize("doc,param", REFUSED, ids=[p for _, p in REFUSED])

@@ -10,10 +10,12 @@ message is all a client sees.
 :func:`messages_to_chat` builds the ``chat/completions`` body for a checked Messages body,
 for backends that speak only chat. What chat cannot carry is refused, never dropped in
 silence: document, search-result and server-tool blocks, server tools, images by file id,
-``mcp_servers``, ``container`` and ``context_management`` (each an
+``mcp_servers``, ``container`` and context edits other than clearing (each an
 :class:`~gateway.errors.InvalidRequest` naming the field). Hints that change nothing a local
 model could honour (``cache_control``, ``service_tier``, ``speed``, ``output_config.effort``,
-thinking budgets, signatures and redacted thinking) are dropped.
+thinking budgets, signatures and redacted thinking) are dropped, and so are the
+``context_management`` edits that only clear old tool results or thinking (Claude Code sends
+them): the model then reads the whole conversation, as below the edits' trigger.
 
 How the shapes meet, where chat has no exact counterpart:
 
@@ -96,7 +98,11 @@ ROLES = ("user", "assistant", "system")
 THINKING_TYPES = frozenset({"enabled", "disabled", "adaptive", "between_tools"})
 TOOL_CHOICE_TYPES = frozenset({"auto", "any", "tool", "none"})
 # Top-level fields that are Anthropic-service features with an effect chat cannot have.
-REFUSED_FIELDS = ("mcp_servers", "container", "context_management")
+REFUSED_FIELDS = ("mcp_servers", "container")
+# Context edits that only clear old tool results or thinking once the context is long: a
+# backend that gets the whole conversation answers as it would below their trigger. Any
+# other edit (compaction) changes what the answer is built on.
+CLEARING_EDITS = ("clear_tool_uses_", "clear_thinking_")
 # Every top-level field of Anthropic's Messages request (its API and betas). A field not
 # among them is no Anthropic field at all but the client's word to the backend (llama.cpp's
 # ``cache_prompt``, ``grammar``, ...), and goes on as it is, as on the chat endpoint.
@@ -375,6 +381,22 @@ def _compact(value: JSONValue) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _context_edits(value: JSONValue) -> None:
+    """Refuse a ``context_management`` that asks for more than :data:`CLEARING_EDITS`."""
+    if value is None:
+        return
+    edits = value.get("edits") if isinstance(value, dict) else None
+    if not isinstance(edits, list):
+        _untranslatable("context_management", "context_management (an Anthropic service feature)")
+    for i, edit in enumerate(edits):
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if not (isinstance(kind, str) and kind.startswith(CLEARING_EDITS)):
+            _untranslatable(
+                f"context_management.edits.{i}",
+                f"the context edit {kind!r} (an Anthropic service feature)",
+            )
+
+
 def _untranslatable(path: str, what: str) -> NoReturn:
     _invalid(path, f"{what} cannot be translated for this model's backend, which speaks only chat")
 
@@ -578,13 +600,15 @@ def messages_to_chat(body: JSONObject) -> JSONObject:
 
     Raises :class:`InvalidRequest` (``param``: the field's dotted path) for what chat cannot
     carry: document, search-result, server-tool and other Anthropic-service blocks, images
-    by file id, server tools, ``mcp_servers``, ``container``, ``context_management``.
+    by file id, server tools, ``mcp_servers``, ``container``, context edits other than
+    clearing ones (:data:`CLEARING_EDITS`, dropped).
     Other Anthropic fields the gateway does not translate are dropped; fields that are no
     Anthropic field (:data:`MESSAGES_FIELDS`) go on as they are, for the backend.
     ``model`` is copied as is."""
     for name in REFUSED_FIELDS:
         if body.get(name) is not None:
             _untranslatable(name, f"{name} (an Anthropic service feature)")
+    _context_edits(body.get("context_management"))
     chat: JSONObject = {"model": body["model"], "messages": _chat_messages(body)}
     _sampling(body, chat)
     if body.get("tools"):
