@@ -38,16 +38,31 @@ class Router:
         return [name for route in self._routes for name in route.public_names]
 
 
+# One limit under each name the APIs give it: a cap on one caps all a request carries (the
+# SDKs send ``max_completion_tokens``, which vLLM and llama-cpp-python read first).
+_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
 def apply_policy(body: JSONObject, route: Route) -> JSONObject:
     """The route's request policy: ``defaults`` fill absent parameters, ``caps`` are
-    ceilings (a larger value is lowered to the cap; an absent one is set to it)."""
+    ceilings (a larger value is lowered to the cap; an absent one is set to it). A cap on
+    a token limit caps it under its other names too, where the request gives them."""
     settings = route.settings
     out = {**settings.defaults, **body} if settings.defaults else dict(body)
     for name, ceiling in settings.caps.items():
-        value = out.get(name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value > ceiling:
-            out[name] = int(ceiling) if float(ceiling).is_integer() else ceiling
+        capped = int(ceiling) if float(ceiling).is_integer() else ceiling
+        if _over(out.get(name), ceiling):
+            out[name] = capped
+        if name in _TOKEN_LIMITS:
+            for other in _TOKEN_LIMITS:
+                if other != name and other in out and _over(out[other], ceiling):
+                    out[other] = capped
     return out
+
+
+def _over(value: object, ceiling: float) -> bool:
+    """Whether ``value`` is no number within ``ceiling``."""
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or value > ceiling
 
 
 def upstream_body(body: JSONObject, target: TargetSettings) -> JSONObject:

@@ -193,6 +193,16 @@ def test_request_policy_defaults_and_caps() -> None:
         "max_tokens": 256,
     }
     assert apply_policy({"max_tokens": 100}, route)["max_tokens"] == 100
+    # The SDKs' newer name for the same limit (which vLLM and llama-cpp-python read first)
+    # is capped too, where it is given.
+    assert apply_policy({"max_completion_tokens": 9000}, route) == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_completion_tokens": 256,
+        "max_tokens": 256,
+    }
+    both = apply_policy({"max_completion_tokens": 100, "max_tokens": 50}, route)
+    assert (both["max_completion_tokens"], both["max_tokens"]) == (100, 50)
 
 
 def test_route_needs_backend_or_targets() -> None:
