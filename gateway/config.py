@@ -417,6 +417,15 @@ def build_config(
                 )
             owner[public] = name
         routes.append(route)
+    # Teams' ``models`` name a route by its name or any of its public names: one route's
+    # model name that is another's route name would let a team allowed one use both.
+    for route in routes:
+        for public in route.public_names:
+            if public in file.routes and public != route.name:
+                raise ConfigError(
+                    f"routes.{route.name}: model name {public!r} is the name of "
+                    f"routes.{public} (teams' models name routes by either)"
+                )
     check_team_models(file.teams, ((r.name, r.public_names) for r in routes))
     return GatewayConfig(
         file.server,

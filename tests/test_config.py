@@ -88,6 +88,19 @@ def test_duplicate_public_names_are_rejected() -> None:
     assert "routes.other: model name 'chat' is already used by routes.chat" in error_of(doc)
 
 
+def test_a_model_name_that_is_another_routes_name_is_rejected() -> None:
+    # Teams' models name routes by either: a team allowed "fast" would get both routes.
+    doc = base()
+    doc["routes"] = {
+        "fast": {"backend": "up", "model": "llama-8b"},
+        "premium": {"backend": "up", "model": "llama-70b", "aliases": ["fast"]},
+    }
+    assert (
+        "routes.premium: model name 'fast' is the name of routes.fast (teams' models name "
+        "routes by either)"
+    ) in error_of(doc)
+
+
 def test_env_reference_resolves_secret() -> None:
     doc = base(backends__up__api_key={"env": "UP_KEY"})
     config = build_config(doc, environ={"UP_KEY": "sk-123"})
