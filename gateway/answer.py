@@ -1,6 +1,7 @@
 """One attempt's answer copied to the client: a stream event by event, a whole answer at
 once, each guarded by the upstream's timers (``connect``, ``first_byte``, ``idle``,
-``total``, measured on upstream bytes alone).
+``total``, measured on upstream bytes alone: ``idle`` does not run while a slow client
+holds up the relay's write, and nothing is read from the upstream).
 
 The end: the upstream's terminal event (``[DONE]``) goes to the client together with the
 end of the response, at once, whatever the upstream does next; nothing after it is
@@ -83,7 +84,12 @@ async def relay_stream(
                         await _read_to_end(response.body)
                         return
                     if fed.out:
-                        await writer.write(fed.out)
+                        if clock.pauses:
+                            timer.deadline = clock.paused_deadline
+                            await writer.write(fed.out)
+                            _heard_upstream(clock, timer, entry)
+                        else:
+                            await writer.write(fed.out)
                     if pipe.pending_bytes > MAX_EVENT_BYTES:
                         raise UpstreamProtocolError(
                             f"upstream sent {pipe.pending_bytes} bytes without ending an SSE event"

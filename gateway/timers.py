@@ -58,6 +58,18 @@ class UpstreamClock:
         self._phase_at = _after(now, self._timeouts.idle)
 
     @property
+    def pauses(self) -> bool:
+        """Whether :attr:`paused_deadline` differs: an ``idle`` limit is set."""
+        return self._timeouts.idle is not None
+
+    @property
+    def paused_deadline(self) -> float:
+        """The deadline while the relay waits for the client to take what the upstream sent
+        (and reads nothing meanwhile): the client's pace is not the upstream's, so only
+        ``total`` runs. Once the client took it, :meth:`note_bytes` restarts ``idle``."""
+        return self._total_at
+
+    @property
     def deadline(self) -> float:
         return min(self._total_at, self._phase_at)
 

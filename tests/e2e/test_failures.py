@@ -4,6 +4,7 @@ event and the stream never ends cleanly."""
 from __future__ import annotations
 
 import json
+import socket
 
 import h11
 import httpx
@@ -61,6 +62,29 @@ async def test_stall_hits_idle_timer_despite_heartbeats(start_gateway) -> None:
     assert len(heartbeats) >= 3  # heartbeats kept flowing, yet the idle timer fired
     error = json.loads(data_events(events)[-1])["error"]
     assert error["code"] == "upstream_timeout" and "idle" in error["message"]
+
+
+async def test_a_client_that_reads_slowly_is_not_an_idle_upstream(start_gateway) -> None:
+    """A client that stops reading for longer than the idle limit holds up the relay's
+    writes, and the relay reads nothing from the upstream meanwhile: that silence is the
+    client's, not the upstream's. The stream goes on to [DONE], no backend failure counted."""
+    gw = await start_gateway(keepalive={"interval": 0}, timeouts={"idle": 0.3})
+    stream = await trio.open_tcp_stream("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    body = json.dumps({**CHAT, "fake": {"tokens": 1500}}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json"
+    await stream.send_all(head + b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+    got = bytearray(await stream.receive_some(4096))
+    await trio.sleep(1.0)  # the client reads nothing: the gateway's writes wait for it
+    with trio.move_on_after(30):
+        while not got.endswith(b"0\r\n\r\n"):  # the chunked body's end
+            more = await stream.receive_some(1 << 20)
+            if not more:
+                break
+            got += more
+    await stream.aclose()
+    assert b"data: [DONE]" in got and b"upstream_timeout" not in got
+    assert gw.gateway.upstreams["fake"].breaker.failures == 0
 
 
 async def test_first_byte_timer_measures_upstream_only(start_gateway) -> None:
