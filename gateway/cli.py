@@ -152,8 +152,16 @@ def _supervise(
         click.echo(f"config error in {config_path}:\n{error.message}", err=True)
         sys.exit(2)
     except* WorkerFailed as group:
-        click.echo(f"cannot start: {group.exceptions[0]}", err=True)
+        click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in ``group``, out of the groups that nested nurseries wrap it in."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @main.command(hidden=True)

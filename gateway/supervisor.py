@@ -14,9 +14,18 @@ and tells the workers where they are; and supervises:
 - SIGTERM or SIGINT: the parent closes its copy of the listening sockets and forwards
   SIGTERM; each worker fails readiness, serves ``shutdown_delay`` more seconds, drains
   within ``graceful_timeout`` and exits. A worker still running well after that is
-  killed, then the parent's backends stop: no process is left behind.
-- SIGHUP is forwarded: every worker reloads the config. The backends the parent runs are
-  kept as they started (a change to them takes a restart; a reload adding one is refused).
+  killed, then the parent's backends stop: no process is left behind. A worker being
+  spawned as the stop comes is sent SIGTERM as soon as its process is known.
+- A second SIGTERM or SIGINT during the drain is forwarded as well: each worker then stops
+  at once, ending what it still serves (as a second Ctrl-C ends a single-process
+  ``gateway serve``), and the parent stops as after any drain. Whatever signals come, a
+  stopping parent ends the same way: backends stopped, pid file removed, exit status 0.
+- SIGHUP: every worker reloads the config. It goes at once to each worker that said it
+  is ready; one still starting may have read the file before the change, so it gets the
+  signal once it is ready (until its handler is in place SIGHUP would kill it: a worker
+  ignores SIGHUP from its first line, :data:`_WORKER_MAIN`). During the drain SIGHUP is
+  ignored. The backends the parent runs are kept as they started (a change to them takes
+  a restart; a reload adding one is refused).
 
 Workers run in sessions of their own, so a terminal's Ctrl-C reaches the parent only, and
 each one shuts down by itself if the parent is gone (its line to the parent closes).
@@ -29,7 +38,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +66,14 @@ RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 30.0
 # Past the drain (shutdown_delay + graceful_timeout), how long a worker may take to exit.
 _EXIT_GRACE = 15.0
+# ``python -m gateway``, with SIGHUP ignored before the gateway is imported: the worker's
+# reload handler comes only once its gateway is open, and until then the default action
+# would kill it — a worker that dies before it served ends the gateway. SIG_IGN outlives
+# the handler, too, so a SIGHUP after the drain began does not kill the worker either.
+_WORKER_MAIN = (
+    "import runpy, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "runpy.run_module('gateway', run_name='__main__', alter_sys=True)"
+)
 
 
 class WorkerFailed(Exception):
@@ -104,11 +121,15 @@ class _Parent:
     machine: Machine
     metrics: _Metrics
     stopping: trio.Event = field(default_factory=trio.Event)
+    all_served: trio.Event = field(default_factory=trio.Event)
     processes: dict[int, trio.Process] = field(default_factory=dict)
     served: set[int] = field(default_factory=set)  # workers that were ever ready
+    ready: set[int] = field(default_factory=set)  # workers whose running process is ready
+    # Workers that were not ready at a SIGHUP: each reloads once it is.
+    reload_due: set[int] = field(default_factory=set)
 
     def argv(self, worker: int, control_fd: int) -> list[str]:
-        argv = [sys.executable, "-m", "gateway", "worker", "--config", str(self.config_path)]
+        argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--config", str(self.config_path)]
         argv += ["--id", str(worker), "--control-fd", str(control_fd), *self.log_args]
         argv += ["--shares-fd", str(self.shares_fd), "--workers", str(self.workers)]
         for fd in self.listen_fds:
@@ -120,7 +141,7 @@ class _Parent:
     async def keep(self, worker: int) -> None:
         """Run worker ``worker``, and again each time it dies, until the gateway stops."""
         delay = RESTART_DELAY
-        while True:
+        while not self.stopping.is_set():
             began = trio.current_time()
             code = await self.run_once(worker)
             if self.stopping.is_set():
@@ -135,13 +156,35 @@ class _Parent:
             )
             with trio.move_on_after(delay):
                 await self.stopping.wait()
-            if self.stopping.is_set():
-                return
             delay = min(delay * 2, RESTART_DELAY_MAX)
+
+    def worker_ready(self, worker: int) -> None:
+        """Worker ``worker``'s process serves, and reloads on SIGHUP from now on."""
+        if self.stopping.is_set():
+            return  # started as the gateway stopped: it is not serving for long
+        self.served.add(worker)
+        self.ready.add(worker)
+        log.info("worker %d ready", worker)
+        if worker in self.reload_due:
+            self.reload_due.remove(worker)
+            log.info("worker %d reloads the config: a SIGHUP came while it started", worker)
+            self.processes[worker].send_signal(signal.SIGHUP)
+        if len(self.served) == self.workers:
+            self.all_served.set()
+
+    def reload(self) -> None:
+        """Have every worker reload the config: those ready at once, the others once they
+        say they are (the config they read may be older than the signal)."""
+        for worker in range(self.workers):
+            if worker in self.ready:
+                self.processes[worker].send_signal(signal.SIGHUP)
+            else:
+                self.reload_due.add(worker)
 
     async def run_once(self, worker: int) -> int:
         """Start worker ``worker``, serve its line, and return its exit status."""
         ours, theirs = socket.socketpair()
+        self.reload_due.discard(worker)  # it reads the config as it starts
         with ours:
             try:
                 process = await trio.lowlevel.open_process(
@@ -154,6 +197,10 @@ class _Parent:
             self.processes[worker] = process
             self.metrics.running.inc()
             log.info("worker %d started (pid %d)", worker, process.pid)
+            if self.stopping.is_set():
+                # The stop came while it was being spawned, before signal_all could see it.
+                log.info("worker %d: the gateway is stopping; sending it SIGTERM", worker)
+                process.send_signal(signal.SIGTERM)
             channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
             try:
                 async with trio.open_nursery() as nursery:
@@ -164,6 +211,7 @@ class _Parent:
                 return code
             finally:
                 self.metrics.running.dec()
+                self.ready.discard(worker)
                 del self.processes[worker]
                 if process.returncode is None:  # the parent is failing: leave no orphan
                     process.kill()
@@ -208,15 +256,10 @@ async def supervise(
         sock.listen(hconfig.backlog)
         binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
     metrics = _Metrics()
-    all_ready = trio.Event()
-
-    def on_ready(worker: int) -> None:
-        parent.served.add(worker)
-        log.info("worker %d ready", worker)
-        if len(parent.served) == workers:
-            all_ready.set()
-
-    machine = Machine({"metrics": lambda: generate_latest(metrics.registry).decode()}, on_ready)
+    machine = Machine(
+        {"metrics": lambda: generate_latest(metrics.registry).decode()},
+        lambda worker: parent.worker_ready(worker),
+    )
     async with open_backend_hosts() as hosts:
         addresses = {}
         for id, settings, _ in registry.placed(config.backends, "parent"):
@@ -237,53 +280,67 @@ async def supervise(
             metrics,
         )
         pid_file = pid_path(config, config_path)
-        write_pid(pid_file)
-        try:
-            await _run(parent, sockets, workers, binds, all_ready, on_serving)
-        finally:
-            remove_pid(pid_file)
-            os.close(shares_fd)
-            for sock in sockets:
-                sock.close()
+        # Signals are answered from before the pid file tells `gateway reload` where to
+        # send one until the backends have stopped: a signal left to its default action
+        # would end the parent with its pid file and backends left behind.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            write_pid(pid_file)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_answer_signals, parent, signals, sockets)
+                    await _run(parent, binds, on_serving)
+                    await hosts.stop_all()
+                    nursery.cancel_scope.cancel()
+            finally:
+                remove_pid(pid_file)
+                os.close(shares_fd)
+                for sock in sockets:
+                    sock.close()
     log.info("stopped")
 
 
 async def _run(
-    parent: _Parent,
-    sockets: list[socket.socket],
-    workers: int,
-    binds: list[str],
-    all_ready: trio.Event,
-    on_serving: Callable[[list[str]], None] | None,
+    parent: _Parent, binds: list[str], on_serving: Callable[[list[str]], None] | None
 ) -> None:
+    """Keep every worker until the gateway stops and each one has exited."""
+
+    async def report_serving() -> None:
+        await parent.all_served.wait()
+        log.info("%d workers serving", parent.workers)
+        if on_serving is not None:
+            on_serving(binds)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(parent.machine.broadcast_loads)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as keepers:
-                for worker in range(workers):
-                    keepers.start_soon(parent.keep, worker)
-
-                waiting = trio.CancelScope()
-
-                async def report_ready() -> None:
-                    with waiting:
-                        await all_ready.wait()
-                        log.info("%d workers serving", workers)
-                        if on_serving is not None:
-                            on_serving(binds)
-
-                keepers.start_soon(report_ready)
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if signum == signal.SIGHUP:
-                        log.info("received SIGHUP; every worker reloads the config")
-                        parent.signal_all(signal.SIGHUP)
-                        continue
-                    log.info("received %s; every worker drains, then exits", name)
-                    parent.stopping.set()
-                    waiting.cancel()
-                    for sock in sockets:  # the workers' copies serve until their drain
-                        sock.close()
-                    parent.signal_all(signal.SIGTERM)
-                    break
+        nursery.start_soon(report_serving)
+        async with trio.open_nursery() as keepers:
+            for worker in range(parent.workers):
+                keepers.start_soon(parent.keep, worker)
         nursery.cancel_scope.cancel()
+
+
+async def _answer_signals(
+    parent: _Parent, signals: AsyncIterator[int], sockets: list[socket.socket]
+) -> None:
+    """Answer every signal until cancelled: the first SIGTERM or SIGINT starts the drain
+    and a later one ends it at once; SIGHUP reloads, or is ignored once stopping."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if parent.stopping.is_set():
+                log.info("received SIGHUP while stopping; ignored")
+            else:
+                log.info("received SIGHUP; every worker reloads the config")
+                parent.reload()
+        elif not parent.stopping.is_set():
+            log.info("received %s; every worker drains, then exits", name)
+            parent.stopping.set()
+            for sock in sockets:  # the workers' copies serve until their drain
+                sock.close()
+            parent.signal_all(signal.SIGTERM)
+        elif parent.processes:
+            # A worker takes a second stop signal as "now" (gateway.worker).
+            log.warning("received %s while draining; every worker stops at once", name)
+            parent.signal_all(signal.SIGTERM)
+        else:
+            log.info("received %s; stopping already", name)

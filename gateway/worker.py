@@ -5,7 +5,9 @@ It serves on the listening sockets its parent opened and passed down, with the t
 limits and backend slots its parent keeps for the machine (:mod:`gateway.worker_link`);
 the backends the parent runs once per machine (a managed llama-server) it reaches at the
 addresses the parent passed. It drains and exits on SIGTERM or SIGINT (the parent
-forwards them), reloads on SIGHUP, and shuts down by itself when the parent is gone.
+forwards them); a second one cuts what it still serves at once, then it closes its
+backends as after a drain. It reloads on SIGHUP once it is ready (the parent starts it
+with SIGHUP ignored until then), and shuts down by itself when the parent is gone.
 """
 
 from __future__ import annotations
@@ -78,32 +80,37 @@ async def run_worker(
     config, _ = read_config(config_path, registry=registry)
     config = adapt(config)
     shutdown = trio.Event()
+    serving_scope = trio.CancelScope()  # cancelled by a second stop signal
     async with trio.open_nursery() as nursery:
         nursery.start_soon(link.run)
-        nursery.start_soon(_stop_on_signal, shutdown, link)
+        nursery.start_soon(_stop_on_signal, shutdown, serving_scope, link)
         async with open_gateway(config, registry, link) as gateway:
             gateway.adapt = adapt
             link.reporters["metrics"] = lambda: gateway.telemetry.scrape().decode()
             link.reporters["streams"] = lambda: streams_of(gateway)
-            async with trio.open_nursery() as serving:
-                await serving.start(
-                    lambda task_status: serve(
-                        gateway,
-                        shutdown=shutdown,
-                        config_path=config_path,
-                        sockets=sockets,
-                        shares=shares,
-                        task_status=task_status,
+            with serving_scope:
+                async with trio.open_nursery() as serving:
+                    await serving.start(
+                        lambda task_status: serve(
+                            gateway,
+                            shutdown=shutdown,
+                            config_path=config_path,
+                            sockets=sockets,
+                            shares=shares,
+                            task_status=task_status,
+                        )
                     )
-                )
-                tune_gc()
-                link.send({"op": "ready"})
+                    tune_gc()
+                    link.send({"op": "ready"})
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal(shutdown: trio.Event, link: ParentLink) -> None:
-    """Set ``shutdown`` on SIGTERM or SIGINT, or when the parent is gone; runs until
-    cancelled (a second signal is not the default handler's to take)."""
+async def _stop_on_signal(
+    shutdown: trio.Event, serving_scope: trio.CancelScope, link: ParentLink
+) -> None:
+    """Set ``shutdown`` on SIGTERM or SIGINT, or when the parent is gone; on a later
+    SIGTERM or SIGINT cancel ``serving_scope``. Runs until cancelled (no signal is the
+    default handler's to take: it would end the process without its clean-up)."""
 
     async def parent_gone() -> None:
         await link.lost.wait()
@@ -115,6 +122,10 @@ async def _stop_on_signal(shutdown: trio.Event, link: ParentLink) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(parent_gone)
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if not shutdown.is_set():
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    log.info("received %s, shutting down", name)
                     shutdown.set()
+                elif not serving_scope.cancel_called:
+                    log.warning("received %s while shutting down; stopping at once", name)
+                    serving_scope.cancel()
