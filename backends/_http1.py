@@ -59,7 +59,14 @@ def request_head(
     Raises :class:`HTTPError` for a target or a header that HTTP/1.1 cannot carry."""
     lines = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
     if not _LINES.fullmatch(lines) or lines.count(b"\n") != len(headers):
-        raise HTTPError(f"a request header cannot be sent as HTTP/1.1: {headers!r}")
+        # Named, never shown: a value may be a key (authorization).
+        bad = [
+            name.decode("latin-1")
+            for name, value in headers
+            if not _LINES.fullmatch(line := name + b": " + value + b"\r\n")
+            or line.count(b"\n") != 1
+        ]
+        raise HTTPError(f"a request header cannot be sent as HTTP/1.1: {', '.join(bad)}")
     if not _TARGET.fullmatch(target):
         raise HTTPError(f"the request target cannot be sent as HTTP/1.1: {target!r}")
     return b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n%s\r\n" % (

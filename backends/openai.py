@@ -25,6 +25,7 @@ from gateway.abc import (
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStatusError,
+    header_secret,
     http_base_url,
 )
 
@@ -45,6 +46,11 @@ class OpenAISettings(BackendSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         return http_base_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        return header_secret(value)
 
 
 class OpenAIBackend(Backend[OpenAISettings]):

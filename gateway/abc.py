@@ -29,7 +29,7 @@ the ``gateway`` package is internal):
 
 * Settings: :class:`BackendSettings` and the gateway's own tables in it (:class:`Timeouts`,
   :class:`AdmissionSettings`, :class:`EjectionSettings`); :func:`http_base_url` checks a URL
-  field.
+  field, :func:`header_secret` a key sent in a header.
 * More errors, for backends that do more than relay: :class:`ConfigError` from
   :meth:`Backend.running` for what only start-up can find (a model file or a binary that is
   missing; name the dotted path, ``backends.<id>.model: ...``); :class:`InvalidRequest`
@@ -65,7 +65,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from typing_extensions import TypeVar
 
 from .chunks import SSE_DONE, CompletionEncoder, json_bytes, sse_data
@@ -112,6 +112,7 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamStatusError",
     "UpstreamTimeout",
+    "header_secret",
     "http_base_url",
     "json_bytes",
     "sse_data",
@@ -141,13 +142,39 @@ OPENAI_ENDPOINTS: frozenset[Endpoint] = frozenset(("chat/completions", "completi
 
 def http_base_url(value: str) -> str:
     """``value`` checked as an http(s) URL with a host, without its trailing slash. Raises
-    ``ValueError``, so a settings ``field_validator`` can simply return it."""
+    ``ValueError``, so a settings ``field_validator`` can simply return it. What the
+    gateway would not send is refused rather than dropped: credentials (use ``api_key``),
+    a query or a fragment."""
     import httpx  # only at config time
 
-    url = httpx.URL(value)
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as error:  # not a ValueError: pydantic would let it through
+        raise ValueError(f"{value!r} is not a valid URL: {error}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{value!r} is not an http(s) URL")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"{value!r}: port {url.port} is out of range")
+    if url.userinfo:
+        raise ValueError("a URL with credentials: give the key as api_key instead")
+    if url.query or url.fragment:
+        raise ValueError(f"{value!r}: a base URL has no query or fragment")
     return value.rstrip("/")
+
+
+def header_secret(value: SecretStr | None) -> SecretStr | None:
+    """A secret the gateway sends in a header (an ``api_key``): surrounding whitespace
+    dropped — a key read from a mounted file usually ends with a newline — and refused,
+    without being echoed, when what is left is empty or cannot be a header value. A
+    settings ``field_validator`` can simply return it."""
+    if value is None:
+        return None
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError("is empty")
+    if not all(" " <= c <= "~" for c in text):
+        raise ValueError("holds a character a header cannot carry (a control character?)")
+    return SecretStr(text)
 
 
 class Timeouts(BaseModel):

@@ -72,6 +72,14 @@ def test_defaults() -> None:
             "backends.up.timeouts.idle: Input should be greater than 0",
         ),
         ({"backends__up__url": "ftp://x"}, "backends.up.url:"),
+        # httpx's InvalidURL is no ValueError: it used to escape as a traceback (and end a
+        # running gateway on a reload).
+        ({"backends__up__url": "http://127.0.0.1:1843l/v1"}, "backends.up.url: Value error, "),
+        ({"backends__up__url": "http://127.0.0.1:99999/v1"}, "port 99999 is out of range"),
+        ({"backends__up__url": "https://u:pw@h/v1"}, "give the key as api_key instead"),
+        ({"backends__up__url": "http://h/v1?api-version=2"}, "a base URL has no query"),
+        ({"backends__up__api_key": "sk-a\x00b"}, "backends.up.api_key: Value error, holds a"),
+        ({"backends__up__api_key": " \n"}, "backends.up.api_key: Value error, is empty"),
         ({"backends__up__colour": "red"}, "backends.up.colour: unknown key"),
         ({"backends__up__type": "nope"}, "backends.up.type: unknown backend type 'nope'"),
         ({"routes__chat__backend": "missing"}, "routes.chat.backend: unknown backend 'missing'"),
@@ -80,6 +88,12 @@ def test_defaults() -> None:
 )
 def test_errors_name_the_dotted_path(overrides, expected) -> None:
     assert expected in error_of(base(**overrides))
+
+
+def test_a_key_read_from_a_file_loses_its_newline_and_a_refused_one_is_never_shown() -> None:
+    config = build_config(base(backends__up__api_key={"env": "KEY"}), environ={"KEY": "sk-1\n"})
+    assert config.backends["up"].api_key.get_secret_value() == "sk-1"
+    assert "sk-SECRET" not in error_of(base(backends__up__api_key="sk-SECRET\x7f"))
 
 
 def test_duplicate_public_names_are_rejected() -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.abc import BackendSettings, http_base_url
+from gateway.abc import BackendSettings, header_secret, http_base_url
 
 # Flags the managed mode sets itself, from settings of their own.
 _OWNED_FLAGS = {
@@ -95,6 +95,11 @@ class LlamaCppSettings(BackendSettings):
         if value is None:
             return None
         return http_base_url(value).removesuffix("/v1")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        return header_secret(value)
 
     @field_validator("args")
     @classmethod

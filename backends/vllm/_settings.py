@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from gateway.abc import BackendSettings, http_base_url
+from gateway.abc import BackendSettings, header_secret, http_base_url
 
 
 class VLLMSettings(BackendSettings):
@@ -33,3 +33,8 @@ class VLLMSettings(BackendSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         return http_base_url(value).removesuffix("/v1")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        return header_secret(value)

@@ -54,6 +54,13 @@ def test_a_header_http_cannot_carry_is_refused(headers: list[tuple[bytes, bytes]
         request_head(b"POST", b"/x", b"h", 0, headers)
 
 
+def test_a_refused_header_is_named_and_its_value_never_shown() -> None:
+    headers = [(b"x-ok", b"1"), (b"authorization", b"Bearer sk-SECRET\n")]
+    with pytest.raises(HTTPError) as raised:
+        request_head(b"POST", b"/x", b"h", 0, headers)
+    assert str(raised.value) == "a request header cannot be sent as HTTP/1.1: authorization"
+
+
 @pytest.mark.parametrize("target", [b"/a b", b"/a\r\nx: y", b"x", b""])
 def test_a_target_http_cannot_carry_is_refused(target: bytes) -> None:
     with pytest.raises(HTTPError, match="target"):
