@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import trio
@@ -78,6 +80,9 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     """Run the gateway until SIGTERM or SIGINT, then drain gracefully."""
     from .server import serve_gateway, tune_gc
 
+    # SIGHUP reloads once the gateway serves; before that (starting its backends can take
+    # minutes) and during the drain, the default action would end the process at once.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(log_level, log_format)
     registry = load_registry()
     for broken in registry.broken:
@@ -113,8 +118,10 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
 
     try:
         trio.run(run)
+    except* ConfigError as group:  # what only start-up finds: a missing binary or model
+        _config_error_exit(config_path, group)
     except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
-        click.echo(f"cannot start: {group.exceptions[0]}", err=True)
+        click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
 
 
@@ -147,13 +154,17 @@ def _supervise(
     try:
         trio.run(run)
     except* ConfigError as group:
-        error = group.exceptions[0]
-        assert isinstance(error, ConfigError)
-        click.echo(f"config error in {config_path}:\n{error.message}", err=True)
-        sys.exit(2)
+        _config_error_exit(config_path, group)
     except* WorkerFailed as group:
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
+
+
+def _config_error_exit(config_path: Path, group: BaseExceptionGroup[ConfigError]) -> NoReturn:
+    error = _first_error(group)
+    assert isinstance(error, ConfigError)
+    click.echo(f"config error in {config_path}:\n{error.message}", err=True)
+    sys.exit(2)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
