@@ -46,3 +46,8 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
     root.setLevel(level.upper())
     # hypercorn's own access log would duplicate ours
     logging.getLogger("hypercorn.access").disabled = True
+    # httpx logs each request at INFO: the backends' health and load reads, twice a second
+    # per llama-server. Shown when debugging.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    )

@@ -84,7 +84,7 @@ class LlamaCppSettings(BackendSettings):
         300.0,
         gt=0,
         description="seconds a request waits for a server that is loading its model, before "
-        "it is refused with 503; null = no limit (the route's timers still apply)",
+        "it is refused with 503; inf = no limit (the route's timers still apply)",
     )
     max_connections: int = Field(1000, gt=0)
     max_keepalive_connections: int = Field(100, ge=0)
