@@ -142,7 +142,7 @@ class _OpenResponse:
         try:
             if response.status >= 300:
                 error_body = await _read_capped(response)
-                raise UpstreamStatusError.from_body(response.status, error_body)
+                raise UpstreamStatusError.from_upstream(response.status, error_body)
         except BaseException as exc:
             await exchange.__aexit__(type(exc), exc, exc.__traceback__)
             raise

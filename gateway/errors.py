@@ -304,6 +304,22 @@ class UpstreamStatusError(UpstreamError):
         self.code = code
 
     @classmethod
+    def from_upstream(cls, status: int, body: bytes) -> UpstreamStatusError:
+        """What the client is told of an upstream's error answer: :meth:`from_body`, but a
+        401 or 403, which refuses the gateway's own credentials (the backend's ``api_key``)
+        and not the client's, is a 502 of the gateway's — another target may not share it,
+        it counts against the backend, and its body (which may echo the key) stays here."""
+        if status in (401, 403):
+            return cls(
+                502,
+                f"the backend refused the gateway's credentials (HTTP {status}): "
+                "its api_key is wrong or lacks access; tell the gateway's operator",
+                type="upstream_error",
+                code="upstream_auth_failed",
+            )
+        return cls.from_body(status, body)
+
+    @classmethod
     def from_body(cls, status: int, body: bytes) -> UpstreamStatusError:
         """Build from an upstream error body: OpenAI's ``{"error": {...}}``, vLLM's older
         ``{"object": "error", "message": ...}``, or anything else (kept as text)."""

@@ -11,6 +11,7 @@ import pytest
 from gateway.dialects.base import Fed, Tokens
 from gateway.dialects.responses import RESPONSES, ResponsesPassthrough
 from gateway.errors import UpstreamConnectError, UpstreamStatusError
+from gateway.sse import SSEFramer
 
 
 def event(doc: dict[str, Any]) -> bytes:
@@ -120,13 +121,18 @@ def test_upstream_failure_before_output_fails_the_attempt() -> None:
 
 
 def test_dialect_fallback_error_event_and_whole_answers() -> None:
-    doc = json.loads(RESPONSES.error_event(UpstreamConnectError("x")).split(b"data: ")[1])
-    assert doc == {
-        "type": "error",
-        "code": "server_error",
-        "message": "x",
-        "param": None,
-        "sequence_number": 0,
+    # Nothing of the response out nor known: one of the gateway's, created and failed.
+    created, failed = [
+        json.loads(e.data or "")
+        for e in SSEFramer().feed(RESPONSES.error_event(UpstreamConnectError("x"), "m"))
+    ]
+    assert (created["type"], created["sequence_number"]) == ("response.created", 0)
+    assert (failed["type"], failed["sequence_number"]) == ("response.failed", 1)
+    assert created["response"]["status"] == "in_progress" and created["response"]["model"] == "m"
+    assert failed["response"] == {
+        **created["response"],
+        "status": "failed",
+        "error": {"code": "server_error", "message": "x"},
     }
     shape, tokens = ResponsesPassthrough(), Tokens()
     body = json.dumps(DONE).encode()

@@ -74,7 +74,7 @@ def read_count(status: int, body: bytes, backend_id: str) -> int:
             f"chats (POST {TOKENIZE_PATH} answered {status})"
         )
     if status >= 300:
-        raise UpstreamStatusError.from_body(status, body)
+        raise UpstreamStatusError.from_upstream(status, body)
     try:
         doc = json.loads(body)
     except ValueError:

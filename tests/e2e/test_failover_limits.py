@@ -202,3 +202,26 @@ async def test_failover_deadline_lets_a_started_attempt_finish(
     attempts = ["refused=502:upstream_connect_error", "b=503:fake_error"]
     assert response.headers["x-gateway-attempts"] == ", ".join(attempts)
     assert (await access_log_of(gw, caplog))["attempts"] == attempts
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_backend_refusing_the_gateways_key_is_a_backend_failure(
+    nursery: trio.Nursery, status: int
+) -> None:
+    """The upstream refuses the gateway's own key (a wrong or rotated backend api_key): not
+    the client's error — the next target serves, the backend is charged a failure, and
+    alone it is a 502 that does not echo what the upstream said (it may quote the key)."""
+    fakes = await start_fakes(nursery, ["a", "b"])
+    url, gw = await serve_pool(nursery, {n: f.url for n, f in fakes.items()}, {})
+    refused = {
+        "status_on_port": {str(fakes["a"].port): status},
+        "message": "Incorrect API key provided: sk-wr**ng",
+    }
+    served, _ = await post(url, {**CHAT, "fake": refused})
+    assert served.status_code == 200 and tried(fakes) == ["a", "b"]
+    assert gw.upstreams["a"].breaker.failures == 1
+    both = {str(f.port): status for f in fakes.values()}
+    alone, body = await post(url, {**CHAT, "fake": {**refused, "status_on_port": both}})
+    error = json.loads(body)["error"]
+    assert alone.status_code == 502 and error["code"] == "upstream_auth_failed"
+    assert "sk-" not in body.decode() and f"HTTP {status}" in error["message"]

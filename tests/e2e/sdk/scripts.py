@@ -11,8 +11,10 @@ CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
 COMPLETION: dict[str, Any] = {"model": "m", "prompt": "Once upon a time"}
 
 # Upstream statuses and the SDK error class both SDKs map them to (same names in each).
+# An upstream's own 401/403 refuses the gateway's key, not the client's: a 502 of the
+# gateway's (test_python_sdk.py), so none of them is here.
 STATUS_ERRORS = {
-    401: "AuthenticationError",
+    400: "BadRequestError",
     404: "NotFoundError",
     429: "RateLimitError",
     500: "InternalServerError",

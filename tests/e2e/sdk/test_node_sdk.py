@@ -88,7 +88,7 @@ async def test_chat_completions_models_and_tool_calls(
 
 
 async def test_status_errors_raise_the_sdk_error_classes(start_gateway, run_node: RunNode) -> None:
-    """Upstream 401/404/429/5xx and the gateway's own 404 raise the SDK's class for the
+    """Upstream 400/404/429/5xx and the gateway's own 404 raise the SDK's class for the
     status; streams go through a route with early_headers off, so the status is kept."""
     gw = await start_gateway()
     late = await start_gateway(keepalive={"interval": 1, "early_headers": False})

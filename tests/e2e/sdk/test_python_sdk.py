@@ -95,9 +95,11 @@ async def test_tool_call_deltas_relayed_intact(start_gateway, sdk_kind: str) -> 
 
 
 async def test_status_errors_raise_the_sdk_error_classes(start_gateway, sdk_kind: str) -> None:
-    """Upstream 401/404/429/5xx, and the gateway's own 404 for an unknown model, raise the
+    """Upstream 400/404/429/5xx, and the gateway's own 404 for an unknown model, raise the
     SDK's class for the status: non-stream requests through a default route, streams
-    through a route with early_headers off (so the status is still the upstream's)."""
+    through a route with early_headers off (so the status is still the upstream's). An
+    upstream's 401 refuses the gateway's own key: a 502, never the client's
+    AuthenticationError (which would send a user after their own, good, key)."""
     gw = await start_gateway()
     late = await start_gateway(keepalive={"interval": 1, "early_headers": False})
     outcomes: dict[str, tuple[str, int | None, str | None, str]] = {}
@@ -135,6 +137,16 @@ async def test_status_errors_raise_the_sdk_error_classes(start_gateway, sdk_kind
             nursery.start_soon(
                 attempt, "unknown-model", gw.url, False, {**CHAT, "model": "no-such-model"}, {}
             )
+            nursery.start_soon(
+                attempt, "upstream-401", gw.url, False, CHAT, {"fake": status_script(401)}
+            )
+    expected["upstream-401"] = (
+        "InternalServerError",
+        502,
+        "upstream_auth_failed",
+        "Error code: 502 - the backend refused the gateway's credentials (HTTP 401): its "
+        "api_key is wrong or lacks access; tell the gateway's operator",
+    )
     expected["unknown-model"] = (
         "NotFoundError",
         404,
