@@ -68,6 +68,7 @@ async def relay_stream(
                 await writer.start(200, sse_headers(exchange.headers()))
                 async for chunk in response.body:
                     _heard_upstream(clock, timer, entry)
+                    entry.data_lines += chunk.count(b"data:")
                     fed = pipe.feed(chunk)
                     if fed.data and not writer.data_sent:
                         writer.data_sent = True

@@ -193,7 +193,7 @@ class ProxyApp:
             keepalive_events=keepalive.responses == "event" and socket is None,
         )
         if teams is not None and identity is not None:
-            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream)
+            admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream, body=body)
 
         def pick_attempts() -> list[Attempt]:
             attempts = []

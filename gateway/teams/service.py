@@ -9,6 +9,7 @@ request ends, with its :class:`~gateway.inflight.InFlight` record.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..abc import JSONObject
 from ..errors import AuthenticationError, PermissionDenied, RateLimited
 from .keys import HeaderLookup, KeyRing, credential_from_headers
 from .limits import Decision, Limits, format_duration
@@ -71,25 +73,38 @@ class _Team:
 
 class TeamAdmission:
     """One request its team's limits let in: its limit headers, and its hold on the team's
-    windows. (A backend's own concurrency limit is :class:`gateway.admission.BackendSlots`.)"""
+    windows. (A backend's own concurrency limit is :class:`gateway.admission.BackendSlots`.)
 
-    __slots__ = ("_teams", "headers", "identity", "ticket")
+    The team is charged the tokens the upstream reported. Where its client left before the
+    usage came (an upstream that was asked reports none then), it is charged an estimate
+    instead, so that hanging up is no way around ``tokens_per_minute``: the request body's
+    JSON bytes / 4 for the prompt, one token per SSE data line streamed for the answer."""
 
-    def __init__(self, teams: Teams, identity: Identity, ticket: Ticket, headers: dict[str, str]):
+    __slots__ = ("_teams", "body", "headers", "identity", "ticket")
+
+    def __init__(
+        self,
+        teams: Teams,
+        identity: Identity,
+        ticket: Ticket,
+        headers: dict[str, str],
+        body: JSONObject | None = None,
+    ):
         self._teams = teams
         self.identity = identity
         self.ticket = ticket
         self.headers = headers
+        self.body = body
 
     def finish(self, entry: InFlight | None = None) -> None:
         """Release the stream slot, count the tokens, record usage. Synchronous and
         idempotent; ``entry`` is ``None`` when the request ended before the relay ran."""
         if self.ticket.released:
             return
-        tokens = 0
+        prompt = completion = 0
         if entry is not None:
-            tokens = (entry.prompt_tokens or 0) + (entry.completion_tokens or 0)
-        self.ticket.release(tokens)
+            prompt, completion = self._tokens(entry)
+        self.ticket.release(prompt + completion)
         if entry is not None:
             end = entry.ended_at if entry.ended_at is not None else entry.started_at
             self._teams.record(
@@ -99,11 +114,31 @@ class TeamAdmission:
                     route=entry.route,
                     backend=entry.backend,
                     error=entry.outcome not in ("completed", "client_gone"),
-                    prompt_tokens=entry.prompt_tokens or 0,
-                    completion_tokens=entry.completion_tokens or 0,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
                     stream_seconds=end - entry.started_at if entry.stream else 0.0,
                 )
             )
+
+    def _tokens(self, entry: InFlight) -> tuple[int, int]:
+        """The prompt and answer tokens to charge: as reported, else — the client left
+        once an upstream had its request (it may have been reading the prompt) — estimated.
+        A request no upstream took, or one an upstream fault broke, costs what was reported."""
+        prompt, completion = entry.prompt_tokens, entry.completion_tokens
+        if entry.outcome != "client_gone" or not entry.upstream_seconds:
+            return prompt or 0, completion or 0
+        if prompt is None:
+            prompt = _prompt_estimate(self.body)
+        if completion is None:
+            completion = entry.data_lines
+        return prompt, completion
+
+
+def _prompt_estimate(body: JSONObject | None) -> int:
+    """About 4 bytes of the request's JSON to a token (the common rule of thumb)."""
+    if body is None:
+        return 0
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":"))) // 4
 
 
 def auth_enabled(config: GatewayConfig) -> bool:
@@ -189,13 +224,16 @@ class Teams:
                 param="model",
             )
 
-    async def admit(self, identity: Identity, *, id: str, stream: bool) -> TeamAdmission:
-        """Count the request against its team's limits. Raises :class:`RateLimited`."""
+    async def admit(
+        self, identity: Identity, *, id: str, stream: bool, body: JSONObject | None = None
+    ) -> TeamAdmission:
+        """Count the request (``body``: its JSON) against its team's limits. Raises
+        :class:`RateLimited`."""
         team = self._teams[identity.team]
         decision, ticket = await self.state.admit(team.name, team.limits, id=id, stream=stream)
         if ticket is None:
             raise _rate_limited(team, decision)
-        return TeamAdmission(self, identity, ticket, decision.headers)
+        return TeamAdmission(self, identity, ticket, decision.headers, body)
 
     def record(self, record: UsageRecord) -> None:
         if self.recorder is not None:

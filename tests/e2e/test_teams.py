@@ -391,6 +391,31 @@ async def test_token_limit_from_reported_usage(
     assert len(fake.requests) == 3
 
 
+async def test_a_client_that_hangs_up_is_charged_an_estimate(
+    start: Start, fake: FakeOpenAI
+) -> None:
+    """The usage chunk never comes when the client leaves mid-stream: the team is charged
+    the request's JSON bytes / 4 and one token per data line streamed, not nothing (which
+    let a client get around tokens_per_minute by hanging up)."""
+    gw = await start(tokens_per_minute=1000)
+    body = {**CHAT, "stream": True, "fake": {"tokens": 400, "pace": 0.005}}
+    async with gw.client(ALPHA) as alpha:
+        async with alpha.stream("POST", "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if '"tok9 "' in line:
+                    break  # and hang up
+        await gw.settled()
+        after = await alpha.post("/v1/chat/completions", json={**CHAT, "fake": {"tokens": 1}})
+    [row] = await gw.gateway.teams.usage()
+    # The estimate, of the body as the gateway sends it (with its stream_options), and the
+    # fake's 5 for the second request.
+    sent = {**fake.requests[0].body, "model": CHAT["model"]}
+    assert row.prompt_tokens - 5 == len(json.dumps(sent, separators=(",", ":"))) // 4
+    streamed = row.completion_tokens - 1  # the second request's one token, reported
+    assert 11 <= streamed < 400  # the role chunk and tok0..tok9 at least, never all
+    assert int(after.headers["x-ratelimit-remaining-tokens"]) == 1000 - (row.total_tokens - 6)
+
+
 async def test_usage_chunk_passed_on_when_the_client_asked(start: Start, fake: FakeOpenAI) -> None:
     gw = await start(tokens_per_minute=1000)
     async with gw.client(ALPHA) as alpha:
