@@ -176,6 +176,10 @@ def validate(body: JSONObject, endpoint: Endpoint) -> tuple[str, bool]:
         raise InvalidRequest("stream must be a boolean", param="stream")
     if stream and endpoint == "embeddings":
         raise InvalidRequest("embeddings cannot be streamed", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        # Not taken for none: the gateway sets include_usage in it for the team's count.
+        raise InvalidRequest("stream_options must be an object", param="stream_options")
     required = _REQUIRED[endpoint]
     if required not in body:
         raise MissingField(f"you must provide a {required} parameter", param=required)

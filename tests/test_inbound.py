@@ -50,6 +50,12 @@ def test_parse_json_object() -> None:
         ({"model": "m"}, "chat/completions", MissingField, "messages"),
         ({"model": "m"}, "completions", MissingField, "prompt"),
         ({"model": "m", "input": "x", "stream": True}, "embeddings", InvalidRequest, "stream"),
+        (
+            {"model": "m", "messages": [], "stream": True, "stream_options": "x"},
+            "chat/completions",
+            InvalidRequest,
+            "stream_options",
+        ),
     ],
 )
 def test_validate_refuses(body, endpoint, error, param) -> None:
@@ -64,6 +70,8 @@ def test_validate_accepts() -> None:
         False,
     )
     assert validate({"model": "m", "prompt": "p", "stream": True}, "completions") == ("m", True)
+    options = {"model": "m", "messages": [], "stream": True, "stream_options": None}
+    assert validate(options, "chat/completions") == ("m", True)
 
 
 def test_traceparent_kept_when_valid_else_minted() -> None:
