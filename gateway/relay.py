@@ -165,12 +165,14 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
         entry.bytes_out = writer.bytes_sent
         entry.attempts = tuple(exchange.log)
         exchange.inflight.discard(entry)
-        if telemetry is not None:
-            telemetry.on_finish(entry)
-        if exchange.trace is not None:
-            exchange.trace.finish(entry)
-        if exchange.on_finish is not None:
-            exchange.on_finish(entry)
+        try:
+            if telemetry is not None:
+                telemetry.on_finish(entry)
+            if exchange.trace is not None:
+                exchange.trace.finish(entry)
+        finally:  # what the request holds is given back whatever the records made of it
+            if exchange.on_finish is not None:
+                exchange.on_finish(entry)
 
 
 async def _cancel_on_disconnect(receive: object, writer: ResponseWriter, entry: InFlight) -> None:
@@ -282,11 +284,11 @@ class _AttemptRecord:
                 log.warning("backend %s ejected after %d failures", upstream.id, breaker.failures)
                 if telemetry is not None:
                     telemetry.on_ejection(upstream.id)
-        if data_sent or not is_retryable(exc):
-            return False
+        if data_sent or last or not is_retryable(exc):
+            return False  # (a failover only where there is a next target to try)
         if telemetry is not None:
             telemetry.on_failover(self.entry, upstream.id)
-        if self.span is not None and not last:
+        if self.span is not None:
             self.span.failed_over(_outcome(exc))  # (the next attempt starts at once)
         log.info(
             "attempt %d on %s failed (%s), trying the next target",

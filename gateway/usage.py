@@ -8,7 +8,20 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["Usage", "parse_usage", "usage_of"]
+__all__ = ["Usage", "parse_usage", "token_count", "usage_of"]
+
+# More tokens than any answer holds: a number past it (or below 0) is an upstream's bug, and
+# it would break what counts tokens (a Prometheus counter refuses a negative increment and
+# cannot take an integer of 400 digits).
+MAX_TOKENS = 2**53
+
+
+def token_count(value: object) -> int | None:
+    """``value`` when it is a token count an upstream could mean (an int from 0 to
+    :data:`MAX_TOKENS`, not a bool), else ``None``: not reported."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +55,8 @@ def usage_of(doc: Mapping[str, object]) -> Usage | None:
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     model = doc.get("model")
     return Usage(
-        prompt_tokens=prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
-        completion_tokens=(
-            completion if isinstance(completion, int) and not isinstance(completion, bool) else None
-        ),
+        prompt_tokens=token_count(prompt),
+        completion_tokens=token_count(completion),
         only=not doc.get("choices"),
         model=model if isinstance(model, str) and model else None,
     )

@@ -183,3 +183,7 @@ def test_parse_usage() -> None:
     surrogate = '{"choices": [{"text": "\\ud800"}], "usage": {"prompt_tokens": 4}}'
     assert parse_usage(surrogate) == Usage(4, None, only=False)
     assert parse_usage('{"x": NaN, "usage": {"completion_tokens": 5}}') == Usage(None, 5, True)
+    # A count no upstream could mean is not reported: a negative one, or one of 400
+    # digits, broke the counters that take it (and what the relay does after them).
+    nonsense = '{"usage": {"prompt_tokens": -5, "completion_tokens": 1%s}}' % ("0" * 400)
+    assert parse_usage(nonsense) == Usage(None, None, True)

@@ -18,6 +18,7 @@ from ..errors import (
     Overloaded,
     UpstreamStatusError,
 )
+from ..usage import token_count
 from .anthropic_answer import ChatToMessagesStream, chat_to_message
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
@@ -128,14 +129,13 @@ def _note_anthropic_usage(usage: object, tokens: Tokens) -> None:
     if not isinstance(usage, dict):
         return
     parts = [
-        usage.get(name)
+        token_count(usage.get(name))
         for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     ]
-    counted = [n for n in parts if isinstance(n, int) and not isinstance(n, bool)]
-    if counted and isinstance(parts[0], int):
-        tokens.prompt = sum(counted)
-    output = usage.get("output_tokens")
-    if isinstance(output, int) and not isinstance(output, bool):
+    if parts[0] is not None:
+        tokens.prompt = sum(n for n in parts if n is not None)
+    output = token_count(usage.get("output_tokens"))
+    if output is not None:
         tokens.completion = output
 
 

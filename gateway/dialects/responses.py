@@ -29,6 +29,7 @@ from ..errors import (
     error_json,
 )
 from ..sse import SSEEvent
+from ..usage import token_count
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import ChatToResponsesStream, chat_to_response
@@ -156,8 +157,8 @@ def _note_response_usage(response: object, tokens: Tokens) -> None:
     if not isinstance(usage, dict):
         return
     for name, field in (("input_tokens", "prompt"), ("output_tokens", "completion")):
-        value = usage.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        value = token_count(usage.get(name))
+        if value is not None:
             setattr(tokens, field, value)
 
 

@@ -338,3 +338,38 @@ async def test_late_errors_are_counted_by_form(start_gateway) -> None:
     # The request counter says the same: a 200 whose outcome is an upstream error.
     ok = {**labels, "endpoint": "chat/completions", "status": "200"}
     assert delta(before, after, "trio_gateway_requests_total", **ok, outcome="upstream_error") == 2
+
+
+async def test_a_route_with_one_target_counts_no_failover(start_gateway) -> None:
+    """A 503 from the only target is that request's answer; there was no next target to
+    fail over to, so none is counted (every 5xx of a one-target route read as one)."""
+    gw = await start_gateway(keepalive={"early_headers": False})
+    async with gw.client() as client:
+        before = await scrape(client)
+        r = await client.post("/v1/chat/completions", json={**CHAT, "fake": {"status": 503}})
+        after = await scrape(client)
+    assert r.status_code == 503
+    assert delta(before, after, "trio_gateway_failovers_total", route="chat", backend="fake") == 0
+
+
+async def test_nonsense_usage_from_an_upstream_is_not_counted_and_frees_the_request(
+    start_gateway,
+) -> None:
+    """A negative (or 400-digit) token count is no count: it used to break the token
+    counters, and with them everything after them at the request's end."""
+    gw = await start_gateway()
+    usage = '{"usage": {"prompt_tokens": -5, "completion_tokens": 1%s}}' % ("0" * 400)
+    chunks = [
+        'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n',
+        f"data: {usage}\n\n",
+        "data: [DONE]\n\n",
+    ]
+    async with gw.client() as client:
+        before = await scrape(client)
+        r = await client.post("/v1/chat/completions", json={**CHAT, "fake": {"chunks": chunks}})
+        await gw.gateway.inflight.wait_empty()
+        after = await scrape(client)
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    labels = {"route": "chat", "backend": "fake", "endpoint": "chat/completions", "status": "200"}
+    assert delta(before, after, "trio_gateway_requests_total", **labels, outcome="completed") == 1
+    assert gw.gateway.upstreams["fake"].users == 0  # the request gave its backend back
