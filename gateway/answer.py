@@ -75,11 +75,13 @@ async def relay_stream(
                         entry.phase = "streaming"
                         entry.first_token_at = trio.current_time()
                     if fed.end:
-                        # The terminal event and the end of the response, as one message.
+                        # The terminal event and the end of the response, as one message;
+                        # kept first, no heartbeat goes out while the answer is stored (it
+                        # would follow the terminal event, numbered after it).
                         entry.phase = "finishing"
+                        writer.write_last(fed.out)
                         if exchange.keep is not None and pipe.result is not None:
                             await exchange.keep(pipe.result)
-                        writer.write_last(fed.out)
                         await writer.end()
                         timer.deadline = math.inf  # upstream timers guard a relay that is over
                         await _read_to_end(response.body)

@@ -49,7 +49,7 @@ class ResponseWriter:
         # Made only for a waiter (a heartbeat without early headers): most responses
         # never need one, and it would last as long as the response.
         self._started_event: trio.Event | None = None
-        self._last = b""
+        self._last: bytes | None = None  # what end() sends; set, no heartbeat goes before it
         self.clock = clock
         self.started = False
         self.data_sent = False  # an upstream data event reached the client: no failover now
@@ -102,6 +102,12 @@ class ResponseWriter:
         finally:
             self._lock.release()
 
+    @property
+    def ending(self) -> bool:
+        """The response's end is decided (:meth:`write_last`) or sent: nothing is to be
+        kept alive any more."""
+        return self.finished or self._last is not None
+
     def write_last(self, data: bytes) -> None:
         """Keep ``data`` to go out with :meth:`end`: a whole body is then one message (and,
         with a ``content-length`` header, no chunked encoding)."""
@@ -115,7 +121,8 @@ class ResponseWriter:
             if self.finished:
                 return
             self.finished = True
-            await self._asgi({"type": "http.response.body", "body": self._last, "more_body": False})
+            last = self._last or b""
+            await self._asgi({"type": "http.response.body", "body": last, "more_body": False})
         finally:
             self._lock.release()
 
@@ -136,7 +143,7 @@ class ResponseWriter:
         assert self.clock is not None
         await acquire(self._lock)
         try:
-            if self.finished or self._last or not self.clock.is_due(trio.current_time()):
+            if self.ending or not self.clock.is_due(trio.current_time()):
                 return False
             if not self.started:
                 if commit is None:
@@ -160,14 +167,14 @@ async def heartbeat(
     headers ``commit()`` returns — so a failure, or a whole failover, that is over before
     the first heartbeat is due still gets a real status. Without it, heartbeats start once
     the relay sent the upstream's headers. A failed write means the client is gone: the
-    upstream exchange is cancelled at once. Returns once the response has ended (the relay
-    may still be reading the rest of an upstream body then).
+    upstream exchange is cancelled at once. Returns once the response's end is decided (the
+    relay may still be storing the answer, or reading the rest of an upstream body, then).
     """
     clock = writer.clock
     assert clock is not None
     if commit is None:
         await writer.wait_started()
-    while not writer.finished:  # after the end there is nothing to keep alive
+    while not writer.ending:  # after the end there is nothing to keep alive
         await alarm.sleep_until(clock.due_at)
         try:
             written = await writer.write_if_silent(data, commit)

@@ -6,15 +6,21 @@ Driven directly on MockClock with the scripted backends of :mod:`tests.test_rela
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import trio
 from trio.testing import MockClock
 
-from gateway.abc import Timeouts, UpstreamProtocolError
+from gateway.abc import JSONObject, Timeouts, UpstreamProtocolError, UpstreamRequest
 from gateway.answer import END_GRACE
+from gateway.config import KeepaliveSettings
+from gateway.dialects.responses import RESPONSES, ResponsesFromChat
 from gateway.errors import ShuttingDown
+from gateway.exchange import Attempt, Exchange
+from gateway.inflight import InFlightTable
 from gateway.relay import relay
+from gateway.sse import SSEFramer
 
 from .test_relay_states import (
     DONE,
@@ -107,3 +113,38 @@ async def test_shutdown_after_done_adds_no_error_event(autojump_clock: MockClock
     assert client.body.endswith(DONE)
     assert record.outcome == "completed"
     assert backend.closed_at == 1.0 + END_GRACE / 2
+
+
+async def test_no_heartbeat_while_the_answer_is_stored(autojump_clock: MockClock) -> None:
+    """The terminal event is read and the answer stored before the end goes out: no
+    heartbeat may go out meanwhile — a Responses keepalive event would follow
+    ``response.completed``, numbered after it, or (translated) be asked of a translator that
+    has finished, which failed the whole relay."""
+    [upstream] = upstreams_of(ScriptedBackend("b", body=[chunk("a"), chunk("b"), DONE]))
+    stored: list[JSONObject] = []
+
+    async def keep(response: JSONObject) -> None:  # a store that takes its time
+        await trio.sleep(1.0)
+        stored.append(response)
+
+    shape = ResponsesFromChat(response_id="resp_1", model="m", request={}, created_at=0)
+    shape.keepalive_events = True
+    request = UpstreamRequest("chat/completions", {"model": "m", "stream": True}, True, "rid")
+    exchange = Exchange(
+        pick_attempts=lambda: [Attempt(upstream, request, shape)],
+        request_id="rid",
+        stream=True,
+        route="r",
+        endpoint="responses",
+        keepalive=KeepaliveSettings(interval=0.1, responses="event"),
+        inflight=InFlightTable(),
+        dialect=RESPONSES,
+        keep=keep,
+    )
+    client = Client(exchange.inflight, trio.current_time())
+    with trio.fail_after(10):
+        await relay(client.send, exchange)
+    events = [json.loads(e.data or "") for e in SSEFramer().feed(client.body)]
+    assert events[-1]["type"] == "response.completed" and stored
+    numbers = [e["sequence_number"] for e in events]
+    assert numbers == sorted(set(numbers))
