@@ -134,8 +134,10 @@ class KeepaliveSettings(_Settings):
     @field_validator("comment")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        if "\r" in value or "\n" in value:
-            raise ValueError("must be a single line (no CR or LF)")
+        # Printable ASCII only: a client reading lines may also split on U+2028, U+0085, a
+        # form feed..., and would take what follows for an event of its own.
+        if not all(" " <= c <= "~" for c in value):
+            raise ValueError("must be printable ASCII on one line (no CR, LF or other breaks)")
         return value
 
 

@@ -261,6 +261,8 @@ def _entry_fields(entry: InFlight) -> dict[str, Any]:
             None if entry.first_token_at is None else entry.first_token_at - entry.started_at
         ),
         "duration_ms": _ms(end - entry.started_at),
+        "upstream_ms": _ms(entry.upstream_seconds),
+        "queue_ms": _ms(entry.queue_seconds),
         "bytes": entry.bytes_out,
         "heartbeats": entry.heartbeats,
         "attempts": list(entry.attempts),

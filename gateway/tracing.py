@@ -52,6 +52,11 @@ __all__ = ["AttemptSpan", "RequestTrace", "Tracing", "open_tracing", "traces_url
 
 log = logging.getLogger("gateway.tracing")
 
+# W3C Trace Context: vendors propagate at least 512 characters of tracestate, and may drop a
+# longer one. Kept within it, a client's header never reaches the log whole: the SDK logs an
+# invalid one at WARNING, so a client could write 30 KiB into the log with each request.
+_MAX_TRACESTATE = 512
+
 # gen_ai.operation.name by endpoint (the client's for the request, the upstream's for an
 # attempt). The token counts are no GenAI operation; they keep a name of their own.
 _OPERATIONS: Mapping[Endpoint, str] = {
@@ -218,6 +223,8 @@ class Tracing:
         parent: Context | None = None
         if client and client == request.traceparent:  # the client's own, valid
             state = request.headers.get("tracestate")
+            if state and len(state) > _MAX_TRACESTATE:
+                state = None  # dropped, as W3C allows, rather than logged whole by the SDK
             parent = trace.set_span_in_context(
                 trace.NonRecordingSpan(
                     trace.SpanContext(

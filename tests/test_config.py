@@ -63,6 +63,8 @@ def test_defaults() -> None:
         ({"routes__chat__keepalive__bogus": 1}, "routes.chat.keepalive.bogus: unknown key"),
         ({"routes__chat__keepalive__non_stream": "spaces"}, "routes.chat.keepalive.non_stream:"),
         ({"routes__chat__keepalive__comment": "a\nb"}, "routes.chat.keepalive.comment:"),
+        # Lines split there too, for a client that reads lines (httpx's aiter_lines).
+        ({"routes__chat__keepalive__comment": "k\u2028data: x"}, "must be printable ASCII"),
         ({"server__bind": "nohost"}, "server.bind:"),
         ({"server__graceful": 3}, "server.graceful: unknown key"),
         ({"server__header_timeout": 0}, "server.header_timeout: Input should be greater than 0"),

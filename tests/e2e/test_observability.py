@@ -254,6 +254,8 @@ async def test_access_log_json_lines_without_secrets(fake: FakeOpenAI, tmp_path:
         "backend",
         "status",
         "ttft_ms",
+        "upstream_ms",
+        "queue_ms",
         "duration_ms",
         "bytes",
         "heartbeats",

@@ -182,6 +182,29 @@ async def test_a_stream_continues_the_clients_trace_with_genai_attributes(
     assert upstream["tracestate"] == "vendor=abc"
 
 
+async def test_a_tracestate_past_512_characters_is_dropped_not_logged(
+    serve_traced: ServeTraced,
+    fake: FakeOpenAI,
+    collector: OTLPCollector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """W3C lets a vendor drop a tracestate longer than 512 characters; the SDK would log an
+    invalid one whole, so a client could put 30 KiB into the log with each request."""
+    url, gw = await serve_traced({"fake": fake.url}, tracing_table(collector.url))
+    huge = "x=" + "a" * 30_000
+    async with httpx.AsyncClient(base_url=url) as client:
+        resp = await client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"traceparent": TRACEPARENT, "tracestate": huge},
+        )
+    assert resp.status_code == 200
+    await settle(gw)
+    assert "tracestate" not in fake.requests[0].headers
+    assert only(collector.of_kind(SERVER)).trace_id == TRACEPARENT[3:35]  # the trace goes on
+    assert all(len(r.getMessage()) < 2000 for r in caplog.records)
+
+
 async def test_without_a_traceparent_the_trace_id_is_the_request_id(
     serve_traced: ServeTraced, fake: FakeOpenAI, collector: OTLPCollector
 ) -> None:
