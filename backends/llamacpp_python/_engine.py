@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any, cast
@@ -300,7 +301,7 @@ class Engine:
         try:
             # Unbound, so that the handler is resolved on (and given) the stand-in.
             llama_cpp.Llama.create_chat_completion(
-                _PromptCapture(self._llama), messages=request.messages, **options
+                _PromptCapture(self._llama), messages=self._messages(request), **options
             )
         except _Prompt as captured:
             return self._prompt_length(captured.prompt)
@@ -331,9 +332,20 @@ class Engine:
 
     def _create(self, request: TextRequest, *, stream: bool) -> Any:
         options = dict(request.options, model=request.model, stream=stream)
+        # Without a seed of its own, llama-cpp-python samples on from the last request's
+        # (the same answers after every restart; one client's seed steering the next).
+        options.setdefault("seed", secrets.randbits(32))
         if request.kind == "chat":
-            return self._llama.create_chat_completion(messages=request.messages, **options)
-        return self._llama.create_completion(prompt=request.prompt, **options)
+            return self._llama.create_chat_completion(messages=self._messages(request), **options)
+        prompt = request.prompt
+        if isinstance(prompt, list) and any(t >= self._llama.n_vocab() for t in prompt):
+            # llama.cpp's decode fails on it (a RuntimeError, the backend's failure): the
+            # client's error, and no reason to eject a model that is fine.
+            raise InvalidRequest(
+                f"prompt: a token id is past the model's vocabulary ({self._llama.n_vocab()})",
+                param="prompt",
+            )
+        return self._llama.create_completion(prompt=prompt, **options)
 
     def _answer(self, job: Job, request: TextRequest) -> Any:
         answer = self._create(request, stream=False)
@@ -386,9 +398,17 @@ class Engine:
                 ).decode("ascii")
         return result
 
+    def _messages(self, request: TextRequest) -> list[dict[str, str]]:
+        """The chat as the model's chat format is given it (generation and count alike)."""
+        if self._llama.chat_format in _NO_SYSTEM_ROLE:
+            return fold_system(request.messages)
+        return list(request.messages)
+
     def _map_error(self, error: Exception) -> GatewayError:
         # llama-cpp-python reports bad input (a prompt longer than the context, a chat the
         # template refuses) as ValueError or a jinja2 error; anything else is its failure.
+        if isinstance(error, GatewayError):  # the gateway's own refusal, as it is
+            return error
         if isinstance(error, (ValueError, jinja2.TemplateError)):
             return InvalidRequest(str(error))
         log.error(
@@ -399,6 +419,26 @@ class Engine:
     def close(self) -> None:
         """Free the model and its context (blocking)."""
         self._llama.close()
+
+
+# Chat formats that drop system messages: llama-cpp-python's "gemma" renders only the user
+# and model turns (and says so at debug level), so a system prompt, a developer message or a
+# Responses ``instructions`` never reached the model.
+_NO_SYSTEM_ROLE = frozenset({"gemma"})
+
+
+def fold_system(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the system messages' text at the head of the first user turn (as
+    Gemma's own template puts it), for a chat format that has no system role."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]
 
 
 def check_chat_format(name: str, where: str) -> None:

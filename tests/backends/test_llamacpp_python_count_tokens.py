@@ -255,3 +255,35 @@ async def test_messages_count_tokens_through_the_gateway(start_local: StartLocal
     assert counted.status_code == 200, counted.text
     assert answer.status_code == 200, answer.text
     assert counted.json() == {"input_tokens": answer.json()["usage"]["input_tokens"]}
+
+
+async def test_the_gemma_format_gets_the_system_prompt_in_the_first_user_turn(
+    start_local: StartLocal,
+) -> None:
+    """llama-cpp-python's "gemma" format drops system messages; the gateway puts their
+    text at the head of the first user turn, as Gemma's own template does: a system prompt
+    (or a developer message) reaches the model, and the count says so."""
+    gw = await start_local(backend={"chat_format": "gemma"})
+    user = {"role": "user", "content": "Sky colour?"}
+    told = [{"role": "system", "content": "Answer in one word, in French."}, user]
+    folded = [{"role": "user", "content": "Answer in one word, in French.\n\nSky colour?"}]
+    with trio.fail_after(30):
+        plain = await gw.backend.count_tokens(_chat([user]))
+        with_system = await gw.backend.count_tokens(_chat(told))
+        as_one_turn = await gw.backend.count_tokens(_chat(folded))
+    assert with_system == as_one_turn > plain
+
+
+def test_fold_system_keeps_the_turns() -> None:
+    from backends.llamacpp_python._engine import fold_system
+
+    assert fold_system(
+        [
+            {"role": "system", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "system", "content": "c"},
+            {"role": "user", "content": "d"},
+        ]
+    ) == [{"role": "assistant", "content": "b"}, {"role": "user", "content": "a\n\nc\n\nd"}]
+    assert fold_system([{"role": "system", "content": "a"}]) == [{"role": "user", "content": "a"}]
+    assert fold_system([{"role": "user", "content": "d"}]) == [{"role": "user", "content": "d"}]

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 
+from backends.llamacpp_python._engine import fold_system
 from backends.llamacpp_python._protocol import choice_text, matched_stop
 
 from .llamacpp_python_helpers import StartLocal, chunk_text
@@ -118,7 +119,7 @@ async def _direct(reference: llama_cpp.Llama, body: dict[str, Any]) -> dict[str,
         if "messages" in body:
             options = {k: v for k, v in body.items() if k != "messages"}
             return reference.create_chat_completion(
-                messages=body["messages"], temperature=0, **options
+                messages=fold_system(body["messages"]), temperature=0, **options
             )
         options = {k: v for k, v in body.items() if k != "prompt"}
         return reference.create_completion(prompt=body["prompt"], temperature=0, **options)

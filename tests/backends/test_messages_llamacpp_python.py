@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import anthropic
 import trio
 
+from backends.llamacpp_python._engine import fold_system
+
 from .llamacpp_python_helpers import LocalGateway, StartLocal
 from .sse_helpers import sse_events
 
@@ -43,11 +45,13 @@ STOP_REASON = {"length": "max_tokens", "stop": "end_turn"}
 
 
 async def _direct(reference: llama_cpp.Llama, **options: Any) -> Any:
-    """llama-cpp-python's own chat answer to :data:`CHAT`, from an empty cache."""
+    """llama-cpp-python's own chat answer to :data:`CHAT`, from an empty cache — its system
+    prompt in the first user turn, as the gateway gives it to the "gemma" chat format."""
 
     def call() -> Any:
         reference.reset()
-        return reference.create_chat_completion(messages=CHAT, temperature=0, **options)
+        messages = fold_system(CHAT)
+        return reference.create_chat_completion(messages=messages, temperature=0, **options)
 
     return await trio.to_thread.run_sync(call)
 

@@ -16,6 +16,7 @@ import openai
 import pytest
 import trio
 
+from backends.llamacpp_python._engine import fold_system
 from gateway.config import build_config
 from gateway.server import serve
 from gateway.service import open_gateway
@@ -90,11 +91,13 @@ async def gw(nursery: trio.Nursery, model_path: Path, tmp_path: Path) -> LocalGa
 async def _direct(
     reference: llama_cpp.Llama, messages: list[dict[str, Any]] = CHAT, **options: Any
 ) -> Any:
-    """llama-cpp-python's own chat answer to ``messages``, from an empty cache."""
+    """llama-cpp-python's own chat answer to ``messages``, from an empty cache — a system
+    prompt in the first user turn, as the gateway gives it to the "gemma" chat format."""
 
     def call() -> Any:
         reference.reset()
-        return reference.create_chat_completion(messages=messages, temperature=0, **options)
+        folded = fold_system(messages)
+        return reference.create_chat_completion(messages=folded, temperature=0, **options)
 
     return await trio.to_thread.run_sync(call)
 
