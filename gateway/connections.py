@@ -111,6 +111,8 @@ class GatewayConnection(TCPServer):
         self._raw = raw  # the stream's own socket, for writes that need not wait
         self._reading = trio.CancelScope()
         self._idle = _IdleTimer(self, self._reading)
+        self._writing: trio.CancelScope | None = None  # the write waiting for the client
+        self._abandoned = False
         # hypercorn's idle task (a lock, a task slot) is not used here: not kept either.
         self.idle_task = self._idle  # type: ignore[assignment]
 
@@ -165,10 +167,17 @@ class GatewayConnection(TCPServer):
             return
         await acquire(self.send_lock)
         try:
+            if self._abandoned:
+                raise trio.ClosedResourceError("the connection was given up")
             sent = self._write_now(data)
             if sent < len(data):
-                with trio.CancelScope(shield=True):  # as hypercorn: a write is never cut in half
+                # As hypercorn: a write is never cut in half, whoever is cancelled — unless
+                # the connection is given up (:meth:`abandon`): then it is cut and closed.
+                with trio.CancelScope(shield=True), trio.CancelScope() as self._writing:
                     await self.stream.send_all(memoryview(data)[sent:])
+                self._writing = None
+                if self._abandoned:
+                    raise trio.ClosedResourceError("the connection was given up")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(ClosedEvent())
         finally:
@@ -226,6 +235,15 @@ class GatewayConnection(TCPServer):
                 return data
             await trio.lowlevel.wait_readable(raw)
             waited = True
+
+    def abandon(self) -> None:
+        """At the drain's deadline: cut the write that waits for a client that reads
+        nothing (a shielded write would hold the connection, and the drain, for as long as
+        the client keeps its socket open — a ping flood fills it from the reader itself);
+        the connection then closes, and no later write is tried."""
+        self._abandoned = True
+        if self._writing is not None:
+            self._writing.cancel()
 
     def close_if_idle(self) -> None:
         """At shutdown: close now if no request is in progress (else after its answer,
@@ -357,6 +375,14 @@ class _AppCall:
         return cast("Coroutine[Any, Any, None]", self.app(scope, receive, send))
 
 
+async def _abandon_at(deadline: float, live: set[GatewayConnection]) -> None:
+    """At the drain's deadline, give up the connections still held (their tasks are
+    cancelled then too; a write waiting for its client is not, unless given up)."""
+    await trio.sleep_until(deadline)
+    for server in list(live):
+        server.abandon()
+
+
 async def serve_connections(
     app: ASGIFramework,
     config: HypercornConfig,
@@ -425,6 +451,8 @@ async def serve_connections(
                 await context.terminated.set()
                 for server in list(live):
                     server.close_if_idle()
-                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                deadline = trio.current_time() + config.graceful_timeout
+                connections.cancel_scope.deadline = deadline
+                lifespan_nursery.start_soon(_abandon_at, deadline, live)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Ping, Request
 
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
@@ -413,6 +415,36 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
         streamed = await closed_by_server(busy, within=5)  # then closed, by the server
         assert streamed.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in streamed
         assert streamed.endswith(b"0\r\n\r\n")  # the chunked body ended whole
+
+
+@linux_only
+async def test_a_client_that_floods_pings_and_reads_nothing_is_cut_at_the_drains_end(
+    start_gateway,
+) -> None:
+    """Every ping is answered from the connection's reader; once the client's window is
+    full, that write waits — shielded, as every write, so as never to be cut in half — and
+    held the connection, and the drain, for as long as the client kept its socket open. At
+    the drain's deadline the connection is given up: the write is cut, the socket closed."""
+    gw = await start_gateway(server={"graceful_timeout": 0.5})
+    port = int(gw.url.rsplit(":", 1)[1])
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    async with trio.SocketStream(sock) as stream:
+        client = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(client.send(Request(host="gw", target="/v1/responses")))
+        accepted = False
+        while not accepted:
+            client.receive_data(await stream.receive_some(65536))
+            accepted = any(isinstance(e, AcceptConnection) for e in client.events())
+        ping = client.send(Ping(b"p" * 125)) * 64
+        with trio.move_on_after(1.5):  # until the gateway stops reading: its pongs wait
+            while True:
+                await stream.send_all(ping)
+        assert server_sockets(port) == 1
+        gw.shutdown.set()
+        # The drain gives requests graceful_timeout, then their ends _ABORT_GRACE (5 s).
+        await wait_until(lambda: server_sockets(port) == 0, within=10)
 
 
 # -- 6. closed clients released at once ----------------------------------------------------
