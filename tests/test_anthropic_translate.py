@@ -1042,6 +1042,17 @@ def test_tool_calls_without_an_index_are_told_apart_by_id() -> None:
     ]
 
 
+# Two tool calls, one argument piece each, as two blocks.
+TWO_TOOL_BLOCKS = [
+    "start 0 tool_use",
+    "delta 0 input_json_delta",
+    "stop 0",
+    "start 1 tool_use",
+    "delta 1 input_json_delta",
+    "stop 1",
+]
+
+
 def test_parallel_tool_calls_that_all_say_index_0_are_told_apart_by_id() -> None:
     # As Ollama and SGLang stream parallel calls: every one at index 0, each its own id; a
     # call's later pieces repeat its id, or carry none.
@@ -1055,14 +1066,7 @@ def test_parallel_tool_calls_that_all_say_index_0_are_told_apart_by_id() -> None
     )
     starts = [e[1]["content_block"] for e in events if e[0] == "content_block_start"]
     assert [(b["id"], b["name"]) for b in starts] == [("c1", "f"), ("c2", "g")]
-    assert names(events)[1:7] == [
-        "start 0 tool_use",
-        "delta 0 input_json_delta",
-        "stop 0",
-        "start 1 tool_use",
-        "delta 1 input_json_delta",
-        "stop 1",
-    ]
+    assert names(events)[1:7] == TWO_TOOL_BLOCKS
 
 
 def test_one_chunk_with_two_tool_calls() -> None:
@@ -1079,14 +1083,7 @@ def test_one_chunk_with_two_tool_calls() -> None:
             )
         ]
     )
-    assert names(events)[1:7] == [
-        "start 0 tool_use",
-        "delta 0 input_json_delta",
-        "stop 0",
-        "start 1 tool_use",
-        "delta 1 input_json_delta",
-        "stop 1",
-    ]
+    assert names(events)[1:7] == TWO_TOOL_BLOCKS
 
 
 def test_a_tool_call_that_never_gets_a_name_is_the_upstreams_fault() -> None:

@@ -13,7 +13,7 @@ import trio
 from gateway.testing.fake_openai import FakeOpenAI
 from tests.gateway_process import run_gateway_command
 
-from .test_workers_signals import _CONFIG_READ, _config, _logged, _open_gate
+from .test_workers_signals import _CONFIG_READ, _config, _logged, _open_gate, long_chat
 
 
 async def test_a_sighup_while_the_backends_start_is_ignored(
@@ -42,12 +42,7 @@ async def test_a_sighup_during_the_drain_is_ignored_and_the_stream_ends_whole(
     config = _config(tmp_path, fake, workers=1, graceful_timeout=20)
     async with run_gateway_command(config) as gateway:
         url = await gateway.url(within=60)
-        body = {
-            "model": "m",
-            "messages": [{"role": "user", "content": "long"}],
-            "stream": True,
-            "fake": {"tokens": 20, "pace": 0.05},
-        }
+        body = long_chat(tokens=20, pace=0.05)
         async with (
             httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as client,
             client.stream("POST", "/v1/chat/completions", json=body) as response,

@@ -85,6 +85,16 @@ def _config(tmp_path: Path, fake: FakeOpenAI, gate: _Gate | None = None, **serve
     return path
 
 
+def long_chat(*, tokens: int, pace: float) -> dict[str, object]:
+    """A streamed chat the fake answers slowly: ``tokens`` deltas, ``pace`` seconds apart."""
+    return {
+        "model": "m",
+        "messages": [{"role": "user", "content": "long"}],
+        "stream": True,
+        "fake": {"tokens": tokens, "pace": pace},
+    }
+
+
 def _rename_model(config: Path) -> None:
     config.write_text(config.read_text().replace('model = "m"', 'model = "m2"'))
 
@@ -224,12 +234,7 @@ async def test_a_second_stop_signal_stops_the_workers_at_once(
     config = _config(tmp_path, fake, shutdown_delay=60)
     async with run_gateway_command(config) as gateway:
         url = await gateway.url(within=60)
-        body = {
-            "model": "m",
-            "messages": [{"role": "user", "content": "long"}],
-            "stream": True,
-            "fake": {"tokens": 600, "pace": 0.1},
-        }
+        body = long_chat(tokens=600, pace=0.1)
         async with (
             httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as client,
             client.stream("POST", "/v1/chat/completions", json=body) as response,
