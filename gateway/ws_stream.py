@@ -70,6 +70,11 @@ class GatewayWSStream(WSStream):
                             reason=f"message larger than the gateway's limit of {limit} bytes",
                         )
                     )
+                    # The app hears of it now, not once the client answers the close (one
+                    # that never does kept its running turn, and its upstream, going).
+                    await self.app_put(  # type: ignore[misc]
+                        {"type": "websocket.disconnect", "code": CloseReason.MESSAGE_TOO_BIG}
+                    )
                     break
                 if event.message_finished:
                     await self.app_put(self.buffer.to_message())  # type: ignore[misc]

@@ -207,6 +207,29 @@ async def test_an_oversized_message_closes_the_socket_with_1009_and_a_reason(
     await ws.close()
 
 
+async def test_an_oversized_message_ends_the_running_turn_at_once(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """The 1009 close goes out and the running turn's upstream is closed then — not once
+    the client answers the close (one that never does kept the turn going to its end)."""
+    _, ws = await serve_and_connect(start_gateway, server={"websocket_max_message_bytes": 1000})
+    await ws.send_json({**CREATE, "fake": {"tokens": 600, "pace": 0.05}})  # 30 s of frames
+    await ws.receive_json()  # it streams
+    await ws.send_json({**CREATE, "input": "x" * 1000})
+    [connection] = fake.connections
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:  # read every byte, answer nothing (not the close)
+            while await ws.stream.receive_some(65536):
+                pass
+
+        nursery.start_soon(drain)
+        with trio.fail_after(5):
+            await connection.closed_event.wait()
+        nursery.cancel_scope.cancel()
+    await ws.abort()
+
+
 async def test_bad_messages_get_error_events_and_the_socket_serves_on(
     start_gateway, fake: FakeOpenAI
 ) -> None:
