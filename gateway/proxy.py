@@ -114,7 +114,20 @@ class ProxyApp:
                     f"Method {request.method} is not allowed on {request.path}", allowed=("POST",)
                 )
             serve = await self._admit(request, receive)
-        except _Disconnected:
+        except _Disconnected:  # gone while sending its body: no answer, but its line
+            self.gateway.telemetry.on_answered(
+                route="",
+                endpoint=request.endpoint,
+                status=499,
+                outcome="client_gone",
+                fields={
+                    "request_id": request.request_id,
+                    "method": request.method,
+                    "path": request.path,
+                    "phase": "body",
+                    "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
+                },
+            )
             return
         except GatewayError as error:
             await self._answer_error(request, send, error)

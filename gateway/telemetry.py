@@ -232,11 +232,18 @@ class Telemetry:
             write_access_log(_entry_fields(entry))
 
     def on_answered(
-        self, *, route: str, endpoint: str, status: int, fields: Mapping[str, Any]
+        self,
+        *,
+        route: str,
+        endpoint: str,
+        status: int,
+        fields: Mapping[str, Any],
+        outcome: str | None = None,
     ) -> None:
         """Count a request the gateway answered itself (bad input, unknown model, model
-        list, health...) and write its access-log line."""
-        outcome = "completed" if status < 400 else "rejected"
+        list, health...) and write its access-log line; ``outcome`` by default from the
+        status (``client_gone`` for one whose client left before it was answered)."""
+        outcome = outcome or ("completed" if status < 400 else "rejected")
         self._child(self.requests, route, "", endpoint, str(status), outcome).inc()
         write_access_log({**fields, "route": route, "status": status, "outcome": outcome})
 

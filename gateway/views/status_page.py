@@ -30,18 +30,20 @@ def blueprint(gateway: Gateway) -> Blueprint:
         ids = ((b"x-request-id", request_id.encode()),)
 
         async def serve(send: Any) -> None:
-            await serve_feed(send, gateway, request_id, ids)
-            gateway.telemetry.on_answered(
-                route="",
-                endpoint="status",
-                status=200,
-                fields={
-                    "request_id": request_id,
-                    "method": "GET",
-                    "path": "/status/events",
-                    "duration_ms": round((trio.current_time() - started) * 1000, 3),
-                },
-            )
+            try:
+                await serve_feed(send, gateway, request_id, ids)
+            finally:  # its viewer leaving (the usual end) cancels the request
+                gateway.telemetry.on_answered(
+                    route="",
+                    endpoint="status",
+                    status=200,
+                    fields={
+                        "request_id": request_id,
+                        "method": "GET",
+                        "path": "/status/events",
+                        "duration_ms": round((trio.current_time() - started) * 1000, 3),
+                    },
+                )
 
         return StatusFeedResponse(serve)
 

@@ -417,6 +417,19 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
         assert streamed.endswith(b"0\r\n\r\n")  # the chunked body ended whole
 
 
+async def test_a_client_gone_while_sending_its_body_leaves_an_access_line(
+    start_gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="gateway.access")
+    gw = await start_gateway()
+    stream = await connect(gw)
+    async with stream:
+        await stream.send_all(chat_request(body=b"x" * 100)[:-90])  # 10 of its 100 bytes
+    await wait_until(lambda: any(r.name == "gateway.access" for r in caplog.records))
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert (line["status"], line["outcome"], line["phase"]) == (499, "client_gone", "body")
+
+
 @linux_only
 async def test_a_client_that_floods_pings_and_reads_nothing_is_cut_at_the_drains_end(
     start_gateway,

@@ -18,6 +18,7 @@ import trio
 from playwright.sync_api import Page, sync_playwright
 
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.waiting import wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -129,7 +130,10 @@ async def test_status_page_in_chromium_follows_a_stream(start_gateway, fake: Fak
     assert (ARTIFACTS / "status-page.png").stat().st_size > 0
 
 
-async def test_feed_is_sse_with_heartbeats_and_can_be_switched_off(start_gateway) -> None:
+async def test_feed_is_sse_with_heartbeats_and_can_be_switched_off(
+    start_gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="gateway.access")
     gw = await start_gateway()
     async with gw.client() as client:
         page = await client.get("/")
@@ -142,6 +146,8 @@ async def test_feed_is_sse_with_heartbeats_and_can_be_switched_off(start_gateway
                 if line.startswith("data: "):
                     break
         assert '"routes"' in line and '"name": "chat"' in line
+    # Its viewer leaving is how a feed ends: its line is written then.
+    await wait_until(lambda: any("/status/events" in r.getMessage() for r in caplog.records))
 
     off = await start_gateway(server={"status_page": False})
     async with httpx.AsyncClient(base_url=off.url) as client:
