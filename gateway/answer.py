@@ -58,6 +58,7 @@ async def relay_stream(
     backend = attempt.upstream.backend
     clock = UpstreamClock(backend.settings.timeouts, trio.current_time())
     pipe = attempt.shape.stream()
+    pauses = clock.pauses
     try:
         with trio.CancelScope(deadline=clock.deadline) as timer:
             async with _open(attempt) as response:
@@ -68,7 +69,6 @@ async def relay_stream(
                 await writer.start(200, sse_headers(exchange.headers()))
                 async for chunk in response.body:
                     _heard_upstream(clock, timer, entry)
-                    entry.data_lines += chunk.count(b"data:")
                     fed = pipe.feed(chunk)
                     if fed.data and not writer.data_sent:
                         writer.data_sent = True
@@ -87,7 +87,7 @@ async def relay_stream(
                         await _read_to_end(response.body)
                         return
                     if fed.out:
-                        if clock.pauses:
+                        if pauses:
                             timer.deadline = clock.paused_deadline
                             await writer.write(fed.out)
                             _heard_upstream(clock, timer, entry)
@@ -99,6 +99,7 @@ async def relay_stream(
                         )
     finally:
         _take_tokens(entry, pipe.tokens)
+        entry.data_events += pipe.data_events
     if timer.cancelled_caught:
         raise _timeout_error(clock)
     if pipe.pending:

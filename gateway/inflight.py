@@ -49,9 +49,9 @@ class InFlight:
     bytes_out: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    # SSE data lines the upstream streamed (about one per token): what a team is charged
-    # for the answer when the upstream's usage never came (the client left, it broke).
-    data_lines: int = 0
+    # Events with data the upstream streamed (about one per token): what a team is charged
+    # for the answer when the upstream's usage never came (its client left).
+    data_events: int = 0
     response_model: str | None = None  # as the upstream's answer named it
     attempts: tuple[str, ...] = ()
     ended_at: float | None = None

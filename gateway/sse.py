@@ -71,6 +71,7 @@ class SSEFramer:
         "_retry",
         "_scan",
         "_started",
+        "data_events",
     )
 
     def __init__(self) -> None:
@@ -78,6 +79,7 @@ class SSEFramer:
         self._scan = 0  # index in _buf where the next line starts
         self._event_start = 0  # index in _buf where the current (unfinished) event starts
         self._started = False  # past the leading-BOM check
+        self.data_events = 0  # events with data framed so far
         self._after_cr = False  # the last line ended in CR: an LF next belongs to it
         self._reset_fields()
 
@@ -176,6 +178,8 @@ class SSEFramer:
             self._retry = int(value)
 
     def _dispatch(self, raw: bytes) -> SSEEvent:
+        if self._data is not None:
+            self.data_events += 1
         event = SSEEvent(
             raw=raw,
             data=None if self._data is None else "\n".join(self._data),

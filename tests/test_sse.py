@@ -192,3 +192,12 @@ def test_done_and_data_flags() -> None:
 def test_retry_must_be_digits() -> None:
     [a, b] = SSEFramer().feed(b"retry: 12x\ndata: a\n\nretry: 15\ndata: b\n\n")
     assert (a.retry, b.retry) == (None, 15)
+
+
+def test_events_with_data_are_counted() -> None:
+    # What a team is charged for an answer whose usage never came: one per data event,
+    # however it was cut into pieces; comments and empty events are not counted.
+    framer = SSEFramer()
+    for piece in (b": ping\n\ndata: a\n", b"data: b\n\n\n", b"event: x\ndata: c\n\nda", b"ta: d"):
+        framer.feed(piece)
+    assert framer.data_events == 2

@@ -111,6 +111,11 @@ class StreamPipe(abc.ABC):
         """Bytes held back while an event is unfinished."""
         return self._framer.pending_bytes
 
+    @property
+    def data_events(self) -> int:
+        """The upstream's events with data so far (about one per token)."""
+        return self._framer.data_events
+
 
 class Shape(abc.ABC):
     """How one attempt's answer reaches the client: passed through or translated.

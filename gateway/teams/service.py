@@ -78,7 +78,7 @@ class TeamAdmission:
     The team is charged the tokens the upstream reported. Where its client left before the
     usage came (an upstream that was asked reports none then), it is charged an estimate
     instead, so that hanging up is no way around ``tokens_per_minute``: the request body's
-    JSON bytes / 4 for the prompt, one token per SSE data line streamed for the answer."""
+    JSON bytes / 4 for the prompt, one token per SSE data event streamed for the answer."""
 
     __slots__ = ("_teams", "body", "headers", "identity", "ticket")
 
@@ -130,7 +130,7 @@ class TeamAdmission:
         if prompt is None:
             prompt = _prompt_estimate(self.body)
         if completion is None:
-            completion = entry.data_lines
+            completion = entry.data_events
         return prompt, completion
 
 
