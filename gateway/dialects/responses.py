@@ -32,7 +32,7 @@ from ..sse import SSEEvent
 from ..usage import token_count
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
-from .responses_answer import ChatToResponsesStream, chat_to_response
+from .responses_answer import ChatToResponsesStream, chat_to_response, failed_response
 
 __all__ = [
     "RESPONSES",
@@ -83,24 +83,14 @@ class ResponsesDialect(Dialect):
         # Nothing of the response is out, nor known (queued, connecting, or the upstream
         # failed first): a response of the gateway's is created and failed, since the SDKs'
         # stream helpers take nothing before response.created.
-        response: JSONObject = {
-            "id": "resp_" + secrets.token_hex(16),
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "in_progress",
-            "model": model,
-            "output": [],
-            "error": None,
-            "incomplete_details": None,
-        }
-        return _event({"type": "response.created", "response": response, "sequence_number": 0}) + (
-            _event(
-                {
-                    "type": "response.failed",
-                    "response": _failed(response, error),
-                    "sequence_number": 1,
-                }
-            )
+        created, failed = failed_response(
+            {"code": error_code(error), "message": error.message},
+            response_id="resp_" + secrets.token_hex(16),
+            model=model,
+            created_at=int(time.time()),
+        )
+        return _event({"type": "response.created", "response": created, "sequence_number": 0}) + (
+            _event({"type": "response.failed", "response": failed, "sequence_number": 1})
         )
 
     def heartbeat(self, policy: KeepaliveSettings) -> bytes:

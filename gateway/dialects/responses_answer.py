@@ -105,6 +105,23 @@ def warm_up_response(
     )
 
 
+def failed_response(
+    error: JSONObject, *, response_id: str, model: str, created_at: int
+) -> tuple[JSONObject, JSONObject]:
+    """A response of the gateway's for a stream that failed before the upstream said
+    anything of its own: as created (in progress, no output) and as failed with ``error``
+    (``{code, message}``)."""
+    created = _response(
+        {},
+        response_id=response_id,
+        model=model,
+        created_at=created_at,
+        status="in_progress",
+        output=[],
+    )
+    return created, {**created, "status": "failed", "error": error}
+
+
 def _response(
     request: JSONObject,
     *,
