@@ -8,7 +8,7 @@ import os
 import re
 
 from .abc import Endpoint, JSONObject
-from .dialects.anthropic_request import validate_count_tokens, validate_messages
+from .dialects.anthropic_validate import validate_count_tokens, validate_messages
 from .dialects.responses_validate import validate_input_tokens, validate_responses
 from .errors import InvalidRequest, MalformedJSON, MissingField
 

@@ -21,8 +21,8 @@ from gateway.dialects.anthropic_request import (
     IMAGES_OF,
     TOOL_ERROR_PREFIX,
     messages_to_chat,
-    validate_messages,
 )
+from gateway.dialects.anthropic_validate import validate_messages
 from gateway.dialects.base import Tokens
 from gateway.dialects.messages import MessagesFromChat
 from gateway.errors import InvalidRequest, UpstreamProtocolError

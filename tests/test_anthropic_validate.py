@@ -1,4 +1,4 @@
-"""Anthropic Messages bodies checked (:mod:`gateway.dialects.anthropic_request`): every
+"""Anthropic Messages bodies checked (:mod:`gateway.dialects.anthropic_validate`): every
 refusal names the bad field's dotted path, as ``param`` and at the head of the message
 (Anthropic's error shape has no ``param``); every documented shape passes."""
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.abc import JSONObject
-from gateway.dialects.anthropic_request import (
+from gateway.dialects.anthropic_validate import (
     BLOCK_TYPES,
     validate_count_tokens,
     validate_messages,

@@ -1,5 +1,5 @@
 """OpenAI Responses ↔ Chat Completions (:mod:`gateway.dialects.responses_request`,
-:mod:`gateway.dialects.responses_answer`): request bodies (and the history a
+:mod:`gateway.dialects.responses_answer`, ``responses_stream``, ``responses_custom``): request bodies (and the history a
 ``previous_response_id`` expands to) to chat, chat answers and chat chunk streams back to
 Responses, table by table; refusals name the field. Streams are checked event by event for
 the Responses grammar and sequence numbers, every event and response is validated with the
@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from gateway.abc import JSONObject
-from gateway.dialects.responses_answer import ChatToResponsesStream, chat_to_response, custom_input
+from gateway.dialects.responses_answer import chat_to_response
+from gateway.dialects.responses_custom import custom_input
 from gateway.dialects.responses_request import (
     CUSTOM_TOOL_ARGUMENT,
     IMAGES_FOLLOW,
@@ -27,6 +28,7 @@ from gateway.dialects.responses_request import (
     responses_to_chat,
     validate_responses,
 )
+from gateway.dialects.responses_stream import ChatToResponsesStream
 from gateway.errors import InvalidRequest, UpstreamProtocolError
 
 CODEX = Path(__file__).parent / "fixtures" / "codex_request.json"

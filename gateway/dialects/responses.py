@@ -32,7 +32,8 @@ from ..sse import SSEEvent
 from ..usage import token_count
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
-from .responses_answer import ChatToResponsesStream, chat_to_response, failed_response
+from .responses_answer import chat_to_response, failed_response
+from .responses_stream import ChatToResponsesStream
 
 __all__ = [
     "RESPONSES",

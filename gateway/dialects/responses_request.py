@@ -27,7 +27,7 @@ How the shapes meet, where chat has no exact counterpart:
   string argument, :data:`CUSTOM_TOOL_ARGUMENT` (``"input"``), whose description carries the
   tool's grammar (chat backends cannot enforce a Lark or regex grammar, but the model can read
   it). A ``custom_tool_call`` item is a tool call with arguments ``{"input": "<text>"}``, its
-  output a ``tool`` message; :mod:`gateway.dialects.responses_answer` turns a call of such a
+  output a ``tool`` message; :mod:`gateway.dialects.responses_custom` turns a call of such a
   function back into a ``custom_tool_call``.
 - ``tool_choice`` ``allowed_tools`` keeps only the allowed tools in the chat body;
   ``tool_choice`` and ``parallel_tool_calls`` without tools are dropped (chat servers refuse
@@ -49,6 +49,7 @@ from typing import NoReturn
 
 from ..abc import JSONObject, JSONValue
 from .anthropic_request import IMAGES_FOLLOW, IMAGES_OF
+from .checks import invalid, path_at
 from .responses_validate import (
     CALL_OUTPUTS,
     CALLS,
@@ -58,11 +59,9 @@ from .responses_validate import (
     ID_PREFIXES,
     RESPONSES_FIELDS,
     TEXT_PARTS,
-    invalid,
     item_type,
     new_call_id,
     new_item_id,
-    path_at,
     validate_input_tokens,
     validate_responses,
 )

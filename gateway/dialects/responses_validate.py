@@ -17,18 +17,16 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..abc import JSONObject, JSONValue
-from ..errors import InvalidRequest, MissingField
+from .checks import array_at, invalid, missing, object_at, path_at, required, string_at
 
 __all__ = [
     "CUSTOM_TOOL_ARGUMENT",
     "ITEM_TYPES",
     "RESPONSES_FIELDS",
     "TOOL_TYPES",
-    "invalid",
     "item_type",
     "new_call_id",
     "new_item_id",
-    "path_at",
     "validate_input_tokens",
     "validate_responses",
 ]
@@ -117,47 +115,16 @@ def new_call_id() -> str:
 # --- checks -------------------------------------------------------------------------------
 
 
-def invalid(path: str, problem: str) -> NoReturn:
-    raise InvalidRequest(f"{path}: {problem}", param=path)
-
-
-def _missing(path: str) -> NoReturn:
-    raise MissingField(f"{path}: field required", param=path)
-
-
 def _unsupported(path: str, what: str) -> NoReturn:
     invalid(path, f"{what} is not supported by this gateway")
 
 
-def path_at(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _object(value: JSONValue, path: str) -> JSONObject:
-    if not isinstance(value, dict):
-        invalid(path, "must be an object")
-    return value
-
-
-def _array(value: JSONValue, path: str) -> list[JSONValue]:
-    if not isinstance(value, list):
-        invalid(path, "must be an array")
-    return value
-
-
 def _required(doc: JSONObject, key: str, path: str) -> JSONValue:
-    if doc.get(key) is None:
-        _missing(path_at(path, key))
-    return doc[key]
+    return required(doc, key, path, null_is_missing=True)
 
 
 def _string(doc: JSONObject, key: str, path: str, *, nonempty: bool = False) -> str:
-    value = _required(doc, key, path)
-    if not isinstance(value, str):
-        invalid(path_at(path, key), "must be a string")
-    if nonempty and not value:
-        invalid(path_at(path, key), "must not be empty")
-    return value
+    return string_at(doc, key, path, null_is_missing=True, nonempty=nonempty)
 
 
 def _optional(doc: JSONObject, key: str, path: str, kind: type, what: str) -> None:
@@ -190,7 +157,7 @@ def item_type(item: JSONObject) -> str:
 
 
 def _check_part(part: JSONValue, path: str, known: frozenset[str]) -> None:
-    doc = _object(part, path)
+    doc = object_at(part, path)
     kind = _string(doc, "type", path)
     if kind not in known:
         invalid(path_at(path, "type"), f"unknown content part type {kind!r}")
@@ -200,25 +167,25 @@ def _check_part(part: JSONValue, path: str, known: frozenset[str]) -> None:
         _string(doc, "refusal", path)
     elif kind == "input_image":
         if doc.get("image_url") is None and doc.get("file_id") is None:
-            _missing(path_at(path, "image_url"))
+            missing(path_at(path, "image_url"))
         _optional(doc, "image_url", path, str, "a string")
         _optional(doc, "file_id", path, str, "a string")
         _optional(doc, "detail", path, str, "a string")
     elif kind == "input_file" and all(
         doc.get(key) is None for key in ("file_id", "file_data", "file_url")
     ):
-        _missing(path_at(path, "file_id"))
+        missing(path_at(path, "file_id"))
 
 
 def _check_parts(content: JSONValue, path: str, known: frozenset[str]) -> None:
     if isinstance(content, str):
         return
-    for i, part in enumerate(_array(content, path)):
+    for i, part in enumerate(array_at(content, path)):
         _check_part(part, f"{path}.{i}", known)
 
 
 def _check_item(item: JSONValue, path: str) -> None:
-    doc = _object(item, path)
+    doc = object_at(item, path)
     kind = item_type(doc)
     if kind == "item_reference":
         _unsupported(path, "an item_reference (an earlier item named by id; send the item itself)")
@@ -237,8 +204,8 @@ def _check_item(item: JSONValue, path: str) -> None:
         _check_parts(_required(doc, "output", path), path_at(path, "output"), OUTPUT_PARTS)
     elif kind == "reasoning":
         for key in ("summary", "content"):
-            for i, part in enumerate(_array(doc.get(key) or [], path_at(path, key))):
-                _string(_object(part, f"{path}.{key}.{i}"), "text", f"{path}.{key}.{i}")
+            for i, part in enumerate(array_at(doc.get(key) or [], path_at(path, key))):
+                _string(object_at(part, f"{path}.{key}.{i}"), "text", f"{path}.{key}.{i}")
         _optional(doc, "encrypted_content", path, str, "a string")
 
 
@@ -246,15 +213,15 @@ def _check_input(body: JSONObject) -> None:
     value = body.get("input")
     if value is None:
         if body.get("previous_response_id") is None:
-            _missing("input")
+            missing("input")
         return
     if not isinstance(value, str):
-        for i, item in enumerate(_array(value, "input")):
+        for i, item in enumerate(array_at(value, "input")):
             _check_item(item, f"input.{i}")
 
 
 def _check_tool(tool: JSONValue, path: str) -> None:
-    doc = _object(tool, path)
+    doc = object_at(tool, path)
     kind = _string(doc, "type", path)
     if kind not in TOOL_TYPES:
         invalid(path_at(path, "type"), f"unknown tool type {kind!r}")
@@ -269,7 +236,7 @@ def _check_tool(tool: JSONValue, path: str) -> None:
     if doc.get("format") is None:
         return
     where = path_at(path, "format")
-    fmt = _object(doc["format"], where)
+    fmt = object_at(doc["format"], where)
     if _string(fmt, "type", where) not in ("text", "grammar"):
         invalid(path_at(where, "type"), 'must be "text" or "grammar"')
     if fmt["type"] == "grammar":
@@ -284,7 +251,7 @@ def _check_tool_choice(body: JSONObject) -> None:
         return
     if isinstance(choice, str):
         invalid("tool_choice", 'must be "auto", "none", "required" or an object')
-    doc = _object(choice, "tool_choice")
+    doc = object_at(choice, "tool_choice")
     kind = _string(doc, "type", "tool_choice")
     if kind not in TOOL_CHOICE_TYPES:
         invalid("tool_choice.type", f"unknown tool choice type {kind!r}")
@@ -294,14 +261,14 @@ def _check_tool_choice(body: JSONObject) -> None:
         _string(doc, "mode", "tool_choice")
         _choice(doc, "mode", "tool_choice", ("auto", "required"))
         for i, tool in enumerate(
-            _array(_required(doc, "tools", "tool_choice"), "tool_choice.tools")
+            array_at(_required(doc, "tools", "tool_choice"), "tool_choice.tools")
         ):
-            _string(_object(tool, f"tool_choice.tools.{i}"), "type", f"tool_choice.tools.{i}")
+            _string(object_at(tool, f"tool_choice.tools.{i}"), "type", f"tool_choice.tools.{i}")
 
 
 def _check_tools(body: JSONObject) -> None:
     if body.get("tools") is not None:
-        for i, tool in enumerate(_array(body["tools"], "tools")):
+        for i, tool in enumerate(array_at(body["tools"], "tools")):
             _check_tool(tool, f"tools.{i}")
     _check_tool_choice(body)
     _optional(body, "parallel_tool_calls", "", bool, "a boolean")
@@ -310,24 +277,24 @@ def _check_tools(body: JSONObject) -> None:
 def _check_text(body: JSONObject) -> None:
     if body.get("text") is None:
         return
-    text = _object(body["text"], "text")
+    text = object_at(body["text"], "text")
     _choice(text, "verbosity", "text", VERBOSITIES)
     if text.get("format") is None:
         return
-    fmt = _object(text["format"], "text.format")
+    fmt = object_at(text["format"], "text.format")
     kind = _string(fmt, "type", "text.format")
     if kind not in ("text", "json_schema", "json_object"):
         invalid("text.format.type", 'must be "text", "json_schema" or "json_object"')
     if kind == "json_schema":
         _string(fmt, "name", "text.format", nonempty=True)
-        _object(_required(fmt, "schema", "text.format"), "text.format.schema")
+        object_at(_required(fmt, "schema", "text.format"), "text.format.schema")
         _optional(fmt, "strict", "text.format", bool, "a boolean")
         _optional(fmt, "description", "text.format", str, "a string")
 
 
 def _check_reasoning(body: JSONObject) -> None:
     if body.get("reasoning") is not None:
-        reasoning = _object(body["reasoning"], "reasoning")
+        reasoning = object_at(body["reasoning"], "reasoning")
         _choice(reasoning, "effort", "reasoning", ("none", *EFFORTS))
         _choice(reasoning, "summary", "reasoning", SUMMARIES)
 
@@ -351,7 +318,7 @@ def _check_prompt(body: JSONObject) -> str:
 def _check_metadata(body: JSONObject) -> None:
     if body.get("metadata") is None:
         return
-    metadata = _object(body["metadata"], "metadata")
+    metadata = object_at(body["metadata"], "metadata")
     if len(metadata) > 16:
         invalid("metadata", "must hold at most 16 pairs")
     for key, value in metadata.items():
@@ -380,7 +347,7 @@ def _check_sampling(body: JSONObject) -> None:
         _optional(body, name, "", bool, "a boolean")
     _choice(body, "truncation", "", ("auto", "disabled"))
     if body.get("include") is not None:
-        for i, value in enumerate(_array(body["include"], "include")):
+        for i, value in enumerate(array_at(body["include"], "include")):
             if not isinstance(value, str):
                 invalid(f"include.{i}", "must be a string")
     _check_metadata(body)
