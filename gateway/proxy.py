@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
 import trio
@@ -32,6 +32,7 @@ from hypercorn.typing import (
 
 from .abc import JSONObject
 from .client_request import ClientRequest, Serve, SocketTurn
+from .config import Route
 from .dialects.responses import warm_up_stream
 from .dialects.responses_answer import warm_up_response
 from .errors import (
@@ -54,7 +55,7 @@ from .plans import plan_request
 from .relay import relay
 from .responses.conversation import Conversation
 from .routing import apply_policy
-from .service import Gateway
+from .service import Gateway, Upstream
 from .teams import Identity, TeamAdmission
 from .websocket import ResponsesSockets
 
@@ -160,7 +161,7 @@ class ProxyApp:
 
         What it reads of the config (route, backends, teams) it reads once, at once: a
         config reload meanwhile changes nothing for this request, to its end."""
-        gateway, teams = self.gateway, self.gateway.auth
+        gateway = self.gateway
         router, upstreams = gateway.router, gateway.upstreams
         model, stream = validate(body, request.endpoint)
         request.model = model
@@ -168,6 +169,37 @@ class ProxyApp:
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist", param="model")
         request.route = route.name
+        # From here until it ends, the request holds its route's backends: a reload that
+        # replaced or removed one stops it only once no request may still reach it. Held
+        # before the first await (history, team admission), or a reload in between could
+        # stop a backend this request is about to use.
+        held = tuple({upstreams[t.backend] for t in route.settings.all_targets})
+        for upstream in held:
+            upstream.hold()
+        try:
+            serve = await self._prepare_held(
+                request, body, socket, route, model, stream, upstreams, held
+            )
+        except BaseException:
+            for upstream in held:
+                upstream.release()
+            raise
+        return serve
+
+    async def _prepare_held(
+        self,
+        request: ClientRequest,
+        body: JSONObject,
+        socket: SocketTurn | None,
+        route: Route,
+        model: str,
+        stream: bool,
+        upstreams: Mapping[str, Upstream],
+        held: tuple[Upstream, ...],
+    ) -> Serve:
+        """:meth:`prepare` once the route's backends are held: the relay to run, which
+        releases them when it ends (or the warm-up answer, which releases them at once)."""
+        gateway, teams = self.gateway, self.gateway.auth
         body = apply_policy(body, route)
         identity = request.identity
         admission: TeamAdmission | None = None
@@ -187,7 +219,9 @@ class ProxyApp:
         responses = request.endpoint in ("responses", "responses/input_tokens")
         history = await conversation.history(body) if responses else []
         keep = conversation.keeper(body, history) if request.endpoint == "responses" else None
-        if socket is not None and not socket.generate:
+        if socket is not None and not socket.generate:  # answered here: no backend asked
+            for upstream in held:
+                upstream.release()
             return partial(self._warm_up, request, body, keep, socket.connection_id)
         keepalive = route.settings.keepalive
         if socket is not None:  # the socket pings; the relay writes no heartbeat
@@ -228,9 +262,6 @@ class ProxyApp:
         dialect = request.dialect
         limits = dialect.limit_headers(admission.headers, time.time()) if admission else {}
         limit_headers = [(k.encode(), v.encode()) for k, v in limits.items()]
-        # Until it ends, the request holds its route's backends: a reload that replaced or
-        # removed one stops it only once no request may still reach it.
-        held = tuple({upstreams[t.backend] for t in route.settings.all_targets})
 
         def finish(entry: InFlight) -> None:
             if admission is not None:
@@ -262,9 +293,6 @@ class ProxyApp:
             connection=socket.connection_id if socket else "",
             trace=trace,
         )
-
-        for upstream in held:
-            upstream.hold()
 
         def serve(
             send: ASGISendCallable, gone: Disconnect | ASGIReceiveCallable | None

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,6 +204,48 @@ async def test_a_changed_backend_drains_its_stream_then_closes_and_a_kept_one_is
     assert len(fakes["c"].connections) == 1 and fakes["c"].connections[0].closed_at is None
 
 
+async def test_a_request_between_routing_and_its_relay_keeps_the_backend_a_reload_replaces(
+    nursery: trio.Nursery, start: Start, tmp_path: Path
+) -> None:
+    # A request routed before a reload and relayed after it (it waited on its team's
+    # admission meanwhile) is served by the backend it was routed to: that backend is held
+    # from the routing on, so the reload does not stop it under the request.
+    fakes = await start_fakes(nursery, ["a", "b"])
+    teams = team("alpha", ALPHA)
+    gw = await start(config_text(fakes["a"].url, teams=teams, tmp_path=tmp_path))
+    assert gw.gateway.auth is not None
+    state = gw.gateway.auth.state
+    admit, entered, go = state.admit, trio.Event(), trio.Event()
+
+    async def admit_later(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await go.wait()
+        return await admit(*args, **kwargs)
+
+    state.admit = admit_later  # type: ignore[method-assign]
+    answers: list[httpx.Response] = []
+
+    async def ask() -> None:
+        async with gw.client(ALPHA) as alpha:
+            answers.append(await alpha.post("/v1/chat/completions", json={**CHAT, "model": "m"}))
+
+    async with trio.open_nursery() as asking:
+        asking.start_soon(ask)
+        await entered.wait()
+        # backend `fake` moves from a to b while the request waits for its admission
+        await gw.reload(config_text(fakes["b"].url, teams=teams, tmp_path=tmp_path))
+        state.admit = admit  # type: ignore[method-assign]
+        go.set()
+    [answer] = answers
+    assert answer.status_code == 200, answer.text
+    assert len(fakes["a"].requests) == 1 and not fakes["b"].requests
+    async with gw.client(ALPHA) as alpha:  # the next one goes to the new backend
+        assert (
+            await alpha.post("/v1/chat/completions", json={**CHAT, "model": "m"})
+        ).status_code == 200
+    assert len(fakes["b"].requests) == 1
+
+
 async def test_settings_that_need_a_restart_are_reported_and_left_and_the_rest_applies(
     start: Start, fake: FakeOpenAI, tmp_path: Path, caplog
 ) -> None:
@@ -245,6 +288,8 @@ async def test_a_teams_counters_survive_a_reload_that_changes_its_limits(
         then = [(await alpha.post("/v1/chat/completions", json=ask)).status_code for _ in range(3)]
     assert first == [200, 200]
     assert then == [200, 200, 429]  # 4 a minute now, 2 of them already used
+    # The refused request let go of the backend it was routed to, as the served ones did.
+    assert gw.gateway.upstreams["fake"].users == 0
 
 
 async def test_gateway_reload_signals_the_gateway_serving_the_file(
