@@ -400,6 +400,11 @@ def build_config(
             backends[backend_id] = backend_type.cls.Settings.model_validate(table)
         except ValidationError as error:
             _raise_validation(error, ("backends", backend_id))
+        except Exception as error:  # a plugin's validator raised what pydantic does not wrap
+            raise ConfigError(
+                f"backends.{backend_id}: {type_name} settings refused: "
+                f"{type(error).__name__}: {error}"
+            ) from None
 
     routes: list[Route] = []
     owner: dict[str, str] = {}

@@ -70,6 +70,10 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
         log.error("config reload refused, the running config is kept: %s", error.message)
         gateway.telemetry.on_reload(False)
         return False
+    except Exception:  # a reload never takes the serving gateway down
+        log.exception("config reload refused, the running config is kept: reading it failed")
+        gateway.telemetry.on_reload(False)
+        return False
     kept = restart_only_changes(old, new)
     if kept:
         log.warning(
@@ -98,6 +102,7 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
             await hosts.start(backend)
             started.append(backend)
         for backend in started:
+            starting = backend.id
             replaced = current.get(backend.id)
             if replaced is not None and replaced.backend.status.ready:
                 await _until_ready(backend)
@@ -111,7 +116,7 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
             await hosts.stop(backend)
         gateway.telemetry.on_reload(False)
         return False
-    made = {backend.id: Upstream.of(backend, gateway.link) for backend in started}
+    made = {b.id: Upstream.of(b, gateway.link, current.get(b.id)) for b in started}
     upstreams = {id: unchanged.get(id) or made[id] for id in new.backends}
     retired = [u for id, u in current.items() if upstreams.get(id) is not u]
 

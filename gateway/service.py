@@ -47,15 +47,22 @@ class Upstream:
     _unused: trio.Event = field(default_factory=trio.Event)
 
     @classmethod
-    def of(cls, backend: Backend, link: ParentLink | None = None) -> Upstream:
+    def of(
+        cls, backend: Backend, link: ParentLink | None = None, replaced: Upstream | None = None
+    ) -> Upstream:
         """``backend``'s upstream; with ``link`` (a worker process), its slots are the
-        machine's."""
+        machine's. An upstream that ``replaced`` one of the same admission settings (a
+        config reload changed something else of the backend) takes over its slots: the
+        requests still on the old one and those on the new one share one limit and one
+        queue, in arrival order."""
         admission = backend.settings.admission
-        slots: Slots = (
-            BackendSlots(backend.id, admission)
-            if link is None
-            else SharedSlots(link, backend.id, admission)
-        )
+        slots: Slots
+        if replaced is not None and replaced.backend.settings.admission == admission:
+            slots = replaced.slots
+        elif link is None:
+            slots = BackendSlots(backend.id, admission)
+        else:
+            slots = SharedSlots(link, backend.id, admission)
         return cls(backend, slots, Breaker(backend.settings.ejection))
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import pytest
@@ -160,3 +161,33 @@ def test_auto_workers_are_the_usable_cpus_within_the_cgroup_limit(
     assert usable_cpus(path) == (affinity if expected is None else min(expected, affinity))
     assert usable_cpus(tmp_path / "absent") == affinity
     assert ServerSettings(workers=3).worker_count == 3
+
+
+def test_a_plugin_settings_validator_raising_any_error_is_a_config_error_naming_the_backend(
+    tmp_path: Path,
+) -> None:
+    # pydantic wraps only ValueError and AssertionError; a plugin's validator may raise
+    # anything (here the FileNotFoundError of Path.resolve(strict=True)).
+    from backends.openai import OpenAIBackend, OpenAISettings
+    from gateway.registry import BackendType, Registry
+
+    class StrictSettings(OpenAISettings):
+        type: Literal["strict"] = "strict"  # type: ignore[assignment]
+        model_file: str
+
+        @pydantic.field_validator("model_file")
+        @classmethod
+        def _exists(cls, value: str) -> str:
+            return str(Path(value).resolve(strict=True))
+
+    class StrictBackend(OpenAIBackend):
+        Settings = StrictSettings
+
+    registry = Registry({"strict": BackendType("strict", StrictBackend, "test", "0")})
+    doc = base(backends__up={"type": "strict", "url": "http://127.0.0.1:9/v1"})
+    doc["backends"]["up"]["model_file"] = str(tmp_path / "absent.gguf")
+    with pytest.raises(ConfigError) as info:
+        build_config(doc, registry=registry, environ={})
+    assert info.value.message.startswith("backends.up: strict settings refused: FileNotFoundError")
+    doc["backends"]["up"]["model_file"] = str(tmp_path)
+    assert build_config(doc, registry=registry, environ={}).backends["up"].type == "strict"

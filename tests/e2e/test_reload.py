@@ -246,6 +246,41 @@ async def test_a_request_between_routing_and_its_relay_keeps_the_backend_a_reloa
     assert len(fakes["b"].requests) == 1
 
 
+async def test_a_backend_changed_but_for_its_admission_keeps_one_limit_and_queue_across_it(
+    start: Start, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    # max_concurrency = 1; a stream holds the slot while a reload changes the backend's
+    # timeouts only: a request after the reload queues behind the stream still on the
+    # replaced backend, as it would have without the reload.
+    admission = "admission = { max_concurrency = 1, max_queue = 4 }\n"
+    gw = await start(
+        config_text(
+            fake.url, backend=admission + "timeouts = { first_byte = 60 }", tmp_path=tmp_path
+        )
+    )
+    body = {**CHAT, "model": "m", "stream": True, "fake": {"tokens": 4, "pace": 0.2}}
+    second: list[int] = []
+
+    async def ask(client: httpx.AsyncClient) -> None:
+        second.append(
+            (await client.post("/v1/chat/completions", json={**CHAT, "model": "m"})).status_code
+        )
+
+    def one_queued() -> bool:
+        return gw.gateway.upstreams["fake"].slots.queued == 1
+
+    async with gw.client() as client, trio.open_nursery() as nursery:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            async for chunk in resp.aiter_raw():
+                if b"tok0" in chunk and not gw.reloads("ok"):
+                    changed = admission + "timeouts = { first_byte = 61 }"
+                    await gw.reload(config_text(fake.url, backend=changed, tmp_path=tmp_path))
+                    nursery.start_soon(ask, client)
+                    await wait_until(one_queued, within=5)
+    assert second == [200]
+    assert fake.max_active == 1 and len(fake.requests) == 2
+
+
 async def test_settings_that_need_a_restart_are_reported_and_left_and_the_rest_applies(
     start: Start, fake: FakeOpenAI, tmp_path: Path, caplog
 ) -> None:
