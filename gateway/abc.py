@@ -354,13 +354,19 @@ class Backend(abc.ABC, Generic[SettingsT]):
     def address(self) -> str:
         """For a ``"parent"`` backend, once :meth:`running` has been entered: where the
         workers reach it (passed to :meth:`reached_at` in each worker)."""
-        raise NotImplementedError(f"{type(self).__name__} runs in each worker")
+        raise NotImplementedError(
+            f'{type(self).__name__} has placement "parent" but does not implement address(): '
+            'implement it, or return "worker" from placement()'
+        )
 
     @classmethod
     def reached_at(cls, settings: BackendSettings, address: str) -> BackendSettings:
         """For a ``"parent"`` backend: the settings by which a worker's instance reaches the
         one the parent runs at ``address`` (it starts nothing of its own)."""
-        raise NotImplementedError(f"{cls.__name__} runs in each worker")
+        raise NotImplementedError(
+            f'{cls.__name__} has placement "parent" but does not implement reached_at(): '
+            'implement it, or return "worker" from placement()'
+        )
 
     def speaks(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` reaches this backend as it is (not translated)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import trio
@@ -113,6 +115,8 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             tune_gc()
             _log_serving(binds)
 
+    from .connections import CannotListen
+    from .pidfile import PidFileError
     from .responses import ResponsesDatabaseError
     from .teams.usage import UsageDatabaseError
 
@@ -121,6 +125,9 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     except* ConfigError as group:  # what only start-up finds: a missing binary or model
         _config_error_exit(config_path, group)
     except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
+        click.echo(f"cannot start: {_first_error(group)}", err=True)
+        sys.exit(1)
+    except* (CannotListen, PidFileError) as group:
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
 
@@ -139,6 +146,8 @@ def _supervise(
     log_args: list[str],
 ) -> None:
     """Run ``workers`` worker processes under this one (:mod:`gateway.supervisor`)."""
+    from .connections import CannotListen
+    from .pidfile import PidFileError
     from .supervisor import WorkerFailed, supervise
 
     run = partial(
@@ -155,7 +164,7 @@ def _supervise(
         trio.run(run)
     except* ConfigError as group:
         _config_error_exit(config_path, group)
-    except* WorkerFailed as group:
+    except* (WorkerFailed, CannotListen, PidFileError) as group:
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
 
@@ -225,28 +234,84 @@ def worker(
     help="The running gateway's pid file (default: where `gateway serve` with this "
     "config writes it).",
 )
-def reload(config_path: Path, pid_file: Path | None) -> None:
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Send the signal without validating the file here: the gateway validates it in "
+    "its own environment (its { env = ... } variables) and refuses a bad one.",
+)
+def reload(config_path: Path, pid_file: Path | None, no_check: bool) -> None:
     """Reload a running gateway's config without a restart: check the file, then send
     SIGHUP to the gateway serving it. Streams in flight finish on the config they began
     with; the gateway's log and its trio_gateway_config_reloads_total tell the outcome."""
-    import os
-    import signal
+    from .pidfile import PidFileError, pid_path, signal_holder
 
-    from .pidfile import pid_path, read_pid
-
-    config = _load_or_exit(config_path)
-    path = pid_file if pid_file is not None else pid_path(config, config_path)
+    configured = None
+    if not no_check:
+        configured = _load_for_reload(config_path).server.pid_file
+    elif pid_file is None:
+        configured = _pid_file_setting(config_path)
+    path = pid_file if pid_file is not None else pid_path(configured, config_path)
     try:
-        pid = read_pid(path)
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as error:
-        click.echo(
-            f"no running gateway for {config_path} (pid file {path}: "
-            f"{getattr(error, 'strerror', None) or error})",
-            err=True,
-        )
+        pid = signal_holder(path, signal.SIGHUP)
+    except PidFileError as error:
+        click.echo(f"no running gateway for {config_path}: {error}", err=True)
         sys.exit(1)
     click.echo(f"sent SIGHUP to the gateway (pid {pid}) serving {config_path}")
+
+
+def _load_for_reload(path: Path) -> GatewayConfig:
+    """The config at ``path``, or exit status 2 as :func:`_load_or_exit`; if the file names
+    an environment variable not set here, the error says so and points at ``--no-check``:
+    the gateway reads the variables in its own environment."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        click.echo(f"config error in {path}:\n{error.message}", err=True)
+        unset = dict.fromkeys(_unset_variables(_read_toml(path), os.environ))
+        if unset:
+            click.echo(
+                f"{', '.join(unset)} not set in this environment: if the gateway's has it, "
+                "`gateway reload --no-check` sends the signal without this check (the "
+                "gateway checks the file itself and refuses a bad one)",
+                err=True,
+            )
+        sys.exit(2)
+
+
+def _pid_file_setting(path: Path) -> str | None:
+    """``[server] pid_file`` as written in the file at ``path`` (neither validated nor
+    read through the environment); exit status 2 if that cannot be told."""
+    document = _read_toml(path)
+    server = document.get("server") if document is not None else None
+    pid_file = server.get("pid_file") if isinstance(server, dict) else None
+    if document is None or not isinstance(pid_file, str | None):
+        click.echo(f"{path}: cannot tell its server.pid_file unchecked; give --pid-file", err=True)
+        sys.exit(2)
+    return pid_file
+
+
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    """The TOML document at ``path``; ``None`` if it cannot be read or is not TOML."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _unset_variables(value: object, environ: Mapping[str, str]) -> list[str]:
+    """The variables of the ``{ env = "NAME" }`` references in ``value`` that ``environ``
+    lacks."""
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            name = value["env"]
+            return [name] if isinstance(name, str) and name not in environ else []
+        return [name for item in value.values() for name in _unset_variables(item, environ)]
+    if isinstance(value, list):
+        return [name for item in value for name in _unset_variables(item, environ)]
+    return []
 
 
 @main.command()
@@ -294,10 +359,13 @@ def keys() -> None:
 def keys_new(team: str) -> None:
     """Print a fresh key (shown once: give it to the team) and the config line."""
     from .teams.keys import hash_key, new_key
+    from .teams.settings import TEAM_NAME_RULE, is_team_name, team_table
 
+    if not is_team_name(team):
+        raise click.BadParameter(f"{team!r}: {TEAM_NAME_RULE}", param_hint="--team")
     key = new_key()
     click.echo(f"key for team {team} (shown once, store it now): {key}")
-    click.echo(f"add its hash to [teams.{team}] keys in gateway.toml:")
+    click.echo(f"add its hash to [{team_table(team)}] keys in gateway.toml:")
     click.echo(f'keys = ["{hash_key(key)}"]')
 
 
@@ -349,12 +417,12 @@ def usage(config_path: Path, team: str | None, since: str | None, as_json: bool)
             ) as state:
                 return await state.query_usage(team=team, since=since_at)
 
+        # The state's own outage log speaks of admitting requests: not this command's.
+        logging.getLogger("gateway.teams").setLevel(logging.CRITICAL)
         try:
             rows = trio.run(from_redis)
-        except RedisError as error:
-            click.echo(
-                f"cannot read usage from redis: {error}", err=True
-            )  # URL may hold a password
+        except* RedisError as group:  # the error, never the URL: it may hold a password
+            click.echo(f"cannot read usage from redis: {_first_error(group)}", err=True)
             sys.exit(1)
     else:
         path = Path(config.usage.database)

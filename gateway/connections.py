@@ -82,7 +82,13 @@ from .accept_share import ACCEPT_PAUSE, ConnectionShares
 from .app_queue import ConnectionTasks
 from .locks import acquire
 
-__all__ = ["ConnectionTimers", "GatewayConnection", "serve_connections"]
+__all__ = [
+    "CannotListen",
+    "ConnectionTimers",
+    "GatewayConnection",
+    "bind_sockets",
+    "serve_connections",
+]
 
 log = logging.getLogger("gateway.server")
 
@@ -375,6 +381,21 @@ class _AppCall:
         return cast("Coroutine[Any, Any, None]", self.app(scope, receive, send))
 
 
+class CannotListen(Exception):
+    """The address to listen on cannot be bound (it is in use, or not this machine's);
+    the message names it."""
+
+
+def bind_sockets(config: HypercornConfig) -> list[socket.socket]:
+    """Sockets bound to ``config.bind``, not listening yet. Raises :class:`CannotListen`
+    (hypercorn's :class:`OSError`, with the address it was for)."""
+    try:
+        return config.create_sockets().insecure_sockets
+    except OSError as error:
+        where = ", ".join(config.bind)
+        raise CannotListen(f"cannot listen on {where}: {error.strerror or error}") from None
+
+
 async def _abandon_at(deadline: float, live: set[GatewayConnection]) -> None:
     """At the drain's deadline, give up the connections still held (their tasks are
     cancelled then too; a write waiting for its client is not, unless given up)."""
@@ -396,7 +417,8 @@ async def serve_connections(
     """Serve ``app`` on ``config.bind`` (or on ``sockets``, listening already: a worker's
     share of its parent's, with ``shares`` of the connections) until
     ``shutdown_trigger()`` returns; reports the bound addresses (``http://host:port``)
-    through ``task_status``.
+    through ``task_status``. Raises :class:`CannotListen` if ``config.bind`` cannot be
+    bound.
 
     On shutdown: stop accepting, close idle connections, give requests in progress
     ``config.graceful_timeout`` seconds, then cancel them; then the app's lifespan ends.
@@ -427,7 +449,7 @@ async def serve_connections(
             listeners: list[socket.socket] = []
             binds: list[str] = []
             if sockets is None:
-                sockets = config.create_sockets().insecure_sockets
+                sockets = bind_sockets(config)
             for sock in sockets:
                 sock.listen(config.backlog)
                 sock.setblocking(False)

@@ -9,6 +9,7 @@ an error event (or a 503 if its headers were not sent yet).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -25,7 +26,7 @@ from .config import GatewayConfig, ServerSettings, file_digest, parse_bind
 from .connections import ConnectionTimers, serve_connections
 from .errors import ShuttingDown
 from .guard import BodyTimeouts, RequestGuard
-from .pidfile import pid_path, remove_pid, write_pid
+from .pidfile import hold_pid_file, pid_path
 from .reload import reload_config
 from .service import Gateway, open_gateway
 
@@ -133,7 +134,10 @@ async def serve(
     With ``config_path`` (the file ``gateway.config`` came from), SIGHUP reloads it
     (:mod:`gateway.reload`), and — unless this is a worker process, on ``sockets`` its
     parent listens on — the process's pid is written where ``gateway reload`` looks for
-    it (:mod:`gateway.pidfile`).
+    it (:mod:`gateway.pidfile`), and the file held until the drain begins.
+
+    Raises :class:`~gateway.connections.CannotListen` if the address cannot be bound, and
+    :class:`~gateway.pidfile.PidFileError` if the pid file cannot be written.
     """
     config = gateway.config
     hconfig = hypercorn_config(bind or config.server.bind, config.server)
@@ -166,7 +170,7 @@ async def serve(
             gateway.telemetry.on_config(file_digest(config_path))
             reloading = await nursery.start(_reload_on_sighup, gateway, config_path, nursery)
             if sockets is None:
-                pid_file = pid_path(config, config_path)
+                pid_file = pid_path(config.server.pid_file, config_path)
         binds = await nursery.start(
             partial(
                 serve_connections,
@@ -179,14 +183,11 @@ async def serve(
             )
         )
         try:
-            if pid_file is not None:
-                write_pid(pid_file)
-            task_status.started(binds)
-            await stop.wait()
+            with hold_pid_file(pid_file) if pid_file is not None else contextlib.nullcontext():
+                task_status.started(binds)
+                await stop.wait()
         finally:
             reloading.cancel()  # no reload once shutdown began
-            if pid_file is not None:
-                remove_pid(pid_file)
 
 
 async def _reload_on_sighup(

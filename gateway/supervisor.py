@@ -33,6 +33,7 @@ each one shuts down by itself if the parent is gone (its line to the parent clos
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -46,13 +47,15 @@ import trio
 from hypercorn.utils import repr_socket_addr
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .abc import Backend
 from .accept_share import create_shares
 from .backend_hosts import open_backend_hosts
 from .config import GatewayConfig
+from .connections import bind_sockets
 from .control import Channel
 from .errors import ConfigError
 from .machine import Machine
-from .pidfile import pid_path, remove_pid, write_pid
+from .pidfile import hold_pid_file, pid_path
 from .registry import Registry
 from .server import hypercorn_config
 from .service import build_backend
@@ -82,9 +85,23 @@ class WorkerFailed(Exception):
 
 def check_placements(config: GatewayConfig, registry: Registry, workers: int) -> None:
     """Refuse backends that cannot run under ``workers`` processes (placement
-    ``"single"``), with what to do instead."""
+    ``"single"``, or ``"parent"`` from a class that cannot tell the workers where it runs),
+    with what to do instead."""
     if workers <= 1:
         return
+    for id, settings, cls in registry.placed(config.backends, "parent"):
+        missing = [
+            f"{name}()"
+            for name in ("address", "reached_at")
+            if inspect.getattr_static(cls, name) is inspect.getattr_static(Backend, name)
+        ]
+        if missing:
+            raise ConfigError(
+                f"backends.{id}: backend type {settings.type!r} "
+                f'({cls.__module__}.{cls.__qualname__}) has placement "parent" but does not '
+                f"implement {' or '.join(missing)}, which tell the workers where it runs: "
+                'implement them, or return "worker" from placement() to run it in each worker'
+            )
     for id, settings, _ in registry.placed(config.backends, "single"):
         raise ConfigError(
             f"backends.{id}: a {settings.type} backend holds its model in the gateway's "
@@ -247,10 +264,14 @@ async def supervise(
     on_serving: Callable[[list[str]], None] | None = None,
 ) -> None:
     """Run ``workers`` worker processes on ``config`` until SIGTERM or SIGINT, as the
-    module says; ``on_serving`` gets the bound addresses once every worker is ready."""
+    module says; ``on_serving`` gets the bound addresses once every worker is ready.
+
+    Raises :class:`~gateway.errors.ConfigError` for backends that cannot run under
+    ``workers`` (:func:`check_placements`), :class:`~gateway.connections.CannotListen`,
+    :class:`~gateway.pidfile.PidFileError`, and :class:`WorkerFailed`."""
     check_placements(config, registry, workers)
     hconfig = hypercorn_config(bind or config.server.bind, config.server)
-    sockets = hconfig.create_sockets().insecure_sockets
+    sockets = bind_sockets(hconfig)
     binds = []
     for sock in sockets:
         sock.listen(hconfig.backlog)
@@ -279,20 +300,19 @@ async def supervise(
             machine,
             metrics,
         )
-        pid_file = pid_path(config, config_path)
+        pid_file = pid_path(config.server.pid_file, config_path)
         # Signals are answered from before the pid file tells `gateway reload` where to
         # send one until the backends have stopped: a signal left to its default action
         # would end the parent with its pid file and backends left behind.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            write_pid(pid_file)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_answer_signals, parent, signals, sockets)
-                    await _run(parent, binds, on_serving)
-                    await hosts.stop_all()
-                    nursery.cancel_scope.cancel()
+                with hold_pid_file(pid_file):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_answer_signals, parent, signals, sockets)
+                        await _run(parent, binds, on_serving)
+                        await hosts.stop_all()
+                        nursery.cancel_scope.cancel()
             finally:
-                remove_pid(pid_file)
                 os.close(shares_fd)
                 for sock in sockets:
                     sock.close()

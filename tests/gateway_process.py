@@ -7,7 +7,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +49,17 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def run_gateway_command(config: Path, *args: str) -> AsyncIterator[GatewayProcess]:
-    """``python -m gateway serve --config CONFIG ARGS…``, its stderr collected in the
-    background; killed on the way out if it still runs."""
+async def run_gateway_command(
+    config: Path, *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[GatewayProcess]:
+    """``python -m gateway serve --config CONFIG ARGS…`` (in ``env``, or this process's
+    environment), its stderr collected in the background; killed on the way out if it
+    still runs."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), *args],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=env,
     )
     running = GatewayProcess(process)
     stderr = process.stderr

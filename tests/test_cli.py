@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from gateway.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,3 +120,91 @@ def test_unusable_responses_database_is_one_line_naming_it(tmp_path: Path) -> No
     assert (checked.returncode, checked.stderr.splitlines()) == (1, [f"{cfg}: {problem}"])
     served = gateway("serve", "--config", str(cfg), "--bind", "127.0.0.1:0")
     assert (served.returncode, served.stderr.splitlines()) == (1, [f"cannot start: {problem}"])
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound, then closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def served_config(tmp_path: Path, *, workers: int = 1, pid_file: Path | None = None) -> Path:
+    cfg = tmp_path / f"served-{workers}.toml"
+    pid = pid_file if pid_file is not None else tmp_path / "gateway.pid"
+    cfg.write_text(
+        f'[server]\nbind = "127.0.0.1:0"\nworkers = {workers}\npid_file = {str(pid)!r}\n'
+        '[backends.b]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        '[routes.chat]\nbackend = "b"\n'
+        f"[responses]\ndatabase = {str(tmp_path / 'responses.sqlite')!r}\n"
+    )
+    return cfg
+
+
+def test_serve_on_a_port_in_use_is_one_line_naming_the_address(tmp_path: Path) -> None:
+    """Single process and workers = 2 alike: no traceback, the address, exit status 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        for workers in (1, 2):
+            served = gateway(
+                "serve",
+                "--config",
+                str(served_config(tmp_path, workers=workers)),
+                "--bind",
+                address,
+            )
+            assert served.returncode == 1, served.stderr
+            assert "Traceback" not in served.stderr
+            assert served.stderr.splitlines()[-1] == (
+                f"cannot start: cannot listen on {address}: Address already in use"
+            )
+
+
+def test_serve_with_a_pid_file_in_a_missing_directory_is_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "missing" / "gateway.pid"
+    for workers in (1, 2):
+        cfg = served_config(tmp_path, workers=workers, pid_file=pid_file)
+        served = gateway("serve", "--config", str(cfg))
+        assert served.returncode == 1, served.stderr
+        assert "Traceback" not in served.stderr
+        assert served.stderr.splitlines()[-1] == (
+            f"cannot start: pid file {pid_file}: cannot write it: No such file or directory"
+        )
+        assert list((tmp_path).glob(".gateway.pid*")) == []
+
+
+def test_usage_with_redis_unreachable_is_one_line(tmp_path: Path) -> None:
+    port = closed_port()
+    cfg = tmp_path / "redis.toml"
+    cfg.write_text(
+        '[backends.b]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+        '[routes.chat]\nbackend = "b"\n'
+        f'[state]\nredis = "redis://127.0.0.1:{port}/0"\n'
+    )
+    result = gateway("usage", "--config", str(cfg))
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cannot read usage from redis: redis at 127.0.0.1:{port}: ")
+
+
+def test_keys_new_refuses_a_name_no_team_may_have() -> None:
+    for name in ["my team", "", "a" * 65, "é"]:
+        result = gateway("keys", "new", "--team", name)
+        assert (result.returncode, result.stdout) == (2, ""), name
+        assert "a team name is 1-64 of A-Z a-z 0-9 _ . -" in result.stderr
+
+
+def test_keys_new_prints_a_table_the_config_reads_for_a_dotted_name(tmp_path: Path) -> None:
+    result = gateway("keys", "new", "--team", "ops.eu")
+    assert result.returncode == 0, result.stderr
+    _, header_line, keys_line = result.stdout.splitlines()
+    header = header_line.split("[", 1)[1].split("]", 1)[0]
+    assert header == 'teams."ops.eu"'
+    cfg = teams_config(tmp_path, tmp_path / "usage.sqlite")
+    cfg.write_text(cfg.read_text() + f"[{header}]\n{keys_line}\n")
+    assert load_config(cfg).teams["ops.eu"].keys == (keys_line.split('"')[1],)

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import re
 import signal
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from gateway.config import load_config
-from gateway.registry import load_registry
+from gateway.abc import Backend, BackendSettings, Placement, UpstreamRequest, UpstreamResponse
+from gateway.config import load_config, read_config
+from gateway.errors import ConfigError
+from gateway.registry import BackendType, Registry, load_registry
 from gateway.supervisor import supervise
 from gateway.testing.waiting import wait_until
 from tests.gateway_process import process_gone
@@ -63,3 +66,41 @@ async def test_a_worker_spawned_as_sigterm_comes_is_stopped_at_once(
     assert re.search(r"worker \d ready", caplog.text) is None
     assert all(process_gone(int(pid)) for _, pid in _STARTED.findall(caplog.text))
     assert not (tmp_path / "gateway.pid").exists()
+
+
+class _ParentWithoutAddress(Backend[BackendSettings]):
+    """Runs once in the parent (it would start a server) but cannot say where."""
+
+    Settings = BackendSettings
+
+    @classmethod
+    def placement(cls, settings: BackendSettings) -> Placement:
+        return "parent"
+
+    def open_response(
+        self, request: UpstreamRequest
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        raise NotImplementedError
+
+
+async def test_a_parent_backend_without_an_address_is_refused_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """It used to fail with NotImplementedError("... runs in each worker") from the
+    backend's address(): the opposite of the problem."""
+    registry = Registry(
+        {**load_registry().types, "p": BackendType("p", _ParentWithoutAddress, "scratch", "0")}
+    )
+    config_path = tmp_path / "gateway.toml"
+    config_path.write_text(
+        '[server]\nworkers = 2\n[backends.fake]\ntype = "p"\n[routes.chat]\nbackend = "fake"\n'
+    )
+    config = read_config(config_path, registry=registry)[0]
+    with pytest.raises(ConfigError) as refused:
+        await supervise(config, config_path, registry=registry, workers=2)
+    assert refused.value.message == (
+        "backends.fake: backend type 'p' (tests.test_supervisor._ParentWithoutAddress) has "
+        'placement "parent" but does not implement address() or reached_at(), which tell '
+        'the workers where it runs: implement them, or return "worker" from placement() to '
+        "run it in each worker"
+    )

@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from .keys import hash_key, is_hash
 
 __all__ = [
+    "TEAM_NAME_RULE",
     "AuthSettings",
     "StateSettings",
     "TeamLimits",
@@ -40,9 +41,12 @@ __all__ = [
     "UsageSettings",
     "check_key_entries",
     "check_team_models",
+    "is_team_name",
+    "team_table",
 ]
 
 _TEAM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+TEAM_NAME_RULE = "a team name is 1-64 of A-Z a-z 0-9 _ . -"
 
 
 class _Settings(BaseModel):
@@ -136,6 +140,17 @@ def check_key_entries(raw: Mapping[str, Any]) -> None:
                 )
 
 
+def is_team_name(name: str) -> bool:
+    """Whether ``name`` may name a team (:data:`TEAM_NAME_RULE`)."""
+    return _TEAM_NAME.fullmatch(name) is not None
+
+
+def team_table(name: str) -> str:
+    """The TOML table header's key of team ``name`` (a valid one): ``teams.NAME``, its
+    name quoted where it has a dot (a bare dot would nest tables)."""
+    return f"teams.{name}" if "." not in name else f'teams."{name}"'
+
+
 def check_team_models(
     teams: Mapping[str, TeamSettings], routes: Iterable[tuple[str, tuple[str, ...]]]
 ) -> None:
@@ -146,8 +161,8 @@ def check_team_models(
         known.add(name)
         known.update(public)
     for team, settings in teams.items():
-        if not _TEAM_NAME.fullmatch(team):
-            raise ConfigError(f"teams.{team}: a team name is 1-64 of A-Z a-z 0-9 _ . -")
+        if not is_team_name(team):
+            raise ConfigError(f"teams.{team}: {TEAM_NAME_RULE}")
         for i, model in enumerate(settings.models):
             if model not in known:
                 raise ConfigError(
