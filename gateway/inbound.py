@@ -75,9 +75,9 @@ def _random_hex(size: int) -> str:
 # Deeper nesting than this is refused: no API body needs it, and Python's JSON encoder
 # recurses, so a body parsed near the interpreter's limit could fail when sent on.
 MAX_DEPTH = 128
-# Only a \uD800-\uDFFF escape can put a UTF-16 surrogate into a parsed string (raw
-# surrogates are not valid UTF-8), so bodies without one need no search.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Only a \uD800-\uDFFF escape can put a UTF-16 surrogate into a parsed string (raw ones
+# fail the strict decoding, in UTF-8, -16 or -32 alike), so bodies without one need no search.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -96,35 +96,39 @@ def _finite(text: str) -> float:
 
 
 # json.loads with these hooks builds a decoder per call; this one is built once. Bytes are
-# decoded as json.loads decodes them (UTF-8, -16 or -32 by their first bytes).
+# decoded by their first bytes as json.loads decodes them (UTF-8, -16 or -32), but strictly:
+# json.loads lets encoded surrogates through ("surrogatepass"), which no upstream can be sent.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode(json.detect_encoding(raw), "surrogatepass")
-
-
-def parse_json_object(raw: str | bytes) -> JSONObject:
-    """The request body as a JSON object that can be sent on unchanged. Raises
-    :class:`MalformedJSON` for anything that is not JSON, or that is JSON no upstream could
-    be sent (numbers out of range, NaN, lone UTF-16 surrogates, nesting past
-    :data:`MAX_DEPTH`), and :class:`InvalidRequest` for JSON that is not an object."""
+def parse_json_object(raw: str | bytes, what: str = "Request body") -> JSONObject:
+    """The request body (or ``what`` else: a WebSocket message) as a JSON object that can
+    be sent on unchanged. Raises :class:`MalformedJSON` for anything that is not JSON, or
+    that is JSON no upstream could be sent (numbers out of range, NaN, lone UTF-16
+    surrogates, raw or escaped, nesting past :data:`MAX_DEPTH`), and
+    :class:`InvalidRequest` for JSON that is not an object."""
     try:
-        decoded = raw if isinstance(raw, str) else _decode(raw)
-        body = _DECODER.decode(decoded)
+        text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw))
+        body = _DECODER.decode(text)
     except RecursionError:
-        raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels") from None
+        raise MalformedJSON(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"Request body is not valid JSON: {exc}") from None
+        raise MalformedJSON(f"{what} is not valid JSON: {_reason(exc)}") from None
     if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object")
-    text = raw.encode() if isinstance(raw, str) else raw  # (the str is what Quart decoded)
-    if _SURROGATE_ESCAPE.search(text) or text.count(b"{") + text.count(b"[") > MAX_DEPTH:
-        _check_tree(body)
+        raise InvalidRequest(f"{what} must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_tree(body, what)
     return body
 
 
-def _check_tree(body: JSONObject) -> None:
+def _reason(error: ValueError) -> str:
+    """Why a body is no JSON, in the client's terms."""
+    if "int_max_str_digits" in str(error):  # Python's guard against quadratic int parsing
+        return "a number has too many digits"
+    return str(error)
+
+
+def _check_tree(body: JSONObject, what: str) -> None:
     """Walk the parsed body (without recursion) for what :func:`parse_json_object` refuses."""
     stack: list[tuple[object, int]] = [(body, 1)]
     while stack:
@@ -132,12 +136,12 @@ def _check_tree(body: JSONObject) -> None:
         if isinstance(value, str):
             if _SURROGATE.search(value):
                 raise MalformedJSON(
-                    "Request body has a lone UTF-16 surrogate escape (such as \\ud800) "
+                    f"{what} has a lone UTF-16 surrogate escape (such as \\ud800) "
                     "in a string: that is not text and cannot be sent on"
                 )
         elif isinstance(value, dict | list):
             if depth > MAX_DEPTH:
-                raise MalformedJSON(f"Request body is nested deeper than {MAX_DEPTH} levels")
+                raise MalformedJSON(f"{what} is nested deeper than {MAX_DEPTH} levels")
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 stack.append((item, depth + 1))

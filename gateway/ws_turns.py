@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .abc import JSONObject
-from .errors import InvalidRequest
+from .errors import GatewayError, InvalidRequest
+from .inbound import parse_json_object
 from .sse import SSEFramer
 
 
@@ -66,10 +67,10 @@ class TurnSend:
 def stream_id_of(text: str) -> str | None:
     """The ``stream_id`` of a message that could not be taken, if one can be read."""
     try:
-        doc = json.loads(text)
-    except ValueError:
+        doc = parse_json_object(text, "The message")
+    except GatewayError:
         return None
-    stream_id = doc.get("stream_id") if isinstance(doc, dict) else None
+    stream_id = doc.get("stream_id")
     return stream_id if isinstance(stream_id, str) else None
 
 
@@ -109,13 +110,9 @@ class Envelope:
 def create_body(text: str) -> tuple[JSONObject, Envelope]:
     """The Responses request body of a ``response.create`` message — its fields but
     ``type`` and the envelope's, streamed (the socket carries events) — and its envelope.
-    Raises :class:`InvalidRequest` for anything else."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise InvalidRequest("The message is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("A message must be a JSON object with a `type`")
+    Raises :class:`InvalidRequest` for anything else (:class:`MalformedJSON` for what is
+    not JSON, or not JSON an upstream could be sent)."""
+    doc = parse_json_object(text, "The message")  # as a request body is, over HTTP
     kind = doc.get("type")
     if kind != "response.create":
         raise InvalidRequest(

@@ -134,3 +134,22 @@ def test_json_that_can_be_sent_on_is_accepted(raw: str) -> None:
 def test_json_that_cannot_be_sent_on_is_malformed(raw: str, says: str) -> None:
     with pytest.raises(MalformedJSON, match=says):
         parse_json_object(raw.encode())
+
+
+@pytest.mark.parametrize(
+    "raw,says",
+    [
+        # a surrogate encoded as UTF-8 bytes: json.loads lets it through ("surrogatepass")
+        (b'{"a": "x\xed\xa0\x80y"}', "can't decode"),
+        (b'{"\xed\xb0\x80": 1}', "can't decode"),
+        # the escape in a UTF-16 body, whose bytes hold no ASCII "\ud8"
+        ('{"a": "\\ud800"}'.encode("utf-16-le"), "surrogate"),
+        ('{"a": "x"}'.encode("utf-16-le")[:-2] + b"\x00\xd8}\x00", "can't decode"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "a number has too many digits"),
+    ],
+)
+def test_bytes_that_are_no_text_or_no_sendable_number_are_malformed(raw: bytes, says: str) -> None:
+    with pytest.raises(MalformedJSON, match=says):
+        parse_json_object(raw)
+    with pytest.raises(MalformedJSON, match=r"^The message "):
+        parse_json_object(raw, "The message")

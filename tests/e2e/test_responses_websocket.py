@@ -257,6 +257,29 @@ async def test_bad_messages_get_error_events_and_the_socket_serves_on(
     assert len(fake.requests) == 2  # only the last two reached the upstream
 
 
+async def test_messages_that_are_no_sendable_json_are_refused_as_over_http_and_it_serves_on(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    # The checks of an HTTP body hold for a socket's message: nesting past 128 levels (it
+    # closed the socket with 1011), a lone surrogate escape (a 500) and NaN (sent on as null).
+    _, ws = await serve_and_connect(start_gateway)
+    deep = '{"type": "response.create", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    await ws.send_text(deep)
+    await ws.send_text("[" * 100_000)
+    await ws.send_text(json.dumps({**CREATE, "input": "\ud800"}, ensure_ascii=True))
+    await ws.send_text(json.dumps({**CREATE, "top_k": 1})[:-1] + ', "temperature": NaN}')
+    await ws.send_json({**CREATE, "fake": {"tokens": 2}})
+    errors = [await ws.receive_json() for _ in range(4)]
+    good = await ws.events_until_end()
+    await ws.close()
+    assert [(e["type"], e["status"]) for e in errors] == [("error", 400)] * 4
+    assert [e["error"]["code"] for e in errors] == ["invalid_json"] * 4
+    messages = [e["error"]["message"] for e in errors]
+    assert "nested deeper than 128" in messages[0] and "nested deeper" in messages[1]
+    assert "surrogate" in messages[2] and "NaN" in messages[3]
+    assert text_of(good) == "tok0 tok1 " and len(fake.requests) == 1
+
+
 async def test_the_idle_timeout_closes_only_a_socket_with_no_turn_in_flight(
     start_gateway, fake: FakeOpenAI
 ) -> None:
