@@ -12,6 +12,11 @@ endpoint reads it — the relayed ones and Quart's alike.
   an answer) and the app's ``receive()`` returns ``http.disconnect``, as if the client had
   gone; whatever the app sends after that is dropped.
 
+- **Absolute-form targets.** A request line may name the whole URL (``POST
+  http://host/v1/messages``, RFC 9112 §3.2.2: what a client configured with the gateway as
+  its proxy sends); hypercorn puts all of it in the scope's ``path``. The guard puts the
+  URL's path there, for every endpoint to route as usual.
+
 Both answers carry ``Connection: close``, so hypercorn closes the connection after them and
 the bytes after a refused request are never parsed as one.
 Neither timer runs while the app is not waiting on the body (a request without one, or
@@ -23,6 +28,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar, cast
+from urllib.parse import urlsplit
 
 import trio
 from hypercorn.typing import (
@@ -33,6 +40,7 @@ from hypercorn.typing import (
     ASGISendEvent,
     HTTPScope,
     Scope,
+    WebsocketScope,
 )
 
 from .app_queue import receive_now
@@ -44,6 +52,7 @@ from .telemetry import Telemetry
 __all__ = ["BodyTimeouts", "RequestGuard"]
 
 _DISCONNECT: ASGIReceiveEvent = {"type": "http.disconnect"}
+_Scope = TypeVar("_Scope", HTTPScope, WebsocketScope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +78,14 @@ class RequestGuard:
     ) -> Awaitable[None]:
         """The app's own call, guarded — returned, not awaited here: no frame of the
         guard's is held for as long as the request lasts (minutes, for a stream)."""
+        if scope["type"] == "websocket":
+            if scope["path"][:1] != "/":
+                scope = _origin_form(scope)
+            return self.app(scope, receive, send)
         if scope["type"] != "http":
             return self.app(scope, receive, send)
+        if scope["path"][:1] != "/":
+            scope = _origin_form(scope)
         if _both_lengths(scope):
             return self._refuse_ambiguous(scope, receive, send)
         exchange = _GuardedExchange(scope, receive, send, self.timeouts, self.telemetry)
@@ -85,6 +100,16 @@ class RequestGuard:
                 "The request gives both Content-Length and Transfer-Encoding; send one"
             )
             await _answer(scope, send, error, self.telemetry, started)
+
+
+def _origin_form(scope: _Scope) -> _Scope:
+    """``scope`` with the path of an absolute-form target (``http://host/path``) as its
+    ``path`` and ``raw_path``; any other target as it was."""
+    split = urlsplit(scope["path"])
+    if split.scheme.lower() not in ("http", "https", "ws", "wss") or not split.netloc:
+        return scope
+    raw = urlsplit(scope["raw_path"]).path or b"/"
+    return cast(_Scope, {**scope, "path": split.path or "/", "raw_path": raw})
 
 
 def _both_lengths(scope: HTTPScope) -> bool:

@@ -585,3 +585,23 @@ async def test_a_client_that_reads_late_gets_every_byte(start_gateway, fake: Fak
 
         await stream.send_all(chat_request())
         assert (await read_answer(stream)).status == 200
+
+
+async def test_absolute_form_targets_are_routed_by_their_path(
+    start_gateway, fake: FakeOpenAI
+) -> None:
+    """``POST http://host/v1/chat/completions`` (RFC 9112 §3.2.2; a client told to use the
+    gateway as its proxy sends it) is the relayed endpoint, as Quart's paths are; it was a
+    404 "Unknown path: POST /v1/chat/completions"."""
+    gw = await start_gateway()
+    stream = await connect(gw)
+    async with stream:
+        buffered = bytearray()
+        for target in (b"http://gw/v1/chat/completions?x=1", b"HTTPS://gw:443/v1/chat/completions"):
+            await stream.send_all(chat_request().replace(b"/v1/chat/completions", target, 1))
+            answer = await read_answer(stream, buffered)
+            assert answer.status == 200, answer.body
+            assert json.loads(answer.body)["object"] == "chat.completion"
+        await stream.send_all(b"GET http://gw/healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+        assert (await read_answer(stream, buffered)).status == 200
+    assert len(fake.requests) == 2
