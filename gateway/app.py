@@ -27,6 +27,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     error_json,
+    shown,
 )
 from .inbound import endpoint_label, request_ids
 from .proxy import ProxyApp
@@ -154,7 +155,7 @@ def error_response(error: GatewayError) -> Response:
 def _from_werkzeug(exc: HTTPException) -> GatewayError:
     code = exc.code or 500
     if code == 404:
-        return NotFound(f"Unknown path: {request.method} {request.path}")
+        return NotFound(f"Unknown path: {shown(request.method)} {shown(request.path)}")
     if code == 405:
         allowed = tuple(getattr(exc, "valid_methods", None) or ())
         return MethodNotAllowed(

@@ -41,6 +41,17 @@ import json
 import math
 from typing import Any
 
+SHOWN_MAX = 200
+"""Most characters of a client's own value an error message repeats (a model name, a path,
+an id): a megabyte of model name is not echoed back."""
+
+
+def shown(value: str) -> str:
+    """``value`` as an error message quotes it: cut at :data:`SHOWN_MAX` characters."""
+    if len(value) <= SHOWN_MAX:
+        return value
+    return f"{value[:SHOWN_MAX]}… ({len(value):,} characters)"
+
 
 class GatewayError(Exception):
     """Base of every error the gateway reports. ``message`` is shown to the client."""

@@ -41,6 +41,7 @@ from .errors import (
     MethodNotAllowed,
     ModelNotFound,
     ShuttingDown,
+    shown,
 )
 from .exchange import Attempt, Exchange
 from .http_stream import DISCONNECT_EXTENSION, Disconnect
@@ -167,7 +168,7 @@ class ProxyApp:
         request.model = model
         route = router.resolve(model)
         if route is None:
-            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+            raise ModelNotFound(f"The model `{shown(model)}` does not exist", param="model")
         request.route = route.name
         # From here until it ends, the request holds its route's backends: a reload that
         # replaced or removed one stops it only once no request may still reach it. Held

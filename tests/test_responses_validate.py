@@ -130,6 +130,11 @@ INVALID = [
     ),
     (items({"type": "function_call_output", "call_id": "c", "output": 5}), "input.0.output"),
     (items({"type": "reasoning", "summary": "x"}), "input.0.summary"),
+    (items({"type": "reasoning", "summary": ""}), "input.0.summary"),
+    (items({"type": "reasoning", "content": 0}), "input.0.content"),
+    (items({"type": 0, "role": "user", "content": "x"}), "input.0.type"),
+    (items({"type": True, "role": "user", "content": "x"}), "input.0.type"),
+    (items({"type": [], "role": "user", "content": "x"}), "input.0.type"),
     (
         items({"type": "reasoning", "summary": [], "encrypted_content": 1}),
         "input.0.encrypted_content",

@@ -28,4 +28,5 @@ def dialect_of_request(path: str, has_anthropic_version: bool) -> Dialect:
     """The dialect to answer a request in before it is known what it asks for (a refused
     body, an unknown path): Anthropic's on its paths and for its SDKs, which send an
     ``anthropic-version`` header on every call; OpenAI's otherwise."""
-    return MESSAGES if has_anthropic_version or path in MESSAGES_PATHS else CHAT
+    messages = path in MESSAGES_PATHS or path.startswith("/v1/messages/")  # batches, ...
+    return MESSAGES if has_anthropic_version or messages else CHAT

@@ -186,6 +186,7 @@ def _check_parts(content: JSONValue, path: str, known: frozenset[str]) -> None:
 
 def _check_item(item: JSONValue, path: str) -> None:
     doc = object_at(item, path)
+    _optional(doc, "type", path, str, "a string")
     kind = item_type(doc)
     if kind == "item_reference":
         _unsupported(path, "an item_reference (an earlier item named by id; send the item itself)")
@@ -204,7 +205,8 @@ def _check_item(item: JSONValue, path: str) -> None:
         _check_parts(_required(doc, "output", path), path_at(path, "output"), OUTPUT_PARTS)
     elif kind == "reasoning":
         for key in ("summary", "content"):
-            for i, part in enumerate(array_at(doc.get(key) or [], path_at(path, key))):
+            parts = doc.get(key)
+            for i, part in enumerate([] if parts is None else array_at(parts, path_at(path, key))):
                 _string(object_at(part, f"{path}.{key}.{i}"), "text", f"{path}.{key}.{i}")
         _optional(doc, "encrypted_content", path, str, "a string")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..abc import JSONObject
 from ..dialects.responses_request import input_items
-from ..errors import InvalidRequest, PreviousResponseNotFound
+from ..errors import InvalidRequest, PreviousResponseNotFound, shown
 from .store import ResponseStore, StoredResponse
 
 MAX_LANES = 16
@@ -93,7 +93,7 @@ class Conversation:
         stored = await self.store.get(self.team, previous)
         if stored is None:
             raise PreviousResponseNotFound(
-                f"Previous response with id '{previous}' not found.",
+                f"Previous response with id '{shown(previous)}' not found.",
                 param="previous_response_id",
             )
         return [*stored.history, *stored.input_items, *_output(stored.response)]

@@ -11,7 +11,7 @@ from typing import Any
 
 from quart import Blueprint, Response, g, request
 
-from ..errors import ModelNotFound
+from ..errors import ModelNotFound, shown
 from ..service import Gateway
 from ..teams import Identity
 from . import json_response
@@ -50,7 +50,7 @@ def blueprint(gateway: Gateway) -> Blueprint:
     async def get_model(model: str) -> Response:
         """Raises :class:`ModelNotFound` (404) for a model the caller may not see."""
         if model not in visible_models():
-            raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+            raise ModelNotFound(f"The model `{shown(model)}` does not exist", param="model")
         return json_response(_anthropic_card(model) if _anthropic() else _model_card(model))
 
     return models

@@ -73,6 +73,25 @@ async def test_models_lists_public_names_only(start_gateway) -> None:
     assert_openai_error(missing, 404, "model_not_found")
 
 
+async def test_errors_quote_a_clients_long_values_cut_short(start_gateway) -> None:
+    # A model name, a path and a previous_response_id come back at most 200 characters long.
+    gw = await start_gateway()
+    long = "x" * 5_000  # (a request line holds no more than some KiB)
+    async with gw.client() as client:
+        answers = [
+            await client.post("/v1/chat/completions", json={**CHAT, "model": long}),
+            await client.get(f"/v1/models/{long}"),
+            await client.get(f"/{long}"),
+            await client.post(
+                "/v1/responses", json={"model": "m", "input": "hi", "previous_response_id": long}
+            ),
+        ]
+    assert [a.status_code for a in answers] == [404, 404, 404, 400]
+    for answer in answers:
+        message = answer.json()["error"]["message"]
+        assert len(message) < 300 and "x" * 199 + "… (5,00" in message
+
+
 @pytest.mark.parametrize("model", ["m", "m-alias", "m-anything"])
 async def test_names_aliases_and_globs_route(start_gateway, fake: FakeOpenAI, model: str) -> None:
     gw = await start_gateway()

@@ -162,6 +162,11 @@ async def test_errors_in_anthropic_shape(start_gateway) -> None:
         broken = await client.post("/v1/messages", content=b"{not json")
         upstream = await post(client, "/v1/messages", {**ASK, "fake": {"status": 400}})
         method = await client.get("/v1/messages")
+        # Anthropic's paths the gateway does not serve, asked without anthropic-version
+        batches = await client.post("/v1/messages/batches", json={})
+        slash = await client.post("/v1/messages/", json=ASK)
+    assert [batches.status_code, slash.status_code] == [404, 404]
+    assert batches.json()["error"]["type"] == slash.json()["error"]["type"] == "not_found_error"
     assert missing.status_code == 400
     assert missing.json()["type"] == "error"
     assert missing.json()["error"]["type"] == "invalid_request_error"
