@@ -90,8 +90,9 @@ class ServerSettings(_Settings):
     )
     pid_file: str | None = Field(
         None,
-        description="where `gateway serve` writes its pid, for `gateway reload` (default: "
-        "a file in the temp directory named after the config file's path)",
+        description="where `gateway serve` writes its pid and holds a lock on it while it "
+        "serves, for `gateway reload` (default: a file in the temp directory named after the "
+        "config file's absolute path, its symbolic links not followed)",
     )
 
     @property
