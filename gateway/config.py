@@ -461,15 +461,29 @@ def read_config(
     """Read and validate a config file: the config, and the sha256 of the file (its first
     16 hex digits, what ``trio_gateway_config_info`` shows). Raises :class:`ConfigError`."""
     path = Path(path)
+    return parse_config(read_config_bytes(path), path, registry=registry, environ=environ)
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """The bytes of the config file at ``path``. Raises :class:`ConfigError`."""
     try:
-        data = path.read_bytes()
-        text = data.decode("utf-8")
+        return path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def parse_config(
+    data: bytes,
+    path: Path,
+    *,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[GatewayConfig, str]:
+    """:func:`read_config` for ``data``, the bytes read from the file at ``path``."""
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8: {error}") from None
-    try:
-        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return build_config(raw, registry=registry, environ=environ), _digest(data)

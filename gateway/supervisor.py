@@ -20,12 +20,17 @@ and tells the workers where they are; and supervises:
   at once, ending what it still serves (as a second Ctrl-C ends a single-process
   ``gateway serve``), and the parent stops as after any drain. Whatever signals come, a
   stopping parent ends the same way: backends stopped, pid file removed, exit status 0.
-- SIGHUP: every worker reloads the config. It goes at once to each worker that said it
-  is ready; one still starting may have read the file before the change, so it gets the
-  signal once it is ready (until its handler is in place SIGHUP would kill it: a worker
-  ignores SIGHUP from its first line, :data:`_WORKER_MAIN`). During the drain SIGHUP is
-  ignored. The backends the parent runs are kept as they started (a change to them takes
-  a restart; a reload adding one is refused).
+- SIGHUP: the parent checks the file as a worker would load it (:meth:`_Parent.accept`):
+  a bad one is refused there — logged, counted, and no worker is signalled. A good one
+  becomes the workers' copy (:class:`_ConfigCopy`: the workers read the config from a
+  private copy of the file as last accepted, so every worker of a reload reads the same
+  bytes and one started again after it died runs what its siblings run, not the file as
+  edited since) and every worker reloads it. The signal goes at once to each worker that
+  said it is ready; one still starting may have read the copy before the change, so it
+  gets the signal once it is ready (until its handler is in place SIGHUP would kill it: a
+  worker ignores SIGHUP from its first line, :data:`_WORKER_MAIN`). During the drain
+  SIGHUP is ignored. The backends the parent runs are kept as they started (a change to
+  them takes a restart; a reload adding one is refused).
 
 Workers run in sessions of their own, so a terminal's Ctrl-C reaches the parent only, and
 each one shuts down by itself if the parent is gone (its line to the parent closes).
@@ -36,9 +41,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +57,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from .abc import Backend
 from .accept_share import create_shares
 from .backend_hosts import open_backend_hosts
-from .config import GatewayConfig
+from .config import GatewayConfig, parse_config, read_config_bytes
 from .connections import bind_sockets
 from .control import Channel
 from .errors import ConfigError
@@ -59,6 +66,8 @@ from .pidfile import hold_pid_file, pid_path
 from .registry import Registry
 from .server import hypercorn_config
 from .service import build_backend
+from .telemetry import config_reloads_counter
+from .worker import reach_parent_backends
 
 __all__ = ["WorkerFailed", "check_placements", "supervise"]
 
@@ -124,12 +133,33 @@ class _Metrics:
         self.running = Gauge(
             "trio_gateway_workers", "Worker processes running.", registry=self.registry
         )
+        self.reloads = config_reloads_counter(self.registry)
+
+
+class _ConfigCopy:
+    """The config file the workers read: ``source`` as the parent last accepted it, copied
+    into a directory of its own (readable by this user only)."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self._directory = Path(tempfile.mkdtemp(prefix="trio-gateway-config-"))
+        self.path = self._directory / source.name
+
+    def put(self, data: bytes) -> None:
+        """Make ``data`` the copy: a worker that opens it reads the old or the new, whole."""
+        staged = self.path.with_name(f".{self.path.name}.new")
+        staged.write_bytes(data)
+        os.replace(staged, self.path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self._directory, ignore_errors=True)
 
 
 @dataclass
 class _Parent:
     config: GatewayConfig
-    config_path: Path
+    copy: _ConfigCopy
+    registry: Registry
     listen_fds: list[int]
     shares_fd: int
     workers: int
@@ -146,7 +176,7 @@ class _Parent:
     reload_due: set[int] = field(default_factory=set)
 
     def argv(self, worker: int, control_fd: int) -> list[str]:
-        argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--config", str(self.config_path)]
+        argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--config", str(self.copy.path)]
         argv += ["--id", str(worker), "--control-fd", str(control_fd), *self.log_args]
         argv += ["--shares-fd", str(self.shares_fd), "--workers", str(self.workers)]
         for fd in self.listen_fds:
@@ -189,9 +219,39 @@ class _Parent:
         if len(self.served) == self.workers:
             self.all_served.set()
 
+    def checked_file(self) -> bytes:
+        """The config file, checked as a worker loads it (in this process's environment,
+        which the workers inherit). Raises :class:`ConfigError`."""
+        source = self.copy.source
+        data = read_config_bytes(source)
+        config, _ = parse_config(data, source, registry=self.registry)
+        check_placements(config, self.registry, self.workers)
+        reach_parent_backends(config, self.registry, self.addresses)
+        return data
+
+    def accept(self) -> bool:
+        """Make the config file the workers' copy if it passes the checks; else log and
+        count the refusal. Returns whether it was accepted."""
+        refused = "received SIGHUP; config reload refused, the running config is kept"
+        try:
+            data = self.checked_file()
+        except ConfigError as error:
+            log.error("%s: %s", refused, error.message)
+        except Exception:  # a reload never takes the parent down
+            log.exception(refused)
+        else:
+            self.copy.put(data)
+            return True
+        self.metrics.reloads.labels("rejected").inc()
+        return False
+
     def reload(self) -> None:
-        """Have every worker reload the config: those ready at once, the others once they
-        say they are (the config they read may be older than the signal)."""
+        """Have every worker reload the config, if it passes the parent's checks: those
+        ready at once, the others once they say they are (the copy they read may be older
+        than the signal)."""
+        if not self.accept():
+            return
+        log.info("received SIGHUP; every worker reloads the config")
         for worker in range(self.workers):
             if worker in self.ready:
                 self.processes[worker].send_signal(signal.SIGHUP)
@@ -291,7 +351,8 @@ async def supervise(
         shares_fd = create_shares(workers)
         parent = _Parent(
             config,
-            config_path,
+            _ConfigCopy(config_path),
+            registry,
             [sock.fileno() for sock in sockets],
             shares_fd,
             workers,
@@ -306,6 +367,8 @@ async def supervise(
         # would end the parent with its pid file and backends left behind.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
+                # The workers read the file as it is now, checked; the CLI read it earlier.
+                parent.copy.put(parent.checked_file())
                 with hold_pid_file(pid_file):
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_answer_signals, parent, signals, sockets)
@@ -313,6 +376,7 @@ async def supervise(
                         await hosts.stop_all()
                         nursery.cancel_scope.cancel()
             finally:
+                parent.copy.remove()
                 os.close(shares_fd)
                 for sock in sockets:
                     sock.close()
@@ -350,7 +414,6 @@ async def _answer_signals(
             if parent.stopping.is_set():
                 log.info("received SIGHUP while stopping; ignored")
             else:
-                log.info("received SIGHUP; every worker reloads the config")
                 parent.reload()
         elif not parent.stopping.is_set():
             log.info("received %s; every worker drains, then exits", name)

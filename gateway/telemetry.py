@@ -38,6 +38,18 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
+def config_reloads_counter(registry: CollectorRegistry) -> Counter:
+    """``trio_gateway_config_reloads_total`` in ``registry``: a worker's, or the parent's
+    (which refuses a bad file before any worker sees it), merged into one by the scrape."""
+    return Counter(
+        "trio_gateway_config_reloads",
+        "Config reloads (SIGHUP): applied (result=ok) or refused (result=rejected, "
+        "the running config kept).",
+        ["result"],
+        registry=registry,
+    )
+
+
 class Telemetry:
     """The gateway's metrics, in a registry of its own (one per gateway instance)."""
 
@@ -134,13 +146,7 @@ class Telemetry:
             registry=r,
         )
 
-        self.config_reloads = Counter(
-            "trio_gateway_config_reloads",
-            "Config reloads (SIGHUP): applied (result=ok) or refused (result=rejected, "
-            "the running config kept).",
-            ["result"],
-            registry=r,
-        )
+        self.config_reloads = config_reloads_counter(r)
         self.config_info = Gauge(
             "trio_gateway_config_info",
             "The config in force: 1 for the sha256 (first 16 hex digits) of its file.",

@@ -309,6 +309,50 @@ async def test_sighup_reloads_every_worker(fake: FakeOpenAI, tmp_path: Path) -> 
             assert response.status_code == 200
 
 
+async def test_a_replaced_worker_runs_the_config_in_force_not_the_file_as_edited_since(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    # The file is edited (route m renamed m2) but not reloaded, then a worker dies: the
+    # worker started again serves m, as its sibling does. Then a bad file is refused by the
+    # parent (no worker sees it), and a good one reaches both workers.
+    config = _config(tmp_path, fake)
+    original = config.read_text()
+    async with _serving(config) as (gateway, url):
+        config.write_text(original.replace('model = "m"', 'model = "m2"'))
+        killed = _worker_pids(gateway)[1]
+        os.kill(killed, signal.SIGKILL)
+        await wait_until(lambda: gateway.log.count("worker 1 ready") == 2, within=30)
+        async with _pinned(url, 1) as clients:
+            for client in clients:
+                answer = await client.post("/v1/chat/completions", json=_chat("x"))
+                assert answer.status_code == 200, answer.text
+            config.write_text(original + "[nonsense]\n")
+            gateway.process.send_signal(signal.SIGHUP)
+
+            async def refused() -> bool:
+                totals = await _scrape(url)
+                return totals.get("trio_gateway_config_reloads_total{result=rejected}") == 1
+
+            await wait_until(refused, within=10)
+            assert "config reload refused, the running config is kept: nonsense" in gateway.log
+            config.write_text(original.replace('model = "m"', 'model = "m2"'))
+            gateway.process.send_signal(signal.SIGHUP)
+
+            async def reloaded() -> bool:
+                totals = await _scrape(url)
+                return totals.get("trio_gateway_config_reloads_total{result=ok}") == 2
+
+            await wait_until(reloaded, within=10)
+            for client in clients:
+                answer = await client.post(
+                    "/v1/chat/completions", json={**_chat("x"), "model": "m2"}
+                )
+                assert answer.status_code == 200, answer.text
+        totals = await _scrape(url)
+    assert totals["trio_gateway_config_reloads_total{result=rejected}"] == 1  # the parent's
+    assert totals["trio_gateway_worker_restarts_total{}"] == 1
+
+
 async def test_an_in_process_model_is_refused_with_several_workers(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
