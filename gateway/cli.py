@@ -192,6 +192,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 @click.option("--shares-fd", type=int, required=True)
 @click.option("--workers", type=int, required=True)
 @click.option("--parent-backend", "parent_backends", multiple=True, help="ID=ADDRESS")
+@click.option("--start-config", type=click.Path(path_type=Path), default=None)
 @click.option("--log-level", default="info")
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
 def worker(
@@ -202,6 +203,7 @@ def worker(
     shares_fd: int,
     workers: int,
     parent_backends: tuple[str, ...],
+    start_config: Path | None,
     log_level: str,
     log_format: LogFormat,
 ) -> None:
@@ -222,6 +224,7 @@ def worker(
             workers=workers,
             addresses=addresses,
             registry=load_registry(),
+            start_config=start_config,
         )
     )
 

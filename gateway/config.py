@@ -92,7 +92,7 @@ class ServerSettings(_Settings):
         None,
         description="where `gateway serve` writes its pid and holds a lock on it while it "
         "serves, for `gateway reload` (default: a file in the temp directory named after the "
-        "config file's absolute path, its symbolic links not followed)",
+        "config file's absolute path, its directory resolved but not a link to the file)",
     )
 
     @property

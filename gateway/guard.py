@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import trio
 from hypercorn.typing import (
@@ -105,11 +105,12 @@ class RequestGuard:
 def _origin_form(scope: _Scope) -> _Scope:
     """``scope`` with the path of an absolute-form target (``http://host/path``) as its
     ``path`` and ``raw_path``; any other target as it was."""
-    split = urlsplit(scope["path"])
-    if split.scheme.lower() not in ("http", "https", "ws", "wss") or not split.netloc:
+    split = urlsplit(scope["raw_path"])  # (the path is decoded: %3F there would be a "?")
+    if split.scheme.lower() not in (b"http", b"https", b"ws", b"wss") or not split.netloc:
         return scope
-    raw = urlsplit(scope["raw_path"]).path or b"/"
-    return cast(_Scope, {**scope, "path": split.path or "/", "raw_path": raw})
+    raw = split.path or b"/"
+    path = unquote(raw.decode("ascii", "replace"))  # as hypercorn decodes a path
+    return cast(_Scope, {**scope, "path": path, "raw_path": raw})
 
 
 def _both_lengths(scope: HTTPScope) -> bool:

@@ -1,8 +1,8 @@
 """Where a serving gateway's pid is found, so that ``gateway reload`` can signal it.
 
 ``gateway serve --config PATH`` writes its pid to ``[server] pid_file`` or, by default, to
-a file in the temp directory named after PATH: made absolute, but with its symbolic links
-left as they are. (A Kubernetes ConfigMap is mounted as ``gateway.toml ->
+a file in the temp directory named after PATH: made absolute, its directory's symbolic
+links resolved but not the file's own. (A Kubernetes ConfigMap is mounted as ``gateway.toml ->
 ..data/gateway.toml`` and an update swaps ``..data``: the resolved path changes, the
 mounted one does not.) ``gateway reload --config PATH`` then finds the gateway that serves
 that file without being told more.
@@ -34,7 +34,12 @@ class PidFileError(Exception):
 def default_pid_path(config_path: Path) -> Path:
     """The pid file of the gateway serving ``config_path`` when its ``[server] pid_file``
     is not set."""
-    key = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:12]
+    # The directory resolved, the file's own name not: a ConfigMap's file is a link that an
+    # update repoints, while `serve --config /link/dir/gateway.toml` and `reload --config
+    # gateway.toml` run in that directory must name the same file.
+    absolute = os.path.abspath(config_path)
+    name = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    key = hashlib.sha256(name.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"trio-gateway-{key}.pid"
 
 
@@ -55,8 +60,11 @@ def hold_pid_file(path: Path) -> Iterator[None]:
     lock on a file no longer at ``path``. Raises :class:`PidFileError` if the file cannot
     be written (its directory does not exist, or cannot be written to)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        temporary.unlink()  # left by a process of this pid before: never opened as it is
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, 0o644)
     except OSError as error:
         raise PidFileError(f"pid file {path}: cannot write it: {error.strerror}") from None
     with os.fdopen(fd, "w", encoding="ascii") as file:

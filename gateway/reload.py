@@ -57,6 +57,13 @@ def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     return changed
 
 
+def in_force(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, list[str]]:
+    """``new`` as a reload over ``old`` puts it in force — the sections that need a restart
+    as they were in ``old`` — and the names of those sections that ``new`` changed."""
+    kept = restart_only_changes(old, new)
+    return dataclasses.replace(new, **{name: getattr(old, name) for name in kept}), kept
+
+
 async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> bool:
     """Read ``path`` and put it in force; ``nursery`` runs the stopping of the backends it
     replaced or removed. Returns whether the reload was applied."""
@@ -74,13 +81,12 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
         log.exception("config reload refused, the running config is kept: reading it failed")
         gateway.telemetry.on_reload(False)
         return False
-    kept = restart_only_changes(old, new)
+    new, kept = in_force(old, new)
     if kept:
         log.warning(
             "config reload: %s changed, which needs a restart; left as they were",
             ", ".join(kept),
         )
-        new = dataclasses.replace(new, **{name: getattr(old, name) for name in kept})
 
     # The backends to start: new ones and changed ones (under their ids, as built anew).
     current = gateway.upstreams

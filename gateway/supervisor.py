@@ -89,7 +89,8 @@ _WORKER_MAIN = (
 
 
 class WorkerFailed(Exception):
-    """A worker exited before it ever served."""
+    """The workers cannot start: one exited before it ever served, or what they need
+    cannot be made."""
 
 
 def check_placements(config: GatewayConfig, registry: Registry, workers: int) -> None:
@@ -137,13 +138,27 @@ class _Metrics:
 
 
 class _ConfigCopy:
-    """The config file the workers read: ``source`` as the parent last accepted it, copied
-    into a directory of its own (readable by this user only)."""
+    """The config file the workers read: ``source`` as the parent last accepted it
+    (:attr:`path`) and as the gateway started with it (:attr:`started`: its sections that
+    need a restart hold until one), copied into a directory of its own (readable by this
+    user only). Raises :class:`WorkerFailed` when no such directory can be made."""
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        self._directory = Path(tempfile.mkdtemp(prefix="trio-gateway-config-"))
+        try:
+            self._directory = Path(tempfile.mkdtemp(prefix="trio-gateway-config-"))
+        except OSError as error:
+            raise WorkerFailed(
+                f"cannot keep the workers' copy of the config in {tempfile.gettempdir()}: "
+                f"{error.strerror or error} (set TMPDIR to a writable directory)"
+            ) from None
         self.path = self._directory / source.name
+        self.started = self._directory / f"started-{source.name}"
+
+    def start(self, data: bytes) -> None:
+        """The file the gateway starts with."""
+        self.started.write_bytes(data)
+        self.put(data)
 
     def put(self, data: bytes) -> None:
         """Make ``data`` the copy: a worker that opens it reads the old or the new, whole."""
@@ -177,6 +192,7 @@ class _Parent:
 
     def argv(self, worker: int, control_fd: int) -> list[str]:
         argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--config", str(self.copy.path)]
+        argv += ["--start-config", str(self.copy.started)]
         argv += ["--id", str(worker), "--control-fd", str(control_fd), *self.log_args]
         argv += ["--shares-fd", str(self.shares_fd), "--workers", str(self.workers)]
         for fd in self.listen_fds:
@@ -368,7 +384,7 @@ async def supervise(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
                 # The workers read the file as it is now, checked; the CLI read it earlier.
-                parent.copy.put(parent.checked_file())
+                parent.copy.start(parent.checked_file())
                 with hold_pid_file(pid_file):
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_answer_signals, parent, signals, sockets)

@@ -26,6 +26,7 @@ from .config import GatewayConfig, read_config
 from .control import Channel
 from .errors import ConfigError
 from .registry import Registry
+from .reload import in_force
 from .server import serve, tune_gc
 from .service import open_gateway
 from .status import streams_of
@@ -66,8 +67,11 @@ async def run_worker(
     workers: int,
     addresses: Mapping[str, str],
     registry: Registry,
+    start_config: Path | None = None,
 ) -> None:
-    """Serve as worker ``worker`` of ``workers`` until told to stop, or the parent is gone."""
+    """Serve as worker ``worker`` of ``workers`` until told to stop, or the parent is gone.
+    ``start_config``: the file the gateway started with, when ``config_path`` (the config
+    in force) came from a reload since — whose sections that need a restart did not apply."""
     PROCESS_FIELDS["worker"] = worker
     shares = ConnectionShares(shares_fd, worker, workers)
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
@@ -78,6 +82,9 @@ async def run_worker(
         return reach_parent_backends(config, registry, addresses)
 
     config, _ = read_config(config_path, registry=registry)
+    if start_config is not None:  # a worker started again: as its siblings, it keeps the
+        started, _ = read_config(start_config, registry=registry)  # restart-only sections
+        config, _ = in_force(started, config)
     config = adapt(config)
     shutdown = trio.Event()
     serving_scope = trio.CancelScope()  # cancelled by a second stop signal

@@ -5,11 +5,12 @@ relayed HTTP response sent as text frames."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .abc import JSONObject
-from .errors import GatewayError, InvalidRequest
+from .errors import InvalidRequest
 from .inbound import parse_json_object
 from .sse import SSEFramer
 
@@ -64,14 +65,21 @@ class TurnSend:
         return json.dumps({**doc, "stream_id": self._stream_id}, ensure_ascii=False)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def stream_id_of(text: str) -> str | None:
-    """The ``stream_id`` of a message that could not be taken, if one can be read."""
+    """The ``stream_id`` of a message that could not be taken, if one can be read: leniently,
+    for the error event of a message the checks refused (NaN in it, too deep...) to come
+    back on its lane."""
     try:
-        doc = parse_json_object(text, "The message")
-    except GatewayError:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
         return None
-    stream_id = doc.get("stream_id")
-    return stream_id if isinstance(stream_id, str) else None
+    stream_id = doc.get("stream_id") if isinstance(doc, dict) else None
+    if not isinstance(stream_id, str) or _SURROGATE.search(stream_id):
+        return None  # (a lone surrogate could not be sent back)
+    return stream_id
 
 
 def _error_event(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, object]:

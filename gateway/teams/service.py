@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..abc import JSONObject
-from ..errors import AuthenticationError, PermissionDenied, RateLimited
+from ..errors import AuthenticationError, PermissionDenied, RateLimited, shown
 from .keys import HeaderLookup, KeyRing, credential_from_headers
 from .limits import Decision, Limits, format_duration
 from .redis_state import RedisState, open_redis_state
@@ -220,7 +220,7 @@ class Teams:
             raise AuthenticationError(_BAD_KEY)
         if not self.may_use(identity.team, route):
             raise PermissionDenied(
-                f"Team {identity.team} does not have access to the model `{model}`.",
+                f"Team {identity.team} does not have access to the model `{shown(model)}`.",
                 param="model",
             )
 

@@ -604,4 +604,8 @@ async def test_absolute_form_targets_are_routed_by_their_path(
             assert json.loads(answer.body)["object"] == "chat.completion"
         await stream.send_all(b"GET http://gw/healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
         assert (await read_answer(stream, buffered)).status == 200
+        # An escaped "?" is part of the path, not the start of a query.
+        await stream.send_all(b"GET http://gw/v1/models/m%3Fx HTTP/1.1\r\nhost: gw\r\n\r\n")
+        missing = await read_answer(stream, buffered)
+        assert missing.status == 404 and "`m?x`" in missing.error()["message"]
     assert len(fake.requests) == 2

@@ -262,17 +262,21 @@ async def test_messages_that_are_no_sendable_json_are_refused_as_over_http_and_i
 ) -> None:
     # The checks of an HTTP body hold for a socket's message: nesting past 128 levels (it
     # closed the socket with 1011), a lone surrogate escape (a 500) and NaN (sent on as null).
+    # Each error comes back on the message's lane, as any refusal's does — but for a
+    # message too deep to read at all.
     _, ws = await serve_and_connect(start_gateway)
-    deep = '{"type": "response.create", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    await ws.send_text(deep)
+    lane = {**CREATE, "stream_id": "s1"}
+    deep = '{"type": "response.create", "stream_id": "s1", "x": ' + "[" * 100_000
+    await ws.send_text(deep + "]" * 100_000 + "}")
     await ws.send_text("[" * 100_000)
-    await ws.send_text(json.dumps({**CREATE, "input": "\ud800"}, ensure_ascii=True))
-    await ws.send_text(json.dumps({**CREATE, "top_k": 1})[:-1] + ', "temperature": NaN}')
+    await ws.send_text(json.dumps({**lane, "input": "\ud800"}, ensure_ascii=True))
+    await ws.send_text(json.dumps({**lane, "top_k": 1})[:-1] + ', "temperature": NaN}')
     await ws.send_json({**CREATE, "fake": {"tokens": 2}})
     errors = [await ws.receive_json() for _ in range(4)]
     good = await ws.events_until_end()
     await ws.close()
     assert [(e["type"], e["status"]) for e in errors] == [("error", 400)] * 4
+    assert [e.get("stream_id") for e in errors] == [None, None, "s1", "s1"]
     assert [e["error"]["code"] for e in errors] == ["invalid_json"] * 4
     messages = [e["error"]["message"] for e in errors]
     assert "nested deeper than 128" in messages[0] and "nested deeper" in messages[1]

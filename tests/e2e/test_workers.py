@@ -353,6 +353,29 @@ async def test_a_replaced_worker_runs_the_config_in_force_not_the_file_as_edited
     assert totals["trio_gateway_worker_restarts_total{}"] == 1
 
 
+async def test_a_replaced_worker_keeps_the_sections_that_need_a_restart_as_its_siblings(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    # A reload lowers max_body_bytes ([server]: needs a restart, so the workers keep the
+    # old value); a worker that dies after it is started again with the old value too.
+    config = _config(tmp_path, fake)
+    async with _serving(config) as (gateway, url):
+        config.write_text(config.read_text().replace("[server]", "[server]\nmax_body_bytes = 300"))
+        gateway.process.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            return (await _scrape(url)).get("trio_gateway_config_reloads_total{result=ok}") == 2
+
+        await wait_until(reloaded, within=10)
+        killed = _worker_pids(gateway)[1]
+        os.kill(killed, signal.SIGKILL)
+        await wait_until(lambda: gateway.log.count("worker 1 ready") == 2, within=30)
+        async with _pinned(url, 1) as clients:
+            for client in clients:
+                answer = await client.post("/v1/chat/completions", json=_chat("x" * 1000))
+                assert answer.status_code == 200, answer.text
+
+
 async def test_an_in_process_model_is_refused_with_several_workers(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
