@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["Usage", "parse_usage", "token_count", "usage_of"]
+__all__ = ["Usage", "parse_json", "parse_usage", "token_count", "usage_of"]
 
 # More tokens than any answer holds: a number past it (or below 0) is an upstream's bug, and
 # it would break what counts tokens (a Prometheus counter refuses a negative increment and
@@ -32,18 +32,23 @@ class Usage:
     model: str | None = None  # the model the document names
 
 
-def parse_usage(document: str | bytes) -> Usage | None:
-    """The ``usage`` of a JSON document (a whole answer or one SSE chunk), if it has one.
-    Read by orjson (≈ 1 µs for an answer, against ≈ 5 µs for the stdlib: this runs on every
-    answer and every streamed chunk); what orjson refuses and the stdlib reads (a lone
-    surrogate escape, NaN) is given to the stdlib."""
+def parse_json(document: str | bytes) -> object:
+    """A JSON document (a whole answer or one SSE chunk) parsed. Read by orjson (≈ 1 µs for
+    an answer, against ≈ 5 µs for the stdlib: this runs on every answer and every streamed
+    chunk); what orjson refuses and the stdlib reads (a lone surrogate escape, NaN) is
+    given to the stdlib. Raises :class:`ValueError` for what neither reads."""
     try:
-        doc = orjson.loads(document)
+        return orjson.loads(document)
     except orjson.JSONDecodeError:
-        try:
-            doc = json.loads(document)
-        except ValueError:
-            return None
+        return json.loads(document)
+
+
+def parse_usage(document: str | bytes) -> Usage | None:
+    """The ``usage`` of a JSON document, if it has one (:func:`parse_json`)."""
+    try:
+        doc = parse_json(document)
+    except ValueError:
+        return None
     return usage_of(doc) if isinstance(doc, dict) else None
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from ..abc import JSONObject
 from ..config import KeepaliveSettings
-from ..errors import GatewayError
+from ..errors import GatewayError, UpstreamProtocolError
 from ..sse import SSEFramer
+from ..usage import parse_json
 
 __all__ = ["Dialect", "Fed", "Shape", "StreamPipe", "Tokens", "Unchanged", "utf8_json"]
 
@@ -133,6 +134,20 @@ class Shape(abc.ABC):
         """The client's body for a whole (non-streamed) 2xx answer ``body``; token counts
         it reports go into ``tokens``. Raises :class:`~gateway.errors.UpstreamProtocolError`
         for an answer that cannot be read."""
+
+
+def whole_object(body: bytes) -> JSONObject:
+    """A whole 2xx answer parsed: it must be a JSON object (an empty body, SSE text or a
+    broken document from a backend that answered 200 is the upstream's protocol error, not
+    the client's to find out). Raises :class:`~gateway.errors.UpstreamProtocolError`."""
+    try:
+        doc = parse_json(body)
+    except ValueError:
+        what = "an empty body" if not body.strip() else f"a body that is not JSON ({body[:40]!r})"
+        raise UpstreamProtocolError(f"upstream answered with {what}") from None
+    if not isinstance(doc, dict):
+        raise UpstreamProtocolError("upstream answered with JSON that is not an object")
+    return doc
 
 
 class Unchanged(Shape):

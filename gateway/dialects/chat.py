@@ -11,7 +11,7 @@ from ..abc import JSONObject
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
 from ..usage import parse_usage, usage_of
-from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json, whole_object
 
 __all__ = [
     "CHAT",
@@ -111,8 +111,7 @@ class ChatPassthrough(Shape):
         return _ChatStream(self.hide_usage)
 
     def whole(self, body: bytes, tokens: Tokens) -> bytes:
-        if b'"usage"' in body:
-            note_usage(body, tokens)
+        note_usage(whole_object(body), tokens)
         return body
 
 
@@ -208,12 +207,7 @@ def first_choices(chunk: JSONObject) -> list[JSONObject]:
 def chat_answer(body: bytes, tokens: Tokens) -> JSONObject:
     """A whole chat answer, parsed once for translation, its usage noted. Raises
     :class:`~gateway.errors.UpstreamProtocolError` for a body that is not a JSON object."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
-    if not isinstance(answer, dict):
-        raise UpstreamProtocolError("upstream answered with JSON that is not an object")
+    answer = whole_object(body)
     note_usage(answer, tokens)
     return answer
 

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..usage import token_count
 from .anthropic_answer import ChatToMessagesStream, chat_to_message
-from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, whole_object
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 
 __all__ = ["MESSAGES", "MessagesDialect", "MessagesFromChat", "MessagesPassthrough"]
@@ -217,14 +217,9 @@ class MessagesPassthrough(Shape):
         return _NativeStream()
 
     def whole(self, body: bytes, tokens: Tokens) -> bytes:
-        if b'"usage"' in body:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                return body
-            if isinstance(doc, dict):
-                _note_anthropic_usage(doc.get("usage"), tokens)
-                tokens.note_model(doc)
+        doc = whole_object(body)
+        _note_anthropic_usage(doc.get("usage"), tokens)
+        tokens.note_model(doc)
         return body
 
 

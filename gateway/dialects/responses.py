@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..sse import SSEEvent
 from ..usage import token_count
-from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json
+from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json, whole_object
 from .chat import FromChatStream, chat_answer, comment_heartbeat, translated_body
 from .responses_answer import chat_to_response, failed_response
 from .responses_stream import ChatToResponsesStream
@@ -305,11 +305,8 @@ class ResponsesPassthrough(Shape):
         return _NativeStream(self.keepalive_events)
 
     def whole(self, body: bytes, tokens: Tokens) -> bytes:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise UpstreamProtocolError("upstream answered with a body that is not JSON") from None
-        if isinstance(doc, dict) and doc.get("object") == "response":
+        doc = whole_object(body)
+        if doc.get("object") == "response":
             self.result = doc
             _note_response_usage(doc, tokens)
         return body

@@ -45,6 +45,7 @@ Script keys (all optional)::
                   For Messages, ``no_done`` ends the stream without ``message_stop`` and
                   ``hold_after_done`` holds after ``message_stop``.
     content_type  override of the response's content type
+    body          the raw body (a latin-1 string) of a non-streamed 200, instead of the answer
     queue, slots  answer at most ``slots`` (default 1) requests naming the same ``queue`` at
                   once; the others wait, first come first served, without a single byte
                   (not even the status line), as a busy llama-server's queued requests do
@@ -560,6 +561,8 @@ class FakeOpenAI:
                 body = json.dumps(_response(str(req.body.get("model")), text, n, rid)).encode()
             else:
                 body = json.dumps(_completion(req.body, n)).encode()
+            if "body" in script:
+                body = str(script["body"]).encode("latin-1")
             await self._send_fixed(
                 stream, 200, script.get("content_type", "application/json"), body, req
             )

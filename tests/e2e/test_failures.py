@@ -265,3 +265,30 @@ async def test_a_non_streamed_answer_past_the_cap_is_a_502_and_never_buffered_wh
     assert small.status_code == 200
     upstream = gw.gateway.upstreams["fake"]
     assert upstream.breaker.failures == 0
+
+
+@pytest.mark.parametrize(
+    "body,says",
+    [
+        ("", "an empty body"),
+        ('data: {"choices": []}\n\n', "not JSON"),
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not an object"),
+    ],
+)
+async def test_a_non_streamed_200_that_is_no_json_object_is_a_502(
+    start_gateway, fake: FakeOpenAI, body: str, says: str
+) -> None:
+    """A backend's 200 whose body is no JSON object (a plugin's empty or broken answer, SSE
+    for a non-streamed request) is the upstream's protocol error: the client is told so in
+    its dialect, as for a stream cut short, instead of a 200 its SDK cannot read."""
+    gw = await start_gateway()
+    async with gw.client() as client:
+        bad = await client.post(
+            "/v1/chat/completions", json={**CHAT, "stream": False, "fake": {"body": body}}
+        )
+        good = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert bad.status_code == 502
+    error = bad.json()["error"]
+    assert error["code"] == "upstream_protocol_error" and says in error["message"]
+    assert good.status_code == 200 and good.json()["object"] == "chat.completion"
