@@ -17,8 +17,15 @@ from contextlib import asynccontextmanager
 import trio
 
 from .abc import Backend
+from .errors import ConfigError
 
 log = logging.getLogger("gateway")
+
+
+class BackendStartError(Exception):
+    """A backend's ``running()`` raised, unexpectedly, before it was entered (a
+    :class:`~gateway.errors.ConfigError` goes out as itself); the message names the backend,
+    and the traceback is logged."""
 
 
 class _Host:
@@ -46,13 +53,22 @@ class BackendHosts:
         log.info("backend %s (%s) started", backend.id, backend.settings.type)
 
     async def _hold(self, host: _Host, task_status: trio.TaskStatus[None]) -> None:
+        started = False
         try:
             async with host.backend.running():
                 task_status.started()
+                started = True
                 await host.stop.wait()
-        except Exception:
+        except ConfigError:
+            raise  # (a missing binary or model: said in one line, without a traceback)
+        except Exception as error:
+            backend = host.backend
+            if not started:
+                what = f"backend {backend.id} ({backend.settings.type}) failed to start"
+                log.exception(what)
+                raise BackendStartError(f"{what}: {type(error).__name__}: {error}") from None
             if not host.stop.is_set():
-                raise  # failing to start, or while serving: as when the gateway held it
+                raise  # failing while serving: as when the gateway held it
             # Failing on the way out (a reload stopping it) must not end the gateway.
             log.exception("backend %s failed while stopping", host.backend.id)
         finally:

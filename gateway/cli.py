@@ -115,6 +115,7 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
             tune_gc()
             _log_serving(binds)
 
+    from .backend_hosts import BackendStartError
     from .connections import CannotListen
     from .pidfile import PidFileError
     from .responses import ResponsesDatabaseError
@@ -127,7 +128,7 @@ def serve(config_path: Path, bind: str | None, log_level: str, log_format: LogFo
     except* (UsageDatabaseError, ResponsesDatabaseError) as group:  # changed since the check
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
-    except* (CannotListen, PidFileError) as group:
+    except* (CannotListen, PidFileError, BackendStartError) as group:
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
 
@@ -146,6 +147,7 @@ def _supervise(
     log_args: list[str],
 ) -> None:
     """Run ``workers`` worker processes under this one (:mod:`gateway.supervisor`)."""
+    from .backend_hosts import BackendStartError
     from .connections import CannotListen
     from .pidfile import PidFileError
     from .supervisor import WorkerFailed, supervise
@@ -164,7 +166,7 @@ def _supervise(
         trio.run(run)
     except* ConfigError as group:
         _config_error_exit(config_path, group)
-    except* (WorkerFailed, CannotListen, PidFileError) as group:
+    except* (WorkerFailed, CannotListen, PidFileError, BackendStartError) as group:
         click.echo(f"cannot start: {_first_error(group)}", err=True)
         sys.exit(1)
 

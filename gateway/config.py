@@ -393,10 +393,7 @@ def build_config(
             raise ConfigError(f"backends.{backend_id}.type: required (one of {_names(registry)})")
         backend_type = registry.get(type_name)
         if backend_type is None:
-            raise ConfigError(
-                f"backends.{backend_id}.type: unknown backend type {type_name!r} "
-                f"(installed: {_names(registry)})"
-            )
+            raise ConfigError(f"backends.{backend_id}.type: {_unknown_type(type_name, registry)}")
         try:
             backends[backend_id] = backend_type.cls.Settings.model_validate(table)
         except ValidationError as error:
@@ -503,3 +500,19 @@ def _digest(data: bytes) -> str:
 
 def _names(registry: Registry) -> str:
     return ", ".join(sorted(registry.types)) or "none"
+
+
+def _unknown_type(name: str, registry: Registry) -> str:
+    """Why backend type ``name`` cannot be used: a plugin that provides it but could not
+    be loaded, or none at all."""
+    for broken in registry.broken:
+        if broken.name == name:
+            return (
+                f"backend type {name!r} comes from {broken.distribution} {broken.version}, "
+                f"which could not be loaded: {broken.reason} (see `gateway plugins`)"
+            )
+    return (
+        f"unknown backend type {name!r} (installed: {_names(registry)}; a plugin's types are "
+        "its package's entry points, read when it is installed: install it, or install it "
+        "again after adding one)"
+    )

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import Literal
 
 import pydantic
 from pydantic.fields import FieldInfo
@@ -74,8 +75,8 @@ class Registry:
                 yield id, settings, backend_type.cls
 
 
-def _problem(obj: object, value: str) -> str | None:
-    """Why ``obj`` (what entry point ``value`` loaded) cannot be a backend type, if so."""
+def _problem(obj: object, value: str, name: str) -> str | None:
+    """Why ``obj`` (what entry point ``name = value`` loaded) cannot be a backend type, if so."""
     if not (isinstance(obj, type) and issubclass(obj, Backend)):
         return f"{value} is {obj!r}, not a gateway.abc.Backend subclass"
     settings = getattr(obj, "Settings", None)
@@ -90,6 +91,13 @@ def _problem(obj: object, value: str) -> str | None:
     if inspect.isabstract(obj):
         missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
         return f"{value} does not implement {missing}"
+    field = settings.model_fields.get("type")
+    allowed = typing.get_args(field.annotation) if field is not None else ()
+    if field is not None and typing.get_origin(field.annotation) is Literal and name not in allowed:
+        return (
+            f"{value}.Settings.type is Literal{list(allowed)!r}, but the entry point names the "
+            f"type {name!r}: a backend table's `type = {name!r}` would be refused"
+        )
     return None
 
 
@@ -113,7 +121,7 @@ def _load_one(ep: EntryPoint) -> BackendType | BrokenPlugin:
         obj = ep.load()
     except Exception as exc:
         return BrokenPlugin(ep.name, dist, version, f"import failed: {type(exc).__name__}: {exc}")
-    problem = _problem(obj, ep.value)
+    problem = _problem(obj, ep.value, ep.name)
     if problem is not None:
         return BrokenPlugin(ep.name, dist, version, problem)
     return BackendType(ep.name, obj, dist, version)
@@ -133,14 +141,14 @@ def load_registry() -> Registry:
     broken: list[BrokenPlugin] = []
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_precedence):
         loaded = _load_one(ep)
-        if isinstance(loaded, BrokenPlugin):
-            broken.append(loaded)
-        elif loaded.name in found:
-            other = found[loaded.name]
-            if other.cls is loaded.cls:
+        other = found.get(ep.name)
+        if other is not None:  # whatever else is wrong with it, this is first
+            if isinstance(loaded, BackendType) and other.cls is loaded.cls:
                 continue  # one distribution seen twice on the path
             reason = f"type {ep.name!r} is already provided by {other.distribution}"
             broken.append(BrokenPlugin(ep.name, loaded.distribution, loaded.version, reason))
+        elif isinstance(loaded, BrokenPlugin):
+            broken.append(loaded)
         else:
             found[loaded.name] = loaded
     return Registry(found, tuple(broken))

@@ -233,6 +233,10 @@ async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> G
                 if not record.failed(exc, writer.data_sent, last):
                     return exc
                 continue
+            except Exception as exc:  # a bug (a backend's own, often): logged, not retried
+                error = _as_gateway_error(exc, entry)
+                record.crashed(error)
+                return None if writer.gone or writer.finished else error
             finally:
                 record.end()
             return None
@@ -267,16 +271,25 @@ class _AttemptRecord:
         if self.span is not None:
             self.span.answered(status)
 
-    def failed(self, exc: GatewayError, data_sent: bool, last: bool) -> bool:
-        """Note the failure; whether the next target may be tried."""
-        upstream, exchange = self.attempt.upstream, self.exchange
-        telemetry = exchange.telemetry
+    def crashed(self, error: GatewayError) -> None:
+        """Note an attempt that ended in an error no exchange should raise (``error``: what
+        the client is told): in the attempts log and the span, with no verdict on the
+        backend (the bug may be the gateway's)."""
+        self._note(error)
+
+    def _note(self, exc: GatewayError) -> None:
         if self.span is not None:
             self.span.failed(exc)
         # One attempt, one entry: one that failed after its headers went out was noted "ok"
         # for them (the client's attempts header says so); how it ended replaces it.
-        del exchange.log[self.logged :]
-        exchange.log.append(f"{upstream.id}={_outcome(exc)}")
+        del self.exchange.log[self.logged :]
+        self.exchange.log.append(f"{self.attempt.upstream.id}={_outcome(exc)}")
+
+    def failed(self, exc: GatewayError, data_sent: bool, last: bool) -> bool:
+        """Note the failure; whether the next target may be tried."""
+        upstream, exchange = self.attempt.upstream, self.exchange
+        telemetry = exchange.telemetry
+        self._note(exc)
         if counts_against_backend(exc):
             self.settled = True
             breaker = upstream.breaker
@@ -352,7 +365,8 @@ def _as_gateway_error(exc: Exception, entry: InFlight) -> GatewayError:
             first = next(_leaves(matched))
             assert isinstance(first, GatewayError)
             return first
-    log.error("relay failed (request %s)", entry.request_id, exc_info=exc)
+    backend = entry.backend or "none yet"
+    log.error("relay failed (request %s, backend %s)", entry.request_id, backend, exc_info=exc)
     return GatewayError("internal error in the gateway")
 
 

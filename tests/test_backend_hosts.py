@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 
 from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
-from gateway.backend_hosts import open_backend_hosts
+from gateway.backend_hosts import BackendStartError, open_backend_hosts
 
 
 class Held(Backend):
@@ -50,10 +50,14 @@ async def test_one_backend_stops_alone_and_the_rest_on_the_way_out() -> None:
     assert b.events == ["started", "stopped"]
 
 
-async def test_a_backend_failing_to_start_raises_its_own_error() -> None:
-    with pytest.raises(RuntimeError, match="x cannot start"):
+async def test_a_backend_failing_to_start_is_an_error_naming_it_its_traceback_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(BackendStartError, match=r"^backend x \(\w+\) failed to start: Runtime"):
         async with open_backend_hosts() as hosts:
             await hosts.start(Held("x", fail_on="start"))
+    [record] = [r for r in caplog.records if "failed to start" in r.getMessage()]
+    assert record.exc_info is not None and "x cannot start" in str(record.exc_info[1])
 
 
 async def test_a_backend_failing_as_it_stops_is_logged_and_the_others_serve_on(caplog) -> None:

@@ -167,6 +167,21 @@ class EntersEarly(OpenAIBackend):
         yield UpstreamResponse(200, "text/event-stream", body())
 
 
+class OpensEarly(OpenAIBackend):
+    """Yields an opening chunk of its own before the upstream's first byte."""
+
+    @asynccontextmanager
+    async def open_response(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
+        async with super().open_response(request) as response:
+
+            async def body() -> AsyncGenerator[bytes, None]:
+                yield b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n'
+                async for chunk in response.body:
+                    yield chunk
+
+            yield UpstreamResponse(response.status, response.content_type, body())
+
+
 B = TypeVar("B", bound=Backend)
 
 
@@ -231,6 +246,14 @@ async def test_a_backend_disguising_an_error_status_fails(fake: FakeOpenAI) -> N
 async def test_a_backend_entering_before_the_upstream_answers_fails(fake: FakeOpenAI) -> None:
     with pytest.raises(ConformanceFailure, match="entered before the upstream answered"):
         await _conformance(fake, EntersEarly).check_cancel("awaiting_headers")
+
+
+async def test_a_backend_yielding_before_the_upstream_fails_at_once_saying_so(
+    fake: FakeOpenAI,
+) -> None:
+    # It waited 20 s for a prefill phase the relay had passed, then blamed a hang.
+    with trio.fail_after(5), pytest.raises(ConformanceFailure, match="the relay is streaming"):
+        await _conformance(fake, OpensEarly).check_gateway_disconnect("prefill")
 
 
 @pytest.mark.parametrize("phase", ["awaiting_headers", "prefill", "streaming", "abandoned"])

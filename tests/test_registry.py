@@ -40,6 +40,16 @@ BROKEN_MODULES = {
         "    def open_response(self, request):\n"
         "        raise NotImplementedError\n"
     ),
+    "plugin_type_literal": (
+        "from typing import Literal\n"
+        "from gateway.abc import Backend, BackendSettings\n"
+        "class Typo(BackendSettings):\n"
+        "    type: Literal['murmurr'] = 'murmurr'\n"
+        "class Murmur(Backend[Typo]):\n"
+        "    Settings = Typo\n"
+        "    def open_response(self, request):\n"
+        "        raise NotImplementedError\n"
+    ),
     "plugin_settings_not_declared": (
         "from gateway.abc import Backend, BackendSettings\n"
         "class Mine(BackendSettings):\n"
@@ -66,6 +76,7 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "bad-settings": "plugin_bad_settings:Odd",
             "missing-attr": "plugin_not_a_backend:Nothing",
             "settings-not-declared": "plugin_settings_not_declared:Wrong",
+            "murmur": "plugin_type_literal:Murmur",
         },
     )
     install_fake_distribution(
@@ -85,6 +96,7 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
         ("bad-settings", "broken-plugins"),
         ("missing-attr", "broken-plugins"),
         ("settings-not-declared", "broken-plugins"),
+        ("murmur", "broken-plugins"),
         ("openai", "impostor"),
     }
     assert (
@@ -100,6 +112,10 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
     assert reasons[("settings-not-declared", "broken-plugins")] == (
         "plugin_settings_not_declared:Wrong.Settings is BackendSettings, but the class is "
         "declared Backend[Mine]: its settings would not be what it expects"
+    )
+    assert reasons[("murmur", "broken-plugins")] == (
+        "plugin_type_literal:Murmur.Settings.type is Literal['murmurr'], but the entry point "
+        "names the type 'murmur': a backend table's `type = 'murmur'` would be refused"
     )
     assert reasons[("openai", "impostor")] == "type 'openai' is already provided by trio-gateway"
     # Built-ins and the example plugins still load; openai is still the real one.
@@ -165,3 +181,25 @@ def test_settings_are_described_with_types_and_defaults() -> None:
     assert fields["timeouts.connect"] == ("float | None", "10.0")
     assert fields["admission.queue_full_status"] == ("429 | 503", "429")
     assert "inner" not in fields
+
+
+def test_a_config_naming_a_broken_plugins_type_is_told_why_it_cannot_be_used(
+    broken_site: Path,
+) -> None:
+    from gateway.config import build_config
+    from gateway.errors import ConfigError
+
+    registry = load_registry()
+    doc = {"backends": {"b": {"type": "abstract"}}, "routes": {"r": {"backend": "b"}}}
+    with pytest.raises(ConfigError) as broken:
+        build_config(doc, registry=registry, environ={})
+    assert broken.value.message == (
+        "backends.b.type: backend type 'abstract' comes from broken-plugins 1.2.3, which could "
+        "not be loaded: plugin_abstract:Half does not implement open_response "
+        "(see `gateway plugins`)"
+    )
+    doc["backends"]["b"]["type"] = "absent"
+    with pytest.raises(ConfigError) as unknown:
+        build_config(doc, registry=registry, environ={})
+    assert "unknown backend type 'absent' (installed: " in unknown.value.message
+    assert "install it again after adding one" in unknown.value.message

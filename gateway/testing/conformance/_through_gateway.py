@@ -185,8 +185,8 @@ class GatewayChecks(Harness[BackendT]):
                             await self.wait_open(backend, what)
                             relay_phase = _RELAY_PHASES[phase]
                             waiting = f"{what}: waiting for the relay to reach {relay_phase}"
-                            with deadline(waiting, self.check_timeout):
-                                await _relay_phase(served, relay_phase)
+                            with deadline(waiting, self.check_timeout / 2):
+                                await _relay_phase(served, relay_phase, what)
                             scope.cancel()
                         framer = SSEFramer()
                         async for chunk in resp.aiter_raw():
@@ -198,12 +198,27 @@ class GatewayChecks(Harness[BackendT]):
                 await self.gateway_settled(served, backend, what)
 
 
-async def _relay_phase(served: ServedGateway, phase: str) -> None:
+_ORDER = ("queued", "connecting", "prefill", "streaming", "finishing")
+
+
+async def _relay_phase(served: ServedGateway, phase: str, what: str) -> None:
     """Return once a request in the gateway's in-flight table is in ``phase`` (the caller
-    sets the deadline)."""
-    await wait_until(
-        lambda: any(entry.phase == phase for entry in served.gateway.inflight), within=inf
-    )
+    sets the deadline); fail at once if it is past it."""
+
+    def reached() -> bool:
+        for entry in served.gateway.inflight:
+            if entry.phase == phase:
+                return True
+            if entry.phase in _ORDER and _ORDER.index(entry.phase) > _ORDER.index(phase):
+                fail(
+                    f"{what}: the relay is {entry.phase} already, before the upstream said "
+                    f"anything — the backend yielded bytes of its own while the upstream was "
+                    f"silent (an opening chunk, a role delta): yield nothing until the "
+                    f"upstream's first bytes, so the gateway can tell {phase} from an answer"
+                )
+        return False
+
+    await wait_until(reached, within=inf)
 
 
 def _longest_heartbeat_run(raw: bytes, what: str) -> int:
