@@ -49,9 +49,12 @@ from .errors import AmbiguousFraming, GatewayError, RequestTimeout
 from .inbound import endpoint_label, request_ids
 from .telemetry import Telemetry
 
-__all__ = ["BodyTimeouts", "RequestGuard"]
+__all__ = ["BODY_TIMED_OUT", "BodyTimeouts", "RequestGuard"]
 
 _DISCONNECT: ASGIReceiveEvent = {"type": "http.disconnect"}
+BODY_TIMED_OUT = "gateway.body_timed_out"
+"""The scope's extension the guard sets when it times a body out: the ``http.disconnect``
+the app then receives is no client gone, and the request's answer and line are the guard's."""
 _Scope = TypeVar("_Scope", HTTPScope, WebsocketScope)
 
 
@@ -218,6 +221,10 @@ class _GuardedExchange:
 
     async def _time_out(self) -> None:
         self.timed_out = True  # first: from here on the app's own sends are dropped
+        # The app hears a disconnect: this tells it the guard answered (and logged) instead.
+        extensions = self.scope.get("extensions")
+        if extensions is not None:
+            extensions[BODY_TIMED_OUT] = {}
         if self.answer_started:
             return  # too late for a 408; ending the answer with the body unread closes it
         elapsed = trio.current_time() - self.started

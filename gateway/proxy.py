@@ -44,6 +44,7 @@ from .errors import (
     shown,
 )
 from .exchange import Attempt, Exchange
+from .guard import BODY_TIMED_OUT
 from .http_stream import DISCONNECT_EXTENSION, Disconnect
 from .inbound import (
     RELAYED,
@@ -117,6 +118,8 @@ class ProxyApp:
                 )
             serve = await self._admit(request, receive)
         except _Disconnected:  # gone while sending its body: no answer, but its line
+            if BODY_TIMED_OUT in (scope.get("extensions") or {}):
+                return  # the guard timed the body out: the 408 and its line are the guard's
             self.gateway.telemetry.on_answered(
                 route="",
                 endpoint=request.endpoint,

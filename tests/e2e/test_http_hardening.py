@@ -202,8 +202,9 @@ async def test_smuggling_attempts_leave_everyone_else_served(
 
 
 async def test_silent_body_gets_408_and_the_connection_closes(
-    start_gateway, fake: FakeOpenAI
+    start_gateway, fake: FakeOpenAI, caplog
 ) -> None:
+    caplog.set_level("INFO", logger="gateway.access")
     gw = await start_gateway(server={"body_idle_timeout": 0.5, "body_timeout": 30})
     stream = await connect(gw)
     async with stream:
@@ -220,6 +221,9 @@ async def test_silent_body_gets_408_and_the_connection_closes(
         assert buffered + await closed_by_server(stream, within=2) == b""
     assert 0.4 <= waited < 3
     assert fake.requests == []
+    # One request, one line: the guard's 408 (it was followed by a 499 "client_gone").
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["status"], line["outcome"]) for line in lines] == [(408, "rejected")]
 
 
 async def test_trickling_body_gets_408_at_the_total_timeout(start_gateway) -> None:
