@@ -93,6 +93,8 @@ async def relay_stream(
                             _heard_upstream(clock, timer, entry)
                         else:
                             await writer.write(fed.out)
+                    if fed.failure is not None:
+                        raise fed.failure
                     if pipe.pending_bytes > MAX_EVENT_BYTES:
                         raise UpstreamProtocolError(
                             f"upstream sent {pipe.pending_bytes} bytes without ending an SSE event"

@@ -62,6 +62,6 @@ def usage_of(doc: Mapping[str, object]) -> Usage | None:
     return Usage(
         prompt_tokens=token_count(prompt),
         completion_tokens=token_count(completion),
-        only=not doc.get("choices"),
+        only=not doc.get("choices") and not doc.get("error"),  # an error is never hidden
         model=model if isinstance(model, str) and model else None,
     )

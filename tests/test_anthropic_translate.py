@@ -674,7 +674,7 @@ def test_an_empty_answer_has_no_blocks() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    ["[1, 2]", '"text"', "{not json", '{"a": 1', "null", "NaN"],
+    ["[1, 2]", '"text"', "{not json", '{"a": 1', "null", "NaN", '{"a": NaN}'],
 )
 def test_tool_arguments_that_are_not_an_object_are_the_upstreams_fault(arguments: str) -> None:
     answer = completion(
@@ -1282,3 +1282,41 @@ def test_fields_that_are_no_anthropic_field_go_on_to_the_backend() -> None:
     chat = messages_to_chat(body)
     assert chat["cache_prompt"] is True and chat["grammar"] == "root ::= x"
     assert "service_tier" not in chat and chat["max_tokens"] == 5
+
+
+@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '{"a": NaN}'])
+def test_streamed_tool_arguments_that_are_not_an_object_end_the_stream_as_an_error(
+    arguments: str,
+) -> None:
+    # As for a whole answer: the block never closes as if its input were good (the SDK's
+    # messages.stream() raised a plain ValueError after a clean message_stop).
+    call = {"index": 0, "id": "c", "function": {"name": "f", "arguments": arguments}}
+    stream = ChatToMessagesStream(message_id="msg_1", model="claude-x")
+    stream.feed(ROLE)
+    stream.feed(chunk({"tool_calls": [call]}))
+    stream.feed(chunk({}, "tool_calls"))
+    with pytest.raises(UpstreamProtocolError, match="'f' with arguments that are not a JSON"):
+        stream.finish()
+
+
+def test_content_as_a_list_of_parts_is_text_streamed_and_whole() -> None:
+    # Mistral sends content parts; they were dropped, the answer ending clean and empty.
+    parts = [{"type": "text", "text": "PA"}, {"type": "text", "text": "RTS"}]
+    events = run_stream([ROLE, chunk({"content": parts}), chunk({}, "stop")])
+    deltas = [doc["delta"]["text"] for name, doc in events if name == "content_block_delta"]
+    assert deltas == ["PARTS"]
+    message = to_message(completion({"role": "assistant", "content": parts}))
+    assert message["content"] == [{"type": "text", "text": "PARTS"}]
+
+
+def test_streamed_arguments_sent_as_an_object_are_the_input() -> None:
+    call = {"index": 0, "id": "c", "function": {"name": "f", "arguments": {"a": 1}}}
+    events = run_stream([ROLE, chunk({"tool_calls": [call]}), chunk({}, "tool_calls")])
+    deltas = [doc["delta"] for name, doc in events if name == "content_block_delta"]
+    assert deltas == [{"type": "input_json_delta", "partial_json": '{"a":1}'}]
+
+
+def test_token_counts_no_upstream_could_mean_are_not_taken() -> None:
+    events = run_stream([ROLE, chunk({"content": "x"}, "stop"), usage_chunk(10**500, 2)])
+    [(_, delta)] = [(n, d) for n, d in events if n == "message_delta"]
+    assert delta["usage"]["input_tokens"] == 0 and delta["usage"]["output_tokens"] == 2

@@ -13,7 +13,7 @@ from gateway.abc import Backend, BackendSettings, Endpoint, JSONObject, Upstream
 from gateway.config import KeepaliveSettings, TargetSettings
 from gateway.dialects import CHAT, MESSAGES, dialect_of
 from gateway.dialects.base import Fed, StreamPipe, Tokens
-from gateway.dialects.chat import ChatPassthrough
+from gateway.dialects.chat import ChatPassthrough, first_choices
 from gateway.dialects.messages import MessagesFromChat, MessagesPassthrough, reset_seconds
 from gateway.errors import (
     AuthenticationError,
@@ -215,6 +215,22 @@ def test_chat_passthrough_hides_the_usage_chunk_it_asked_for() -> None:
     assert hidden.tokens == Tokens(prompt=5, completion=2, model="fake")
 
 
+def test_an_error_chunk_is_never_hidden_as_the_usage_the_gateway_asked_for() -> None:
+    # An error object that carries usage, after some content: with the usage chunk hidden,
+    # it was dropped too and [DONE] made the broken answer look whole.
+    error = b'data: {"error": {"message": "boom"}, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}\n\n'
+    events = [*chat_events(1)[:2], error, b"data: [DONE]\n\n"]
+    out = b"".join(f.out for f in feed_all(ChatPassthrough(True).stream(), events))
+    assert error in out
+
+
+def test_a_falsy_error_field_is_no_error_as_the_sdks_read_it() -> None:
+    assert first_choices({"error": None, "choices": [{"index": 0, "delta": {}}]})
+    assert first_choices({"error": False, "choices": [{"index": 0, "delta": {}}]})
+    with pytest.raises(UpstreamProtocolError, match="boom"):
+        first_choices({"error": {"message": "boom"}})
+
+
 def test_translated_stream_holds_message_start_and_ends_at_done() -> None:
     events = chat_events(3)
     pipe = MessagesFromChat("msg_x", "public-model").stream()
@@ -230,8 +246,8 @@ def test_translated_stream_holds_message_start_and_ends_at_done() -> None:
 
 def test_translated_stream_refuses_what_is_not_json() -> None:
     pipe = MessagesFromChat("msg_x", "m").stream()
-    with pytest.raises(UpstreamProtocolError):
-        pipe.feed(b"data: {not json\n\n")
+    fed = pipe.feed(b"data: {not json\n\n")
+    assert isinstance(fed.failure, UpstreamProtocolError) and fed.out == b""
 
 
 class _Backend(Backend):

@@ -168,3 +168,37 @@ def test_output_events_are_relayed_by_name_unread() -> None:
     assert odd in fed.out
     failed = pipe.error_event(UpstreamConnectError("gone"))
     assert failed is not None and json.loads(failed.split(b"data: ")[1])["sequence_number"] == 6
+
+
+def chat_data(doc: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(doc)}\n\n".encode()
+
+
+def test_a_failure_in_the_same_piece_as_content_keeps_that_contents_events() -> None:
+    # One upstream read: the role, two deltas, an error object. The deltas' events go out
+    # before the failure, so the numbers the client sees run on without a gap and the
+    # failed response lists only items the client heard of.
+    from gateway.dialects.responses import ResponsesFromChat
+    from gateway.errors import UpstreamProtocolError
+
+    pipe = ResponsesFromChat(response_id="resp_1", model="m", request={}, created_at=0).stream()
+    delta = {"choices": [{"index": 0, "delta": {"content": "a"}}]}
+    piece = b"".join(
+        [
+            chat_data({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+            chat_data(delta),
+            chat_data({"choices": [{"index": 0, "delta": {"content": "b"}}]}),
+            chat_data({"error": {"message": "boom"}}),
+        ]
+    )
+    fed = pipe.feed(piece)
+    assert isinstance(fed.failure, UpstreamProtocolError) and "boom" in fed.failure.message
+    assert fed.data and not fed.end
+    kinds = [json.loads(line[6:])["type"] for line in fed.out.split(b"\n") if line[:6] == b"data: "]
+    assert kinds[-2:] == ["response.output_text.delta", "response.output_text.delta"]
+    failed = pipe.error_event(fed.failure)
+    assert failed is not None and b"response.failed" in failed
+    seen = numbers(fed.out + failed)
+    assert seen == list(range(len(seen)))  # 0, 1, ... : it jumped from 1 to 6
+    [output] = json.loads(failed.split(b"data: ", 1)[1])["response"]["output"]
+    assert output["content"][0]["text"] == "ab"  # what the client was sent

@@ -31,8 +31,9 @@ from typing import Literal
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
+from ..usage import token_count
 from .base import utf8_json
-from .chat import count, first_choices
+from .chat import arguments_text, first_choices, text_of
 
 __all__ = ["ChatToMessagesStream", "chat_to_message", "new_tool_use_id"]
 
@@ -55,10 +56,10 @@ def _counts(usage: JSONValue) -> tuple[int, int, int | None]:
     """``(input_tokens, output_tokens, cache_read_input_tokens)`` in Anthropic's sense for
     chat's ``usage`` object; absent counts are 0, an absent cache count ``None``."""
     doc = usage if isinstance(usage, dict) else {}
-    prompt = count(doc.get("prompt_tokens")) or 0
+    prompt = token_count(doc.get("prompt_tokens")) or 0
     details = doc.get("prompt_tokens_details")
-    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return max(prompt - (cached or 0), 0), count(doc.get("completion_tokens")) or 0, cached
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return max(prompt - (cached or 0), 0), token_count(doc.get("completion_tokens")) or 0, cached
 
 
 def _usage(input_tokens: int, output_tokens: int, cached: int | None) -> JSONObject:
@@ -85,12 +86,20 @@ def _reasoning(message: JSONObject) -> JSONValue:
     return reasoning if reasoning is not None else message.get("reasoning")
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # (Python reads NaN and Infinity; clients do not)
+
+
 def _input(arguments: JSONValue, name: JSONValue) -> JSONObject:
     """A tool call's arguments (a JSON text) as the ``input`` object of a ``tool_use``."""
     if arguments in (None, ""):
         return {}
     try:
-        parsed = json.loads(str(arguments)) if isinstance(arguments, str) else arguments
+        parsed = (
+            json.loads(arguments, parse_constant=_no_constant)
+            if isinstance(arguments, str)
+            else arguments
+        )
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -131,8 +140,8 @@ def _content(message: JSONObject) -> list[JSONValue]:
     reasoning = _reasoning(message)
     if isinstance(reasoning, str) and reasoning:
         blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, str) and text:
+    text = text_of(message.get("content"))
+    if text:
         blocks.append({"type": "text", "text": text})
     blocks.extend(_tool_use(call) for call in _tool_calls(message))
     return blocks
@@ -215,6 +224,8 @@ class ChatToMessagesStream:
         self._tool_key: JSONValue = None  # the upstream's index (or id) of the open tool call
         self._tool_id = ""  # the id the upstream gave the open tool call, if it did
         self._pending_tool: tuple[str, list[str]] | None = None  # id and pieces, no name yet
+        self._tool_name = ""  # the open tool call's, once known
+        self._tool_pieces: list[str] = []  # its argument pieces sent so far
         self._has_tools = False
         self._finish_reason: JSONValue = None
         self._matched_stop: JSONValue = None
@@ -242,6 +253,9 @@ class ChatToMessagesStream:
             return []
         if self._pending_tool is not None:
             raise UpstreamProtocolError("upstream sent a tool call without a name")
+        if self._open == "tool_use":  # its input must be an object, as in a whole answer
+            _input("".join(self._tool_pieces), self._tool_name)
+            self._tool_pieces = []
         self._open = None
         self._tool_key = None
         self._tool_id = ""
@@ -280,6 +294,7 @@ class ChatToMessagesStream:
         return [*out, self._delta({"type": "text_delta", "text": piece})]
 
     def _arguments(self, piece: str) -> bytes:
+        self._tool_pieces.append(piece)
         return self._delta({"type": "input_json_delta", "partial_json": piece})
 
     def _tool_call(self, call: JSONObject) -> list[bytes]:
@@ -303,7 +318,7 @@ class ChatToMessagesStream:
             self._pending_tool = (given_id, [])
         name = function.get("name")
         arguments = function.get("arguments")
-        piece = arguments if isinstance(arguments, str) else ""
+        piece = arguments_text(arguments)
         if self._pending_tool is None:
             return out + ([self._arguments(piece)] if piece else [])
         if given_id:
@@ -322,6 +337,7 @@ class ChatToMessagesStream:
         given, pieces = self._pending_tool
         self._pending_tool = None
         self._has_tools = True
+        self._tool_name = name
         block: JSONObject = {
             "type": "tool_use",
             "id": given or new_tool_use_id(),
@@ -348,8 +364,8 @@ class ChatToMessagesStream:
         reasoning = _reasoning(delta)
         if isinstance(reasoning, str) and reasoning:
             out += self._thinking(reasoning)
-        text = delta.get("content")
-        if isinstance(text, str) and text:
+        text = text_of(delta.get("content"))
+        if text:
             out += self._text(text)
         calls = delta.get("tool_calls")
         if not (isinstance(calls, list) and calls) and isinstance(delta.get("function_call"), dict):

@@ -58,11 +58,14 @@ class Fed:
 
     ``out``: whole events to write now, in order. ``data``: some of them are content (the
     client has the answer's start: no failover from here on). ``end``: the last of them
-    ends a complete stream; the response ends with it and nothing after it is relayed."""
+    ends a complete stream; the response ends with it and nothing after it is relayed.
+    ``failure``: the upstream failed after ``out`` (in the same piece): the error to raise
+    once ``out`` is written."""
 
     out: bytes = b""
     data: bool = False
     end: bool = False
+    failure: GatewayError | None = None
 
 
 NOTHING = Fed()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Protocol
 
-from ..abc import JSONObject
+from ..abc import JSONObject, JSONValue
 from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
 from ..usage import parse_usage, usage_of
@@ -19,11 +19,12 @@ __all__ = [
     "ChatPassthrough",
     "ChatTranslator",
     "FromChatStream",
+    "arguments_text",
     "chat_answer",
     "comment_heartbeat",
-    "count",
     "first_choices",
     "note_usage",
+    "text_of",
 ]
 
 
@@ -160,32 +161,50 @@ class FromChatStream(StreamPipe):
             return NOTHING
         out: list[bytes] = []
         end = False
-        for event in events:
-            text = event.data
-            if text is None:
-                continue
-            if text == "[DONE]":
-                out.extend(self.translator.finish())
-                end = True
-                break
-            if '"usage"' in text:
-                note_usage(text, self.tokens)
-            out.extend(self.translator.feed(_chunk(text)))
+        failure = None
+        try:
+            for event in events:
+                text = event.data
+                if text is None:
+                    continue
+                if text == "[DONE]":
+                    out.extend(self.translator.finish())
+                    end = True
+                    break
+                if '"usage"' in text:
+                    note_usage(text, self.tokens)
+                out.extend(self.translator.feed(_chunk(text)))
+        except UpstreamProtocolError as error:
+            # What the earlier events of this piece made goes out before the error: the
+            # translator counted it (sequence numbers, the items a failed response lists).
+            failure = error
         if not out:
-            return NOTHING
+            return NOTHING if failure is None else Fed(failure=failure)
         if self._held is not None:
             self._held.extend(out)
             if not end and not self.releases(self._held):
-                return NOTHING
+                # Nothing of the answer out yet: the next target may still answer.
+                return NOTHING if failure is None else Fed(failure=failure)
             out, self._held = self._held, None
-        return Fed(b"".join(out), True, end)
+        return Fed(b"".join(out), True, end, failure)
 
 
-def count(value: object) -> int | None:
-    """``value`` when it is a count (an int >= 0, not a bool), else ``None``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+def text_of(content: JSONValue) -> str:
+    """The text of a chat message's (or delta's) ``content``: a string, or a list of parts
+    as some servers send it (Mistral's), their texts joined."""
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text")) for part in content if isinstance(part, dict) and "text" in part
+        )
+    return content if isinstance(content, str) else ""
+
+
+def arguments_text(value: JSONValue) -> str:
+    """A tool call's ``arguments`` as JSON text: as sent, or an object some servers send
+    in its place written out."""
+    if isinstance(value, str):
         return value
-    return None
+    return "" if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def first_choices(chunk: JSONObject) -> list[JSONObject]:
@@ -193,7 +212,7 @@ def first_choices(chunk: JSONObject) -> list[JSONObject]:
     request). Raises :class:`~gateway.errors.UpstreamProtocolError` for a chunk that is an
     upstream's error object instead."""
     error = chunk.get("error")
-    if error is not None:
+    if error:  # (as the SDKs read it: `"error": null` or false is none)
         message = error.get("message") if isinstance(error, dict) else error
         raise UpstreamProtocolError(f"upstream failed mid-stream: {message}")
     choices = chunk.get("choices")

@@ -29,12 +29,12 @@ Sans-I/O: plain values in, plain values out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
-from .chat import count
+from ..usage import token_count
+from .chat import arguments_text, text_of
 from .responses_custom import custom_input
 from .responses_request import custom_tool_names, new_call_id, new_item_id
 
@@ -57,15 +57,15 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 def _detail(doc: JSONObject, key: str, name: str) -> int:
     details = doc.get(key)
-    return (count(details.get(name)) if isinstance(details, dict) else None) or 0
+    return (token_count(details.get(name)) if isinstance(details, dict) else None) or 0
 
 
 def responses_usage(usage: JSONValue) -> JSONObject | None:
     """Responses' ``usage`` for chat's (``None`` for none)."""
     if not isinstance(usage, dict):
         return None
-    prompt = count(usage.get("prompt_tokens")) or 0
-    completion = count(usage.get("completion_tokens")) or 0
+    prompt = token_count(usage.get("prompt_tokens")) or 0
+    completion = token_count(usage.get("completion_tokens")) or 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
@@ -213,12 +213,6 @@ def call_item(
     return item
 
 
-def _arguments(value: JSONValue) -> str:
-    if isinstance(value, str):
-        return value
-    return "" if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _whole_call(call: JSONValue, custom: Collection[str]) -> JSONObject:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(call, dict) or not isinstance(function, dict):
@@ -228,19 +222,11 @@ def _whole_call(call: JSONValue, custom: Collection[str]) -> JSONObject:
         raise UpstreamProtocolError("upstream sent a tool call without a name")
     given = call.get("id")
     call_id = given if isinstance(given, str) and given else new_call_id()
-    arguments = _arguments(function.get("arguments"))
+    arguments = arguments_text(function.get("arguments"))
     if name in custom:
         item_id, arguments = new_item_id("ctc"), custom_input(arguments)
         return call_item("custom_tool_call", item_id, call_id, name, arguments, "completed")
     return call_item("function_call", new_item_id("fc"), call_id, name, arguments, "completed")
-
-
-def _text_of(content: JSONValue) -> str:
-    if isinstance(content, list):  # content parts, as some servers send them
-        return "".join(
-            str(part.get("text")) for part in content if isinstance(part, dict) and "text" in part
-        )
-    return content if isinstance(content, str) else ""
 
 
 def _tool_calls(message: JSONObject) -> list[JSONValue]:
@@ -277,7 +263,7 @@ def chat_to_response(
     reasoning = reasoning_text(message)
     if isinstance(reasoning, str) and reasoning:
         output.append(reasoning_item(new_item_id("rs"), reasoning))
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     if text:
         output.append(message_item(new_item_id("msg"), text, "completed"))
     output.extend(_whole_call(call, custom) for call in _tool_calls(message))

@@ -16,7 +16,7 @@ from typing import Literal
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
 from .base import utf8_json
-from .chat import first_choices
+from .chat import arguments_text, first_choices, text_of
 from .responses_answer import (
     call_item,
     message_item,
@@ -332,7 +332,7 @@ class ChatToResponsesStream:
         function = function if isinstance(function, dict) else {}
         name = function.get("name")
         arguments = function.get("arguments")
-        piece = arguments if isinstance(arguments, str) else ""
+        piece = arguments_text(arguments)
         if item.item_id:
             if piece:
                 item.pieces.append(piece)
@@ -354,8 +354,8 @@ class ChatToResponsesStream:
         reasoning = reasoning_text(delta)
         if isinstance(reasoning, str) and reasoning:
             out += self._content("reasoning", reasoning)
-        text = delta.get("content")
-        if isinstance(text, str) and text:
+        text = text_of(delta.get("content"))
+        if text:
             out += self._content("message", text)
         calls = delta.get("tool_calls")
         if not (isinstance(calls, list) and calls) and isinstance(delta.get("function_call"), dict):
