@@ -720,6 +720,7 @@ STOP_REASONS = [
     ("length", None, (), True, "max_tokens", None),
     ("tool_calls", None, (), True, "tool_use", None),
     ("function_call", None, (), True, "tool_use", None),
+    ("tool_calls", None, (), False, "end_turn", None),  # no call to answer: no tool_use
     ("stop", None, (), True, "tool_use", None),  # vLLM's forced tool call ends with stop
     ("content_filter", None, (), False, "refusal", None),
     ("something_new", None, (), False, "end_turn", None),

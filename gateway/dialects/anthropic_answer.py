@@ -78,7 +78,10 @@ def _stop(
         if isinstance(matched, str) and matched in stop_sequences:
             return "stop_sequence", matched
         return ("tool_use" if tools else "end_turn"), None
-    return _STOP_REASONS.get(str(finish_reason), "end_turn"), None
+    reason = _STOP_REASONS.get(str(finish_reason), "end_turn")
+    if reason == "tool_use" and not tools:  # "tool_calls" without a call: a client would
+        reason = "end_turn"  # look for the tool_use block to answer, and find none
+    return reason, None
 
 
 def _reasoning(message: JSONObject) -> JSONValue:
