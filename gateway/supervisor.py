@@ -175,7 +175,7 @@ class _Parent:
     config: GatewayConfig
     copy: _ConfigCopy
     registry: Registry
-    listen_fds: list[int]
+    listeners: list[socket.socket]
     shares_fd: int
     workers: int
     addresses: dict[str, str]
@@ -189,6 +189,21 @@ class _Parent:
     ready: set[int] = field(default_factory=set)  # workers whose running process is ready
     # Workers that were not ready at a SIGHUP: each reloads once it is.
     reload_due: set[int] = field(default_factory=set)
+    spawning: int = 0  # worker processes being spawned, with the listeners passed to them
+    listeners_closed: bool = False
+
+    @property
+    def listen_fds(self) -> list[int]:
+        return [sock.fileno() for sock in self.listeners]
+
+    def close_listeners(self) -> None:
+        """Close the parent's listening sockets (the workers' copies serve until their
+        drain) — once no worker is being spawned: a spawn passes them to its child, whose
+        exec would fail on a descriptor closed meanwhile."""
+        self.listeners_closed = True
+        if not self.spawning:
+            for sock in self.listeners:
+                sock.close()
 
     def argv(self, worker: int, control_fd: int) -> list[str]:
         argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--config", str(self.copy.path)]
@@ -279,6 +294,7 @@ class _Parent:
         ours, theirs = socket.socketpair()
         self.reload_due.discard(worker)  # it reads the config as it starts
         with ours:
+            self.spawning += 1
             try:
                 process = await trio.lowlevel.open_process(
                     self.argv(worker, theirs.fileno()),
@@ -287,6 +303,9 @@ class _Parent:
                 )
             finally:
                 theirs.close()
+                self.spawning -= 1
+                if self.listeners_closed:  # a stop came while it was spawned
+                    self.close_listeners()
             self.processes[worker] = process
             self.metrics.running.inc()
             log.info("worker %d started (pid %d)", worker, process.pid)
@@ -369,7 +388,7 @@ async def supervise(
             config,
             _ConfigCopy(config_path),
             registry,
-            [sock.fileno() for sock in sockets],
+            sockets,
             shares_fd,
             workers,
             addresses,
@@ -387,7 +406,7 @@ async def supervise(
                 parent.copy.start(parent.checked_file())
                 with hold_pid_file(pid_file):
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_answer_signals, parent, signals, sockets)
+                        nursery.start_soon(_answer_signals, parent, signals)
                         await _run(parent, binds, on_serving)
                         await hosts.stop_all()
                         nursery.cancel_scope.cancel()
@@ -419,9 +438,7 @@ async def _run(
         nursery.cancel_scope.cancel()
 
 
-async def _answer_signals(
-    parent: _Parent, signals: AsyncIterator[int], sockets: list[socket.socket]
-) -> None:
+async def _answer_signals(parent: _Parent, signals: AsyncIterator[int]) -> None:
     """Answer every signal until cancelled: the first SIGTERM or SIGINT starts the drain
     and a later one ends it at once; SIGHUP reloads, or is ignored once stopping."""
     async for signum in signals:
@@ -434,8 +451,7 @@ async def _answer_signals(
         elif not parent.stopping.is_set():
             log.info("received %s; every worker drains, then exits", name)
             parent.stopping.set()
-            for sock in sockets:  # the workers' copies serve until their drain
-                sock.close()
+            parent.close_listeners()  # the workers' copies serve until their drain
             parent.signal_all(signal.SIGTERM)
         elif parent.processes:
             # A worker takes a second stop signal as "now" (gateway.worker).

@@ -5,8 +5,10 @@ by a wrapper around it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import stat
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,44 @@ async def test_a_worker_spawned_as_sigterm_comes_is_stopped_at_once(
     assert re.search(r"worker \d ready", caplog.text) is None
     assert all(process_gone(int(pid)) for _, pid in _STARTED.findall(caplog.text))
     assert not (tmp_path / "gateway.pid").exists()
+
+
+async def test_a_stop_while_a_worker_is_spawned_waits_for_the_spawn_to_close_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM is answered (the parent closes its listening sockets) before the worker's
+    process is made from them: the parent keeps them open until the spawn is over. It
+    closed them at once, the child's exec failed (EBADF) and the gateway died of it."""
+    caplog.set_level("INFO", logger="gateway.workers")
+    open_process = trio.lowlevel.open_process
+
+    passed_open: list[bool] = []
+
+    async def open_process_after_sigterm(*args: Any, **kwargs: Any) -> trio.Process:
+        if "received SIGTERM" not in caplog.text:
+            signal.raise_signal(signal.SIGTERM)
+            await wait_until(lambda: "received SIGTERM; every worker drains" in caplog.text)
+        # The listeners it is given (all but the shares and the control line) must be open
+        # sockets as it is made: a closed one fails the child's exec, or — its number
+        # taken by the spawn's own pipe — is no listener.
+        passed_open.append(all(_is_socket(fd) for fd in kwargs["pass_fds"][:-2]))
+        return await open_process(*args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel, "open_process", open_process_after_sigterm)
+    config_path = _config(tmp_path)
+    with trio.fail_after(10):
+        await supervise(load_config(config_path), config_path, registry=load_registry(), workers=2)
+    assert passed_open == [True, True]
+    assert caplog.text.count("the gateway is stopping; sending it SIGTERM") == 2
+    assert all(process_gone(int(pid)) for _, pid in _STARTED.findall(caplog.text))
+    assert not (tmp_path / "gateway.pid").exists()
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 class _ParentWithoutAddress(Backend[BackendSettings]):
