@@ -82,6 +82,7 @@ from .errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from .keepalive import KeepaliveOverride
 
 __all__ = [
     "OPENAI_ENDPOINTS",
@@ -224,7 +225,8 @@ class EjectionSettings(BaseModel):
 class BackendSettings(BaseModel):
     """Base of every backend's settings. Subclass it and add your fields; unknown keys are
     rejected, and values are validated when the gateway starts (``gateway check`` too).
-    ``timeouts``, ``admission`` and ``ejection`` are the gateway's, for every backend."""
+    ``timeouts``, ``admission``, ``ejection`` and ``keepalive`` are the gateway's, for every
+    backend."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -232,6 +234,11 @@ class BackendSettings(BaseModel):
     timeouts: Timeouts = Timeouts()
     admission: AdmissionSettings = AdmissionSettings()
     ejection: EjectionSettings = EjectionSettings()
+    keepalive: KeepaliveOverride = Field(
+        default_factory=KeepaliveOverride,
+        description="what this backend changes of its routes' keepalive, for the requests "
+        "sent to it first (unset fields: the route's)",
+    )
     max_response_bytes: int = Field(
         64 * 1024 * 1024,
         gt=0,

@@ -30,6 +30,7 @@ from pydantic import (
 
 from .abc import BackendSettings, http_base_url
 from .errors import ConfigError
+from .keepalive import KeepaliveSettings
 from .registry import Registry, load_registry
 from .teams.settings import (
     AuthSettings,
@@ -111,35 +112,6 @@ class ServerSettings(_Settings):
         if self.body_idle_timeout > self.body_timeout:
             raise ValueError("`body_idle_timeout` must not exceed `body_timeout`")
         return self
-
-
-class KeepaliveSettings(_Settings):
-    """How a route keeps its clients' connections from going silent."""
-
-    interval: float = Field(
-        15.0, ge=0, description="seconds of silence before a heartbeat; 0 = off"
-    )
-    comment: str = Field("keepalive", description="text of the SSE comment line")
-    early_headers: bool = True
-    non_stream: Literal["off", "whitespace"] = "off"
-    messages: Literal["ping", "comment"] = Field(
-        "ping",
-        description="heartbeat form on /v1/messages: Anthropic's `event: ping`, or a comment",
-    )
-    responses: Literal["comment", "event"] = Field(
-        "comment",
-        description="heartbeat form on /v1/responses: SSE comments, or Responses `keepalive` "
-        "events (after response.created)",
-    )
-
-    @field_validator("comment")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        # Printable ASCII only: a client reading lines may also split on U+2028, U+0085, a
-        # form feed..., and would take what follows for an event of its own.
-        if not all(" " <= c <= "~" for c in value):
-            raise ValueError("must be printable ASCII on one line (no CR, LF or other breaks)")
-        return value
 
 
 class TargetSettings(_Settings):

@@ -8,10 +8,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from .abc import JSONObject, UpstreamRequest, UpstreamResponse
-from .config import KeepaliveSettings
 from .dialects.base import Dialect, Shape
 from .dialects.chat import CHAT, ChatPassthrough
 from .inflight import InFlight, InFlightTable
+from .keepalive import KeepaliveSettings
 from .service import Upstream
 from .telemetry import Telemetry
 from .tracing import RequestTrace
@@ -29,13 +29,16 @@ class Attempt:
     the backend's ``open_response`` where the gateway makes the answer from another call
     (a token count from :meth:`~gateway.abc.Backend.count_tokens`). ``admitted``: the
     attempt takes one of the backend's slots (waiting in its queue for one); a token count
-    does not — it generates nothing, and a client asks for one before it sends its turn."""
+    does not — it generates nothing, and a client asks for one before it sends its turn.
+    ``keepalive``: the request's keepalive policy if this is its first attempt (the route's
+    with its backend's override); ``None``, the exchange's."""
 
     upstream: Upstream
     request: UpstreamRequest
     shape: Shape = field(default_factory=ChatPassthrough)
     open: Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]] | None = None
     admitted: bool = True
+    keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ class Exchange:
     request_id: str
     stream: bool
     route: str
-    keepalive: KeepaliveSettings
+    keepalive: KeepaliveSettings  # the route's; a first attempt's own replaces it
     inflight: InFlightTable
     endpoint: str = ""
     model: str = ""  # as the client asked

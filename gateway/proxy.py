@@ -53,6 +53,7 @@ from .inbound import (
     validate,
 )
 from .inflight import InFlight
+from .keepalive import KeepaliveOverride, KeepaliveSettings
 from .plans import plan_request
 from .relay import relay
 from .responses.conversation import Conversation
@@ -228,8 +229,14 @@ class ProxyApp:
                 upstream.release()
             return partial(self._warm_up, request, body, keep, socket.connection_id)
         keepalive = route.settings.keepalive
-        if socket is not None:  # the socket pings; the relay writes no heartbeat
-            keepalive = keepalive.model_copy(update={"interval": 0.0})
+
+        def policy(override: KeepaliveOverride | None) -> KeepaliveSettings:
+            """The keepalive of a request sent first to a backend with ``override``."""
+            chosen = keepalive.overridden(override)
+            if socket is not None:  # the socket pings; the relay writes no heartbeat
+                return chosen.model_copy(update={"interval": 0.0})
+            return chosen
+
         plan = plan_request(
             request.endpoint,
             body,
@@ -247,12 +254,17 @@ class ProxyApp:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream, body=body)
 
         def pick_attempts() -> list[Attempt]:
-            attempts = []
+            attempts: list[Attempt] = []
             for upstream, target in gateway.pick_targets(route, upstreams):
                 planned = plan.for_target(upstream.backend, target)
                 attempts.append(
                     Attempt(
-                        upstream, planned.request, planned.shape, planned.open, planned.admitted
+                        upstream,
+                        planned.request,
+                        planned.shape,
+                        planned.open,
+                        planned.admitted,
+                        policy(upstream.keepalive) if not attempts else None,
                     )
                 )
             return attempts
@@ -278,7 +290,7 @@ class ProxyApp:
             request_id=request.request_id,
             stream=stream,
             route=route.name,
-            keepalive=keepalive,
+            keepalive=policy(None),
             inflight=gateway.inflight,
             max_attempts=route.settings.max_attempts,
             failover_deadline=route.settings.failover_deadline,

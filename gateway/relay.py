@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
@@ -74,7 +74,18 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
     request on its way out.
     """
     now = trio.current_time()
+    # Picked here, not in the handler: from the pick to the first attempt taking its
+    # backend slot there is no checkpoint, so concurrent requests see each other's load.
+    # Picked first of all: the first attempt's backend may change the keepalive policy.
+    attempts: Sequence[Attempt] | Exception
+    try:
+        attempts = exchange.pick_attempts()
+    except Exception as exc:  # reported as the exchange's error, in its entry's scope
+        attempts = exc
+    first = attempts[0] if not isinstance(attempts, Exception) and attempts else None
     policy = exchange.keepalive
+    if first is not None and first.keepalive is not None:
+        policy = first.keepalive
     stream = exchange.stream
     keepalive_on = policy.interval > 0 and (stream or policy.non_stream == "whitespace")
     writer = ResponseWriter(send, HeartbeatClock(policy.interval, now) if keepalive_on else None)
@@ -115,15 +126,18 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
                     head = sse_headers if stream else json_headers
                     early = not stream or policy.early_headers
                     commit = (lambda: head(exchange.headers())) if early else None
-                    nursery.start_soon(
-                        heartbeat, writer, _heartbeat(writer, exchange, stream), entry, commit
+                    beat = (
+                        _stream_heartbeat(writer, exchange.dialect.heartbeat(policy))
+                        if stream
+                        else _whitespace
                     )
-                error = await _run(exchange, writer, entry)
+                    nursery.start_soon(heartbeat, writer, beat, entry, commit)
+                error = await _run(exchange, attempts, writer, entry)
                 ran = True
                 nursery.cancel_scope.cancel()  # the tasks beside it end with it
         else:
             with entry.scope:
-                error = await _run(exchange, writer, entry)
+                error = await _run(exchange, attempts, writer, entry)
                 ran = True
         if not ran:  # cancelled through the entry: aborted, or the client is gone
             error = None if writer.finished else entry.abort_error
@@ -202,15 +216,18 @@ def _outcome_of(error: GatewayError | None) -> Outcome:
     return "error"
 
 
-async def _run(exchange: Exchange, writer: ResponseWriter, entry: InFlight) -> GatewayError | None:
-    """Try the attempts, in the entry's scope (the caller's); return the error to report,
-    if any. (One function, not a runner around a loop: its frame is held by every relay
-    waiting on its upstream.)"""
+async def _run(
+    exchange: Exchange,
+    attempts: Sequence[Attempt] | Exception,
+    writer: ResponseWriter,
+    entry: InFlight,
+) -> GatewayError | None:
+    """Try the ``attempts`` (or report what picking them raised), in the entry's scope (the
+    caller's); return the error to report, if any. (One function, not a runner around a
+    loop: its frame is held by every relay waiting on its upstream.)"""
     try:
-        # Picked here, not in the handler: between the pick and the first attempt taking
-        # its backend slot there is no checkpoint, so concurrent requests see each
-        # other's load.
-        attempts = exchange.pick_attempts()
+        if isinstance(attempts, Exception):
+            raise attempts
         if not attempts:
             return NoBackendAvailable(f"no backend of route {exchange.route} is available now")
         deadline = (
@@ -399,12 +416,14 @@ async def _report(writer: ResponseWriter, error: GatewayError, exchange: Exchang
     writer.write_last(body)
 
 
-def _heartbeat(writer: ResponseWriter, exchange: Exchange, stream: bool) -> Callable[[], bytes]:
-    """What a heartbeat writes: for a stream, the relayed stream's own heartbeat when it
-    has one now, else the dialect's; for a whole answer, JSON whitespace."""
-    if not stream:
-        return lambda: b" "
-    default = exchange.dialect.heartbeat(exchange.keepalive)
+def _whitespace() -> bytes:
+    """A whole answer's heartbeat: JSON whitespace."""
+    return b" "
+
+
+def _stream_heartbeat(writer: ResponseWriter, default: bytes) -> Callable[[], bytes]:
+    """A stream's heartbeat: the relayed stream's own when it has one now, else
+    ``default`` (the dialect's, in the request's policy)."""
 
     def beat() -> bytes:
         pipe = writer.pipe

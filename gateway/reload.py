@@ -8,7 +8,8 @@ request ever sees half of it. A request keeps what it started with to its end
 (:meth:`gateway.proxy.ProxyApp.prepare` reads the config once), so a stream running
 through a reload finishes exactly as it would have.
 
-Backends: one whose settings did not change is kept as it is (its pools, its managed
+Backends: one whose settings did not change — or only its ``keepalive``, the gateway's
+policy, which is swapped in with the rest — is kept as it is (its pools, its managed
 process, its queue and health state); a new or changed one is started before the swap —
 if one fails to start (or, replacing a ready one, is not ready within
 :data:`READY_TIMEOUT`: a managed server loads its model first), the reload is refused and
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from .abc import Backend
+from .abc import Backend, BackendSettings
 from .config import GatewayConfig, read_config
 from .errors import ConfigError
 from .registry import load_registry
@@ -93,7 +94,7 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
     unchanged = {
         id: upstream
         for id, upstream in current.items()
-        if id in new.backends and upstream.backend.settings == new.backends[id]
+        if id in new.backends and _same_backend(upstream.backend.settings, new.backends[id])
     }
     hosts = gateway.hosts
     assert hosts is not None, "a gateway from open_gateway"
@@ -128,6 +129,8 @@ async def reload_config(gateway: Gateway, path: Path, nursery: trio.Nursery) -> 
 
     # The swap: no checkpoint from here to its end.
     gateway.config = new
+    for id, upstream in unchanged.items():  # the gateway's own policy: the backend is kept
+        upstream.keepalive = new.backends[id].keepalive
     gateway.upstreams = upstreams
     gateway.router = Router(new.routes)
     if gateway.teams is not None:
@@ -172,3 +175,9 @@ async def _retire(gateway: Gateway, upstream: Upstream) -> None:
     await upstream.wait_unused()
     assert gateway.hosts is not None
     await gateway.hosts.stop(upstream.backend)
+
+
+def _same_backend(running: BackendSettings, new: BackendSettings) -> bool:
+    """Whether ``new`` leaves the running backend as it is: equal but for its
+    ``keepalive``, which the gateway reads from the upstream, never the backend."""
+    return running.model_copy(update={"keepalive": new.keepalive}) == new

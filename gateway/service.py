@@ -23,6 +23,7 @@ from .balancer import Breaker, Candidate, order_targets, upstream_load
 from .config import GatewayConfig, Route, TargetSettings
 from .errors import ConfigError
 from .inflight import InFlightTable
+from .keepalive import KeepaliveOverride
 from .registry import Registry, load_registry
 from .responses import ResponseStore, open_response_store
 from .routing import Router
@@ -38,11 +39,13 @@ log = logging.getLogger("gateway")
 class Upstream:
     """A backend plus what the gateway tracks about it. ``users``: the requests that may
     still reach it (a config reload waits for none before it stops a backend it replaced
-    or removed)."""
+    or removed). ``keepalive``: its ``[backends.X.keepalive]`` in force — a reload that
+    changes nothing else of the backend replaces it here and keeps the backend running."""
 
     backend: Backend
     slots: Slots
     breaker: Breaker
+    keepalive: KeepaliveOverride = field(default_factory=KeepaliveOverride)
     users: int = 0
     _unused: trio.Event = field(default_factory=trio.Event)
 
@@ -63,7 +66,7 @@ class Upstream:
             slots = BackendSlots(backend.id, admission)
         else:
             slots = SharedSlots(link, backend.id, admission)
-        return cls(backend, slots, Breaker(backend.settings.ejection))
+        return cls(backend, slots, Breaker(backend.settings.ejection), backend.settings.keepalive)
 
     @property
     def id(self) -> str:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .config import KeepaliveSettings
 from .dialects.chat import comment_heartbeat
 from .inflight import InFlight
+from .keepalive import KeepaliveSettings
 from .timers import HeartbeatClock
 from .writer import ClientGone, Headers, ResponseWriter, heartbeat, sse_headers
 
@@ -74,6 +74,7 @@ def snapshot(gateway: Gateway, now: float) -> dict[str, Any]:
                 "reported_running": status.running,
                 "reported_queued": status.queued,
                 "cache_usage": status.cache_usage,
+                "keepalive": upstream.keepalive.model_dump(exclude_none=True),
             }
         )
     streams = _oldest_first([_stream(entry, now) for entry in gateway.inflight])

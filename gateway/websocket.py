@@ -47,7 +47,6 @@ from hypercorn.typing import (
 )
 
 from .client_request import ClientRequest, Prepare, SocketTurn, headers_of
-from .config import KeepaliveSettings
 from .dialects.responses import RESPONSES_SOCKET, socket_error
 from .errors import (
     GatewayError,
@@ -59,6 +58,7 @@ from .errors import (
 )
 from .inbound import endpoint_label, request_ids
 from .inflight import InFlight
+from .keepalive import KeepaliveSettings
 from .locks import acquire
 from .responses.conversation import SocketResponses
 from .service import Gateway

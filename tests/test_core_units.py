@@ -10,10 +10,11 @@ import trio
 from trio.testing import MockClock
 
 from gateway.abc import Timeouts
-from gateway.config import KeepaliveSettings, build_config
+from gateway.config import build_config
 from gateway.dialects import CHAT
 from gateway.errors import Overloaded, UpstreamStatusError, error_body, error_event
 from gateway.inflight import InFlight
+from gateway.keepalive import KeepaliveSettings
 from gateway.routing import Router, upstream_body
 from gateway.timers import HeartbeatClock, UpstreamClock
 from gateway.writer import ResponseWriter, heartbeat

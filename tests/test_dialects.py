@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.abc import Backend, BackendSettings, Endpoint, JSONObject, UpstreamRequest
-from gateway.config import KeepaliveSettings, TargetSettings
+from gateway.config import TargetSettings
+from gateway.keepalive import KeepaliveSettings
 from gateway.dialects import CHAT, MESSAGES, dialect_of
 from gateway.dialects.base import Fed, StreamPipe, Tokens
 from gateway.dialects.chat import ChatPassthrough, first_choices

@@ -12,10 +12,10 @@ from backends.openai import OpenAIBackend, OpenAISettings
 from gateway.abc import Backend, BackendSettings, UpstreamRequest, UpstreamResponse
 from gateway.admission import BackendSlots
 from gateway.balancer import Breaker
-from gateway.config import KeepaliveSettings
 from gateway.errors import UpstreamTimeout
 from gateway.exchange import Attempt, Exchange
 from gateway.inflight import InFlightTable
+from gateway.keepalive import KeepaliveSettings
 from gateway.relay import relay
 from gateway.service import Upstream
 from gateway.testing.fake_openai import FakeOpenAI

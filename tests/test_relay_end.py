@@ -14,11 +14,11 @@ from trio.testing import MockClock
 
 from gateway.abc import JSONObject, Timeouts, UpstreamProtocolError, UpstreamRequest
 from gateway.answer import END_GRACE
-from gateway.config import KeepaliveSettings
 from gateway.dialects.responses import RESPONSES, ResponsesFromChat
 from gateway.errors import ShuttingDown
 from gateway.exchange import Attempt, Exchange
 from gateway.inflight import InFlightTable
+from gateway.keepalive import KeepaliveSettings
 from gateway.relay import relay
 from gateway.sse import SSEFramer
 

@@ -34,12 +34,12 @@ from gateway.abc import (
 from gateway.admission import BackendSlots
 from gateway.answer import END_GRACE
 from gateway.balancer import Breaker, order_targets
-from gateway.config import KeepaliveSettings
 from gateway.dialects.chat import ChatPassthrough
 from gateway.errors import GatewayError
 from gateway.exchange import Attempt, Exchange
 from gateway.http_stream import Disconnect
 from gateway.inflight import InFlight, InFlightTable
+from gateway.keepalive import KeepaliveSettings
 from gateway.relay import relay
 from gateway.service import Upstream
 from gateway.sse import SSEFramer

@@ -23,7 +23,7 @@ from gateway.balancer import (
     order_targets,
     upstream_load,
 )
-from gateway.config import KeepaliveSettings, Route, Strategy, build_config
+from gateway.config import Route, Strategy, build_config
 from gateway.errors import (
     ConfigError,
     GatewayError,
@@ -32,6 +32,7 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from gateway.keepalive import KeepaliveSettings
 from gateway.routing import Router, apply_policy
 from gateway.timers import HeartbeatClock, TimerName, UpstreamClock
 from gateway.usage import Usage, parse_usage

@@ -18,6 +18,7 @@ TRIO_FREE = (
     "gateway.config",
     "gateway.sse",
     "gateway.timers",
+    "gateway.keepalive",
     "gateway.abc",
     "gateway.chunks",
     "gateway.dialects",

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..abc import JSONObject
-from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError
+from ..keepalive import KeepaliveSettings
 from ..sse import SSEFramer
 from ..usage import parse_json
 

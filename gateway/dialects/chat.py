@@ -8,8 +8,8 @@ import json
 from typing import Protocol
 
 from ..abc import JSONObject, JSONValue
-from ..config import KeepaliveSettings
 from ..errors import GatewayError, UpstreamProtocolError, error_event, error_json
+from ..keepalive import KeepaliveSettings
 from ..usage import parse_usage, usage_of
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json, whole_object
 
@@ -92,7 +92,7 @@ class _ChatStream(StreamPipe):
                 if '"usage"' in text and note_usage(text, self.tokens) and self._hide_usage:
                     continue
                 data = True
-                if text == "[DONE]":
+                if event.is_done:
                     out.append(event.raw)
                     end = True
                     break  # nothing after the terminal event is relayed
@@ -167,7 +167,7 @@ class FromChatStream(StreamPipe):
                 text = event.data
                 if text is None:
                     continue
-                if text == "[DONE]":
+                if event.is_done:
                     out.extend(self.translator.finish())
                     end = True
                     break

@@ -11,13 +11,13 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from ..config import KeepaliveSettings
 from ..errors import (
     GatewayError,
     NoBackendAvailable,
     Overloaded,
     UpstreamStatusError,
 )
+from ..keepalive import KeepaliveSettings
 from ..usage import token_count
 from .anthropic_answer import ChatToMessagesStream, chat_to_message
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, whole_object

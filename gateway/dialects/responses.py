@@ -20,7 +20,6 @@ from collections.abc import Collection
 from typing import Any
 
 from ..abc import JSONObject
-from ..config import KeepaliveSettings
 from ..errors import (
     GatewayError,
     UpstreamProtocolError,
@@ -28,6 +27,7 @@ from ..errors import (
     error_body,
     error_json,
 )
+from ..keepalive import KeepaliveSettings
 from ..sse import SSEEvent
 from ..usage import token_count
 from .base import NOTHING, Dialect, Fed, Shape, StreamPipe, Tokens, utf8_json, whole_object

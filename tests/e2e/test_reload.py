@@ -386,3 +386,25 @@ async def test_a_key_removed_by_a_reload_is_refused_on_an_open_websocket_next_tu
     await ws.close()
     assert refused["type"] == "error" and refused["status"] == 401
     assert len(fake.requests) == 1
+
+
+async def test_a_backends_keepalive_changes_at_once_and_leaves_the_backend_running(
+    start: Start, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    def text(comment: str) -> str:
+        backend = f'[backends.fake.keepalive]\ncomment = "{comment}"'
+        return config_text(fake.url, backend=backend, tmp_path=tmp_path)
+
+    gw = await start(text("before"))
+    running = gw.gateway.upstreams["fake"]
+    backend = running.backend
+    body = {**CHAT, "model": "m", "stream": True, "fake": {"prefill": 0.35, "tokens": 1}}
+    async with gw.client() as client:
+        first = await client.post("/v1/chat/completions", json=body)
+        await gw.reload(text("after"))
+        second = await client.post("/v1/chat/completions", json=body)
+    assert first.content.startswith(b": before\n\n: before\n\n")
+    assert second.content.startswith(b": after\n\n: after\n\n")
+    # The backend is the one that served before: its pooled connection is still open.
+    assert gw.gateway.upstreams["fake"].backend is backend
+    assert len(fake.connections) == 1 and fake.connections[0].closed_at is None

@@ -8,6 +8,7 @@ row gone) and the test waits for the browser.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ async def test_feed_is_sse_with_heartbeats_and_can_be_switched_off(
                 if line.startswith("data: "):
                     break
         assert '"routes"' in line and '"name": "chat"' in line
+        [backend] = json.loads(line.removeprefix("data: "))["backends"]
+        assert backend["keepalive"] == {}  # the route's policy, unchanged
     # Its viewer leaving is how a feed ends: its line is written then.
     await wait_until(lambda: any("/status/events" in r.getMessage() for r in caplog.records))
 
