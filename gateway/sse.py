@@ -45,8 +45,9 @@ class SSEEvent:
 
     @property
     def is_done(self) -> bool:
-        """OpenAI's end-of-stream sentinel, ``data: [DONE]``."""
-        return self.data == "[DONE]"
+        """OpenAI's end-of-stream sentinel, ``data: [DONE]`` — read as the openai SDKs
+        (Python and Node) read it: data that begins with ``[DONE]``."""
+        return self.data is not None and self.data.startswith("[DONE]")
 
 
 class SSEFramer:

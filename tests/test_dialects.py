@@ -11,7 +11,6 @@ import pytest
 
 from gateway.abc import Backend, BackendSettings, Endpoint, JSONObject, UpstreamRequest
 from gateway.config import TargetSettings
-from gateway.keepalive import KeepaliveSettings
 from gateway.dialects import CHAT, MESSAGES, dialect_of
 from gateway.dialects.base import Fed, StreamPipe, Tokens
 from gateway.dialects.chat import ChatPassthrough, first_choices
@@ -31,6 +30,7 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from gateway.keepalive import KeepaliveSettings
 from gateway.plans import Plan, plan_request
 from gateway.testing.fake_openai import chat_events
 
@@ -223,6 +223,20 @@ def test_an_error_chunk_is_never_hidden_as_the_usage_the_gateway_asked_for() -> 
     events = [*chat_events(1)[:2], error, b"data: [DONE]\n\n"]
     out = b"".join(f.out for f in feed_all(ChatPassthrough(True).stream(), events))
     assert error in out
+
+
+@pytest.mark.parametrize("done", [b"data: [DONE] \n\n", b"data: [DONE]\r\n\r\n"])
+def test_the_end_is_read_as_the_openai_sdks_read_it(done: bytes) -> None:
+    # Data that begins with [DONE] ends the stream for the SDKs (Python and Node): the
+    # gateway ends there too, passed through or translated, and never reads it as JSON.
+    events = [*chat_events(2)[:-1], done]
+    passed = feed_all(ChatPassthrough().stream(), events)
+    assert passed[-1].end and b"".join(f.out for f in passed) == b"".join(events)
+    translated = feed_all(MessagesFromChat("msg_x", "m").stream(), events)
+    assert translated[-1].end
+    assert b"".join(f.out for f in translated).endswith(
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
 
 
 def test_a_falsy_error_field_is_no_error_as_the_sdks_read_it() -> None:

@@ -194,9 +194,12 @@ def test_byte_at_a_time(vector: Vector) -> None:
         (b"data: [DONE]\n\n", True, True),
         (b"data:[DONE]\n\n", True, True),
         (b"data:  [DONE]\n\n", True, False),  # the value is " [DONE]"
-        (b"data: [DONE] \n\n", True, False),
+        # As the openai SDKs read it (Python and Node): data that begins with [DONE].
+        (b"data: [DONE] \n\n", True, True),
+        (b"data: [DONE]\r\n\r\n", True, True),
         (b"data: [done]\n\n", True, False),
-        (b"data: [DONE]\ndata: x\n\n", True, False),
+        (b"data: [DONE]\ndata: x\n\n", True, True),
+        (b"data: [DON\n\n", True, False),
         (b"event: [DONE]\n\n", False, False),
         (b": [DONE]\n\n", False, False),
         (b"data\n\n", True, False),  # an empty data field is still a data event
