@@ -17,12 +17,14 @@ with the process, however it ends.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["PidFileError", "default_pid_path", "hold_pid_file", "pid_path", "signal_holder"]
 
@@ -57,8 +59,43 @@ def hold_pid_file(path: Path) -> Iterator[None]:
     The file is written and locked under another name, then renamed to ``path``: whoever
     opens ``path`` finds either the previous file or this one, complete and locked. A
     gateway still holding the previous one (one draining as this one starts) keeps its
-    lock on a file no longer at ``path``. Raises :class:`PidFileError` if the file cannot
-    be written (its directory does not exist, or cannot be written to)."""
+    lock on a file no longer at ``path``.
+
+    In a directory the gateway may not write (a file made for it in a root-owned ``/run``)
+    the file already at ``path`` is locked and written in place, and emptied at the end.
+
+    Raises :class:`PidFileError` if the file cannot be written (its directory does not
+    exist, or cannot be written to and holds no file of ours), or — written in place — if
+    a gateway still serving holds it."""
+    try:
+        file = _written_beside(path)
+    except _DirectoryClosed as closed:
+        file = _written_in_place(path, closed.reason)
+        with file:
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    file.truncate(0)  # no pid left to read; the lock goes with the file
+        return
+    with file:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if _same_file(os.stat(path), os.fstat(file.fileno())):
+                    path.unlink()
+
+
+class _DirectoryClosed(Exception):
+    """The pid file's directory refuses a new file (``reason``: why)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _written_beside(path: Path) -> TextIO:
+    """A new file with this pid, locked, renamed to ``path``."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(OSError):
         temporary.unlink()  # left by a process of this pid before: never opened as it is
@@ -66,23 +103,50 @@ def hold_pid_file(path: Path) -> Iterator[None]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temporary, flags, 0o644)
     except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _DirectoryClosed(error.strerror or "refused") from None
         raise PidFileError(f"pid file {path}: cannot write it: {error.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody has it
-            file.write(f"{os.getpid()}\n")
-            file.flush()
-            os.replace(temporary, path)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise PidFileError(f"pid file {path}: cannot write it: {error.strerror}") from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                if _same_file(os.stat(path), os.fstat(file.fileno())):
-                    path.unlink()
+    file = os.fdopen(fd, "w", encoding="ascii")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody has it
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        os.replace(temporary, path)
+    except OSError as error:
+        file.close()
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise PidFileError(f"pid file {path}: cannot write it: {error.strerror}") from None
+    return file
+
+
+def _written_in_place(path: Path, reason: str) -> TextIO:
+    """The file at ``path`` (made for the gateway where it may not make one), locked and
+    holding this pid."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise PidFileError(
+            f"pid file {path}: cannot write it: its directory refuses a new file ({reason}) "
+            f"and the file itself cannot be opened ({error.strerror})"
+        ) from None
+    file = os.fdopen(fd, "w", encoding="ascii")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise PidFileError(
+            f"pid file {path}: a gateway still serving holds it (its directory refuses "
+            "the new file another gateway would put in its place)"
+        ) from None
+    try:
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+    except OSError as error:
+        file.close()
+        raise PidFileError(f"pid file {path}: cannot write it: {error.strerror}") from None
+    return file
 
 
 def signal_holder(path: Path, signum: int) -> int:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.pidfile import PidFileError, default_pid_path, hold_pid_file
+from gateway import pidfile
+from gateway.pidfile import PidFileError, default_pid_path, hold_pid_file, signal_holder
 
 
 def test_the_default_pid_file_is_one_for_a_file_named_through_a_linked_directory(
@@ -54,4 +59,61 @@ def test_a_pid_file_that_cannot_be_written_is_an_error_naming_it(tmp_path: Path)
     path = tmp_path / "absent" / "gateway.pid"
     with pytest.raises(PidFileError, match=r"absent/gateway\.pid: cannot write it"):
         with hold_pid_file(path):
+            pass
+
+
+@pytest.fixture
+def closed_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory the gateway may not make a file in (a root-owned ``/run``), with a
+    ``gateway.pid`` made for it there. Root ignores directory permissions, so for root a
+    new file in it is refused as the kernel refuses it to anyone else (EACCES); any other
+    user gets a real read-only directory."""
+    closed = tmp_path / "run"
+    closed.mkdir()
+    (closed / "gateway.pid").write_text("4242\n")  # made for the gateway, as by systemd
+    if os.geteuid() != 0:
+        closed.chmod(0o555)
+        yield closed
+        closed.chmod(0o755)
+        return
+    real_open = os.open
+
+    def refusing_new_files(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and Path(name).parent == closed:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(pidfile.os, "open", refusing_new_files)
+    yield closed
+
+
+def test_a_file_made_for_the_gateway_where_it_cannot_make_one_is_written_in_place(
+    closed_dir: Path,
+) -> None:
+    path = closed_dir / "gateway.pid"
+    with hold_pid_file(path):
+        assert path.read_text() == f"{os.getpid()}\n"
+        assert signal_holder(path, 0) == os.getpid()  # locked: `gateway reload` finds it
+        with open(path) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert path.read_text() == ""  # kept (it cannot be removed), with no pid to signal
+    with pytest.raises(PidFileError, match="stale"):
+        signal_holder(path, 0)
+
+
+def test_in_place_a_pid_file_a_serving_gateway_holds_is_refused(closed_dir: Path) -> None:
+    path = closed_dir / "gateway.pid"
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(PidFileError, match="a gateway still serving holds it"):
+            with hold_pid_file(path):
+                pass
+    assert path.read_text() == "4242\n"
+
+
+def test_no_file_in_a_directory_the_gateway_cannot_write_is_an_error_saying_so(
+    closed_dir: Path,
+) -> None:
+    with pytest.raises(PidFileError, match="its directory refuses a new file"):
+        with hold_pid_file(closed_dir / "other.pid"):
             pass
