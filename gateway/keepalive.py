@@ -10,40 +10,24 @@ Settings only — the timing is :mod:`gateway.timers`, the heartbeat task
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["KeepaliveOverride", "KeepaliveSettings"]
 
 
-def _one_line(value: str) -> str:
+def _one_line(cls: type, value: str | None) -> str | None:
     # Printable ASCII only: a client reading lines may also split on U+2028, U+0085, a
     # form feed..., and would take what follows for an event of its own.
-    if not all(" " <= c <= "~" for c in value):
+    if value is not None and not all(" " <= c <= "~" for c in value):
         raise ValueError("must be printable ASCII on one line (no CR, LF or other breaks)")
     return value
 
 
-# One definition of each field's values, for the route's policy and a backend's override.
-Interval = Annotated[
-    float, Field(ge=0, description="seconds of silence before a heartbeat; 0 = off")
-]
-Comment = Annotated[
-    str, AfterValidator(_one_line), Field(description="text of the SSE comment line")
-]
 NonStream = Literal["off", "whitespace"]
-MessagesForm = Annotated[
-    Literal["ping", "comment"],
-    Field(description="heartbeat form on /v1/messages: Anthropic's `event: ping`, or a comment"),
-]
-ResponsesForm = Annotated[
-    Literal["comment", "event"],
-    Field(
-        description="heartbeat form on /v1/responses: SSE comments, or Responses `keepalive` "
-        "events (after response.created)"
-    ),
-]
+MessagesForm = Literal["ping", "comment"]
+ResponsesForm = Literal["comment", "event"]
 
 
 class KeepaliveSettings(BaseModel):
@@ -51,12 +35,26 @@ class KeepaliveSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    interval: Interval = 15.0
-    comment: Comment = "keepalive"
+    interval: float = Field(
+        15.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds of silence before a heartbeat; 0 = off",
+    )
+    comment: str = Field("keepalive", description="text of the SSE comment line")
     early_headers: bool = True
     non_stream: NonStream = "off"
-    messages: MessagesForm = "ping"
-    responses: ResponsesForm = "comment"
+    messages: MessagesForm = Field(
+        "ping",
+        description="heartbeat form on /v1/messages: Anthropic's `event: ping`, or a comment",
+    )
+    responses: ResponsesForm = Field(
+        "comment",
+        description="heartbeat form on /v1/responses: SSE comments, or Responses `keepalive` "
+        "events (after response.created)",
+    )
+
+    _one_line = field_validator("comment")(_one_line)
 
     def overridden(self, override: KeepaliveOverride | None) -> KeepaliveSettings:
         """This policy with the fields ``override`` sets replaced (validated already: the
@@ -77,11 +75,15 @@ class KeepaliveOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    interval: Interval | None = None
-    comment: Comment | None = None
-    early_headers: bool | None = None
-    non_stream: NonStream | None = None
-    messages: MessagesForm | None = None
+    interval: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="the route's `interval`, replaced"
+    )
+    comment: str | None = Field(None, description="the route's `comment`, replaced")
+    early_headers: bool | None = Field(None, description="the route's `early_headers`, replaced")
+    non_stream: NonStream | None = Field(None, description="the route's `non_stream`, replaced")
+    messages: MessagesForm | None = Field(None, description="the route's `messages`, replaced")
+
+    _one_line = field_validator("comment")(_one_line)
 
     @model_validator(mode="before")
     @classmethod

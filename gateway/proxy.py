@@ -205,6 +205,8 @@ class ProxyApp:
         """:meth:`prepare` once the route's backends are held: the relay to run, which
         releases them when it ends (or the warm-up answer, which releases them at once)."""
         gateway, teams = self.gateway, self.gateway.auth
+        # Read before the first await, as the route was: a reload meanwhile changes neither.
+        overrides = {upstream.id: upstream.keepalive for upstream in held}
         body = apply_policy(body, route)
         identity = request.identity
         admission: TeamAdmission | None = None
@@ -264,7 +266,7 @@ class ProxyApp:
                         planned.shape,
                         planned.open,
                         planned.admitted,
-                        policy(upstream.keepalive) if not attempts else None,
+                        policy(overrides[upstream.id]) if not attempts else None,
                     )
                 )
             return attempts

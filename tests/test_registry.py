@@ -180,7 +180,12 @@ def test_settings_are_described_with_types_and_defaults() -> None:
     assert fields["names"] == ("tuple[str, ...]", "()")
     assert fields["timeouts.connect"] == ("float | None", "10.0")
     assert fields["admission.queue_full_status"] == ("429 | 503", "429")
+    assert fields["keepalive.interval"] == ("float | None", "none")
+    assert fields["keepalive.non_stream"] == ("'off' | 'whitespace' | None", "none")
     assert "inner" not in fields
+    # Every key the gateway owns says what it is.
+    described = {f.name: f.description for f in settings_fields(_Example)}
+    assert described["keepalive.comment"] == "the route's `comment`, replaced"
 
 
 def test_a_config_naming_a_broken_plugins_type_is_told_why_it_cannot_be_used(

@@ -170,6 +170,7 @@ async def test_a_backends_interval_writes_no_sse_heartbeat_on_a_websocket(
         ({"comment": "a\nb"}, "backends.b.keepalive.comment: Value error, must be printable"),
         ({"responses": "event"}, "backends.b.keepalive: Value error, `responses` is set per route"),
         ({"intervall": 5}, "backends.b.keepalive.intervall: unknown key"),
+        ({"interval": float("inf")}, "backends.b.keepalive.interval: Input should be a finite"),
         ({"early_headers": "sometimes"}, "backends.b.keepalive.early_headers: Input should be"),
     ],
 )
@@ -183,3 +184,15 @@ def test_a_bad_override_is_a_config_error_with_its_path(
     with pytest.raises(ConfigError) as caught:
         build_config(raw, environ={})
     assert message in str(caught.value)
+
+
+def test_a_routes_interval_must_be_finite() -> None:
+    # The status page reads the policy as JSON, where inf is no number.
+    raw = {
+        "backends": {"b": {"type": "openai", "url": "http://h/v1"}},
+        "routes": {"m": {"backend": "b", "keepalive": {"interval": float("inf")}}},
+    }
+    with pytest.raises(
+        ConfigError, match=r"routes\.m\.keepalive\.interval: Input should be a finite"
+    ):
+        build_config(raw, environ={})

@@ -204,15 +204,9 @@ async def test_a_changed_backend_drains_its_stream_then_closes_and_a_kept_one_is
     assert len(fakes["c"].connections) == 1 and fakes["c"].connections[0].closed_at is None
 
 
-async def test_a_request_between_routing_and_its_relay_keeps_the_backend_a_reload_replaces(
-    nursery: trio.Nursery, start: Start, tmp_path: Path
-) -> None:
-    # A request routed before a reload and relayed after it (it waited on its team's
-    # admission meanwhile) is served by the backend it was routed to: that backend is held
-    # from the routing on, so the reload does not stop it under the request.
-    fakes = await start_fakes(nursery, ["a", "b"])
-    teams = team("alpha", ALPHA)
-    gw = await start(config_text(fakes["a"].url, teams=teams, tmp_path=tmp_path))
+async def routed_then_reloaded(gw: Served, body: dict[str, Any], new_text: str) -> httpx.Response:
+    """The answer to ``body`` (asked with ALPHA's key) routed before a reload to
+    ``new_text`` and relayed after it: it waits on its team's admission meanwhile."""
     assert gw.gateway.auth is not None
     state = gw.gateway.auth.state
     admit, entered, go = state.admit, trio.Event(), trio.Event()
@@ -227,16 +221,30 @@ async def test_a_request_between_routing_and_its_relay_keeps_the_backend_a_reloa
 
     async def ask() -> None:
         async with gw.client(ALPHA) as alpha:
-            answers.append(await alpha.post("/v1/chat/completions", json={**CHAT, "model": "m"}))
+            answers.append(await alpha.post("/v1/chat/completions", json=body))
 
     async with trio.open_nursery() as asking:
         asking.start_soon(ask)
         await entered.wait()
-        # backend `fake` moves from a to b while the request waits for its admission
-        await gw.reload(config_text(fakes["b"].url, teams=teams, tmp_path=tmp_path))
+        await gw.reload(new_text)
         state.admit = admit  # type: ignore[method-assign]
         go.set()
     [answer] = answers
+    return answer
+
+
+async def test_a_request_between_routing_and_its_relay_keeps_the_backend_a_reload_replaces(
+    nursery: trio.Nursery, start: Start, tmp_path: Path
+) -> None:
+    # A request routed before a reload and relayed after it is served by the backend it
+    # was routed to: that backend is held from the routing on, so the reload does not
+    # stop it under the request.
+    fakes = await start_fakes(nursery, ["a", "b"])
+    teams = team("alpha", ALPHA)
+    gw = await start(config_text(fakes["a"].url, teams=teams, tmp_path=tmp_path))
+    # backend `fake` moves from a to b while the request waits for its admission
+    moved = config_text(fakes["b"].url, teams=teams, tmp_path=tmp_path)
+    answer = await routed_then_reloaded(gw, {**CHAT, "model": "m"}, moved)
     assert answer.status_code == 200, answer.text
     assert len(fakes["a"].requests) == 1 and not fakes["b"].requests
     async with gw.client(ALPHA) as alpha:  # the next one goes to the new backend
@@ -393,13 +401,13 @@ async def test_a_backends_keepalive_changes_at_once_and_leaves_the_backend_runni
 ) -> None:
     def text(comment: str) -> str:
         backend = f'[backends.fake.keepalive]\ncomment = "{comment}"'
-        return config_text(fake.url, backend=backend, tmp_path=tmp_path)
+        teams = team("alpha", ALPHA)
+        return config_text(fake.url, backend=backend, teams=teams, tmp_path=tmp_path)
 
     gw = await start(text("before"))
-    running = gw.gateway.upstreams["fake"]
-    backend = running.backend
+    backend = gw.gateway.upstreams["fake"].backend
     body = {**CHAT, "model": "m", "stream": True, "fake": {"prefill": 0.35, "tokens": 1}}
-    async with gw.client() as client:
+    async with gw.client(ALPHA) as client:
         first = await client.post("/v1/chat/completions", json=body)
         await gw.reload(text("after"))
         second = await client.post("/v1/chat/completions", json=body)
@@ -408,3 +416,6 @@ async def test_a_backends_keepalive_changes_at_once_and_leaves_the_backend_runni
     # The backend is the one that served before: its pooled connection is still open.
     assert gw.gateway.upstreams["fake"].backend is backend
     assert len(fake.connections) == 1 and fake.connections[0].closed_at is None
+    # One routed before a reload (back to "before") and relayed after it keeps "after".
+    between = await routed_then_reloaded(gw, body, text("before"))
+    assert between.content.startswith(b": after\n\n: after\n\n")
