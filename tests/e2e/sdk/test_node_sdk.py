@@ -175,3 +175,27 @@ async def test_heartbeats_never_reach_application_code(
         assert upstream == sent
         assert result["chunks"] == chunk_docs(sent)
         assert result["text"] == tokens_text(6)
+
+
+async def test_a_backend_that_keeps_real_statuses_gives_the_sdk_the_status_error(
+    start_gateway, run_node: RunNode
+) -> None:
+    """As in the Python SDK's test: a route that commits early, a backend that turns it
+    off — the upstream's 429 after a silent half second is RateLimitError there, and an
+    APIError after a 200 under the route's own policy."""
+    route_policy = await start_gateway(keepalive={"interval": 0.1})
+    backend_policy = await start_gateway(
+        keepalive={"interval": 0.1}, backend={"keepalive": {"early_headers": False}}
+    )
+    params = {**CHAT, "stream": True, "fake": {**status_script(429), "headers_delay": 0.5}}
+    results = await run_node(
+        [
+            op("route", route_policy.url, "chat", params),
+            op("backend", backend_policy.url, "chat", params),
+        ]
+    )
+    outcomes = {
+        name: ((result.get("error") or {}).get("class"), (result.get("error") or {}).get("status"))
+        for name, result in results.items()
+    }
+    assert outcomes == {"route": ("APIError", None), "backend": ("RateLimitError", 429)}

@@ -252,3 +252,28 @@ async def test_error_after_whitespace_keepalive_raises_in_the_sdk(
         assert detail.startswith("RemoteProtocolError"), detail
         assert "incomplete chunked read" in detail, detail
     assert tries == [1, 2]  # max_retries=1: the SDK tried again, as after a 5xx
+
+
+async def test_a_backend_that_keeps_real_statuses_gives_the_sdk_the_status_error(
+    start_gateway, sdk_kind: str
+) -> None:
+    """A route that commits its 200 early, and a backend whose ``[backends.X.keepalive]``
+    turns that off: a stream the upstream refuses after a silent half second raises the
+    SDK's class for the status (RateLimitError, 429) — under the route's own policy the
+    same refusal comes after a 200, as an error event (a plain APIError)."""
+    route_policy = await start_gateway(keepalive={"interval": 0.1})
+    backend_policy = await start_gateway(
+        keepalive={"interval": 0.1}, backend={"keepalive": {"early_headers": False}}
+    )
+    script = {**status_script(429), "headers_delay": 0.5}
+    raised: dict[str, tuple[str, int | None]] = {}
+    for name, gw in (("route", route_policy), ("backend", backend_policy)):
+        sdk = SDK(sdk_kind, gw.url + "/v1")
+        try:
+            with trio.fail_after(20):
+                await sdk.stream("chat", [], **CHAT, extra_body={"fake": script})
+        except openai.APIError as exc:
+            raised[name] = (type(exc).__name__, getattr(exc, "status_code", None))
+        finally:
+            await sdk.aclose()
+    assert raised == {"route": ("APIError", None), "backend": ("RateLimitError", 429)}
