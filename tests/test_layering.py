@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -162,3 +163,15 @@ def test_every_module_imports_first_and_alone() -> None:
     assert {name: r["error"] for name, r in result.items() if "error" in r} == {}
     assert "gateway.service" not in result["gateway.telemetry"]["loaded"]
     assert "gateway.telemetry" in result["gateway.service"]["loaded"]
+
+
+def test_the_readmes_layout_names_every_module_of_the_host() -> None:
+    # A module the Layout does not list is one a reader of the README cannot find.
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    # "  name.py  what it is", "  a.py, b.py what they are", "  package/  what it holds"
+    entries = [re.match(r" +([\w.]+/?(?:, [\w.]+/?)*)", line) for line in layout.splitlines()]
+    listed = {name for entry in entries if entry for name in entry[1].split(", ")}
+    ours = {p.name for p in PACKAGE.glob("*.py") if not p.name.startswith("__")}
+    ours |= {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert ours - listed == set()
