@@ -1070,6 +1070,20 @@ def test_parallel_tool_calls_that_all_say_index_0_are_told_apart_by_id() -> None
     assert names(events)[1:7] == TWO_TOOL_BLOCKS
 
 
+# Parallel calls whose pieces take turns (index 0, 1, 0, 1): blocks go out one after
+# another, so the answer fails saying why (it said "a tool call without a name").
+INTERLEAVED = [
+    {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": ""}}]},
+    {"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+]
+
+
+def test_interleaved_parallel_tool_calls_are_the_upstreams_fault_said_plainly() -> None:
+    with pytest.raises(UpstreamProtocolError, match="interleaved parallel tool calls: call 0"):
+        run_stream([chunk(delta) for delta in INTERLEAVED])
+
+
 def test_one_chunk_with_two_tool_calls() -> None:
     events = run_stream(
         [

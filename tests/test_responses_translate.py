@@ -30,6 +30,7 @@ from gateway.dialects.responses_request import (
 )
 from gateway.dialects.responses_stream import ChatToResponsesStream
 from gateway.errors import InvalidRequest, UpstreamProtocolError
+from tests.test_anthropic_translate import INTERLEAVED
 
 CODEX = Path(__file__).parent / "fixtures" / "codex_request.json"
 PNG_URL = "data:image/png;base64,iVBORw0KGgo="
@@ -1564,6 +1565,12 @@ def test_one_chunk_with_two_calls_and_the_legacy_function_call() -> None:
     raw, stream = run_stream([chunk({"function_call": {"name": "old", "arguments": "{}"}})])
     check(raw, stream.response)
     assert stream.response["output"][0]["name"] == "old"
+
+
+def test_interleaved_parallel_calls_are_the_upstreams_fault_said_plainly() -> None:
+    # Index 0, 1, 0: items go out one after another, so the answer fails saying why.
+    with pytest.raises(UpstreamProtocolError, match="interleaved parallel tool calls: call 0"):
+        run_stream([chunk(delta) for delta in INTERLEAVED])
 
 
 def test_a_call_that_never_gets_a_name_is_the_upstreams_fault() -> None:

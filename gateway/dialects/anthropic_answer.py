@@ -33,7 +33,7 @@ from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
 from ..usage import token_count
 from .base import utf8_json
-from .chat import arguments_text, first_choices, text_of
+from .chat import CallKeys, arguments_text, first_choices, text_of
 
 __all__ = ["ChatToMessagesStream", "chat_to_message", "new_tool_use_id"]
 
@@ -225,6 +225,7 @@ class ChatToMessagesStream:
         self._blocks = 0  # blocks opened so far; the open one is self._blocks - 1
         self._open: _Kind | None = None
         self._tool_key: JSONValue = None  # the upstream's index (or id) of the open tool call
+        self._call_keys = CallKeys()
         self._tool_id = ""  # the id the upstream gave the open tool call, if it did
         self._pending_tool: tuple[str, list[str]] | None = None  # id and pieces, no name yet
         self._tool_name = ""  # the open tool call's, once known
@@ -315,6 +316,7 @@ class ChatToMessagesStream:
             # Some servers (Ollama, SGLang) give every parallel call index 0: another id.
             or (given_id and self._tool_id and given_id != self._tool_id)
         ):
+            self._call_keys.opening(call.get("index"), given_id, function.get("name"))
             out = self._next_block("tool_use")  # started once its name is known
             self._tool_key = key
             self._tool_id = given_id

@@ -207,6 +207,35 @@ def arguments_text(value: JSONValue) -> str:
     return "" if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class CallKeys:
+    """The tool calls a stream translation opened, one call at a time, by the upstream's
+    index and id: an index that comes back after another call began, with no name and no
+    new id, is parallel calls interleaved, which such a translation cannot follow (its
+    blocks or items go out one after another). A name or a new id with it is a new call
+    (some servers give every parallel call index 0)."""
+
+    __slots__ = ("_ids", "_indexes")
+
+    def __init__(self) -> None:
+        self._indexes: set[int] = set()
+        self._ids: set[str] = set()
+
+    def opening(self, index: JSONValue, call_id: str, name: JSONValue) -> None:
+        """Note that a call opens now. Raises :class:`~gateway.errors.UpstreamProtocolError`
+        for an earlier call going on."""
+        new_call = (isinstance(name, str) and name) or (call_id and call_id not in self._ids)
+        if call_id:
+            self._ids.add(call_id)
+        if not isinstance(index, int) or isinstance(index, bool):
+            return
+        if index in self._indexes and not new_call:
+            raise UpstreamProtocolError(
+                f"upstream interleaved parallel tool calls: call {index} went on after "
+                "another began, and the gateway translates them one at a time"
+            )
+        self._indexes.add(index)
+
+
 def first_choices(chunk: JSONObject) -> list[JSONObject]:
     """The choices of index 0 in a chat chunk, which translation carries (one answer per
     request). Raises :class:`~gateway.errors.UpstreamProtocolError` for a chunk that is an

@@ -16,7 +16,7 @@ from typing import Literal
 from ..abc import JSONObject, JSONValue
 from ..errors import UpstreamProtocolError
 from .base import utf8_json
-from .chat import arguments_text, first_choices, text_of
+from .chat import CallKeys, arguments_text, first_choices, text_of
 from .responses_answer import (
     call_item,
     message_item,
@@ -111,6 +111,7 @@ class ChatToResponsesStream:
         self._ended = False
         self._output: list[JSONValue] = []  # the items done
         self._open: _Item | None = None
+        self._call_keys = CallKeys()
         self._usage: JSONObject | None = None
         self._finish_reason: JSONValue = None
         self.response: JSONObject = self._response("in_progress", [])
@@ -316,6 +317,8 @@ class ChatToResponsesStream:
         key = call.get("index")
         if not isinstance(key, int):  # no index: a new id is a new call
             key = given_id or (item.key if item is not None else None)
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
         out: list[bytes] = []
         if (
             item is None
@@ -324,12 +327,11 @@ class ChatToResponsesStream:
             # Some servers (Ollama, SGLang) give every parallel call index 0: another id.
             or (given_id and item.call_id and given_id != item.call_id)
         ):
+            self._call_keys.opening(call.get("index"), given_id, function.get("name"))
             out, item = self._next("function_call")  # its kind is known with its name
             item.key = key
         if given_id and not item.call_id:
             item.call_id = given_id
-        function = call.get("function")
-        function = function if isinstance(function, dict) else {}
         name = function.get("name")
         arguments = function.get("arguments")
         piece = arguments_text(arguments)
