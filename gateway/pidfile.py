@@ -135,9 +135,12 @@ def _written_in_place(path: Path, reason: str) -> TextIO:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.close()
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = path.read_text(encoding="ascii", errors="replace").strip()
         raise PidFileError(
-            f"pid file {path}: a gateway still serving holds it (its directory refuses "
-            "the new file another gateway would put in its place)"
+            f"pid file {path}: a gateway still serving holds it (pid {holder or 'unknown'}; "
+            "its directory refuses the new file another gateway would put in its place)"
         ) from None
     try:
         file.truncate(0)

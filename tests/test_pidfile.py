@@ -105,7 +105,7 @@ def test_in_place_a_pid_file_a_serving_gateway_holds_is_refused(closed_dir: Path
     path = closed_dir / "gateway.pid"
     with open(path) as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(PidFileError, match="a gateway still serving holds it"):
+        with pytest.raises(PidFileError, match=r"a gateway still serving holds it \(pid 4242;"):
             with hold_pid_file(path):
                 pass
     assert path.read_text() == "4242\n"
