@@ -59,7 +59,7 @@ class KeepaliveSettings(BaseModel):
     def overridden(self, override: KeepaliveOverride | None) -> KeepaliveSettings:
         """This policy with the fields ``override`` sets replaced (validated already: the
         same field types)."""
-        if override is None:
+        if override is None or not override.model_fields_set:  # (every request asks)
             return self
         changes = override.model_dump(exclude_none=True)
         return self.model_copy(update=changes) if changes else self
