@@ -75,6 +75,11 @@ class Registry:
                 yield id, settings, backend_type.cls
 
 
+GATEWAY_TABLES = ("timeouts", "admission", "ejection", "keepalive")
+"""The tables of :class:`~gateway.abc.BackendSettings` the gateway itself reads: a plugin's
+settings may narrow them (a subclass) but not put something else in their place."""
+
+
 def _problem(obj: object, value: str, name: str) -> str | None:
     """Why ``obj`` (what entry point ``name = value`` loaded) cannot be a backend type, if so."""
     if not (isinstance(obj, type) and issubclass(obj, Backend)):
@@ -91,6 +96,14 @@ def _problem(obj: object, value: str, name: str) -> str | None:
     if inspect.isabstract(obj):
         missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
         return f"{value} does not implement {missing}"
+    for owned in GATEWAY_TABLES:
+        base = BackendSettings.model_fields[owned].annotation
+        mine = settings.model_fields[owned].annotation
+        if not (isinstance(mine, type) and isinstance(base, type) and issubclass(mine, base)):
+            return (
+                f"{value}.Settings redefines `{owned}`, which the gateway reads for every "
+                f"backend ([backends.<id>.{owned}]): give the plugin's own setting another name"
+            )
     field = settings.model_fields.get("type")
     allowed = typing.get_args(field.annotation) if field is not None else ()
     if field is not None and typing.get_origin(field.annotation) is Literal and name not in allowed:

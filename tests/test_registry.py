@@ -50,6 +50,15 @@ BROKEN_MODULES = {
         "    def open_response(self, request):\n"
         "        raise NotImplementedError\n"
     ),
+    "plugin_reserved_field": (
+        "from gateway.abc import Backend, BackendSettings\n"
+        "class Own(BackendSettings):\n"
+        "    keepalive: bool = True  # the plugin's HTTP keep-alive, say\n"
+        "class Clash(Backend[Own]):\n"
+        "    Settings = Own\n"
+        "    def open_response(self, request):\n"
+        "        raise NotImplementedError\n"
+    ),
     "plugin_settings_not_declared": (
         "from gateway.abc import Backend, BackendSettings\n"
         "class Mine(BackendSettings):\n"
@@ -77,6 +86,7 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "missing-attr": "plugin_not_a_backend:Nothing",
             "settings-not-declared": "plugin_settings_not_declared:Wrong",
             "murmur": "plugin_type_literal:Murmur",
+            "clash": "plugin_reserved_field:Clash",
         },
     )
     install_fake_distribution(
@@ -97,6 +107,7 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
         ("missing-attr", "broken-plugins"),
         ("settings-not-declared", "broken-plugins"),
         ("murmur", "broken-plugins"),
+        ("clash", "broken-plugins"),
         ("openai", "impostor"),
     }
     assert (
@@ -116,6 +127,11 @@ def test_broken_plugins_are_reported_by_name_and_the_rest_load(broken_site: Path
     assert reasons[("murmur", "broken-plugins")] == (
         "plugin_type_literal:Murmur.Settings.type is Literal['murmurr'], but the entry point "
         "names the type 'murmur': a backend table's `type = 'murmur'` would be refused"
+    )
+    assert reasons[("clash", "broken-plugins")] == (
+        "plugin_reserved_field:Clash.Settings redefines `keepalive`, which the gateway reads "
+        "for every backend ([backends.<id>.keepalive]): give the plugin's own setting another "
+        "name"
     )
     assert reasons[("openai", "impostor")] == "type 'openai' is already provided by trio-gateway"
     # Built-ins and the example plugins still load; openai is still the real one.
