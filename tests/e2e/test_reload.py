@@ -406,7 +406,7 @@ async def test_a_backends_keepalive_changes_at_once_and_leaves_the_backend_runni
 
     gw = await start(text("before"))
     backend = gw.gateway.upstreams["fake"].backend
-    body = {**CHAT, "model": "m", "stream": True, "fake": {"prefill": 0.35, "tokens": 1}}
+    body = {**CHAT, "model": "m", "stream": True, "fake": {"prefill": 0.5, "tokens": 1}}
     async with gw.client(ALPHA) as client:
         first = await client.post("/v1/chat/completions", json=body)
         await gw.reload(text("after"))
