@@ -3,7 +3,7 @@ it may be tried on (:class:`Attempt`): everything :func:`~gateway.relay.relay` n
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -29,16 +29,13 @@ class Attempt:
     the backend's ``open_response`` where the gateway makes the answer from another call
     (a token count from :meth:`~gateway.abc.Backend.count_tokens`). ``admitted``: the
     attempt takes one of the backend's slots (waiting in its queue for one); a token count
-    does not — it generates nothing, and a client asks for one before it sends its turn.
-    ``keepalive``: the request's keepalive policy if this is its first attempt (the route's
-    with its backend's override); ``None``, the exchange's."""
+    does not — it generates nothing, and a client asks for one before it sends its turn."""
 
     upstream: Upstream
     request: UpstreamRequest
     shape: Shape = field(default_factory=ChatPassthrough)
     open: Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]] | None = None
     admitted: bool = True
-    keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +46,8 @@ class Exchange:
     request_id: str
     stream: bool
     route: str
-    keepalive: KeepaliveSettings  # the route's; a first attempt's own replaces it
+    keepalive: KeepaliveSettings
+    """The request's keepalive policy, unless :attr:`keepalives` says otherwise."""
     inflight: InFlightTable
     endpoint: str = ""
     model: str = ""  # as the client asked
@@ -70,6 +68,9 @@ class Exchange:
     (its team admission, its route's backends)."""
     connection: str = ""  # the WebSocket it came on, for the access log
     trace: RequestTrace | None = None  # with tracing on: the request's span
+    keepalives: Mapping[str, KeepaliveSettings] = field(default_factory=dict)
+    """The policy of a request whose first attempt goes to the backend of that id (the
+    route's with the backend's override); one not here: :attr:`keepalive`."""
     log: list[str] = field(default_factory=list)  # "backend=outcome" per attempt
 
     def headers(self) -> list[tuple[bytes, bytes]]:

@@ -53,7 +53,6 @@ from .inbound import (
     validate,
 )
 from .inflight import InFlight
-from .keepalive import KeepaliveOverride, KeepaliveSettings
 from .plans import plan_request
 from .relay import relay
 from .responses.conversation import Conversation
@@ -205,8 +204,10 @@ class ProxyApp:
         """:meth:`prepare` once the route's backends are held: the relay to run, which
         releases them when it ends (or the warm-up answer, which releases them at once)."""
         gateway, teams = self.gateway, self.gateway.auth
-        # Read before the first await, as the route was: a reload meanwhile changes neither.
-        overrides = {upstream.id: upstream.keepalive for upstream in held}
+        # The keepalive by first backend, read before the first await, as the route was: a
+        # reload meanwhile changes neither. (A WebSocket pings; the relay writes none.)
+        route_keepalive = route.settings.keepalive
+        keepalives = {} if socket else {u.id: route_keepalive.overridden(u.keepalive) for u in held}
         body = apply_policy(body, route)
         identity = request.identity
         admission: TeamAdmission | None = None
@@ -230,15 +231,9 @@ class ProxyApp:
             for upstream in held:
                 upstream.release()
             return partial(self._warm_up, request, body, keep, socket.connection_id)
-        keepalive = route.settings.keepalive
-
-        def policy(override: KeepaliveOverride | None) -> KeepaliveSettings:
-            """The keepalive of a request sent first to a backend with ``override``."""
-            chosen = keepalive.overridden(override)
-            if socket is not None:  # the socket pings; the relay writes no heartbeat
-                return chosen.model_copy(update={"interval": 0.0})
-            return chosen
-
+        keepalive = route_keepalive
+        if socket is not None:  # the socket pings; the relay writes no heartbeat
+            keepalive = keepalive.model_copy(update={"interval": 0.0})
         plan = plan_request(
             request.endpoint,
             body,
@@ -256,17 +251,12 @@ class ProxyApp:
             admission = await teams.admit(identity, id=uuid.uuid4().hex, stream=stream, body=body)
 
         def pick_attempts() -> list[Attempt]:
-            attempts: list[Attempt] = []
+            attempts = []
             for upstream, target in gateway.pick_targets(route, upstreams):
                 planned = plan.for_target(upstream.backend, target)
                 attempts.append(
                     Attempt(
-                        upstream,
-                        planned.request,
-                        planned.shape,
-                        planned.open,
-                        planned.admitted,
-                        policy(overrides[upstream.id]) if not attempts else None,
+                        upstream, planned.request, planned.shape, planned.open, planned.admitted
                     )
                 )
             return attempts
@@ -292,7 +282,8 @@ class ProxyApp:
             request_id=request.request_id,
             stream=stream,
             route=route.name,
-            keepalive=policy(None),
+            keepalive=keepalive,
+            keepalives=keepalives,
             inflight=gateway.inflight,
             max_attempts=route.settings.max_attempts,
             failover_deadline=route.settings.failover_deadline,

@@ -82,10 +82,9 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
         attempts = exchange.pick_attempts()
     except Exception as exc:  # reported as the exchange's error, in its entry's scope
         attempts = exc
-    first = attempts[0] if not isinstance(attempts, Exception) and attempts else None
     policy = exchange.keepalive
-    if first is not None and first.keepalive is not None:
-        policy = first.keepalive
+    if not isinstance(attempts, Exception) and attempts:
+        policy = exchange.keepalives.get(attempts[0].upstream.id, policy)
     stream = exchange.stream
     keepalive_on = policy.interval > 0 and (stream or policy.non_stream == "whitespace")
     writer = ResponseWriter(send, HeartbeatClock(policy.interval, now) if keepalive_on else None)
