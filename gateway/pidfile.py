@@ -68,22 +68,17 @@ def hold_pid_file(path: Path) -> Iterator[None]:
     exist, or cannot be written to and holds no file of ours), or — written in place — if
     a gateway still serving holds it."""
     try:
-        file = _written_beside(path)
+        file, in_place = _written_beside(path), False
     except _DirectoryClosed as closed:
-        file = _written_in_place(path, closed.reason)
-        with file:
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError):
-                    file.truncate(0)  # no pid left to read; the lock goes with the file
-        return
+        file, in_place = _written_in_place(path, closed.reason), True
     with file:
         try:
             yield
         finally:
             with contextlib.suppress(OSError):
-                if _same_file(os.stat(path), os.fstat(file.fileno())):
+                if in_place:
+                    file.truncate(0)  # no pid left to read; the lock goes with the file
+                elif _same_file(os.stat(path), os.fstat(file.fileno())):
                     path.unlink()
 
 
