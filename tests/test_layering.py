@@ -175,3 +175,31 @@ def test_the_readmes_layout_names_every_module_of_the_host() -> None:
     ours = {p.name for p in PACKAGE.glob("*.py") if not p.name.startswith("__")}
     ours |= {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert ours - listed == set()
+
+
+# ``./dev test --fast`` installs the test extras only: no llama-cpp-python. Its selection must
+# still collect there — a test module that imports the in-process engine at its top, for a
+# sans-I/O helper, broke collection of the whole fast lane on a fresh machine.
+_COLLECT_WITHOUT_LLAMA_CPP = """
+import sys
+sys.modules["llama_cpp"] = None  # import llama_cpp raises ImportError, as where it is missing
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", sys.argv[1],
+                      "tests", "plugins"]))
+"""
+
+
+def test_the_fast_lane_collects_without_llama_cpp() -> None:
+    dev = (PACKAGE.parent / "dev").read_text(encoding="utf-8")
+    heavy = re.search(r'^HEAVY_MARKERS="([^"]+)"$', dev, re.MULTILINE)
+    assert heavy is not None, "./dev no longer names its HEAVY_MARKERS"
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECT_WITHOUT_LLAMA_CPP, f"not ({heavy[1]})"],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " deselected" in done.stdout.splitlines()[-1]

@@ -24,7 +24,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any, cast
@@ -49,6 +49,7 @@ from ._protocol import (
     TextRequest,
     Usage,
     choice_text,
+    fold_system,
     matched_stop,
     usage_chunk,
 )
@@ -425,20 +426,6 @@ class Engine:
 # and model turns (and says so at debug level), so a system prompt, a developer message or a
 # Responses ``instructions`` never reached the model.
 _NO_SYSTEM_ROLE = frozenset({"gemma"})
-
-
-def fold_system(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    """``messages`` with the system messages' text at the head of the first user turn (as
-    Gemma's own template puts it), for a chat format that has no system role."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    if not system:
-        return rest
-    for message in rest:
-        if message["role"] == "user":
-            message["content"] = f"{system}\n\n{message['content']}"
-            return rest
-    return [{"role": "user", "content": system}, *rest]
 
 
 def check_chat_format(name: str, where: str) -> None:

@@ -372,3 +372,17 @@ def _embedding_request(model: str, body: JSONObject) -> EmbeddingRequest:
         inputs=[text for text in inputs if isinstance(text, str)],
         base64=encoding == "base64",
     )
+
+
+def fold_system(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the system messages' text at the head of the first user turn (as
+    Gemma's own template puts it), for a chat format that has no system role."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]

@@ -275,7 +275,7 @@ async def test_the_gemma_format_gets_the_system_prompt_in_the_first_user_turn(
 
 
 def test_fold_system_keeps_the_turns() -> None:
-    from backends.llamacpp_python._engine import fold_system
+    from backends.llamacpp_python._protocol import fold_system
 
     assert fold_system(
         [

@@ -14,8 +14,7 @@ import httpx
 import pytest
 import trio
 
-from backends.llamacpp_python._engine import fold_system
-from backends.llamacpp_python._protocol import choice_text, matched_stop
+from backends.llamacpp_python._protocol import choice_text, fold_system, matched_stop
 
 from .llamacpp_python_helpers import StartLocal, chunk_text
 from .sse_helpers import event_json, sse_events

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anthropic
 import trio
 
-from backends.llamacpp_python._engine import fold_system
+from backends.llamacpp_python._protocol import fold_system
 
 from .llamacpp_python_helpers import LocalGateway, StartLocal
 from .sse_helpers import sse_events

@@ -16,7 +16,7 @@ import openai
 import pytest
 import trio
 
-from backends.llamacpp_python._engine import fold_system
+from backends.llamacpp_python._protocol import fold_system
 from gateway.config import build_config
 from gateway.server import serve
 from gateway.service import open_gateway
