@@ -1,9 +1,8 @@
-"""Checks of the benchmark harness itself (not part of the suite CI runs; run with
-``.venv/bin/python -m pytest bench/test_bench.py -q``): the load generator's HTTP decoder at
-every split point, and the fake upstream and load generator against each other over real
-sockets, including a sustained level that must fail; Anthropic Messages and OpenAI Responses
-streams and scenarios 6 and 7's plumbing; the WebSocket client and scenario 8 through the
-bench gateway (``.venv``'s ``gateway``, as ``bench/run`` starts it)."""
+"""Checks of the load generator and the fake upstream (``bench/run``'s measuring parts): the
+load generator's HTTP decoder at every split point; the two against each other over real
+sockets, including a sustained level that must fail and a fixed rate; what a connection
+records of chat, Anthropic Messages and OpenAI Responses streams fed by hand, and of
+Responses turns over a WebSocket."""
 
 from __future__ import annotations
 
@@ -11,26 +10,12 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from functools import partial
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from loadgen_conn import Conn, ResponseDecoder, StreamRecord  # noqa: E402 (bench/ is not a package)
-from messages_scenario import (  # noqa: E402
-    RESPONSES,
-    messages_table,
-    run_messages,
-    summarize_messages,
-)
+from fixtures import loadgen, upstream, upstream_port  # noqa: F401 (pytest fixtures)
+from loadgen_conn import Conn, ResponseDecoder, StreamRecord
 
 PIECES = [b"data: one\n\n", b": keepalive\n\ndata: x", b"\n\n\n"]
 CHUNKED = (
@@ -62,42 +47,6 @@ def test_decoder_at_every_split_point(response: bytes, status: int, body: bytes)
 def test_decoder_rejects_a_response_without_length() -> None:
     with pytest.raises(ValueError, match="without length"):
         ResponseDecoder().feed(b"HTTP/1.1 200 OK\r\n\r\nbody")
-
-
-@pytest.fixture
-def upstream(request: pytest.FixtureRequest) -> Iterator[tuple[int, int]]:
-    """The fake upstream in its own process: ``(port, pid)``."""
-    extra = getattr(request, "param", [])
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "upstream.py"), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert line.startswith("LISTENING"), line
-        yield int(line.split()[1]), proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-@pytest.fixture
-def upstream_port(upstream: tuple[int, int]) -> int:
-    return upstream[0]
-
-
-def loadgen(port: int, *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "loadgen.py"), *args, "--port", str(port)],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
 
 
 def test_unary_requests_all_answered(upstream_port: int) -> None:
@@ -143,7 +92,7 @@ class _EarlyTimers:
 def test_upstream_writes_an_event_whose_timer_fired_a_little_early() -> None:
     """One timer per paced event, even when timers fire early: rescheduling instead spun
     uvloop's loop through tens of thousands of timers per stream."""
-    import upstream
+    import upstream as fake_upstream
 
     written: list[bytes] = []
     body = b'{"stream": true, "content": "bench:n=5,gap=20,prefill=0"}'
@@ -153,7 +102,7 @@ def test_upstream_writes_an_event_whose_timer_fired_a_little_early() -> None:
     )
 
     async def make() -> Any:
-        return upstream.Upstream()
+        return fake_upstream.Upstream()
 
     server = asyncio.run(make())
     loop = _EarlyTimers()
@@ -350,37 +299,6 @@ def test_messages_streams_from_the_upstream_arrive_whole_and_in_order(upstream_p
     assert isinstance(gaps, dict) and gaps["n"] == 3 * 7
 
 
-def test_messages_scenario_measures_and_tables_the_direct_variants(
-    upstream: tuple[int, int],
-) -> None:
-    """Scenario 6's plumbing, from the loadgen runs through the medians to the table, on
-    the direct target (the gateway's variants run in ``bench/run --quick``)."""
-    port, pid = upstream
-
-    def measure(scenario: str, *args: str) -> dict[str, object]:
-        return loadgen(port, scenario, *args, "--gap", "2", "--pid", str(pid))
-
-    plan = SimpleNamespace(stream_count=2, stream_tokens=4, sustain_tokens=4, messages_streams=3)
-    seen: list[str] = []
-    runs = [run_messages("direct", measure, plan, repeat, seen.append) for repeat in (0, 1)]
-    assert list(runs[0]) == ["chat", "messages"] and list(runs[1]) == ["messages", "chat"]
-    summary = summarize_messages(runs)
-    for name in ("chat", "messages"):
-        assert summary[name]["missing"] == 0
-        assert summary[name]["load_passed"] == 2
-        assert summary[name]["cpu_us_delta"] is not None
-        assert summary[name]["content_p50"] > summary[name]["ttft_p50"]
-    table = messages_table(
-        {
-            "summary": {"direct": {"messages": summary}},
-            "plan": {"messages_streams": 3, "sustain_tokens": 4},
-        }
-    )
-    assert "| direct: chat | direct: Messages |" in table
-    assert run_messages("nginx", measure, plan, 0, seen.append) == {}
-    assert seen[-1] == "  messages: no variants for nginx; skipped"
-
-
 def _typed(kind: str, **fields: object) -> bytes:
     return _named(kind, json.dumps({"type": kind, **fields}, separators=(",", ":")))
 
@@ -460,46 +378,6 @@ def test_responses_streams_from_the_upstream_arrive_whole_numbered_and_in_order(
         assert docs[0]["response"]["id"] == docs[-1]["response"]["id"]
         ids.add(docs[0]["response"]["id"])
     assert len(ids) == 2
-
-
-def test_responses_scenario_measures_and_tables_the_direct_variants(
-    upstream: tuple[int, int],
-) -> None:
-    """Scenario 7's plumbing, as scenario 6's above: direct's chat and Responses variants,
-    the medians, the table (the gateway's variants run in ``bench/run --quick``)."""
-    port, pid = upstream
-
-    def measure(scenario: str, *args: str) -> dict[str, object]:
-        return loadgen(port, scenario, *args, "--gap", "2", "--pid", str(pid))
-
-    plan = SimpleNamespace(stream_count=2, stream_tokens=4, sustain_tokens=4, messages_streams=3)
-    seen: list[str] = []
-    runs = [
-        run_messages("direct", measure, plan, repeat, seen.append, RESPONSES) for repeat in (0, 1)
-    ]
-    assert list(runs[0]) == ["chat", "responses"] and list(runs[1]) == ["responses", "chat"]
-    summary = summarize_messages(runs)
-    for name in ("chat", "responses"):
-        assert summary[name]["missing"] == 0
-        assert summary[name]["load_passed"] == 2
-        assert summary[name]["cpu_us_delta"] is not None
-        assert summary[name]["content_p50"] > summary[name]["ttft_p50"]
-    raw = {
-        "summary": {"direct": {"responses": summary}},
-        "plan": {"messages_streams": 3, "sustain_tokens": 4},
-    }
-    table = messages_table(raw, RESPONSES)
-    assert table.startswith(
-        "| scenario 7: Responses beside chat | direct: chat | direct: Responses |"
-    )
-    assert messages_table(raw) == ""  # scenario 6 had no numbers in this run
-    assert [v.name for v in RESPONSES.variants["trio-gateway"]] == [
-        "chat",
-        "responses-passthrough",
-        "responses-translated",
-    ]
-    assert run_messages("nginx", measure, plan, 0, seen.append, RESPONSES) == {}
-    assert seen[-1] == "  responses: no variants for nginx; skipped"
 
 
 class _ServerSide:
@@ -587,130 +465,3 @@ def test_websocket_turns_are_recorded_like_sse_streams() -> None:
     assert whole.first_event is not None and whole.ended is not None
     assert whole.sent < whole.first_event < whole.ended
     assert not broken.complete and broken.errors and "server_error" in broken.errors[0]
-
-
-def test_websocket_scenario_through_the_gateway(upstream: tuple[int, int], tmp_path: Path) -> None:
-    """Scenario 8 end to end, small: the bench gateway in front of the fake upstream, each
-    of its variants (SSE, WebSocket, WebSocket with permessage-deflate) and direct's SSE,
-    the medians and the table."""
-    import harness
-    from ws_scenario import run_websocket, summarize_websocket, websocket_table
-
-    port, pid = upstream
-    cpus = os.sched_getaffinity(0)
-    gateway = harness.start_gateway(cpus, tmp_path, port)
-    direct = harness.Server("upstream", port, gateway.proc, pid)
-    plan = SimpleNamespace(
-        stream_tokens=4, sustain_tokens=4, messages_streams=3, ws_turns=3, ws_load_turns=2
-    )
-    seen: list[str] = []
-    try:
-        runs = {
-            name: [
-                run_websocket(
-                    name,
-                    lambda scenario, *a, server=server: harness.loadgen(
-                        cpus, server, scenario, *a, "--gap", "2", timeout=60
-                    ),
-                    plan,
-                    repeat,
-                    seen.append,
-                )
-                for repeat in (0, 1)
-            ]
-            for name, server in (("direct", direct), ("trio-gateway", gateway))
-        }
-    finally:
-        gateway.stop()
-    assert list(runs["trio-gateway"][1]) == ["ws", "ws-deflate", "sse"]
-    summary = {name: {"websocket": summarize_websocket(r)} for name, r in runs.items()}
-    for name, variants in (("direct", ["sse"]), ("trio-gateway", ["sse", "ws", "ws-deflate"])):
-        assert list(summary[name]["websocket"]) == variants
-        for variant in variants:
-            s = summary[name]["websocket"][variant]
-            assert (s["turns"], s["missing"], s["broken"], s["load_broken"]) == (6, 0, 0, 0), s
-            assert s["load_passed"] == 2
-            assert s["cpu_us_event"] is not None and s["load_cpu_us_event"] is not None
-            assert s["ttft_p50"] < s["content_p50"] < s["turn_p50"]
-    gateway_ws = summary["trio-gateway"]["websocket"]
-    assert gateway_ws["ws"]["extensions"] == [] and gateway_ws["ws"]["handshake_p50"] > 0
-    assert gateway_ws["ws-deflate"]["extensions"] == ["permessage-deflate"]
-    table = websocket_table(
-        {
-            "summary": summary,
-            "plan": {
-                "stream_tokens": 4,
-                "sustain_tokens": 4,
-                "messages_streams": 3,
-                "ws_turns": 3,
-                "ws_load_turns": 2,
-            },
-        }
-    )
-    assert table.startswith(
-        "| scenario 8: Responses over WebSocket beside SSE | direct: SSE | trio-gateway: SSE "
-        "| trio-gateway: WebSocket | trio-gateway: WebSocket + permessage-deflate |"
-    )
-    assert "(permessage-deflate)" in table
-    assert run_websocket("nginx", lambda *a: {}, plan, 0, seen.append) == {}
-    assert seen[-1] == "  websocket: no variants for nginx; skipped"
-
-
-def test_workers_scenario_through_the_gateway(upstream: tuple[int, int], tmp_path: Path) -> None:
-    """Scenario 9 end to end, small: every variant started with its workers and its team,
-    each measured (the team's key accepted: every request 200), the parent and each worker
-    sampled, the medians, the ratios and both tables."""
-    import harness
-    from workers_scenario import VARIANTS, run_workers, summarize_workers, workers_table
-
-    port, _ = upstream
-    cpus = os.sched_getaffinity(0)
-    plan = SimpleNamespace(
-        repeats=1,
-        workers_rate=50.0,
-        workers_rate_duration=0.5,
-        workers_levels=(4,),
-        unary_duration=0.5,
-        workers_budget_s=120.0,
-    )
-    started: list[harness.Server] = []
-    seen: list[str] = []
-
-    def start(*, pinned: bool, **how: object) -> harness.Server:
-        server = harness.start_gateway(cpus, tmp_path, port, **how)  # type: ignore[arg-type]
-        started.append(server)
-        return server
-
-    def search(server: object, hint: int | None, trials: list[dict[str, object]]) -> int:
-        return 7 if len(started) == 1 else 14
-
-    raw = run_workers(plan, start, partial(harness.loadgen, cpus), search, seen.append)
-    assert [len(s.workers) for s in started] == [0, 2, 0, 2, 0]
-    assert all(s.proc.poll() is not None for s in started)  # each stopped after its turn
-    assert (tmp_path / "gateway-usage-w2-team-1.sqlite").exists()
-    (run,) = raw["runs"]
-    assert list(run) == [v.name for v in VARIANTS]
-    assert "rate" not in run["w1-pinned"] and "sustain_max" not in run["w1-pinned"]
-    assert "saturation" not in run["w1-team"] and "sustain_max" not in run["w2-team"]
-    for v in VARIANTS[:4]:
-        rate = run[v.name]["rate"]
-        assert rate["errors"] == {} and rate["requests"] > 0, rate
-        assert rate["statuses"] == {"200": rate["requests"]}
-        assert len(run[v.name]["pids"]) == (1 if v.workers == 1 else 1 + v.workers)
-        assert ("server_cpu_s_each" in rate) == (v.workers > 1)
-    assert len(run["w2"]["rate"]["server_cpu_s_each"]) == 3
-    summary = summarize_workers(raw)
-    assert summary["scaling"]["sustain"] == 2.0
-    assert summary["scaling"]["rps_pinned"] is not None
-    assert summary["w2"]["saturation"]["4"]["not_ok"] == 0
-    assert (
-        summary["w2_cost"]["ratio"] is not None and summary["w2-team_cost"]["extra_us"] is not None
-    )
-    table = workers_table(
-        {"summary": {"workers": summary}, "workers": raw, "pinning": {"upstream_and_loadgen": [0]}}
-    )
-    assert table.startswith(
-        "| scenario 9a: what a second worker buys | workers = 1 | workers = 2 | 2 ÷ 1 (each repeat) "
-        "| workers = 1 pinned to the last CPU (as scenario 1) | 2 ÷ 1 pinned (each repeat) |"
-    )
-    assert "| scenario 9b: 50 requests/s over 8 connections | workers = 1 | workers = 2 |" in table
