@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import harness as h
+import servers
 
 
 def main() -> None:
@@ -25,10 +26,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--prefill", type=float, default=30.0)
     args = parser.parse_args()
-    server_cpus, load_cpus = h.cpu_plan()
+    server_cpus, load_cpus = servers.cpu_plan()
     workdir = Path(tempfile.mkdtemp(prefix="bench-idle-floor-"))
     for mode in ("asgi", "quart"):
-        server = h.start_floor(mode, server_cpus, workdir, 1)  # no upstream: port 1 is unused
+        server = servers.start_floor(mode, server_cpus, workdir, 1)  # no upstream: port 1 is unused
         try:
             h.loadgen(load_cpus, server, "stream", "--count", "2", "--tokens", "4")  # warm up
             time.sleep(1.0)

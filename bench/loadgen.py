@@ -62,6 +62,16 @@ from loadgen_conn import (
     build_request,
     summary_ms,
 )
+from loadgen_measure import (
+    cpu_between,
+    longest_silence,
+    measured,
+    passed,
+    proc_sample,
+    server_sample,
+    slope_kib,
+    stream_result,
+)
 from loadgen_ws import WSConn, create_message
 from upstream import install_uvloop, raise_nofile
 
@@ -72,83 +82,9 @@ T = TypeVar("T")
 # ---------------------------------------------------------------- scenarios
 
 
-def _proc_sample(pid: int) -> dict[str, float]:
-    """The server's RSS (bytes; its own, not its children's) and CPU seconds so far."""
-    with open(f"/proc/{pid}/status") as f:
-        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return {"t": now(), "rss": rss_kib * 1024.0, "cpu": _cpu_seconds(pid)}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """A process's utime + stime so far, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float:
-    """Every CPU's busy time so far (``/proc/stat``: all but idle and iowait), in seconds."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _server_sample(args: argparse.Namespace) -> dict[str, Any] | None:
-    """:func:`_proc_sample` of ``--pid`` (``None`` without one), its CPU summed with each
-    ``--also-pid``'s (a gateway's workers) and kept per process under ``each``, and the
-    whole machine's busy time (``machine``: every process, this one and others' too)."""
-    if not args.pid:
-        return None
-    sample: dict[str, Any] = _proc_sample(args.pid)
-    sample["machine"] = _machine_busy()
-    if args.also_pid:
-        sample["each"] = [sample["cpu"], *(_cpu_seconds(pid) for pid in args.also_pid)]
-        sample["cpu"] = sum(sample["each"])
-    return sample
-
-
-def _cpu(
-    a: dict[str, Any] | None, b: dict[str, Any] | None, units: int, unit: str
-) -> dict[str, Any]:
-    """The server's CPU between two samples: share of one core, and per unit of work."""
-    if a is None or b is None:
-        return {}
-    seconds = b["cpu"] - a["cpu"]
-    out: dict[str, Any] = {
-        "server_cpu_pct": round(100 * seconds / max(b["t"] - a["t"], 1e-9), 1),
-        f"server_cpu_us_per_{unit}": round(1e6 * seconds / units, 1) if units else None,
-    }
-    if "machine" in a and "machine" in b:
-        out["machine_busy_pct"] = round(
-            100 * (b["machine"] - a["machine"]) / max(b["t"] - a["t"], 1e-9), 1
-        )
-    if "each" in a and "each" in b:  # --pid, then each --also-pid
-        out["server_cpu_s_each"] = [
-            round(y - x, 3) for x, y in zip(a["each"], b["each"], strict=True)
-        ]
-    return out
-
-
 def _request(args: argparse.Namespace, stream: bool, prefill_ms: int = 0) -> bytes:
     body = BODIES[args.dialect](stream, args.tokens, args.gap, prefill_ms, args.model)
     return build_request(args.host, args.port, args.path, body, args.key, args.dialect)
-
-
-def _per_delta(
-    a: dict[str, float] | None, b: dict[str, float] | None, records: list[StreamRecord]
-) -> dict[str, float | None]:
-    """The server's CPU per content delta the clients got: the same unit in every dialect,
-    whatever else each stream carries (chat's role and usage chunks, Messages' block and
-    message events)."""
-    if a is None or b is None:
-        return {}
-    deltas = sum(len(r.tokens) for r in records)
-    return {
-        "server_cpu_us_per_delta": round(1e6 * (b["cpu"] - a["cpu"]) / deltas, 1)
-        if deltas
-        else None
-    }
 
 
 def _times(n: int, item: T) -> Callable[[], T | None]:
@@ -179,30 +115,6 @@ async def _open_over(pool: Pool, count: int, ramp: float, make: Callable[[], Mak
     await asyncio.gather(*opens)
 
 
-def _longest_silence(record: StreamRecord) -> float:
-    """The longest wait of a stream: from its request to its first event, or between two
-    events (infinite: none came)."""
-    marks = [record.sent, *record.events]
-    return max((b - a for a, b in itertools.pairwise(marks)), default=float("inf"))
-
-
-def _passed(
-    result: dict[str, Any], finished: bool, all_there: bool, worst: float, max_gap: float
-) -> bool:
-    """Whether a load run passed: it finished in time with ``all_there`` (every stream it
-    meant to run), none failed, missed a delta, reordered or broke off, and no silence
-    (``worst``, s) was over ``max_gap`` ms."""
-    return bool(
-        finished
-        and all_there
-        and result["failed"] == 0
-        and result["missing"] == 0
-        and result["reordered"] == 0
-        and result["incomplete"] == 0
-        and worst * 1000 <= max_gap
-    )
-
-
 async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     request = _request(args, False)
     latencies: list[float] = []
@@ -222,7 +134,7 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
 
     def sample() -> None:
-        taken = _server_sample(args)
+        taken = server_sample(args)
         if taken is not None:
             samples.append(taken)
 
@@ -244,7 +156,9 @@ async def run_unary(args: argparse.Namespace) -> dict[str, Any]:
     finished = await pool.wait_closed(args.warmup + args.duration + 30)
     if len(samples) == 1:  # the loop ended a moment before the timer
         sample()
-    cpu = _cpu(samples[0], samples[1], len(latencies), "request") if len(samples) >= 2 else {}
+    cpu = (
+        cpu_between(samples[0], samples[1], len(latencies), "request") if len(samples) >= 2 else {}
+    )
     ok = statuses.get(200, 0)
     return {
         "scenario": "unary",
@@ -288,56 +202,12 @@ def _never(_: StreamRecord) -> None:
     raise AssertionError("no streams in this scenario")
 
 
-def _measured(
-    records: list[StreamRecord],
-    expected_tokens: int,
-    before: dict[str, float] | None,
-    after: dict[str, float] | None,
-) -> dict[str, Any]:
-    """:func:`_stream_result`, and the server's CPU between ``before`` and ``after`` per
-    event and per content delta."""
-    result = _stream_result(records, expected_tokens)
-    result.update(_cpu(before, after, sum(len(r.events) for r in records), "event"))
-    result.update(_per_delta(before, after, records))
-    return result
-
-
-def _stream_result(records: list[StreamRecord], expected_tokens: int) -> dict[str, Any]:
-    ttft: list[float] = []
-    first_content: list[float] = []
-    gaps: list[float] = []
-    coalesced = missing = reordered = incomplete = bad_status = 0
-    for r in records:
-        if r.status != 200 or r.errors:
-            bad_status += 1
-        if r.first_event is not None:
-            ttft.append(r.first_event - r.sent)
-        if r.tokens:
-            first_content.append(r.tokens[0] - r.sent)
-        gaps.extend(b - a for a, b in itertools.pairwise(r.tokens))
-        coalesced += r.coalesced
-        missing += max(0, expected_tokens - len(r.tokens))
-        reordered += 0 if r.order_ok else 1
-        incomplete += 0 if r.complete else 1
-    return {
-        "streams": len(records),
-        "ttft_ms": summary_ms(ttft),
-        "first_content_ms": summary_ms(first_content),
-        "inter_chunk_ms": summary_ms(gaps),
-        "coalesced": coalesced,
-        "missing": missing,
-        "reordered": reordered,
-        "incomplete": incomplete,
-        "failed": bad_status,
-    }
-
-
 async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     request = _request(args, True)
     records: list[StreamRecord] = []
     next_request = _times(args.count, (request, True))
 
-    before = _server_sample(args)
+    before = server_sample(args)
     pool = Pool(args.host, args.port)
 
     def make(closed: Callable[[Conn, str | None], None]) -> Conn:
@@ -346,8 +216,8 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(pool.open(make) for _ in range(args.concurrency)))
     timeout = (args.count / args.concurrency + 1) * (args.tokens + 3) * args.gap / 1000 + 30
     finished = await pool.wait_closed(timeout)
-    after = _server_sample(args)
-    result = _measured(records, args.tokens, before, after)
+    after = server_sample(args)
+    result = measured(records, args.tokens, before, after)
     result.update(
         scenario="stream",
         concurrency=args.concurrency,
@@ -371,13 +241,13 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
     def make() -> Make:
         return partial(_idle_conn, Conn, _times(1, (request, True)), records)
 
-    before = _server_sample(args)
+    before = server_sample(args)
     pool = Pool(args.host, args.port, opening=256)
     await _open_over(pool, args.streams, args.ramp, make)
     finished = await pool.wait_closed(args.ramp + (args.tokens + 3) * args.gap / 1000 + 60)
-    after = _server_sample(args)
-    silences = [_longest_silence(r) for r in records]
-    result = _measured(records, args.tokens, before, after)
+    after = server_sample(args)
+    silences = [longest_silence(r) for r in records]
+    result = measured(records, args.tokens, before, after)
     worst = max(silences, default=float("inf"))
     lost = args.streams - len(records)
     result.update(
@@ -391,7 +261,7 @@ async def run_sustain(args: argparse.Namespace) -> dict[str, Any]:
         errors=pool.errors,
         finished=finished,
     )
-    result["passed"] = _passed(result, finished, lost == 0, worst, args.max_gap)
+    result["passed"] = passed(result, finished, lost == 0, worst, args.max_gap)
     return result
 
 
@@ -413,7 +283,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             if fresh and self._decoder.status:
                 headers_seen += 1
                 if args.pid and headers_seen % max(1, args.streams // 10) == 0:
-                    growth.append((headers_seen, _proc_sample(args.pid)["rss"]))
+                    growth.append((headers_seen, proc_sample(args.pid)["rss"]))
                 if headers_seen == args.streams:
                     all_open.set()
 
@@ -423,7 +293,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             if self._record is not None and self._record is not before:
                 live.append(self._record)
 
-    base = _proc_sample(args.pid) if args.pid else None
+    base = proc_sample(args.pid) if args.pid else None
     pool = Pool(args.host, args.port, opening=args.opening)
     start = now()
     opens = [
@@ -442,15 +312,15 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     # Steady state: every stream is open and silent upstream; sample over a window.
     window_start = now() + 2.0
     await asyncio.sleep(2.0)
-    steady0 = _proc_sample(args.pid) if args.pid else None
+    steady0 = proc_sample(args.pid) if args.pid else None
     first_end = min((r.sent for r in live), default=now()) + args.prefill
     window = min(10.0, first_end - now() - 1.0)
     steady1 = None
     if window >= 1.0:  # else the first streams leave their prefill: no steady state
         await asyncio.sleep(window)
-        steady1 = _proc_sample(args.pid) if args.pid else None
+        steady1 = proc_sample(args.pid) if args.pid else None
     finished = await pool.wait_closed(args.prefill + 60 + (args.tokens + 3) * args.gap / 1000)
-    end_sample = _proc_sample(args.pid) if args.pid else None
+    end_sample = proc_sample(args.pid) if args.pid else None
 
     lateness_all: list[float] = []
     lateness_steady: list[float] = []
@@ -465,7 +335,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             lateness_all.append(late)
             if window_start <= a and b <= window_start + window:
                 lateness_steady.append(late)
-    result = _stream_result(records, args.tokens)
+    result = stream_result(records, args.tokens)
     result.update(
         scenario="idle",
         concurrent=args.streams,
@@ -496,7 +366,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             else round(100 * (steady1["cpu"] - steady0["cpu"]) / (steady1["t"] - steady0["t"]), 1),
             "steady_window_s": None if steady1 is None else round(steady1["t"] - steady0["t"], 2),
             "cpu_open_s": round(steady0["cpu"] - base["cpu"], 2),
-            "rss_slope_kib": _slope_kib(growth),
+            "rss_slope_kib": slope_kib(growth),
             "rss_growth": [(n, round(rss / 2**20, 2)) for n, rss in growth],
         }
     return result
@@ -533,15 +403,15 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
         )
         return conn
 
-    before = _server_sample(args)
+    before = server_sample(args)
     pool = Pool(args.host, args.port, opening=256)
     await _open_over(pool, args.connections, args.ramp, lambda: make)
     turn_s = (args.tokens + 8) * args.gap / 1000
     finished = await pool.wait_closed(args.ramp + args.turns * turn_s * 2 + 30)
-    after = _server_sample(args)
+    after = server_sample(args)
     turn_times = [r.ended - r.sent for r in records if r.ended is not None and not r.errors]
-    silences = [_longest_silence(r) for r in records]
-    result = _measured(records, args.tokens, before, after)
+    silences = [longest_silence(r) for r in records]
+    result = measured(records, args.tokens, before, after)
     worst = max(silences, default=float("inf"))
     expected = args.connections * args.turns
     result.update(
@@ -569,7 +439,7 @@ async def run_turns(args: argparse.Namespace) -> dict[str, Any]:
         errors=pool.errors,
         finished=finished,
     )
-    result["passed"] = _passed(result, finished, len(records) == expected, worst, args.max_gap)
+    result["passed"] = passed(result, finished, len(records) == expected, worst, args.max_gap)
     return result
 
 
@@ -580,21 +450,6 @@ def _idle_conn(
     closed: Callable[[Conn, str | None], None],
 ) -> Conn:
     return cls(nxt, _never_unary, records.append, closed)
-
-
-def _slope_kib(points: list[tuple[int, float]]) -> float | None:
-    """Least-squares slope of RSS over open streams, in KiB per stream."""
-    if len(points) < 3:
-        return None
-    xs = [float(x) for x, _ in points]
-    ys = [y for _, y in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return (
-        round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den / 1024, 2)
-        if den
-        else None
-    )
 
 
 def main() -> None:

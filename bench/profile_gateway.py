@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import harness as h
+import servers
 
 _FILE = re.compile(r"\(([^)]*?)\.py:\d+\)")
 
@@ -59,14 +60,14 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     raw = args.raw or workdir / "samples.raw"
-    server_cpus, load_cpus = h.cpu_plan()
-    upstream = h.start_upstream(load_cpus, workdir)
-    gateway = h.start_gateway(server_cpus, workdir, upstream.port)
+    server_cpus, load_cpus = servers.cpu_plan()
+    upstream = servers.start_upstream(load_cpus, workdir)
+    gateway = servers.start_gateway(server_cpus, workdir, upstream.port)
     try:
         h.loadgen(load_cpus, gateway, "unary", "--duration", "1", "--warmup", "0.2")
         spy = subprocess.Popen(
             [
-                str(h.BENCH / ".venv" / "bin" / "py-spy"),
+                str(servers.BENCH / ".venv" / "bin" / "py-spy"),
                 "record",
                 "-p",
                 str(gateway.pid),

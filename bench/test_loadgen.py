@@ -203,14 +203,14 @@ def test_unary_at_a_fixed_rate_keeps_to_it_and_sums_the_cpu_of_every_pid(
 
 def test_a_closed_loop_has_no_rate() -> None:
     """Without ``--rate`` nothing is paced (and without ``--also-pid`` nothing is split)."""
-    import loadgen as lg
+    import loadgen_measure as measure
 
     args = SimpleNamespace(pid=0, also_pid=[])
-    assert lg._server_sample(args) is None
+    assert measure.server_sample(args) is None
     args = SimpleNamespace(pid=os.getpid(), also_pid=[])
-    sample = lg._server_sample(args)
+    sample = measure.server_sample(args)
     assert sample is not None and "each" not in sample
-    assert "server_cpu_s_each" not in lg._cpu(sample, sample, 1, "request")
+    assert "server_cpu_s_each" not in measure.cpu_between(sample, sample, 1, "request")
 
 
 class _Transport:

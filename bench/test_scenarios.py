@@ -91,12 +91,13 @@ def test_websocket_scenario_through_the_gateway(upstream: tuple[int, int], tmp_p
     of its variants (SSE, WebSocket, WebSocket with permessage-deflate) and direct's SSE,
     the medians and the table."""
     import harness
+    import servers
     from ws_scenario import run_websocket, summarize_websocket, websocket_table
 
     port, pid = upstream
     cpus = os.sched_getaffinity(0)
-    gateway = harness.start_gateway(cpus, tmp_path, port)
-    direct = harness.Server("upstream", port, gateway.proc, pid)
+    gateway = servers.start_gateway(cpus, tmp_path, port)
+    direct = servers.Server("upstream", port, gateway.proc, pid)
     plan = SimpleNamespace(
         stream_tokens=4, sustain_tokens=4, messages_streams=3, ws_turns=3, ws_load_turns=2
     )
@@ -158,6 +159,7 @@ def test_workers_scenario_through_the_gateway(upstream: tuple[int, int], tmp_pat
     each measured (the team's key accepted: every request 200), the parent and each worker
     sampled, the medians, the ratios and both tables."""
     import harness
+    import servers
     from workers_scenario import VARIANTS, run_workers, summarize_workers, workers_table
 
     port, _ = upstream
@@ -170,11 +172,11 @@ def test_workers_scenario_through_the_gateway(upstream: tuple[int, int], tmp_pat
         unary_duration=0.5,
         workers_budget_s=120.0,
     )
-    started: list[harness.Server] = []
+    started: list[servers.Server] = []
     seen: list[str] = []
 
-    def start(*, pinned: bool, **how: object) -> harness.Server:
-        server = harness.start_gateway(cpus, tmp_path, port, **how)  # type: ignore[arg-type]
+    def start(*, pinned: bool, **how: object) -> servers.Server:
+        server = servers.start_gateway(cpus, tmp_path, port, **how)  # type: ignore[arg-type]
         started.append(server)
         return server
 
