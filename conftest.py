@@ -16,6 +16,7 @@ MARKER_OF_FIXTURE = {
     "llama_server": "llamacpp",
     "redis_url": "redis",
     "node_client": "node",
+    "coding_agents": "node",
 }
 
 

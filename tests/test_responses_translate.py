@@ -680,7 +680,6 @@ HOSTED = [
     "local_shell",
     "shell",
     "apply_patch",
-    "namespace",
     "tool_search",
 ]
 

@@ -36,7 +36,8 @@ from ..errors import UpstreamProtocolError
 from ..usage import token_count
 from .chat import arguments_text, text_of
 from .responses_custom import custom_input
-from .responses_request import custom_tool_names, new_call_id, new_item_id
+from .responses_request import new_call_id, new_item_id
+from .responses_tools import ChatTools, tool_names
 
 __all__ = [
     "call_item",
@@ -203,17 +204,25 @@ def message_item(item_id: str, text: str, status: str) -> JSONObject:
 
 
 def call_item(
-    kind: str, item_id: str, call_id: str, name: str, arguments: str, status: str
+    kind: str,
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+    namespace: str | None = None,
 ) -> JSONObject:
     """A ``function_call`` item (``arguments``) or a ``custom_tool_call`` item (its
-    ``input``), by ``kind``."""
+    ``input``), by ``kind``; with the ``namespace`` of a tool in one."""
     item: JSONObject = {"id": item_id, "type": kind, "status": status}
     item["input" if kind == "custom_tool_call" else "arguments"] = arguments
     item |= {"call_id": call_id, "name": name}
+    if namespace is not None:
+        item["namespace"] = namespace
     return item
 
 
-def _whole_call(call: JSONValue, custom: Collection[str]) -> JSONObject:
+def _whole_call(call: JSONValue, tools: ChatTools) -> JSONObject:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(call, dict) or not isinstance(function, dict):
         raise UpstreamProtocolError("upstream sent a tool call without a function")
@@ -223,10 +232,12 @@ def _whole_call(call: JSONValue, custom: Collection[str]) -> JSONObject:
     given = call.get("id")
     call_id = given if isinstance(given, str) and given else new_call_id()
     arguments = arguments_text(function.get("arguments"))
-    if name in custom:
+    kind, tool, namespace = tools.called(name)
+    if kind == "custom_tool_call":
         item_id, arguments = new_item_id("ctc"), custom_input(arguments)
-        return call_item("custom_tool_call", item_id, call_id, name, arguments, "completed")
-    return call_item("function_call", new_item_id("fc"), call_id, name, arguments, "completed")
+    else:
+        item_id = new_item_id("fc")
+    return call_item(kind, item_id, call_id, tool, arguments, "completed", namespace)
 
 
 def _tool_calls(message: JSONObject) -> list[JSONValue]:
@@ -249,7 +260,8 @@ def chat_to_response(
     """The ``response`` for a whole ``chat.completion``, with id ``response_id``, ``model``
     (the public name the client asked for) and the parameters of ``request`` (the Responses
     body) echoed. Calls of the tools named in ``custom_tools``, and of the custom tools that
-    ``request`` declares, are ``custom_tool_call`` items.
+    ``request`` declares, are ``custom_tool_call`` items; a call of a tool in a namespace
+    names the tool and its ``namespace`` (:mod:`gateway.dialects.responses_tools`).
 
     Raises :class:`UpstreamProtocolError` for an answer without ``choices[0].message`` and
     for a tool call without a function name."""
@@ -258,7 +270,7 @@ def chat_to_response(
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(choice, dict) or not isinstance(message, dict):
         raise UpstreamProtocolError("upstream answered without choices[0].message")
-    custom = frozenset(custom_tools) | custom_tool_names(request)
+    tools = tool_names(request, custom_tools)
     output: list[JSONValue] = []
     reasoning = reasoning_text(message)
     if isinstance(reasoning, str) and reasoning:
@@ -266,7 +278,7 @@ def chat_to_response(
     text = text_of(message.get("content"))
     if text:
         output.append(message_item(new_item_id("msg"), text, "completed"))
-    output.extend(_whole_call(call, custom) for call in _tool_calls(message))
+    output.extend(_whole_call(call, tools) for call in _tool_calls(message))
     status, incomplete = response_status(choice.get("finish_reason"))
     last = output[-1] if output else None
     if incomplete and isinstance(last, dict) and "status" in last:

@@ -23,12 +23,13 @@ How the shapes meet, where chat has no exact counterpart:
   assistant message right before them. ``function_call_output`` items are ``tool`` messages;
   images in an output go, as in the Anthropic translation, to a user message after the run of
   tool messages (:data:`IMAGES_FOLLOW`, :data:`IMAGES_OF`).
-- A custom (freeform) tool, such as Codex's ``apply_patch``, becomes a chat function taking one
-  string argument, :data:`CUSTOM_TOOL_ARGUMENT` (``"input"``), whose description carries the
-  tool's grammar (chat backends cannot enforce a Lark or regex grammar, but the model can read
-  it). A ``custom_tool_call`` item is a tool call with arguments ``{"input": "<text>"}``, its
-  output a ``tool`` message; :mod:`gateway.dialects.responses_custom` turns a call of such a
-  function back into a ``custom_tool_call``.
+- Tools are chat functions as :mod:`gateway.dialects.responses_tools` makes them: a custom
+  (freeform) tool, such as Codex's ``apply_patch``, takes one string argument,
+  :data:`CUSTOM_TOOL_ARGUMENT` (``"input"``); a tool in a ``namespace`` tool (Codex's
+  ``multi_agent_v1``) is named ``<namespace>__<name>``. A ``custom_tool_call`` item is a tool
+  call with arguments ``{"input": "<text>"}``, its output a ``tool`` message; a call item with a
+  ``namespace`` calls the qualified name. :mod:`gateway.dialects.responses_custom` turns a call
+  of a custom tool's function back into a ``custom_tool_call``.
 - ``tool_choice`` ``allowed_tools`` keeps only the allowed tools in the chat body;
   ``tool_choice`` and ``parallel_tool_calls`` without tools are dropped (chat servers refuse
   them).
@@ -50,12 +51,12 @@ from typing import NoReturn
 from ..abc import JSONObject, JSONValue
 from .anthropic_request import IMAGES_FOLLOW, IMAGES_OF
 from .checks import invalid, path_at
+from .responses_tools import chat_tools, qualified
 from .responses_validate import (
     CALL_OUTPUTS,
     CALLS,
     CUSTOM_TOOL_ARGUMENT,
     EFFORTS,
-    EMPTY_PARAMETERS,
     ID_PREFIXES,
     RESPONSES_FIELDS,
     TEXT_PARTS,
@@ -71,7 +72,6 @@ __all__ = [
     "IMAGES_FOLLOW",
     "IMAGES_OF",
     "RESPONSES_FIELDS",
-    "custom_tool_names",
     "input_items",
     "item_type",
     "new_call_id",
@@ -123,16 +123,6 @@ def input_items(body: JSONObject) -> list[JSONObject]:
         return [_listed({"type": "message", "role": "user", "content": value})]
     items = value if isinstance(value, list) else []
     return [_listed(item) for item in items if isinstance(item, dict)]
-
-
-def custom_tool_names(body: JSONObject) -> frozenset[str]:
-    """The names of the custom (freeform) tools a request declares."""
-    tools = body.get("tools")
-    return frozenset(
-        str(tool["name"])
-        for tool in (tools if isinstance(tools, list) else [])
-        if isinstance(tool, dict) and tool.get("type") == "custom" and "name" in tool
-    )
 
 
 # --- translation --------------------------------------------------------------------------
@@ -224,7 +214,9 @@ def _tool_call(item: JSONObject) -> JSONObject:
         arguments = _compact({CUSTOM_TOOL_ARGUMENT: item.get("input")})
     else:
         arguments = str(item.get("arguments"))
-    function: JSONObject = {"name": item.get("name"), "arguments": arguments}
+    namespace = item.get("namespace")
+    name = qualified(namespace if isinstance(namespace, str) else None, str(item.get("name")))
+    function: JSONObject = {"name": name, "arguments": arguments}
     return {"id": item.get("call_id"), "type": "function", "function": function}
 
 
@@ -287,49 +279,6 @@ def _chat_messages(body: JSONObject, history: Sequence[JSONObject]) -> list[JSON
     return list[JSONValue](out)
 
 
-def _custom_parameters(tool: JSONObject) -> JSONObject:
-    about = "The tool's whole input, as free text."
-    fmt = tool.get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
-        about += f" It must follow this {fmt.get('syntax')} grammar:\n{fmt.get('definition')}"
-    argument: JSONObject = {"type": "string", "description": about}
-    return {
-        "type": "object",
-        "properties": {CUSTOM_TOOL_ARGUMENT: argument},
-        "required": [CUSTOM_TOOL_ARGUMENT],
-        "additionalProperties": False,
-    }
-
-
-def _chat_tools(tools: JSONValue) -> list[JSONObject]:
-    out: list[JSONObject] = []
-    names: set[str] = set()
-    for i, tool in enumerate(tools if isinstance(tools, list) else []):
-        assert isinstance(tool, dict)
-        kind = tool.get("type")
-        if kind not in ("function", "custom"):
-            invalid(
-                f"tools.{i}.type",
-                f"the {kind} tool cannot be translated for this model's backend, which speaks"
-                " only chat (only function and custom tools can)",
-            )
-        name = str(tool.get("name"))
-        if name in names:
-            invalid(f"tools.{i}.name", f"another tool is named {name!r}")
-        names.add(name)
-        function: JSONObject = {"name": name}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        if kind == "custom":
-            function["parameters"] = _custom_parameters(tool)
-        else:
-            function["parameters"] = tool.get("parameters") or EMPTY_PARAMETERS
-            if isinstance(tool.get("strict"), bool):
-                function["strict"] = tool["strict"]
-        out.append({"type": "function", "function": function})
-    return out
-
-
 def _tool_name(tool: JSONValue) -> str:
     assert isinstance(tool, dict)
     function = tool["function"]
@@ -367,7 +316,7 @@ def _tool_choice(choice: JSONValue, tools: list[JSONObject], chat: JSONObject) -
 
 
 def _tools(body: JSONObject, chat: JSONObject) -> None:
-    tools = _chat_tools(body.get("tools"))
+    tools = chat_tools(body.get("tools"))
     if not tools:
         return
     chat["tools"] = list[JSONValue](tools)

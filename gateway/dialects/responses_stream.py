@@ -27,7 +27,8 @@ from .responses_answer import (
     responses_usage,
 )
 from .responses_custom import CustomInput
-from .responses_request import custom_tool_names, new_call_id, new_item_id
+from .responses_request import new_call_id, new_item_id
+from .responses_tools import tool_names
 
 __all__ = ["ChatToResponsesStream"]
 
@@ -52,6 +53,7 @@ class _Item:
     key: JSONValue = None  # the upstream's index (or id) of a tool call
     call_id: str = ""
     name: str = ""  # a tool call's; it is announced once the name is known
+    namespace: str | None = None  # of a tool in a namespace
     custom: CustomInput | None = None
 
     def snapshot(self, status: str) -> JSONObject:
@@ -62,7 +64,9 @@ class _Item:
             return message_item(self.item_id, text, status)
         if self.custom is not None:
             text = self.custom.text
-        return call_item(self.kind, self.item_id, self.call_id, self.name, text, status)
+        return call_item(
+            self.kind, self.item_id, self.call_id, self.name, text, status, self.namespace
+        )
 
 
 class ChatToResponsesStream:
@@ -105,7 +109,7 @@ class ChatToResponsesStream:
         self.model = model
         self.request = request
         self.created_at = created_at
-        self._custom = frozenset(custom_tools) | custom_tool_names(request)
+        self._tools = tool_names(request, custom_tools)
         self._sequence = 0
         self._started = False
         self._ended = False
@@ -294,10 +298,9 @@ class ChatToResponsesStream:
     def _announce(self, item: _Item, name: str) -> list[bytes]:
         """The ``output_item.added`` of a tool call, now that its name is known, and the
         argument pieces that came before it."""
-        item.name = name
+        item.kind, item.name, item.namespace = self._tools.called(name)
         item.call_id = item.call_id or new_call_id()
-        if name in self._custom:
-            item.kind = "custom_tool_call"
+        if item.kind == "custom_tool_call":
             item.item_id = new_item_id("ctc")
             item.custom = CustomInput()
         else:

@@ -199,6 +199,7 @@ def _check_item(item: JSONValue, path: str) -> None:
     elif kind in CALLS:
         _string(doc, "call_id", path, nonempty=True)
         _string(doc, "name", path, nonempty=True)
+        _optional(doc, "namespace", path, str, "a string")
         _string(doc, "arguments" if kind == "function_call" else "input", path)
     elif kind in CALL_OUTPUTS:
         _string(doc, "call_id", path, nonempty=True)
@@ -222,11 +223,27 @@ def _check_input(body: JSONObject) -> None:
             _check_item(item, f"input.{i}")
 
 
+def _check_namespace(doc: JSONObject, path: str) -> None:
+    """A ``namespace`` tool: a name, and function and custom tools under it."""
+    _string(doc, "name", path, nonempty=True)
+    _optional(doc, "description", path, str, "a string")
+    where = path_at(path, "tools")
+    for i, tool in enumerate(array_at(_required(doc, "tools", path), where)):
+        inner = object_at(tool, f"{where}.{i}")
+        kind = _string(inner, "type", f"{where}.{i}")
+        if kind not in ("function", "custom"):
+            invalid(f"{where}.{i}.type", "a namespace holds function and custom tools only")
+        _check_tool(inner, f"{where}.{i}")
+
+
 def _check_tool(tool: JSONValue, path: str) -> None:
     doc = object_at(tool, path)
     kind = _string(doc, "type", path)
     if kind not in TOOL_TYPES:
         invalid(path_at(path, "type"), f"unknown tool type {kind!r}")
+    if kind == "namespace":
+        _check_namespace(doc, path)
+        return
     if kind not in ("function", "custom"):
         return
     _string(doc, "name", path, nonempty=True)

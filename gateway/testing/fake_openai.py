@@ -2,7 +2,8 @@
 
 Tests drive the gateway against it. Each request carries its own script in the JSON body
 under ``"fake"`` (the gateway passes unknown fields through untouched), so one server serves
-every scenario. Responses are written as raw bytes, so faults can be exact: a reset before
+every scenario; for a client that cannot add one (a coding agent's CLI), the test sets
+:attr:`FakeOpenAI.script_for`, which picks the script from the body the fake got. Responses are written as raw bytes, so faults can be exact: a reset before
 or after headers, a connection cut in the middle of a line, garbage, a stall.
 
 A path ending in ``/responses`` is answered as a server speaking OpenAI's Responses API
@@ -60,6 +61,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -136,6 +138,9 @@ class FakeOpenAI:
         self._queues_changed = trio.Event()
         self.active = 0  # requests being answered right now
         self.max_active = 0  # the most ever answered at once
+        # The script of a request whose body carries none: for clients that cannot add one
+        # (a coding agent's CLI), chosen from the body the fake got.
+        self.script_for: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -275,6 +280,8 @@ class FakeOpenAI:
 
     async def _script(self, stream: trio.SocketStream, req: RequestRecord) -> bool:
         script: dict[str, Any] = req.body.get("fake") or {}
+        if not script and self.script_for is not None:
+            script = self.script_for(req.body)
         if "queue" not in script:
             return await self._scripted_answer(stream, req, script)
         state = self._queues.setdefault(str(script["queue"]), _Queue())

@@ -144,3 +144,31 @@ def assembled_tool_calls(deltas: list[dict[str, Any]]) -> list[tuple[str, str, s
             entry[1] = function.get("name") or entry[1]
             entry[2] += function.get("arguments") or ""
     return [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
+
+
+def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
+    """A chat stream (the fake's raw ``chunks``) calling ``calls`` — (id, name, arguments)
+    — in parallel, the arguments in pieces of 7 characters."""
+    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
+
+    def doc(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        data = json.dumps({**base, "choices": [choice]})
+        return f"data: {data}\n\n".encode().decode("latin-1")
+
+    pieces = [doc({"role": "assistant", "content": None})]
+    for index, (call_id, name, arguments) in enumerate(calls):
+        function = {"name": name, "arguments": ""}
+        pieces.append(
+            doc(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call_id, "type": "function", "function": function}
+                    ]
+                }
+            )
+        )
+        for at in range(0, len(arguments), 7):
+            piece = {"index": index, "function": {"arguments": arguments[at : at + 7]}}
+            pieces.append(doc({"tool_calls": [piece]}))
+    return [*pieces, doc({}, "tool_calls"), "data: [DONE]\n\n"]

@@ -24,7 +24,7 @@ import trio
 from gateway.testing.fake_openai import FakeOpenAI
 
 from .clients import SDK_ASYNCGEN_WARNINGS
-from .scripts import tokens_text, tool_call_stream
+from .scripts import chat_tool_calls, tokens_text, tool_call_stream
 
 pytestmark = SDK_ASYNCGEN_WARNINGS
 
@@ -479,34 +479,6 @@ async def test_a_codex_request(start_gateway, fake: FakeOpenAI, mode: str) -> No
         await sdk.close()
 
 
-def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
-    """A chat stream (the fake's raw ``chunks``) calling ``calls`` — (id, name, arguments)
-    — in parallel, the arguments in pieces of 7 characters."""
-    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
-
-    def doc(delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        data = json.dumps({**base, "choices": [choice]})
-        return f"data: {data}\n\n".encode().decode("latin-1")
-
-    pieces = [doc({"role": "assistant", "content": None})]
-    for index, (call_id, name, arguments) in enumerate(calls):
-        function = {"name": name, "arguments": ""}
-        pieces.append(
-            doc(
-                {
-                    "tool_calls": [
-                        {"index": index, "id": call_id, "type": "function", "function": function}
-                    ]
-                }
-            )
-        )
-        for at in range(0, len(arguments), 7):
-            piece = {"index": index, "function": {"arguments": arguments[at : at + 7]}}
-            pieces.append(doc({"tool_calls": [piece]}))
-    return [*pieces, doc({}, "tool_calls"), "data: [DONE]\n\n"]
-
-
 async def test_a_codex_tool_turn_translated(start_gateway, fake: FakeOpenAI) -> None:
     """Codex's request through a chat-only backend whose model calls the freeform
     ``apply_patch`` tool and the ``shell`` function at once: the SDK gets a
@@ -567,6 +539,99 @@ async def test_a_codex_tool_turn_translated(start_gateway, fake: FakeOpenAI) -> 
         ("tool", "call_p", "Done!"),
         ("tool", "call_s", "1 passed"),
     ]
+
+
+async def test_a_namespaced_tool_turn_translated(start_gateway, fake: FakeOpenAI) -> None:
+    """Codex 0.171 groups its sub-agent tools in a ``namespace`` tool (``multi_agent_v1``);
+    through a chat-only backend each is the chat function ``multi_agent_v1__<name>``. The
+    model's call comes back to the SDK as a ``function_call`` naming the tool and its
+    ``namespace``, whole and streamed; sent back in the next request, it reaches the
+    upstream as the call of the qualified name (it was a 400 before: "the namespace tool
+    cannot be translated")."""
+    gw = await start_gateway()
+    body = json.loads(CODEX.read_text())
+    body["model"] = "m"
+    del body["stream"]
+    body["tools"].append(
+        {
+            "type": "namespace",
+            "name": "multi_agent_v1",
+            "description": "Tools for spawning and managing sub-agents.",
+            "tools": [
+                {
+                    "type": "function",
+                    "name": "spawn_agent",
+                    "description": "Spawn a sub-agent for a well-scoped task.",
+                    "strict": False,
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"message": {"type": "string"}},
+                        "required": ["message"],
+                        "additionalProperties": False,
+                    },
+                },
+                {"type": "function", "name": "close_agent", "parameters": {"type": "object"}},
+            ],
+        }
+    )
+    spawn = json.dumps({"message": "write the tests"})
+    chunks = chat_tool_calls([("call_a", "multi_agent_v1__spawn_agent", spawn)])
+    function = {"name": "multi_agent_v1__spawn_agent", "arguments": spawn}
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_a", "type": "function", "function": function}],
+    }
+    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+    whole_body = json.dumps({"id": "c", "object": "chat.completion", "choices": [choice]})
+    sdk = client(gw.url + "/v1")
+    try:
+        with trio.fail_after(20):
+            async with await sdk.responses.create(
+                stream=True, **body, extra_body={"fake": {"chunks": chunks}}
+            ) as stream:
+                events = [event async for event in stream]
+            whole = await sdk.responses.create(**body, extra_body={"fake": {"body": whole_body}})
+            (call,) = events[-1].response.output
+            follow_up = {
+                **body,
+                "input": [
+                    *body["input"],
+                    call.to_dict(mode="json"),
+                    {"type": "function_call_output", "call_id": "call_a", "output": "agent 7"},
+                ],
+            }
+            answer = await sdk.responses.create(
+                **follow_up, extra_body={"fake": {"tokens": 2, "case": "next"}}
+            )
+    finally:
+        await sdk.close()
+
+    first = fake.requests[0].body
+    assert [t["function"]["name"] for t in first["tools"]][-2:] == [
+        "multi_agent_v1__spawn_agent",
+        "multi_agent_v1__close_agent",
+    ]
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    for item in [*added, call]:
+        assert (item.type, item.name, item.namespace) == (
+            "function_call",
+            "spawn_agent",
+            "multi_agent_v1",
+        )
+    assert call.arguments == spawn and call.call_id == "call_a"
+    (whole_call,) = whole.output
+    assert (whole_call.name, whole_call.namespace, whole_call.arguments) == (
+        "spawn_agent",
+        "multi_agent_v1",
+        spawn,
+    )
+    assert answer.output_text == tokens_text(2)
+    assistant, tool = upstream_for(fake, "next").body["messages"][-2:]
+    assert [(c["id"], c["function"]["name"]) for c in assistant["tool_calls"]] == [
+        ("call_a", "multi_agent_v1__spawn_agent")
+    ]
+    assert (tool["role"], tool["tool_call_id"], tool["content"]) == ("tool", "call_a", "agent 7")
 
 
 async def test_input_items_pages_and_input_tokens(start_gateway) -> None:

@@ -1,0 +1,232 @@
+"""The coding agents themselves through the gateway: OpenAI's Codex CLI and Anthropic's
+Claude Code, pinned in ``tests/agents/package.json`` and run unmodified, each in a home of
+its own, in its non-interactive mode (``codex exec``, ``claude -p``).
+
+Behind the gateway is a backend that speaks only chat (the fake upstream), so Codex's
+Responses requests and Claude Code's Messages requests are translated both ways. Each agent
+runs one task: the model (the fake, scripted by what it is sent) calls the agent's shell
+tool, the agent runs the command and sends its output back, and the model's answer to that
+is what the agent prints. Teams are on: Codex sends the team key as a bearer token, Claude
+Code as ``x-api-key``. Codex's request as it comes, but for OpenAI's hosted web search,
+which the README says to turn off: its sub-agent tools are a ``namespace`` tool, which was a
+400 before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.config import build_config
+from gateway.teams.keys import hash_key, new_key
+from gateway.testing.fake_openai import FakeOpenAI
+from tests.conftest import serve_config
+from tests.e2e.sdk.scripts import chat_tool_calls, tokens_text
+
+AGENTS_DIR = Path(__file__).resolve().parents[1] / "agents"
+KEY = new_key()
+COMMAND = "echo gateway-$((6*7))"  # its output, gateway-42, is not in the command
+LIMIT = 90  # seconds an agent may take for the whole task
+
+
+@pytest.fixture(scope="session")
+def coding_agents() -> dict[str, list[str]]:
+    """The command lines of ``codex`` and ``claude``, with the locked npm packages
+    installed (their native binaries come in per-platform packages; npm runs no install
+    script of theirs, so ``claude`` is its platform package's binary)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("Node.js and npm are required for the coding agent tests (nodejs, npm)")
+    lock = AGENTS_DIR / "package-lock.json"
+    installed = AGENTS_DIR / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=AGENTS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in {AGENTS_DIR} failed:\n{done.stdout}\n{done.stderr}")
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+    cpu = arch.get(platform.machine().lower(), platform.machine())
+    modules = AGENTS_DIR / "node_modules"
+    return {
+        "codex": [node, str(modules / "@openai" / "codex" / "bin" / "codex.js")],
+        "claude": [str(modules / "@anthropic-ai" / f"claude-code-linux-{cpu}" / "claude")],
+    }
+
+
+def answer_with_a_shell_call(tool: str, arguments: dict[str, Any]) -> Any:
+    """The fake's script for each request: a call of ``tool`` while no tool has answered,
+    then text (``tok0 tok1 ``); text too for a request without tools (an agent's side
+    requests: titles, summaries)."""
+
+    def script(body: dict[str, Any]) -> dict[str, Any]:
+        answered = any(m.get("role") == "tool" for m in body.get("messages", []))
+        if answered or not body.get("tools"):
+            return {"tokens": 2}
+        call = ("call_shell_1", tool, json.dumps(arguments))
+        if body.get("stream"):
+            return {"chunks": chat_tool_calls([call])}
+        function = {"name": tool, "arguments": call[2]}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call[0], "type": "function", "function": function}],
+        }
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+        return {"body": json.dumps({"id": "c", "object": "chat.completion", "choices": [choice]})}
+
+    return script
+
+
+async def serve_for_agents(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path) -> str:
+    """A gateway with teams on (key :data:`KEY`) whose route takes every model name an
+    agent sends, in front of ``fake`` as a chat-only backend; returns its URL."""
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            "backends": {"fake": {"type": "openai", "url": fake.url}},
+            "routes": {
+                "local": {
+                    "model": "local",
+                    "match": ["claude-*", "gpt-*"],
+                    "backend": "fake",
+                    "keepalive": {"interval": 1},
+                }
+            },
+            "teams": {"agents": {"keys": [hash_key(KEY)]}},
+            "usage": {"database": str(tmp_path / "usage.sqlite")},
+            "responses": {"database": str(tmp_path / "responses.sqlite")},
+        },
+        environ={},
+    )
+    served = await serve_config(nursery, config)
+    return served.url
+
+
+def clean_env(home: Path, **more: str) -> dict[str, str]:
+    """This process's environment without any OpenAI or Anthropic setting, in ``home``."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "CODEX_"))
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "work").mkdir(exist_ok=True)
+    return {**env, "HOME": str(home), **more}
+
+
+async def run_agent(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """Run an agent in ``cwd`` (made beforehand) with nothing on its stdin."""
+    with trio.fail_after(LIMIT):
+        done = await trio.run_process(
+            argv, env=env, cwd=cwd, stdin=b"", capture_stdout=True, capture_stderr=True, check=False
+        )
+    return (
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+    )
+
+
+def tool_results(fake: FakeOpenAI) -> list[str]:
+    """The contents of the tool messages the upstream was sent, in order."""
+    return [
+        str(m.get("content"))
+        for r in fake.requests
+        for m in r.body.get("messages", [])
+        if m.get("role") == "tool"
+    ]
+
+
+async def test_codex_runs_a_tool_turn_through_a_chat_backend(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+) -> None:
+    fake.script_for = answer_with_a_shell_call("exec_command", {"cmd": COMMAND})
+    url = await serve_for_agents(nursery, fake, tmp_path)
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "\n".join(
+            [
+                'model = "gpt-local"',
+                'model_provider = "gateway"',
+                'web_search = "disabled"',
+                "",
+                "[model_providers.gateway]",
+                'name = "trio-gateway"',
+                f'base_url = "{url}/v1"',
+                'env_key = "GATEWAY_API_KEY"',
+                'wire_api = "responses"',
+                "",
+            ]
+        )
+    )
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
+    argv = [
+        *coding_agents["codex"],
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        f"Run `{COMMAND}` and tell me what it printed.",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code == 0, f"codex exited {code}\n{out}\n{err}"
+    assert out.strip().endswith(tokens_text(2).strip()), out
+    first = fake.requests[0].body
+    names = [tool["function"]["name"] for tool in first["tools"]]
+    assert "exec_command" in names
+    assert "multi_agent_v1__spawn_agent" in names  # its namespace tool, translated
+    assert first["stream"] is True and first["messages"][0]["role"] == "system"
+    results = tool_results(fake)
+    assert results and "gateway-42" in results[0], results
+
+
+async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+) -> None:
+    bash = {"command": COMMAND, "description": "Print the answer"}
+    fake.script_for = answer_with_a_shell_call("Bash", bash)
+    url = await serve_for_agents(nursery, fake, tmp_path)
+    env = clean_env(
+        tmp_path / "home",
+        ANTHROPIC_BASE_URL=url,
+        ANTHROPIC_API_KEY=KEY,
+        DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
+    argv = [
+        *coding_agents["claude"],
+        "-p",
+        f"Run `{COMMAND}` and tell me what it printed.",
+        "--model",
+        "claude-sonnet-4-5",
+        "--allowedTools",
+        "Bash",
+        "--output-format",
+        "json",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code == 0, f"claude exited {code}\n{out}\n{err}"
+    result = json.loads(out)
+    assert result["is_error"] is False, result
+    assert result["result"] == tokens_text(2), result
+    assert result["num_turns"] >= 2, result
+    first = next(r.body for r in fake.requests if r.body.get("tools"))
+    assert "Bash" in [tool["function"]["name"] for tool in first["tools"]]
+    results = tool_results(fake)
+    assert results and "gateway-42" in results[0], results
