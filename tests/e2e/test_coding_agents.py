@@ -28,6 +28,7 @@ import trio
 from gateway.config import build_config
 from gateway.teams.keys import hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI
+from gateway.testing.waiting import wait_until
 from tests.conftest import serve_config
 from tests.e2e.sdk.scripts import chat_tool_calls, tokens_text
 
@@ -35,6 +36,8 @@ AGENTS_DIR = Path(__file__).resolve().parents[1] / "agents"
 KEY = new_key()
 COMMAND = "echo gateway-$((6*7))"  # its output, gateway-42, is not in the command
 LIMIT = 90  # seconds an agent may take for the whole task
+INTERVAL = 0.5  # the route's heartbeat interval (SSE comments, pings on a WebSocket)
+PREFILL = 2.0  # seconds the model is silent before its tool call
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +70,10 @@ def coding_agents() -> dict[str, list[str]]:
     }
 
 
-def answer_with_a_shell_call(tool: str, arguments: dict[str, Any]) -> Any:
-    """The fake's script for each request: a call of ``tool`` while no tool has answered,
-    then text (``tok0 tok1 ``); text too for a request without tools (an agent's side
-    requests: titles, summaries)."""
+def answer_with_a_shell_call(tool: str, arguments: dict[str, Any], prefill: float = 0.0) -> Any:
+    """The fake's script for each request: a call of ``tool`` while no tool has answered
+    (after ``prefill`` seconds of silence), then text (``tok0 tok1 ``); text too for a
+    request without tools (an agent's side requests: titles, summaries)."""
 
     def script(body: dict[str, Any]) -> dict[str, Any]:
         answered = any(m.get("role") == "tool" for m in body.get("messages", []))
@@ -78,7 +81,7 @@ def answer_with_a_shell_call(tool: str, arguments: dict[str, Any]) -> Any:
             return {"tokens": 2}
         call = ("call_shell_1", tool, json.dumps(arguments))
         if body.get("stream"):
-            return {"chunks": chat_tool_calls([call])}
+            return {"chunks": chat_tool_calls([call]), "prefill": prefill}
         function = {"name": tool, "arguments": call[2]}
         message = {
             "role": "assistant",
@@ -86,7 +89,8 @@ def answer_with_a_shell_call(tool: str, arguments: dict[str, Any]) -> Any:
             "tool_calls": [{"id": call[0], "type": "function", "function": function}],
         }
         choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
-        return {"body": json.dumps({"id": "c", "object": "chat.completion", "choices": [choice]})}
+        whole = {"id": "c", "object": "chat.completion", "choices": [choice]}
+        return {"body": json.dumps(whole), "prefill": prefill}
 
     return script
 
@@ -103,7 +107,7 @@ async def serve_for_agents(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Pa
                     "model": "local",
                     "match": ["claude-*", "gpt-*"],
                     "backend": "fake",
-                    "keepalive": {"interval": 1},
+                    "keepalive": {"interval": INTERVAL},
                 }
             },
             "teams": {"agents": {"keys": [hash_key(KEY)]}},
@@ -149,10 +153,25 @@ def tool_results(fake: FakeOpenAI) -> list[str]:
     ]
 
 
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+
+
+@pytest.mark.parametrize("transport", ["http", "websocket"])
 async def test_codex_runs_a_tool_turn_through_a_chat_backend(
-    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+    nursery: trio.Nursery,
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    coding_agents: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+    transport: str,
 ) -> None:
-    fake.script_for = answer_with_a_shell_call("exec_command", {"cmd": COMMAND})
+    """``codex exec`` over HTTP (SSE), and over the Responses WebSocket its provider
+    setting ``supports_websockets`` turns on: through a silent prefill (heartbeats: SSE
+    comments, or pings Codex answers), the model calls ``exec_command``, Codex runs it and
+    sends the output back, and prints the model's answer."""
+    caplog.set_level("INFO", logger="gateway.access")
+    fake.script_for = answer_with_a_shell_call("exec_command", {"cmd": COMMAND}, PREFILL)
     url = await serve_for_agents(nursery, fake, tmp_path)
     home = tmp_path / "codex-home"
     home.mkdir()
@@ -168,6 +187,7 @@ async def test_codex_runs_a_tool_turn_through_a_chat_backend(
                 f'base_url = "{url}/v1"',
                 'env_key = "GATEWAY_API_KEY"',
                 'wire_api = "responses"',
+                f"supports_websockets = {str(transport == 'websocket').lower()}",
                 "",
             ]
         )
@@ -191,13 +211,34 @@ async def test_codex_runs_a_tool_turn_through_a_chat_backend(
     assert first["stream"] is True and first["messages"][0]["role"] == "system"
     results = tool_results(fake)
     assert results and "gateway-42" in results[0], results
+    lines = access_lines(caplog)
+    turns = [line for line in lines if line.get("endpoint") == "responses" and line.get("stream")]
+    assert max((t["heartbeats"] for t in turns), default=0) >= 2, turns  # through the prefill
+    sockets = [line for line in lines if line.get("status") == 101]
+    if transport == "http":
+        assert sockets == []
+    else:
+        await wait_until(
+            lambda: any(x.get("status") == 101 for x in access_lines(caplog)), within=5
+        )
+        sockets = [line for line in access_lines(caplog) if line.get("status") == 101]
+        assert sum(socket["turns"] for socket in sockets) >= 2, sockets
+        assert {turn["connection"] for turn in turns} <= {s["connection"] for s in sockets}
 
 
 async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
-    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+    nursery: trio.Nursery,
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    coding_agents: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """``claude -p``: through a silent prefill (heartbeats: Anthropic's ``event: ping``),
+    the model calls ``Bash``, Claude Code runs it and sends the output back as a tool
+    result, and prints the model's answer."""
+    caplog.set_level("INFO", logger="gateway.access")
     bash = {"command": COMMAND, "description": "Print the answer"}
-    fake.script_for = answer_with_a_shell_call("Bash", bash)
+    fake.script_for = answer_with_a_shell_call("Bash", bash, PREFILL)
     url = await serve_for_agents(nursery, fake, tmp_path)
     env = clean_env(
         tmp_path / "home",
@@ -230,3 +271,5 @@ async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     assert "Bash" in [tool["function"]["name"] for tool in first["tools"]]
     results = tool_results(fake)
     assert results and "gateway-42" in results[0], results
+    turns = [line for line in access_lines(caplog) if line.get("endpoint") == "messages"]
+    assert max((t["heartbeats"] for t in turns), default=0) >= 2, turns  # through the prefill
