@@ -15,7 +15,7 @@ import pytest
 from gateway.testing.fake_openai import FakeOpenAI
 
 from .conftest import RunNode
-from .scripts import tokens_text
+from .scripts import chat_tool_calls, tokens_text
 
 pytestmark = pytest.mark.node
 
@@ -98,3 +98,43 @@ async def test_whole_response_and_retrieve(
     assert second["retrieve"]["ok"] and second["retrieve"]["text"] == tokens_text(2)
     assert second["retrieve"]["result"]["id"] == created["result"]["id"]
     assert second["missing"]["error"]["class"] == "NotFoundError"
+
+
+async def test_a_namespaced_tool_call_through_a_chat_backend(
+    start_gateway, run_responses_node: RunNode
+) -> None:
+    """A ``namespace`` tool (Codex's sub-agent tools) through a chat-only backend: the model's
+    call of ``agents__spawn`` reaches the SDK's stream helper and ``create`` as a
+    ``function_call`` named ``spawn`` in namespace ``agents``, its arguments whole."""
+    gw = await start_gateway()
+    base = gw.url + "/v1"
+    arguments = '{"task": "write the tests"}'
+    namespace = {
+        "type": "namespace",
+        "name": "agents",
+        "description": "Sub-agents.",
+        "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object"}}],
+    }
+    params = {
+        "model": "m",
+        "input": "Hi",
+        "tools": [namespace],
+        "fake": {"chunks": chat_tool_calls([("call_a", "agents__spawn", arguments)])},
+    }
+    results = await run_responses_node(
+        [
+            op("stream", base, "stream", params),
+            op("create", base, "create", {**params, "stream": True}),
+        ]
+    )
+    for name in ("stream", "create"):
+        assert results[name]["ok"], results[name].get("error")
+    (call,) = results["stream"]["result"]["output"]
+    assert (call["type"], call["name"], call["namespace"], call["arguments"]) == (
+        "function_call",
+        "spawn",
+        "agents",
+        arguments,
+    )
+    added = [e for e in results["create"]["events"] if e["type"] == "response.output_item.added"]
+    assert [(e["item"]["name"], e["item"]["namespace"]) for e in added] == [("spawn", "agents")]
