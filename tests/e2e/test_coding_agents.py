@@ -7,9 +7,9 @@ Responses requests and Claude Code's Messages requests are translated both ways.
 runs one task: the model (the fake, scripted by what it is sent) calls the agent's shell
 tool, the agent runs the command and sends its output back, and the model's answer to that
 is what the agent prints. Teams are on: Codex sends the team key as a bearer token, Claude
-Code as ``x-api-key``. Codex's request as it comes, but for OpenAI's hosted web search,
-which the README says to turn off: its sub-agent tools are a ``namespace`` tool, which was a
-400 before.
+Code as one too (``ANTHROPIC_AUTH_TOKEN``) or as ``x-api-key`` (``ANTHROPIC_API_KEY``).
+Codex's request goes as it comes, but for OpenAI's hosted web search, which the README says
+to turn off: its sub-agent tools are a ``namespace`` tool, which was a 400 before.
 """
 
 from __future__ import annotations
@@ -226,16 +226,19 @@ async def test_codex_runs_a_tool_turn_through_a_chat_backend(
         assert {turn["connection"] for turn in turns} <= {s["connection"] for s in sockets}
 
 
+@pytest.mark.parametrize("key_variable", ["ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_API_KEY"])
 async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     nursery: trio.Nursery,
     fake: FakeOpenAI,
     tmp_path: Path,
     coding_agents: dict[str, list[str]],
     caplog: pytest.LogCaptureFixture,
+    key_variable: str,
 ) -> None:
-    """``claude -p``: through a silent prefill (heartbeats: Anthropic's ``event: ping``),
-    the model calls ``Bash``, Claude Code runs it and sends the output back as a tool
-    result, and prints the model's answer."""
+    """``claude -p``, the team key in the variable the README names (sent as a bearer
+    token) or in ``ANTHROPIC_API_KEY`` (sent as ``x-api-key``): through a silent prefill
+    (heartbeats: Anthropic's ``event: ping``), the model calls ``Bash``, Claude Code runs
+    it and sends the output back as a tool result, and prints the model's answer."""
     caplog.set_level("INFO", logger="gateway.access")
     bash = {"command": COMMAND, "description": "Print the answer"}
     fake.script_for = answer_with_a_shell_call("Bash", bash, PREFILL)
@@ -243,7 +246,7 @@ async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     env = clean_env(
         tmp_path / "home",
         ANTHROPIC_BASE_URL=url,
-        ANTHROPIC_API_KEY=KEY,
+        **{key_variable: KEY},
         DISABLE_TELEMETRY="1",
         DISABLE_ERROR_REPORTING="1",
         DISABLE_AUTOUPDATER="1",
