@@ -14,7 +14,7 @@ import pytest
 
 from gateway.dialects.responses_request import validate_responses
 from gateway.dialects.responses_tools import chat_tools, qualified, tool_names
-from tests.test_responses_translate import (
+from tests.responses_helpers import (
     ITEM_ID,
     answer,
     chat,
