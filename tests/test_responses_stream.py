@@ -11,6 +11,7 @@ import pytest
 
 from gateway.abc import JSONObject
 from gateway.errors import UpstreamProtocolError
+from tests.anthropic_helpers import INTERLEAVED
 from tests.responses_helpers import (
     CALL_ID,
     ITEM_ID,
@@ -29,7 +30,6 @@ from tests.responses_helpers import (
     tool_delta,
     usage_chunk,
 )
-from tests.test_anthropic_translate import INTERLEAVED
 
 
 def test_a_text_stream() -> None:
