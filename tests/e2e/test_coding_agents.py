@@ -4,9 +4,9 @@ its own, in its non-interactive mode (``codex exec``, ``claude -p``).
 
 Behind the gateway is a backend that speaks only chat (the fake upstream), so Codex's
 Responses requests and Claude Code's Messages requests are translated both ways. Each agent
-runs one task: the model (the fake, scripted by what it is sent) calls the agent's shell
-tool, the agent runs the command and sends its output back, and the model's answer to that
-is what the agent prints. Teams are on: Codex sends the team key as a bearer token, Claude
+runs one task: the model (the fake, scripted by what it is sent) reasons, then calls the
+agent's shell tool, the agent runs the command and sends its output back, and the model's
+answer to that is what the agent prints. Teams are on: Codex sends the team key as a bearer token, Claude
 Code as one too (``ANTHROPIC_AUTH_TOKEN``) or as ``x-api-key`` (``ANTHROPIC_API_KEY``).
 Codex's request goes as it comes, but for OpenAI's hosted web search, which the README says
 to turn off: its sub-agent tools are a ``namespace`` tool, which was a 400 before.
@@ -70,18 +70,29 @@ def coding_agents() -> dict[str, list[str]]:
     }
 
 
+THOUGHT = "Let me run it. "
+
+
+def reasoning_first(chunks: list[str]) -> list[str]:
+    """A chat stream of ``chunks`` whose model reasons first (``reasoning_content``, as
+    llama-server and vLLM stream a thinking model's reasoning) — :data:`THOUGHT`."""
+    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
+    delta = {"role": "assistant", "content": None, "reasoning_content": THOUGHT}
+    first = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return [f"data: {json.dumps(first)}\n\n", *chunks[1:]]  # in place of the role chunk
+
+
 def answer_with_a_shell_call(tool: str, arguments: dict[str, Any], prefill: float = 0.0) -> Any:
-    """The fake's script for each request: a call of ``tool`` while no tool has answered
-    (after ``prefill`` seconds of silence), then text (``tok0 tok1 ``); text too for a
-    request without tools (an agent's side requests: titles, summaries)."""
+    """The fake's script for each request: a call of ``tool``, reasoned about first, while
+    no tool has answered (after ``prefill`` seconds of silence), then text (``tok0 tok1 ``);
+    text too for a request without tools (an agent's side requests: titles, summaries)."""
 
     def script(body: dict[str, Any]) -> dict[str, Any]:
-        answered = any(m.get("role") == "tool" for m in body.get("messages", []))
-        if answered or not body.get("tools"):
+        if tool_results_in(body) or not body.get("tools"):
             return {"tokens": 2}
         call = ("call_shell_1", tool, json.dumps(arguments))
         if body.get("stream"):
-            return {"chunks": chat_tool_calls([call]), "prefill": prefill}
+            return {"chunks": reasoning_first(chat_tool_calls([call])), "prefill": prefill}
         function = {"name": tool, "arguments": call[2]}
         message = {
             "role": "assistant",
@@ -141,6 +152,10 @@ async def run_agent(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[in
         done.stdout.decode(errors="replace"),
         done.stderr.decode(errors="replace"),
     )
+
+
+def tool_results_in(body: dict[str, Any]) -> bool:
+    return any(m.get("role") == "tool" for m in body.get("messages", []))
 
 
 def tool_results(fake: FakeOpenAI) -> list[str]:
@@ -274,5 +289,10 @@ async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     assert "Bash" in [tool["function"]["name"] for tool in first["tools"]]
     results = tool_results(fake)
     assert results and "gateway-42" in results[0], results
+    # The model's reasoning reached Claude Code as a thinking block, and came back with the
+    # call it led to, as that assistant turn's reasoning_content.
+    answered = next(r.body["messages"] for r in fake.requests if tool_results_in(r.body))
+    (caller,) = [m for m in answered if m["role"] == "assistant" and m.get("tool_calls")]
+    assert caller["reasoning_content"] == THOUGHT
     turns = [line for line in access_lines(caplog) if line.get("endpoint") == "messages"]
     assert max((t["heartbeats"] for t in turns), default=0) >= 2, turns  # through the prefill
