@@ -22,7 +22,7 @@ from gateway.keepalive import KeepaliveSettings
 from gateway.relay import relay
 from gateway.sse import SSEFramer
 
-from .test_relay_states import (
+from .relay_script import (
     DONE,
     HB,
     Client,
