@@ -3,6 +3,7 @@ its log collected as it comes; and what tests read of processes in ``/proc``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import trio
 
+from gateway.pidfile import default_pid_path
 from gateway.testing.waiting import wait_until
 
 SERVING = re.compile(r"serving on (http://\S+)")
@@ -79,6 +81,18 @@ async def run_gateway_command(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+        _remove_stale_pid_file(config, process.pid, env)
+
+
+def _remove_stale_pid_file(config: Path, pid: int, env: Mapping[str, str] | None) -> None:
+    """A gateway killed (by the test, or on the way out) cannot remove its default pid
+    file from the temp directory: remove it, if it still names that gateway."""
+    path = default_pid_path(config)
+    if env is not None and env.get("TMPDIR"):
+        path = Path(env["TMPDIR"]) / path.name
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip() or 0) == pid:
+            path.unlink()
 
 
 def _stat(pid: int) -> list[str] | None:
