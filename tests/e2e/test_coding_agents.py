@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,8 @@ from gateway.teams.keys import hash_key, new_key
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from tests.conftest import serve_config
-from tests.e2e.sdk.scripts import chat_tool_calls, tokens_text
+from tests.e2e.sdk.scripts import chat_tool_answer, chat_tool_calls, tokens_text
+from tests.npm_lock import npm_installed
 
 AGENTS_DIR = Path(__file__).resolve().parents[1] / "agents"
 KEY = new_key()
@@ -45,22 +44,7 @@ def coding_agents() -> dict[str, list[str]]:
     """The command lines of ``codex`` and ``claude``, with the locked npm packages
     installed (their native binaries come in per-platform packages; npm runs no install
     script of theirs, so ``claude`` is its platform package's binary)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("Node.js and npm are required for the coding agent tests (nodejs, npm)")
-    lock = AGENTS_DIR / "package-lock.json"
-    installed = AGENTS_DIR / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=AGENTS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {AGENTS_DIR} failed:\n{done.stdout}\n{done.stderr}")
+    node = npm_installed(AGENTS_DIR, "the coding agent tests", "--ignore-scripts")
     arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
     cpu = arch.get(platform.machine().lower(), platform.machine())
     modules = AGENTS_DIR / "node_modules"
@@ -73,15 +57,6 @@ def coding_agents() -> dict[str, list[str]]:
 THOUGHT = "Let me run it. "
 
 
-def reasoning_first(chunks: list[str]) -> list[str]:
-    """A chat stream of ``chunks`` whose model reasons first (``reasoning_content``, as
-    llama-server and vLLM stream a thinking model's reasoning) — :data:`THOUGHT`."""
-    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
-    delta = {"role": "assistant", "content": None, "reasoning_content": THOUGHT}
-    first = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-    return [f"data: {json.dumps(first)}\n\n", *chunks[1:]]  # in place of the role chunk
-
-
 def answer_with_a_shell_call(tool: str, arguments: dict[str, Any], prefill: float = 0.0) -> Any:
     """The fake's script for each request: a call of ``tool``, reasoned about first, while
     no tool has answered (after ``prefill`` seconds of silence), then text (``tok0 tok1 ``);
@@ -90,18 +65,10 @@ def answer_with_a_shell_call(tool: str, arguments: dict[str, Any], prefill: floa
     def script(body: dict[str, Any]) -> dict[str, Any]:
         if tool_results_in(body) or not body.get("tools"):
             return {"tokens": 2}
-        call = ("call_shell_1", tool, json.dumps(arguments))
+        calls = [("call_shell_1", tool, json.dumps(arguments))]
         if body.get("stream"):
-            return {"chunks": reasoning_first(chat_tool_calls([call])), "prefill": prefill}
-        function = {"name": tool, "arguments": call[2]}
-        message = {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": call[0], "type": "function", "function": function}],
-        }
-        choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
-        whole = {"id": "c", "object": "chat.completion", "choices": [choice]}
-        return {"body": json.dumps(whole), "prefill": prefill}
+            return {"chunks": chat_tool_calls(calls, reasoning=THOUGHT), "prefill": prefill}
+        return {"body": chat_tool_answer(calls), "prefill": prefill}
 
     return script
 

@@ -11,14 +11,14 @@ Python: ``openai.OpenAI`` (run in worker threads) and ``openai.AsyncOpenAI``. No
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+
+from tests.npm_lock import npm_installed
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "node"
 
@@ -28,22 +28,7 @@ RunNode = Callable[..., Awaitable[dict[str, dict[str, Any]]]]
 @pytest.fixture(scope="session")
 def node_client() -> tuple[str, Path]:
     """(node binary, client script), with the locked npm packages installed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("Node.js and npm are required for the Node SDK tests (install nodejs, npm)")
-    lock = NODE_DIR / "package-lock.json"
-    installed = NODE_DIR / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {NODE_DIR} failed:\n{done.stdout}\n{done.stderr}")
+    node = npm_installed(NODE_DIR, "the Node SDK tests")
     return node, NODE_DIR / "client.mjs"
 
 

@@ -146,9 +146,10 @@ def assembled_tool_calls(deltas: list[dict[str, Any]]) -> list[tuple[str, str, s
     return [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
 
 
-def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
+def chat_tool_calls(calls: list[tuple[str, str, str]], reasoning: str = "") -> list[str]:
     """A chat stream (the fake's raw ``chunks``) calling ``calls`` — (id, name, arguments)
-    — in parallel, the arguments in pieces of 7 characters."""
+    — in parallel, the arguments in pieces of 7 characters; the model's ``reasoning``
+    first, if any, as ``reasoning_content`` (as llama-server and vLLM stream it)."""
     base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
 
     def doc(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -156,7 +157,10 @@ def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
         data = json.dumps({**base, "choices": [choice]})
         return f"data: {data}\n\n".encode().decode("latin-1")
 
-    pieces = [doc({"role": "assistant", "content": None})]
+    first: dict[str, Any] = {"role": "assistant", "content": None}
+    if reasoning:
+        first["reasoning_content"] = reasoning
+    pieces = [doc(first)]
     for index, (call_id, name, arguments) in enumerate(calls):
         function = {"name": name, "arguments": ""}
         pieces.append(
@@ -172,3 +176,15 @@ def chat_tool_calls(calls: list[tuple[str, str, str]]) -> list[str]:
             piece = {"index": index, "function": {"arguments": arguments[at : at + 7]}}
             pieces.append(doc({"tool_calls": [piece]}))
     return [*pieces, doc({}, "tool_calls"), "data: [DONE]\n\n"]
+
+
+def chat_tool_answer(calls: list[tuple[str, str, str]]) -> str:
+    """A whole ``chat.completion`` (the fake's raw ``body``) calling ``calls`` — (id, name,
+    arguments) — at once."""
+    tool_calls = [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for call_id, name, arguments in calls
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+    return json.dumps({"id": "chatcmpl-t", "object": "chat.completion", "choices": [choice]})

@@ -7,6 +7,7 @@ them as the upstream sees them. Codex itself runs in ``tests/e2e/test_coding_age
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -15,7 +16,7 @@ import trio
 from gateway.testing.fake_openai import FakeOpenAI
 
 from .clients import SDK_ASYNCGEN_WARNINGS
-from .scripts import chat_tool_calls, tokens_text
+from .scripts import chat_tool_answer, chat_tool_calls, tokens_text
 from .test_responses_sdk import (
     CODEX,
     INTERVAL,
@@ -29,15 +30,21 @@ from .test_responses_sdk import (
 pytestmark = SDK_ASYNCGEN_WARNINGS
 
 
+def codex_body() -> dict[str, Any]:
+    """Codex's request for route ``m``, without ``stream`` (each test says how it asks)."""
+    body: dict[str, Any] = json.loads(CODEX.read_text())
+    body["model"] = "m"
+    del body["stream"]
+    return body
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_codex_request(start_gateway, fake: FakeOpenAI, mode: str) -> None:
     """The request Codex CLI sends (stateless, the whole history in ``input``, encrypted
     reasoning items, function and custom tools, ``include``, ``prompt_cache_key``,
     ``parallel_tool_calls``), streamed as Codex streams it, with a silent prefill."""
     gw = await start_gateway(backend=MODES[mode], keepalive={"interval": INTERVAL})
-    body = json.loads(CODEX.read_text())
-    body["model"] = "m"
-    del body["stream"]
+    body = codex_body()
     sdk = client(gw.url + "/v1", read=READ_TIMEOUT)
     try:
         with trio.fail_after(20):
@@ -80,9 +87,7 @@ async def test_a_codex_tool_turn_translated(start_gateway, fake: FakeOpenAI) -> 
     next request (stateless: the calls and their outputs appended to ``input``) reaches the
     upstream as the assistant's tool calls and one tool message per call."""
     gw = await start_gateway()
-    body = json.loads(CODEX.read_text())
-    body["model"] = "m"
-    del body["stream"]
+    body = codex_body()
     patch = "*** Begin Patch\n*** Update File: a.py\n@@\n-x = 1\n+x = 2\n*** End Patch\n"
     shell = json.dumps({"command": ["pytest", "-q"], "workdir": "/repo"})
     chunks = chat_tool_calls(
@@ -143,9 +148,7 @@ async def test_a_namespaced_tool_turn_translated(start_gateway, fake: FakeOpenAI
     upstream as the call of the qualified name (it was a 400 before: "the namespace tool
     cannot be translated")."""
     gw = await start_gateway()
-    body = json.loads(CODEX.read_text())
-    body["model"] = "m"
-    del body["stream"]
+    body = codex_body()
     body["tools"].append(
         {
             "type": "namespace",
@@ -169,15 +172,8 @@ async def test_a_namespaced_tool_turn_translated(start_gateway, fake: FakeOpenAI
         }
     )
     spawn = json.dumps({"message": "write the tests"})
-    chunks = chat_tool_calls([("call_a", "multi_agent_v1__spawn_agent", spawn)])
-    function = {"name": "multi_agent_v1__spawn_agent", "arguments": spawn}
-    message = {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [{"id": "call_a", "type": "function", "function": function}],
-    }
-    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
-    whole_body = json.dumps({"id": "c", "object": "chat.completion", "choices": [choice]})
+    calls = [("call_a", "multi_agent_v1__spawn_agent", spawn)]
+    chunks, whole_body = chat_tool_calls(calls), chat_tool_answer(calls)
     sdk = client(gw.url + "/v1")
     try:
         with trio.fail_after(20):
