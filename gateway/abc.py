@@ -34,7 +34,12 @@ the ``gateway`` package is internal):
   :meth:`Backend.running` for what only start-up can find (a model file or a binary that is
   missing; name the dotted path, ``backends.<id>.model: ...``); :class:`InvalidRequest`
   (400) for a request a backend validates itself and cannot serve (an HTTP backend raises
-  :class:`UpstreamStatusError` with the upstream's own status instead);
+  :class:`UpstreamStatusError` with the upstream's own status instead, which becomes
+  :class:`ContextWindowExceeded` by itself when it says the prompt is too long);
+  :class:`ContextWindowExceeded` (400) for a prompt over the model's context window, with
+  its size and the window's when known (each dialect words it as its clients act on: Codex,
+  Claude Code), and :func:`context_window_exceeded` to recognise an engine's own words for
+  it (llama.cpp's, vLLM's, OpenAI's, Anthropic's);
   :class:`ShuttingDown` (503) for a request the backend can no longer serve because it is
   stopping; :class:`Overloaded` when it has no room and no queue; :class:`GatewayError`,
   the base of them all, to annotate or catch any of them.
@@ -72,6 +77,7 @@ from .chunks import SSE_DONE, CompletionEncoder, json_bytes, sse_data
 from .errors import (
     CannotCountTokens,
     ConfigError,
+    ContextWindowExceeded,
     GatewayError,
     InvalidRequest,
     Overloaded,
@@ -81,6 +87,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
+    context_window_exceeded,
 )
 from .keepalive import KeepaliveOverride
 
@@ -94,6 +101,7 @@ __all__ = [
     "CannotCountTokens",
     "CompletionEncoder",
     "ConfigError",
+    "ContextWindowExceeded",
     "EjectionSettings",
     "Endpoint",
     "GatewayError",
@@ -113,6 +121,7 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamStatusError",
     "UpstreamTimeout",
+    "context_window_exceeded",
     "header_secret",
     "http_base_url",
     "json_bytes",

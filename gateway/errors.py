@@ -11,6 +11,7 @@ error to a response is one function (:func:`error_body`) and happens in one plac
     │   ├── MissingField                 400  code=missing_required_parameter
     │   ├── BodyTooLarge                 413  code=request_too_large
     │   ├── CannotCountTokens            400  code=count_tokens_unsupported
+    │   ├── ContextWindowExceeded        400  code=context_length_exceeded
     │   ├── AmbiguousFraming             400  code=ambiguous_framing    (closes the connection)
     │   └── RequestTimeout               408  code=request_timeout      (closes the connection)
     ├── NotFound                         404  code=not_found            (unknown path)
@@ -39,6 +40,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 SHOWN_MAX = 200
@@ -94,6 +97,81 @@ class CannotCountTokens(InvalidRequest):
     than guessed, because a client sizes its context by it."""
 
     code = "count_tokens_unsupported"
+
+
+class ContextWindowExceeded(InvalidRequest):
+    """The prompt does not fit the model's context window. Each backend says so in its own
+    words (:func:`context_window_exceeded` reads them); clients act on one form only:
+    OpenAI's code ``context_length_exceeded`` (Codex then tells its user it ran out of
+    room) and Anthropic's ``prompt is too long: N tokens > M maximum`` (Claude Code compacts
+    the conversation by the difference), which :attr:`prompt_too_long` is. ``tokens`` and
+    ``limit`` are the prompt's size and the window's, when the backend gave them; then the
+    message is OpenAI's wording, else the backend's own."""
+
+    code = "context_length_exceeded"
+
+    def __init__(
+        self, message: str, *, tokens: int | None = None, limit: int | None = None
+    ) -> None:
+        if tokens is not None and limit is not None:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"messages resulted in {tokens} tokens. Please reduce the length of the messages."
+            )
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+
+    @property
+    def prompt_too_long(self) -> str:
+        """The error's message in Anthropic's words."""
+        if self.tokens is not None and self.limit is not None:
+            return f"prompt is too long: {self.tokens} tokens > {self.limit} maximum"
+        return f"prompt is too long: {self.message}"
+
+
+# The backends' words for a prompt over the context window, each with the prompt's size and
+# the window's as named groups: OpenAI's and vLLM's (with or without the completion
+# counted in), llama-server's, llama-cpp-python's, Anthropic's.
+_OVERFLOW_WORDS = (
+    re.compile(
+        r"maximum context length is (?P<limit>\d+) tokens\. However, (?:your messages "
+        r"resulted in|you requested|your request has) (?P<tokens>\d+)"
+    ),
+    re.compile(
+        r"request \((?P<tokens>\d+) tokens\) exceeds the available context size "
+        r"\((?P<limit>\d+) tokens\)"
+    ),
+    re.compile(r"Requested tokens \((?P<tokens>\d+)\) exceed context window of (?P<limit>\d+)"),
+    re.compile(r"prompt is too long: (?P<tokens>\d+) tokens > (?P<limit>\d+) maximum"),
+)
+
+
+def context_window_exceeded(
+    message: str,
+    *,
+    type: str | None = None,
+    code: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> ContextWindowExceeded | None:
+    """The :class:`ContextWindowExceeded` a backend's refusal means, or ``None`` when it
+    means something else: llama-server's ``exceed_context_size_error`` (its counts in
+    ``fields``: ``n_prompt_tokens``, ``n_ctx``), OpenAI's ``context_length_exceeded``, or a
+    message in one of :data:`_OVERFLOW_WORDS` (vLLM's and llama-cpp-python's carry no code).
+    vLLM's refusal of a ``max_tokens`` larger than the window is not one: the prompt fits."""
+    fields = fields or {}
+    tokens, limit = fields.get("n_prompt_tokens"), fields.get("n_ctx")
+    if type == "exceed_context_size_error" and isinstance(tokens, int) and isinstance(limit, int):
+        return ContextWindowExceeded(message, tokens=tokens, limit=limit)
+    for words in _OVERFLOW_WORDS:
+        found = words.search(message)
+        if found:
+            return ContextWindowExceeded(
+                message, tokens=int(found["tokens"]), limit=int(found["limit"])
+            )
+    if type == "exceed_context_size_error" or code == "context_length_exceeded":
+        return ContextWindowExceeded(message)
+    return None
 
 
 class PreviousResponseNotFound(InvalidRequest):
@@ -315,7 +393,7 @@ class UpstreamStatusError(UpstreamError):
         self.code = code
 
     @classmethod
-    def from_upstream(cls, status: int, body: bytes) -> UpstreamStatusError:
+    def from_upstream(cls, status: int, body: bytes) -> UpstreamStatusError | ContextWindowExceeded:
         """What the client is told of an upstream's error answer: :meth:`from_body`, but a
         401 or 403, which refuses the gateway's own credentials (the backend's ``api_key``)
         and not the client's, is a 502 of the gateway's — another target may not share it,
@@ -331,9 +409,11 @@ class UpstreamStatusError(UpstreamError):
         return cls.from_body(status, body)
 
     @classmethod
-    def from_body(cls, status: int, body: bytes) -> UpstreamStatusError:
+    def from_body(cls, status: int, body: bytes) -> UpstreamStatusError | ContextWindowExceeded:
         """Build from an upstream error body: OpenAI's ``{"error": {...}}``, vLLM's older
-        ``{"object": "error", "message": ...}``, or anything else (kept as text)."""
+        ``{"object": "error", "message": ...}``, or anything else (kept as text). A 400 or
+        413 that says the prompt is over the context window is
+        :class:`ContextWindowExceeded`, whichever backend's words it is in."""
         try:
             doc = json.loads(body)
         except ValueError:
@@ -341,11 +421,18 @@ class UpstreamStatusError(UpstreamError):
         if isinstance(doc, dict):
             err = doc.get("error", doc)
             if isinstance(err, dict) and isinstance(err.get("message"), str):
+                kind, code = _str_or_none(err.get("type")), _str_or_none(err.get("code"))
+                if status in (400, 413):
+                    overflow = context_window_exceeded(
+                        err["message"], type=kind, code=code, fields=err
+                    )
+                    if overflow is not None:
+                        return overflow
                 return cls(
                     status,
                     err["message"],
-                    type=_str_or_none(err.get("type")),
-                    code=_str_or_none(err.get("code")),
+                    type=kind,
+                    code=code,
                     param=_str_or_none(err.get("param")),
                 )
             if isinstance(err, str):

@@ -40,6 +40,7 @@ from gateway.abc import (
     GatewayError,
     InvalidRequest,
     UpstreamError,
+    context_window_exceeded,
     json_bytes,
     sse_data,
 )
@@ -411,7 +412,7 @@ class Engine:
         if isinstance(error, GatewayError):  # the gateway's own refusal, as it is
             return error
         if isinstance(error, (ValueError, jinja2.TemplateError)):
-            return InvalidRequest(str(error))
+            return context_window_exceeded(str(error)) or InvalidRequest(str(error))
         log.error(
             "backend %s instance %d: llama.cpp failed", self.backend_id, self.index, exc_info=error
         )

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from ..errors import (
+    ContextWindowExceeded,
     GatewayError,
     NoBackendAvailable,
     Overloaded,
@@ -88,10 +89,10 @@ class MessagesDialect(Dialect):
         return "invalid_request_error" if status < 500 else "api_error"
 
     def error_document(self, error: GatewayError) -> dict[str, object]:
-        return {
-            "type": "error",
-            "error": {"type": self.error_type(error), "message": error.message},
-        }
+        message = (
+            error.prompt_too_long if isinstance(error, ContextWindowExceeded) else error.message
+        )
+        return {"type": "error", "error": {"type": self.error_type(error), "message": message}}
 
     def error_json(self, error: GatewayError) -> bytes:
         return json.dumps(self.error_document(error)).encode()

@@ -23,6 +23,7 @@ Script keys (all optional)::
                   400 invalid_request_error, 401 authentication_error, 403 permission_error,
                   404 not_found_error, 413 request_too_large, 429 rate_limit_error,
                   529 overloaded_error, any other api_error; its text from ``message``)
+    error_fields  more members of the OpenAI error object (llama-server's ``n_ctx``, ...)
     status_on_port  {port: status}: the status only the fake on that port answers with
                   (one script for a pool of fakes behind one route)
     fault_on_port {port: fault}: likewise, the fault only the fake on that port has
@@ -348,6 +349,7 @@ class FakeOpenAI:
                     "type": script.get("type", "server_error"),
                     "param": None,
                     "code": script.get("code", "fake_error"),
+                    **script.get("error_fields", {}),
                 }
             }
             await self._send_fixed(

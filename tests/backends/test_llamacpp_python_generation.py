@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import httpx
 import pytest
 import trio
@@ -232,13 +233,22 @@ async def test_bad_requests_are_openai_400s(
 
 
 async def test_a_prompt_longer_than_the_context_is_a_400(start_local: StartLocal) -> None:
+    """In each dialect's words for it: OpenAI's code and message (completions, chat), and
+    Anthropic's, which Claude Code compacts by (``tests/test_context_window.py``)."""
     # llama.cpp rounds 200 up to 256; prompts between the two sizes must not crash.
     gw = await start_local(backend={"n_ctx": 200})
+    long = [{"role": "user", "content": "word " * 300}]
     async with gw.client() as client:
         response = await client.post(
             "/v1/completions",
             json={"model": "gemma-late", "prompt": "word " * 300, "max_tokens": 4},
         )
+        chat = await client.post(
+            "/v1/chat/completions", json={"model": "gemma-late", "messages": long, "max_tokens": 4}
+        )
+        async with anthropic.AsyncAnthropic(base_url=gw.url, api_key="x", max_retries=0) as sdk:
+            with pytest.raises(anthropic.BadRequestError) as messages:
+                await sdk.messages.create(model="gemma-late", max_tokens=4, messages=long)  # type: ignore[arg-type]
         between = await client.post(
             "/v1/completions",
             json={"model": "gemma-late", "prompt": "word " * 220, "max_tokens": 4},
@@ -246,10 +256,22 @@ async def test_a_prompt_longer_than_the_context_is_a_400(start_local: StartLocal
         after = await client.post(
             "/v1/completions", json={"model": "gemma-late", "prompt": "Hi", "max_tokens": 2}
         )
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert error["type"] == "invalid_request_error"
-    assert re.fullmatch(r"Requested tokens \(30\d\) exceed context window of 256", error["message"])
+    for refused in (response, chat):
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == (
+            "invalid_request_error",
+            "context_length_exceeded",
+        )
+        assert re.fullmatch(
+            r"This model's maximum context length is 256 tokens\. However, your messages "
+            r"resulted in 3\d\d tokens\. Please reduce the length of the messages\.",
+            error["message"],
+        )
+    assert messages.value.type == "invalid_request_error"
+    assert re.fullmatch(
+        r"prompt is too long: 3\d\d tokens > 256 maximum", messages.value.body["error"]["message"]
+    )
     assert between.status_code == 200, between.text
     assert after.status_code == 200  # and the instance serves the next one
 

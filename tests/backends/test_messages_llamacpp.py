@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import pytest
 import trio
 
 from gateway.testing.waiting import wait_until
 
 from .llamacpp_fixtures import (
+    CTX,
     LlamaServer,
     RunningGateway,
     backend_settings,
@@ -120,6 +123,36 @@ async def test_stream_is_llama_servers_own_events(gateway, server) -> None:
     delta = parsed[-2][1]
     assert delta["delta"]["stop_reason"] == "max_tokens"
     assert delta["usage"]["output_tokens"] == ASK["max_tokens"]
+
+
+async def test_a_prompt_over_the_context_is_refused_in_each_dialects_words(gateway, server) -> None:
+    """llama-server's refusal (``exceed_context_size_error`` with its counts, the same on
+    every endpoint) reaches the anthropic SDK as Anthropic's ``prompt is too long: N tokens >
+    M maximum``, Claude Code's cue to compact, and the openai SDK as OpenAI's
+    ``context_length_exceeded``, Codex's; the numbers are llama-server's own."""
+    long = [{"role": "user", "content": "word " * 5000}]
+    direct = await server.post("/v1/messages", json={**ASK, "messages": long})
+    refusal = direct.json()["error"]
+    assert (direct.status_code, refusal["type"]) == (400, "exceed_context_size_error")
+    tokens, limit = refusal["n_prompt_tokens"], refusal["n_ctx"]
+    assert tokens > limit == int(CTX)
+    url = gateway.url
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as sdk:
+        with pytest.raises(anthropic.BadRequestError) as messages:
+            await sdk.messages.create(model="gemma", max_tokens=16, messages=long)  # type: ignore[arg-type]
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as chat:
+            await sdk.chat.completions.create(model="gemma", messages=long)  # type: ignore[arg-type]
+    assert messages.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": f"prompt is too long: {tokens} tokens > {limit} maximum",
+        },
+    }
+    assert chat.value.code == "context_length_exceeded"
+    assert f"maximum context length is {limit} tokens" in chat.value.message
+    assert f"resulted in {tokens} tokens" in chat.value.message
 
 
 async def test_answer_is_llama_servers_own_body(gateway, server) -> None:

@@ -98,6 +98,25 @@ async def serve_for_agents(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Pa
     return served.url
 
 
+def codex_config(url: str, *, websocket: bool) -> str:
+    """Codex's ``config.toml`` for the gateway at ``url``, as the README gives it."""
+    return "\n".join(
+        [
+            'model = "gpt-local"',
+            'model_provider = "gateway"',
+            'web_search = "disabled"',
+            "",
+            "[model_providers.gateway]",
+            'name = "trio-gateway"',
+            f'base_url = "{url}/v1"',
+            'env_key = "GATEWAY_API_KEY"',
+            'wire_api = "responses"',
+            f"supports_websockets = {str(websocket).lower()}",
+            "",
+        ]
+    )
+
+
 def clean_env(home: Path, **more: str) -> dict[str, str]:
     """This process's environment without any OpenAI or Anthropic setting, in ``home``."""
     env = {
@@ -157,23 +176,7 @@ async def test_codex_runs_a_tool_turn_through_a_chat_backend(
     url = await serve_for_agents(nursery, fake, tmp_path)
     home = tmp_path / "codex-home"
     home.mkdir()
-    (home / "config.toml").write_text(
-        "\n".join(
-            [
-                'model = "gpt-local"',
-                'model_provider = "gateway"',
-                'web_search = "disabled"',
-                "",
-                "[model_providers.gateway]",
-                'name = "trio-gateway"',
-                f'base_url = "{url}/v1"',
-                'env_key = "GATEWAY_API_KEY"',
-                'wire_api = "responses"',
-                f"supports_websockets = {str(transport == 'websocket').lower()}",
-                "",
-            ]
-        )
-    )
+    (home / "config.toml").write_text(codex_config(url, websocket=transport == "websocket"))
     env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
     argv = [
         *coding_agents["codex"],
@@ -263,3 +266,107 @@ async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     assert caller["reasoning_content"] == THOUGHT
     turns = [line for line in access_lines(caplog) if line.get("endpoint") == "messages"]
     assert max((t["heartbeats"] for t in turns), default=0) >= 2, turns  # through the prefill
+
+
+# llama-server's refusal of a prompt over its context (b11434's body, tests/test_context_window.py).
+OVERFLOW: dict[str, Any] = {
+    "status": 400,
+    "message": "request (6010 tokens) exceeds the available context size (4096 tokens), "
+    "try increasing it",
+    "type": "exceed_context_size_error",
+    "code": 400,
+    "error_fields": {"n_prompt_tokens": 6010, "n_ctx": 4096},
+}
+
+
+def overflow_on_the_tool_turn(tool: str, arguments: dict[str, Any]) -> Any:
+    """:func:`answer_with_a_shell_call`'s script, but the first request carrying the tool's
+    output is refused as over the model's context."""
+    shell = answer_with_a_shell_call(tool, arguments)
+    refused: list[dict[str, Any]] = []
+
+    def script(body: dict[str, Any]) -> dict[str, Any]:
+        if tool_results_in(body) and not refused:
+            refused.append(body)
+            return OVERFLOW
+        return dict(shell(body))
+
+    return script
+
+
+def size(body: dict[str, Any]) -> int:
+    return len(json.dumps(body.get("messages", [])))
+
+
+async def test_claude_code_compacts_when_told_the_prompt_is_too_long(
+    nursery: trio.Nursery,
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    coding_agents: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The backend refuses the turn carrying the tool's output as over its context: Claude
+    Code, told ``prompt is too long: 6010 tokens > 4096 maximum``, compacts the conversation
+    — its summary request cut by the difference, which only the two numbers give it
+    (llama-server's own words made it send more, not less) — and carries the task through."""
+    caplog.set_level("INFO", logger="gateway.access")
+    bash = {"command": COMMAND, "description": "Print the answer"}
+    fake.script_for = overflow_on_the_tool_turn("Bash", bash)
+    url = await serve_for_agents(nursery, fake, tmp_path)
+    env = clean_env(
+        tmp_path / "home",
+        ANTHROPIC_BASE_URL=url,
+        ANTHROPIC_AUTH_TOKEN=KEY,
+        DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
+    argv = [
+        *coding_agents["claude"],
+        "-p",
+        f"Run `{COMMAND}` and tell me what it printed.",
+        "--model",
+        "claude-sonnet-4-5",
+        "--allowedTools",
+        "Bash",
+        "--output-format",
+        "json",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code == 0, f"claude exited {code}\n{out}\n{err}"
+    result = json.loads(out)
+    assert (result["is_error"], result["result"]) == (False, tokens_text(2)), result
+    statuses = [line["status"] for line in access_lines(caplog) if line["endpoint"] == "messages"]
+    assert statuses.count(400) == 1, statuses
+    bodies = [r.body for r in fake.requests]
+    refused = next(i for i, body in enumerate(bodies) if tool_results_in(body))
+    assert len(bodies) > refused + 1, "nothing sent after the refusal"
+    assert size(bodies[refused + 1]) < size(bodies[refused]), [size(b) for b in bodies]
+
+
+async def test_codex_says_it_ran_out_of_context(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+) -> None:
+    """The same refusal, to Codex: OpenAI's ``context_length_exceeded``, which Codex tells
+    its user in its own words (llama-server's got its JSON printed as it was)."""
+    fake.script_for = overflow_on_the_tool_turn("exec_command", {"cmd": COMMAND})
+    url = await serve_for_agents(nursery, fake, tmp_path)
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(codex_config(url, websocket=False))
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
+    argv = [
+        *coding_agents["codex"],
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        f"Run `{COMMAND}` and tell me what it printed.",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code != 0, out
+    assert "Codex ran out of room in the model's context window" in out + err, f"{out}\n{err}"
+    assert "exceed_context_size_error" not in out + err
+    assert tool_results(fake), "the refused turn is the one with the command's output"
