@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from .overflow_words import read_overflow
 
 SHOWN_MAX = 200
 """Most characters of a client's own value an error message repeats (a model name, a path,
@@ -100,51 +101,63 @@ class CannotCountTokens(InvalidRequest):
 
 
 class ContextWindowExceeded(InvalidRequest):
-    """The prompt does not fit the model's context window. Each backend says so in its own
-    words (:func:`context_window_exceeded` reads them); clients act on one form only:
-    OpenAI's code ``context_length_exceeded`` (Codex then tells its user it ran out of
-    room) and Anthropic's ``prompt is too long: N tokens > M maximum`` (Claude Code compacts
-    the conversation by the difference), which :attr:`prompt_too_long` is. ``tokens`` and
-    ``limit`` are the prompt's size and the window's, when the backend gave them; then the
-    message is OpenAI's wording, else the backend's own."""
+    """The request does not fit the model's context window: the prompt alone, or the prompt
+    with the room its ``max_tokens`` asks for the answer. Each backend says so in its own
+    words (:mod:`.overflow_words`); clients act on one form only, so each dialect words it
+    again: OpenAI's code ``context_length_exceeded`` and message (Codex tells its user it
+    ran out of room), and :attr:`anthropic_message` — ``prompt is too long: N tokens > M
+    maximum``, on which Claude Code compacts the conversation by the difference, or ``input
+    length and `max_tokens` exceed context limit: N + K > M, …``, on which it asks again
+    with a ``max_tokens`` that fits. ``tokens``, ``limit`` and ``max_tokens``: the prompt's
+    size, the window's and the answer's room, when the backend gave them; without them the
+    message is the backend's own."""
 
     code = "context_length_exceeded"
 
     def __init__(
-        self, message: str, *, tokens: int | None = None, limit: int | None = None
+        self,
+        message: str,
+        *,
+        tokens: int | None = None,
+        limit: int | None = None,
+        max_tokens: int | None = None,
     ) -> None:
+        self.tokens, self.limit = tokens, limit
+        self.max_tokens = max_tokens if tokens is not None and limit is not None else None
         if tokens is not None and limit is not None:
-            message = (
-                f"This model's maximum context length is {limit} tokens. However, your "
-                f"messages resulted in {tokens} tokens. Please reduce the length of the messages."
-            )
+            if max_tokens is not None and tokens < limit:
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {tokens + max_tokens} tokens ({tokens} in the messages, "
+                    f"{max_tokens} in the completion). Please reduce the length of the "
+                    "messages or completion."
+                )
+            else:
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, your "
+                    f"messages resulted in {tokens} tokens. Please reduce the length of the "
+                    "messages."
+                )
         super().__init__(message)
-        self.tokens = tokens
-        self.limit = limit
 
     @property
-    def prompt_too_long(self) -> str:
+    def answer_has_no_room(self) -> bool:
+        """The prompt fits; the answer's ``max_tokens`` does not fit beside it."""
+        tokens, limit = self.tokens, self.limit
+        return self.max_tokens is not None and tokens is not None and tokens < (limit or 0)
+
+    @property
+    def anthropic_message(self) -> str:
         """The error's message in Anthropic's words."""
+        if self.answer_has_no_room:
+            return (
+                f"input length and `max_tokens` exceed context limit: {self.tokens} + "
+                f"{self.max_tokens} > {self.limit}, decrease input length or `max_tokens` "
+                "and try again"
+            )
         if self.tokens is not None and self.limit is not None:
             return f"prompt is too long: {self.tokens} tokens > {self.limit} maximum"
         return f"prompt is too long: {self.message}"
-
-
-# The backends' words for a prompt over the context window, each with the prompt's size and
-# the window's as named groups: OpenAI's and vLLM's (with or without the completion
-# counted in), llama-server's, llama-cpp-python's, Anthropic's.
-_OVERFLOW_WORDS = (
-    re.compile(
-        r"maximum context length is (?P<limit>\d+) tokens\. However, (?:your messages "
-        r"resulted in|you requested|your request has) (?P<tokens>\d+)"
-    ),
-    re.compile(
-        r"request \((?P<tokens>\d+) tokens\) exceeds the available context size "
-        r"\((?P<limit>\d+) tokens\)"
-    ),
-    re.compile(r"Requested tokens \((?P<tokens>\d+)\) exceed context window of (?P<limit>\d+)"),
-    re.compile(r"prompt is too long: (?P<tokens>\d+) tokens > (?P<limit>\d+) maximum"),
-)
 
 
 def context_window_exceeded(
@@ -155,23 +168,15 @@ def context_window_exceeded(
     fields: Mapping[str, Any] | None = None,
 ) -> ContextWindowExceeded | None:
     """The :class:`ContextWindowExceeded` a backend's refusal means, or ``None`` when it
-    means something else: llama-server's ``exceed_context_size_error`` (its counts in
-    ``fields``: ``n_prompt_tokens``, ``n_ctx``), OpenAI's ``context_length_exceeded``, or a
-    message in one of :data:`_OVERFLOW_WORDS` (vLLM's and llama-cpp-python's carry no code).
-    vLLM's refusal of a ``max_tokens`` larger than the window is not one: the prompt fits."""
-    fields = fields or {}
-    tokens, limit = fields.get("n_prompt_tokens"), fields.get("n_ctx")
-    if type == "exceed_context_size_error" and isinstance(tokens, int) and isinstance(limit, int):
-        return ContextWindowExceeded(message, tokens=tokens, limit=limit)
-    for words in _OVERFLOW_WORDS:
-        found = words.search(message)
-        if found:
-            return ContextWindowExceeded(
-                message, tokens=int(found["tokens"]), limit=int(found["limit"])
-            )
-    if type == "exceed_context_size_error" or code == "context_length_exceeded":
-        return ContextWindowExceeded(message)
-    return None
+    means something else (:func:`.overflow_words.read_overflow`: llama-server's, vLLM's,
+    llama-cpp-python's, OpenAI's and Anthropic's words). ``type``, ``code`` and ``fields``:
+    the rest of the backend's error object."""
+    overflow = read_overflow(message, type=type, code=code, fields=fields)
+    if overflow is None:
+        return None
+    return ContextWindowExceeded(
+        message, tokens=overflow.tokens, limit=overflow.limit, max_tokens=overflow.max_tokens
+    )
 
 
 class PreviousResponseNotFound(InvalidRequest):

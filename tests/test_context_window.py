@@ -1,10 +1,12 @@
-"""A prompt over the model's context window, sans I/O: each backend's own words for it become
-one error (:class:`ContextWindowExceeded`, with the prompt's size and the window's when the
-backend gave them), and each dialect words that error as its clients act on it — OpenAI's
-code ``context_length_exceeded`` (Codex: "ran out of room in the model's context window")
-and Anthropic's ``prompt is too long: N tokens > M maximum`` (Claude Code compacts the
-conversation by the difference; the pattern below is the one Claude Code 2.1.332 matches).
-Other refusals stay what they were."""
+"""A request over the model's context window, sans I/O: each backend's own words for it become
+one error (:class:`ContextWindowExceeded`, with the prompt's size, the window's and the
+answer's room when the backend gave them), and each dialect words that error as its clients
+act on it — OpenAI's code ``context_length_exceeded`` (Codex: "ran out of room in the
+model's context window"), and Anthropic's ``prompt is too long: N tokens > M maximum``
+(Claude Code compacts the conversation by the difference) or ``input length and
+`max_tokens` exceed context limit: N + K > M`` (Claude Code asks again with a ``max_tokens``
+that fits; both patterns below are the ones Claude Code 2.1.332 matches). Other refusals
+stay what they were."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from gateway.errors import (
 )
 
 CLAUDE_CODE_PATTERN = re.compile(r"^prompt is too long: \d+ tokens > \d+ maximum$")
+CLAUDE_CODE_ROOM = re.compile(
+    r"input length and `max_tokens` exceed context limit: (\d+) \+ (\d+) > (\d+)"
+)
 OPENAI_WORDS = (
     "This model's maximum context length is 512 tokens. However, your messages resulted in "
     "724 tokens. Please reduce the length of the messages."
@@ -45,13 +50,6 @@ LLAMA_SERVER = (
             b'{"error": {"message": "This model\'s maximum context length is 512 tokens. '
             b"However, your request has 724 input tokens. Please reduce the length of the "
             b'input messages.", "type": "BadRequestError", "param": null, "code": 400}}',
-        ),
-        (  # vLLM's older words: the prompt and the completion together
-            400,
-            b'{"object": "error", "message": "This model\'s maximum context length is 512 '
-            b"tokens. However, you requested 724 tokens (700 in the messages, 24 in the "
-            b'completion). Please reduce the length of the messages or completion.", '
-            b'"type": "BadRequestError", "code": 400}',
         ),
         (  # OpenAI's own, and any server that copies it
             400,
@@ -79,7 +77,7 @@ LLAMA_SERVER = (
         ),
         (413, LLAMA_SERVER),
     ],
-    ids=["llama-server", "vllm", "vllm-requested", "openai", "anthropic", "words-only", "413"],
+    ids=["llama-server", "vllm", "openai", "anthropic", "words-only", "413"],
 )
 def test_each_backends_words_become_one_error_with_both_sizes(status: int, body: bytes) -> None:
     error = UpstreamStatusError.from_upstream(status, body)
@@ -88,7 +86,61 @@ def test_each_backends_words_become_one_error_with_both_sizes(status: int, body:
     assert error.code == "context_length_exceeded"
     assert (error.tokens, error.limit) == (724, 512)
     assert error.message == OPENAI_WORDS
-    assert error.prompt_too_long == "prompt is too long: 724 tokens > 512 maximum"
+    assert error.anthropic_message == "prompt is too long: 724 tokens > 512 maximum"
+    assert error.max_tokens is None
+
+
+ROOM_WORDS = (
+    "This model's maximum context length is 512 tokens. However, you requested 5024 tokens "
+    "(24 in the messages, 5000 in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (  # vLLM (tests/fakes/vllm_protocol.py)
+            b'{"error": {"message": "\'max_tokens\' or \'max_completion_tokens\' is too large: '
+            b"5000. This model's maximum context length is 512 tokens and your request has "
+            b'24 input tokens (5000 > 512 - 24).", "type": "BadRequestError", "code": 400}}'
+        ),
+        (  # OpenAI's older words, which vLLM and llama-cpp-python's server copied
+            b'{"object": "error", "message": "This model\'s maximum context length is 512 '
+            b"tokens. However, you requested 5024 tokens (24 in the messages, 5000 in the "
+            b'completion). Please reduce the length of the messages or completion.", '
+            b'"type": "BadRequestError", "code": 400}'
+        ),
+        (  # Anthropic's
+            b'{"type": "error", "error": {"type": "invalid_request_error", "message": "input '
+            b"length and `max_tokens` exceed context limit: 24 + 5000 > 512, decrease input "
+            b'length or `max_tokens` and try again"}}'
+        ),
+    ],
+    ids=["vllm", "openai-requested", "anthropic"],
+)
+def test_no_room_for_the_answer_is_told_with_its_max_tokens(body: bytes) -> None:
+    """The prompt fits but not with the answer's ``max_tokens`` beside it: Claude Code (its
+    32,000 against a 32k vLLM model) asks again with what fits when told in Anthropic's
+    words, which carry all three numbers."""
+    error = UpstreamStatusError.from_upstream(400, body)
+    assert isinstance(error, ContextWindowExceeded)
+    assert (error.tokens, error.limit, error.max_tokens) == (24, 512, 5000)
+    assert error.code == "context_length_exceeded" and error.message == ROOM_WORDS
+    found = CLAUDE_CODE_ROOM.search(error.anthropic_message)
+    assert found is not None and found.groups() == ("24", "5000", "512")
+    assert error.anthropic_message.endswith(", decrease input length or `max_tokens` and try again")
+
+
+def test_a_prompt_over_the_window_is_too_long_whatever_room_it_asked() -> None:
+    """OpenAI's older words for a prompt that alone is over the window."""
+    error = context_window_exceeded(
+        "This model's maximum context length is 512 tokens. However, you requested 724 "
+        "tokens (700 in the messages, 24 in the completion)."
+    )
+    assert error is not None and error.anthropic_message == (
+        "prompt is too long: 700 tokens > 512 maximum"
+    )
 
 
 def test_llama_cpp_pythons_words() -> None:
@@ -113,22 +165,16 @@ def test_sizes_unknown_keep_the_backends_words() -> None:
     ]:
         assert isinstance(error, ContextWindowExceeded)
         assert (error.tokens, error.limit, error.message) == (None, None, words)
-        assert error.prompt_too_long == f"prompt is too long: {words}"
+        assert error.anthropic_message == f"prompt is too long: {words}"
 
 
 @pytest.mark.parametrize(
     ("status", "body"),
     [
-        (  # vLLM: max_tokens larger than the window leaves (the prompt fits)
-            400,
-            b'{"error": {"message": "\'max_tokens\' or \'max_completion_tokens\' is too large: '
-            b"5000. This model's maximum context length is 512 tokens and your request has "
-            b'24 input tokens (5000 > 512 - 24).", "type": "BadRequestError", "code": 400}}',
-        ),
         (400, b'{"error": {"message": "messages: Field required", "type": "BadRequestError"}}'),
         (500, LLAMA_SERVER),  # the server's own failure, whatever it says
     ],
-    ids=["max-tokens", "other-400", "500"],
+    ids=["other-400", "500"],
 )
 def test_other_refusals_stay_the_upstreams(status: int, body: bytes) -> None:
     error = UpstreamStatusError.from_upstream(status, body)
@@ -177,7 +223,13 @@ def test_a_responses_client_gets_openais_code_whole_streamed_and_on_a_socket() -
             "prompt is too long: 724 tokens > 512 maximum",
         ),
         (ContextWindowExceeded("too long"), "prompt is too long: too long"),
+        (
+            ContextWindowExceeded("x", tokens=24, limit=512, max_tokens=5000),
+            "input length and `max_tokens` exceed context limit: 24 + 5000 > 512, decrease "
+            "input length or `max_tokens` and try again",
+        ),
     ],
+    ids=["prompt", "words", "room"],
 )
 def test_a_messages_client_gets_anthropics_words(error: GatewayError, message: str) -> None:
     expected = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
@@ -186,4 +238,4 @@ def test_a_messages_client_gets_anthropics_words(error: GatewayError, message: s
     assert MESSAGES.error_event(error) == (
         b"event: error\ndata: " + json.dumps(expected).encode() + b"\n\n"
     )
-    assert bool(CLAUDE_CODE_PATTERN.match(message)) == (message[-7:] == "maximum")
+    assert bool(CLAUDE_CODE_PATTERN.match(message)) == message.endswith("maximum")

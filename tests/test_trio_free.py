@@ -17,6 +17,8 @@ TRIO_FREE = (
     "gateway.balancer",
     "gateway.config",
     "gateway.sse",
+    "gateway.errors",
+    "gateway.overflow_words",
     "gateway.timers",
     "gateway.keepalive",
     "gateway.testing.fake_answers",

@@ -90,7 +90,7 @@ class MessagesDialect(Dialect):
 
     def error_document(self, error: GatewayError) -> dict[str, object]:
         message = (
-            error.prompt_too_long if isinstance(error, ContextWindowExceeded) else error.message
+            error.anthropic_message if isinstance(error, ContextWindowExceeded) else error.message
         )
         return {"type": "error", "error": {"type": self.error_type(error), "message": message}}
 

@@ -29,6 +29,7 @@ from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from tests.conftest import serve_config
 from tests.e2e.sdk.scripts import chat_tool_answer, chat_tool_calls, tokens_text
+from tests.fakes.vllm import FakeVLLM
 from tests.npm_lock import npm_installed
 
 AGENTS_DIR = Path(__file__).resolve().parents[1] / "agents"
@@ -337,7 +338,7 @@ async def test_claude_code_compacts_when_told_the_prompt_is_too_long(
 
     assert code == 0, f"claude exited {code}\n{out}\n{err}"
     result = json.loads(out)
-    assert (result["is_error"], result["result"]) == (False, tokens_text(2)), result
+    assert (result["is_error"], result["result"]) == (False, tokens_text(2)), json.dumps(result)
     statuses = [line["status"] for line in access_lines(caplog) if line["endpoint"] == "messages"]
     assert statuses.count(400) == 1, statuses
     bodies = [r.body for r in fake.requests]
@@ -370,3 +371,72 @@ async def test_codex_says_it_ran_out_of_context(
     assert "Codex ran out of room in the model's context window" in out + err, f"{out}\n{err}"
     assert "exceed_context_size_error" not in out + err
     assert tool_results(fake), "the refused turn is the one with the command's output"
+
+
+async def test_claude_code_fits_its_answer_into_a_vllm_models_context(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    coding_agents: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Claude Code asks room for a 32,000-token answer whatever the model, and vLLM refuses
+    a request whose prompt and ``max_tokens`` together exceed the model's context (here a
+    32k one, as many local models are served): told so in Anthropic's words with the three
+    numbers, Claude Code asks again with a ``max_tokens`` that fits, and finishes. (Told in
+    vLLM's words it took the refusal for a prompt too long, and failed.)"""
+    caplog.set_level("INFO", logger="gateway.access")
+    vllm = FakeVLLM(max_model_len=32_768, tokens=2)
+    await nursery.start(vllm.serve)
+    config = build_config(
+        {
+            "server": {"bind": "127.0.0.1:0"},
+            # The fake is vLLM's OpenAI server: Messages reach it as chat.
+            "backends": {
+                "vllm": {"type": "vllm", "url": vllm.url, "native_endpoints": ["chat/completions"]}
+            },
+            "routes": {
+                "local": {
+                    "model": "local",
+                    "match": ["claude-*"],
+                    "backend": "vllm",
+                    "upstream_model": "fake-model",
+                }
+            },
+            "teams": {"agents": {"keys": [hash_key(KEY)]}},
+            "usage": {"database": str(tmp_path / "usage.sqlite")},
+        },
+        environ={},
+    )
+    url = (await serve_config(nursery, config)).url
+    env = clean_env(
+        tmp_path / "home",
+        ANTHROPIC_BASE_URL=url,
+        ANTHROPIC_AUTH_TOKEN=KEY,
+        DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
+    argv = [
+        *coding_agents["claude"],
+        "-p",
+        "Say hello.",
+        "--model",
+        "claude-sonnet-4-5",
+        "--output-format",
+        "json",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code == 0, f"claude exited {code}\n{out}\n{err}"
+    result = json.loads(out)
+    assert (result["is_error"], result["terminal_reason"]) == (False, "completed"), result
+    assert result["result"] == "Hello,", result  # the fake vLLM's two tokens
+    asked = [r.body["max_tokens"] for r in vllm.generation_requests() if r.body.get("tools")]
+    refused = [r for r in vllm.generation_requests() if r.status == 400]
+    assert asked[0] == 32_000 and refused, asked
+    prompt = json.loads(refused[0].sent)["error"]["message"]
+    assert "is too large: 32000" in prompt, prompt
+    assert asked[-1] < 32_768 - 1000 and asked[-1] < asked[0], asked
+    statuses = [line["status"] for line in access_lines(caplog) if line["endpoint"] == "messages"]
+    assert statuses.count(400) == len(refused) and statuses[-1] == 200, statuses

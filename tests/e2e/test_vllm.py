@@ -168,19 +168,29 @@ async def wait_status(
 @pytest.mark.parametrize("form", ["openai", "legacy"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize(
-    "route,extra,status,type_,message",
+    "route,extra,status,type_,code,message",
     [
-        ("missing", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
-        ("missing-early", {}, 404, "NotFoundError", "The model `no-such-model` does not exist."),
+        ("missing", {}, 404, "NotFoundError", "404", "The model `no-such-model` does not exist."),
         (
+            "missing-early",
+            {},
+            404,
+            "NotFoundError",
+            "404",
+            "The model `no-such-model` does not exist.",
+        ),
+        (  # vLLM's "'max_tokens' or 'max_completion_tokens' is too large: 4000. This
+            # model's maximum context length is 2048 tokens and your request has 10 input
+            # tokens (4000 > 2048 - 10).", in OpenAI's words (tests/test_context_window.py)
             "chat-late",
             {"max_tokens": 4000},
             400,
-            "BadRequestError",
+            "invalid_request_error",
+            "context_length_exceeded",
             (
-                "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum "
-                "context length is 2048 tokens and your request has 10 input tokens "
-                "(4000 > 2048 - 10)."
+                "This model's maximum context length is 2048 tokens. However, you requested "
+                "4010 tokens (10 in the messages, 4000 in the completion). Please reduce the "
+                "length of the messages or completion."
             ),
         ),
     ],
@@ -195,6 +205,7 @@ async def test_vllm_error_bodies_keep_status_and_message(
     extra: dict[str, Any],
     status: int,
     type_: str,
+    code: str,
     message: str,
 ) -> None:
     """Both of vLLM's error bodies become the gateway's OpenAI shape, vLLM's status kept.
@@ -211,9 +222,7 @@ async def test_vllm_error_bodies_keep_status_and_message(
     assert ("object" in sent) == (form == "legacy")  # vLLM really sent that form
     assert r.status_code == status
     assert r.headers["content-type"] == "application/json"
-    assert r.json() == {
-        "error": {"message": message, "type": type_, "param": None, "code": str(status)}
-    }
+    assert r.json() == {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])

@@ -4,10 +4,11 @@ The backend refuses in llama-server's words (its real body: ``tests/test_context
 and each client is told in its own dialect's: the openai SDKs' error carries ``code ==
 "context_length_exceeded"`` on chat and Responses, and the anthropic SDKs' message is
 ``prompt is too long: 724 tokens > 512 maximum`` — the forms Codex and Claude Code act on
-(``tests/e2e/test_coding_agents.py`` runs them). Whole answers and streams — refused at once
-(a 400) or after a heartbeat committed the stream's headers (an error event after the 200;
-for Responses, a failed response) — in front of a chat-only backend and one that speaks the
-client's dialect itself."""
+(``tests/e2e/test_coding_agents.py`` runs them); a prompt that fits with no room for its
+``max_tokens`` (vLLM's refusal) reaches the anthropic SDK in Anthropic's words for that.
+Whole answers and streams — refused at once (a 400) or after a heartbeat committed the
+stream's headers (an error event after the 200; for Responses, a failed response) — in
+front of a chat-only backend and one that speaks the client's dialect itself."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ OPENAI_WORDS = (
     "724 tokens. Please reduce the length of the messages."
 )
 ANTHROPIC_WORDS = "prompt is too long: 724 tokens > 512 maximum"
+# vLLM's refusal of a prompt that fits with no room for the max_tokens asked, and the same in
+# Anthropic's words (Claude Code asks again with what fits).
+NO_ROOM: dict[str, Any] = {
+    "status": 400,
+    "message": "'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's "
+    "maximum context length is 32768 tokens and your request has 13169 input tokens "
+    "(32000 > 32768 - 13169).",
+    "type": "BadRequestError",
+    "code": 400,
+}
+NO_ROOM_WORDS = (
+    "input length and `max_tokens` exceed context limit: 13169 + 32000 > 32768, decrease "
+    "input length or `max_tokens` and try again"
+)
 CODE = "context_length_exceeded"
 MESSAGES = [{"role": "user", "content": "Hi"}]
 NATIVE = {
@@ -48,9 +63,9 @@ NATIVE = {
 INTERVAL = 0.2  # the route's heartbeat interval; the first heartbeat commits the headers
 
 
-def overflow(late: bool) -> dict[str, Any]:
-    """The fake's script: the refusal at once, or after the first heartbeat (``late``)."""
-    return {**OVERFLOW, "headers_delay": 3 * INTERVAL if late else 0}
+def overflow(late: bool, refusal: dict[str, Any] = OVERFLOW) -> dict[str, Any]:
+    """The fake's script: ``refusal`` at once, or after the first heartbeat (``late``)."""
+    return {**refusal, "headers_delay": 3 * INTERVAL if late else 0}
 
 
 async def gateway_url(start_gateway: Any, native: str | None = None) -> str:
@@ -121,11 +136,14 @@ async def test_responses_tell_the_openai_sdk_its_code(
 
 @pytest.mark.parametrize("native", [None, "messages"], ids=["translated", "native"])
 @pytest.mark.parametrize("late", [False, True], ids=["at-once", "after-a-heartbeat"])
+@pytest.mark.parametrize(
+    ("refusal", "words"), [(OVERFLOW, ANTHROPIC_WORDS), (NO_ROOM, NO_ROOM_WORDS)], ids=["", "room"]
+)
 async def test_messages_tell_the_anthropic_sdk_anthropics_words(
-    start_gateway: Any, late: bool, native: str | None
+    start_gateway: Any, late: bool, native: str | None, refusal: dict[str, Any], words: str
 ) -> None:
     url = await gateway_url(start_gateway, native)
-    script = overflow(late)
+    script = overflow(late, refusal)
     ask: dict[str, Any] = {"model": "m", "max_tokens": 32, "messages": MESSAGES}
     sdk = anthropic.AsyncAnthropic(base_url=url, api_key="sk-test", max_retries=0)
     async with sdk:
@@ -138,7 +156,7 @@ async def test_messages_tell_the_anthropic_sdk_anthropics_words(
     for error in (whole.value, streamed.value):
         assert error.body == {
             "type": "error",
-            "error": {"type": "invalid_request_error", "message": ANTHROPIC_WORDS},
+            "error": {"type": "invalid_request_error", "message": words},
         }
     assert whole.value.status_code == 400
     assert type(streamed.value) is (anthropic.APIStatusError if late else anthropic.BadRequestError)
