@@ -36,10 +36,10 @@ the ``gateway`` package is internal):
   (400) for a request a backend validates itself and cannot serve (an HTTP backend raises
   :class:`UpstreamStatusError` with the upstream's own status instead, which becomes
   :class:`ContextWindowExceeded` by itself when it says the prompt is too long);
-  :class:`ContextWindowExceeded` (400) for a prompt over the model's context window, with
-  its size and the window's when known (each dialect words it as its clients act on: Codex,
-  Claude Code), and :func:`context_window_exceeded` to recognise an engine's own words for
-  it (llama.cpp's, vLLM's, OpenAI's, Anthropic's);
+  :class:`ContextWindowExceeded` (400) for a request over the model's context window (the
+  prompt, or the prompt with its ``max_tokens``), with the sizes when known (each dialect
+  words it as its clients act on: Codex, Claude Code), and :func:`context_window_exceeded`
+  to recognise an engine's own words for it (llama.cpp's, vLLM's, OpenAI's, Anthropic's);
   :class:`ShuttingDown` (503) for a request the backend can no longer serve because it is
   stopping; :class:`Overloaded` when it has no room and no queue; :class:`GatewayError`,
   the base of them all, to annotate or catch any of them.

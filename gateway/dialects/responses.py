@@ -63,8 +63,8 @@ def _event(doc: JSONObject) -> bytes:
 
 def error_code(error: GatewayError) -> str:
     """The ``code`` of a Responses error object for ``error``: the upstream's own when it
-    gave one, and ``context_length_exceeded`` for a prompt over the context window, whichever
-    backend said so (clients act on it: Codex tells its user it ran out of room), else one of the codes
+    gave one, ``context_length_exceeded`` for a request over the context window whichever
+    backend said so (Codex then tells its user it ran out of room), else one of the codes
     OpenAI's SDKs know (the detail is in the message)."""
     if isinstance(error, UpstreamStatusError | ContextWindowExceeded) and error.code:
         return error.code
