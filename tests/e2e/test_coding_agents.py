@@ -347,16 +347,24 @@ async def test_claude_code_compacts_when_told_the_prompt_is_too_long(
     assert size(bodies[refused + 1]) < size(bodies[refused]), [size(b) for b in bodies]
 
 
+@pytest.mark.parametrize("transport", ["http", "websocket"])
 async def test_codex_says_it_ran_out_of_context(
-    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+    nursery: trio.Nursery,
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    coding_agents: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+    transport: str,
 ) -> None:
-    """The same refusal, to Codex: OpenAI's ``context_length_exceeded``, which Codex tells
-    its user in its own words (llama-server's got its JSON printed as it was)."""
+    """The same refusal, to Codex over HTTP and over the Responses WebSocket: OpenAI's
+    ``context_length_exceeded``, which Codex tells its user in its own words (llama-server's
+    got its JSON printed as it was)."""
+    caplog.set_level("INFO", logger="gateway.access")
     fake.script_for = overflow_on_the_tool_turn("exec_command", {"cmd": COMMAND})
     url = await serve_for_agents(nursery, fake, tmp_path)
     home = tmp_path / "codex-home"
     home.mkdir()
-    (home / "config.toml").write_text(codex_config(url, websocket=False))
+    (home / "config.toml").write_text(codex_config(url, websocket=transport == "websocket"))
     env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
     argv = [
         *coding_agents["codex"],
@@ -371,6 +379,10 @@ async def test_codex_says_it_ran_out_of_context(
     assert "Codex ran out of room in the model's context window" in out + err, f"{out}\n{err}"
     assert "exceed_context_size_error" not in out + err
     assert tool_results(fake), "the refused turn is the one with the command's output"
+    turns = [line for line in access_lines(caplog) if line.get("endpoint") == "responses"]
+    assert [t["status"] for t in turns if t["status"] != 200] == [400], turns
+    if transport == "websocket":  # the turns went over the socket
+        await wait_until(lambda: any(x["status"] == 101 for x in access_lines(caplog)), within=5)
 
 
 async def test_claude_code_fits_its_answer_into_a_vllm_models_context(
