@@ -452,3 +452,45 @@ async def test_claude_code_fits_its_answer_into_a_vllm_models_context(
     assert asked[-1] < 32_768 - 1000 and asked[-1] < asked[0], asked
     statuses = [line["status"] for line in access_lines(caplog) if line["endpoint"] == "messages"]
     assert statuses.count(400) == len(refused) and statuses[-1] == 200, statuses
+
+
+async def test_codex_compacts_before_the_context_window_it_is_given(
+    nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path, coding_agents: dict[str, list[str]]
+) -> None:
+    """With the backend's window in its config (``model_context_window``, as the README
+    says), Codex compacts before the model runs out, on the prompt size the gateway reports
+    it: the chat backend's ``prompt_tokens`` (19,000 of 20,000) as the Responses usage of the
+    turn that called the tool. Its compaction request is an ordinary ``/v1/responses`` turn,
+    and the task goes on from the summary."""
+    asked: list[str] = []
+
+    def script(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(str(body["messages"][-1]["content"]))
+        if len(asked) > 1 or not body.get("tools"):
+            return {"tokens": 2}
+        calls = [("call_shell_1", "exec_command", json.dumps({"cmd": COMMAND}))]
+        usage = {"prompt_tokens": 19_000, "completion_tokens": 10, "total_tokens": 19_010}
+        return {"chunks": chat_tool_calls(calls, usage=usage)}
+
+    fake.script_for = script
+    url = await serve_for_agents(nursery, fake, tmp_path)
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    config = "model_context_window = 20000\n" + codex_config(url, websocket=False)
+    (home / "config.toml").write_text(config)
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
+    argv = [
+        *coding_agents["codex"],
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        f"Run `{COMMAND}` and tell me what it printed.",
+    ]
+    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+
+    assert code == 0, f"codex exited {code}\n{out}\n{err}"
+    assert len(asked) >= 3, asked
+    # The turn after the tool call is the compaction request, not the tool's output.
+    assert "CONTEXT CHECKPOINT COMPACTION" in asked[1], asked
+    assert "gateway-42" not in asked[1]
+    assert out.strip().endswith(tokens_text(2).strip()), out

@@ -146,10 +146,15 @@ def assembled_tool_calls(deltas: list[dict[str, Any]]) -> list[tuple[str, str, s
     return [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
 
 
-def chat_tool_calls(calls: list[tuple[str, str, str]], reasoning: str = "") -> list[str]:
+def chat_tool_calls(
+    calls: list[tuple[str, str, str]],
+    reasoning: str = "",
+    usage: dict[str, int] | None = None,
+) -> list[str]:
     """A chat stream (the fake's raw ``chunks``) calling ``calls`` — (id, name, arguments)
     — in parallel, the arguments in pieces of 7 characters; the model's ``reasoning``
-    first, if any, as ``reasoning_content`` (as llama-server and vLLM stream it)."""
+    first, if any, as ``reasoning_content`` (as llama-server and vLLM stream it); with
+    ``usage``, a usage chunk (no choices) last, as ``stream_options.include_usage`` asks."""
     base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "x"}
 
     def doc(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -175,7 +180,10 @@ def chat_tool_calls(calls: list[tuple[str, str, str]], reasoning: str = "") -> l
         for at in range(0, len(arguments), 7):
             piece = {"index": index, "function": {"arguments": arguments[at : at + 7]}}
             pieces.append(doc({"tool_calls": [piece]}))
-    return [*pieces, doc({}, "tool_calls"), "data: [DONE]\n\n"]
+    pieces.append(doc({}, "tool_calls"))
+    if usage is not None:
+        pieces.append(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n")
+    return [*pieces, "data: [DONE]\n\n"]
 
 
 def chat_tool_answer(calls: list[tuple[str, str, str]]) -> str:
