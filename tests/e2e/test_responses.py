@@ -18,9 +18,9 @@ from gateway.teams.keys import hash_key
 from gateway.testing.fake_openai import FakeOpenAI, responses_events
 from tests.conftest import serve_config
 
+from .teams_gateway import ALPHA, BETA, bearer, raw_config
 from .test_failover_limits import start_fakes
 from .test_messages import serve_route
-from .test_teams import ALPHA, BETA, bearer, raw_config
 
 NATIVE = {"native_endpoints": ["chat/completions", "responses", "responses/input_tokens"]}
 ASK: dict[str, Any] = {"model": "m", "input": "Hi"}

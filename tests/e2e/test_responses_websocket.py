@@ -23,8 +23,8 @@ from gateway.websocket import MAX_QUEUED
 from gateway.ws_stream import GatewayWSStream, install
 from tests.conftest import RunningGateway, StartGateway, serve_config
 
+from .teams_gateway import ALPHA, bearer, raw_config
 from .test_responses import MODES, events_of, serve_failover_pair
-from .test_teams import ALPHA, bearer, raw_config
 
 CREATE: dict[str, Any] = {"type": "response.create", "model": "m", "input": "Hi"}
 
