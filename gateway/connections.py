@@ -45,7 +45,7 @@ should (issue 17); :class:`GatewayConnection` changes exactly that:
 TCP binds, ASGI, lifespan) with these connections. It relies on ``TCPServer``'s internals
 (``run``, ``_read_data``, ``_initiate_server_close``, ``_close``, ``idle_task``,
 ``send_lock``, ``ProtocolWrapper``'s arguments), which is why hypercorn is pinned to a
-minor version; ``tests/e2e/test_http_hardening.py`` fails if they change.
+minor version; ``tests/e2e/test_http_*.py`` fail if they change.
 """
 
 from __future__ import annotations
