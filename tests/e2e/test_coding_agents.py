@@ -141,6 +141,68 @@ async def run_agent(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[in
     )
 
 
+TASK = f"Run `{COMMAND}` and tell me what it printed."
+
+
+async def run_codex(
+    coding_agents: dict[str, list[str]],
+    tmp_path: Path,
+    url: str,
+    *,
+    websocket: bool = False,
+    config: str = "",
+) -> tuple[int, str, str]:
+    """``codex exec`` on :data:`TASK`, in a home of its own, with :func:`codex_config` for
+    the gateway at ``url`` (``config``'s top-level lines first) and the team key."""
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(config + codex_config(url, websocket=websocket))
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
+    argv = [
+        *coding_agents["codex"],
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        TASK,
+    ]
+    return await run_agent(argv, env, tmp_path / "home" / "work")
+
+
+async def run_claude(
+    coding_agents: dict[str, list[str]],
+    tmp_path: Path,
+    url: str,
+    *,
+    key_variable: str = "ANTHROPIC_AUTH_TOKEN",
+    task: str = TASK,
+    tools: tuple[str, ...] = ("Bash",),
+) -> tuple[int, str, str]:
+    """``claude -p task`` with JSON output, in a home of its own, at the gateway at ``url``
+    with the team key in ``key_variable``, allowed ``tools`` without asking, and nothing
+    sent anywhere else (telemetry, error reports, updates)."""
+    env = clean_env(
+        tmp_path / "home",
+        ANTHROPIC_BASE_URL=url,
+        **{key_variable: KEY},
+        DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )
+    allowed = ["--allowedTools", ",".join(tools)] if tools else []
+    argv = [
+        *coding_agents["claude"],
+        "-p",
+        task,
+        "--model",
+        "claude-sonnet-4-5",
+        *allowed,
+        "--output-format",
+        "json",
+    ]
+    return await run_agent(argv, env, tmp_path / "home" / "work")
+
+
 def tool_results_in(body: dict[str, Any]) -> bool:
     return any(m.get("role") == "tool" for m in body.get("messages", []))
 
@@ -175,18 +237,9 @@ async def test_codex_runs_a_tool_turn_through_a_chat_backend(
     caplog.set_level("INFO", logger="gateway.access")
     fake.script_for = answer_with_a_shell_call("exec_command", {"cmd": COMMAND}, PREFILL)
     url = await serve_for_agents(nursery, fake, tmp_path)
-    home = tmp_path / "codex-home"
-    home.mkdir()
-    (home / "config.toml").write_text(codex_config(url, websocket=transport == "websocket"))
-    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
-    argv = [
-        *coding_agents["codex"],
-        "exec",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",
-        f"Run `{COMMAND}` and tell me what it printed.",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_codex(
+        coding_agents, tmp_path, url, websocket=transport == "websocket"
+    )
 
     assert code == 0, f"codex exited {code}\n{out}\n{err}"
     assert out.strip().endswith(tokens_text(2).strip()), out
@@ -229,27 +282,7 @@ async def test_claude_code_runs_a_tool_turn_through_a_chat_backend(
     bash = {"command": COMMAND, "description": "Print the answer"}
     fake.script_for = answer_with_a_shell_call("Bash", bash, PREFILL)
     url = await serve_for_agents(nursery, fake, tmp_path)
-    env = clean_env(
-        tmp_path / "home",
-        ANTHROPIC_BASE_URL=url,
-        **{key_variable: KEY},
-        DISABLE_TELEMETRY="1",
-        DISABLE_ERROR_REPORTING="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-    )
-    argv = [
-        *coding_agents["claude"],
-        "-p",
-        f"Run `{COMMAND}` and tell me what it printed.",
-        "--model",
-        "claude-sonnet-4-5",
-        "--allowedTools",
-        "Bash",
-        "--output-format",
-        "json",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_claude(coding_agents, tmp_path, url, key_variable=key_variable)
 
     assert code == 0, f"claude exited {code}\n{out}\n{err}"
     result = json.loads(out)
@@ -314,27 +347,7 @@ async def test_claude_code_compacts_when_told_the_prompt_is_too_long(
     bash = {"command": COMMAND, "description": "Print the answer"}
     fake.script_for = overflow_on_the_tool_turn("Bash", bash)
     url = await serve_for_agents(nursery, fake, tmp_path)
-    env = clean_env(
-        tmp_path / "home",
-        ANTHROPIC_BASE_URL=url,
-        ANTHROPIC_AUTH_TOKEN=KEY,
-        DISABLE_TELEMETRY="1",
-        DISABLE_ERROR_REPORTING="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-    )
-    argv = [
-        *coding_agents["claude"],
-        "-p",
-        f"Run `{COMMAND}` and tell me what it printed.",
-        "--model",
-        "claude-sonnet-4-5",
-        "--allowedTools",
-        "Bash",
-        "--output-format",
-        "json",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_claude(coding_agents, tmp_path, url)
 
     assert code == 0, f"claude exited {code}\n{out}\n{err}"
     result = json.loads(out)
@@ -362,18 +375,9 @@ async def test_codex_says_it_ran_out_of_context(
     caplog.set_level("INFO", logger="gateway.access")
     fake.script_for = overflow_on_the_tool_turn("exec_command", {"cmd": COMMAND})
     url = await serve_for_agents(nursery, fake, tmp_path)
-    home = tmp_path / "codex-home"
-    home.mkdir()
-    (home / "config.toml").write_text(codex_config(url, websocket=transport == "websocket"))
-    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
-    argv = [
-        *coding_agents["codex"],
-        "exec",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",
-        f"Run `{COMMAND}` and tell me what it printed.",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_codex(
+        coding_agents, tmp_path, url, websocket=transport == "websocket"
+    )
 
     assert code != 0, out
     assert "Codex ran out of room in the model's context window" in out + err, f"{out}\n{err}"
@@ -420,25 +424,7 @@ async def test_claude_code_fits_its_answer_into_a_vllm_models_context(
         environ={},
     )
     url = (await serve_config(nursery, config)).url
-    env = clean_env(
-        tmp_path / "home",
-        ANTHROPIC_BASE_URL=url,
-        ANTHROPIC_AUTH_TOKEN=KEY,
-        DISABLE_TELEMETRY="1",
-        DISABLE_ERROR_REPORTING="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-    )
-    argv = [
-        *coding_agents["claude"],
-        "-p",
-        "Say hello.",
-        "--model",
-        "claude-sonnet-4-5",
-        "--output-format",
-        "json",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_claude(coding_agents, tmp_path, url, task="Say hello.", tools=())
 
     assert code == 0, f"claude exited {code}\n{out}\n{err}"
     result = json.loads(out)
@@ -474,19 +460,9 @@ async def test_codex_compacts_before_the_context_window_it_is_given(
 
     fake.script_for = script
     url = await serve_for_agents(nursery, fake, tmp_path)
-    home = tmp_path / "codex-home"
-    home.mkdir()
-    config = "model_context_window = 20000\n" + codex_config(url, websocket=False)
-    (home / "config.toml").write_text(config)
-    env = clean_env(tmp_path / "home", CODEX_HOME=str(home), GATEWAY_API_KEY=KEY)
-    argv = [
-        *coding_agents["codex"],
-        "exec",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",
-        f"Run `{COMMAND}` and tell me what it printed.",
-    ]
-    code, out, err = await run_agent(argv, env, tmp_path / "home" / "work")
+    code, out, err = await run_codex(
+        coding_agents, tmp_path, url, config="model_context_window = 20000\n"
+    )
 
     assert code == 0, f"codex exited {code}\n{out}\n{err}"
     assert len(asked) >= 3, asked
