@@ -83,15 +83,16 @@ def headers_of(scope: HTTPScope | WebsocketScope) -> dict[str, str]:
 
 
 class OnBegin(Protocol):
-    def __call__(self, entry: InFlight, *, interval: float) -> None: ...
+    def __call__(self, entry: InFlight, interval: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class SocketTurn:
     """What differs for a response asked for on a WebSocket (:mod:`gateway.websocket`):
     the socket's id for the access log, the turn's lane of the socket's memory (what it may
-    continue without the store, where its answer is remembered), and a hook that gets the relay's entry when it begins,
-    with its route's heartbeat interval: heartbeats are the socket's ping frames, at that
+    continue without the store, where its answer is remembered), and a hook that gets the
+    relay's entry when it begins, with its heartbeat interval (the route's, or its first
+    backend's ``keepalive.interval``): heartbeats are the socket's ping frames, at that
     interval, counted on the entry; the relay writes none."""
 
     connection_id: str

@@ -61,8 +61,11 @@ class Exchange:
     keep: Callable[[JSONObject], Awaitable[None]] | None = None
     """Called with the whole answer before its end reaches the client, for dialects that
     keep answers (stored Responses): a client that asks for it next finds it."""
-    on_begin: Callable[[InFlight], None] | None = None
-    """Called with the relay's entry as it begins (a WebSocket counts its pings there)."""
+    on_begin: Callable[[InFlight, float], None] | None = None
+    """A WebSocket turn's: called with the relay's entry as it begins and the heartbeat
+    interval of its policy (the route's, or what its first backend's ``keepalive`` made of
+    it). The socket pings at that interval and counts its pings on the entry; the relay
+    writes no heartbeat into such a turn."""
     on_finish: Callable[[InFlight], None] | None = None
     """Called last, once, however the relay ends: the handler frees what the request held
     (its team admission, its route's backends)."""

@@ -205,9 +205,9 @@ class ProxyApp:
         releases them when it ends (or the warm-up answer, which releases them at once)."""
         gateway, teams = self.gateway, self.gateway.auth
         # The keepalive by first backend, read before the first await, as the route was: a
-        # reload meanwhile changes neither. (A WebSocket pings; the relay writes none.)
+        # reload meanwhile changes neither. (On a WebSocket its interval is the pings'.)
         route_keepalive = route.settings.keepalive
-        keepalives = {} if socket else {u.id: route_keepalive.overridden(u.keepalive) for u in held}
+        keepalives = {u.id: route_keepalive.overridden(u.keepalive) for u in held}
         body = apply_policy(body, route)
         identity = request.identity
         admission: TeamAdmission | None = None
@@ -232,8 +232,6 @@ class ProxyApp:
                 upstream.release()
             return partial(self._warm_up, request, body, keep, socket.connection_id)
         keepalive = route_keepalive
-        if socket is not None:  # the socket pings; the relay writes no heartbeat
-            keepalive = keepalive.model_copy(update={"interval": 0.0})
         plan = plan_request(
             request.endpoint,
             body,
@@ -295,9 +293,7 @@ class ProxyApp:
             key_id=identity.key_id if identity else "",
             dialect=dialect,
             keep=keep,
-            on_begin=partial(socket.on_begin, interval=route.settings.keepalive.interval)
-            if socket
-            else None,
+            on_begin=socket.on_begin if socket else None,
             on_finish=finish,
             connection=socket.connection_id if socket else "",
             trace=trace,

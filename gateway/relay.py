@@ -86,7 +86,12 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
     if not isinstance(attempts, Exception) and attempts:
         policy = exchange.keepalives.get(attempts[0].upstream.id, policy)
     stream = exchange.stream
-    keepalive_on = policy.interval > 0 and (stream or policy.non_stream == "whitespace")
+    # A WebSocket's turn (on_begin) is kept alive by the socket's pings at the policy's
+    # interval: the relay writes no heartbeat into it.
+    socket = exchange.on_begin is not None
+    keepalive_on = (
+        not socket and policy.interval > 0 and (stream or policy.non_stream == "whitespace")
+    )
     writer = ResponseWriter(send, HeartbeatClock(policy.interval, now) if keepalive_on else None)
     entry = InFlight(
         request_id=exchange.request_id,
@@ -107,7 +112,7 @@ async def relay(send: object, exchange: Exchange, gone: object = None) -> None:
     try:  # whatever happens from here on, the entry is finished (and on_finish called)
         exchange.inflight.add(entry)
         if exchange.on_begin is not None:
-            exchange.on_begin(entry)
+            exchange.on_begin(entry, policy.interval)
         if telemetry is not None:
             telemetry.on_start(entry)
         if disconnect is not None:

@@ -15,8 +15,8 @@ The socket's nursery holds three tasks for its lifetime:
 - the **reader**: every message from the client — turns to the queue, pongs to the
   :class:`~gateway.timers.PingClock`, a close (or a ping left unanswered) ends the socket;
 - the **pinger**: a ping frame whenever the client heard nothing for the interval (the
-  running turn's route's; between turns the last one's) — queued, connecting, prefill,
-  gaps alike — and no pong within two intervals counts as a disconnect;
+  running turn's keepalive policy's; between turns the last one's) — queued, connecting,
+  prefill, gaps alike — and no pong within two intervals counts as a disconnect;
 - the **turns**, in the nursery's body: each relayed by :func:`gateway.relay.relay`,
   whose HTTP response :class:`~gateway.ws_turns.TurnSend` sends as frames (whole SSE events in, their
   ``data`` out). When the socket ends, the running turn's relay sees its client gone and
@@ -281,7 +281,7 @@ class _Socket:
         finally:
             self._entry = None
 
-    def _begin(self, entry: InFlight, *, interval: float) -> None:
+    def _begin(self, entry: InFlight, interval: float) -> None:
         self._entry = entry
         self.clock.interval = interval
         self._ping_wait.deadline = self.clock.next_at()

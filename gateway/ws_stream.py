@@ -3,7 +3,7 @@
 ASGI gives an app no way to send a ping frame or to hear a pong: hypercorn answers a
 client's pings itself and drops its pongs, and its own ``websocket_ping_interval`` pings
 on one fixed timer and never checks for an answer. The gateway pings when the client has
-heard nothing for its route's interval and treats a missing pong as a disconnect, so
+heard nothing for the turn's keepalive interval and treats a missing pong as a disconnect, so
 :class:`GatewayWSStream` adds, for the connections the gateway serves:
 
 - ``scope["extensions"]["gateway.websocket.ping"]``: the extension is there;
