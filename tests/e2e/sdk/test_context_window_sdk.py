@@ -163,10 +163,14 @@ async def test_messages_tell_the_anthropic_sdk_anthropics_words(
 
 
 async def test_the_node_sdks_read_the_same(
-    start_gateway: Any, run_node: RunNode, run_anthropic_node: RunNode
+    start_gateway: Any,
+    run_node: RunNode,
+    run_anthropic_node: RunNode,
+    run_responses_node: RunNode,
 ) -> None:
-    """The ``openai`` and ``@anthropic-ai/sdk`` npm packages, streamed after a heartbeat
-    (the error event) and whole (the 400)."""
+    """The ``openai`` (chat and Responses) and ``@anthropic-ai/sdk`` npm packages, streamed
+    after a heartbeat (the error event; for Responses the failed response) and whole (the
+    400)."""
     url = await gateway_url(start_gateway)
     chat = {"model": "m", "messages": MESSAGES, "fake": overflow(True)}
     message = {"model": "m", "max_tokens": 32, "messages": MESSAGES, "fake": overflow(True)}
@@ -183,8 +187,23 @@ async def test_the_node_sdks_read_the_same(
         {"id": "whole", "baseURL": url, "call": "create", "params": message},
         {"id": "stream", "baseURL": url, "call": "stream", "params": message},
     ]
+    ask = {"model": "m", "input": "Hi", "fake": overflow(True)}
+    responses_ops = [
+        {"id": "whole", "baseURL": f"{url}/v1", "call": "create", "params": ask},
+        {
+            "id": "stream",
+            "baseURL": f"{url}/v1",
+            "call": "create",
+            "params": {**ask, "stream": True},
+        },
+    ]
     chats = await run_node(openai_ops)
     messages = await run_anthropic_node(anthropic_ops)
+    responses = await run_responses_node(responses_ops)
+    whole, streamed = responses["whole"], responses["stream"]
+    assert (whole["error"]["status"], whole["error"]["body"]["code"]) == (400, CODE), whole
+    (failed,) = [e for e in streamed["events"] if e["type"] == "response.failed"]
+    assert failed["response"]["error"] == {"code": CODE, "message": OPENAI_WORDS}, streamed
     for result in chats.values():
         assert not result["ok"] and result["error"]["body"]["code"] == CODE, result
     assert chats["whole"]["error"]["status"] == 400
