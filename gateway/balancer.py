@@ -14,6 +14,7 @@ from typing import Literal
 from .abc import EjectionSettings
 from .config import Strategy
 from .errors import (
+    ContextWindowExceeded,
     GatewayError,
     Overloaded,
     UpstreamError,
@@ -146,8 +147,13 @@ class Breaker:
 
 def is_retryable(error: GatewayError) -> bool:
     """May the request go to the next target? Only failures the next backend might not
-    have: connection trouble, timeouts, 5xx, 429 and a full queue. Never a 4xx that the
-    client caused — every backend would refuse it the same way."""
+    have: connection trouble, timeouts, 5xx, 429 and a full queue, and a request over the
+    model's context window (the next target may serve a longer one: a route can fall back
+    from an 8k model to a 128k one; when every target refuses, the client gets the last
+    refusal). Never another 4xx that the client caused — every backend would refuse it the
+    same way."""
+    if isinstance(error, ContextWindowExceeded):
+        return True
     if isinstance(error, UpstreamStatusError):
         return error.status >= 500 or error.status == 429
     if isinstance(error, UpstreamResponseTooLarge):

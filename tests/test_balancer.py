@@ -8,6 +8,7 @@ from gateway.abc import EjectionSettings
 from gateway.balancer import Breaker, Candidate, counts_against_backend, is_retryable, order_targets
 from gateway.config import build_config
 from gateway.errors import (
+    ContextWindowExceeded,
     InvalidRequest,
     Overloaded,
     UpstreamConnectError,
@@ -159,6 +160,8 @@ def test_breaker_never_ejects_with_zero_failures_setting() -> None:
         (UpstreamStatusError(400, "x"), False, False),
         (Overloaded("x"), True, False),
         (InvalidRequest("x"), False, False),
+        # The next target may serve a longer context; the refusing one is not at fault.
+        (ContextWindowExceeded("x", tokens=9000, limit=8192), True, False),
     ],
 )
 def test_failure_classification(error, retry, counts) -> None:

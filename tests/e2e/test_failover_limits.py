@@ -225,3 +225,31 @@ async def test_a_backend_refusing_the_gateways_key_is_a_backend_failure(
     error = json.loads(body)["error"]
     assert alone.status_code == 502 and error["code"] == "upstream_auth_failed"
     assert "sk-" not in body.decode() and f"HTTP {status}" in error["message"]
+
+
+async def test_a_prompt_over_one_targets_context_goes_to_the_next(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A route falling back from a small-context model to a larger one: the first refuses
+    the prompt as over its window (llama-server's refusal), the next serves it, and the
+    refusing backend is not charged a failure; when every target refuses, the client is
+    told the last refusal as a context-window error."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    fakes = await start_fakes(nursery, ["small", "large"])
+    url, gw = await serve_pool(nursery, {n: f.url for n, f in fakes.items()}, {})
+    overflow = {
+        "message": "request (9000 tokens) exceeds the available context size (8192 tokens), "
+        "try increasing it",
+        "type": "exceed_context_size_error",
+        "error_fields": {"n_prompt_tokens": 9000, "n_ctx": 8192},
+    }
+    small_refuses = {**overflow, "status_on_port": {str(fakes["small"].port): 400}}
+    served, _ = await post(url, {**CHAT, "fake": small_refuses})
+    assert served.status_code == 200 and tried(fakes) == ["small", "large"]
+    assert served.headers["x-gateway-attempts"] == "small=400:context_length_exceeded, large=ok"
+    assert gw.upstreams["small"].breaker.failures == 0
+    both = {str(f.port): 400 for f in fakes.values()}
+    alone, body = await post(url, {**CHAT, "fake": {**overflow, "status_on_port": both}})
+    error = json.loads(body)["error"]
+    assert alone.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert error["message"].startswith("This model's maximum context length is 8192 tokens.")
