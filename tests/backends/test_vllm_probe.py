@@ -5,7 +5,6 @@ talks to is :mod:`tests.fakes.vllm`; the gateway-level tests are in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -15,10 +14,10 @@ import trio
 
 from backends.vllm import Load, ServedModel, VLLMBackend, VLLMSettings, read_load
 from backends.vllm._probe import read_models
-from gateway.abc import BackendStatus
 from gateway.config import build_config
 from gateway.errors import ConfigError, UpstreamStatusError
 from gateway.registry import load_registry
+from tests.e2e.vllm_gateway import wait_status
 from tests.fakes.vllm import FakeVLLM
 from tests.fakes.vllm_metrics import EngineLoad, exposition
 
@@ -26,16 +25,6 @@ KEY = "sk-vllm-probe-5151"
 POLL = 0.2
 MESSAGES = [{"role": "user", "content": "hello there"}]
 COUNTERS = {"prompt": 0, "generation": 0, "stop": 0, "length": 0, "abort": 0}
-
-
-async def wait_status(
-    backend: VLLMBackend, predicate: Callable[[BackendStatus], bool]
-) -> BackendStatus:
-    status = backend.status
-    with trio.fail_after(10):
-        while not predicate(status):
-            status = await backend.wait_status_change()
-    return status
 
 
 # -- /metrics ----------------------------------------------------------------------------

@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from gateway.config import build_config
-from gateway.sse import SSEFramer
 from gateway.testing.fake_openai import FakeOpenAI, messages_events
 from gateway.testing.waiting import wait_until
 from tests.conftest import serve_config
 
+from .sdk.anthropic_gateway import events_of
 from .test_failover_limits import start_fakes
 
 NATIVE = {"native_endpoints": ["chat/completions", "messages", "messages/count_tokens"]}
@@ -27,11 +27,6 @@ ASK: dict[str, Any] = {
     "messages": [{"role": "user", "content": "Hi"}],
 }
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
-
-
-def events_of(raw: bytes) -> list[tuple[str | None, Any]]:
-    """(event name, parsed data) of every event with data in ``raw``."""
-    return [(e.event, json.loads(e.data)) for e in SSEFramer().feed(raw) if e.data is not None]
 
 
 def kinds(raw: bytes) -> list[str | None]:

@@ -1,7 +1,8 @@
 """The ``vllm`` backend through the real gateway, shared by its test modules: hypercorn on
 port 0 in front of the protocol-faithful fake vLLM (:mod:`tests.fakes.vllm`), real sockets
 both sides — its config, the running gateway, the ``fake`` and ``start_gateway`` fixtures
-(imported by the modules that use them) and what reads its answers."""
+(imported by the modules that use them), what reads its answers, and the wait for a
+backend status (also the vLLM probe tests')."""
 
 from __future__ import annotations
 

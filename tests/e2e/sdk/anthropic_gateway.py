@@ -1,8 +1,9 @@
 """The official ``anthropic`` Python SDK's client and what the Anthropic SDK test modules
 (``test_anthropic_sdk_errors``, ``test_anthropic_sdk_answers``,
-``test_anthropic_sdk_keepalive``) share: the backend modes (the fake upstream speaking
-Messages itself, passthrough, or chat only, translation), the request they send, the
-events of a stream, and what reads the raw bytes of an answer."""
+``test_anthropic_sdk_keepalive``, and the Node SDK's and the fake's tests) share: the
+backend modes (the fake upstream speaking Messages itself, passthrough, or chat only,
+translation), the request they send, the events of a stream, and what reads the raw bytes
+of an answer."""
 
 from __future__ import annotations
 
@@ -32,10 +33,6 @@ STREAM_EVENTS = [
     "message_delta",
     "message_stop",
 ]
-
-
-def tokens_text(n: int) -> str:
-    return "".join(f"tok{i} " for i in range(n))
 
 
 def client(url: str, *, tap: bytearray | None = None, **options: Any) -> anthropic.AsyncAnthropic:

@@ -19,26 +19,12 @@ import trio
 from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 
+from .anthropic_gateway import ASK, NATIVE, STREAM_EVENTS
 from .conftest import RunNode
+from .scripts import tokens_text
 
 pytestmark = pytest.mark.node
 
-NATIVE = {"native_endpoints": ["chat/completions", "messages", "messages/count_tokens"]}
-ASK: dict[str, Any] = {
-    "model": "m",
-    "max_tokens": 32,
-    "messages": [{"role": "user", "content": "Hi"}],
-}
-STREAM_EVENTS = [
-    "message_start",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-]
 PING = 'event: ping\ndata: {"type": "ping"}\n\n'
 DELTA = re.compile("^event: content_block_delta$", re.MULTILINE)
 # undici's timers, in ms; the silences are 1.5 times as long, the pings 4 times as frequent.
@@ -48,10 +34,6 @@ KEEPALIVE = {"interval": 0.2}
 # The piece of the fake's script before which the silence between the first two text deltas
 # falls (Messages events: after message_start and content_block_start; chat: the role chunk).
 SECOND_DELTA = {"passthrough": 3, "translated": 2}
-
-
-def tokens_text(n: int) -> str:
-    return "".join(f"tok{i} " for i in range(n))
 
 
 def op(

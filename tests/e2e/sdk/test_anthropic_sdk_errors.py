@@ -21,8 +21,9 @@ from gateway.testing.fake_openai import FakeOpenAI
 from gateway.testing.waiting import wait_until
 from tests.conftest import serve_config
 
-from .anthropic_gateway import ASK, MODES, NATIVE, client, tokens_text
+from .anthropic_gateway import ASK, MODES, NATIVE, client
 from .clients import SDK_ASYNCGEN_WARNINGS
+from .scripts import tokens_text
 
 pytestmark = SDK_ASYNCGEN_WARNINGS
 

@@ -17,8 +17,9 @@ import trio
 from gateway.testing.fake_openai import FakeOpenAI, messages_events
 from gateway.testing.waiting import wait_until
 
-from .anthropic_gateway import ASK, MODES, NATIVE, STREAM_EVENTS, client, events_of, tokens_text
+from .anthropic_gateway import ASK, MODES, NATIVE, STREAM_EVENTS, client, events_of
 from .clients import SDK_ASYNCGEN_WARNINGS
+from .scripts import tokens_text
 
 pytestmark = SDK_ASYNCGEN_WARNINGS
 

@@ -13,23 +13,15 @@ import trio
 
 from gateway.testing.fake_openai import FakeOpenAI
 
+from .anthropic_gateway import STREAM_EVENTS
 from .conftest import RunNode
+from .scripts import tokens_text
 
 MESSAGE: dict[str, Any] = {
     "model": "claude-fake",
     "max_tokens": 64,
     "messages": [{"role": "user", "content": "say something"}],
 }
-STREAM_EVENTS = [
-    "message_start",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-]
 # The status the fake answers, the Python SDK's class for it, the Node SDK's class name.
 STATUS_ERRORS = [
     (400, anthropic.BadRequestError, "BadRequestError", "invalid_request_error"),
@@ -50,10 +42,6 @@ def base_url(fake: FakeOpenAI) -> str:
 
 def client(fake: FakeOpenAI) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=base_url(fake), api_key="sk-test", max_retries=0)
-
-
-def tokens_text(n: int) -> str:
-    return "".join(f"tok{i} " for i in range(n))
 
 
 async def test_python_status_errors_are_the_sdk_classes(fake: FakeOpenAI) -> None:
