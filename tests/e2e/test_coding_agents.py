@@ -74,19 +74,29 @@ def answer_with_a_shell_call(tool: str, arguments: dict[str, Any], prefill: floa
     return script
 
 
-async def serve_for_agents(nursery: trio.Nursery, fake: FakeOpenAI, tmp_path: Path) -> str:
+async def serve_for_agents(
+    nursery: trio.Nursery,
+    upstream: FakeOpenAI | dict[str, Any],
+    tmp_path: Path,
+    *,
+    upstream_model: str | None = None,
+) -> str:
     """A gateway with teams on (key :data:`KEY`) whose route takes every model name an
-    agent sends, in front of ``fake`` as a chat-only backend; returns its URL."""
+    agent sends, in front of the fake upstream as a chat-only backend (or of ``upstream``,
+    a backend table, serving ``upstream_model``); returns its URL."""
+    table = upstream if isinstance(upstream, dict) else {"type": "openai", "url": upstream.url}
+    model = {"upstream_model": upstream_model} if upstream_model else {}
     config = build_config(
         {
             "server": {"bind": "127.0.0.1:0"},
-            "backends": {"fake": {"type": "openai", "url": fake.url}},
+            "backends": {"upstream": table},
             "routes": {
                 "local": {
                     "model": "local",
                     "match": ["claude-*", "gpt-*"],
-                    "backend": "fake",
+                    "backend": "upstream",
                     "keepalive": {"interval": INTERVAL},
+                    **model,
                 }
             },
             "teams": {"agents": {"keys": [hash_key(KEY)]}},
@@ -403,27 +413,9 @@ async def test_claude_code_fits_its_answer_into_a_vllm_models_context(
     caplog.set_level("INFO", logger="gateway.access")
     vllm = FakeVLLM(max_model_len=32_768, tokens=2)
     await nursery.start(vllm.serve)
-    config = build_config(
-        {
-            "server": {"bind": "127.0.0.1:0"},
-            # The fake is vLLM's OpenAI server: Messages reach it as chat.
-            "backends": {
-                "vllm": {"type": "vllm", "url": vllm.url, "native_endpoints": ["chat/completions"]}
-            },
-            "routes": {
-                "local": {
-                    "model": "local",
-                    "match": ["claude-*"],
-                    "backend": "vllm",
-                    "upstream_model": "fake-model",
-                }
-            },
-            "teams": {"agents": {"keys": [hash_key(KEY)]}},
-            "usage": {"database": str(tmp_path / "usage.sqlite")},
-        },
-        environ={},
-    )
-    url = (await serve_config(nursery, config)).url
+    # The fake is vLLM's OpenAI server: Messages reach it as chat.
+    table = {"type": "vllm", "url": vllm.url, "native_endpoints": ["chat/completions"]}
+    url = await serve_for_agents(nursery, table, tmp_path, upstream_model="fake-model")
     code, out, err = await run_claude(coding_agents, tmp_path, url, task="Say hello.", tools=())
 
     assert code == 0, f"claude exited {code}\n{out}\n{err}"
